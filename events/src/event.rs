@@ -1,0 +1,896 @@
+//! The event model of DESIGN.md §3: one flat, typed record per event and the
+//! rule table that says which fields each `event_type` requires and allows.
+//!
+//! Events are flat (one optional field per possible attribute) rather than one
+//! enum variant per type so that the rule table is data, the Parquet master
+//! dataset has one typed column per field, and validation errors can name the
+//! field they are about.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest `event_id` accepted.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+/// Longest value accepted for any other string field.
+pub const MAX_STRING_LEN: usize = 256;
+
+/// The log topic an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Topic {
+    /// `funnel-events`, keyed by `user_id`.
+    #[serde(rename = "funnel-events")]
+    Funnel,
+    /// `iot-events`, keyed by `device_id`.
+    #[serde(rename = "iot-events")]
+    Iot,
+}
+
+impl Topic {
+    /// Topic names as they appear in the log.
+    pub const FUNNEL: &'static str = "funnel-events";
+    /// See [`Topic::FUNNEL`].
+    pub const IOT: &'static str = "iot-events";
+    /// The topic that receives invalid records with the reason.
+    pub const DEAD_LETTER: &'static str = "dead-letter";
+    /// Both event topics.
+    pub const ALL: [Topic; 2] = [Topic::Funnel, Topic::Iot];
+
+    /// The topic's name in the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Funnel => Self::FUNNEL,
+            Topic::Iot => Self::IOT,
+        }
+    }
+
+    /// The topic for a log topic name, if it is one of the event topics.
+    pub fn from_name(name: &str) -> Option<Topic> {
+        match name {
+            Self::FUNNEL => Some(Topic::Funnel),
+            Self::IOT => Some(Topic::Iot),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name {
+            $(
+                #[doc = concat!("`", $text, "`")]
+                #[serde(rename = $text)]
+                $variant,
+            )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value as it is spelled in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// The value for its JSON spelling.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The `event_type` field.
+    EventType {
+        PageView => "page_view",
+        Impression => "impression",
+        Click => "click",
+        AddToCart => "add_to_cart",
+        Purchase => "purchase",
+        SignupStart => "signup_start",
+        SignupComplete => "signup_complete",
+        Error => "error",
+        SensorReading => "sensor_reading",
+        DeviceStatus => "device_status",
+        Alarm => "alarm",
+    }
+);
+
+string_enum!(
+    /// The `device` a funnel event was seen on.
+    Device { Desktop => "desktop", Mobile => "mobile", Tablet => "tablet" }
+);
+
+string_enum!(
+    /// The `status` of a `device_status` event.
+    DeviceStatus { Online => "online", Offline => "offline" }
+);
+
+string_enum!(
+    /// The `severity` of an `alarm` event.
+    Severity { Low => "low", Medium => "medium", High => "high", Critical => "critical" }
+);
+
+impl EventType {
+    /// The topic events of this type are written to.
+    pub fn topic(self) -> Topic {
+        match self {
+            EventType::SensorReading | EventType::DeviceStatus | EventType::Alarm => Topic::Iot,
+            _ => Topic::Funnel,
+        }
+    }
+
+    /// The fields this type requires and the ones it may carry, besides the
+    /// common `event_id`, `event_type` and `ts`.
+    pub fn rule(self) -> Rule {
+        use Field::*;
+        const TOUCH: &[Field] = &[SessionId, CampaignId, ProductId, Device];
+        let (required, optional): (&'static [Field], &'static [Field]) = match self {
+            EventType::PageView => (&[UserId, Page], &[SessionId, Device, RenderMs]),
+            EventType::Impression | EventType::Click | EventType::AddToCart => (&[UserId], TOUCH),
+            EventType::Purchase => (&[UserId, AmountCents], TOUCH),
+            EventType::SignupStart | EventType::SignupComplete => (&[UserId], &[SessionId, Device]),
+            EventType::Error => (&[UserId, ErrorCode], &[Page, Device]),
+            EventType::SensorReading => (&[DeviceId, Sensor, Value], &[Unit]),
+            EventType::DeviceStatus => (&[DeviceId, Status], &[BatteryPct]),
+            EventType::Alarm => (&[DeviceId, Alarm, Severity], &[Message]),
+        };
+        Rule { required, optional }
+    }
+}
+
+/// Which fields an event type requires and which it may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// Fields that must be present.
+    pub required: &'static [Field],
+    /// Fields that may be present.
+    pub optional: &'static [Field],
+}
+
+impl Rule {
+    fn allows(&self, field: Field) -> bool {
+        self.required.contains(&field) || self.optional.contains(&field)
+    }
+}
+
+/// Every type-specific field an event can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Field {
+    UserId,
+    SessionId,
+    Device,
+    Page,
+    RenderMs,
+    CampaignId,
+    ProductId,
+    AmountCents,
+    ErrorCode,
+    DeviceId,
+    Sensor,
+    Value,
+    Unit,
+    Status,
+    BatteryPct,
+    Alarm,
+    Severity,
+    Message,
+}
+
+impl Field {
+    /// Every field, in the order of the master dataset's columns.
+    pub const ALL: &'static [Field] = &[
+        Field::UserId,
+        Field::SessionId,
+        Field::Device,
+        Field::Page,
+        Field::RenderMs,
+        Field::CampaignId,
+        Field::ProductId,
+        Field::AmountCents,
+        Field::ErrorCode,
+        Field::DeviceId,
+        Field::Sensor,
+        Field::Value,
+        Field::Unit,
+        Field::Status,
+        Field::BatteryPct,
+        Field::Alarm,
+        Field::Severity,
+        Field::Message,
+    ];
+
+    /// The field's JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::UserId => "user_id",
+            Field::SessionId => "session_id",
+            Field::Device => "device",
+            Field::Page => "page",
+            Field::RenderMs => "render_ms",
+            Field::CampaignId => "campaign_id",
+            Field::ProductId => "product_id",
+            Field::AmountCents => "amount_cents",
+            Field::ErrorCode => "error_code",
+            Field::DeviceId => "device_id",
+            Field::Sensor => "sensor",
+            Field::Value => "value",
+            Field::Unit => "unit",
+            Field::Status => "status",
+            Field::BatteryPct => "battery_pct",
+            Field::Alarm => "alarm",
+            Field::Severity => "severity",
+            Field::Message => "message",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.iter().copied().find(|f| f.name() == name)
+    }
+}
+
+/// A valid event. Construct it with [`Event::from_json`] (or [`Event::from_value`]),
+/// which enforces the rule table; the serialized form is canonical (`ts` in ms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The primary key: two events with one id are the same event.
+    pub event_id: String,
+    /// What happened.
+    pub event_type: EventType,
+    /// Event time, milliseconds since the Unix epoch (UTC).
+    pub ts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub device: Option<Device>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub page: Option<String>,
+    /// Page render time in milliseconds (finite, ≥ 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub campaign_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub product_id: Option<String>,
+    /// Purchase amount in cents (≥ 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub sensor: Option<String>,
+    /// Sensor value (finite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub status: Option<DeviceStatus>,
+    /// Battery level in percent (0–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub alarm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub severity: Option<Severity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub message: Option<String>,
+}
+
+/// Why an event is invalid, naming the field when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct EventError {
+    /// The offending field, if the problem is about one field.
+    pub field: Option<String>,
+    /// What is wrong, lowercase, no trailing full stop.
+    pub message: String,
+}
+
+impl EventError {
+    fn field(field: &str, message: impl Into<String>) -> Self {
+        EventError {
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the record as a whole (not one field).
+    pub fn record(message: impl Into<String>) -> Self {
+        EventError {
+            field: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "field {field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl Event {
+    /// Parses and validates one JSON object.
+    pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| EventError::record(format!("invalid json: {e}")))?;
+        Event::from_value(&value)
+    }
+
+    /// Validates one JSON value against the rule table of its `event_type`.
+    pub fn from_value(value: &Value) -> Result<Event, EventError> {
+        let Value::Object(object) = value else {
+            return Err(EventError::record(format!(
+                "expected a json object, found {}",
+                json_kind(value)
+            )));
+        };
+        let event_id = string_field(object, "event_id", MAX_EVENT_ID_LEN)?
+            .ok_or_else(|| EventError::field("event_id", "required"))?;
+        let type_name = string_field(object, "event_type", MAX_STRING_LEN)?
+            .ok_or_else(|| EventError::field("event_type", "required"))?;
+        let event_type = EventType::parse(&type_name).ok_or_else(|| {
+            EventError::field("event_type", format!("unknown event type {type_name:?}"))
+        })?;
+        let ts = parse_ts(
+            object
+                .get("ts")
+                .ok_or_else(|| EventError::field("ts", "required"))?,
+        )?;
+        let rule = event_type.rule();
+
+        for key in object.keys() {
+            if matches!(key.as_str(), "event_id" | "event_type" | "ts") {
+                continue;
+            }
+            match Field::from_name(key) {
+                Some(field) if rule.allows(field) => {}
+                _ => {
+                    return Err(EventError::field(
+                        key,
+                        format!("not allowed for event_type {event_type}"),
+                    ));
+                }
+            }
+        }
+        for field in rule.required {
+            match object.get(field.name()) {
+                None | Some(Value::Null) => {
+                    return Err(EventError::field(
+                        field.name(),
+                        format!("required for event_type {event_type}"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+
+        let s = |name: &str| string_field(object, name, MAX_STRING_LEN);
+        let event = Event {
+            event_id,
+            event_type,
+            ts,
+            user_id: s("user_id")?,
+            session_id: s("session_id")?,
+            device: enum_field(object, "device", Device::parse, Device::ALL)?,
+            page: s("page")?,
+            render_ms: number_field(object, "render_ms", Some((0.0, f64::MAX)))?,
+            campaign_id: s("campaign_id")?,
+            product_id: s("product_id")?,
+            amount_cents: integer_field(object, "amount_cents", 0)?,
+            error_code: code_field(object, "error_code")?,
+            device_id: s("device_id")?,
+            sensor: s("sensor")?,
+            value: number_field(object, "value", None)?,
+            unit: s("unit")?,
+            status: enum_field(object, "status", DeviceStatus::parse, DeviceStatus::ALL)?,
+            battery_pct: number_field(object, "battery_pct", Some((0.0, 100.0)))?,
+            alarm: s("alarm")?,
+            severity: enum_field(object, "severity", Severity::parse, Severity::ALL)?,
+            message: s("message")?,
+        };
+        Ok(event)
+    }
+
+    /// The topic this event is written to.
+    pub fn topic(&self) -> Topic {
+        self.event_type.topic()
+    }
+
+    /// The partitioning key: `user_id` for funnel events, `device_id` for IoT events.
+    pub fn key(&self) -> &str {
+        let key = match self.topic() {
+            Topic::Funnel => self.user_id.as_deref(),
+            Topic::Iot => self.device_id.as_deref(),
+        };
+        key.expect("validation guarantees the key field of every event type")
+    }
+
+    /// The canonical JSON encoding (what is written to the log).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serializes")
+    }
+
+    /// An event of the given type with every optional field empty; for tests and generators.
+    pub fn bare(event_id: impl Into<String>, event_type: EventType, ts: i64) -> Event {
+        Event {
+            event_id: event_id.into(),
+            event_type,
+            ts,
+            user_id: None,
+            session_id: None,
+            device: None,
+            page: None,
+            render_ms: None,
+            campaign_id: None,
+            product_id: None,
+            amount_cents: None,
+            error_code: None,
+            device_id: None,
+            sensor: None,
+            value: None,
+            unit: None,
+            status: None,
+            battery_pct: None,
+            alarm: None,
+            severity: None,
+            message: None,
+        }
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn string_field(
+    object: &Map<String, Value>,
+    name: &str,
+    max_len: usize,
+) -> Result<Option<String>, EventError> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => {
+            if text.is_empty() {
+                Err(EventError::field(name, "must not be empty"))
+            } else if text.len() > max_len {
+                Err(EventError::field(
+                    name,
+                    format!("longer than {max_len} bytes ({} bytes)", text.len()),
+                ))
+            } else {
+                Ok(Some(text.clone()))
+            }
+        }
+        Some(other) => Err(EventError::field(
+            name,
+            format!("expected a string, found {}", json_kind(other)),
+        )),
+    }
+}
+
+/// `error_code` may be a string or an integer; both are kept as a string.
+fn code_field(object: &Map<String, Value>, name: &str) -> Result<Option<String>, EventError> {
+    match object.get(name) {
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+        _ => string_field(object, name, MAX_STRING_LEN),
+    }
+}
+
+fn enum_field<T: fmt::Display>(
+    object: &Map<String, Value>,
+    name: &str,
+    parse: fn(&str) -> Option<T>,
+    all: &[T],
+) -> Result<Option<T>, EventError> {
+    let Some(text) = string_field(object, name, MAX_STRING_LEN)? else {
+        return Ok(None);
+    };
+    parse(&text).map(Some).ok_or_else(|| {
+        let allowed: Vec<String> = all.iter().map(|v| v.to_string()).collect();
+        EventError::field(
+            name,
+            format!("{text:?} is not one of {}", allowed.join(", ")),
+        )
+    })
+}
+
+fn number_field(
+    object: &Map<String, Value>,
+    name: &str,
+    range: Option<(f64, f64)>,
+) -> Result<Option<f64>, EventError> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let value = n
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| EventError::field(name, format!("{n} is not a finite number")))?;
+            if let Some((low, high)) = range
+                && !(low..=high).contains(&value)
+            {
+                let message = if high == f64::MAX {
+                    format!("{value} is below {low}")
+                } else {
+                    format!("{value} is outside {low}..={high}")
+                };
+                return Err(EventError::field(name, message));
+            }
+            Ok(Some(value))
+        }
+        Some(other) => Err(EventError::field(
+            name,
+            format!("expected a number, found {}", json_kind(other)),
+        )),
+    }
+}
+
+fn integer_field(
+    object: &Map<String, Value>,
+    name: &str,
+    min: i64,
+) -> Result<Option<i64>, EventError> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let value = n
+                .as_i64()
+                .ok_or_else(|| EventError::field(name, format!("{n} is not an integer")))?;
+            if value < min {
+                return Err(EventError::field(name, format!("{value} is below {min}")));
+            }
+            Ok(Some(value))
+        }
+        Some(other) => Err(EventError::field(
+            name,
+            format!("expected an integer, found {}", json_kind(other)),
+        )),
+    }
+}
+
+/// `ts`: integer milliseconds since the epoch, or an RFC 3339 string (normalised to ms).
+fn parse_ts(value: &Value) -> Result<i64, EventError> {
+    match value {
+        Value::Number(n) => {
+            let ms = n.as_i64().ok_or_else(|| {
+                EventError::field(
+                    "ts",
+                    format!("{n} is not an integer number of milliseconds"),
+                )
+            })?;
+            if ms < 0 {
+                return Err(EventError::field("ts", format!("{ms} is before 1970")));
+            }
+            Ok(ms)
+        }
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| EventError::field("ts", format!("{text:?} is not RFC 3339: {e}")))
+            .and_then(|ms| {
+                if ms < 0 {
+                    Err(EventError::field("ts", format!("{text:?} is before 1970")))
+                } else {
+                    Ok(ms)
+                }
+            }),
+        other => Err(EventError::field(
+            "ts",
+            format!(
+                "expected milliseconds or an RFC 3339 string, found {}",
+                json_kind(other)
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Validates `input`; `expected` is `Ok(event_type)` or `Err((field, message fragment))`.
+    fn check(input: &str, expected: Result<EventType, (&str, &str)>) {
+        let got = Event::from_json(input.as_bytes());
+        match (got, expected) {
+            (Ok(event), Ok(event_type)) => {
+                assert_eq!(event.event_type, event_type, "{input}");
+                // Canonical form round-trips to the same event.
+                let again = Event::from_json(&event.to_json()).expect("canonical form is valid");
+                assert_eq!(again, event);
+            }
+            (Err(err), Err((field, fragment))) => {
+                assert_eq!(err.field.as_deref().unwrap_or(""), field, "{input}: {err}");
+                assert!(
+                    err.message.contains(fragment),
+                    "{input}: {err:?} lacks {fragment:?}"
+                );
+            }
+            (got, expected) => panic!("{input}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    const TS: &str = r#""event_id":"e1","ts":1700000000000"#;
+
+    #[test]
+    fn valid_events_of_every_type() {
+        use EventType::*;
+        let cases: &[(&str, EventType)] = &[
+            (
+                r#""event_type":"page_view","user_id":"u1","page":"/home""#,
+                PageView,
+            ),
+            (
+                r#""event_type":"page_view","user_id":"u1","page":"/p","session_id":"s","device":"mobile","render_ms":812.5"#,
+                PageView,
+            ),
+            (r#""event_type":"impression","user_id":"u1""#, Impression),
+            (
+                r#""event_type":"click","user_id":"u1","campaign_id":"c1","product_id":"p1","device":"tablet","session_id":"s""#,
+                Click,
+            ),
+            (
+                r#""event_type":"add_to_cart","user_id":"u1","product_id":"p9""#,
+                AddToCart,
+            ),
+            (
+                r#""event_type":"purchase","user_id":"u1","amount_cents":0"#,
+                Purchase,
+            ),
+            (
+                r#""event_type":"purchase","user_id":"u1","amount_cents":1999,"campaign_id":"c1""#,
+                Purchase,
+            ),
+            (
+                r#""event_type":"signup_start","user_id":"u1","device":"desktop""#,
+                SignupStart,
+            ),
+            (
+                r#""event_type":"signup_complete","user_id":"u1","session_id":"s""#,
+                SignupComplete,
+            ),
+            (
+                r#""event_type":"error","user_id":"u1","error_code":"E500","page":"/x""#,
+                Error,
+            ),
+            (
+                r#""event_type":"error","user_id":"u1","error_code":503"#,
+                Error,
+            ),
+            (
+                r#""event_type":"sensor_reading","device_id":"d1","sensor":"temp","value":-3.5"#,
+                SensorReading,
+            ),
+            (
+                r#""event_type":"sensor_reading","device_id":"d1","sensor":"temp","value":21,"unit":"C""#,
+                SensorReading,
+            ),
+            (
+                r#""event_type":"device_status","device_id":"d1","status":"offline""#,
+                DeviceStatus,
+            ),
+            (
+                r#""event_type":"device_status","device_id":"d1","status":"online","battery_pct":100"#,
+                DeviceStatus,
+            ),
+            (
+                r#""event_type":"alarm","device_id":"d1","alarm":"overheat","severity":"critical""#,
+                Alarm,
+            ),
+            (
+                r#""event_type":"alarm","device_id":"d1","alarm":"door","severity":"low","message":"open""#,
+                Alarm,
+            ),
+        ];
+        for (body, event_type) in cases {
+            check(&format!("{{{TS},{body}}}"), Ok(*event_type));
+        }
+    }
+
+    #[test]
+    fn invalid_events_name_the_field() {
+        let cases: &[(&str, (&str, &str))] = &[
+            (
+                r#"{"ts":1,"event_type":"click","user_id":"u"}"#,
+                ("event_id", "required"),
+            ),
+            (
+                r#"{"event_id":"","ts":1,"event_type":"click","user_id":"u"}"#,
+                ("event_id", "empty"),
+            ),
+            (
+                &format!(
+                    r#"{{"event_id":"{}","ts":1,"event_type":"click","user_id":"u"}}"#,
+                    "x".repeat(65)
+                ),
+                ("event_id", "longer than 64"),
+            ),
+            (
+                r#"{"event_id":7,"ts":1,"event_type":"click","user_id":"u"}"#,
+                ("event_id", "expected a string"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"user_id":"u"}"#,
+                ("event_type", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"hover","user_id":"u"}"#,
+                ("event_type", "unknown event type"),
+            ),
+            (
+                r#"{"event_id":"e","event_type":"click","user_id":"u"}"#,
+                ("ts", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1.5,"event_type":"click","user_id":"u"}"#,
+                ("ts", "not an integer"),
+            ),
+            (
+                r#"{"event_id":"e","ts":-5,"event_type":"click","user_id":"u"}"#,
+                ("ts", "before 1970"),
+            ),
+            (
+                r#"{"event_id":"e","ts":"yesterday","event_type":"click","user_id":"u"}"#,
+                ("ts", "not RFC 3339"),
+            ),
+            (
+                r#"{"event_id":"e","ts":true,"event_type":"click","user_id":"u"}"#,
+                ("ts", "expected milliseconds"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click"}"#,
+                ("user_id", "required for event_type click"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","user_id":null}"#,
+                ("user_id", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u"}"#,
+                ("page", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u","page":"/","render_ms":-1}"#,
+                ("render_ms", "below 0"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u","page":"/","render_ms":"fast"}"#,
+                ("render_ms", "expected a number"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u","page":"/","device":"watch"}"#,
+                ("device", "not one of desktop, mobile, tablet"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"purchase","user_id":"u"}"#,
+                ("amount_cents", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"purchase","user_id":"u","amount_cents":-1}"#,
+                ("amount_cents", "below 0"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"purchase","user_id":"u","amount_cents":9.99}"#,
+                ("amount_cents", "not an integer"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"error","user_id":"u"}"#,
+                ("error_code", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","user_id":"u","render_ms":3}"#,
+                ("render_ms", "not allowed for event_type click"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","user_id":"u","colour":"red"}"#,
+                ("colour", "not allowed"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"sensor_reading","device_id":"d","sensor":"t"}"#,
+                ("value", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"sensor_reading","device_id":"d","sensor":"t","value":"hot"}"#,
+                ("value", "expected a number"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"sensor_reading","sensor":"t","value":1}"#,
+                ("device_id", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"device_status","device_id":"d"}"#,
+                ("status", "required"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"device_status","device_id":"d","status":"asleep"}"#,
+                ("status", "not one of online, offline"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"device_status","device_id":"d","status":"online","battery_pct":101}"#,
+                ("battery_pct", "outside 0..=100"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"alarm","device_id":"d","alarm":"a","severity":"extreme"}"#,
+                ("severity", "not one of low, medium, high, critical"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"alarm","device_id":"d","severity":"low"}"#,
+                ("alarm", "required"),
+            ),
+            (r#"[1,2]"#, ("", "expected a json object, found an array")),
+            (r#"{"event_id":"e""#, ("", "invalid json")),
+        ];
+        for (input, (field, fragment)) in cases {
+            check(input, Err((field, fragment)));
+        }
+    }
+
+    #[test]
+    fn rfc3339_ts_is_normalised_to_millis() {
+        let event = Event::from_json(
+            br#"{"event_id":"e","ts":"2023-11-14T22:13:20.5+01:00","event_type":"impression","user_id":"u"}"#,
+        )
+        .unwrap();
+        assert_eq!(event.ts, 1_699_996_400_500);
+        assert!(
+            String::from_utf8(event.to_json())
+                .unwrap()
+                .contains(r#""ts":1699996400500"#)
+        );
+    }
+
+    #[test]
+    fn key_follows_the_topic() {
+        let funnel =
+            Event::from_json(br#"{"event_id":"e","ts":1,"event_type":"click","user_id":"u7"}"#)
+                .unwrap();
+        assert_eq!((funnel.topic(), funnel.key()), (Topic::Funnel, "u7"));
+        let iot = Event::from_json(br#"{"event_id":"e","ts":1,"event_type":"alarm","device_id":"d3","alarm":"a","severity":"high"}"#).unwrap();
+        assert_eq!((iot.topic(), iot.key()), (Topic::Iot, "d3"));
+    }
+}

@@ -1,0 +1,288 @@
+//! The KPI definitions both layers implement: what each view counts, per
+//! 1-minute bucket, and how two partial aggregates of one bucket merge.
+//!
+//! The speed layer folds events into these structs; the batch layer computes
+//! the same columns in DuckDB SQL (`batch-layer/sql/*.sql`) and maps its rows
+//! into them; serving merges them. One definition, two implementations.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{DeviceStatus, Event, EventType, Severity};
+
+/// Funnel counters for one bucket (and one campaign).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelCounts {
+    /// `impression` events.
+    pub impressions: u64,
+    /// `click` events.
+    pub clicks: u64,
+    /// `add_to_cart` events.
+    pub add_to_carts: u64,
+    /// `purchase` events.
+    pub purchases: u64,
+    /// Sum of `amount_cents` over purchases.
+    pub revenue_cents: i64,
+    /// `signup_start` events.
+    pub signup_starts: u64,
+    /// `signup_complete` events.
+    pub signup_completes: u64,
+}
+
+impl FunnelCounts {
+    /// Counts one funnel event (other event types are ignored).
+    pub fn add(&mut self, event: &Event) {
+        match event.event_type {
+            EventType::Impression => self.impressions += 1,
+            EventType::Click => self.clicks += 1,
+            EventType::AddToCart => self.add_to_carts += 1,
+            EventType::Purchase => {
+                self.purchases += 1;
+                self.revenue_cents += event.amount_cents.unwrap_or(0);
+            }
+            EventType::SignupStart => self.signup_starts += 1,
+            EventType::SignupComplete => self.signup_completes += 1,
+            _ => {}
+        }
+    }
+
+    /// Adds another aggregate of disjoint events.
+    pub fn merge(&mut self, other: &FunnelCounts) {
+        self.impressions += other.impressions;
+        self.clicks += other.clicks;
+        self.add_to_carts += other.add_to_carts;
+        self.purchases += other.purchases;
+        self.revenue_cents += other.revenue_cents;
+        self.signup_starts += other.signup_starts;
+        self.signup_completes += other.signup_completes;
+    }
+
+    /// Click-through rate: clicks / impressions (`None` without impressions).
+    pub fn ctr(&self) -> Option<f64> {
+        ratio(self.clicks, self.impressions)
+    }
+
+    /// Conversion rate: purchases / clicks (`None` without clicks).
+    pub fn conversion(&self) -> Option<f64> {
+        ratio(self.purchases, self.clicks)
+    }
+
+    /// Whether the event type contributes to this view.
+    pub fn counts(event_type: EventType) -> bool {
+        matches!(
+            event_type,
+            EventType::Impression
+                | EventType::Click
+                | EventType::AddToCart
+                | EventType::Purchase
+                | EventType::SignupStart
+                | EventType::SignupComplete
+        )
+    }
+}
+
+fn ratio(numerator: u64, denominator: u64) -> Option<f64> {
+    (denominator > 0).then(|| numerator as f64 / denominator as f64)
+}
+
+/// Page counters for one bucket, page and device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageCounts {
+    /// `page_view` events.
+    pub page_views: u64,
+    /// `error` events.
+    pub errors: u64,
+}
+
+impl PageCounts {
+    /// Counts one event (page views and errors; others are ignored).
+    pub fn add(&mut self, event: &Event) {
+        match event.event_type {
+            EventType::PageView => self.page_views += 1,
+            EventType::Error => self.errors += 1,
+            _ => {}
+        }
+    }
+
+    /// Adds another aggregate of disjoint events.
+    pub fn merge(&mut self, other: &PageCounts) {
+        self.page_views += other.page_views;
+        self.errors += other.errors;
+    }
+
+    /// Whether the event type contributes to this view.
+    pub fn counts(event_type: EventType) -> bool {
+        matches!(event_type, EventType::PageView | EventType::Error)
+    }
+}
+
+/// Statistics of one sensor's readings in one bucket.
+///
+/// `last` is the value of the reading with the greatest `(ts, event_id)`, so
+/// it does not depend on arrival order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorStats {
+    /// Number of readings.
+    pub count: u64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Sum of values (`avg = sum / count`).
+    pub sum: f64,
+    /// Event time of the last reading.
+    pub last_ts: i64,
+    /// `event_id` of the last reading (the tie-breaker).
+    pub last_event_id: String,
+    /// Value of the last reading.
+    pub last: f64,
+}
+
+impl SensorStats {
+    /// Stats of a single reading.
+    pub fn of(ts: i64, event_id: &str, value: f64) -> SensorStats {
+        SensorStats {
+            count: 1,
+            min: value,
+            max: value,
+            sum: value,
+            last_ts: ts,
+            last_event_id: event_id.to_string(),
+            last: value,
+        }
+    }
+
+    /// Adds another aggregate of disjoint readings.
+    pub fn merge(&mut self, other: &SensorStats) {
+        self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        if (other.last_ts, other.last_event_id.as_str())
+            > (self.last_ts, self.last_event_id.as_str())
+        {
+            self.last_ts = other.last_ts;
+            self.last_event_id.clone_from(&other.last_event_id);
+            self.last = other.last;
+        }
+    }
+
+    /// Mean value.
+    pub fn avg(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+}
+
+/// Device status and alarm counters for one bucket and device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCounts {
+    /// `device_status` events with status online.
+    pub online: u64,
+    /// `device_status` events with status offline.
+    pub offline: u64,
+    /// `alarm` events with severity low.
+    pub alarms_low: u64,
+    /// ... medium.
+    pub alarms_medium: u64,
+    /// ... high.
+    pub alarms_high: u64,
+    /// ... critical.
+    pub alarms_critical: u64,
+}
+
+impl DeviceCounts {
+    /// Counts one status or alarm event (others are ignored).
+    pub fn add(&mut self, event: &Event) {
+        match (event.event_type, event.status, event.severity) {
+            (EventType::DeviceStatus, Some(DeviceStatus::Online), _) => self.online += 1,
+            (EventType::DeviceStatus, Some(DeviceStatus::Offline), _) => self.offline += 1,
+            (EventType::Alarm, _, Some(Severity::Low)) => self.alarms_low += 1,
+            (EventType::Alarm, _, Some(Severity::Medium)) => self.alarms_medium += 1,
+            (EventType::Alarm, _, Some(Severity::High)) => self.alarms_high += 1,
+            (EventType::Alarm, _, Some(Severity::Critical)) => self.alarms_critical += 1,
+            _ => {}
+        }
+    }
+
+    /// Adds another aggregate of disjoint events.
+    pub fn merge(&mut self, other: &DeviceCounts) {
+        self.online += other.online;
+        self.offline += other.offline;
+        self.alarms_low += other.alarms_low;
+        self.alarms_medium += other.alarms_medium;
+        self.alarms_high += other.alarms_high;
+        self.alarms_critical += other.alarms_critical;
+    }
+
+    /// Whether the event type contributes to this view.
+    pub fn counts(event_type: EventType) -> bool {
+        matches!(event_type, EventType::DeviceStatus | EventType::Alarm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> Event {
+        Event::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn funnel_counts_each_type_and_revenue() {
+        let mut counts = FunnelCounts::default();
+        for json in [
+            r#"{"event_id":"1","ts":1,"event_type":"impression","user_id":"u"}"#,
+            r#"{"event_id":"2","ts":1,"event_type":"impression","user_id":"u"}"#,
+            r#"{"event_id":"3","ts":1,"event_type":"click","user_id":"u"}"#,
+            r#"{"event_id":"4","ts":1,"event_type":"add_to_cart","user_id":"u"}"#,
+            r#"{"event_id":"5","ts":1,"event_type":"purchase","user_id":"u","amount_cents":250}"#,
+            r#"{"event_id":"6","ts":1,"event_type":"signup_start","user_id":"u"}"#,
+            r#"{"event_id":"7","ts":1,"event_type":"page_view","user_id":"u","page":"/"}"#,
+        ] {
+            counts.add(&event(json));
+        }
+        let expected = FunnelCounts {
+            impressions: 2,
+            clicks: 1,
+            add_to_carts: 1,
+            purchases: 1,
+            revenue_cents: 250,
+            signup_starts: 1,
+            signup_completes: 0,
+        };
+        assert_eq!(counts, expected);
+        assert_eq!(counts.ctr(), Some(0.5));
+        assert_eq!(counts.conversion(), Some(1.0));
+        assert_eq!(FunnelCounts::default().ctr(), None);
+    }
+
+    #[test]
+    fn sensor_last_is_independent_of_merge_order() {
+        let a = SensorStats::of(10, "a", 1.0);
+        let b = SensorStats::of(20, "b", 5.0);
+        let c = SensorStats::of(20, "c", -2.0);
+        let mut left = a.clone();
+        left.merge(&b);
+        left.merge(&c);
+        let mut right = c.clone();
+        right.merge(&b);
+        right.merge(&a);
+        assert_eq!(left, right);
+        assert_eq!(
+            (left.count, left.min, left.max, left.last),
+            (3, -2.0, 5.0, -2.0)
+        );
+        assert_eq!(left.avg(), 4.0 / 3.0);
+    }
+
+    #[test]
+    fn device_counts_status_and_severity() {
+        let mut counts = DeviceCounts::default();
+        counts.add(&event(r#"{"event_id":"1","ts":1,"event_type":"device_status","device_id":"d","status":"offline"}"#));
+        counts.add(&event(r#"{"event_id":"2","ts":1,"event_type":"alarm","device_id":"d","alarm":"x","severity":"critical"}"#));
+        assert_eq!(
+            (counts.offline, counts.alarms_critical, counts.online),
+            (1, 1, 0)
+        );
+    }
+}

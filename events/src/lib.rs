@@ -1,0 +1,14 @@
+//! Event types, validation, codecs, time buckets and the shared KPI definitions.
+//!
+//! This crate is pure: no tokio, no I/O, no clock. Every other crate agrees on
+//! what an event is, which bucket it falls in and how a KPI is folded by using
+//! the definitions here.
+
+pub mod bucket;
+pub mod codec;
+pub mod event;
+pub mod kpi;
+
+pub use bucket::{Step, floor_to};
+pub use codec::{ParsedLine, parse_body};
+pub use event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};

@@ -1,0 +1,289 @@
+//! The conformance suite every [`EventLog`] backend must pass: generic async
+//! checks that panic with a message on failure. Each backend's test file
+//! calls [`run_all`] with a fresh log and a unique topic prefix.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{EventLog, FetchPosition, LogError, Record, StoredRecord};
+
+/// Runs every check against `log`, naming topics `<prefix>-<check>`.
+pub async fn run_all(log: Arc<dyn EventLog>, prefix: &str) {
+    create_topic_is_idempotent(log.as_ref(), &format!("{prefix}-create")).await;
+    append_and_read_back(log.as_ref(), &format!("{prefix}-roundtrip")).await;
+    keys_keep_partition_and_order(log.as_ref(), &format!("{prefix}-order")).await;
+    fetch_waits_for_appends(Arc::clone(&log), &format!("{prefix}-tail")).await;
+    fetch_beyond_end_is_an_error(log.as_ref(), &format!("{prefix}-range")).await;
+    groups_commit_offsets(log.as_ref(), &format!("{prefix}-groups")).await;
+    concurrent_appends_are_all_durable_once(Arc::clone(&log), &format!("{prefix}-concurrent"))
+        .await;
+}
+
+fn record(key: Option<&str>, value: &str) -> Record {
+    Record {
+        key: key.map(|k| k.as_bytes().to_vec()),
+        value: value.as_bytes().to_vec(),
+        timestamp_ms: 1_700_000_000_000,
+        headers: Vec::new(),
+    }
+}
+
+/// Reads every record of `topic` from each partition's start to its end.
+pub async fn read_all(log: &dyn EventLog, topic: &str) -> Vec<StoredRecord> {
+    let ranges = log.ranges(topic).await.expect("ranges");
+    let mut out = Vec::new();
+    for (partition, range) in ranges.iter().enumerate() {
+        let mut offset = range.start;
+        while offset < range.end {
+            let position = FetchPosition {
+                topic: topic.into(),
+                partition: partition as u32,
+                offset,
+            };
+            let batch = log
+                .fetch(&[position], 1000, Duration::from_secs(5))
+                .await
+                .expect("fetch");
+            assert!(
+                !batch.is_empty(),
+                "{topic}/{partition}: nothing at {offset} below end {}",
+                range.end
+            );
+            for stored in batch {
+                assert_eq!(
+                    stored.offset, offset,
+                    "{topic}/{partition}: offsets are dense"
+                );
+                offset += 1;
+                out.push(stored);
+            }
+        }
+    }
+    out
+}
+
+/// Creating a topic twice is fine; with another partition count it is an error.
+pub async fn create_topic_is_idempotent(log: &dyn EventLog, topic: &str) {
+    log.create_topic(topic, 3).await.expect("create");
+    log.create_topic(topic, 3).await.expect("create again");
+    assert_eq!(log.partition_count(topic).await.expect("count"), 3);
+    let err = log
+        .create_topic(topic, 5)
+        .await
+        .expect_err("mismatched partitions");
+    assert!(
+        matches!(
+            err,
+            LogError::PartitionMismatch {
+                existing: 3,
+                requested: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        log.partition_count("no-such-topic-here").await,
+        Err(LogError::UnknownTopic(_))
+    ));
+}
+
+/// What is appended is read back byte for byte, with headers and null keys.
+pub async fn append_and_read_back(log: &dyn EventLog, topic: &str) {
+    log.create_topic(topic, 2).await.expect("create");
+    let mut with_headers = record(None, "no key, two headers");
+    with_headers.headers = vec![
+        ("reason".into(), b"bad field".to_vec()),
+        ("line".into(), b"7".to_vec()),
+    ];
+    let records = vec![
+        record(Some("a"), "first"),
+        with_headers,
+        record(Some("b"), ""),
+    ];
+    let positions = log.append(topic, records.clone()).await.expect("append");
+    assert_eq!(positions.len(), 3);
+    let stored = read_all(log, topic).await;
+    assert_eq!(stored.len(), 3);
+    for (record, position) in records.iter().zip(&positions) {
+        let found = stored
+            .iter()
+            .find(|s| s.partition == position.partition && s.offset == position.offset)
+            .expect("record at its acknowledged position");
+        assert_eq!(&found.record.value, &record.value);
+        assert_eq!(&found.record.key, &record.key);
+        assert_eq!(&found.record.headers, &record.headers);
+        assert_eq!(found.topic, topic);
+    }
+}
+
+/// Records with one key go to one partition and keep their order.
+pub async fn keys_keep_partition_and_order(log: &dyn EventLog, topic: &str) {
+    log.create_topic(topic, 4).await.expect("create");
+    for round in 0..5 {
+        let batch: Vec<Record> = (0..8)
+            .map(|k| record(Some(&format!("key-{k}")), &format!("{k}:{round}")))
+            .collect();
+        log.append(topic, batch).await.expect("append");
+    }
+    let stored = read_all(log, topic).await;
+    assert_eq!(stored.len(), 40);
+    let mut partition_of: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+    let mut rounds_seen: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
+    for s in &stored {
+        let key = s.record.key.clone().expect("keyed");
+        let partition = *partition_of.entry(key.clone()).or_insert(s.partition);
+        assert_eq!(partition, s.partition, "one key, one partition");
+        let value = String::from_utf8(s.record.value.clone()).expect("utf-8");
+        rounds_seen
+            .entry(key)
+            .or_default()
+            .push(value.split(':').nth(1).expect("round").to_string());
+    }
+    for (key, rounds) in rounds_seen {
+        assert_eq!(
+            rounds,
+            ["0", "1", "2", "3", "4"],
+            "order of {}",
+            String::from_utf8_lossy(&key)
+        );
+    }
+    let used: HashSet<u32> = partition_of.values().copied().collect();
+    assert!(
+        used.len() > 1,
+        "8 keys should spread over more than one of 4 partitions"
+    );
+}
+
+/// A fetch at the end waits for the next append and returns it; with none it returns empty.
+pub async fn fetch_waits_for_appends(log: Arc<dyn EventLog>, topic: &str) {
+    log.create_topic(topic, 1).await.expect("create");
+    let at_end = vec![FetchPosition {
+        topic: topic.into(),
+        partition: 0,
+        offset: 0,
+    }];
+    let empty = log
+        .fetch(&at_end, 10, Duration::from_millis(200))
+        .await
+        .expect("fetch");
+    assert!(empty.is_empty());
+    let writer = {
+        let log = Arc::clone(&log);
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            log.append(&topic, vec![record(None, "late arrival")])
+                .await
+                .expect("append");
+        })
+    };
+    let started = std::time::Instant::now();
+    let got = log
+        .fetch(&at_end, 10, Duration::from_secs(20))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        got.len(),
+        1,
+        "the fetch returns the record appended while it waited"
+    );
+    assert_eq!(got[0].record.value, b"late arrival");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "woken by the append, not the timeout"
+    );
+    writer.await.expect("writer task");
+}
+
+/// Reading past the end offset is an out-of-range error that names the range.
+pub async fn fetch_beyond_end_is_an_error(log: &dyn EventLog, topic: &str) {
+    log.create_topic(topic, 1).await.expect("create");
+    log.append(topic, vec![record(None, "only")])
+        .await
+        .expect("append");
+    let beyond = vec![FetchPosition {
+        topic: topic.into(),
+        partition: 0,
+        offset: 5,
+    }];
+    let err = log
+        .fetch(&beyond, 10, Duration::from_millis(100))
+        .await
+        .expect_err("out of range");
+    assert!(
+        matches!(
+            err,
+            LogError::OffsetOutOfRange {
+                offset: 5,
+                end: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Committed offsets are per group and per partition.
+pub async fn groups_commit_offsets(log: &dyn EventLog, topic: &str) {
+    log.create_topic(topic, 2).await.expect("create");
+    assert!(
+        log.committed("group-a", topic)
+            .await
+            .expect("committed")
+            .is_empty()
+    );
+    log.commit("group-a", topic, &[(0, 5), (1, 7)])
+        .await
+        .expect("commit");
+    log.commit("group-a", topic, &[(1, 9)])
+        .await
+        .expect("commit");
+    log.commit("group-b", topic, &[(0, 1)])
+        .await
+        .expect("commit");
+    let a = log.committed("group-a", topic).await.expect("committed");
+    assert_eq!(a, BTreeMap::from([(0, 5), (1, 9)]));
+    let b = log.committed("group-b", topic).await.expect("committed");
+    assert_eq!(b, BTreeMap::from([(0, 1)]));
+}
+
+/// Many concurrent appenders: every acknowledged record is in the log exactly once.
+pub async fn concurrent_appends_are_all_durable_once(log: Arc<dyn EventLog>, topic: &str) {
+    log.create_topic(topic, 4).await.expect("create");
+    let mut tasks = Vec::new();
+    for task in 0..16 {
+        let log = Arc::clone(&log);
+        let topic = topic.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..20 {
+                let value = format!("t{task}-r{i}");
+                let positions = log
+                    .append(&topic, vec![record(Some(&format!("k{task}")), &value)])
+                    .await
+                    .expect("append");
+                acknowledged.push((positions[0], value));
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.expect("task"));
+    }
+    let stored = read_all(log.as_ref(), topic).await;
+    assert_eq!(
+        stored.len(),
+        acknowledged.len(),
+        "no record lost or duplicated"
+    );
+    for (position, value) in acknowledged {
+        let found = stored
+            .iter()
+            .find(|s| s.partition == position.partition && s.offset == position.offset)
+            .expect("acknowledged position exists");
+        assert_eq!(found.record.value, value.as_bytes());
+    }
+}

@@ -1,0 +1,678 @@
+//! The embedded durable log (`embedded://DIR`), the default backend on one machine.
+//!
+//! Layout: `DIR/<topic>/topic.json` (partition count), `DIR/<topic>/<partition>/<base offset>.log`
+//! segments (see [`segment`] for the frame format) and `DIR/__consumer_offsets/<group>.json`.
+//!
+//! Writes go through one writer thread ([`writer`]) that group-commits: it
+//! takes every append request waiting in its bounded queue, writes them all,
+//! issues one `fsync` per touched segment and only then acknowledges them and
+//! makes the records visible to readers. Readers never see a record that is
+//! not durable, and they wait for appends on a watch channel, not a poll loop.
+
+mod groups;
+mod segment;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::partitioner::partition_for_key;
+use crate::{
+    EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,
+    StoredRecord,
+};
+use segment::FRAME_HEADER;
+use writer::{AppendRequest, Writer};
+
+/// Append requests the writer queue holds before `append` waits (backpressure).
+pub const WRITER_QUEUE_CAPACITY: usize = 1024;
+
+/// Settings of the embedded log.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// A segment is rolled once it would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// Closed segments whose newest record is older than this are deleted.
+    pub retention_ms: Option<i64>,
+    /// Oldest closed segments are deleted while a partition is larger than this.
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+        }
+    }
+}
+
+/// The embedded log. Cheap to share behind an `Arc`; see the module docs.
+#[derive(Debug)]
+pub struct EmbeddedLog {
+    inner: Arc<Inner>,
+    writer: Mutex<Option<(mpsc::Sender<AppendRequest>, std::thread::JoinHandle<()>)>>,
+    appended: watch::Receiver<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    config: EmbeddedConfig,
+    topics: RwLock<BTreeMap<String, Arc<TopicState>>>,
+    groups: Mutex<()>,
+    round_robin: AtomicU32,
+    /// Bumped after every group commit; readers wait on it.
+    appended: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    name: String,
+    partitions: Vec<Mutex<PartitionState>>,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    dir: PathBuf,
+    /// Oldest first; the last one is the active segment the writer appends to.
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    base_offset: u64,
+    path: PathBuf,
+    /// Durable length in bytes.
+    len: u64,
+    /// One past the last durable offset in this segment.
+    next_offset: u64,
+    max_timestamp: Option<i64>,
+    /// (offset, byte position) every `segment::INDEX_INTERVAL` records.
+    index: Vec<(u64, u64)>,
+}
+
+impl PartitionState {
+    fn range(&self) -> PartitionRange {
+        let first = self
+            .segments
+            .first()
+            .expect("a partition always has a segment");
+        let last = self
+            .segments
+            .last()
+            .expect("a partition always has a segment");
+        PartitionRange {
+            start: first.base_offset,
+            end: last.next_offset,
+        }
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a partition always has a segment")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicMeta {
+    partitions: u32,
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), LogError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && !name.starts_with("__")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::Io {
+            context: format!("{kind} name {name:?}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "use letters, digits, '.', '_' and '-', not starting with '.' or '__'",
+            ),
+        })
+    }
+}
+
+/// Fsyncs a directory so that a file created or renamed in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir`, recovering every partition: a torn
+    /// tail left by a crash is cut off at the last complete record.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        config: EmbeddedConfig,
+    ) -> Result<EmbeddedLog, LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        let recovered = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || recover(&dir))
+                .await
+                .map_err(|e| LogError::Unavailable(format!("recovery task failed: {e}")))??
+        };
+        let (appended, appended_rx) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            dir,
+            config,
+            topics: RwLock::new(recovered),
+            groups: Mutex::new(()),
+            round_robin: AtomicU32::new(0),
+            appended,
+        });
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
+        let writer = Writer::new(Arc::clone(&inner), rx);
+        let handle = std::thread::Builder::new()
+            .name("embedded-log-writer".into())
+            .spawn(move || writer.run())
+            .map_err(LogError::io("spawning the log writer thread"))?;
+        Ok(EmbeddedLog {
+            inner,
+            writer: Mutex::new(Some((tx, handle))),
+            appended: appended_rx,
+        })
+    }
+
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<TopicState>, LogError> {
+        self.inner
+            .topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
+    }
+
+    fn partition<'a>(
+        topic: &'a TopicState,
+        partition: u32,
+    ) -> Result<&'a Mutex<PartitionState>, LogError> {
+        topic
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: topic.name.clone(),
+                partition,
+            })
+    }
+
+    /// Reads up to `limit` durable records of one partition starting at `offset`.
+    fn read_partition(
+        &self,
+        topic: &TopicState,
+        partition: u32,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        let out_of_range = |range: PartitionRange| LogError::OffsetOutOfRange {
+            topic: topic.name.clone(),
+            partition,
+            offset,
+            start: range.start,
+            end: range.end,
+        };
+        // Snapshot what to read under the lock, read without it.
+        let plan: Vec<(PathBuf, u64, u64)> = {
+            let state = Self::partition(topic, partition)?.lock();
+            let range = state.range();
+            if offset < range.start || offset > range.end {
+                return Err(out_of_range(range));
+            }
+            if offset == range.end {
+                return Ok(Vec::new());
+            }
+            let first = state.segments.partition_point(|s| s.base_offset <= offset) - 1;
+            state.segments[first..]
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.next_offset > s.base_offset)
+                .map(|(i, s)| {
+                    let start_pos = if i == 0 {
+                        let idx = s.index.partition_point(|(o, _)| *o <= offset);
+                        if idx == 0 { 0 } else { s.index[idx - 1].1 }
+                    } else {
+                        0
+                    };
+                    (s.path.clone(), start_pos, s.len)
+                })
+                .collect()
+        };
+        let mut records = Vec::new();
+        for (path, start_pos, len) in plan {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Retention removed the segment after the snapshot.
+                    let range = Self::partition(topic, partition)?.lock().range();
+                    return Err(out_of_range(range));
+                }
+                Err(e) => return Err(LogError::io(format!("opening {}", path.display()))(e)),
+            };
+            let context = || format!("reading {}", path.display());
+            let mut reader = BufReader::with_capacity(256 * 1024, file);
+            reader
+                .seek(SeekFrom::Start(start_pos))
+                .map_err(LogError::io(context()))?;
+            let mut pos = start_pos;
+            let mut frame = Vec::new();
+            while pos < len && records.len() < limit {
+                frame.resize(FRAME_HEADER, 0);
+                reader
+                    .read_exact(&mut frame)
+                    .map_err(LogError::io(context()))?;
+                let payload_len =
+                    u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes")) as usize;
+                frame.resize(FRAME_HEADER + payload_len, 0);
+                reader
+                    .read_exact(&mut frame[FRAME_HEADER..])
+                    .map_err(LogError::io(context()))?;
+                let decoded = segment::decode(&frame).map_err(|e| LogError::Corrupt {
+                    path: path.display().to_string(),
+                    position: pos,
+                    reason: format!("{e:?}"),
+                })?;
+                pos += decoded.len as u64;
+                if decoded.offset >= offset {
+                    records.push(StoredRecord {
+                        topic: topic.name.clone(),
+                        partition,
+                        offset: decoded.offset,
+                        record: decoded.record,
+                    });
+                }
+            }
+            if records.len() >= limit {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
+    fn read_available(
+        &self,
+        positions: &[FetchPosition],
+        max_records: usize,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        let per_position = (max_records / positions.len().max(1)).max(1);
+        let mut out = Vec::new();
+        for position in positions {
+            let budget = per_position.min(max_records - out.len());
+            if budget == 0 {
+                break;
+            }
+            let topic = self.topic(&position.topic)?;
+            out.extend(self.read_partition(&topic, position.partition, position.offset, budget)?);
+        }
+        Ok(out)
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<AppendRequest>, LogError> {
+        self.writer
+            .lock()
+            .as_ref()
+            .map(|(tx, _)| tx.clone())
+            .ok_or(LogError::Closed)
+    }
+}
+
+/// Opens every topic and partition under `dir`, cutting torn tails.
+fn recover(dir: &Path) -> Result<BTreeMap<String, Arc<TopicState>>, LogError> {
+    fs::create_dir_all(dir).map_err(LogError::io(format!("creating {}", dir.display())))?;
+    let mut topics = BTreeMap::new();
+    let entries = fs::read_dir(dir).map_err(LogError::io(format!("listing {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(LogError::io(format!("listing {}", dir.display())))?;
+        let meta_path = entry.path().join("topic.json");
+        if !meta_path.exists() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta: TopicMeta = serde_json::from_slice(
+            &fs::read(&meta_path)
+                .map_err(LogError::io(format!("reading {}", meta_path.display())))?,
+        )
+        .map_err(|e| LogError::Corrupt {
+            path: meta_path.display().to_string(),
+            position: 0,
+            reason: e.to_string(),
+        })?;
+        let mut partitions = Vec::new();
+        for partition in 0..meta.partitions {
+            partitions.push(Mutex::new(recover_partition(
+                &entry.path().join(partition.to_string()),
+            )?));
+        }
+        topics.insert(name.clone(), Arc::new(TopicState { name, partitions }));
+    }
+    Ok(topics)
+}
+
+fn recover_partition(dir: &Path) -> Result<PartitionState, LogError> {
+    fs::create_dir_all(dir).map_err(LogError::io(format!("creating {}", dir.display())))?;
+    let mut bases: Vec<u64> = fs::read_dir(dir)
+        .map_err(LogError::io(format!("listing {}", dir.display())))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| segment::parse_segment_name(&e.file_name().to_string_lossy()))
+        .collect();
+    bases.sort_unstable();
+    let mut segments = Vec::new();
+    let n_segments = bases.len();
+    for (i, base_offset) in bases.into_iter().enumerate() {
+        let path = segment::segment_path(dir, base_offset);
+        let scan = segment::scan(&path, base_offset)
+            .map_err(LogError::io(format!("scanning {}", path.display())))?;
+        if let Some((position, reason)) = &scan.torn {
+            if i + 1 < n_segments {
+                return Err(LogError::Corrupt {
+                    path: path.display().to_string(),
+                    position: *position,
+                    reason: reason.clone(),
+                });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                position,
+                reason = %reason,
+                kept_records = scan.next_offset - base_offset,
+                "cutting torn tail of segment"
+            );
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(LogError::io(format!("opening {}", path.display())))?;
+            file.set_len(scan.valid_len)
+                .map_err(LogError::io(format!("truncating {}", path.display())))?;
+            file.sync_all()
+                .map_err(LogError::io(format!("syncing {}", path.display())))?;
+        }
+        if let Some(previous) = segments.last()
+            && scan.next_offset > base_offset
+            && base_offset != previous.next_offset
+        {
+            return Err(LogError::Corrupt {
+                path: path.display().to_string(),
+                position: 0,
+                reason: format!(
+                    "segment starts at {base_offset} but the previous one ends at {}",
+                    previous.next_offset
+                ),
+            });
+        }
+        segments.push(Segment {
+            base_offset,
+            path,
+            len: scan.valid_len,
+            next_offset: scan.next_offset,
+            max_timestamp: scan.max_timestamp,
+            index: scan.index,
+        });
+    }
+    if segments.is_empty() {
+        let path = segment::segment_path(dir, 0);
+        File::create(&path).map_err(LogError::io(format!("creating {}", path.display())))?;
+        sync_dir(dir).map_err(LogError::io(format!("syncing {}", dir.display())))?;
+        segments.push(Segment {
+            base_offset: 0,
+            path,
+            len: 0,
+            next_offset: 0,
+            max_timestamp: None,
+            index: Vec::new(),
+        });
+    }
+    Ok(PartitionState {
+        dir: dir.to_path_buf(),
+        segments,
+    })
+}
+
+#[async_trait::async_trait]
+impl EventLog for EmbeddedLog {
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        check_name("topic", topic)?;
+        if partitions == 0 {
+            return Err(LogError::PartitionMismatch {
+                topic: topic.into(),
+                existing: 0,
+                requested: 0,
+            });
+        }
+        if let Ok(existing) = self.topic(topic) {
+            let existing = existing.partitions.len() as u32;
+            if existing != partitions {
+                return Err(LogError::PartitionMismatch {
+                    topic: topic.into(),
+                    existing,
+                    requested: partitions,
+                });
+            }
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), LogError> {
+            let mut topics = inner.topics.write();
+            if topics.contains_key(&name) {
+                return Ok(());
+            }
+            let topic_dir = inner.dir.join(&name);
+            let mut states = Vec::new();
+            for partition in 0..partitions {
+                states.push(Mutex::new(recover_partition(
+                    &topic_dir.join(partition.to_string()),
+                )?));
+            }
+            let meta = serde_json::to_vec(&TopicMeta { partitions }).expect("meta serializes");
+            groups::write_atomically(&topic_dir.join("topic.json"), &meta)?;
+            sync_dir(&inner.dir)
+                .map_err(LogError::io(format!("syncing {}", inner.dir.display())))?;
+            topics.insert(
+                name.clone(),
+                Arc::new(TopicState {
+                    name,
+                    partitions: states,
+                }),
+            );
+            Ok(())
+        })
+        .await
+        .map_err(|e| LogError::Unavailable(format!("create topic task failed: {e}")))?
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+        Ok(self.topic(topic)?.partitions.len() as u32)
+    }
+
+    async fn append(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
+        let topic = self.topic(topic)?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n_partitions = topic.partitions.len() as u32;
+        let mut assigned = Vec::with_capacity(records.len());
+        for record in records {
+            let size = record.value.len() + record.key.as_ref().map_or(0, Vec::len);
+            if size > MAX_RECORD_BYTES {
+                return Err(LogError::RecordTooLarge {
+                    size,
+                    limit: MAX_RECORD_BYTES,
+                });
+            }
+            let partition = match &record.key {
+                Some(key) => partition_for_key(key, n_partitions),
+                None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % n_partitions,
+            };
+            assigned.push((partition, record));
+        }
+        let (reply, reply_rx) = oneshot::channel();
+        self.sender()?
+            .send(AppendRequest {
+                topic,
+                records: assigned,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        reply_rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn ranges(&self, topic: &str) -> Result<Vec<PartitionRange>, LogError> {
+        Ok(self
+            .topic(topic)?
+            .partitions
+            .iter()
+            .map(|p| p.lock().range())
+            .collect())
+    }
+
+    async fn fetch(
+        &self,
+        positions: &[FetchPosition],
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut appended = self.appended.clone();
+        loop {
+            // Mark the current version seen before reading, so an append that
+            // lands during the read still wakes the wait below.
+            appended.borrow_and_update();
+            let records =
+                tokio::task::block_in_place(|| self.read_available(positions, max_records))?;
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            match tokio::time::timeout_at(deadline, appended.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), LogError> {
+        check_name("group", group)?;
+        let topic_state = self.topic(topic)?;
+        for (partition, _) in offsets {
+            Self::partition(&topic_state, *partition)?;
+        }
+        let inner = Arc::clone(&self.inner);
+        let (group, topic, offsets) = (group.to_string(), topic.to_string(), offsets.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let _guard = inner.groups.lock();
+            groups::commit(&inner.dir, &group, &topic, &offsets)
+        })
+        .await
+        .map_err(|e| LogError::Unavailable(format!("commit task failed: {e}")))?
+    }
+
+    async fn committed(&self, group: &str, topic: &str) -> Result<BTreeMap<u32, u64>, LogError> {
+        check_name("group", group)?;
+        let inner = Arc::clone(&self.inner);
+        let (group, topic) = (group.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let _guard = inner.groups.lock();
+            groups::committed(&inner.dir, &group, &topic)
+        })
+        .await
+        .map_err(|e| LogError::Unavailable(format!("committed task failed: {e}")))?
+    }
+
+    async fn enforce_retention(&self) -> Result<u64, LogError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || enforce_retention(&inner))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("retention task failed: {e}")))?
+    }
+
+    async fn close(&self) -> Result<(), LogError> {
+        let taken = self.writer.lock().take();
+        if let Some((tx, handle)) = taken {
+            drop(tx);
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| LogError::Unavailable(format!("close task failed: {e}")))?
+                .map_err(|_| LogError::Unavailable("log writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedLog {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer thread finish what it holds and exit.
+        self.writer.lock().take();
+    }
+}
+
+/// Deletes closed segments past the time or size limit; returns the records dropped.
+fn enforce_retention(inner: &Inner) -> Result<u64, LogError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let topics: Vec<Arc<TopicState>> = inner.topics.read().values().cloned().collect();
+    let mut dropped = 0;
+    for topic in topics {
+        for (partition, state) in topic.partitions.iter().enumerate() {
+            let mut state = state.lock();
+            loop {
+                if state.segments.len() < 2 {
+                    break;
+                }
+                let total: u64 = state.segments.iter().map(|s| s.len).sum();
+                let oldest = &state.segments[0];
+                let expired = match (inner.config.retention_ms, oldest.max_timestamp) {
+                    (Some(limit), Some(max_ts)) => max_ts < now - limit,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                let oversized = inner
+                    .config
+                    .retention_bytes
+                    .is_some_and(|limit| total > limit);
+                if !expired && !oversized {
+                    break;
+                }
+                let removed = state.segments.remove(0);
+                fs::remove_file(&removed.path)
+                    .map_err(LogError::io(format!("deleting {}", removed.path.display())))?;
+                dropped += removed.next_offset - removed.base_offset;
+                tracing::info!(
+                    topic = %topic.name,
+                    partition,
+                    base_offset = removed.base_offset,
+                    records = removed.next_offset - removed.base_offset,
+                    expired,
+                    oversized,
+                    "retention deleted segment"
+                );
+            }
+        }
+    }
+    Ok(dropped)
+}

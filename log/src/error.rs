@@ -1,0 +1,90 @@
+//! Errors of the log backends.
+
+use std::io;
+
+/// What can go wrong talking to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The URL names no backend this build knows.
+    #[error("unsupported log url {0:?}: expected embedded://PATH")]
+    UnsupportedUrl(String),
+    /// The topic does not exist.
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    /// The topic exists with another partition count.
+    #[error("topic {topic} exists with {existing} partitions, not {requested}")]
+    PartitionMismatch {
+        /// Topic name.
+        topic: String,
+        /// Partitions it has.
+        existing: u32,
+        /// Partitions asked for.
+        requested: u32,
+    },
+    /// The partition index is past the topic's partition count.
+    #[error("topic {topic} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition asked for.
+        partition: u32,
+    },
+    /// The offset is outside the retained range.
+    #[error("topic {topic} partition {partition}: offset {offset} out of range {start}..{end}")]
+    OffsetOutOfRange {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// Offset asked for.
+        offset: u64,
+        /// Earliest retained offset.
+        start: u64,
+        /// Next offset to be written.
+        end: u64,
+    },
+    /// A record is larger than [`crate::MAX_RECORD_BYTES`].
+    #[error("record of {size} bytes exceeds the {limit} byte limit")]
+    RecordTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A segment file is damaged somewhere other than its tail.
+    #[error("segment {path}: corrupt record at byte {position}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Where the bad frame starts.
+        position: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The log is closed (shutting down).
+    #[error("log is closed")]
+    Closed,
+    /// The backend cannot make records durable right now; try again later.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl LogError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> LogError {
+        let context = context.into();
+        move |source| LogError::Io { context, source }
+    }
+
+    /// Whether retrying later may succeed (the backend is behind or down).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LogError::Unavailable(_))
+    }
+}

@@ -1,0 +1,166 @@
+//! The log: the `EventLog` trait every layer reads and writes through, and
+//! its backends, picked by URL scheme (`embedded://./data/log` is the default).
+//!
+//! Promises (DESIGN.md §4): per-partition order; an append returns only once
+//! the records are durable; consumer groups track offsets per partition;
+//! retention by time and size. This is the only crate that may link rdkafka.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod conformance;
+pub mod embedded;
+mod error;
+pub mod partitioner;
+
+pub use embedded::{EmbeddedConfig, EmbeddedLog};
+pub use error::LogError;
+
+/// Largest record value accepted by any backend (Kafka's default `message.max.bytes` is ~1 MB).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// A record to append: what a Kafka producer sends.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Partitioning key; records with one key land in one partition, in order.
+    pub key: Option<Vec<u8>>,
+    /// The payload.
+    pub value: Vec<u8>,
+    /// Producer time in milliseconds since the epoch; retention by time uses it.
+    pub timestamp_ms: i64,
+    /// Named metadata (the dead-letter topic carries its reason here).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// A keyed record without headers.
+    pub fn keyed(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, timestamp_ms: i64) -> Record {
+        Record {
+            key: Some(key.into()),
+            value: value.into(),
+            timestamp_ms,
+            headers: Vec::new(),
+        }
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("key", &self.key.as_deref().map(String::from_utf8_lossy))
+            .field("value", &String::from_utf8_lossy(&self.value))
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("headers", &self.headers.len())
+            .finish()
+    }
+}
+
+/// A record as read back, with its place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The topic it was read from.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+    /// The record itself.
+    pub record: Record,
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Partition index.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+}
+
+/// The retained range of one partition: `start..end` (end is the next offset to be written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRange {
+    /// Earliest retained offset.
+    pub start: u64,
+    /// One past the last durable offset (the high watermark).
+    pub end: u64,
+}
+
+/// One partition to fetch from and the offset to start at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FetchPosition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// First offset wanted.
+    pub offset: u64,
+}
+
+/// A durable, partitioned, append-only log with consumer-group offsets.
+///
+/// Implementations: [`EmbeddedLog`] (`embedded://DIR`); the Kafka backend
+/// (`kafka://HOST:PORT`) joins in a later issue and must pass
+/// [`conformance`] too.
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync + fmt::Debug + 'static {
+    /// Creates `topic` with `partitions` partitions; a no-op if it exists.
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError>;
+
+    /// Number of partitions of `topic`.
+    async fn partition_count(&self, topic: &str) -> Result<u32, LogError>;
+
+    /// Appends `records` to `topic`, partitioned by key hash (round robin when
+    /// unkeyed), and returns each record's position once all are durable.
+    async fn append(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>, LogError>;
+
+    /// The retained offset range of every partition of `topic`, by partition index.
+    async fn ranges(&self, topic: &str) -> Result<Vec<PartitionRange>, LogError>;
+
+    /// Reads up to `max_records` records in total from the given positions. If
+    /// none is available it waits up to `max_wait` for an append (without
+    /// spinning) and returns what arrived, possibly nothing. Reading below a
+    /// partition's start offset is an [`LogError::OffsetOutOfRange`].
+    async fn fetch(
+        &self,
+        positions: &[FetchPosition],
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<StoredRecord>, LogError>;
+
+    /// Stores `group`'s next offset to read for partitions of `topic`.
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), LogError>;
+
+    /// `group`'s committed next offsets for `topic`, by partition index (absent: never committed).
+    async fn committed(&self, group: &str, topic: &str) -> Result<BTreeMap<u32, u64>, LogError>;
+
+    /// Applies retention now and returns how many records it dropped.
+    async fn enforce_retention(&self) -> Result<u64, LogError>;
+
+    /// Stops accepting appends and waits for what is in flight to be durable.
+    async fn close(&self) -> Result<(), LogError>;
+}
+
+/// Opens the log a URL names: `embedded://PATH` (relative or absolute).
+pub async fn open(url: &str, embedded: EmbeddedConfig) -> Result<Arc<dyn EventLog>, LogError> {
+    if let Some(path) = url.strip_prefix("embedded://") {
+        let log = EmbeddedLog::open(path, embedded).await?;
+        return Ok(Arc::new(log));
+    }
+    Err(LogError::UnsupportedUrl(url.to_string()))
+}
