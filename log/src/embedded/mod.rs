@@ -378,7 +378,7 @@ fn recover_partition(dir: &Path) -> Result<PartitionState, LogError> {
         .filter_map(|e| segment::parse_segment_name(&e.file_name().to_string_lossy()))
         .collect();
     bases.sort_unstable();
-    let mut segments = Vec::new();
+    let mut segments: Vec<Segment> = Vec::new();
     let n_segments = bases.len();
     for (i, base_offset) in bases.into_iter().enumerate() {
         let path = segment::segment_path(dir, base_offset);

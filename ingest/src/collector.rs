@@ -1,0 +1,277 @@
+//! `POST /api/v1/events`: parse NDJSON (or a JSON array), write valid events
+//! to their topics and invalid lines to `dead-letter`, and answer only once
+//! the log has made all of it durable.
+//!
+//! Backpressure: at most `max_inflight_requests` requests are being written
+//! at once; beyond that the answer is `429` with `Retry-After`. If the log
+//! cannot make the records durable within `append_timeout` (or says it is
+//! unavailable) the answer is `503` with `Retry-After`; the client resends,
+//! and `event_id` deduplication downstream absorbs what was written twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use lambda_events::{ParsedLine, Topic, parse_body};
+use lambda_log::{EventLog, LogError, Record};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+/// Settings of the collector.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Largest request body accepted; larger ones get `413`.
+    pub max_body_bytes: usize,
+    /// Requests written to the log at once; more get `429`.
+    pub max_inflight_requests: usize,
+    /// How long to wait for the log to make a request durable before `503`.
+    pub append_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_inflight_requests: 256,
+            append_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of what the collector has done, for `/api/v1/status`.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Events made durable and acknowledged.
+    pub accepted: AtomicU64,
+    /// Lines rejected (and dead-lettered).
+    pub rejected: AtomicU64,
+    /// Requests refused with 429.
+    pub throttled: AtomicU64,
+    /// Requests answered 503.
+    pub unavailable: AtomicU64,
+}
+
+/// What the handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct IngestState {
+    log: Arc<dyn EventLog>,
+    config: IngestConfig,
+    inflight: Arc<Semaphore>,
+    /// Shared counters.
+    pub counters: Arc<IngestCounters>,
+}
+
+impl IngestState {
+    /// State for a collector writing to `log`.
+    pub fn new(log: Arc<dyn EventLog>, config: IngestConfig) -> IngestState {
+        let inflight = Arc::new(Semaphore::new(config.max_inflight_requests));
+        IngestState {
+            log,
+            config,
+            inflight,
+            counters: Arc::default(),
+        }
+    }
+}
+
+/// The collector's routes.
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/api/v1/events", post(post_events))
+        .with_state(state)
+}
+
+#[derive(Debug, Serialize)]
+struct Rejection {
+    line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    error: String,
+}
+
+fn error_response(status: StatusCode, message: String, retry_after: Option<u64>) -> Response {
+    let mut response = (status, axum::Json(json!({ "error": message }))).into_response();
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
+    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
+        state.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "ingest is at capacity ({} requests in flight)",
+                state.config.max_inflight_requests
+            ),
+            Some(1),
+        );
+    };
+    let limit = state.config.max_body_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the limit of {limit} bytes"),
+                None,
+            );
+        }
+    };
+    let lines = parse_body(&bytes);
+    if lines.is_empty() {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "request body has no events".into(),
+            None,
+        );
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let batch = RecordBatch::from_lines(lines, now);
+    let accepted = batch.funnel.len() + batch.iot.len();
+    match tokio::time::timeout(
+        state.config.append_timeout,
+        batch.append(state.log.as_ref()),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) if !error.is_transient() && !matches!(error, LogError::Closed) => {
+            tracing::error!(%error, "ingest append failed");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("log append failed: {error}"),
+                None,
+            );
+        }
+        Ok(Err(error)) => {
+            state.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "log cannot make events durable; answering 503");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("log cannot make events durable: {error}"),
+                Some(1),
+            );
+        }
+        Err(_) => {
+            state.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                timeout_ms = state.config.append_timeout.as_millis() as u64,
+                "log append timed out; answering 503"
+            );
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "log did not make events durable within {} ms",
+                    state.config.append_timeout.as_millis()
+                ),
+                Some(2),
+            );
+        }
+    }
+    state
+        .counters
+        .accepted
+        .fetch_add(accepted as u64, Ordering::Relaxed);
+    state
+        .counters
+        .rejected
+        .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "accepted": accepted, "rejected": batch.rejected })),
+    )
+        .into_response()
+}
+
+/// One request's lines sorted into the records each topic gets.
+struct RecordBatch {
+    funnel: Vec<Record>,
+    iot: Vec<Record>,
+    dead_letter: Vec<Record>,
+    rejected: Vec<Rejection>,
+}
+
+impl RecordBatch {
+    fn from_lines(lines: Vec<ParsedLine>, now_ms: i64) -> RecordBatch {
+        let mut batch = RecordBatch {
+            funnel: Vec::new(),
+            iot: Vec::new(),
+            dead_letter: Vec::new(),
+            rejected: Vec::new(),
+        };
+        for line in lines {
+            match line.result {
+                Ok(event) => {
+                    let record = Record::keyed(event.key().as_bytes(), event.to_json(), now_ms);
+                    match event.topic() {
+                        Topic::Funnel => batch.funnel.push(record),
+                        Topic::Iot => batch.iot.push(record),
+                    }
+                }
+                Err(error) => {
+                    batch.dead_letter.push(dead_letter_record(
+                        line.raw,
+                        &error.to_string(),
+                        line.line,
+                        now_ms,
+                    ));
+                    batch.rejected.push(Rejection {
+                        line: line.line,
+                        field: error.field.clone(),
+                        error: error.to_string(),
+                    });
+                }
+            }
+        }
+        batch
+    }
+
+    /// Appends every topic's records concurrently; all must be durable.
+    async fn append(&self, log: &dyn EventLog) -> Result<(), LogError> {
+        let append = |topic: &'static str, records: &Vec<Record>| {
+            let records = records.clone();
+            async move {
+                if records.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    log.append(topic, records).await
+                }
+            }
+        };
+        let (funnel, iot, dead) = tokio::join!(
+            append(Topic::FUNNEL, &self.funnel),
+            append(Topic::IOT, &self.iot),
+            append(Topic::DEAD_LETTER, &self.dead_letter),
+        );
+        funnel?;
+        iot?;
+        dead?;
+        Ok(())
+    }
+}
+
+/// A `dead-letter` record: the original bytes as the value, the reason in headers.
+pub fn dead_letter_record(original: Vec<u8>, reason: &str, line: usize, now_ms: i64) -> Record {
+    Record {
+        key: None,
+        value: original,
+        timestamp_ms: now_ms,
+        headers: vec![
+            ("reason".into(), reason.as_bytes().to_vec()),
+            ("line".into(), line.to_string().into_bytes()),
+            ("source".into(), b"http".to_vec()),
+        ],
+    }
+}
