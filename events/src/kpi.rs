@@ -5,6 +5,8 @@
 //! the same columns in DuckDB SQL (`batch-layer/sql/*.sql`) and maps its rows
 //! into them; serving merges them. One definition, two implementations.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::{DeviceStatus, Event, EventType, Severity};
@@ -284,5 +286,91 @@ mod tests {
             (counts.offline, counts.alarms_critical, counts.online),
             (1, 1, 0)
         );
+    }
+}
+
+/// Everything both layers keep for one 1-minute bucket, keyed as the API filters:
+/// funnel by campaign, pages by (page, device), sensors by (device, sensor), devices by id.
+/// Missing optional keys (no campaign, no device) are the empty string.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BucketViews {
+    /// Funnel counters by `campaign_id`.
+    pub funnel: HashMap<String, FunnelCounts>,
+    /// Page counters by (`page`, `device`).
+    pub pages: HashMap<(String, String), PageCounts>,
+    /// Sensor stats by (`device_id`, `sensor`).
+    pub sensors: HashMap<(String, String), SensorStats>,
+    /// Status and alarm counters by `device_id`.
+    pub devices: HashMap<String, DeviceCounts>,
+}
+
+impl BucketViews {
+    /// Folds one event into the bucket (the caller has already checked the bucket and dedup).
+    pub fn add(&mut self, event: &Event) {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let t = event.event_type;
+        if FunnelCounts::counts(t) {
+            self.funnel
+                .entry(text(&event.campaign_id))
+                .or_default()
+                .add(event);
+        }
+        if PageCounts::counts(t) {
+            let device = event
+                .device
+                .map(|d| d.as_str().to_string())
+                .unwrap_or_default();
+            self.pages
+                .entry((text(&event.page), device))
+                .or_default()
+                .add(event);
+        }
+        if t == EventType::SensorReading
+            && let (Some(device_id), Some(sensor), Some(value)) =
+                (&event.device_id, &event.sensor, event.value)
+        {
+            let stats = SensorStats::of(event.ts, &event.event_id, value);
+            match self.sensors.entry((device_id.clone(), sensor.clone())) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(&stats),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(stats);
+                }
+            }
+        }
+        if DeviceCounts::counts(t) {
+            self.devices
+                .entry(text(&event.device_id))
+                .or_default()
+                .add(event);
+        }
+    }
+
+    /// Merges another bucket's views of disjoint events into this one.
+    pub fn merge(&mut self, other: &BucketViews) {
+        for (k, v) in &other.funnel {
+            self.funnel.entry(k.clone()).or_default().merge(v);
+        }
+        for (k, v) in &other.pages {
+            self.pages.entry(k.clone()).or_default().merge(v);
+        }
+        for (k, v) in &other.sensors {
+            match self.sensors.get_mut(k) {
+                Some(existing) => existing.merge(v),
+                None => {
+                    self.sensors.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        for (k, v) in &other.devices {
+            self.devices.entry(k.clone()).or_default().merge(v);
+        }
+    }
+
+    /// Whether no event has been folded in.
+    pub fn is_empty(&self) -> bool {
+        self.funnel.is_empty()
+            && self.pages.is_empty()
+            && self.sensors.is_empty()
+            && self.devices.is_empty()
     }
 }

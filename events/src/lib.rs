@@ -12,3 +12,4 @@ pub mod kpi;
 pub use bucket::{Step, floor_to};
 pub use codec::{ParsedLine, parse_body};
 pub use event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};
+pub use kpi::BucketViews;

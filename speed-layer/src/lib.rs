@@ -1,1 +1,58 @@
-//! lambda-speed
+//! The speed layer: consumes the event topics, folds events into 1-minute
+//! event-time windows, tracks the watermark and a late ledger, and
+//! checkpoints its state together with the offsets it has consumed.
+//!
+//! Invariant: memory is bounded by the window horizon, not by history —
+//! windows older than `watermark - horizon` are evicted.
+
+pub mod checkpoint;
+pub mod consumer;
+pub mod window;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+pub use consumer::run;
+pub use window::{Applied, SpeedState};
+
+/// Consumer group the speed layer commits its offsets under.
+pub const CONSUMER_GROUP: &str = "speed-layer";
+
+/// Settings of the speed layer.
+#[derive(Debug, Clone)]
+pub struct SpeedConfig {
+    /// How far behind the newest event time the watermark trails.
+    pub allowed_lateness_ms: i64,
+    /// Windows ending more than this before the watermark are evicted.
+    pub horizon_ms: i64,
+    /// Where the checkpoint file lives.
+    pub checkpoint_path: PathBuf,
+    /// How often state and offsets are checkpointed.
+    pub checkpoint_interval: Duration,
+}
+
+impl SpeedConfig {
+    /// Defaults with the checkpoint under `data_dir/speed/`.
+    pub fn with_data_dir(data_dir: &std::path::Path) -> SpeedConfig {
+        SpeedConfig {
+            allowed_lateness_ms: 60_000,
+            horizon_ms: 6 * 3_600_000,
+            checkpoint_path: data_dir.join("speed").join("checkpoint.json"),
+            checkpoint_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The speed layer's live state, shared with serving (read) and the consumer (write).
+pub type SpeedViews = Arc<RwLock<SpeedState>>;
+
+/// Fresh, empty shared state.
+pub fn new_views(config: &SpeedConfig) -> SpeedViews {
+    Arc::new(RwLock::new(SpeedState::new(
+        config.allowed_lateness_ms,
+        config.horizon_ms,
+    )))
+}

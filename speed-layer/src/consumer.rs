@@ -1,0 +1,170 @@
+//! The speed layer's main loop: restore the checkpoint, fetch from the log at
+//! the checkpointed offsets, fold, evict, and checkpoint on an interval and
+//! at shutdown; offsets are committed to the log only after the checkpoint
+//! holding them is durable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lambda_events::{Event, Topic};
+use lambda_log::{EventLog, FetchPosition, LogError};
+use tokio_util::sync::CancellationToken;
+
+use crate::{CONSUMER_GROUP, SpeedConfig, SpeedViews, checkpoint};
+
+/// Records asked for per fetch.
+const FETCH_MAX_RECORDS: usize = 4096;
+/// How long a fetch waits for new records before the loop looks around again.
+const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// Runs the speed layer until `shutdown` fires.
+#[tracing::instrument(name = "speed", skip_all)]
+pub async fn run(
+    config: SpeedConfig,
+    log: Arc<dyn EventLog>,
+    views: SpeedViews,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let path = config.checkpoint_path.clone();
+    let (lateness, horizon) = (config.allowed_lateness_ms, config.horizon_ms);
+    let restored = tokio::task::spawn_blocking(move || checkpoint::load(&path, lateness, horizon))
+        .await
+        .context("checkpoint load task")??;
+    if let Some(state) = restored {
+        tracing::info!(
+            windows = state.windows.len(),
+            watermark = state.watermark(),
+            "restored speed layer checkpoint"
+        );
+        *views.write() = state;
+    }
+    let mut positions = initial_positions(log.as_ref(), &views).await?;
+    let mut checkpoint_timer = tokio::time::interval(config.checkpoint_interval);
+    checkpoint_timer.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = checkpoint_timer.tick() => {
+                write_checkpoint(&config, log.as_ref(), &views).await?;
+            }
+            fetched = log.fetch(&positions, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
+                match fetched {
+                    Ok(records) => apply(&views, &mut positions, records),
+                    Err(LogError::OffsetOutOfRange { topic, partition, start, offset, .. }) => {
+                        tracing::warn!(%topic, partition, offset, start, "offset fell out of retention; skipping ahead");
+                        for position in positions.iter_mut().filter(|p| p.topic == topic && p.partition == partition) {
+                            position.offset = start;
+                        }
+                    }
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(%error, "fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(error) => return Err(error).context("speed layer fetch"),
+                }
+            }
+        }
+    }
+    write_checkpoint(&config, log.as_ref(), &views).await?;
+    tracing::info!("speed layer stopped");
+    Ok(())
+}
+
+async fn initial_positions(
+    log: &dyn EventLog,
+    views: &SpeedViews,
+) -> anyhow::Result<Vec<FetchPosition>> {
+    let mut positions = Vec::new();
+    for topic in Topic::ALL {
+        let ranges = log
+            .ranges(topic.name())
+            .await
+            .with_context(|| format!("ranges of {topic}"))?;
+        let state = views.read();
+        for (partition, range) in ranges.iter().enumerate() {
+            let partition = partition as u32;
+            let checkpointed = state
+                .offsets
+                .get(&(topic.name().to_string(), partition))
+                .copied();
+            let offset = checkpointed
+                .unwrap_or(range.start)
+                .clamp(range.start, range.end);
+            positions.push(FetchPosition {
+                topic: topic.name().to_string(),
+                partition,
+                offset,
+            });
+        }
+    }
+    Ok(positions)
+}
+
+fn apply(
+    views: &SpeedViews,
+    positions: &mut [FetchPosition],
+    records: Vec<lambda_log::StoredRecord>,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let mut state = views.write();
+    for stored in &records {
+        match Event::from_json(&stored.record.value) {
+            Ok(event) => {
+                state.apply(&event);
+            }
+            Err(error) => {
+                state.counters.invalid += 1;
+                tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "skipping invalid record");
+            }
+        }
+        next.insert((stored.topic.clone(), stored.partition), stored.offset + 1);
+    }
+    for ((topic, partition), offset) in next {
+        state.offsets.insert((topic.clone(), partition), offset);
+        if let Some(position) = positions
+            .iter_mut()
+            .find(|p| p.topic == topic && p.partition == partition)
+        {
+            position.offset = offset;
+        }
+    }
+    state.evict();
+}
+
+async fn write_checkpoint(
+    config: &SpeedConfig,
+    log: &dyn EventLog,
+    views: &SpeedViews,
+) -> anyhow::Result<()> {
+    let (bytes, offsets) = {
+        let state = views.read();
+        (checkpoint::encode(&state), state.offsets.clone())
+    };
+    let path = config.checkpoint_path.clone();
+    tokio::task::spawn_blocking(move || checkpoint::write(&path, &bytes))
+        .await
+        .context("checkpoint task")??;
+    views.write().last_checkpoint_ms = Some(chrono::Utc::now().timestamp_millis());
+    for topic in Topic::ALL {
+        let topic_offsets: Vec<(u32, u64)> = offsets
+            .iter()
+            .filter(|((t, _), _)| t == topic.name())
+            .map(|((_, p), o)| (*p, *o))
+            .collect();
+        if !topic_offsets.is_empty()
+            && let Err(error) = log
+                .commit(CONSUMER_GROUP, topic.name(), &topic_offsets)
+                .await
+        {
+            // The checkpoint is the source of truth; the group offsets are for lag reporting.
+            tracing::warn!(%error, %topic, "committing speed layer offsets failed");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Tumbling 1-minute event-time windows, the watermark, deduplication by
+//! `event_id` within a window, and the late ledger.
+//!
+//! The watermark is `max event time seen - allowed lateness`. A window closes
+//! once its end is at or before the watermark; an event for a closed window is
+//! late: it is counted in the ledger (per topic and window) and left for the
+//! batch layer, which will heal that bucket.
+
+use std::collections::{BTreeMap, HashSet};
+
+use lambda_events::bucket::MINUTE_MS;
+use lambda_events::{BucketViews, Event, Topic, floor_to};
+
+/// One window: its views and the ids already counted in it.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// The aggregates.
+    pub views: BucketViews,
+    /// `event_id`s folded in (a resend of one of them is a duplicate).
+    pub seen: HashSet<String>,
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Folded into its window.
+    Counted,
+    /// Its id was already in the window.
+    Duplicate,
+    /// Its window had closed: counted in the late ledger.
+    Late,
+}
+
+/// Counters of the speed layer's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeedCounters {
+    /// Events folded into a window.
+    pub counted: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Late events sent to the ledger.
+    pub late: u64,
+    /// Records that were not valid events.
+    pub invalid: u64,
+}
+
+/// The whole state: windows, watermark, ledger, consumed offsets.
+#[derive(Debug, Clone)]
+pub struct SpeedState {
+    /// Allowed lateness in ms.
+    pub allowed_lateness_ms: i64,
+    /// Eviction horizon behind the watermark, in ms.
+    pub horizon_ms: i64,
+    /// Windows by start time.
+    pub windows: BTreeMap<i64, Window>,
+    /// Greatest event time seen.
+    pub max_event_ts: Option<i64>,
+    /// Late events by (topic, window start).
+    pub late_ledger: BTreeMap<(Topic, i64), u64>,
+    /// Next offset to consume, by (topic, partition).
+    pub offsets: BTreeMap<(String, u32), u64>,
+    /// What has been done.
+    pub counters: SpeedCounters,
+    /// Wall time of the last checkpoint written (ms).
+    pub last_checkpoint_ms: Option<i64>,
+}
+
+impl SpeedState {
+    /// An empty state.
+    pub fn new(allowed_lateness_ms: i64, horizon_ms: i64) -> SpeedState {
+        SpeedState {
+            allowed_lateness_ms,
+            horizon_ms,
+            windows: BTreeMap::new(),
+            max_event_ts: None,
+            late_ledger: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            counters: SpeedCounters::default(),
+            last_checkpoint_ms: None,
+        }
+    }
+
+    /// The watermark: max event time seen minus the allowed lateness.
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_event_ts.map(|ts| ts - self.allowed_lateness_ms)
+    }
+
+    /// Folds one event in, unless it is late or a duplicate.
+    pub fn apply(&mut self, event: &Event) -> Applied {
+        let start = floor_to(event.ts, MINUTE_MS);
+        if self.watermark().is_some_and(|w| start + MINUTE_MS <= w) {
+            *self.late_ledger.entry((event.topic(), start)).or_default() += 1;
+            self.counters.late += 1;
+            return Applied::Late;
+        }
+        let window = self.windows.entry(start).or_default();
+        if !window.seen.insert(event.event_id.clone()) {
+            self.counters.duplicates += 1;
+            return Applied::Duplicate;
+        }
+        window.views.add(event);
+        self.counters.counted += 1;
+        self.max_event_ts = Some(self.max_event_ts.map_or(event.ts, |m| m.max(event.ts)));
+        Applied::Counted
+    }
+
+    /// Drops windows (and ledger entries) that end more than the horizon before the watermark.
+    pub fn evict(&mut self) -> usize {
+        let Some(watermark) = self.watermark() else {
+            return 0;
+        };
+        let keep_from = floor_to(watermark - self.horizon_ms, MINUTE_MS);
+        let kept = self.windows.split_off(&keep_from);
+        let evicted = std::mem::replace(&mut self.windows, kept).len();
+        self.late_ledger.retain(|(_, start), _| *start >= keep_from);
+        evicted
+    }
+
+    /// Late events per topic over the ledger's horizon.
+    pub fn late_by_topic(&self) -> BTreeMap<Topic, u64> {
+        let mut out = BTreeMap::new();
+        for ((topic, _), n) in &self.late_ledger {
+            *out.entry(*topic).or_default() += n;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_events::EventType;
+
+    fn click(id: &str, ts: i64) -> Event {
+        let mut e = Event::bare(id, EventType::Click, ts);
+        e.user_id = Some("u".into());
+        e
+    }
+
+    #[test]
+    fn late_events_go_to_the_ledger_and_duplicates_are_dropped() {
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        let t0 = 1_700_000_040_000; // 40 s into a minute
+        assert_eq!(state.apply(&click("a", t0)), Applied::Counted);
+        assert_eq!(state.apply(&click("a", t0)), Applied::Duplicate);
+        // Advance event time by 3 minutes: the watermark is 2 minutes past t0.
+        assert_eq!(state.apply(&click("b", t0 + 180_000)), Applied::Counted);
+        // t0's window ended at t0 + 20 s, before the watermark: late.
+        assert_eq!(state.apply(&click("c", t0 + 1_000)), Applied::Late);
+        // An event within the allowed lateness of the newest is still counted.
+        assert_eq!(state.apply(&click("d", t0 + 130_000)), Applied::Counted);
+        let start = floor_to(t0, MINUTE_MS);
+        assert_eq!(state.late_ledger.get(&(Topic::Funnel, start)), Some(&1));
+        assert_eq!(state.windows[&start].views.funnel[""].clicks, 1);
+        assert_eq!(
+            state.counters,
+            SpeedCounters {
+                counted: 3,
+                duplicates: 1,
+                late: 1,
+                invalid: 0
+            }
+        );
+    }
+
+    #[test]
+    fn the_window_holding_the_watermark_stays_open() {
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        state.apply(&click("a", t0 + 90_000)); // watermark t0 + 30 s
+        // The window [t0, t0+60 s) contains the watermark: not closed, so not late.
+        assert_eq!(state.apply(&click("b", t0 + 5_000)), Applied::Counted);
+        assert_eq!(state.apply(&click("c", t0 - 1)), Applied::Late);
+    }
+
+    #[test]
+    fn eviction_keeps_the_horizon() {
+        let mut state = SpeedState::new(0, 10 * MINUTE_MS);
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        for i in 0..30 {
+            state.apply(&click(&format!("e{i}"), t0 + i * MINUTE_MS));
+        }
+        let evicted = state.evict();
+        assert_eq!(evicted, 19);
+        assert_eq!(state.windows.len(), 11);
+        assert_eq!(*state.windows.keys().next().unwrap(), t0 + 19 * MINUTE_MS);
+    }
+}
