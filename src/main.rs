@@ -1,1 +1,196 @@
-fn main() {}
+//! The `lambda` command: `demo` runs every layer in one process; `generate`
+//! sends traffic to an ingest endpoint. Flags have `LAMBDA_*` env equivalents.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use lambda_ingest::generator::GeneratorConfig;
+use lambda_ingest::sender::SenderConfig;
+use lambda_pipeline::demo::{Demo, DemoConfig, GeneratorSettings};
+use lambda_pipeline::{duration, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// A Rust reference implementation of the Lambda architecture.
+#[derive(Debug, Parser)]
+#[command(name = "lambda", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every layer in one process on the embedded defaults, with the generator on.
+    Demo(DemoArgs),
+    /// Send generated traffic to an ingest endpoint.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct TrafficArgs {
+    /// Lines per second, e.g. 200.
+    #[arg(long, env = "LAMBDA_RATE", default_value_t = 200.0)]
+    rate: f64,
+    /// Seed: the same seed gives the same events (default: from the clock).
+    #[arg(long, env = "LAMBDA_SEED")]
+    seed: Option<u64>,
+    /// Share of events sent 2–10 minutes late, e.g. 0.01.
+    #[arg(long, env = "LAMBDA_LATE_FRACTION", default_value_t = 0.01)]
+    late_fraction: f64,
+    /// Share of lines that resend an earlier event (same event_id), e.g. 0.01.
+    #[arg(long, env = "LAMBDA_DUPLICATE_FRACTION", default_value_t = 0.01)]
+    duplicate_fraction: f64,
+    /// Share of malformed lines, e.g. 0.005.
+    #[arg(long, env = "LAMBDA_MALFORMED_FRACTION", default_value_t = 0.005)]
+    malformed_fraction: f64,
+}
+
+impl TrafficArgs {
+    fn seed(&self) -> u64 {
+        self.seed
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_micros() as u64)
+    }
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Address of the HTTP API and dashboard, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "LAMBDA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory for the log, the lake and checkpoints, e.g. ./data.
+    #[arg(long, env = "LAMBDA_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Do not start the built-in traffic generator.
+    #[arg(long, env = "LAMBDA_NO_GENERATOR")]
+    no_generator: bool,
+    /// Cron expression with seconds for batch runs, e.g. '0 * * * * *' (every minute).
+    #[arg(long, env = "LAMBDA_BATCH_SCHEDULE", default_value = lambda_batch::DEFAULT_SCHEDULE)]
+    batch_schedule: String,
+    /// Partitions per event topic when they are created, e.g. 4.
+    #[arg(long, env = "LAMBDA_PARTITIONS", default_value_t = lambda_ingest::DEFAULT_PARTITIONS)]
+    partitions: u32,
+    /// How far the watermark trails the newest event, e.g. 60s.
+    #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = duration::parse)]
+    allowed_lateness: Duration,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// Base URL of the ingest endpoint, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "LAMBDA_TARGET", default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// Stop after this long, e.g. 60s or 10m (default: until Ctrl-C).
+    #[arg(long, env = "LAMBDA_DURATION", value_parser = duration::parse)]
+    duration: Option<Duration>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => demo(args).await,
+            Command::Generate(args) => generate(args).await,
+        }
+    })
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate => {}
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let generator = (!args.no_generator).then(|| GeneratorSettings {
+        rate: args.traffic.rate,
+        seed: args.traffic.seed(),
+        late_fraction: args.traffic.late_fraction,
+        duplicate_fraction: args.traffic.duplicate_fraction,
+        malformed_fraction: args.traffic.malformed_fraction,
+    });
+    let config = DemoConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        generator,
+        batch_schedule: args.batch_schedule,
+        partitions: args.partitions,
+        allowed_lateness_ms: args.allowed_lateness.as_millis() as i64,
+        progress: false,
+    };
+    let demo = Demo::start(config).await?;
+    let url = format!("http://{}", demo.addr);
+    println!("lambda demo is serving on {url}");
+    println!();
+    println!("  try:");
+    println!("    curl -s '{url}/api/v1/funnel?step=1m' | head -c 600");
+    println!("    curl -s '{url}/api/v1/iot?step=5m&sensor=temperature'");
+    println!("    curl -s '{url}/api/v1/status'");
+    println!("    curl -s -XPOST '{url}/api/v1/events' --data-binary @events.ndjson");
+    println!();
+    println!(
+        "  batch runs on '{}'; press Ctrl-C to stop",
+        demo.batch.status.read().schedule
+    );
+    cancel_on_signal(demo.shutdown.clone());
+    demo.wait().await
+}
+
+async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    cancel_on_signal(token.clone());
+    let sender = SenderConfig {
+        target: args.target,
+        rate: args.traffic.rate,
+        duration: args.duration,
+        batches_per_second: 10,
+        progress: !args.no_progress,
+    };
+    let generator = GeneratorConfig {
+        seed: args.traffic.seed(),
+        start_ms: chrono::Utc::now().timestamp_millis(),
+        rate: args.traffic.rate,
+        late_fraction: args.traffic.late_fraction,
+        duplicate_fraction: args.traffic.duplicate_fraction,
+        malformed_fraction: args.traffic.malformed_fraction,
+        ..GeneratorConfig::default()
+    };
+    let report = lambda_ingest::sender::run(sender, generator, token).await?;
+    println!(
+        "sent {} lines: {} accepted, {} rejected, {} retries",
+        report.lines, report.accepted, report.rejected, report.retries
+    );
+    Ok(())
+}

@@ -1,1 +1,68 @@
-//! lambda-serving
+//! Serving: the query API that merges the batch and speed views at the time
+//! boundary B, plus status and health.
+//!
+//! Invariant: read-only over the views; a query takes a read lock for the
+//! time of one merge and never waits on the log or the lake.
+
+pub mod api;
+pub mod boundary;
+pub mod query;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_batch::{BatchViews, Lake};
+use lambda_speed::SpeedViews;
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+pub use api::router;
+pub use status::StatusSources;
+
+/// The batch views serving answers from; replaced whole when a new manifest is loaded.
+pub type SharedBatchViews = Arc<RwLock<Arc<BatchViews>>>;
+
+/// What the handlers read.
+#[derive(Debug, Clone)]
+pub struct ServingState {
+    /// The speed layer's live views.
+    pub speed: SpeedViews,
+    /// The batch views of the newest loaded manifest.
+    pub batch: SharedBatchViews,
+    /// Where `/api/v1/status` gets the rest.
+    pub status: StatusSources,
+}
+
+/// How often serving looks for a newer manifest.
+pub const MANIFEST_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Loads the newest manifest's views into `shared` if it changed; returns whether it did.
+pub async fn refresh_batch_views(lake: &Lake, shared: &SharedBatchViews) -> anyhow::Result<bool> {
+    let mut next = BatchViews::clone(&shared.read());
+    let changed = next.refresh(lake).await?;
+    if changed {
+        *shared.write() = Arc::new(next);
+    }
+    Ok(changed)
+}
+
+/// Polls the lake for new manifests until `shutdown`.
+#[tracing::instrument(name = "serving-views", skip_all)]
+pub async fn run_view_loader(
+    lake: Lake,
+    shared: SharedBatchViews,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(MANIFEST_POLL_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {
+                if let Err(error) = refresh_batch_views(&lake, &shared).await {
+                    tracing::warn!(error = format!("{error:#}"), "loading batch views failed; keeping the previous ones");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+-- Funnel view: per 1-minute bucket and campaign, the counters of lambda_events::kpi::FunnelCounts.
+-- Input: `events`, the deduplicated funnel-events of one hour of the master dataset.
+SELECT
+    CAST((epoch_ms(ts) // 60000) * 60000 AS BIGINT)                                      AS bucket_start,
+    coalesce(campaign_id, '')                                                            AS campaign_id,
+    CAST(count(*) FILTER (WHERE event_type = 'impression') AS BIGINT)                    AS impressions,
+    CAST(count(*) FILTER (WHERE event_type = 'click') AS BIGINT)                         AS clicks,
+    CAST(count(*) FILTER (WHERE event_type = 'add_to_cart') AS BIGINT)                   AS add_to_carts,
+    CAST(count(*) FILTER (WHERE event_type = 'purchase') AS BIGINT)                      AS purchases,
+    CAST(coalesce(sum(amount_cents) FILTER (WHERE event_type = 'purchase'), 0) AS BIGINT) AS revenue_cents,
+    CAST(count(*) FILTER (WHERE event_type = 'signup_start') AS BIGINT)                  AS signup_starts,
+    CAST(count(*) FILTER (WHERE event_type = 'signup_complete') AS BIGINT)               AS signup_completes
+FROM events
+WHERE event_type IN ('impression', 'click', 'add_to_cart', 'purchase', 'signup_start', 'signup_complete')
+GROUP BY 1, 2
+ORDER BY 1, 2

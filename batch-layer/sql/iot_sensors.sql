@@ -1,0 +1,18 @@
+-- Sensor view: per 1-minute bucket, device and sensor, lambda_events::kpi::SensorStats.
+-- `last` is the value of the reading with the greatest (ts, event_id), as in the speed layer.
+-- Input: `events`, the deduplicated iot-events of one hour of the master dataset.
+SELECT
+    CAST((epoch_ms(ts) // 60000) * 60000 AS BIGINT)          AS bucket_start,
+    device_id,
+    sensor,
+    CAST(count(*) AS BIGINT)                                 AS count,
+    min(value)                                               AS min,
+    max(value)                                               AS max,
+    sum(value)                                               AS sum,
+    CAST(max(epoch_ms(ts)) AS BIGINT)                        AS last_ts,
+    arg_max(event_id, (epoch_ms(ts), event_id))              AS last_event_id,
+    arg_max(value, (epoch_ms(ts), event_id))                 AS last
+FROM events
+WHERE event_type = 'sensor_reading'
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3

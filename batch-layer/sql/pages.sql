@@ -1,0 +1,12 @@
+-- Pages view: per 1-minute bucket, page and device, the counters of lambda_events::kpi::PageCounts.
+-- Input: `events`, the deduplicated funnel-events of one hour of the master dataset.
+SELECT
+    CAST((epoch_ms(ts) // 60000) * 60000 AS BIGINT)                     AS bucket_start,
+    coalesce(page, '')                                                  AS page,
+    coalesce(device, '')                                                AS device,
+    CAST(count(*) FILTER (WHERE event_type = 'page_view') AS BIGINT)    AS page_views,
+    CAST(count(*) FILTER (WHERE event_type = 'error') AS BIGINT)        AS errors
+FROM events
+WHERE event_type IN ('page_view', 'error')
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3

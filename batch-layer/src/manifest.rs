@@ -1,0 +1,123 @@
+//! Manifests: the one write that commits a batch run. `manifests/<version>.json`
+//! lists every data file and batch view file that is visible, the log offsets
+//! the dataset covers, and the time boundary B. It is written with a
+//! conditional put, so two writers cannot both commit the same version;
+//! readers take the highest version and never see files of an uncommitted run.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::lake::{Created, Lake};
+
+const MANIFEST_DIR: &str = "manifests";
+
+/// One committed state of the lake.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Increases by one per committed run, from 1.
+    pub version: u64,
+    /// Wall time of the commit (ms).
+    pub created_at_ms: i64,
+    /// The time boundary B: buckets starting before it are answered by the batch views.
+    pub boundary_ms: Option<i64>,
+    /// Greatest event time in the master dataset.
+    pub max_event_ts: Option<i64>,
+    /// Next log offset not yet in the dataset, by topic and partition.
+    pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Every hour partition of the master dataset, by `<topic>/date=…/hour=…`.
+    pub partitions: BTreeMap<String, HourPartition>,
+    /// What the run that wrote this manifest did.
+    pub run: RunStats,
+}
+
+/// One `<topic>/date=YYYY-MM-DD/hour=HH` partition: its data files and view files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HourPartition {
+    /// The topic.
+    pub topic: String,
+    /// Start of the hour (ms).
+    pub hour_start_ms: i64,
+    /// Parquet files of the master dataset, deduplicated by `event_id` among themselves.
+    pub data_files: Vec<DataFile>,
+    /// Batch view files computed from all of `data_files`, by view name.
+    pub views: BTreeMap<String, String>,
+}
+
+/// One Parquet file of the master dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// Path in the lake.
+    pub path: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Records read from the log.
+    pub records_read: u64,
+    /// Events newly written to the master dataset.
+    pub events_written: u64,
+    /// Events dropped as already present (same `event_id`).
+    pub duplicates: u64,
+    /// Records that were not valid events.
+    pub invalid: u64,
+    /// Hour partitions whose views were recomputed.
+    pub hours_recomputed: u64,
+    /// Wall time of the run (ms).
+    pub duration_ms: u64,
+}
+
+fn manifest_path(version: u64) -> Path {
+    Path::from(format!("{MANIFEST_DIR}/{version:020}.json"))
+}
+
+/// The newest committed manifest, if any run has committed.
+pub async fn latest(lake: &Lake) -> anyhow::Result<Option<Manifest>> {
+    let newest = lake
+        .list(&Path::from(MANIFEST_DIR))
+        .await?
+        .into_iter()
+        .filter_map(|p| {
+            p.filename()
+                .and_then(|f| f.strip_suffix(".json"))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .max();
+    let Some(version) = newest else {
+        return Ok(None);
+    };
+    let bytes = lake.get(&manifest_path(version)).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("parsing manifest version {version}"))?;
+    Ok(Some(manifest))
+}
+
+/// Why a commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another writer committed this version first.
+    #[error("manifest version {0} was committed by another writer first")]
+    Conflict(u64),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+/// Commits `manifest` (its version must be the latest + 1).
+pub async fn commit(lake: &Lake, manifest: &Manifest) -> Result<(), CommitError> {
+    let bytes = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+    match lake
+        .create(&manifest_path(manifest.version), bytes.into())
+        .await?
+    {
+        Created::Written => Ok(()),
+        Created::AlreadyExists => Err(CommitError::Conflict(manifest.version)),
+    }
+}

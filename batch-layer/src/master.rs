@@ -1,0 +1,196 @@
+//! The master dataset: events as typed Parquet columns (zstd), one file per
+//! run and hour partition, at `master/<topic>/date=YYYY-MM-DD/hour=HH/part-<version>.parquet`.
+//!
+//! Columns (all nullable unless noted): `event_id` (utf8, not null),
+//! `event_type` (utf8, not null), `ts` (timestamp ms UTC, not null), then the
+//! topic's fields of DESIGN.md §3 with their JSON types (strings as utf8,
+//! `render_ms`/`value`/`battery_pct` as float64, `amount_cents` as int64), and
+//! the lineage columns `log_partition` (int32) and `log_offset` (int64).
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use lambda_events::{Event, Topic};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// An event with where it was read from in the log.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    /// The event.
+    pub event: Event,
+    /// Log partition.
+    pub partition: u32,
+    /// Log offset.
+    pub offset: u64,
+}
+
+/// Milliseconds in an hour.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The partition key `<topic>/date=YYYY-MM-DD/hour=HH` of an hour.
+pub fn partition_key(topic: Topic, hour_start_ms: i64) -> String {
+    let t =
+        chrono::DateTime::from_timestamp_millis(hour_start_ms).expect("event times are in range");
+    format!(
+        "{}/date={}/hour={}",
+        topic.name(),
+        t.format("%Y-%m-%d"),
+        t.format("%H")
+    )
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text(fn(&Event) -> Option<&str>),
+    Float(fn(&Event) -> Option<f64>),
+    Int(fn(&Event) -> Option<i64>),
+}
+
+fn columns(topic: Topic) -> Vec<(&'static str, Kind)> {
+    use Kind::*;
+    match topic {
+        Topic::Funnel => vec![
+            ("user_id", Text(|e| e.user_id.as_deref())),
+            ("session_id", Text(|e| e.session_id.as_deref())),
+            ("device", Text(|e| e.device.map(|d| d.as_str()))),
+            ("page", Text(|e| e.page.as_deref())),
+            ("render_ms", Float(|e| e.render_ms)),
+            ("campaign_id", Text(|e| e.campaign_id.as_deref())),
+            ("product_id", Text(|e| e.product_id.as_deref())),
+            ("amount_cents", Int(|e| e.amount_cents)),
+            ("error_code", Text(|e| e.error_code.as_deref())),
+        ],
+        Topic::Iot => vec![
+            ("device_id", Text(|e| e.device_id.as_deref())),
+            ("sensor", Text(|e| e.sensor.as_deref())),
+            ("value", Float(|e| e.value)),
+            ("unit", Text(|e| e.unit.as_deref())),
+            ("status", Text(|e| e.status.map(|s| s.as_str()))),
+            ("battery_pct", Float(|e| e.battery_pct)),
+            ("alarm", Text(|e| e.alarm.as_deref())),
+            ("severity", Text(|e| e.severity.map(|s| s.as_str()))),
+            ("message", Text(|e| e.message.as_deref())),
+        ],
+    }
+}
+
+/// The Arrow schema of a topic's master dataset files.
+pub fn schema(topic: Topic) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+    ];
+    for (name, kind) in columns(topic) {
+        let data_type = match kind {
+            Kind::Text(_) => DataType::Utf8,
+            Kind::Float(_) => DataType::Float64,
+            Kind::Int(_) => DataType::Int64,
+        };
+        fields.push(Field::new(name, data_type, true));
+    }
+    fields.push(Field::new("log_partition", DataType::Int32, false));
+    fields.push(Field::new("log_offset", DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Builds one record batch of `events` (all of `topic`).
+pub fn record_batch(topic: Topic, events: &[LoggedEvent]) -> anyhow::Result<RecordBatch> {
+    let mut ids = StringBuilder::new();
+    let mut types = StringBuilder::new();
+    let mut ts = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    let mut partitions = Int32Builder::new();
+    let mut offsets = Int64Builder::new();
+    for logged in events {
+        ids.append_value(&logged.event.event_id);
+        types.append_value(logged.event.event_type.as_str());
+        ts.append_value(logged.event.ts);
+        partitions.append_value(logged.partition as i32);
+        offsets.append_value(logged.offset as i64);
+    }
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(types.finish()),
+        Arc::new(ts.finish()),
+    ];
+    for (_, kind) in columns(topic) {
+        let array: ArrayRef = match kind {
+            Kind::Text(get) => {
+                let mut b = StringBuilder::new();
+                events.iter().for_each(|l| b.append_option(get(&l.event)));
+                Arc::new(b.finish())
+            }
+            Kind::Float(get) => {
+                let mut b = Float64Builder::new();
+                events.iter().for_each(|l| b.append_option(get(&l.event)));
+                Arc::new(b.finish())
+            }
+            Kind::Int(get) => {
+                let mut b = Int64Builder::new();
+                events.iter().for_each(|l| b.append_option(get(&l.event)));
+                Arc::new(b.finish())
+            }
+        };
+        arrays.push(array);
+    }
+    arrays.push(Arc::new(partitions.finish()));
+    arrays.push(Arc::new(offsets.finish()));
+    Ok(RecordBatch::try_new(schema(topic), arrays)?)
+}
+
+/// Writer settings for every Parquet file of the lake: zstd, bounded row groups.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("level 3 is valid"),
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
+
+/// Encodes record batches (of one schema) as one Parquet file.
+pub fn to_parquet(schema: SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<Bytes> {
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(writer_properties()))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.close()?;
+    Ok(Bytes::from(buffer))
+}
+
+/// Encodes events of one topic as one Parquet file.
+pub fn encode(topic: Topic, events: &[LoggedEvent]) -> anyhow::Result<Bytes> {
+    to_parquet(schema(topic), &[record_batch(topic, events)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_name_date_and_hour_in_utc() {
+        assert_eq!(
+            partition_key(Topic::Funnel, 1_700_000_000_000 / HOUR_MS * HOUR_MS),
+            "funnel-events/date=2023-11-14/hour=22"
+        );
+        assert_eq!(
+            partition_key(Topic::Iot, 0),
+            "iot-events/date=1970-01-01/hour=00"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! The batch layer's loop: runs on a `cron` schedule (with seconds), or when
+//! triggered; runs never overlap — one task runs them one at a time, and
+//! ticks that pass during a run are skipped and logged.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::run::{RunContext, RunReport, run_once};
+
+/// Triggered runs the queue holds.
+pub const TRIGGER_QUEUE_CAPACITY: usize = 8;
+
+/// What serving shows about the batch layer.
+#[derive(Debug, Clone, Default)]
+pub struct BatchStatus {
+    /// The cron expression.
+    pub schedule: String,
+    /// When the next scheduled run is due (ms).
+    pub next_run_ms: Option<i64>,
+    /// Whether a run is in progress.
+    pub running: bool,
+    /// The last run's start (ms), duration and outcome.
+    pub last_run: Option<LastRun>,
+    /// Runs that committed or found nothing new.
+    pub runs_ok: u64,
+    /// Runs that failed.
+    pub runs_failed: u64,
+    /// Scheduled ticks skipped because a run was still going.
+    pub ticks_skipped: u64,
+}
+
+/// The outcome of the last run.
+#[derive(Debug, Clone)]
+pub struct LastRun {
+    /// Start (ms).
+    pub started_ms: i64,
+    /// Duration (ms).
+    pub duration_ms: u64,
+    /// The report, or the error.
+    pub outcome: Result<RunReport, String>,
+}
+
+type Reply = oneshot::Sender<Result<RunReport, String>>;
+
+/// A handle to ask for a run now and to read the status.
+#[derive(Debug, Clone)]
+pub struct BatchHandle {
+    trigger: mpsc::Sender<Reply>,
+    /// Shared status.
+    pub status: Arc<RwLock<BatchStatus>>,
+}
+
+impl BatchHandle {
+    /// Runs a batch now (after any run in progress) and returns its report.
+    pub async fn run_now(&self) -> anyhow::Result<RunReport> {
+        let (reply, rx) = oneshot::channel();
+        self.trigger
+            .send(reply)
+            .await
+            .map_err(|_| anyhow::anyhow!("batch layer is not running"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("batch layer stopped before the run finished"))?
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// The scheduler's receiving side; pass it to [`run`].
+#[derive(Debug)]
+pub struct BatchTriggers(mpsc::Receiver<Reply>);
+
+/// A handle and the trigger queue it feeds.
+pub fn control(schedule: &str) -> (BatchHandle, BatchTriggers) {
+    let (tx, rx) = mpsc::channel(TRIGGER_QUEUE_CAPACITY);
+    let status = BatchStatus {
+        schedule: schedule.to_string(),
+        ..Default::default()
+    };
+    (
+        BatchHandle {
+            trigger: tx,
+            status: Arc::new(RwLock::new(status)),
+        },
+        BatchTriggers(rx),
+    )
+}
+
+/// Runs batches on `schedule` (cron with seconds, e.g. `0 * * * * *`) and on trigger until `shutdown`.
+#[tracing::instrument(name = "batch", skip_all, fields(schedule = %schedule))]
+pub async fn run(
+    schedule: String,
+    ctx: RunContext,
+    handle: BatchHandle,
+    mut triggers: BatchTriggers,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cron = cron::Schedule::from_str(&schedule)
+        .with_context(|| format!("batch schedule {schedule:?}"))?;
+    loop {
+        let next = cron
+            .upcoming(Utc)
+            .next()
+            .context("the batch schedule has no future run")?;
+        handle.status.write().next_run_ms = Some(next.timestamp_millis());
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        let reply = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => None,
+            Some(reply) = triggers.0.recv() => Some(reply),
+        };
+        let started = Utc::now();
+        handle.status.write().running = true;
+        let outcome = tokio::select! {
+            // A run cut short leaves no manifest, so nothing of it is visible.
+            _ = shutdown.cancelled() => break,
+            outcome = run_once(&ctx) => outcome.map_err(|e| format!("{e:#}")),
+        };
+        let finished = Utc::now();
+        let skipped = cron.after(&started).take_while(|t| *t < finished).count() as u64;
+        if skipped > 0 {
+            tracing::warn!(skipped, "batch ticks skipped while a run was in progress");
+        }
+        {
+            let mut status = handle.status.write();
+            status.running = false;
+            status.ticks_skipped += skipped;
+            match &outcome {
+                Ok(_) => status.runs_ok += 1,
+                Err(error) => {
+                    status.runs_failed += 1;
+                    tracing::error!(%error, "batch run failed");
+                }
+            }
+            status.last_run = Some(LastRun {
+                started_ms: started.timestamp_millis(),
+                duration_ms: (finished - started).num_milliseconds().max(0) as u64,
+                outcome: outcome.clone(),
+            });
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    }
+    tracing::info!("batch layer stopped");
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! Batch views: DuckDB runs the `.sql` files in `batch-layer/sql/` (one per
+//! view) over an hour partition's Parquet files, and the results are stored
+//! as Parquet beside the master dataset. [`BatchViews`] reads them back into
+//! the same [`BucketViews`] the speed layer keeps, for serving.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use arrow::compute::cast;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::{DataType, SchemaRef};
+use bytes::Bytes;
+use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
+use lambda_events::{BucketViews, Topic};
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::lake::Lake;
+use crate::manifest::{self, Manifest};
+use crate::master::HOUR_MS;
+
+/// A batch view: its name, the topic it reads and its SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewDef {
+    /// Name (also the file name of its SQL and the directory of its files).
+    pub name: &'static str,
+    /// The topic whose events it reads.
+    pub topic: Topic,
+    /// The query, over a relation `events`.
+    pub sql: &'static str,
+}
+
+/// Every batch view.
+pub const VIEWS: [ViewDef; 4] = [
+    ViewDef {
+        name: "funnel",
+        topic: Topic::Funnel,
+        sql: include_str!("../sql/funnel.sql"),
+    },
+    ViewDef {
+        name: "pages",
+        topic: Topic::Funnel,
+        sql: include_str!("../sql/pages.sql"),
+    },
+    ViewDef {
+        name: "iot_sensors",
+        topic: Topic::Iot,
+        sql: include_str!("../sql/iot_sensors.sql"),
+    },
+    ViewDef {
+        name: "iot_devices",
+        topic: Topic::Iot,
+        sql: include_str!("../sql/iot_devices.sql"),
+    },
+];
+
+/// The views that read `topic`.
+pub fn views_of(topic: Topic) -> impl Iterator<Item = &'static ViewDef> {
+    VIEWS.iter().filter(move |v| v.topic == topic)
+}
+
+/// A DuckDB connection for one run.
+pub struct ViewEngine {
+    conn: duckdb::Connection,
+}
+
+impl std::fmt::Debug for ViewEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ViewEngine")
+    }
+}
+
+/// A SQL string literal; the paths quoted are the lake's own, never request data.
+fn sql_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+impl ViewEngine {
+    /// An in-memory DuckDB.
+    pub fn new() -> anyhow::Result<ViewEngine> {
+        let conn = duckdb::Connection::open_in_memory().context("opening duckdb")?;
+        conn.execute_batch("SET threads TO 2; SET preserve_insertion_order = false;")
+            .context("configuring duckdb")?;
+        Ok(ViewEngine { conn })
+    }
+
+    fn define_events(&self, files: &[PathBuf]) -> anyhow::Result<()> {
+        let list: Vec<String> = files
+            .iter()
+            .map(|f| sql_string(&f.to_string_lossy()))
+            .collect();
+        let sql = format!(
+            "CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM read_parquet([{}])",
+            list.join(", ")
+        );
+        self.conn
+            .execute_batch(&sql)
+            .context("defining the events relation")
+    }
+
+    /// The `event_id`s in `files`.
+    pub fn event_ids(&self, files: &[PathBuf]) -> anyhow::Result<HashSet<String>> {
+        if files.is_empty() {
+            return Ok(HashSet::new());
+        }
+        self.define_events(files)?;
+        let mut stmt = self.conn.prepare("SELECT event_id FROM events")?;
+        let ids = stmt
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<HashSet<_>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Runs `view` over `files` and returns its rows.
+    pub fn compute(
+        &self,
+        view: &ViewDef,
+        files: &[PathBuf],
+    ) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
+        self.define_events(files)?;
+        let mut stmt = self
+            .conn
+            .prepare(view.sql)
+            .with_context(|| format!("preparing view {}", view.name))?;
+        let arrow = stmt
+            .query_arrow([])
+            .with_context(|| format!("running view {}", view.name))?;
+        let schema = arrow.get_schema();
+        let batches: Vec<RecordBatch> = arrow.collect();
+        Ok((schema, batches))
+    }
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a dyn Array> {
+    Ok(batch
+        .column_by_name(name)
+        .with_context(|| format!("view file lacks column {name}"))?
+        .as_ref())
+}
+
+fn ints(batch: &RecordBatch, name: &str) -> anyhow::Result<Vec<i64>> {
+    let array = cast(column(batch, name)?, &DataType::Int64)?;
+    Ok(array
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|v| v.unwrap_or(0))
+        .collect())
+}
+
+fn floats(batch: &RecordBatch, name: &str) -> anyhow::Result<Vec<f64>> {
+    let array = cast(column(batch, name)?, &DataType::Float64)?;
+    Ok(array
+        .as_primitive::<Float64Type>()
+        .iter()
+        .map(|v| v.unwrap_or(0.0))
+        .collect())
+}
+
+fn texts(batch: &RecordBatch, name: &str) -> anyhow::Result<Vec<String>> {
+    let array = cast(column(batch, name)?, &DataType::Utf8)?;
+    Ok(array
+        .as_string::<i32>()
+        .iter()
+        .map(|v| v.unwrap_or("").to_string())
+        .collect())
+}
+
+/// Folds the rows of one view file into `buckets`.
+pub fn apply_view_file(
+    view: &str,
+    bytes: Bytes,
+    buckets: &mut BTreeMap<i64, BucketViews>,
+) -> anyhow::Result<()> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    for batch in reader {
+        let batch = batch?;
+        let starts = ints(&batch, "bucket_start")?;
+        match view {
+            "funnel" => {
+                let (campaign, imp, clk, cart, buy, rev, ss, sc) = (
+                    texts(&batch, "campaign_id")?,
+                    ints(&batch, "impressions")?,
+                    ints(&batch, "clicks")?,
+                    ints(&batch, "add_to_carts")?,
+                    ints(&batch, "purchases")?,
+                    ints(&batch, "revenue_cents")?,
+                    ints(&batch, "signup_starts")?,
+                    ints(&batch, "signup_completes")?,
+                );
+                for i in 0..batch.num_rows() {
+                    let counts = FunnelCounts {
+                        impressions: imp[i] as u64,
+                        clicks: clk[i] as u64,
+                        add_to_carts: cart[i] as u64,
+                        purchases: buy[i] as u64,
+                        revenue_cents: rev[i],
+                        signup_starts: ss[i] as u64,
+                        signup_completes: sc[i] as u64,
+                    };
+                    buckets
+                        .entry(starts[i])
+                        .or_default()
+                        .funnel
+                        .insert(campaign[i].clone(), counts);
+                }
+            }
+            "pages" => {
+                let (page, device, views, errors) = (
+                    texts(&batch, "page")?,
+                    texts(&batch, "device")?,
+                    ints(&batch, "page_views")?,
+                    ints(&batch, "errors")?,
+                );
+                for i in 0..batch.num_rows() {
+                    let counts = PageCounts {
+                        page_views: views[i] as u64,
+                        errors: errors[i] as u64,
+                    };
+                    buckets
+                        .entry(starts[i])
+                        .or_default()
+                        .pages
+                        .insert((page[i].clone(), device[i].clone()), counts);
+                }
+            }
+            "iot_sensors" => {
+                let (device, sensor, count, min, max, sum, last_ts, last_id, last) = (
+                    texts(&batch, "device_id")?,
+                    texts(&batch, "sensor")?,
+                    ints(&batch, "count")?,
+                    floats(&batch, "min")?,
+                    floats(&batch, "max")?,
+                    floats(&batch, "sum")?,
+                    ints(&batch, "last_ts")?,
+                    texts(&batch, "last_event_id")?,
+                    floats(&batch, "last")?,
+                );
+                for i in 0..batch.num_rows() {
+                    let stats = SensorStats {
+                        count: count[i] as u64,
+                        min: min[i],
+                        max: max[i],
+                        sum: sum[i],
+                        last_ts: last_ts[i],
+                        last_event_id: last_id[i].clone(),
+                        last: last[i],
+                    };
+                    buckets
+                        .entry(starts[i])
+                        .or_default()
+                        .sensors
+                        .insert((device[i].clone(), sensor[i].clone()), stats);
+                }
+            }
+            "iot_devices" => {
+                let (device, on, off, low, medium, high, critical) = (
+                    texts(&batch, "device_id")?,
+                    ints(&batch, "online")?,
+                    ints(&batch, "offline")?,
+                    ints(&batch, "alarms_low")?,
+                    ints(&batch, "alarms_medium")?,
+                    ints(&batch, "alarms_high")?,
+                    ints(&batch, "alarms_critical")?,
+                );
+                for i in 0..batch.num_rows() {
+                    let counts = DeviceCounts {
+                        online: on[i] as u64,
+                        offline: off[i] as u64,
+                        alarms_low: low[i] as u64,
+                        alarms_medium: medium[i] as u64,
+                        alarms_high: high[i] as u64,
+                        alarms_critical: critical[i] as u64,
+                    };
+                    buckets
+                        .entry(starts[i])
+                        .or_default()
+                        .devices
+                        .insert(device[i].clone(), counts);
+                }
+            }
+            other => anyhow::bail!("unknown view {other}"),
+        }
+    }
+    Ok(())
+}
+
+fn clear_view(view: &str, hour_start_ms: i64, buckets: &mut BTreeMap<i64, BucketViews>) {
+    for (_, bucket) in buckets.range_mut(hour_start_ms..hour_start_ms + HOUR_MS) {
+        match view {
+            "funnel" => bucket.funnel.clear(),
+            "pages" => bucket.pages.clear(),
+            "iot_sensors" => bucket.sensors.clear(),
+            _ => bucket.devices.clear(),
+        }
+    }
+}
+
+/// The batch views of one committed manifest, in memory, for serving.
+#[derive(Debug, Clone, Default)]
+pub struct BatchViews {
+    /// The manifest the views belong to (`None` before the first run).
+    pub manifest: Option<Manifest>,
+    /// Views by bucket start.
+    pub buckets: BTreeMap<i64, BucketViews>,
+    /// View file loaded, by `<partition key>/<view>`.
+    loaded: BTreeMap<String, String>,
+}
+
+impl BatchViews {
+    /// The boundary B of the loaded manifest.
+    pub fn boundary_ms(&self) -> Option<i64> {
+        self.manifest.as_ref().and_then(|m| m.boundary_ms)
+    }
+
+    /// Loads the newest manifest if it is newer than the one held, reading
+    /// only view files that changed. Returns whether anything changed.
+    pub async fn refresh(&mut self, lake: &Lake) -> anyhow::Result<bool> {
+        let Some(latest) = manifest::latest(lake).await? else {
+            return Ok(false);
+        };
+        if self
+            .manifest
+            .as_ref()
+            .is_some_and(|m| m.version >= latest.version)
+        {
+            return Ok(false);
+        }
+        for (key, partition) in &latest.partitions {
+            for (view, path) in &partition.views {
+                let slot = format!("{key}/{view}");
+                if self.loaded.get(&slot) == Some(path) {
+                    continue;
+                }
+                let bytes = lake.get(&Path::from(path.as_str())).await?;
+                clear_view(view, partition.hour_start_ms, &mut self.buckets);
+                apply_view_file(view, bytes, &mut self.buckets)
+                    .with_context(|| format!("loading view file {path}"))?;
+                self.loaded.insert(slot, path.clone());
+            }
+        }
+        self.buckets.retain(|_, b| !b.is_empty());
+        tracing::debug!(
+            version = latest.version,
+            boundary = latest.boundary_ms,
+            "loaded batch views"
+        );
+        self.manifest = Some(latest);
+        Ok(true)
+    }
+}

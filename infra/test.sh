@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of lambda-pipeline. This is the README's test command and
+# what CI runs (.ci/run). It installs what the tests need when it is missing,
+# so it works on a fresh machine.
+#
+# The build goes to $CARGO_TARGET_DIR (default ~/.cache/lambda-pipeline/target),
+# outside the clone, so later runs are incremental: the first one compiles
+# DuckDB's bundled C++ (~30 minutes on 2 cores), later ones take minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lambda-pipeline/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+if ! need cargo; then
+  echo "cargo is missing: install Rust from rustup (https://rustup.rs) first" >&2
+  exit 1
+fi
+# DuckDB's bundled build needs a C++ compiler.
+if ! need c++; then
+  echo "installing a C++ compiler for DuckDB's bundled build"
+  apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo test (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace --locked

@@ -1,0 +1,209 @@
+//! The HTTP routes of DESIGN.md §5 that serving owns: `/api/v1/funnel`,
+//! `/api/v1/pages`, `/api/v1/iot`, `/api/v1/status`, `/healthz` and `/`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use lambda_events::BucketViews;
+use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
+use serde_json::{Value, json};
+
+use crate::ServingState;
+use crate::boundary::merge;
+use crate::query::{self, BadParameter, Range};
+
+/// Serving's routes.
+pub fn router(state: ServingState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/funnel", get(funnel))
+        .route("/api/v1/pages", get(pages))
+        .route("/api/v1/iot", get(iot))
+        .route("/api/v1/status", get(status))
+        .with_state(state)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn bad_request(bad: BadParameter) -> Response {
+    let body = json!({ "error": format!("parameter {}: {}", bad.parameter, bad.message), "parameter": bad.parameter });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Runs a merged query and wraps the buckets in the response envelope.
+fn respond<A: Default>(
+    state: &ServingState,
+    range: Range,
+    fold: impl FnMut(&mut A, &BucketViews),
+    render: impl Fn(&A) -> Value,
+) -> Response {
+    let batch = state.batch.read().clone();
+    let boundary = batch.boundary_ms();
+    let speed = state.speed.read();
+    let watermark = speed.watermark();
+    let buckets: Vec<Value> = merge(&range, boundary, &batch.buckets, &speed.windows, fold)
+        .into_iter()
+        .map(|(start, layer, acc)| {
+            let mut bucket = render(&acc);
+            let object = bucket.as_object_mut().expect("renderers return objects");
+            object.insert("start".into(), json!(start));
+            object.insert("layer".into(), json!(layer));
+            bucket
+        })
+        .collect();
+    drop(speed);
+    axum::Json(json!({
+        "from": range.from,
+        "to": range.to,
+        "step": range.step.as_str(),
+        "boundary": boundary,
+        "watermark": watermark,
+        "buckets": buckets,
+    }))
+    .into_response()
+}
+
+async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Response {
+    let (range, campaign) = match query::parse(&params, &["campaign_id"], now_ms())
+        .and_then(|r| Ok((r, query::filter(&params, "campaign_id")?)))
+    {
+        Ok(parsed) => parsed,
+        Err(bad) => return bad_request(bad),
+    };
+    respond(
+        &state,
+        range,
+        |acc: &mut FunnelCounts, views| {
+            for (c, counts) in &views.funnel {
+                if campaign.is_none_or(|want| want == c) {
+                    acc.merge(counts);
+                }
+            }
+        },
+        |c| {
+            json!({
+                "impressions": c.impressions,
+                "clicks": c.clicks,
+                "add_to_carts": c.add_to_carts,
+                "purchases": c.purchases,
+                "revenue_cents": c.revenue_cents,
+                "signup_starts": c.signup_starts,
+                "signup_completes": c.signup_completes,
+                "distinct_users": null,
+                "ctr": c.ctr(),
+                "conversion": c.conversion(),
+            })
+        },
+    )
+}
+
+async fn pages(State(state): State<ServingState>, Query(params): Params) -> Response {
+    let parsed = query::parse(&params, &["device", "page"], now_ms()).and_then(|r| {
+        Ok((
+            r,
+            query::filter(&params, "device")?,
+            query::filter(&params, "page")?,
+        ))
+    });
+    let (range, device, page) = match parsed {
+        Ok(parsed) => parsed,
+        Err(bad) => return bad_request(bad),
+    };
+    respond(
+        &state,
+        range,
+        |acc: &mut PageCounts, views| {
+            for ((p, d), counts) in &views.pages {
+                if device.is_none_or(|want| want == d) && page.is_none_or(|want| want == p) {
+                    acc.merge(counts);
+                }
+            }
+        },
+        |c| {
+            json!({
+                "page_views": c.page_views,
+                "errors": c.errors,
+                "render_ms_p50": null,
+                "render_ms_p95": null,
+                "render_ms_p99": null,
+            })
+        },
+    )
+}
+
+#[derive(Default)]
+struct IotAcc {
+    sensors: BTreeMap<String, SensorStats>,
+    devices: DeviceCounts,
+}
+
+async fn iot(State(state): State<ServingState>, Query(params): Params) -> Response {
+    let parsed = query::parse(&params, &["device_id", "sensor"], now_ms()).and_then(|r| {
+        Ok((
+            r,
+            query::filter(&params, "device_id")?,
+            query::filter(&params, "sensor")?,
+        ))
+    });
+    let (range, device_id, sensor) = match parsed {
+        Ok(parsed) => parsed,
+        Err(bad) => return bad_request(bad),
+    };
+    respond(
+        &state,
+        range,
+        |acc: &mut IotAcc, views| {
+            for ((d, s), stats) in &views.sensors {
+                if device_id.is_none_or(|want| want == d) && sensor.is_none_or(|want| want == s) {
+                    match acc.sensors.get_mut(s) {
+                        Some(existing) => existing.merge(stats),
+                        None => {
+                            acc.sensors.insert(s.clone(), stats.clone());
+                        }
+                    }
+                }
+            }
+            for (d, counts) in &views.devices {
+                if device_id.is_none_or(|want| want == d) {
+                    acc.devices.merge(counts);
+                }
+            }
+        },
+        |acc| {
+            let sensors: Vec<Value> = acc
+                .sensors
+                .iter()
+                .map(|(name, s)| {
+                    json!({ "sensor": name, "count": s.count, "min": s.min, "max": s.max, "avg": s.avg(), "last": s.last })
+                })
+                .collect();
+            let d = &acc.devices;
+            json!({
+                "sensors": sensors,
+                "status": { "online": d.online, "offline": d.offline },
+                "alarms": { "low": d.alarms_low, "medium": d.alarms_medium, "high": d.alarms_high, "critical": d.alarms_critical },
+            })
+        },
+    )
+}
+
+async fn status(State(state): State<ServingState>) -> Response {
+    axum::Json(crate::status::snapshot(&state).await).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}

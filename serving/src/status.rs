@@ -1,0 +1,140 @@
+//! `/api/v1/status`: per layer, offsets and lag, the watermark, the boundary
+//! B, the last and next batch run and the late ledger.
+
+use std::sync::Arc;
+
+use lambda_batch::BatchHandle;
+use lambda_events::Topic;
+use lambda_log::EventLog;
+use serde_json::{Value, json};
+
+use crate::ServingState;
+
+/// A function adding a section to the status (e.g. the collector's counters).
+pub type StatusSection = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// The parts of the status that live outside serving's own state.
+#[derive(Clone, Default)]
+pub struct StatusSources {
+    /// The log, for end offsets and lag.
+    pub log: Option<Arc<dyn EventLog>>,
+    /// The batch layer's status, when it runs in this process.
+    pub batch: Option<BatchHandle>,
+    /// Extra named sections.
+    pub sections: Vec<(String, StatusSection)>,
+}
+
+impl std::fmt::Debug for StatusSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusSources")
+            .field("log", &self.log)
+            .field("batch", &self.batch)
+            .field(
+                "sections",
+                &self.sections.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Builds the status document.
+pub async fn snapshot(state: &ServingState) -> Value {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut ends: Vec<(String, u32, u64, u64)> = Vec::new();
+    if let Some(log) = &state.status.log {
+        for topic in [Topic::FUNNEL, Topic::IOT, Topic::DEAD_LETTER] {
+            if let Ok(ranges) = log.ranges(topic).await {
+                for (p, r) in ranges.iter().enumerate() {
+                    ends.push((topic.to_string(), p as u32, r.start, r.end));
+                }
+            }
+        }
+    }
+    let end_of = |topic: &str, partition: u32| {
+        ends.iter()
+            .find(|(t, p, _, _)| t == topic && *p == partition)
+            .map(|(_, _, _, e)| *e)
+    };
+    let batch_views = state.batch.read().clone();
+    let speed = {
+        let s = state.speed.read();
+        let partitions: Vec<Value> = s
+            .offsets
+            .iter()
+            .map(|((topic, partition), offset)| {
+                let end = end_of(topic, *partition);
+                json!({ "topic": topic, "partition": partition, "offset": offset, "end": end,
+                        "lag": end.map(|e| e.saturating_sub(*offset)) })
+            })
+            .collect();
+        let ledger: serde_json::Map<String, Value> = s
+            .late_by_topic()
+            .into_iter()
+            .map(|(t, n)| (t.name().to_string(), json!(n)))
+            .collect();
+        json!({
+            "watermark": s.watermark(),
+            "max_event_ts": s.max_event_ts,
+            "allowed_lateness_ms": s.allowed_lateness_ms,
+            "windows": s.windows.len(),
+            "events_counted": s.counters.counted,
+            "duplicates": s.counters.duplicates,
+            "late": s.counters.late,
+            "invalid": s.counters.invalid,
+            "late_ledger": ledger,
+            "last_checkpoint_ms": s.last_checkpoint_ms,
+            "checkpoint_age_ms": s.last_checkpoint_ms.map(|t| now - t),
+            "partitions": partitions,
+        })
+    };
+    let manifest = batch_views.manifest.as_ref();
+    let mut batch = json!({
+        "boundary": batch_views.boundary_ms(),
+        "manifest_version": manifest.map(|m| m.version),
+        "max_event_ts": manifest.and_then(|m| m.max_event_ts),
+        "last_commit_ms": manifest.map(|m| m.created_at_ms),
+        "partitions": manifest.map(|m| {
+            m.offsets.iter().flat_map(|(topic, parts)| parts.iter().map(move |(p, o)| (topic.clone(), *p, *o)))
+                .map(|(topic, p, o)| {
+                    let end = end_of(&topic, p);
+                    json!({ "topic": topic, "partition": p, "offset": o, "end": end, "lag": end.map(|e| e.saturating_sub(o)) })
+                })
+                .collect::<Vec<_>>()
+        }).unwrap_or_default(),
+    });
+    if let Some(handle) = &state.status.batch {
+        let s = handle.status.read().clone();
+        let object = batch.as_object_mut().expect("an object");
+        object.insert("schedule".into(), json!(s.schedule));
+        object.insert("next_run_ms".into(), json!(s.next_run_ms));
+        object.insert("running".into(), json!(s.running));
+        object.insert("runs_ok".into(), json!(s.runs_ok));
+        object.insert("runs_failed".into(), json!(s.runs_failed));
+        object.insert("ticks_skipped".into(), json!(s.ticks_skipped));
+        object.insert(
+            "last_run".into(),
+            match s.last_run {
+                Some(run) => json!({
+                    "started_ms": run.started_ms,
+                    "duration_ms": run.duration_ms,
+                    "ok": run.outcome.is_ok(),
+                    "error": run.outcome.as_ref().err(),
+                    "version": run.outcome.as_ref().ok().map(|r| r.version),
+                    "events_written": run.outcome.as_ref().ok().map(|r| r.stats.events_written),
+                }),
+                None => Value::Null,
+            },
+        );
+    }
+    let log: Vec<Value> = ends
+        .iter()
+        .map(|(t, p, s, e)| json!({ "topic": t, "partition": p, "start": s, "end": e }))
+        .collect();
+    let mut doc = json!({ "now": now, "speed": speed, "batch": batch, "log": log });
+    for (name, section) in &state.status.sections {
+        doc.as_object_mut()
+            .expect("an object")
+            .insert(name.clone(), section());
+    }
+    doc
+}

@@ -1,0 +1,375 @@
+//! End to end: the demo in-process on an ephemeral port, fed a seeded event
+//! set with late events, duplicate resends and malformed lines; after a batch
+//! run, `/api/v1/funnel` and `/api/v1/iot` must equal answers computed here by
+//! a plain fold over the generated lines (serde_json only, none of the
+//! pipeline's code), buckets before B must say `batch` and the rest `speed`,
+//! and a restart on the same data dir must answer the same.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
+use lambda_pipeline::demo::{Demo, DemoConfig};
+use serde_json::Value;
+
+const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const MINUTE: i64 = 60_000;
+/// A schedule that never fires during the test: runs are triggered.
+const NEVER: &str = "0 0 0 1 1 * 2099";
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Funnel {
+    impressions: u64,
+    clicks: u64,
+    add_to_carts: u64,
+    purchases: u64,
+    revenue_cents: i64,
+    signup_starts: u64,
+    signup_completes: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sensor {
+    count: u64,
+    min: f64,
+    max: f64,
+    sum: f64,
+    last_key: (i64, String),
+    last: f64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Iot {
+    sensors: BTreeMap<String, Sensor>,
+    online: u64,
+    offline: u64,
+    alarms: BTreeMap<String, u64>,
+}
+
+/// The expected views: a plain fold over distinct events, by 1-minute bucket.
+fn fold(lines: &[Vec<u8>]) -> (BTreeMap<i64, Funnel>, BTreeMap<i64, Iot>, i64) {
+    let mut seen = HashSet::new();
+    let mut funnel: BTreeMap<i64, Funnel> = BTreeMap::new();
+    let mut iot: BTreeMap<i64, Iot> = BTreeMap::new();
+    let mut max_ts = i64::MIN;
+    for line in lines {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        let (Some(id), Some(ts), Some(kind)) = (
+            v["event_id"].as_str(),
+            v["ts"].as_i64(),
+            v["event_type"].as_str(),
+        ) else {
+            continue;
+        };
+        // The generator's malformed lines: missing amount, bad device, bad value.
+        let valid = match kind {
+            "purchase" => v["amount_cents"].is_i64(),
+            "page_view" => v.get("device").is_none_or(|d| {
+                ["desktop", "mobile", "tablet"].contains(&d.as_str().unwrap_or(""))
+            }),
+            "sensor_reading" => v["value"].is_number(),
+            "click" => v["user_id"].is_string(),
+            _ => true,
+        };
+        if !valid || !seen.insert(id.to_string()) {
+            continue;
+        }
+        max_ts = max_ts.max(ts);
+        let bucket = ts.div_euclid(MINUTE) * MINUTE;
+        let f = funnel.entry(bucket).or_default();
+        match kind {
+            "impression" => f.impressions += 1,
+            "click" => f.clicks += 1,
+            "add_to_cart" => f.add_to_carts += 1,
+            "purchase" => {
+                f.purchases += 1;
+                f.revenue_cents += v["amount_cents"].as_i64().unwrap();
+            }
+            "signup_start" => f.signup_starts += 1,
+            "signup_complete" => f.signup_completes += 1,
+            _ => {}
+        }
+        let i = iot.entry(bucket).or_default();
+        match kind {
+            "sensor_reading" => {
+                let value = v["value"].as_f64().unwrap();
+                let key = (ts, id.to_string());
+                let s = i
+                    .sensors
+                    .entry(v["sensor"].as_str().unwrap().to_string())
+                    .or_insert(Sensor {
+                        min: f64::INFINITY,
+                        max: f64::NEG_INFINITY,
+                        ..Default::default()
+                    });
+                s.count += 1;
+                s.min = s.min.min(value);
+                s.max = s.max.max(value);
+                s.sum += value;
+                if key > s.last_key {
+                    s.last_key = key;
+                    s.last = value;
+                }
+            }
+            "device_status" if v["status"] == "online" => i.online += 1,
+            "device_status" => i.offline += 1,
+            "alarm" => {
+                *i.alarms
+                    .entry(v["severity"].as_str().unwrap().to_string())
+                    .or_default() += 1
+            }
+            _ => {}
+        }
+    }
+    (funnel, iot, max_ts)
+}
+
+fn generated_lines() -> (Vec<Vec<u8>>, usize) {
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: 20261121,
+        start_ms: START_MS,
+        rate: 10.0,
+        late_fraction: 0.03,
+        duplicate_fraction: 0.03,
+        malformed_fraction: 0.02,
+        ..GeneratorConfig::default()
+    });
+    let mut malformed = 0;
+    let lines = (0..8000)
+        .map(|_| {
+            let line = generator.next_line();
+            if line.kind == LineKind::Malformed {
+                malformed += 1;
+            }
+            line.bytes
+        })
+        .collect();
+    (lines, malformed)
+}
+
+async fn get(client: &reqwest::Client, url: String) -> Value {
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+fn check_funnel(body: &Value, expected: &BTreeMap<i64, Funnel>, boundary: i64) -> (usize, usize) {
+    let (mut batch, mut speed) = (0, 0);
+    for bucket in body["buckets"].as_array().unwrap() {
+        let start = bucket["start"].as_i64().unwrap();
+        let want = expected.get(&start).cloned().unwrap_or_default();
+        let got = Funnel {
+            impressions: bucket["impressions"].as_u64().unwrap(),
+            clicks: bucket["clicks"].as_u64().unwrap(),
+            add_to_carts: bucket["add_to_carts"].as_u64().unwrap(),
+            purchases: bucket["purchases"].as_u64().unwrap(),
+            revenue_cents: bucket["revenue_cents"].as_i64().unwrap(),
+            signup_starts: bucket["signup_starts"].as_u64().unwrap(),
+            signup_completes: bucket["signup_completes"].as_u64().unwrap(),
+        };
+        let layer = bucket["layer"].as_str().unwrap();
+        assert_eq!(got, want, "funnel bucket {start} ({layer})");
+        let expected_layer = if start < boundary { "batch" } else { "speed" };
+        assert_eq!(
+            layer, expected_layer,
+            "bucket {start} against boundary {boundary}"
+        );
+        if want != Funnel::default() {
+            if layer == "batch" {
+                batch += 1
+            } else {
+                speed += 1
+            }
+        }
+    }
+    (batch, speed)
+}
+
+fn check_iot(body: &Value, expected: &BTreeMap<i64, Iot>, boundary: i64) {
+    for bucket in body["buckets"].as_array().unwrap() {
+        let start = bucket["start"].as_i64().unwrap();
+        let want = expected.get(&start).cloned().unwrap_or_default();
+        let layer = bucket["layer"].as_str().unwrap();
+        assert_eq!(layer, if start < boundary { "batch" } else { "speed" });
+        let sensors = bucket["sensors"].as_array().unwrap();
+        assert_eq!(
+            sensors.len(),
+            want.sensors.len(),
+            "sensors in bucket {start} ({layer})"
+        );
+        for s in sensors {
+            let name = s["sensor"].as_str().unwrap();
+            let w = &want.sensors[name];
+            assert_eq!(
+                s["count"].as_u64().unwrap(),
+                w.count,
+                "{name} count at {start} ({layer})"
+            );
+            assert_eq!(s["min"].as_f64().unwrap(), w.min, "{name} min at {start}");
+            assert_eq!(s["max"].as_f64().unwrap(), w.max, "{name} max at {start}");
+            assert!(
+                close(s["avg"].as_f64().unwrap(), w.sum / w.count as f64),
+                "{name} avg at {start}"
+            );
+            assert_eq!(
+                s["last"].as_f64().unwrap(),
+                w.last,
+                "{name} last at {start} ({layer})"
+            );
+        }
+        assert_eq!(
+            bucket["status"]["online"].as_u64().unwrap(),
+            want.online,
+            "online at {start}"
+        );
+        assert_eq!(
+            bucket["status"]["offline"].as_u64().unwrap(),
+            want.offline,
+            "offline at {start}"
+        );
+        for severity in ["low", "medium", "high", "critical"] {
+            let got = bucket["alarms"][severity].as_u64().unwrap();
+            assert_eq!(
+                got,
+                want.alarms.get(severity).copied().unwrap_or(0),
+                "{severity} alarms at {start}"
+            );
+        }
+    }
+}
+
+async fn wait_for_speed_to_catch_up(client: &reqwest::Client, base: &str) -> Value {
+    for _ in 0..300 {
+        let status = get(client, format!("{base}/api/v1/status")).await;
+        let partitions = status["speed"]["partitions"].as_array().unwrap();
+        if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the speed layer did not catch up");
+}
+
+fn demo_config(dir: &std::path::Path) -> DemoConfig {
+    DemoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        batch_schedule: NEVER.into(),
+        ..DemoConfig::new(dir)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_views_equal_an_independent_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(demo_config(dir.path())).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let client = reqwest::Client::new();
+
+    // Feed the lines in NDJSON batches, as a producer would.
+    let (lines, malformed) = generated_lines();
+    let (mut accepted, mut rejected) = (0, 0);
+    for chunk in lines.chunks(500) {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect();
+        let response = client
+            .post(format!("{base}/api/v1/events"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let json: Value = response.json().await.unwrap();
+        accepted += json["accepted"].as_u64().unwrap();
+        rejected += json["rejected"].as_array().unwrap().len();
+    }
+    assert_eq!(
+        rejected, malformed,
+        "every malformed line, and only those, is rejected"
+    );
+    assert_eq!(accepted as usize, lines.len() - malformed);
+
+    let status = wait_for_speed_to_catch_up(&client, &base).await;
+    assert!(
+        status["speed"]["duplicates"].as_u64().unwrap() > 0,
+        "resends were recognised"
+    );
+    assert!(
+        status["speed"]["late"].as_u64().unwrap() > 0,
+        "late events reached the ledger: {status}"
+    );
+    let report = demo.run_batch().await.unwrap();
+    assert!(report.committed);
+
+    let (funnel_expected, iot_expected, max_ts) = fold(&lines);
+    let boundary = (max_ts - 60_000).div_euclid(MINUTE) * MINUTE;
+    let range = format!(
+        "from={}&to={}",
+        START_MS - 15 * MINUTE,
+        START_MS + 20 * MINUTE
+    );
+    let funnel = get(&client, format!("{base}/api/v1/funnel?{range}&step=1m")).await;
+    assert_eq!(funnel["boundary"].as_i64(), Some(boundary));
+    assert_eq!(funnel["watermark"].as_i64(), Some(max_ts - 60_000));
+    let (batch_buckets, speed_buckets) = check_funnel(&funnel, &funnel_expected, boundary);
+    assert!(
+        batch_buckets > 5 && speed_buckets >= 1,
+        "both layers answered: {batch_buckets} batch, {speed_buckets} speed"
+    );
+    let iot = get(&client, format!("{base}/api/v1/iot?{range}&step=1m")).await;
+    check_iot(&iot, &iot_expected, boundary);
+
+    // A 5-minute roll-up that spans B is mixed and sums its minutes.
+    let rollup = get(&client, format!("{base}/api/v1/funnel?{range}&step=5m")).await;
+    for bucket in rollup["buckets"].as_array().unwrap() {
+        let start = bucket["start"].as_i64().unwrap();
+        let impressions: u64 = (0..5)
+            .map(|i| {
+                funnel_expected
+                    .get(&(start + i * MINUTE))
+                    .map_or(0, |f| f.impressions)
+            })
+            .sum();
+        assert_eq!(
+            bucket["impressions"].as_u64().unwrap(),
+            impressions,
+            "5m bucket {start}"
+        );
+        let expected_layer = if start + 5 * MINUTE <= boundary {
+            "batch"
+        } else if start >= boundary {
+            "speed"
+        } else {
+            "mixed"
+        };
+        assert_eq!(bucket["layer"], expected_layer, "5m bucket {start}");
+    }
+
+    // Bad parameters are named.
+    let response = client
+        .get(format!("{base}/api/v1/funnel?step=2m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["parameter"], "step");
+
+    // Restarted on the same data dir, it carries on with the same answers.
+    demo.stop().await.unwrap();
+    let demo = Demo::start(demo_config(dir.path())).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let again = get(&client, format!("{base}/api/v1/funnel?{range}&step=1m")).await;
+    assert_eq!(again["boundary"], funnel["boundary"]);
+    assert_eq!(again["buckets"], funnel["buckets"]);
+    let report = demo.run_batch().await.unwrap();
+    assert!(!report.committed, "nothing new to compact after a restart");
+    demo.stop().await.unwrap();
+}
