@@ -198,8 +198,21 @@ impl EmbeddedLog {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<TopicState>, LogError> {
-        self.inner
-            .topics
+        self.inner.topic(name)
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<AppendRequest>, LogError> {
+        self.writer
+            .lock()
+            .as_ref()
+            .map(|(tx, _)| tx.clone())
+            .ok_or(LogError::Closed)
+    }
+}
+
+impl Inner {
+    fn topic(&self, name: &str) -> Result<Arc<TopicState>, LogError> {
+        self.topics
             .read()
             .get(name)
             .cloned()
@@ -236,7 +249,7 @@ impl EmbeddedLog {
         };
         // Snapshot what to read under the lock, read without it.
         let plan: Vec<(PathBuf, u64, u64)> = {
-            let state = Self::partition(topic, partition)?.lock();
+            let state = Inner::partition(topic, partition)?.lock();
             let range = state.range();
             if offset < range.start || offset > range.end {
                 return Err(out_of_range(range));
@@ -266,7 +279,7 @@ impl EmbeddedLog {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // Retention removed the segment after the snapshot.
-                    let range = Self::partition(topic, partition)?.lock().range();
+                    let range = Inner::partition(topic, partition)?.lock().range();
                     return Err(out_of_range(range));
                 }
                 Err(e) => return Err(LogError::io(format!("opening {}", path.display()))(e)),
@@ -327,14 +340,6 @@ impl EmbeddedLog {
             out.extend(self.read_partition(&topic, position.partition, position.offset, budget)?);
         }
         Ok(out)
-    }
-
-    fn sender(&self) -> Result<mpsc::Sender<AppendRequest>, LogError> {
-        self.writer
-            .lock()
-            .as_ref()
-            .map(|(tx, _)| tx.clone())
-            .ok_or(LogError::Closed)
     }
 }
 
@@ -560,8 +565,11 @@ impl EventLog for EmbeddedLog {
             // Mark the current version seen before reading, so an append that
             // lands during the read still wakes the wait below.
             appended.borrow_and_update();
+            let (inner, wanted) = (Arc::clone(&self.inner), positions.to_vec());
             let records =
-                tokio::task::block_in_place(|| self.read_available(positions, max_records))?;
+                tokio::task::spawn_blocking(move || inner.read_available(&wanted, max_records))
+                    .await
+                    .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))??;
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -581,7 +589,7 @@ impl EventLog for EmbeddedLog {
         check_name("group", group)?;
         let topic_state = self.topic(topic)?;
         for (partition, _) in offsets {
-            Self::partition(&topic_state, *partition)?;
+            Inner::partition(&topic_state, *partition)?;
         }
         let inner = Arc::clone(&self.inner);
         let (group, topic, offsets) = (group.to_string(), topic.to_string(), offsets.to_vec());
