@@ -161,7 +161,7 @@ mod tests {
                 ("to", "1970-01-01T01:00:00+00:00"),
                 ("step", "5m"),
             ],
-            Ok((60_000, 3_600_000, Step::FiveMinutes)),
+            Ok((0, 3_600_000, Step::FiveMinutes)),
         );
         check(
             &[],
