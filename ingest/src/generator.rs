@@ -248,13 +248,13 @@ impl Generator {
             view.session_id = Some(session_id.clone());
             view.device = Some(device);
             // Log-normal render time: median ~250 ms on desktop, slower on mobile, long tail.
-            let median = match device {
+            let median: f64 = match device {
                 Device::Desktop => 220.0,
                 Device::Tablet => 300.0,
                 Device::Mobile => 380.0,
             };
             let normal: f64 = standard_normal(rng);
-            view.render_ms = Some(((median as f64).ln() + 0.6 * normal).exp().round());
+            view.render_ms = Some((median.ln() + 0.6 * normal).exp().round());
             let page = view.page.clone();
             plan.push_back(view);
             if rng.random_bool(0.02) {

@@ -219,10 +219,7 @@ impl Inner {
             .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
     }
 
-    fn partition<'a>(
-        topic: &'a TopicState,
-        partition: u32,
-    ) -> Result<&'a Mutex<PartitionState>, LogError> {
+    fn partition(topic: &TopicState, partition: u32) -> Result<&Mutex<PartitionState>, LogError> {
         topic
             .partitions
             .get(partition as usize)

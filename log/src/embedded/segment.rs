@@ -204,7 +204,7 @@ pub(crate) fn scan(path: &Path, base_offset: u64) -> io::Result<ScanResult> {
     while pos < bytes.len() {
         match decode(&bytes[pos..]) {
             Ok(frame) if frame.offset == result.next_offset => {
-                if (frame.offset - base_offset) % INDEX_INTERVAL == 0 {
+                if (frame.offset - base_offset).is_multiple_of(INDEX_INTERVAL) {
                     result.index.push((frame.offset, pos as u64));
                 }
                 result.max_timestamp =
@@ -244,10 +244,10 @@ mod tests {
 
     fn record(i: usize) -> Record {
         Record {
-            key: (i % 2 == 0).then(|| format!("k{i}").into_bytes()),
+            key: i.is_multiple_of(2).then(|| format!("k{i}").into_bytes()),
             value: format!("value-{i}").into_bytes(),
             timestamp_ms: 1000 + i as i64,
-            headers: if i % 3 == 0 {
+            headers: if i.is_multiple_of(3) {
                 vec![("reason".into(), b"bad".to_vec())]
             } else {
                 vec![]

@@ -112,7 +112,7 @@ impl Writer {
                         segment::encode(entry.next_offset, record, &mut frame);
                     }
                     let position_in_segment = entry.durable_len + entry.buf.len() as u64;
-                    if (entry.next_offset - entry.base_offset) % INDEX_INTERVAL == 0 {
+                    if (entry.next_offset - entry.base_offset).is_multiple_of(INDEX_INTERVAL) {
                         entry.index.push((entry.next_offset, position_in_segment));
                     }
                     entry.buf.extend_from_slice(&frame);
