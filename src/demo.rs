@@ -185,6 +185,46 @@ impl Demo {
                 "unavailable": counters.unavailable.load(Relaxed),
             })
         });
+        let counters = Arc::clone(&ingest.counters);
+        let ingest_metrics: lambda_serving::status::MetricsSection =
+            Arc::new(move |out: &mut String| {
+                use lambda_serving::metrics::family;
+                use std::sync::atomic::Ordering::Relaxed;
+                let lines = vec![
+                    (
+                        "outcome=\"accepted\"".to_string(),
+                        counters.accepted.load(Relaxed) as f64,
+                    ),
+                    (
+                        "outcome=\"rejected\"".to_string(),
+                        counters.rejected.load(Relaxed) as f64,
+                    ),
+                ];
+                family(
+                    out,
+                    "lambda_ingest_lines_total",
+                    "counter",
+                    "Lines received, by outcome.",
+                    &lines,
+                );
+                let refused = vec![
+                    (
+                        "status=\"429\"".to_string(),
+                        counters.throttled.load(Relaxed) as f64,
+                    ),
+                    (
+                        "status=\"503\"".to_string(),
+                        counters.unavailable.load(Relaxed) as f64,
+                    ),
+                ];
+                family(
+                    out,
+                    "lambda_ingest_requests_refused_total",
+                    "counter",
+                    "Requests refused for backpressure.",
+                    &refused,
+                );
+            });
         let serving = ServingState {
             speed: Arc::clone(&speed),
             batch: Arc::clone(&batch_views),
@@ -192,6 +232,7 @@ impl Demo {
                 log: Some(Arc::clone(&log)),
                 batch: Some(batch.clone()),
                 sections: vec![("ingest".into(), ingest_section)],
+                metrics: vec![ingest_metrics],
             },
         };
         let app = lambda_ingest::router(ingest).merge(lambda_serving::router(serving));

@@ -362,6 +362,37 @@ async fn merged_views_equal_an_independent_fold() {
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["parameter"], "step");
 
+    // Prometheus metrics tell the same story.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        sample("lambda_ingest_lines_total{outcome=\"rejected\"}"),
+        malformed as f64
+    );
+    assert_eq!(
+        sample("lambda_ingest_lines_total{outcome=\"accepted\"}"),
+        accepted as f64
+    );
+    assert_eq!(sample("lambda_batch_boundary_ms"), boundary as f64);
+    assert_eq!(
+        sample("lambda_speed_events_total{outcome=\"late\"}"),
+        status["speed"]["late"].as_f64().unwrap()
+    );
+    assert!(metrics.contains("# TYPE lambda_speed_events_total counter"));
+
     // Restarted on the same data dir, it carries on with the same answers.
     demo.stop().await.unwrap();
     let demo = Demo::start(demo_config(dir.path())).await.unwrap();

@@ -25,6 +25,7 @@ pub fn router(state: ServingState) -> Router {
         .route("/api/v1/pages", get(pages))
         .route("/api/v1/iot", get(iot))
         .route("/api/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -198,6 +199,18 @@ async fn iot(State(state): State<ServingState>, Query(params): Params) -> Respon
 
 async fn status(State(state): State<ServingState>) -> Response {
     axum::Json(crate::status::snapshot(&state).await).into_response()
+}
+
+async fn metrics(State(state): State<ServingState>) -> Response {
+    let body = crate::metrics::render(&state).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod boundary;
+pub mod metrics;
 pub mod query;
 pub mod status;
 

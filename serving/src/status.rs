@@ -13,6 +13,9 @@ use crate::ServingState;
 /// A function adding a section to the status (e.g. the collector's counters).
 pub type StatusSection = Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// A function appending metric families to `/metrics` (see [`crate::metrics::family`]).
+pub type MetricsSection = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// The parts of the status that live outside serving's own state.
 #[derive(Clone, Default)]
 pub struct StatusSources {
@@ -22,6 +25,8 @@ pub struct StatusSources {
     pub batch: Option<BatchHandle>,
     /// Extra named sections.
     pub sections: Vec<(String, StatusSection)>,
+    /// Extra metric families.
+    pub metrics: Vec<MetricsSection>,
 }
 
 impl std::fmt::Debug for StatusSources {
