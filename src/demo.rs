@@ -160,16 +160,15 @@ impl Demo {
 
         // Serving's copy of the batch views, loaded before the first request.
         let batch_views: SharedBatchViews = Arc::new(RwLock::new(Arc::new(BatchViews::default())));
-        lambda_serving::refresh_batch_views(&lake, &batch_views)
+        lambda_serving::refresh_batch_views(&lake, &batch_views, Some(&speed))
             .await
             .context("loading batch views")?;
         {
             let (lake, views, token) = (lake.clone(), Arc::clone(&batch_views), shutdown.clone());
+            let speed = Some(Arc::clone(&speed));
             tasks.spawn(async move {
-                (
-                    "view-loader",
-                    lambda_serving::run_view_loader(lake, views, token).await,
-                )
+                let loaded = lambda_serving::run_view_loader(lake, views, speed, token).await;
+                ("view-loader", loaded)
             });
         }
 
@@ -313,7 +312,8 @@ impl Demo {
     /// Runs a batch now and makes serving load its views before returning.
     pub async fn run_batch(&self) -> anyhow::Result<RunReport> {
         let report = self.batch.run_now().await?;
-        lambda_serving::refresh_batch_views(&self.lake, &self.batch_views).await?;
+        lambda_serving::refresh_batch_views(&self.lake, &self.batch_views, Some(&self.speed))
+            .await?;
         Ok(report)
     }
 

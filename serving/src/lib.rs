@@ -38,12 +38,22 @@ pub struct ServingState {
 /// How often serving looks for a newer manifest.
 pub const MANIFEST_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Loads the newest manifest's views into `shared` if it changed; returns whether it did.
-pub async fn refresh_batch_views(lake: &Lake, shared: &SharedBatchViews) -> anyhow::Result<bool> {
+/// Loads the newest manifest's views into `shared` if it changed, and tells
+/// the speed layer (when it runs in this process) the new boundary B so it
+/// can drop windows the batch views now answer. Returns whether it changed.
+pub async fn refresh_batch_views(
+    lake: &Lake,
+    shared: &SharedBatchViews,
+    speed: Option<&SpeedViews>,
+) -> anyhow::Result<bool> {
     let mut next = BatchViews::clone(&shared.read());
     let changed = next.refresh(lake).await?;
     if changed {
+        let boundary = next.boundary_ms();
         *shared.write() = Arc::new(next);
+        if let Some(speed) = speed {
+            speed.write().batch_boundary = boundary;
+        }
     }
     Ok(changed)
 }
@@ -53,6 +63,7 @@ pub async fn refresh_batch_views(lake: &Lake, shared: &SharedBatchViews) -> anyh
 pub async fn run_view_loader(
     lake: Lake,
     shared: SharedBatchViews,
+    speed: Option<SpeedViews>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut interval = tokio::time::interval(MANIFEST_POLL_INTERVAL);
@@ -60,7 +71,7 @@ pub async fn run_view_loader(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = interval.tick() => {
-                if let Err(error) = refresh_batch_views(&lake, &shared).await {
+                if let Err(error) = refresh_batch_views(&lake, &shared, speed.as_ref()).await {
                     tracing::warn!(error = format!("{error:#}"), "loading batch views failed; keeping the previous ones");
                 }
             }

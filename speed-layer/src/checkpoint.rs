@@ -24,6 +24,7 @@ struct CheckpointFile {
     offsets: Vec<(String, u32, u64)>,
     late_ledger: Vec<(Topic, i64, u64)>,
     counters: (u64, u64, u64, u64),
+    evicted_before: i64,
     windows: Vec<WindowFile>,
 }
 
@@ -87,6 +88,7 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
             .map(|((t, s), n)| (*t, *s, *n))
             .collect(),
         counters: (c.counted, c.duplicates, c.late, c.invalid),
+        evicted_before: state.evicted_before,
         windows,
     };
     serde_json::to_vec(&file).expect("checkpoint serializes")
@@ -123,6 +125,7 @@ pub fn decode(
         late,
         invalid,
     };
+    state.evicted_before = file.evicted_before;
     state.windows = file
         .windows
         .into_iter()
@@ -195,11 +198,13 @@ mod tests {
             state.apply(&Event::from_json(json.as_bytes()).unwrap());
         }
         state.offsets.insert(("funnel-events".into(), 3), 77);
+        state.evicted_before = 1_699_999_920_000;
         let bytes = encode(&state);
         let restored = decode(&bytes, 60_000, 3_600_000).unwrap();
         assert_eq!(encode(&restored), bytes);
         assert_eq!(restored.counters.late, 1);
         assert_eq!(restored.offsets[&("funnel-events".to_string(), 3)], 77);
+        assert_eq!(restored.evicted_before, 1_699_999_920_000);
         let mut again = restored.clone();
         let dup = Event::from_json(events[0].as_bytes()).unwrap();
         assert_ne!(

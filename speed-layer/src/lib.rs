@@ -26,7 +26,8 @@ pub const CONSUMER_GROUP: &str = "speed-layer";
 pub struct SpeedConfig {
     /// How far behind the newest event time the watermark trails.
     pub allowed_lateness_ms: i64,
-    /// Windows ending more than this before the watermark are evicted.
+    /// Windows starting more than this before the watermark are evicted
+    /// (and, once the batch boundary B is known, windows well before B).
     pub horizon_ms: i64,
     /// Where the checkpoint file lives.
     pub checkpoint_path: PathBuf,
@@ -39,7 +40,7 @@ impl SpeedConfig {
     pub fn with_data_dir(data_dir: &std::path::Path) -> SpeedConfig {
         SpeedConfig {
             allowed_lateness_ms: 60_000,
-            horizon_ms: 6 * 3_600_000,
+            horizon_ms: 2 * 3_600_000,
             checkpoint_path: data_dir.join("speed").join("checkpoint.json"),
             checkpoint_interval: Duration::from_secs(5),
         }

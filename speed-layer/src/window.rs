@@ -31,6 +31,10 @@ pub enum Applied {
     Late,
 }
 
+/// How far below the batch boundary B windows are still kept, so that a
+/// reader holding a slightly older manifest still finds the speed side.
+pub const BOUNDARY_MARGIN_MS: i64 = 5 * MINUTE_MS;
+
 /// Counters of the speed layer's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpeedCounters {
@@ -63,6 +67,11 @@ pub struct SpeedState {
     pub counters: SpeedCounters,
     /// Wall time of the last checkpoint written (ms).
     pub last_checkpoint_ms: Option<i64>,
+    /// The batch layer's boundary B, when known: windows well before it are
+    /// answered by the batch views and need not be kept.
+    pub batch_boundary: Option<i64>,
+    /// Windows starting before this have been evicted; events for them are late.
+    pub evicted_before: i64,
 }
 
 impl SpeedState {
@@ -77,6 +86,8 @@ impl SpeedState {
             offsets: BTreeMap::new(),
             counters: SpeedCounters::default(),
             last_checkpoint_ms: None,
+            batch_boundary: None,
+            evicted_before: i64::MIN,
         }
     }
 
@@ -88,7 +99,7 @@ impl SpeedState {
     /// Folds one event in, unless it is late or a duplicate.
     pub fn apply(&mut self, event: &Event) -> Applied {
         let start = floor_to(event.ts, MINUTE_MS);
-        if self.watermark().is_some_and(|w| start + MINUTE_MS <= w) {
+        if start < self.evicted_before || self.watermark().is_some_and(|w| start + MINUTE_MS <= w) {
             *self.late_ledger.entry((event.topic(), start)).or_default() += 1;
             self.counters.late += 1;
             return Applied::Late;
@@ -104,12 +115,19 @@ impl SpeedState {
         Applied::Counted
     }
 
-    /// Drops windows (and ledger entries) that end more than the horizon before the watermark.
+    /// Drops windows (and ledger entries) that start more than the horizon
+    /// before the watermark, or more than [`BOUNDARY_MARGIN_MS`] before the
+    /// batch boundary B (those buckets are the batch layer's).
     pub fn evict(&mut self) -> usize {
         let Some(watermark) = self.watermark() else {
             return 0;
         };
-        let keep_from = floor_to(watermark - self.horizon_ms, MINUTE_MS);
+        let by_horizon = floor_to(watermark - self.horizon_ms, MINUTE_MS);
+        let by_boundary = self
+            .batch_boundary
+            .map_or(i64::MIN, |b| b - BOUNDARY_MARGIN_MS);
+        let keep_from = by_horizon.max(by_boundary);
+        self.evicted_before = self.evicted_before.max(keep_from);
         let kept = self.windows.split_off(&keep_from);
         let evicted = std::mem::replace(&mut self.windows, kept).len();
         self.late_ledger.retain(|(_, start), _| *start >= keep_from);
@@ -184,5 +202,23 @@ mod tests {
         assert_eq!(evicted, 19);
         assert_eq!(state.windows.len(), 11);
         assert_eq!(*state.windows.keys().next().unwrap(), t0 + 19 * MINUTE_MS);
+        // Events for evicted windows are late, even if the watermark alone would allow them.
+        assert_eq!(
+            state.apply(&click("old", t0 + 18 * MINUTE_MS)),
+            Applied::Late
+        );
+    }
+
+    #[test]
+    fn windows_well_before_the_batch_boundary_are_evicted() {
+        let mut state = SpeedState::new(60_000, 24 * 60 * MINUTE_MS);
+        let t0 = 1_699_999_980_000;
+        for i in 0..30 {
+            state.apply(&click(&format!("e{i}"), t0 + i * MINUTE_MS));
+        }
+        assert_eq!(state.evict(), 0, "the horizon alone keeps everything");
+        state.batch_boundary = Some(t0 + 20 * MINUTE_MS);
+        assert_eq!(state.evict(), 15);
+        assert_eq!(*state.windows.keys().next().unwrap(), t0 + 15 * MINUTE_MS);
     }
 }
