@@ -173,7 +173,6 @@ impl Rule {
 
 /// Every type-specific field an event can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub enum Field {
     UserId,
     SessionId,
@@ -258,58 +257,44 @@ pub struct Event {
     /// Event time, milliseconds since the Unix epoch (UTC).
     pub ts: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub device: Option<Device>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub page: Option<String>,
     /// Page render time in milliseconds (finite, ≥ 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub render_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub campaign_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub product_id: Option<String>,
     /// Purchase amount in cents (≥ 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_cents: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub device_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub sensor: Option<String>,
     /// Sensor value (finite).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub unit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub status: Option<DeviceStatus>,
     /// Battery level in percent (0–100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub battery_pct: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub alarm: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub severity: Option<Severity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
     pub message: Option<String>,
 }
 

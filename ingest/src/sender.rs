@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::generator::{Generator, GeneratorConfig, LineKind};
+use crate::generator::{Generator, GeneratorConfig};
 
 /// Where and how fast to send.
 #[derive(Debug, Clone)]
@@ -75,7 +75,6 @@ pub async fn run(
         let mut body = Vec::new();
         for _ in 0..n {
             let line = generator.next_line();
-            debug_assert!(line.kind != LineKind::Event || !line.bytes.is_empty());
             body.extend_from_slice(&line.bytes);
             body.push(b'\n');
         }
