@@ -315,19 +315,25 @@ impl BatchViews {
         self.manifest.as_ref().and_then(|m| m.boundary_ms)
     }
 
+    /// The version of the loaded manifest (0 before the first run).
+    pub fn version(&self) -> u64 {
+        self.manifest.as_ref().map_or(0, |m| m.version)
+    }
+
     /// Loads the newest manifest if it is newer than the one held, reading
     /// only view files that changed. Returns whether anything changed.
     pub async fn refresh(&mut self, lake: &Lake) -> anyhow::Result<bool> {
-        let Some(latest) = manifest::latest(lake).await? else {
-            return Ok(false);
-        };
-        if self
-            .manifest
-            .as_ref()
-            .is_some_and(|m| m.version >= latest.version)
-        {
-            return Ok(false);
+        match manifest::latest(lake).await? {
+            Some(latest) if latest.version > self.version() => {
+                self.load(lake, latest).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
+    }
+
+    /// Moves to `latest`, reading only the view files that differ from the ones held.
+    pub async fn load(&mut self, lake: &Lake, latest: Manifest) -> anyhow::Result<()> {
         for (key, partition) in &latest.partitions {
             for (view, path) in &partition.views {
                 let slot = format!("{key}/{view}");
@@ -348,6 +354,6 @@ impl BatchViews {
             "loaded batch views"
         );
         self.manifest = Some(latest);
-        Ok(true)
+        Ok(())
     }
 }

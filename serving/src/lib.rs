@@ -46,16 +46,20 @@ pub async fn refresh_batch_views(
     shared: &SharedBatchViews,
     speed: Option<&SpeedViews>,
 ) -> anyhow::Result<bool> {
+    // Cheap check first: the held views are cloned only when a newer manifest exists.
+    let held = shared.read().version();
+    let latest = match lambda_batch::manifest::latest(lake).await? {
+        Some(latest) if latest.version > held => latest,
+        _ => return Ok(false),
+    };
     let mut next = BatchViews::clone(&shared.read());
-    let changed = next.refresh(lake).await?;
-    if changed {
-        let boundary = next.boundary_ms();
-        *shared.write() = Arc::new(next);
-        if let Some(speed) = speed {
-            speed.write().batch_boundary = boundary;
-        }
+    next.load(lake, latest).await?;
+    let boundary = next.boundary_ms();
+    *shared.write() = Arc::new(next);
+    if let Some(speed) = speed {
+        speed.write().batch_boundary = boundary;
     }
-    Ok(changed)
+    Ok(true)
 }
 
 /// Polls the lake for new manifests until `shutdown`.

@@ -38,7 +38,11 @@ pub async fn run(
             watermark = state.watermark(),
             "restored speed layer checkpoint"
         );
-        *views.write() = state;
+        let mut current = views.write();
+        // Serving may already have told us B while the checkpoint was loading.
+        let batch_boundary = current.batch_boundary;
+        *current = state;
+        current.batch_boundary = batch_boundary;
     }
     let mut positions = initial_positions(log.as_ref(), &views).await?;
     let mut checkpoint_timer = tokio::time::interval(config.checkpoint_interval);
