@@ -21,7 +21,6 @@ use lambda_log::{EmbeddedConfig, EventLog};
 use lambda_serving::{ServingState, SharedBatchViews, StatusSources};
 use lambda_speed::{SpeedConfig, SpeedViews};
 use parking_lot::RwLock;
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -175,54 +174,14 @@ impl Demo {
         // HTTP: ingest and serving on one port.
         let ingest = IngestState::new(Arc::clone(&log), IngestConfig::default());
         let counters = Arc::clone(&ingest.counters);
-        let ingest_section: lambda_serving::status::StatusSection = Arc::new(move || {
-            use std::sync::atomic::Ordering::Relaxed;
-            json!({
-                "accepted": counters.accepted.load(Relaxed),
-                "rejected": counters.rejected.load(Relaxed),
-                "throttled": counters.throttled.load(Relaxed),
-                "unavailable": counters.unavailable.load(Relaxed),
-            })
-        });
+        let ingest_section: lambda_serving::status::StatusSection =
+            Arc::new(move || counters.status());
         let counters = Arc::clone(&ingest.counters);
         let ingest_metrics: lambda_serving::status::MetricsSection =
             Arc::new(move |out: &mut String| {
-                use lambda_serving::metrics::family;
-                use std::sync::atomic::Ordering::Relaxed;
-                let lines = vec![
-                    (
-                        "outcome=\"accepted\"".to_string(),
-                        counters.accepted.load(Relaxed) as f64,
-                    ),
-                    (
-                        "outcome=\"rejected\"".to_string(),
-                        counters.rejected.load(Relaxed) as f64,
-                    ),
-                ];
-                family(
-                    out,
-                    "lambda_ingest_lines_total",
-                    "counter",
-                    "Lines received, by outcome.",
-                    &lines,
-                );
-                let refused = vec![
-                    (
-                        "status=\"429\"".to_string(),
-                        counters.throttled.load(Relaxed) as f64,
-                    ),
-                    (
-                        "status=\"503\"".to_string(),
-                        counters.unavailable.load(Relaxed) as f64,
-                    ),
-                ];
-                family(
-                    out,
-                    "lambda_ingest_requests_refused_total",
-                    "counter",
-                    "Requests refused for backpressure.",
-                    &refused,
-                );
+                for (name, kind, help, samples) in counters.metric_families() {
+                    lambda_serving::metrics::family(out, name, kind, help, &samples);
+                }
             });
         let serving = ServingState {
             speed: Arc::clone(&speed),

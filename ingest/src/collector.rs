@@ -58,6 +58,48 @@ pub struct IngestCounters {
     pub unavailable: AtomicU64,
 }
 
+/// One metric family: name, type, help, and samples as (labels, value).
+pub type MetricFamily = (&'static str, &'static str, &'static str, Vec<(String, f64)>);
+
+impl IngestCounters {
+    /// The counters as the `ingest` section of `/api/v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        json!({
+            "accepted": self.accepted.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "throttled": self.throttled.load(Ordering::Relaxed),
+            "unavailable": self.unavailable.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The counters as Prometheus metric families.
+    pub fn metric_families(&self) -> Vec<MetricFamily> {
+        let sample = |labels: &str, counter: &AtomicU64| {
+            (labels.to_string(), counter.load(Ordering::Relaxed) as f64)
+        };
+        vec![
+            (
+                "lambda_ingest_lines_total",
+                "counter",
+                "Lines received, by outcome.",
+                vec![
+                    sample("outcome=\"accepted\"", &self.accepted),
+                    sample("outcome=\"rejected\"", &self.rejected),
+                ],
+            ),
+            (
+                "lambda_ingest_requests_refused_total",
+                "counter",
+                "Requests refused for backpressure, by status.",
+                vec![
+                    sample("status=\"429\"", &self.throttled),
+                    sample("status=\"503\"", &self.unavailable),
+                ],
+            ),
+        ]
+    }
+}
+
 /// What the handler needs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct IngestState {
