@@ -416,6 +416,23 @@ impl Event {
         Ok(event)
     }
 
+    /// Rejects an event time more than `max_ahead_ms` after `now_ms`: one
+    /// event from a broken clock would otherwise drag the watermark and the
+    /// boundary into the future and make every later event late.
+    pub fn check_not_ahead(&self, now_ms: i64, max_ahead_ms: i64) -> Result<(), EventError> {
+        let ahead = self.ts - now_ms;
+        if ahead > max_ahead_ms {
+            return Err(EventError::field(
+                "ts",
+                format!(
+                    "{} is {ahead} ms ahead of the collector's clock (at most {max_ahead_ms} allowed)",
+                    self.ts
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The topic this event is written to.
     pub fn topic(&self) -> Topic {
         self.event_type.topic()
@@ -867,6 +884,15 @@ mod tests {
                 .unwrap()
                 .contains(r#""ts":1699996400500"#)
         );
+    }
+
+    #[test]
+    fn event_times_far_ahead_of_now_are_rejected() {
+        let event = Event::bare("e", EventType::Impression, 10_000);
+        assert!(event.check_not_ahead(9_000, 1_000).is_ok());
+        let err = event.check_not_ahead(8_999, 1_000).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("ts"));
+        assert!(err.message.contains("1001 ms ahead"), "{err}");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct IngestConfig {
     pub max_inflight_requests: usize,
     /// How long to wait for the log to make a request durable before `503`.
     pub append_timeout: Duration,
+    /// Event times further than this ahead of the collector's clock are rejected.
+    pub max_ts_ahead: Duration,
 }
 
 impl Default for IngestConfig {
@@ -41,6 +43,7 @@ impl Default for IngestConfig {
             max_body_bytes: 8 * 1024 * 1024,
             max_inflight_requests: 256,
             append_timeout: Duration::from_secs(10),
+            max_ts_ahead: Duration::from_secs(3600),
         }
     }
 }
@@ -180,7 +183,7 @@ async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
         );
     }
     let now = chrono::Utc::now().timestamp_millis();
-    let batch = RecordBatch::from_lines(lines, now);
+    let batch = RecordBatch::from_lines(lines, now, state.config.max_ts_ahead.as_millis() as i64);
     let accepted = batch.funnel.len() + batch.iot.len();
     match tokio::time::timeout(
         state.config.append_timeout,
@@ -246,7 +249,7 @@ struct RecordBatch {
 }
 
 impl RecordBatch {
-    fn from_lines(lines: Vec<ParsedLine>, now_ms: i64) -> RecordBatch {
+    fn from_lines(lines: Vec<ParsedLine>, now_ms: i64, max_ts_ahead_ms: i64) -> RecordBatch {
         let mut batch = RecordBatch {
             funnel: Vec::new(),
             iot: Vec::new(),
@@ -254,7 +257,12 @@ impl RecordBatch {
             rejected: Vec::new(),
         };
         for line in lines {
-            match line.result {
+            let result = line.result.and_then(|event| {
+                event
+                    .check_not_ahead(now_ms, max_ts_ahead_ms)
+                    .map(|()| event)
+            });
+            match result {
                 Ok(event) => {
                     let record = Record::keyed(event.key().as_bytes(), event.to_json(), now_ms);
                     match event.topic() {

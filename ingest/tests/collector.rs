@@ -100,6 +100,26 @@ async fn accepts_valid_lines_and_dead_letters_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_far_in_the_future_are_rejected() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    let next_week = chrono::Utc::now().timestamp_millis() + 7 * 86_400_000;
+    let body =
+        format!(r#"{{"event_id":"f","ts":{next_week},"event_type":"impression","user_id":"u"}}"#);
+    let (status, _, json) = post(state, body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(json["accepted"], 0);
+    assert_eq!(json["rejected"][0]["field"], "ts");
+    assert!(
+        json["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of the collector's clock")
+    );
+    assert_eq!(read_all(log.as_ref(), "dead-letter").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_array_bodies_are_accepted() {
     let (_dir, log) = start_log().await;
     let state = IngestState::new(log, IngestConfig::default());
