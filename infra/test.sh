@@ -24,6 +24,12 @@ if ! need c++; then
   apt-get update -qq && apt-get install -y -qq g++ >/dev/null
 fi
 
+# A real S3-compatible server for the lake tests (they start it themselves).
+if ! need moto_server; then
+  echo "installing moto (S3 server) from PyPI"
+  python3 -m pip install -q 'moto[server]'
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -32,8 +32,19 @@ pub enum Created {
 
 impl Lake {
     /// Opens the lake at `url`; `cache_dir` holds local copies of remote objects for DuckDB.
-    /// For `s3://` the usual `AWS_*` variables (endpoint, region, keys) apply.
     pub fn open(url: &str, cache_dir: impl Into<PathBuf>) -> anyhow::Result<Lake> {
+        Lake::open_with_options(url, Vec::new(), cache_dir)
+    }
+
+    /// [`Lake::open`] with object store options for `s3://` lakes, keyed as
+    /// `object_store` names them (`aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`,
+    /// `aws_conditional_put`, …). The caller decides where they come from.
+    pub fn open_with_options(
+        url: &str,
+        options: Vec<(String, String)>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> anyhow::Result<Lake> {
         let cache_dir = cache_dir.into();
         if let Some(path) = url.strip_prefix("file://") {
             let root = PathBuf::from(path);
@@ -51,7 +62,7 @@ impl Lake {
                 cache_dir,
             });
         }
-        if url == "memory://" || url.starts_with("memory://") {
+        if url.starts_with("memory://") {
             let store = object_store::memory::InMemory::new();
             return Ok(Lake {
                 store: Arc::new(store),
@@ -62,10 +73,6 @@ impl Lake {
         }
         if url.starts_with("s3://") {
             let parsed = url::Url::parse(url).with_context(|| format!("parsing lake url {url}"))?;
-            let options: Vec<(String, String)> = std::env::vars()
-                .filter(|(k, _)| k.starts_with("AWS_"))
-                .map(|(k, v)| (k.to_lowercase(), v))
-                .collect();
             let (store, prefix) = object_store::parse_url_opts(&parsed, options)
                 .with_context(|| format!("opening lake {url}"))?;
             let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {

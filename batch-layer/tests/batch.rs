@@ -279,3 +279,106 @@ async fn a_late_event_is_healed_by_the_next_run() {
         "the batch view of the first minute now counts the late click"
     );
 }
+
+/// A moto S3 server process on a free loopback port, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `moto_server` (installed by `./infra/test.sh`) and creates `bucket`.
+async fn start_moto(bucket: &str) -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start moto_server ({e}): run ./infra/test.sh, which installs it (pip install 'moto[server]')")
+        });
+    let moto = Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(response) = client
+            .put(format!("{}/{bucket}", moto.endpoint))
+            .send()
+            .await
+            && response.status().is_success()
+        {
+            return moto;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("moto_server did not come up on port {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_runs_write_and_read_a_real_s3_server() {
+    let moto = start_moto("lake-test").await;
+    let f = fixture().await;
+    let options = [
+        ("aws_endpoint", moto.endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_conditional_put", "etag"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cache = tempfile::tempdir().unwrap();
+    let lake = Lake::open_with_options("s3://lake-test/pipeline", options, cache.path()).unwrap();
+    let ctx = RunContext {
+        lake: lake.clone(),
+        ..f.ctx.clone()
+    };
+
+    let events = events(7, 3000);
+    append(&f.log, &events).await;
+    let report = run_once(&ctx).await.unwrap();
+    assert!(report.committed && report.stats.events_written > 0);
+    let views = loaded(&lake).await;
+    assert_same_views(&views.buckets, &speed_views(&events));
+
+    // The objects are on the S3 server, under the prefix.
+    let listing = reqwest::get(format!(
+        "{}/lake-test?list-type=2&prefix=pipeline/",
+        moto.endpoint
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        listing.contains("pipeline/manifests/00000000000000000001.json"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("pipeline/master/funnel-events/date="),
+        "{listing}"
+    );
+
+    // The conditional put holds on S3 too: one version, one writer.
+    let mut next = manifest::latest(&lake).await.unwrap().unwrap();
+    next.version += 1;
+    manifest::commit(&lake, &next).await.unwrap();
+    let conflict = manifest::commit(&lake, &next).await.unwrap_err();
+    assert!(matches!(conflict, CommitError::Conflict(_)), "{conflict}");
+}
