@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use crate::{EventLog, FetchPosition, LogError, Record, StoredRecord};
 
+/// The topics [`run_all`] creates, as (suffix, partitions): a backend whose
+/// test broker cannot create topics through the API creates these first.
+pub const TOPICS: &[(&str, u32)] = &[
+    ("create", 3),
+    ("roundtrip", 2),
+    ("order", 4),
+    ("tail", 1),
+    ("range", 1),
+    ("groups", 2),
+    ("concurrent", 4),
+];
+
 /// Runs every check against `log`, naming topics `<prefix>-<check>`.
 pub async fn run_all(log: Arc<dyn EventLog>, prefix: &str) {
     create_topic_is_idempotent(log.as_ref(), &format!("{prefix}-create")).await;

@@ -6,7 +6,7 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The URL names no backend this build knows.
-    #[error("unsupported log url {0:?}: expected embedded://PATH")]
+    #[error("unsupported log url {0:?}: expected embedded://PATH or kafka://HOST:PORT")]
     UnsupportedUrl(String),
     /// The topic does not exist.
     #[error("topic {0} does not exist")]

@@ -13,10 +13,12 @@ use std::time::Duration;
 pub mod conformance;
 pub mod embedded;
 mod error;
+pub mod kafka;
 pub mod partitioner;
 
 pub use embedded::{EmbeddedConfig, EmbeddedLog};
 pub use error::LogError;
+pub use kafka::{KafkaConfig, KafkaLog};
 
 /// Largest record value accepted by any backend (Kafka's default `message.max.bytes` is ~1 MB).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -109,9 +111,8 @@ pub struct FetchPosition {
 
 /// A durable, partitioned, append-only log with consumer-group offsets.
 ///
-/// Implementations: [`EmbeddedLog`] (`embedded://DIR`); the Kafka backend
-/// (`kafka://HOST:PORT`) joins in a later issue and must pass
-/// [`conformance`] too.
+/// Implementations: [`EmbeddedLog`] (`embedded://DIR`) and [`KafkaLog`]
+/// (`kafka://HOST:PORT`); both pass [`conformance`].
 #[async_trait::async_trait]
 pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// Creates `topic` with `partitions` partitions; a no-op if it exists.
@@ -156,11 +157,15 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     async fn close(&self) -> Result<(), LogError>;
 }
 
-/// Opens the log a URL names: `embedded://PATH` (relative or absolute).
+/// Opens the log a URL names: `embedded://PATH` (relative or absolute) or
+/// `kafka://HOST:PORT[,HOST:PORT…]` (with the default [`KafkaConfig`]).
 pub async fn open(url: &str, embedded: EmbeddedConfig) -> Result<Arc<dyn EventLog>, LogError> {
     if let Some(path) = url.strip_prefix("embedded://") {
         let log = EmbeddedLog::open(path, embedded).await?;
         return Ok(Arc::new(log));
+    }
+    if let Some(servers) = url.strip_prefix("kafka://") {
+        return Ok(Arc::new(KafkaLog::open(KafkaConfig::new(servers))?));
     }
     Err(LogError::UnsupportedUrl(url.to_string()))
 }

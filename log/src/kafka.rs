@@ -1,0 +1,531 @@
+//! The Kafka backend (`kafka://HOST:PORT[,HOST:PORT…]`) through rdkafka.
+//!
+//! Appends go through an idempotent producer with `acks=all`, to the
+//! partition Kafka's murmur2 picks for the key (the same as the embedded
+//! log), and return once every record is acknowledged. Fetches use one
+//! consumer assigned to exactly the asked positions (no group membership, so
+//! callers keep control of offsets, as with the embedded log); group offsets
+//! are committed with a consumer per group. Extra client settings (TLS, SASL,
+//! timeouts) are passed through as librdkafka properties.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::partitioner::partition_for_key;
+use crate::{
+    EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,
+    StoredRecord,
+};
+
+/// Settings of the Kafka backend.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub bootstrap_servers: String,
+    /// Replication factor of topics this backend creates.
+    pub replication_factor: i32,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`, `sasl.mechanism`).
+    pub client_options: Vec<(String, String)>,
+    /// How long metadata, offset and commit requests may take.
+    pub request_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// Defaults for `bootstrap_servers`.
+    pub fn new(bootstrap_servers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            replication_factor: 1,
+            client_options: Vec::new(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The consumer fetches read through, and where it stands.
+struct Reader {
+    consumer: BaseConsumer,
+    /// The positions it is assigned to, advanced as records are returned.
+    assigned: Vec<FetchPosition>,
+    /// Last known (low, high) watermark per (topic, partition).
+    watermarks: HashMap<(String, u32), (u64, u64)>,
+}
+
+/// The Kafka log.
+pub struct KafkaLog {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    meta: BaseConsumer,
+    reader: Arc<Mutex<Reader>>,
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    round_robin: AtomicU32,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("bootstrap_servers", &self.config.bootstrap_servers)
+            .finish()
+    }
+}
+
+fn unavailable(context: &str) -> impl Fn(KafkaError) -> LogError + '_ {
+    move |e| LogError::Unavailable(format!("{context}: {e}"))
+}
+
+impl KafkaLog {
+    /// Connects the clients (connections are made lazily by librdkafka).
+    pub fn open(config: KafkaConfig) -> Result<KafkaLog, LogError> {
+        let base = |extra: &[(&str, &str)]| {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", &config.bootstrap_servers);
+            c.set("allow.auto.create.topics", "false");
+            for (k, v) in &config.client_options {
+                c.set(k, v);
+            }
+            for (k, v) in extra {
+                c.set(*k, *v);
+            }
+            c
+        };
+        let producer: FutureProducer = base(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+        ])
+        .create()
+        .map_err(unavailable("creating the kafka producer"))?;
+        let admin = base(&[])
+            .create()
+            .map_err(unavailable("creating the kafka admin client"))?;
+        let meta = base(&[])
+            .create()
+            .map_err(unavailable("creating the kafka metadata client"))?;
+        let consumer = base(&[
+            ("group.id", "lambda-pipeline-fetch"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "error"),
+            ("fetch.wait.max.ms", "100"),
+        ])
+        .create()
+        .map_err(unavailable("creating the kafka consumer"))?;
+        let reader = Reader {
+            consumer,
+            assigned: Vec::new(),
+            watermarks: HashMap::new(),
+        };
+        Ok(KafkaLog {
+            config,
+            producer,
+            admin,
+            meta,
+            reader: Arc::new(Mutex::new(reader)),
+            groups: Mutex::new(HashMap::new()),
+            round_robin: AtomicU32::new(0),
+        })
+    }
+
+    fn topic_partitions(&self, topic: &str) -> Result<u32, LogError> {
+        let metadata = self
+            .meta
+            .fetch_metadata(Some(topic), self.config.request_timeout)
+            .map_err(unavailable("fetching metadata"))?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len() as u32)
+            }
+            _ => Err(LogError::UnknownTopic(topic.to_string())),
+        }
+    }
+
+    fn group_consumer(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+        let mut groups = self.groups.lock();
+        if let Some(consumer) = groups.get(group) {
+            return Ok(Arc::clone(consumer));
+        }
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.config.bootstrap_servers);
+        c.set("group.id", group);
+        c.set("enable.auto.commit", "false");
+        for (k, v) in &self.config.client_options {
+            c.set(k, v);
+        }
+        let consumer: Arc<BaseConsumer> = Arc::new(
+            c.create()
+                .map_err(unavailable("creating a kafka group consumer"))?,
+        );
+        groups.insert(group.to_string(), Arc::clone(&consumer));
+        Ok(consumer)
+    }
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, LogError>> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| LogError::Unavailable(format!("kafka task failed: {e}")))?
+    }
+}
+
+impl Reader {
+    fn watermarks(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        refresh: bool,
+        timeout: Duration,
+    ) -> Result<(u64, u64), LogError> {
+        let key = (topic.to_string(), partition);
+        if !refresh && let Some(w) = self.watermarks.get(&key) {
+            return Ok(*w);
+        }
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition as i32, timeout)
+            .map_err(unavailable("fetching watermarks"))?;
+        let w = (low.max(0) as u64, high.max(0) as u64);
+        self.watermarks.insert(key, w);
+        Ok(w)
+    }
+
+    fn fetch(
+        &mut self,
+        positions: &[FetchPosition],
+        max_records: usize,
+        max_wait: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        for p in positions {
+            let (_, high) = self.watermarks(&p.topic, p.partition, false, timeout)?;
+            if p.offset > high {
+                let (low, high) = self.watermarks(&p.topic, p.partition, true, timeout)?;
+                if p.offset > high || p.offset < low {
+                    return Err(LogError::OffsetOutOfRange {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        offset: p.offset,
+                        start: low,
+                        end: high,
+                    });
+                }
+            }
+        }
+        if self.assigned != positions {
+            let mut tpl = TopicPartitionList::new();
+            for p in positions {
+                tpl.add_partition_offset(
+                    &p.topic,
+                    p.partition as i32,
+                    Offset::Offset(p.offset as i64),
+                )
+                .map_err(unavailable("building an assignment"))?;
+            }
+            self.consumer
+                .assign(&tpl)
+                .map_err(unavailable("assigning partitions"))?;
+            self.assigned = positions.to_vec();
+        }
+        let deadline = Instant::now() + max_wait;
+        let mut out = Vec::new();
+        while out.len() < max_records {
+            let wait = if out.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let Some(polled) = self.consumer.poll(wait) else {
+                break;
+            };
+            let message = match polled {
+                Ok(message) => message,
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
+                    self.assigned.clear();
+                    let p = &positions[0];
+                    let (low, high) = self.watermarks(&p.topic, p.partition, true, timeout)?;
+                    return Err(LogError::OffsetOutOfRange {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        offset: p.offset,
+                        start: low,
+                        end: high,
+                    });
+                }
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(e) => return Err(LogError::Unavailable(format!("consuming: {e}"))),
+            };
+            let (topic, partition, offset) = (
+                message.topic().to_string(),
+                message.partition() as u32,
+                message.offset() as u64,
+            );
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let record = Record {
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().unwrap_or_default().to_vec(),
+                timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                headers,
+            };
+            if let Some(a) = self
+                .assigned
+                .iter_mut()
+                .find(|a| a.topic == topic && a.partition == partition)
+            {
+                a.offset = offset + 1;
+            }
+            let w = self
+                .watermarks
+                .entry((topic.clone(), partition))
+                .or_insert((0, 0));
+            w.1 = w.1.max(offset + 1);
+            out.push(StoredRecord {
+                topic,
+                partition,
+                offset,
+                record,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for KafkaLog {
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        match self.topic_partitions(topic) {
+            Ok(existing) if existing == partitions => return Ok(()),
+            Ok(existing) => {
+                return Err(LogError::PartitionMismatch {
+                    topic: topic.into(),
+                    existing,
+                    requested: partitions,
+                });
+            }
+            Err(LogError::UnknownTopic(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let new_topic = NewTopic::new(
+            topic,
+            partitions as i32,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(self.config.request_timeout));
+        let results = self
+            .admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(unavailable("creating a topic"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(LogError::Unavailable(format!(
+                        "creating topic {name}: {code}"
+                    )));
+                }
+            }
+        }
+        // Metadata catches up with the creation shortly after.
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            match self.topic_partitions(topic) {
+                Ok(n) if n == partitions => return Ok(()),
+                Ok(existing) => {
+                    return Err(LogError::PartitionMismatch {
+                        topic: topic.into(),
+                        existing,
+                        requested: partitions,
+                    });
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+        self.topic_partitions(topic)
+    }
+
+    async fn append(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n_partitions = self.topic_partitions(topic)?;
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in &records {
+            let size = record.value.len() + record.key.as_ref().map_or(0, Vec::len);
+            if size > MAX_RECORD_BYTES {
+                return Err(LogError::RecordTooLarge {
+                    size,
+                    limit: MAX_RECORD_BYTES,
+                });
+            }
+            let partition = match &record.key {
+                Some(key) => partition_for_key(key, n_partitions),
+                None => self.round_robin.fetch_add(1, Ordering::Relaxed) % n_partitions,
+            };
+            let mut headers = OwnedHeaders::new();
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let mut future_record = FutureRecord::<[u8], [u8]>::to(topic)
+                .partition(partition as i32)
+                .payload(&record.value)
+                .timestamp(record.timestamp_ms)
+                .headers(headers);
+            if let Some(key) = &record.key {
+                future_record = future_record.key(key.as_slice());
+            }
+            loop {
+                match self.producer.send_result(future_record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        future_record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(LogError::Unavailable(format!("producing to {topic}: {e}")));
+                    }
+                }
+            }
+        }
+        let mut positions = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(d)) => positions.push(Position {
+                    partition: d.partition as u32,
+                    offset: d.offset as u64,
+                }),
+                Ok(Err((e, _))) => {
+                    return Err(LogError::Unavailable(format!("producing to {topic}: {e}")));
+                }
+                Err(_) => return Err(LogError::Closed),
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn ranges(&self, topic: &str) -> Result<Vec<PartitionRange>, LogError> {
+        let n = self.topic_partitions(topic)?;
+        let mut out = Vec::with_capacity(n as usize);
+        for partition in 0..n {
+            let (low, high) = self
+                .meta
+                .fetch_watermarks(topic, partition as i32, self.config.request_timeout)
+                .map_err(unavailable("fetching watermarks"))?;
+            out.push(PartitionRange {
+                start: low.max(0) as u64,
+                end: high.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn fetch(
+        &self,
+        positions: &[FetchPosition],
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        let (reader, positions, timeout) = (
+            Arc::clone(&self.reader),
+            positions.to_vec(),
+            self.config.request_timeout,
+        );
+        blocking(move || {
+            reader
+                .lock()
+                .fetch(&positions, max_records, max_wait, timeout)
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), LogError> {
+        let consumer = self.group_consumer(group)?;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            tpl.add_partition_offset(topic, *partition as i32, Offset::Offset(*offset as i64))
+                .map_err(unavailable("building a commit"))?;
+        }
+        blocking(move || {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(unavailable("committing offsets"))
+        })
+        .await
+    }
+
+    async fn committed(&self, group: &str, topic: &str) -> Result<BTreeMap<u32, u64>, LogError> {
+        let consumer = self.group_consumer(group)?;
+        let n = self.topic_partitions(topic)?;
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..n {
+            tpl.add_partition(topic, partition as i32);
+        }
+        let timeout = self.config.request_timeout;
+        let committed = blocking(move || {
+            consumer
+                .committed_offsets(tpl, timeout)
+                .map_err(unavailable("reading committed offsets"))
+        })
+        .await?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some((e.partition() as u32, o as u64)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn enforce_retention(&self) -> Result<u64, LogError> {
+        // The brokers apply retention.ms / retention.bytes themselves.
+        Ok(0)
+    }
+
+    async fn close(&self) -> Result<(), LogError> {
+        use rdkafka::producer::Producer;
+        let timeout = self.config.request_timeout;
+        self.producer
+            .flush(timeout)
+            .map_err(unavailable("flushing the producer"))
+    }
+}
