@@ -30,6 +30,14 @@ if ! need moto_server; then
   python3 -m pip install -q 'moto[server]'
 fi
 
+# A real Kafka-protocol broker for the Kafka backend tests (they start it
+# themselves). Built once (about 11 minutes on 2 cores) into its own target dir.
+if ! need tansu; then
+  echo "installing tansu (Kafka-protocol broker) from crates.io"
+  cargo install tansu --version 0.6.0 --locked --features dynostore \
+    --target-dir "$HOME/.cache/lambda-pipeline/tansu-target"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
