@@ -61,6 +61,12 @@ pub struct DemoConfig {
     pub allowed_lateness_ms: i64,
     /// Show a progress line for the generator.
     pub progress: bool,
+    /// The log; `None` is the embedded log under `data_dir/log`.
+    pub log_url: Option<String>,
+    /// The lake; `None` is `file://data_dir/lake`.
+    pub lake_url: Option<String>,
+    /// Object store options for an `s3://` lake (`aws_endpoint`, `aws_region`, …).
+    pub lake_options: Vec<(String, String)>,
 }
 
 impl DemoConfig {
@@ -74,6 +80,9 @@ impl DemoConfig {
             partitions: lambda_ingest::DEFAULT_PARTITIONS,
             allowed_lateness_ms: 60_000,
             progress: false,
+            log_url: None,
+            lake_url: None,
+            lake_options: Vec::new(),
         }
     }
 }
@@ -104,18 +113,26 @@ impl Demo {
         let data_dir = &config.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let log_dir = data_dir.join("log");
-        let log = lambda_log::open(
-            &format!("embedded://{}", log_dir.display()),
-            EmbeddedConfig::default(),
-        )
-        .await
-        .with_context(|| format!("opening the log in {}", log_dir.display()))?;
+        let log_url = config
+            .log_url
+            .clone()
+            .unwrap_or_else(|| format!("embedded://{}", data_dir.join("log").display()));
+        let log = lambda_log::open(&log_url, EmbeddedConfig::default())
+            .await
+            .with_context(|| format!("opening the log {log_url}"))?;
         lambda_ingest::ensure_topics(&log, config.partitions)
             .await
             .context("creating topics")?;
-        let lake_url = format!("file://{}", data_dir.join("lake").display());
-        let lake = Lake::open(&lake_url, data_dir.join("cache")).context("opening the lake")?;
+        let lake_url = config
+            .lake_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("lake").display()));
+        let lake = Lake::open_with_options(
+            &lake_url,
+            config.lake_options.clone(),
+            data_dir.join("cache"),
+        )
+        .with_context(|| format!("opening the lake {lake_url}"))?;
 
         let shutdown = CancellationToken::new();
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();

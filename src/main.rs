@@ -75,8 +75,54 @@ struct DemoArgs {
     /// How far the watermark trails the newest event, e.g. 60s.
     #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = duration::parse)]
     allowed_lateness: Duration,
+    /// The log, e.g. kafka://127.0.0.1:9092 (default: embedded://DATA_DIR/log).
+    #[arg(long, env = "LAMBDA_LOG_URL")]
+    log_url: Option<String>,
+    #[command(flatten)]
+    lake: LakeArgs,
     #[command(flatten)]
     traffic: TrafficArgs,
+}
+
+#[derive(Debug, Args)]
+struct LakeArgs {
+    /// The lake, e.g. s3://lake/pipeline (default: file://DATA_DIR/lake).
+    #[arg(long, env = "LAMBDA_LAKE_URL")]
+    lake_url: Option<String>,
+    /// S3 endpoint for an s3:// lake on MinIO or another S3-compatible server, e.g. http://127.0.0.1:9000.
+    #[arg(long, env = "LAMBDA_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region, e.g. us-east-1.
+    #[arg(long, env = "LAMBDA_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+}
+
+impl LakeArgs {
+    /// Object store options: the flags, plus credentials from the standard
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`.
+    fn options(&self) -> Vec<(String, String)> {
+        let mut options = vec![
+            ("aws_region".to_string(), self.s3_region.clone()),
+            // Manifests are committed with a conditional put.
+            ("aws_conditional_put".to_string(), "etag".to_string()),
+        ];
+        if let Some(endpoint) = &self.s3_endpoint {
+            options.push(("aws_endpoint".into(), endpoint.clone()));
+            if endpoint.starts_with("http://") {
+                options.push(("aws_allow_http".into(), "true".into()));
+            }
+        }
+        for (var, key) in [
+            ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+            ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+            ("AWS_SESSION_TOKEN", "aws_session_token"),
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                options.push((key.to_string(), value));
+            }
+        }
+        options
+    }
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +195,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         partitions: args.partitions,
         allowed_lateness_ms: args.allowed_lateness.as_millis() as i64,
         progress: false,
+        log_url: args.log_url,
+        lake_options: args.lake.options(),
+        lake_url: args.lake.lake_url,
     };
     let demo = Demo::start(config).await?;
     let url = format!("http://{}", demo.addr);

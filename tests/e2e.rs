@@ -267,7 +267,12 @@ fn demo_config(dir: &std::path::Path) -> DemoConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_views_equal_an_independent_fold() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Demo::start(demo_config(dir.path())).await.unwrap();
+    check_pipeline(demo_config(dir.path())).await;
+}
+
+/// Feeds the seeded lines to a demo started from `config` and checks every answer.
+async fn check_pipeline(config: DemoConfig) {
+    let demo = Demo::start(config.clone()).await.unwrap();
     let base = format!("http://{}", demo.addr);
     let client = reqwest::Client::new();
 
@@ -395,7 +400,7 @@ async fn merged_views_equal_an_independent_fold() {
 
     // Restarted on the same data dir, it carries on with the same answers.
     demo.stop().await.unwrap();
-    let demo = Demo::start(demo_config(dir.path())).await.unwrap();
+    let demo = Demo::start(config).await.unwrap();
     let base = format!("http://{}", demo.addr);
     let again = get(&client, format!("{base}/api/v1/funnel?{range}&step=1m")).await;
     assert_eq!(again["boundary"], funnel["boundary"]);

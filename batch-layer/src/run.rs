@@ -25,6 +25,8 @@ use crate::views::{ViewEngine, views_of};
 /// Consumer group the batch layer commits its covered offsets under (for lag reporting).
 pub const CONSUMER_GROUP: &str = "batch-layer";
 const READ_CHUNK: usize = 8192;
+/// How long one read waits for records known to exist (a remote broker answers asynchronously).
+const READ_WAIT: Duration = Duration::from_secs(5);
 
 /// What a run needs.
 #[derive(Debug, Clone)]
@@ -102,10 +104,7 @@ pub async fn run_with_fail_point(
                     partition,
                     offset,
                 };
-                let records = ctx
-                    .log
-                    .fetch(&[position], READ_CHUNK, Duration::ZERO)
-                    .await?;
+                let records = ctx.log.fetch(&[position], READ_CHUNK, READ_WAIT).await?;
                 anyhow::ensure!(
                     !records.is_empty(),
                     "{topic}/{partition}: no records at {offset} below end {}",

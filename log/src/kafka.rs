@@ -54,7 +54,10 @@ impl KafkaConfig {
     }
 }
 
-/// The consumer fetches read through, and where it stands.
+/// Most fetch consumers kept at once (beyond it the cache starts over).
+const MAX_READERS: usize = 32;
+
+/// A consumer fetches read through, and where it stands.
 struct Reader {
     consumer: BaseConsumer,
     /// The positions it is assigned to, advanced as records are returned.
@@ -69,7 +72,9 @@ pub struct KafkaLog {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     meta: BaseConsumer,
-    reader: Arc<Mutex<Reader>>,
+    /// One consumer per distinct set of partitions fetched (the speed layer's,
+    /// each batch read's), so callers do not keep re-assigning one consumer.
+    readers: Mutex<HashMap<Vec<(String, u32)>, Arc<Mutex<Reader>>>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     round_robin: AtomicU32,
 }
@@ -93,6 +98,9 @@ impl KafkaLog {
             let mut c = ClientConfig::new();
             c.set("bootstrap.servers", &config.bootstrap_servers);
             c.set("allow.auto.create.topics", "false");
+            // No transactions are used, so the end of a partition is its high
+            // watermark, not the last stable offset (some brokers lag on the latter).
+            c.set("isolation.level", "read_uncommitted");
             for (k, v) in &config.client_options {
                 c.set(k, v);
             }
@@ -115,26 +123,12 @@ impl KafkaLog {
         let meta = base(&[])
             .create()
             .map_err(unavailable("creating the kafka metadata client"))?;
-        let consumer = base(&[
-            ("group.id", "lambda-pipeline-fetch"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "error"),
-            ("fetch.wait.max.ms", "100"),
-        ])
-        .create()
-        .map_err(unavailable("creating the kafka consumer"))?;
-        let reader = Reader {
-            consumer,
-            assigned: Vec::new(),
-            watermarks: HashMap::new(),
-        };
         Ok(KafkaLog {
             config,
             producer,
             admin,
             meta,
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             round_robin: AtomicU32::new(0),
         })
@@ -151,6 +145,45 @@ impl KafkaLog {
             }
             _ => Err(LogError::UnknownTopic(topic.to_string())),
         }
+    }
+
+    /// The reader for exactly these partitions, created on first use.
+    fn reader(&self, positions: &[FetchPosition]) -> Result<Arc<Mutex<Reader>>, LogError> {
+        let mut key: Vec<(String, u32)> = positions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect();
+        key.sort();
+        let mut readers = self.readers.lock();
+        if let Some(reader) = readers.get(&key) {
+            return Ok(Arc::clone(reader));
+        }
+        if readers.len() >= MAX_READERS {
+            readers.clear();
+        }
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.config.bootstrap_servers);
+        c.set("allow.auto.create.topics", "false");
+        c.set("group.id", "lambda-pipeline-fetch");
+        c.set("enable.auto.commit", "false");
+        c.set("enable.auto.offset.store", "false");
+        c.set("auto.offset.reset", "error");
+        c.set("fetch.wait.max.ms", "100");
+        c.set("isolation.level", "read_uncommitted");
+        for (k, v) in &self.config.client_options {
+            c.set(k, v);
+        }
+        let consumer = c
+            .create()
+            .map_err(unavailable("creating a kafka consumer"))?;
+        let reader = Reader {
+            consumer,
+            assigned: Vec::new(),
+            watermarks: HashMap::new(),
+        };
+        let reader = Arc::new(Mutex::new(reader));
+        readers.insert(key, Arc::clone(&reader));
+        Ok(reader)
     }
 
     fn group_consumer(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
@@ -292,12 +325,15 @@ impl Reader {
                 timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
                 headers,
             };
-            if let Some(a) = self
+            // Only records at the positions asked for count: anything else is
+            // left over from an earlier assignment of this consumer.
+            match self
                 .assigned
                 .iter_mut()
                 .find(|a| a.topic == topic && a.partition == partition)
             {
-                a.offset = offset + 1;
+                Some(a) if offset >= a.offset => a.offset = offset + 1,
+                _ => continue,
             }
             let w = self
                 .watermarks
@@ -463,7 +499,7 @@ impl EventLog for KafkaLog {
         max_wait: Duration,
     ) -> Result<Vec<StoredRecord>, LogError> {
         let (reader, positions, timeout) = (
-            Arc::clone(&self.reader),
+            self.reader(positions)?,
             positions.to_vec(),
             self.config.request_timeout,
         );
