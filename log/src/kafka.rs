@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -23,11 +22,8 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::partitioner::partition_for_key;
-use crate::{
-    EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,
-    StoredRecord,
-};
+use crate::partitioner::Partitioner;
+use crate::{EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord};
 
 /// Settings of the Kafka backend.
 #[derive(Debug, Clone)]
@@ -76,7 +72,7 @@ pub struct KafkaLog {
     /// each batch read's), so callers do not keep re-assigning one consumer.
     readers: Mutex<HashMap<Vec<(String, u32)>, Arc<Mutex<Reader>>>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
-    round_robin: AtomicU32,
+    partitioner: Partitioner,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -130,7 +126,7 @@ impl KafkaLog {
             meta,
             readers: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
-            round_robin: AtomicU32::new(0),
+            partitioner: Partitioner::default(),
         })
     }
 
@@ -418,17 +414,7 @@ impl EventLog for KafkaLog {
         let n_partitions = self.topic_partitions(topic)?;
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
-            let size = record.value.len() + record.key.as_ref().map_or(0, Vec::len);
-            if size > MAX_RECORD_BYTES {
-                return Err(LogError::RecordTooLarge {
-                    size,
-                    limit: MAX_RECORD_BYTES,
-                });
-            }
-            let partition = match &record.key {
-                Some(key) => partition_for_key(key, n_partitions),
-                None => self.round_robin.fetch_add(1, Ordering::Relaxed) % n_partitions,
-            };
+            let partition = self.partitioner.partition(record, n_partitions)?;
             let mut headers = OwnedHeaders::new();
             for (name, value) in &record.headers {
                 headers = headers.insert(Header {

@@ -2,6 +2,34 @@
 //! partition index under the embedded log, the Java client's default
 //! partitioner and librdkafka's `murmur2_random`.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{LogError, MAX_RECORD_BYTES, Record};
+
+/// Picks a record's partition the same way in every backend: murmur2 of the
+/// key, round robin without one; and refuses records over [`MAX_RECORD_BYTES`].
+#[derive(Debug, Default)]
+pub struct Partitioner {
+    round_robin: AtomicU32,
+}
+
+impl Partitioner {
+    /// The partition of `record` among `partitions`.
+    pub fn partition(&self, record: &Record, partitions: u32) -> Result<u32, LogError> {
+        let size = record.value.len() + record.key.as_ref().map_or(0, Vec::len);
+        if size > MAX_RECORD_BYTES {
+            return Err(LogError::RecordTooLarge {
+                size,
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+        Ok(match &record.key {
+            Some(key) => partition_for_key(key, partitions),
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
+        })
+    }
+}
+
 /// Kafka's 32-bit murmur2 hash (seed `0x9747b28c`) of `data`.
 pub fn murmur2(data: &[u8]) -> u32 {
     const SEED: u32 = 0x9747_b28c;

@@ -18,18 +18,14 @@ use std::fs::{self, File};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::partitioner::partition_for_key;
-use crate::{
-    EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,
-    StoredRecord,
-};
+use crate::partitioner::Partitioner;
+use crate::{EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord};
 use segment::FRAME_HEADER;
 use writer::{AppendRequest, Writer};
 
@@ -71,7 +67,7 @@ struct Inner {
     config: EmbeddedConfig,
     topics: RwLock<BTreeMap<String, Arc<TopicState>>>,
     groups: Mutex<()>,
-    round_robin: AtomicU32,
+    partitioner: Partitioner,
     /// Bumped after every group commit; readers wait on it.
     appended: watch::Sender<u64>,
 }
@@ -176,7 +172,7 @@ impl EmbeddedLog {
             config,
             topics: RwLock::new(recovered),
             groups: Mutex::new(()),
-            round_robin: AtomicU32::new(0),
+            partitioner: Partitioner::default(),
             appended,
         });
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
@@ -516,17 +512,7 @@ impl EventLog for EmbeddedLog {
         let n_partitions = topic.partitions.len() as u32;
         let mut assigned = Vec::with_capacity(records.len());
         for record in records {
-            let size = record.value.len() + record.key.as_ref().map_or(0, Vec::len);
-            if size > MAX_RECORD_BYTES {
-                return Err(LogError::RecordTooLarge {
-                    size,
-                    limit: MAX_RECORD_BYTES,
-                });
-            }
-            let partition = match &record.key {
-                Some(key) => partition_for_key(key, n_partitions),
-                None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % n_partitions,
-            };
+            let partition = self.inner.partitioner.partition(&record, n_partitions)?;
             assigned.push((partition, record));
         }
         let (reply, reply_rx) = oneshot::channel();
