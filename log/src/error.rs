@@ -83,6 +83,19 @@ impl LogError {
         move |source| LogError::Io { context, source }
     }
 
+    /// `Ok` if an existing topic has the partition count asked for, else [`LogError::PartitionMismatch`].
+    pub fn check_partitions(topic: &str, existing: u32, requested: u32) -> Result<(), LogError> {
+        if existing == requested {
+            Ok(())
+        } else {
+            Err(LogError::PartitionMismatch {
+                topic: topic.into(),
+                existing,
+                requested,
+            })
+        }
+    }
+
     /// Whether retrying later may succeed (the backend is behind or down).
     pub fn is_transient(&self) -> bool {
         matches!(self, LogError::Unavailable(_))

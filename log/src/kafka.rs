@@ -351,14 +351,7 @@ impl Reader {
 impl EventLog for KafkaLog {
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
         match self.topic_partitions(topic) {
-            Ok(existing) if existing == partitions => return Ok(()),
-            Ok(existing) => {
-                return Err(LogError::PartitionMismatch {
-                    topic: topic.into(),
-                    existing,
-                    requested: partitions,
-                });
-            }
+            Ok(existing) => return LogError::check_partitions(topic, existing, partitions),
             Err(LogError::UnknownTopic(_)) => {}
             Err(e) => return Err(e),
         }
@@ -387,14 +380,7 @@ impl EventLog for KafkaLog {
         let deadline = Instant::now() + self.config.request_timeout;
         loop {
             match self.topic_partitions(topic) {
-                Ok(n) if n == partitions => return Ok(()),
-                Ok(existing) => {
-                    return Err(LogError::PartitionMismatch {
-                        topic: topic.into(),
-                        existing,
-                        requested: partitions,
-                    });
-                }
+                Ok(existing) => return LogError::check_partitions(topic, existing, partitions),
                 Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }

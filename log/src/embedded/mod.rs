@@ -459,15 +459,7 @@ impl EventLog for EmbeddedLog {
             });
         }
         if let Ok(existing) = self.topic(topic) {
-            let existing = existing.partitions.len() as u32;
-            if existing != partitions {
-                return Err(LogError::PartitionMismatch {
-                    topic: topic.into(),
-                    existing,
-                    requested: partitions,
-                });
-            }
-            return Ok(());
+            return LogError::check_partitions(topic, existing.partitions.len() as u32, partitions);
         }
         let inner = Arc::clone(&self.inner);
         let name = topic.to_string();
