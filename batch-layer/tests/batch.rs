@@ -280,56 +280,9 @@ async fn a_late_event_is_healed_by_the_next_run() {
     );
 }
 
-/// A moto S3 server process on a free loopback port, killed on drop.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `moto_server` (installed by `./infra/test.sh`) and creates `bucket`.
-async fn start_moto(bucket: &str) -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start moto_server ({e}): run ./infra/test.sh, which installs it (pip install 'moto[server]')")
-        });
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(response) = client
-            .put(format!("{}/{bucket}", moto.endpoint))
-            .send()
-            .await
-            && response.status().is_success()
-        {
-            return moto;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("moto_server did not come up on port {port}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_runs_write_and_read_a_real_s3_server() {
-    let moto = start_moto("lake-test").await;
+    let moto = lambda_testkit::Moto::start("lake-test");
     let f = fixture().await;
     let options = [
         ("aws_endpoint", moto.endpoint.as_str()),

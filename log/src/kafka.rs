@@ -36,6 +36,12 @@ pub struct KafkaConfig {
     pub client_options: Vec<(String, String)>,
     /// How long metadata, offset and commit requests may take.
     pub request_timeout: Duration,
+    /// Check each reported high watermark by reading the partition's last
+    /// batch. For brokers that report the base offset of the last batch plus
+    /// one instead of its last offset plus one (tansu 0.6 does): without the
+    /// check, the tail of the last batch is invisible to snapshots until the
+    /// next append. Off for Apache Kafka, which needs no check.
+    pub probe_end: bool,
 }
 
 impl KafkaConfig {
@@ -46,7 +52,56 @@ impl KafkaConfig {
             replication_factor: 1,
             client_options: Vec::new(),
             request_timeout: Duration::from_secs(10),
+            probe_end: false,
         }
+    }
+
+    /// Parses `HOST:PORT[,HOST:PORT…][?key=value&…]` (what follows `kafka://`).
+    /// Query keys: `replication_factor`, `probe_end` (true/false),
+    /// `request_timeout_ms`; any other key is a librdkafka property passed to
+    /// every client, e.g. `security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512`.
+    pub fn from_url_tail(tail: &str) -> Result<KafkaConfig, LogError> {
+        let (servers, query) = tail.split_once('?').unwrap_or((tail, ""));
+        if servers.is_empty() {
+            return Err(LogError::UnsupportedUrl(format!(
+                "kafka://{tail}: no bootstrap servers"
+            )));
+        }
+        let mut config = KafkaConfig::new(servers);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                LogError::UnsupportedUrl(format!("kafka URL option {pair:?} is not key=value"))
+            })?;
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one option by name (see [`KafkaConfig::from_url_tail`]).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), LogError> {
+        let bad =
+            |what: &str| LogError::UnsupportedUrl(format!("kafka option {key}={value:?}: {what}"));
+        match key {
+            "replication_factor" => {
+                self.replication_factor = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad("expected a positive integer"))?;
+            }
+            "probe_end" => {
+                self.probe_end = value.parse().map_err(|_| bad("expected true or false"))?;
+            }
+            "request_timeout_ms" => {
+                let ms: u64 = value.parse().map_err(|_| bad("expected milliseconds"))?;
+                self.request_timeout = Duration::from_millis(ms);
+            }
+            _ if key.contains('.') => self
+                .client_options
+                .push((key.to_string(), value.to_string())),
+            _ => return Err(bad("unknown option (librdkafka properties contain a dot)")),
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +115,8 @@ struct Reader {
     assigned: Vec<FetchPosition>,
     /// Last known (low, high) watermark per (topic, partition).
     watermarks: HashMap<(String, u32), (u64, u64)>,
+    /// Checks reported high watermarks, when [`KafkaConfig::probe_end`] is on.
+    probe: Option<Arc<Mutex<BaseConsumer>>>,
 }
 
 /// The Kafka log.
@@ -73,6 +130,7 @@ pub struct KafkaLog {
     readers: Mutex<HashMap<Vec<(String, u32)>, Arc<Mutex<Reader>>>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     partitioner: Partitioner,
+    probe: Option<Arc<Mutex<BaseConsumer>>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -119,6 +177,14 @@ impl KafkaLog {
         let meta = base(&[])
             .create()
             .map_err(unavailable("creating the kafka metadata client"))?;
+        let probe = if config.probe_end {
+            let consumer: BaseConsumer = fetch_client(&config)
+                .create()
+                .map_err(unavailable("creating the kafka probe consumer"))?;
+            Some(Arc::new(Mutex::new(consumer)))
+        } else {
+            None
+        };
         Ok(KafkaLog {
             config,
             producer,
@@ -127,7 +193,28 @@ impl KafkaLog {
             readers: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             partitioner: Partitioner::default(),
+            probe,
         })
+    }
+
+    /// `(low, high)` of a partition, the high one checked by a probe when configured.
+    fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
+        let (low, high) = self
+            .meta
+            .fetch_watermarks(topic, partition as i32, self.config.request_timeout)
+            .map_err(unavailable("fetching watermarks"))?;
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        let high = match &self.probe {
+            Some(probe) => probe_end(
+                &probe.lock(),
+                topic,
+                partition,
+                (low, high),
+                self.config.request_timeout,
+            )?,
+            None => high,
+        };
+        Ok((low, high))
     }
 
     fn topic_partitions(&self, topic: &str) -> Result<u32, LogError> {
@@ -157,25 +244,14 @@ impl KafkaLog {
         if readers.len() >= MAX_READERS {
             readers.clear();
         }
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.config.bootstrap_servers);
-        c.set("allow.auto.create.topics", "false");
-        c.set("group.id", "lambda-pipeline-fetch");
-        c.set("enable.auto.commit", "false");
-        c.set("enable.auto.offset.store", "false");
-        c.set("auto.offset.reset", "error");
-        c.set("fetch.wait.max.ms", "100");
-        c.set("isolation.level", "read_uncommitted");
-        for (k, v) in &self.config.client_options {
-            c.set(k, v);
-        }
-        let consumer = c
+        let consumer = fetch_client(&self.config)
             .create()
             .map_err(unavailable("creating a kafka consumer"))?;
         let reader = Reader {
             consumer,
             assigned: Vec::new(),
             watermarks: HashMap::new(),
+            probe: self.probe.clone(),
         };
         let reader = Arc::new(Mutex::new(reader));
         readers.insert(key, Arc::clone(&reader));
@@ -201,6 +277,76 @@ impl KafkaLog {
         groups.insert(group.to_string(), Arc::clone(&consumer));
         Ok(consumer)
     }
+}
+
+/// Settings of a consumer that reads at positions it is given (no group membership).
+fn fetch_client(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    c.set("allow.auto.create.topics", "false");
+    c.set("group.id", "lambda-pipeline-fetch");
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c.set("auto.offset.reset", "error");
+    c.set("fetch.wait.max.ms", "100");
+    c.set("isolation.level", "read_uncommitted");
+    for (k, v) in &config.client_options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Reads from the last reported record (`high - 1`) and returns one past
+/// the last offset that fetch delivered: the true end when the broker reported
+/// the base offset of its last batch (the fetch returns the whole batch), and
+/// `high` itself when the report was right.
+fn probe_end(
+    probe: &BaseConsumer,
+    topic: &str,
+    partition: u32,
+    (low, high): (u64, u64),
+    timeout: Duration,
+) -> Result<u64, LogError> {
+    if high <= low {
+        return Ok(high);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition as i32, Offset::Offset(high as i64 - 1))
+        .map_err(unavailable("building a probe assignment"))?;
+    probe
+        .assign(&tpl)
+        .map_err(unavailable("assigning the probe"))?;
+    let mut end = high;
+    let deadline = Instant::now() + timeout;
+    let mut first = true;
+    loop {
+        // Wait for the first record; after it, take only what that fetch already delivered.
+        let wait = if first {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        match probe.poll(wait) {
+            None => break,
+            Some(Ok(m)) if m.topic() == topic && m.partition() == partition as i32 => {
+                if m.offset() >= high as i64 - 1 {
+                    end = end.max(m.offset() as u64 + 1);
+                    first = false;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                if first && Instant::now() >= deadline {
+                    break;
+                }
+                tracing::debug!(%error, "kafka probe reported an error");
+            }
+        }
+    }
+    probe
+        .unassign()
+        .map_err(unavailable("unassigning the probe"))?;
+    Ok(end)
 }
 
 fn blocking<T: Send + 'static>(
@@ -229,7 +375,14 @@ impl Reader {
             .consumer
             .fetch_watermarks(topic, partition as i32, timeout)
             .map_err(unavailable("fetching watermarks"))?;
-        let w = (low.max(0) as u64, high.max(0) as u64);
+        let mut w = (low.max(0) as u64, high.max(0) as u64);
+        if let Some(probe) = &self.probe {
+            w.1 = probe_end(&probe.lock(), topic, partition, w, timeout)?;
+        }
+        // Records this reader has already returned are below the end, whatever the broker says.
+        if let Some(known) = self.watermarks.get(&key) {
+            w.1 = w.1.max(known.1);
+        }
         self.watermarks.insert(key, w);
         Ok(w)
     }
@@ -452,14 +605,8 @@ impl EventLog for KafkaLog {
         let n = self.topic_partitions(topic)?;
         let mut out = Vec::with_capacity(n as usize);
         for partition in 0..n {
-            let (low, high) = self
-                .meta
-                .fetch_watermarks(topic, partition as i32, self.config.request_timeout)
-                .map_err(unavailable("fetching watermarks"))?;
-            out.push(PartitionRange {
-                start: low.max(0) as u64,
-                end: high.max(0) as u64,
-            });
+            let (start, end) = self.watermarks(topic, partition)?;
+            out.push(PartitionRange { start, end });
         }
         Ok(out)
     }

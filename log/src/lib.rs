@@ -158,14 +158,14 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Opens the log a URL names: `embedded://PATH` (relative or absolute) or
-/// `kafka://HOST:PORT[,HOST:PORT…]` (with the default [`KafkaConfig`]).
+/// `kafka://HOST:PORT[,HOST:PORT…][?option=value&…]` (see [`KafkaConfig::from_url_tail`]).
 pub async fn open(url: &str, embedded: EmbeddedConfig) -> Result<Arc<dyn EventLog>, LogError> {
     if let Some(path) = url.strip_prefix("embedded://") {
         let log = EmbeddedLog::open(path, embedded).await?;
         return Ok(Arc::new(log));
     }
-    if let Some(servers) = url.strip_prefix("kafka://") {
-        return Ok(Arc::new(KafkaLog::open(KafkaConfig::new(servers))?));
+    if let Some(tail) = url.strip_prefix("kafka://") {
+        return Ok(Arc::new(KafkaLog::open(KafkaConfig::from_url_tail(tail)?)?));
     }
     Err(LogError::UnsupportedUrl(url.to_string()))
 }

@@ -3,59 +3,80 @@
 //! port with in-memory storage: the same conformance suite as every backend,
 //! with topics created through the admin API.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
-use lambda_log::conformance;
-use lambda_log::{KafkaConfig, KafkaLog};
+use lambda_log::{EventLog, KafkaConfig, KafkaLog, Record, conformance};
+use lambda_testkit::Tansu;
 
-/// A broker process, killed on drop.
-struct Broker {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_broker() -> Broker {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new("tansu")
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start tansu ({e}): run ./infra/test.sh, which installs it (cargo install tansu --features dynostore)")
-        });
-    let broker = Broker {
-        child,
-        address: format!("127.0.0.1:{port}"),
-    };
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(&broker.address).is_ok() {
-            return broker;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("tansu did not listen on {}", broker.address);
+fn config(broker: &Tansu) -> KafkaConfig {
+    let tail = broker.log_url();
+    KafkaConfig::from_url_tail(tail.strip_prefix("kafka://").unwrap()).expect("a kafka URL")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_backend_passes_the_conformance_suite_on_a_real_broker() {
-    let broker = start_broker();
-    let log = KafkaLog::open(KafkaConfig::new(broker.address.clone())).expect("kafka log");
+    let broker = Tansu::start();
+    let log = KafkaLog::open(config(&broker)).expect("kafka log");
     conformance::run_all(Arc::new(log), "broker").await;
+}
+
+/// tansu reports a partition's end as the base offset of its last batch plus
+/// one. With `probe_end` the ranges count every record of that batch; the
+/// test first shows the broker under-reporting, so it fails if the probe
+/// stops doing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_count_the_whole_last_batch() {
+    let broker = Tansu::start();
+    broker.create_topic("batched", 1);
+    let log = KafkaLog::open(config(&broker)).expect("kafka log");
+    let plain = KafkaLog::open(KafkaConfig::new(broker.address.clone())).expect("kafka log");
+    // One append of 200 records: the producer sends them as few batches.
+    let records: Vec<Record> = (0..200)
+        .map(|i| Record::keyed("k", format!("v{i}"), 1_700_000_000_000))
+        .collect();
+    log.append("batched", records).await.unwrap();
+    let reported = plain.ranges("batched").await.unwrap()[0].end;
+    assert!(
+        reported < 200,
+        "the broker reported {reported}: it no longer under-reports, so the probe is untested"
+    );
+    assert_eq!(log.ranges("batched").await.unwrap()[0].end, 200);
+    // A fetch from the true end is not out of range.
+    let fetched = log
+        .fetch(
+            &[lambda_log::FetchPosition {
+                topic: "batched".into(),
+                partition: 0,
+                offset: 200,
+            }],
+            10,
+            std::time::Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    assert!(fetched.is_empty());
+}
+
+#[test]
+fn kafka_urls_carry_options() {
+    let config = KafkaConfig::from_url_tail(
+        "b1:9092,b2:9092?replication_factor=3&security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512&probe_end=true",
+    )
+    .unwrap();
+    assert_eq!(config.bootstrap_servers, "b1:9092,b2:9092");
+    assert_eq!(config.replication_factor, 3);
+    assert!(config.probe_end);
+    assert_eq!(
+        config.client_options,
+        vec![
+            ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ("sasl.mechanism".to_string(), "SCRAM-SHA-512".to_string()),
+        ]
+    );
+    let error = KafkaConfig::from_url_tail("b1:9092?replication=3")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("replication"), "{error}");
+    assert!(KafkaConfig::from_url_tail("b1:9092?replication_factor=0").is_err());
+    assert!(KafkaConfig::from_url_tail("?probe_end=true").is_err());
 }
