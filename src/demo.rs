@@ -2,32 +2,28 @@
 //! embedded log under `DATA/log`, lake at `file://DATA/lake`, speed
 //! checkpoint under `DATA/speed` — with ingest and serving on one port.
 //!
-//! Shutdown: one root `CancellationToken`; named tasks in a `JoinSet`; a
-//! signal or any task's error cancels the rest, they drain within a grace
-//! period (speed writes its checkpoint, the log's writer syncs what it holds),
-//! then the log is closed. Restarted on the same data dir, it carries on.
+//! Shutdown goes through a [`Supervisor`]: a signal or any task's error
+//! cancels the rest, they drain within a grace period (speed writes its
+//! checkpoint, the log's writer syncs what it holds), then the log is closed.
+//! Restarted on the same data dir, it carries on.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use lambda_batch::{BatchHandle, BatchViews, Lake, RunContext, RunReport};
 use lambda_ingest::generator::GeneratorConfig;
 use lambda_ingest::sender::SenderConfig;
 use lambda_ingest::{IngestConfig, IngestState};
-use lambda_log::{EmbeddedConfig, EventLog};
+use lambda_log::EventLog;
 use lambda_serving::{ServingState, SharedBatchViews, StatusSources};
 use lambda_speed::{SpeedConfig, SpeedViews};
 use parking_lot::RwLock;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How long tasks get to finish after shutdown is asked for.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often log retention is applied.
-pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+use crate::roles::{Shared, ingest_telemetry};
+use crate::supervisor::Supervisor;
 
 /// Traffic the built-in generator sends.
 #[derive(Debug, Clone)]
@@ -104,40 +100,27 @@ pub struct Demo {
     pub batch_views: SharedBatchViews,
     /// The speed layer's views.
     pub speed: SpeedViews,
-    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    supervisor: Supervisor,
 }
 
 impl Demo {
     /// Opens everything under the data dir and starts every layer.
     pub async fn start(config: DemoConfig) -> anyhow::Result<Demo> {
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
-        let log_url = config
-            .log_url
-            .clone()
-            .unwrap_or_else(|| format!("embedded://{}", data_dir.join("log").display()));
-        let log = lambda_log::open(&log_url, EmbeddedConfig::default())
-            .await
-            .with_context(|| format!("opening the log {log_url}"))?;
-        lambda_ingest::ensure_topics(&log, config.partitions)
-            .await
-            .context("creating topics")?;
-        let lake_url = config
-            .lake_url
-            .clone()
-            .unwrap_or_else(|| format!("file://{}", data_dir.join("lake").display()));
-        let lake = Lake::open_with_options(
-            &lake_url,
-            config.lake_options.clone(),
-            data_dir.join("cache"),
-        )
-        .with_context(|| format!("opening the lake {lake_url}"))?;
+        let shared = Shared {
+            data_dir: data_dir.clone(),
+            log_url: config.log_url.clone(),
+            lake_url: config.lake_url.clone(),
+            lake_options: config.lake_options.clone(),
+            partitions: config.partitions,
+            allowed_lateness_ms: config.allowed_lateness_ms,
+        };
+        let log = shared.open_log().await?;
+        let lake = shared.open_lake()?;
+        let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
+        let shutdown = supervisor.shutdown.clone();
 
-        let shutdown = CancellationToken::new();
-        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-
-        // Speed layer.
+        // Speed layer. The collector already dead-letters invalid lines.
         let speed_config = SpeedConfig {
             allowed_lateness_ms: config.allowed_lateness_ms,
             ..SpeedConfig::with_data_dir(data_dir)
@@ -145,12 +128,7 @@ impl Demo {
         let speed = lambda_speed::new_views(&speed_config);
         {
             let (log, speed, token) = (Arc::clone(&log), Arc::clone(&speed), shutdown.clone());
-            tasks.spawn(async move {
-                (
-                    "speed",
-                    lambda_speed::run(speed_config, log, speed, token).await,
-                )
-            });
+            supervisor.spawn("speed", lambda_speed::run(speed_config, log, speed, token));
         }
 
         // Batch layer.
@@ -166,12 +144,10 @@ impl Demo {
                 batch.clone(),
                 shutdown.clone(),
             );
-            tasks.spawn(async move {
-                (
-                    "batch",
-                    lambda_batch::run(schedule, ctx, handle, triggers, token).await,
-                )
-            });
+            supervisor.spawn(
+                "batch",
+                lambda_batch::run(schedule, ctx, handle, triggers, token),
+            );
         }
 
         // Serving's copy of the batch views, loaded before the first request.
@@ -182,66 +158,29 @@ impl Demo {
         {
             let (lake, views, token) = (lake.clone(), Arc::clone(&batch_views), shutdown.clone());
             let speed = Some(Arc::clone(&speed));
-            tasks.spawn(async move {
-                let loaded = lambda_serving::run_view_loader(lake, views, speed, token).await;
-                ("view-loader", loaded)
-            });
+            supervisor.spawn(
+                "view-loader",
+                lambda_serving::run_view_loader(lake, views, speed, token),
+            );
         }
 
         // HTTP: ingest and serving on one port.
         let ingest = IngestState::new(Arc::clone(&log), IngestConfig::default());
-        let counters = Arc::clone(&ingest.counters);
-        let ingest_section: lambda_serving::status::StatusSection =
-            Arc::new(move || counters.status());
-        let counters = Arc::clone(&ingest.counters);
-        let ingest_metrics: lambda_serving::status::MetricsSection =
-            Arc::new(move |out: &mut String| {
-                for (name, kind, help, samples) in counters.metric_families() {
-                    lambda_serving::metrics::family(out, name, kind, help, &samples);
-                }
-            });
+        let (ingest_section, ingest_metrics) = ingest_telemetry(&ingest);
         let serving = ServingState {
             speed: Arc::clone(&speed),
             batch: Arc::clone(&batch_views),
             status: StatusSources {
                 log: Some(Arc::clone(&log)),
                 batch: Some(batch.clone()),
+                remote_batch: None,
                 sections: vec![("ingest".into(), ingest_section)],
                 metrics: vec![ingest_metrics],
             },
         };
         let app = lambda_ingest::router(ingest).merge(lambda_serving::router(serving));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        {
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await;
-                ("http", served.context("http server"))
-            });
-        }
-
-        // Log retention.
-        {
-            let (log, token) = (Arc::clone(&log), shutdown.clone());
-            tasks.spawn(async move {
-                let mut interval = tokio::time::interval(RETENTION_INTERVAL);
-                loop {
-                    tokio::select! {
-                        _ = token.cancelled() => return ("retention", Ok(())),
-                        _ = interval.tick() => {
-                            if let Err(error) = log.enforce_retention().await {
-                                tracing::warn!(%error, "log retention failed");
-                            }
-                        }
-                    }
-                }
-            });
-        }
+        let addr = supervisor.serve_http(config.listen, app).await?;
+        supervisor.spawn_retention(Arc::clone(&log));
 
         // Generator.
         if let Some(generator) = &config.generator {
@@ -262,13 +201,10 @@ impl Demo {
                 ..GeneratorConfig::default()
             };
             let token = shutdown.clone();
-            tasks.spawn(async move {
-                (
-                    "generator",
-                    lambda_ingest::sender::run(sender, generator, token)
-                        .await
-                        .map(|_| ()),
-                )
+            supervisor.spawn("generator", async move {
+                lambda_ingest::sender::run(sender, generator, token)
+                    .await
+                    .map(|_| ())
             });
         }
 
@@ -281,7 +217,7 @@ impl Demo {
             batch,
             batch_views,
             speed,
-            tasks,
+            supervisor,
         })
     }
 
@@ -294,65 +230,12 @@ impl Demo {
     }
 
     /// Waits until shutdown is asked for or a task fails, then stops everything.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        tokio::select! {
-            _ = self.shutdown.cancelled() => {}
-            Some(joined) = self.tasks.join_next() => {
-                match joined {
-                    Ok((name, Ok(()))) => tracing::info!(task = name, "task finished"),
-                    Ok((name, Err(error))) => {
-                        tracing::error!(task = name, error = format!("{error:#}"), "task failed; shutting down");
-                        first_error = Some(error.context(format!("task {name}")));
-                    }
-                    Err(error) => first_error = Some(anyhow::anyhow!("task panicked: {error}")),
-                }
-            }
-        }
-        let stopped = self.stop().await;
-        match first_error {
-            Some(error) => Err(error),
-            None => stopped,
-        }
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.supervisor.wait().await
     }
 
-    /// Cancels every task, waits up to [`SHUTDOWN_GRACE`] for them, then closes the log.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        let drain = async {
-            let mut first_error = None;
-            while let Some(joined) = self.tasks.join_next().await {
-                match joined {
-                    Ok((_, Ok(()))) => {}
-                    Ok((name, Err(error))) => {
-                        tracing::error!(
-                            task = name,
-                            error = format!("{error:#}"),
-                            "task failed while stopping"
-                        );
-                        first_error.get_or_insert(error.context(format!("task {name}")));
-                    }
-                    Err(error) if error.is_cancelled() => {}
-                    Err(error) => {
-                        first_error.get_or_insert(anyhow::anyhow!("task panicked: {error}"));
-                    }
-                }
-            }
-            first_error
-        };
-        let first_error = match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
-            Ok(first_error) => first_error,
-            Err(_) => {
-                tracing::warn!(
-                    grace_s = SHUTDOWN_GRACE.as_secs(),
-                    "tasks did not stop in time; aborting them"
-                );
-                self.tasks.abort_all();
-                None
-            }
-        };
-        self.log.close().await.context("closing the log")?;
-        tracing::info!("demo stopped");
-        first_error.map_or(Ok(()), Err)
+    /// Cancels every task, waits for them, then closes the log.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.supervisor.stop().await
     }
 }

@@ -1,5 +1,6 @@
-//! The `lambda` command: `demo` runs every layer in one process; `generate`
-//! sends traffic to an ingest endpoint. Flags have `LAMBDA_*` env equivalents.
+//! The `lambda` command: `demo` runs every layer in one process; `ingest`,
+//! `speed`, `batch` and `serve` run one role each; `generate` sends traffic
+//! to an ingest endpoint. Flags have `LAMBDA_*` env equivalents.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use lambda_ingest::generator::GeneratorConfig;
 use lambda_ingest::sender::SenderConfig;
 use lambda_pipeline::demo::{Demo, DemoConfig, GeneratorSettings};
+use lambda_pipeline::roles::{self, Shared};
 use lambda_pipeline::{duration, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -25,8 +27,107 @@ struct Cli {
 enum Command {
     /// Run every layer in one process on the embedded defaults, with the generator on.
     Demo(DemoArgs),
+    /// Run the collector: POST /api/v1/events into the shared log.
+    Ingest(IngestArgs),
+    /// Run a speed-layer instance: windows over its share of the partitions.
+    Speed(SpeedArgs),
+    /// Run the batch layer on its cron schedule (or once, with --once).
+    Batch(BatchArgs),
+    /// Run the query API and dashboard over the lake and the speed instances.
+    Serve(ServeArgs),
     /// Send generated traffic to an ingest endpoint.
     Generate(GenerateArgs),
+}
+
+/// Settings every process shares.
+#[derive(Debug, Args)]
+struct SharedArgs {
+    /// Directory for local state (checkpoints, caches; the embedded log and lake by default), e.g. ./data.
+    #[arg(long, env = "LAMBDA_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// The log, e.g. kafka://127.0.0.1:9092 or kafka://b1:9092?security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512 (default: embedded://DATA_DIR/log).
+    #[arg(long, env = "LAMBDA_LOG_URL")]
+    log_url: Option<String>,
+    /// Partitions per event topic when they are created, e.g. 4.
+    #[arg(long, env = "LAMBDA_PARTITIONS", default_value_t = lambda_ingest::DEFAULT_PARTITIONS)]
+    partitions: u32,
+    /// How far the watermark trails the newest event, e.g. 60s.
+    #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = duration::parse)]
+    allowed_lateness: Duration,
+    #[command(flatten)]
+    lake: LakeArgs,
+}
+
+impl SharedArgs {
+    fn shared(&self) -> Shared {
+        Shared {
+            data_dir: self.data_dir.clone(),
+            log_url: self.log_url.clone(),
+            lake_url: self.lake.lake_url.clone(),
+            lake_options: self.lake.options(),
+            partitions: self.partitions,
+            allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    /// Address of the collector, e.g. 0.0.0.0:8081.
+    #[arg(long, env = "LAMBDA_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+struct SpeedArgs {
+    /// Address of the internal views endpoint serving polls, e.g. 0.0.0.0:8082.
+    #[arg(long, env = "LAMBDA_LISTEN", default_value = "127.0.0.1:8082")]
+    listen: SocketAddr,
+    /// This instance's index, 0..instances: it consumes partitions p with p % instances == instance.
+    #[arg(long, env = "LAMBDA_SPEED_INSTANCE", default_value_t = 0)]
+    instance: u32,
+    /// How many speed instances share the partitions.
+    #[arg(long, env = "LAMBDA_SPEED_INSTANCES", default_value_t = 1)]
+    instances: u32,
+    #[command(flatten)]
+    shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+struct BatchArgs {
+    /// Address of the batch runner's status and health endpoints, e.g. 0.0.0.0:8083.
+    #[arg(long, env = "LAMBDA_LISTEN", default_value = "127.0.0.1:8083")]
+    listen: SocketAddr,
+    /// Cron expression with seconds for batch runs, e.g. '0 * * * * *' (every minute).
+    #[arg(long, env = "LAMBDA_BATCH_SCHEDULE", default_value = lambda_batch::DEFAULT_SCHEDULE)]
+    batch_schedule: String,
+    /// Run once, print the report and exit.
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address of the API and dashboard, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "LAMBDA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Base URL of a speed instance; repeat, or comma-separate in the env, for several.
+    #[arg(
+        long = "speed-url",
+        env = "LAMBDA_SPEED_URLS",
+        value_delimiter = ',',
+        required = true
+    )]
+    speed_urls: Vec<String>,
+    /// Base URL of the batch runner, for its schedule and last run in /api/v1/status.
+    #[arg(long, env = "LAMBDA_BATCH_URL")]
+    batch_url: Option<String>,
+    #[command(flatten)]
+    shared: SharedArgs,
 }
 
 #[derive(Debug, Args)]
@@ -60,26 +161,14 @@ struct DemoArgs {
     /// Address of the HTTP API and dashboard, e.g. 127.0.0.1:8080.
     #[arg(long, env = "LAMBDA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory for the log, the lake and checkpoints, e.g. ./data.
-    #[arg(long, env = "LAMBDA_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
     /// Do not start the built-in traffic generator.
     #[arg(long, env = "LAMBDA_NO_GENERATOR")]
     no_generator: bool,
     /// Cron expression with seconds for batch runs, e.g. '0 * * * * *' (every minute).
     #[arg(long, env = "LAMBDA_BATCH_SCHEDULE", default_value = lambda_batch::DEFAULT_SCHEDULE)]
     batch_schedule: String,
-    /// Partitions per event topic when they are created, e.g. 4.
-    #[arg(long, env = "LAMBDA_PARTITIONS", default_value_t = lambda_ingest::DEFAULT_PARTITIONS)]
-    partitions: u32,
-    /// How far the watermark trails the newest event, e.g. 60s.
-    #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = duration::parse)]
-    allowed_lateness: Duration,
-    /// The log, e.g. kafka://127.0.0.1:9092 (default: embedded://DATA_DIR/log).
-    #[arg(long, env = "LAMBDA_LOG_URL")]
-    log_url: Option<String>,
     #[command(flatten)]
-    lake: LakeArgs,
+    shared: SharedArgs,
     #[command(flatten)]
     traffic: TrafficArgs,
 }
@@ -150,8 +239,56 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo(args).await,
+            Command::Ingest(args) => {
+                let running = roles::ingest(&args.shared.shared(), args.listen).await?;
+                run_role("ingest", running).await
+            }
+            Command::Speed(args) => {
+                let instance = roles::Instance {
+                    index: args.instance,
+                    count: args.instances,
+                };
+                let running = roles::speed(&args.shared.shared(), args.listen, instance).await?;
+                run_role("speed", running).await
+            }
+            Command::Batch(args) if args.once => {
+                let report = roles::batch_once(&args.shared.shared()).await?;
+                println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+                Ok(())
+            }
+            Command::Batch(args) => {
+                let running =
+                    roles::batch(&args.shared.shared(), args.listen, &args.batch_schedule).await?;
+                run_role("batch", running).await
+            }
+            Command::Serve(args) => {
+                let peers = roles::Peers {
+                    speed_urls: args.speed_urls,
+                    batch_url: args.batch_url,
+                };
+                let running = roles::serve(&args.shared.shared(), args.listen, peers).await?;
+                run_role("serve", running).await
+            }
             Command::Generate(args) => generate(args).await,
         }
+    })
+}
+
+/// Prints where a role listens, then runs it until a signal.
+async fn run_role(name: &str, running: roles::Running) -> anyhow::Result<()> {
+    println!("lambda {name} is listening on http://{}", running.addr);
+    cancel_on_signal(running.supervisor.shutdown.clone());
+    running.supervisor.wait().await
+}
+
+fn report_json(report: &lambda_batch::RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "committed": report.committed,
+        "version": report.version,
+        "events_written": report.stats.events_written,
+        "records_read": report.stats.records_read,
+        "duplicates": report.stats.duplicates,
+        "invalid": report.stats.invalid,
     })
 }
 
@@ -187,17 +324,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         duplicate_fraction: args.traffic.duplicate_fraction,
         malformed_fraction: args.traffic.malformed_fraction,
     });
+    let shared = args.shared.shared();
     let config = DemoConfig {
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir: shared.data_dir,
         generator,
         batch_schedule: args.batch_schedule,
-        partitions: args.partitions,
-        allowed_lateness_ms: args.allowed_lateness.as_millis() as i64,
+        partitions: shared.partitions,
+        allowed_lateness_ms: shared.allowed_lateness_ms,
         progress: false,
-        log_url: args.log_url,
-        lake_options: args.lake.options(),
-        lake_url: args.lake.lake_url,
+        log_url: shared.log_url,
+        lake_options: shared.lake_options,
+        lake_url: shared.lake_url,
     };
     let demo = Demo::start(config).await?;
     let url = format!("http://{}", demo.addr);

@@ -113,7 +113,7 @@ pub async fn run_with_fail_point(
                 for stored in records.into_iter().take_while(|s| s.offset < range.end) {
                     offset = stored.offset + 1;
                     stats.records_read += 1;
-                    match Event::from_json(&stored.record.value) {
+                    match Event::from_record(&stored.record.value, topic.name()) {
                         Ok(event) if seen_in_run.insert(event.event_id.clone()) => {
                             max_event_ts = Some(max_event_ts.map_or(event.ts, |m| m.max(event.ts)));
                             let hour = floor_to(event.ts, HOUR_MS);

@@ -334,6 +334,25 @@ impl fmt::Display for EventError {
 }
 
 impl Event {
+    /// Parses and validates a record read from `topic`: a valid event whose
+    /// type belongs on another topic is invalid here (a producer other than
+    /// the collector wrote it to the wrong place).
+    pub fn from_record(bytes: &[u8], topic: &str) -> Result<Event, EventError> {
+        let event = Event::from_json(bytes)?;
+        let home = event.topic();
+        if home.name() != topic {
+            return Err(EventError::field(
+                "event_type",
+                format!(
+                    "{} events belong on topic {}, not {topic}",
+                    event.event_type.as_str(),
+                    home.name()
+                ),
+            ));
+        }
+        Ok(event)
+    }
+
     /// Parses and validates one JSON object.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
         let value: Value = serde_json::from_slice(bytes)

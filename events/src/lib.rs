@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod codec;
 pub mod event;
 pub mod kpi;
+pub mod prometheus;
 
 pub use bucket::{Step, floor_to};
 pub use codec::{ParsedLine, parse_body};

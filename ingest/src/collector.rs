@@ -314,14 +314,9 @@ impl RecordBatch {
 
 /// A `dead-letter` record: the original bytes as the value, the reason in headers.
 pub fn dead_letter_record(original: Vec<u8>, reason: &str, line: usize, now_ms: i64) -> Record {
-    Record {
-        key: None,
-        value: original,
-        timestamp_ms: now_ms,
-        headers: vec![
-            ("reason".into(), reason.as_bytes().to_vec()),
-            ("line".into(), line.to_string().into_bytes()),
-            ("source".into(), b"http".to_vec()),
-        ],
-    }
+    let mut record = Record::dead_letter(original, reason, "http", now_ms);
+    record
+        .headers
+        .push(("line".into(), line.to_string().into_bytes()));
+    record
 }

@@ -47,6 +47,20 @@ impl Record {
         }
     }
 
+    /// A record for the `dead-letter` topic: the original bytes as the
+    /// value, `reason` and `source` (where it came from) as headers.
+    pub fn dead_letter(original: Vec<u8>, reason: &str, source: &str, now_ms: i64) -> Record {
+        Record {
+            key: None,
+            value: original,
+            timestamp_ms: now_ms,
+            headers: vec![
+                ("reason".into(), reason.as_bytes().to_vec()),
+                ("source".into(), source.as_bytes().to_vec()),
+            ],
+        }
+    }
+
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

@@ -86,7 +86,7 @@ mod tests {
                     i * m,
                     Window {
                         views: views(1),
-                        seen: Default::default(),
+                        ..Window::default()
                     },
                 )
             })

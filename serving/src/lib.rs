@@ -8,6 +8,7 @@ pub mod api;
 pub mod boundary;
 pub mod metrics;
 pub mod query;
+pub mod remote;
 pub mod status;
 
 use std::sync::Arc;

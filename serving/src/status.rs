@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use lambda_batch::BatchHandle;
+use lambda_batch::{BatchHandle, BatchStatus};
 use lambda_events::Topic;
 use lambda_log::EventLog;
+use parking_lot::RwLock;
 use serde_json::{Value, json};
 
 use crate::ServingState;
@@ -23,6 +24,9 @@ pub struct StatusSources {
     pub log: Option<Arc<dyn EventLog>>,
     /// The batch layer's status, when it runs in this process.
     pub batch: Option<BatchHandle>,
+    /// The batch runner's status ([`runner_status`]) as last fetched from
+    /// another process (`lambda serve --batch-url`).
+    pub remote_batch: Option<Arc<RwLock<Option<Value>>>>,
     /// Extra named sections.
     pub sections: Vec<(String, StatusSection)>,
     /// Extra metric families.
@@ -40,6 +44,29 @@ impl std::fmt::Debug for StatusSources {
             )
             .finish()
     }
+}
+
+/// The batch runner's part of the status: schedule, next run, last run, counts.
+pub fn runner_status(s: &BatchStatus) -> Value {
+    json!({
+        "schedule": s.schedule,
+        "next_run_ms": s.next_run_ms,
+        "running": s.running,
+        "runs_ok": s.runs_ok,
+        "runs_failed": s.runs_failed,
+        "ticks_skipped": s.ticks_skipped,
+        "last_run": match &s.last_run {
+            Some(run) => json!({
+                "started_ms": run.started_ms,
+                "duration_ms": run.duration_ms,
+                "ok": run.outcome.is_ok(),
+                "error": run.outcome.as_ref().err(),
+                "version": run.outcome.as_ref().ok().map(|r| r.version),
+                "events_written": run.outcome.as_ref().ok().map(|r| r.stats.events_written),
+            }),
+            None => Value::Null,
+        },
+    })
 }
 
 /// Builds the status document.
@@ -107,29 +134,16 @@ pub async fn snapshot(state: &ServingState) -> Value {
                 .collect::<Vec<_>>()
         }).unwrap_or_default(),
     });
-    if let Some(handle) = &state.status.batch {
-        let s = handle.status.read().clone();
-        let object = batch.as_object_mut().expect("an object");
-        object.insert("schedule".into(), json!(s.schedule));
-        object.insert("next_run_ms".into(), json!(s.next_run_ms));
-        object.insert("running".into(), json!(s.running));
-        object.insert("runs_ok".into(), json!(s.runs_ok));
-        object.insert("runs_failed".into(), json!(s.runs_failed));
-        object.insert("ticks_skipped".into(), json!(s.ticks_skipped));
-        object.insert(
-            "last_run".into(),
-            match s.last_run {
-                Some(run) => json!({
-                    "started_ms": run.started_ms,
-                    "duration_ms": run.duration_ms,
-                    "ok": run.outcome.is_ok(),
-                    "error": run.outcome.as_ref().err(),
-                    "version": run.outcome.as_ref().ok().map(|r| r.version),
-                    "events_written": run.outcome.as_ref().ok().map(|r| r.stats.events_written),
-                }),
-                None => Value::Null,
-            },
-        );
+    let runner = match &state.status.batch {
+        Some(handle) => Some(runner_status(&handle.status.read())),
+        None => state
+            .status
+            .remote_batch
+            .as_ref()
+            .and_then(|r| r.read().clone()),
+    };
+    if let Some(Value::Object(fields)) = runner {
+        batch.as_object_mut().expect("an object").extend(fields);
     }
     let log: Vec<Value> = ends
         .iter()

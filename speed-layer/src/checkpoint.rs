@@ -31,11 +31,64 @@ struct CheckpointFile {
 #[derive(Serialize, Deserialize)]
 struct WindowFile {
     start: i64,
+    #[serde(flatten)]
+    views: ViewsWire,
+    seen: Vec<String>,
+}
+
+/// One bucket's views as JSON: sorted lists, so the same views give the same bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewsWire {
     funnel: Vec<(String, FunnelCounts)>,
     pages: Vec<(String, String, PageCounts)>,
     sensors: Vec<(String, String, SensorStats)>,
     devices: Vec<(String, DeviceCounts)>,
-    seen: Vec<String>,
+}
+
+impl ViewsWire {
+    /// The sorted form of `v`.
+    pub fn from_views(v: &BucketViews) -> ViewsWire {
+        let mut funnel: Vec<_> = v.funnel.iter().map(|(k, c)| (k.clone(), *c)).collect();
+        let mut pages: Vec<_> = v
+            .pages
+            .iter()
+            .map(|((p, d), c)| (p.clone(), d.clone(), *c))
+            .collect();
+        let mut sensors: Vec<_> = v
+            .sensors
+            .iter()
+            .map(|((d, s), c)| (d.clone(), s.clone(), c.clone()))
+            .collect();
+        let mut devices: Vec<_> = v.devices.iter().map(|(k, c)| (k.clone(), *c)).collect();
+        funnel.sort_by(|a, b| a.0.cmp(&b.0));
+        pages.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        sensors.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        devices.sort_by(|a, b| a.0.cmp(&b.0));
+        ViewsWire {
+            funnel,
+            pages,
+            sensors,
+            devices,
+        }
+    }
+
+    /// Back to the keyed form.
+    pub fn into_views(self) -> BucketViews {
+        BucketViews {
+            funnel: self.funnel.into_iter().collect(),
+            pages: self
+                .pages
+                .into_iter()
+                .map(|(p, d, c)| ((p, d), c))
+                .collect(),
+            sensors: self
+                .sensors
+                .into_iter()
+                .map(|(d, s, c)| ((d, s), c))
+                .collect(),
+            devices: self.devices.into_iter().collect(),
+        }
+    }
 }
 
 /// Serializes the state (sorted, so the same state gives the same bytes).
@@ -44,31 +97,11 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
         .windows
         .iter()
         .map(|(start, window)| {
-            let v = &window.views;
-            let mut funnel: Vec<_> = v.funnel.iter().map(|(k, c)| (k.clone(), *c)).collect();
-            let mut pages: Vec<_> = v
-                .pages
-                .iter()
-                .map(|((p, d), c)| (p.clone(), d.clone(), *c))
-                .collect();
-            let mut sensors: Vec<_> = v
-                .sensors
-                .iter()
-                .map(|((d, s), c)| (d.clone(), s.clone(), c.clone()))
-                .collect();
-            let mut devices: Vec<_> = v.devices.iter().map(|(k, c)| (k.clone(), *c)).collect();
             let mut seen: Vec<_> = window.seen.iter().cloned().collect();
-            funnel.sort_by(|a, b| a.0.cmp(&b.0));
-            pages.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-            sensors.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-            devices.sort_by(|a, b| a.0.cmp(&b.0));
             seen.sort();
             WindowFile {
                 start: *start,
-                funnel,
-                pages,
-                sensors,
-                devices,
+                views: ViewsWire::from_views(&window.views),
                 seen,
             }
         })
@@ -130,17 +163,13 @@ pub fn decode(
         .windows
         .into_iter()
         .map(|w| {
-            let views = BucketViews {
-                funnel: w.funnel.into_iter().collect(),
-                pages: w.pages.into_iter().map(|(p, d, c)| ((p, d), c)).collect(),
-                sensors: w.sensors.into_iter().map(|(d, s, c)| ((d, s), c)).collect(),
-                devices: w.devices.into_iter().collect(),
-            };
+            let views = w.views.into_views();
             (
                 w.start,
                 Window {
                     views,
                     seen: w.seen.into_iter().collect(),
+                    version: 0,
                 },
             )
         })

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lambda_events::{Event, Topic};
-use lambda_log::{EventLog, FetchPosition, LogError};
+use lambda_log::{EventLog, FetchPosition, LogError, Record};
 use tokio_util::sync::CancellationToken;
 
 use crate::{CONSUMER_GROUP, SpeedConfig, SpeedViews, checkpoint};
@@ -44,7 +44,13 @@ pub async fn run(
         *current = state;
         current.batch_boundary = batch_boundary;
     }
-    let mut positions = initial_positions(log.as_ref(), &views).await?;
+    let mut positions = initial_positions(&config, log.as_ref(), &views).await?;
+    tracing::info!(
+        partitions = positions.len(),
+        instance = config.instance.0,
+        instances = config.instance.1,
+        "speed layer consuming"
+    );
     let mut checkpoint_timer = tokio::time::interval(config.checkpoint_interval);
     checkpoint_timer.tick().await;
     loop {
@@ -56,7 +62,12 @@ pub async fn run(
             }
             fetched = log.fetch(&positions, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
                 match fetched {
-                    Ok(records) => apply(&views, &mut positions, records),
+                    Ok(records) => {
+                        let invalid = apply(&views, &mut positions, records);
+                        if config.dead_letter_invalid && !invalid.is_empty() {
+                            dead_letter(log.as_ref(), invalid, &shutdown).await?;
+                        }
+                    }
                     Err(LogError::OffsetOutOfRange { topic, partition, start, offset, .. }) => {
                         tracing::warn!(%topic, partition, offset, start, "offset fell out of retention; skipping ahead");
                         for position in positions.iter_mut().filter(|p| p.topic == topic && p.partition == partition) {
@@ -77,7 +88,33 @@ pub async fn run(
     Ok(())
 }
 
+/// Writes invalid records to `dead-letter`, retrying while the log is
+/// unavailable: the consumed offsets (checkpointed later by this same loop)
+/// move past them only once they are there. A crash in between writes them
+/// again after the restart (at least once).
+async fn dead_letter(
+    log: &dyn EventLog,
+    records: Vec<Record>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let n = records.len();
+    loop {
+        match log.append(Topic::DEAD_LETTER, records.clone()).await {
+            Ok(_) => {
+                tracing::debug!(records = n, "dead-lettered invalid records");
+                return Ok(());
+            }
+            Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
+                tracing::warn!(%error, "dead-lettering failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error).context("writing to dead-letter"),
+        }
+    }
+}
+
 async fn initial_positions(
+    config: &SpeedConfig,
     log: &dyn EventLog,
     views: &SpeedViews,
 ) -> anyhow::Result<Vec<FetchPosition>> {
@@ -90,6 +127,9 @@ async fn initial_positions(
         let state = views.read();
         for (partition, range) in ranges.iter().enumerate() {
             let partition = partition as u32;
+            if !config.owns(partition) {
+                continue;
+            }
             let checkpointed = state
                 .offsets
                 .get(&(topic.name().to_string(), partition))
@@ -107,24 +147,34 @@ async fn initial_positions(
     Ok(positions)
 }
 
+/// Folds records in and returns dead-letter records for the invalid ones.
 fn apply(
     views: &SpeedViews,
     positions: &mut [FetchPosition],
     records: Vec<lambda_log::StoredRecord>,
-) {
+) -> Vec<Record> {
+    let mut invalid = Vec::new();
     if records.is_empty() {
-        return;
+        return invalid;
     }
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let mut state = views.write();
-    for stored in &records {
-        match Event::from_json(&stored.record.value) {
+    for stored in records {
+        match Event::from_record(&stored.record.value, &stored.topic) {
             Ok(event) => {
                 state.apply(&event);
             }
             Err(error) => {
                 state.counters.invalid += 1;
-                tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "skipping invalid record");
+                tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "invalid record");
+                let source = format!("{}/{}/{}", stored.topic, stored.partition, stored.offset);
+                invalid.push(Record::dead_letter(
+                    stored.record.value.clone(),
+                    &error.to_string(),
+                    &source,
+                    now_ms,
+                ));
             }
         }
         next.insert((stored.topic.clone(), stored.partition), stored.offset + 1);
@@ -139,6 +189,7 @@ fn apply(
         }
     }
     state.evict();
+    invalid
 }
 
 async fn write_checkpoint(

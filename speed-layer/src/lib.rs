@@ -7,6 +7,9 @@
 
 pub mod checkpoint;
 pub mod consumer;
+pub mod export;
+pub mod http;
+pub mod metrics;
 pub mod window;
 
 use std::path::PathBuf;
@@ -17,6 +20,14 @@ use parking_lot::RwLock;
 
 pub use consumer::run;
 pub use window::{Applied, SpeedState};
+
+impl SpeedConfig {
+    /// Whether this instance consumes `partition`.
+    pub fn owns(&self, partition: u32) -> bool {
+        let (index, count) = self.instance;
+        count <= 1 || partition % count == index
+    }
+}
 
 /// Consumer group the speed layer commits its offsets under.
 pub const CONSUMER_GROUP: &str = "speed-layer";
@@ -33,6 +44,13 @@ pub struct SpeedConfig {
     pub checkpoint_path: PathBuf,
     /// How often state and offsets are checkpointed.
     pub checkpoint_interval: Duration,
+    /// Which partitions this instance consumes: `(index, count)` takes every
+    /// partition `p` with `p % count == index`; `(0, 1)` takes all of them.
+    pub instance: (u32, u32),
+    /// Write records that are not valid events to `dead-letter` (with the
+    /// reason). On when the speed layer is the first reader of topics that
+    /// other producers write to; the collector already dead-letters what it is sent.
+    pub dead_letter_invalid: bool,
 }
 
 impl SpeedConfig {
@@ -43,6 +61,8 @@ impl SpeedConfig {
             horizon_ms: 2 * 3_600_000,
             checkpoint_path: data_dir.join("speed").join("checkpoint.json"),
             checkpoint_interval: Duration::from_secs(5),
+            instance: (0, 1),
+            dead_letter_invalid: true,
         }
     }
 }

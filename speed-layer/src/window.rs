@@ -18,6 +18,9 @@ pub struct Window {
     pub views: BucketViews,
     /// `event_id`s folded in (a resend of one of them is a duplicate).
     pub seen: HashSet<String>,
+    /// The state's [`SpeedState::seq`] when this window last changed
+    /// (readers in other processes ask for what changed since a seq).
+    pub version: u64,
 }
 
 /// What became of one event.
@@ -48,6 +51,18 @@ pub struct SpeedCounters {
     pub invalid: u64,
 }
 
+/// A number unlikely to repeat across states and processes (clock nanos mixed with a counter).
+fn new_epoch() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    (nanos ^ (std::process::id() as u64).rotate_left(40))
+        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// The whole state: windows, watermark, ledger, consumed offsets.
 #[derive(Debug, Clone)]
 pub struct SpeedState {
@@ -72,6 +87,11 @@ pub struct SpeedState {
     pub batch_boundary: Option<i64>,
     /// Windows starting before this have been evicted; events for them are late.
     pub evicted_before: i64,
+    /// Bumped by every change to a window.
+    pub seq: u64,
+    /// Identifies this state's lineage: a restored or replaced state gets a
+    /// new one, so a reader holding windows by seq knows to start over.
+    pub epoch: u64,
 }
 
 impl SpeedState {
@@ -88,6 +108,8 @@ impl SpeedState {
             last_checkpoint_ms: None,
             batch_boundary: None,
             evicted_before: i64::MIN,
+            seq: 0,
+            epoch: new_epoch(),
         }
     }
 
@@ -110,6 +132,8 @@ impl SpeedState {
             return Applied::Duplicate;
         }
         window.views.add(event);
+        self.seq += 1;
+        window.version = self.seq;
         self.counters.counted += 1;
         self.max_event_ts = Some(self.max_event_ts.map_or(event.ts, |m| m.max(event.ts)));
         Applied::Counted

@@ -1,0 +1,135 @@
+//! Serving in its own process (`lambda serve`): it keeps a copy of each
+//! speed-layer instance's views by polling `GET /internal/v1/speed` (only the
+//! windows that changed since its last poll travel), and combines the copies
+//! into the [`SpeedViews`] the query handlers read, as if the speed layer ran
+//! in this process. See ARCHITECTURE.md, "Speed views across processes".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_speed::SpeedViews;
+use lambda_speed::export::{Mirror, Snapshot, combine};
+use parking_lot::RwLock;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// How often each speed instance is polled.
+pub const SPEED_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How long one poll may take.
+const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How each instance answered, for `/api/v1/status`.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceHealth {
+    /// Base URL of the instance.
+    pub url: String,
+    /// Wall time of the last good poll (ms).
+    pub last_ok_ms: Option<i64>,
+    /// The last poll's error, if it failed.
+    pub error: Option<String>,
+}
+
+/// Health of every polled instance, shared with the status section.
+pub type SpeedHealth = Arc<RwLock<Vec<InstanceHealth>>>;
+
+/// The status section for [`SpeedHealth`].
+pub fn health_section(health: &SpeedHealth) -> Value {
+    let now = chrono::Utc::now().timestamp_millis();
+    let instances: Vec<Value> = health
+        .read()
+        .iter()
+        .map(|h| json!({ "url": h.url, "ok": h.error.is_none() && h.last_ok_ms.is_some(),
+                         "last_ok_ms": h.last_ok_ms, "age_ms": h.last_ok_ms.map(|t| now - t), "error": h.error }))
+        .collect();
+    json!(instances)
+}
+
+/// Polls every instance in `urls` until `shutdown`, keeping `views` up to date.
+/// An instance that does not answer keeps its last known windows (and is
+/// reported in the health) until it answers again.
+#[tracing::instrument(name = "speed-mirror", skip_all)]
+pub async fn run_speed_mirror(
+    urls: Vec<String>,
+    views: SpeedViews,
+    health: SpeedHealth,
+    horizon_ms: i64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(POLL_TIMEOUT)
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
+    let mut mirrors = vec![Mirror::default(); urls.len()];
+    *health.write() = urls
+        .iter()
+        .map(|url| InstanceHealth {
+            url: url.clone(),
+            ..InstanceHealth::default()
+        })
+        .collect();
+    let mut interval = tokio::time::interval(SPEED_POLL_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let polls = urls
+            .iter()
+            .zip(&mirrors)
+            .map(|(url, mirror)| poll(&client, url, mirror.cursor()));
+        let results = futures::future::join_all(polls).await;
+        let mut changed = false;
+        let now = chrono::Utc::now().timestamp_millis();
+        for (i, result) in results.into_iter().enumerate() {
+            let mut health = health.write();
+            match result {
+                Ok(snapshot) => {
+                    // The mirror's meta is the previous snapshot without its windows.
+                    changed |= !snapshot.windows.is_empty()
+                        || Snapshot {
+                            windows: Vec::new(),
+                            ..snapshot.clone()
+                        } != mirrors[i].meta;
+                    mirrors[i].apply(snapshot);
+                    health[i].last_ok_ms = Some(now);
+                    health[i].error = None;
+                }
+                Err(error) => {
+                    if health[i].error.is_none() {
+                        tracing::warn!(url = %urls[i], %error, "speed instance did not answer; serving its last known windows");
+                    }
+                    health[i].error = Some(error);
+                }
+            }
+        }
+        if changed {
+            let combined = combine(&mirrors, horizon_ms);
+            *views.write() = combined;
+        }
+    }
+}
+
+async fn poll(
+    client: &reqwest::Client,
+    url: &str,
+    (epoch, since): (u64, u64),
+) -> Result<Snapshot, String> {
+    let response = client
+        .get(format!(
+            "{}{}",
+            url.trim_end_matches('/'),
+            lambda_speed::http::SNAPSHOT_PATH
+        ))
+        .query(&[("epoch", epoch), ("since", since)])
+        .send()
+        .await
+        .map_err(|e| format!("{e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    response
+        .json::<Snapshot>()
+        .await
+        .map_err(|e| format!("decoding the snapshot: {e}"))
+}

@@ -1,0 +1,243 @@
+//! The speed layer's views for readers in other processes.
+//!
+//! `lambda speed` answers `GET /internal/v1/speed?epoch=E&since=S` with a
+//! [`Snapshot`]: the windows that changed after seq `S` (all of them when `E`
+//! is not its current epoch), the start of every window it still holds (so a
+//! reader drops evicted ones), and the small rest of its state in full.
+//! A reader keeps one [`Mirror`] per speed instance and polls it; [`combine`]
+//! folds the mirrors of several instances — each owning some partitions of one
+//! consumer group — into one state that serving merges with the batch views.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lambda_events::{BucketViews, Topic};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::ViewsWire;
+use crate::window::{SpeedCounters, SpeedState, Window};
+
+/// What one poll returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The state's epoch; windows are relative to it.
+    pub epoch: u64,
+    /// The state's seq: ask for changes after it next time.
+    pub seq: u64,
+    /// Whether `windows` holds every window (the reader starts over) or only changed ones.
+    pub full: bool,
+    /// Changed windows: `(start, views)`.
+    pub windows: Vec<(i64, ViewsWire)>,
+    /// Starts of all windows held.
+    pub starts: Vec<i64>,
+    /// Greatest event time seen.
+    pub max_event_ts: Option<i64>,
+    /// Allowed lateness in ms.
+    pub allowed_lateness_ms: i64,
+    /// `(topic, partition, next offset)` consumed.
+    pub offsets: Vec<(String, u32, u64)>,
+    /// `(topic, window start, late events)`.
+    pub late_ledger: Vec<(Topic, i64, u64)>,
+    /// `(counted, duplicates, late, invalid)`.
+    pub counters: (u64, u64, u64, u64),
+    /// Wall time of the last checkpoint (ms).
+    pub last_checkpoint_ms: Option<i64>,
+    /// The batch boundary B this instance knows.
+    pub batch_boundary: Option<i64>,
+}
+
+/// The snapshot a reader holding `(epoch, since)` needs.
+pub fn snapshot(state: &SpeedState, epoch: u64, since: u64) -> Snapshot {
+    let full = epoch != state.epoch || since == 0 || since > state.seq;
+    let windows = state
+        .windows
+        .iter()
+        .filter(|(_, w)| full || w.version > since)
+        .map(|(start, w)| (*start, ViewsWire::from_views(&w.views)))
+        .collect();
+    let c = state.counters;
+    Snapshot {
+        epoch: state.epoch,
+        seq: state.seq,
+        full,
+        windows,
+        starts: state.windows.keys().copied().collect(),
+        max_event_ts: state.max_event_ts,
+        allowed_lateness_ms: state.allowed_lateness_ms,
+        offsets: state
+            .offsets
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect(),
+        late_ledger: state
+            .late_ledger
+            .iter()
+            .map(|((t, s), n)| (*t, *s, *n))
+            .collect(),
+        counters: (c.counted, c.duplicates, c.late, c.invalid),
+        last_checkpoint_ms: state.last_checkpoint_ms,
+        batch_boundary: state.batch_boundary,
+    }
+}
+
+/// A reader's copy of one speed instance.
+#[derive(Debug, Clone, Default)]
+pub struct Mirror {
+    /// The last snapshot applied, without its windows.
+    pub meta: Snapshot,
+    /// The instance's windows.
+    pub windows: BTreeMap<i64, BucketViews>,
+}
+
+impl Mirror {
+    /// `(epoch, since)` to ask for next.
+    pub fn cursor(&self) -> (u64, u64) {
+        (self.meta.epoch, self.meta.seq)
+    }
+
+    /// Applies a snapshot: replaces changed windows, drops evicted ones.
+    pub fn apply(&mut self, mut snapshot: Snapshot) {
+        if snapshot.full {
+            self.windows.clear();
+        }
+        for (start, views) in std::mem::take(&mut snapshot.windows) {
+            self.windows.insert(start, views.into_views());
+        }
+        let held: BTreeSet<i64> = snapshot.starts.iter().copied().collect();
+        self.windows.retain(|start, _| held.contains(start));
+        self.meta = snapshot;
+    }
+}
+
+/// One state from the mirrors of several instances of one consumer group.
+///
+/// Each instance owns different partitions, and a key always goes to the same
+/// partition, so the instances' windows hold disjoint events: the combined
+/// window is the merge of theirs. The combined watermark is the lowest of the
+/// instances' (a bucket is final only when every instance has closed it).
+pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
+    let lateness = mirrors
+        .iter()
+        .map(|m| m.meta.allowed_lateness_ms)
+        .max()
+        .unwrap_or(0);
+    let mut state = SpeedState::new(lateness, horizon_ms);
+    state.max_event_ts = mirrors.iter().filter_map(|m| m.meta.max_event_ts).min();
+    state.batch_boundary = mirrors.iter().filter_map(|m| m.meta.batch_boundary).max();
+    state.last_checkpoint_ms = mirrors
+        .iter()
+        .filter_map(|m| m.meta.last_checkpoint_ms)
+        .min();
+    let mut counters = SpeedCounters::default();
+    for mirror in mirrors {
+        for (start, views) in &mirror.windows {
+            match state.windows.get_mut(start) {
+                Some(window) => window.views.merge(views),
+                None => {
+                    let window = Window {
+                        views: views.clone(),
+                        ..Window::default()
+                    };
+                    state.windows.insert(*start, window);
+                }
+            }
+        }
+        for (topic, partition, offset) in &mirror.meta.offsets {
+            state.offsets.insert((topic.clone(), *partition), *offset);
+        }
+        for (topic, start, n) in &mirror.meta.late_ledger {
+            *state.late_ledger.entry((*topic, *start)).or_default() += n;
+        }
+        let (counted, duplicates, late, invalid) = mirror.meta.counters;
+        counters.counted += counted;
+        counters.duplicates += duplicates;
+        counters.late += late;
+        counters.invalid += invalid;
+    }
+    state.counters = counters;
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_events::{Event, EventType};
+
+    fn click(id: &str, user: &str, ts: i64) -> Event {
+        let mut e = Event::bare(id, EventType::Click, ts);
+        e.user_id = Some(user.into());
+        e
+    }
+
+    const T0: i64 = 1_699_999_980_000; // on a minute boundary
+
+    #[test]
+    fn a_mirror_follows_changes_and_evictions() {
+        let mut state = SpeedState::new(0, 3 * 60_000);
+        let mut mirror = Mirror::default();
+        state.apply(&click("a", "u", T0));
+        state.apply(&click("b", "u", T0 + 60_000));
+        let (epoch, since) = mirror.cursor();
+        let first = snapshot(&state, epoch, since);
+        assert!(first.full);
+        assert_eq!(first.windows.len(), 2);
+        mirror.apply(first);
+
+        // One more event: only its window travels.
+        state.apply(&click("c", "u", T0 + 60_000));
+        let (epoch, since) = mirror.cursor();
+        let delta = snapshot(&state, epoch, since);
+        assert!(!delta.full);
+        assert_eq!(delta.windows.len(), 1);
+        mirror.apply(delta);
+        assert_eq!(mirror.windows[&(T0 + 60_000)].funnel[""].clicks, 2);
+
+        // Nothing new: nothing travels.
+        let (epoch, since) = mirror.cursor();
+        assert!(snapshot(&state, epoch, since).windows.is_empty());
+
+        // Eviction: the mirror drops the window too.
+        state.apply(&click("d", "u", T0 + 10 * 60_000));
+        state.evict();
+        let (epoch, since) = mirror.cursor();
+        mirror.apply(snapshot(&state, epoch, since));
+        let mine: Vec<i64> = mirror.windows.keys().copied().collect();
+        let theirs: Vec<i64> = state.windows.keys().copied().collect();
+        assert_eq!(mine, theirs);
+
+        // A replaced state (a restart) has a new epoch: the reader starts over.
+        let mut restarted = SpeedState::new(0, 3 * 60_000);
+        restarted.apply(&click("e", "u", T0 + 11 * 60_000));
+        let (epoch, since) = mirror.cursor();
+        let again = snapshot(&restarted, epoch, since);
+        assert!(again.full);
+        mirror.apply(again);
+        assert_eq!(mirror.windows.len(), 1);
+    }
+
+    #[test]
+    fn instances_combine_into_one_state() {
+        let mut one = SpeedState::new(60_000, 3_600_000);
+        let mut two = SpeedState::new(60_000, 3_600_000);
+        one.apply(&click("a", "u1", T0));
+        one.apply(&click("b", "u1", T0 + 5 * 60_000));
+        two.apply(&click("c", "u2", T0 + 10));
+        two.apply(&click("d", "u2", T0 + 2 * 60_000));
+        one.offsets.insert(("funnel-events".into(), 0), 2);
+        two.offsets.insert(("funnel-events".into(), 1), 2);
+        let mirrors: Vec<Mirror> = [&one, &two]
+            .iter()
+            .map(|s| {
+                let mut m = Mirror::default();
+                m.apply(snapshot(s, 0, 0));
+                m
+            })
+            .collect();
+        let combined = combine(&mirrors, 3_600_000);
+        assert_eq!(combined.windows[&T0].views.funnel[""].clicks, 2);
+        assert_eq!(combined.windows.len(), 3);
+        assert_eq!(combined.counters.counted, 4);
+        assert_eq!(combined.offsets.len(), 2);
+        // The lower watermark: instance two has seen less event time.
+        assert_eq!(combined.watermark(), two.watermark());
+    }
+}

@@ -1,0 +1,74 @@
+//! The speed layer's metric families, rendered from its state (by
+//! `lambda speed` itself, and by serving from its copy of the state).
+
+use lambda_events::prometheus::{family, one, partition_labels};
+
+use crate::SpeedState;
+
+/// Appends the speed layer's families; `end_offsets` (topic, partition,
+/// end) gives the consumer lag where known.
+pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut String) {
+    let lag: Vec<(String, f64)> = speed
+        .offsets
+        .iter()
+        .filter_map(|((topic, partition), offset)| {
+            let end = end_offsets
+                .iter()
+                .find(|(t, p, _)| t == topic && p == partition)?
+                .2;
+            Some((
+                partition_labels(topic, *partition),
+                end.saturating_sub(*offset) as f64,
+            ))
+        })
+        .collect();
+    family(
+        out,
+        "lambda_speed_consumer_lag_records",
+        "gauge",
+        "Records not yet consumed by the speed layer.",
+        &lag,
+    );
+    let c = speed.counters;
+    let events = vec![
+        ("outcome=\"counted\"".to_string(), c.counted as f64),
+        ("outcome=\"duplicate\"".to_string(), c.duplicates as f64),
+        ("outcome=\"late\"".to_string(), c.late as f64),
+        ("outcome=\"invalid\"".to_string(), c.invalid as f64),
+    ];
+    family(
+        out,
+        "lambda_speed_events_total",
+        "counter",
+        "Events the speed layer consumed, by outcome.",
+        &events,
+    );
+    if let Some(watermark) = speed.watermark() {
+        family(
+            out,
+            "lambda_speed_watermark_ms",
+            "gauge",
+            "Speed layer watermark (ms since the epoch).",
+            &one(watermark as f64),
+        );
+    }
+    let ledger: Vec<(String, f64)> = speed
+        .late_by_topic()
+        .into_iter()
+        .map(|(t, n)| (format!("topic=\"{t}\""), n as f64))
+        .collect();
+    family(
+        out,
+        "lambda_speed_late_ledger_events",
+        "gauge",
+        "Late events in the ledger over the window horizon.",
+        &ledger,
+    );
+    family(
+        out,
+        "lambda_speed_windows",
+        "gauge",
+        "Windows held in memory.",
+        &one(speed.windows.len() as f64),
+    );
+}

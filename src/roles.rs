@@ -1,0 +1,445 @@
+//! One role per process — `lambda ingest`, `lambda speed`, `lambda batch`,
+//! `lambda serve` — what docker-compose starts. They share a log (Kafka) and
+//! a lake (S3 or a shared directory); serving reads the speed layer's views
+//! over HTTP (`GET /internal/v1/speed`, see ARCHITECTURE.md) and the batch
+//! views from the lake's manifests.
+//!
+//! | role | reads | writes | HTTP |
+//! |---|---|---|---|
+//! | ingest | — | event topics, `dead-letter` | `POST /api/v1/events`, `/healthz`, `/metrics` |
+//! | speed | event topics, lake manifests (for B) | checkpoint, `dead-letter` | `/internal/v1/speed`, `/healthz`, `/metrics` |
+//! | batch | event topics | lake | `/internal/v1/batch`, `/healthz`, `/metrics` |
+//! | serve | lake, speed instances, batch runner | — | the query API, `/`, `/api/v1/status`, `/metrics` |
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use lambda_batch::{BatchHandle, BatchViews, Lake, RunContext};
+use lambda_ingest::{IngestConfig, IngestState};
+use lambda_log::{EmbeddedConfig, EventLog};
+use lambda_serving::remote::SpeedHealth;
+use lambda_serving::status::{MetricsSection, StatusSection};
+use lambda_serving::{ServingState, SharedBatchViews, StatusSources};
+use lambda_speed::{SpeedConfig, SpeedViews};
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::supervisor::Supervisor;
+
+/// How often the speed role reads the newest manifest to learn B.
+pub const BOUNDARY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often serving fetches the batch runner's status.
+pub const RUNNER_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Path of the batch runner's status.
+pub const RUNNER_STATUS_PATH: &str = "/internal/v1/batch";
+
+/// Settings every role shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Local state: checkpoints, the lake's read cache, the embedded log.
+    pub data_dir: PathBuf,
+    /// The log; `None` is the embedded log under `data_dir/log` (one process only).
+    pub log_url: Option<String>,
+    /// The lake; `None` is `file://data_dir/lake`.
+    pub lake_url: Option<String>,
+    /// Object store options for an `s3://` lake.
+    pub lake_options: Vec<(String, String)>,
+    /// Partitions per event topic, when a role creates them.
+    pub partitions: u32,
+    /// Allowed lateness of the speed layer and the batch boundary.
+    pub allowed_lateness_ms: i64,
+}
+
+impl Shared {
+    /// The defaults with data under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Shared {
+        Shared {
+            data_dir: data_dir.into(),
+            log_url: None,
+            lake_url: None,
+            lake_options: Vec::new(),
+            partitions: lambda_ingest::DEFAULT_PARTITIONS,
+            allowed_lateness_ms: 60_000,
+        }
+    }
+
+    /// Opens the log and creates the topics if they are missing.
+    pub async fn open_log(&self) -> anyhow::Result<Arc<dyn EventLog>> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        let url = self
+            .log_url
+            .clone()
+            .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("log").display()));
+        let log = lambda_log::open(&url, EmbeddedConfig::default())
+            .await
+            .with_context(|| format!("opening the log {url}"))?;
+        lambda_ingest::ensure_topics(&log, self.partitions)
+            .await
+            .context("creating topics")?;
+        Ok(log)
+    }
+
+    /// Opens the lake.
+    pub fn open_lake(&self) -> anyhow::Result<Lake> {
+        let url = self
+            .lake_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()));
+        Lake::open_with_options(&url, self.lake_options.clone(), self.data_dir.join("cache"))
+            .with_context(|| format!("opening the lake {url}"))
+    }
+
+    /// The roles run in separate processes, so they need a log they can all reach.
+    fn require_shared_log(&self, role: &str) -> anyhow::Result<()> {
+        match &self.log_url {
+            Some(url) if url.starts_with("kafka://") => Ok(()),
+            _ => anyhow::bail!(
+                "lambda {role} needs a shared log: pass --log-url kafka://HOST:PORT (or LAMBDA_LOG_URL); \
+                 the embedded log belongs to one process — use `lambda demo` to run every layer on it"
+            ),
+        }
+    }
+}
+
+/// A running role: its HTTP address and its tasks.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The tasks; `wait` or `stop` it.
+    pub supervisor: Supervisor,
+}
+
+/// The collector's status section and metric families.
+pub fn ingest_telemetry(ingest: &IngestState) -> (StatusSection, MetricsSection) {
+    let counters = Arc::clone(&ingest.counters);
+    let section: StatusSection = Arc::new(move || counters.status());
+    let counters = Arc::clone(&ingest.counters);
+    let metrics: MetricsSection = Arc::new(move |out: &mut String| {
+        for (name, kind, help, samples) in counters.metric_families() {
+            lambda_serving::metrics::family(out, name, kind, help, &samples);
+        }
+    });
+    (section, metrics)
+}
+
+fn text_metrics(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `lambda ingest`: the collector, writing to the shared log.
+pub async fn ingest(shared: &Shared, listen: SocketAddr) -> anyhow::Result<Running> {
+    shared.require_shared_log("ingest")?;
+    let log = shared.open_log().await?;
+    let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
+    let state = IngestState::new(log, IngestConfig::default());
+    let (section, metrics) = ingest_telemetry(&state);
+    let app = lambda_ingest::router(state)
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/api/v1/status",
+            get(move || {
+                let section = Arc::clone(&section);
+                async move { axum::Json(serde_json::json!({ "ingest": section() })) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let mut out = String::new();
+                    metrics(&mut out);
+                    text_metrics(out)
+                }
+            }),
+        );
+    let addr = supervisor.serve_http(listen, app).await?;
+    tracing::info!(%addr, "ingest started");
+    Ok(Running { addr, supervisor })
+}
+
+/// Which partitions one speed instance owns.
+#[derive(Debug, Clone, Copy)]
+pub struct Instance {
+    /// This instance, `0..count`.
+    pub index: u32,
+    /// How many instances share the partitions.
+    pub count: u32,
+}
+
+/// `lambda speed`: consumes its share of the partitions, learns B from the
+/// lake, serves its views on `/internal/v1/speed`.
+pub async fn speed(
+    shared: &Shared,
+    listen: SocketAddr,
+    instance: Instance,
+) -> anyhow::Result<Running> {
+    shared.require_shared_log("speed")?;
+    anyhow::ensure!(
+        instance.count >= 1 && instance.index < instance.count,
+        "--instance {} must be below --instances {}",
+        instance.index,
+        instance.count
+    );
+    let log = shared.open_log().await?;
+    let lake = shared.open_lake()?;
+    let mut config = SpeedConfig {
+        allowed_lateness_ms: shared.allowed_lateness_ms,
+        instance: (instance.index, instance.count),
+        ..SpeedConfig::with_data_dir(&shared.data_dir)
+    };
+    if instance.count > 1 {
+        config.checkpoint_path = shared.data_dir.join("speed").join(format!(
+            "checkpoint-{}-of-{}.json",
+            instance.index, instance.count
+        ));
+    }
+    let views = lambda_speed::new_views(&config);
+    let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
+    {
+        let (log, views, token) = (
+            Arc::clone(&log),
+            Arc::clone(&views),
+            supervisor.shutdown.clone(),
+        );
+        supervisor.spawn("speed", lambda_speed::run(config, log, views, token));
+    }
+    {
+        let (views, token) = (Arc::clone(&views), supervisor.shutdown.clone());
+        supervisor.spawn("boundary", follow_boundary(lake, views, token));
+    }
+    let addr = supervisor
+        .serve_http(listen, lambda_speed::http::router(views))
+        .await?;
+    tracing::info!(%addr, instance = instance.index, instances = instance.count, "speed started");
+    Ok(Running { addr, supervisor })
+}
+
+/// Keeps the speed layer's B equal to the newest manifest's, so it can drop
+/// windows the batch views now answer.
+async fn follow_boundary(
+    lake: Lake,
+    views: SpeedViews,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(BOUNDARY_POLL_INTERVAL);
+    let mut known = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        match lambda_batch::manifest::latest(&lake).await {
+            Ok(Some(manifest)) if manifest.boundary_ms != known => {
+                known = manifest.boundary_ms;
+                views.write().batch_boundary = known;
+                tracing::debug!(boundary = ?known, version = manifest.version, "batch boundary moved");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "reading the manifest failed")
+            }
+        }
+    }
+}
+
+/// `lambda batch`: the cron-scheduled batch runner over the shared log and lake.
+pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyhow::Result<Running> {
+    shared.require_shared_log("batch")?;
+    let log = shared.open_log().await?;
+    let lake = shared.open_lake()?;
+    let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
+    let (handle, triggers) = lambda_batch::control(schedule);
+    let ctx = RunContext {
+        log,
+        lake,
+        allowed_lateness_ms: shared.allowed_lateness_ms,
+    };
+    {
+        let (schedule, handle, token) = (
+            schedule.to_string(),
+            handle.clone(),
+            supervisor.shutdown.clone(),
+        );
+        supervisor.spawn(
+            "batch",
+            lambda_batch::run(schedule, ctx, handle, triggers, token),
+        );
+    }
+    let addr = supervisor.serve_http(listen, runner_router(handle)).await?;
+    tracing::info!(%addr, %schedule, "batch started");
+    Ok(Running { addr, supervisor })
+}
+
+fn runner_router(handle: BatchHandle) -> Router {
+    let status = handle.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            RUNNER_STATUS_PATH,
+            get(move || {
+                let s = status.status.read().clone();
+                async move { axum::Json(lambda_serving::status::runner_status(&s)) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let mut out = String::new();
+                lambda_serving::metrics::runner_metrics(&handle.status.read(), &mut out);
+                async move { text_metrics(out) }
+            }),
+        )
+}
+
+/// `lambda batch --once`: one run, then exit.
+pub async fn batch_once(shared: &Shared) -> anyhow::Result<lambda_batch::RunReport> {
+    shared.require_shared_log("batch")?;
+    let log = shared.open_log().await?;
+    let ctx = RunContext {
+        log: Arc::clone(&log),
+        lake: shared.open_lake()?,
+        allowed_lateness_ms: shared.allowed_lateness_ms,
+    };
+    let report = lambda_batch::run_once(&ctx).await;
+    log.close().await.context("closing the log")?;
+    report
+}
+
+/// Where `lambda serve` finds the other roles.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    /// Base URLs of the speed instances, e.g. `http://speed:8082`.
+    pub speed_urls: Vec<String>,
+    /// Base URL of the batch runner, for its schedule and last run in the status.
+    pub batch_url: Option<String>,
+}
+
+/// `lambda serve`: the query API over the lake's batch views and the speed
+/// instances' views.
+pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow::Result<Running> {
+    anyhow::ensure!(
+        !peers.speed_urls.is_empty(),
+        "lambda serve needs at least one speed instance: pass --speed-url http://HOST:PORT (or LAMBDA_SPEED_URLS)"
+    );
+    // The log is optional here: with it, the status shows end offsets and lag.
+    let log = match &shared.log_url {
+        Some(_) => Some(shared.open_log().await?),
+        None => None,
+    };
+    let lake = shared.open_lake()?;
+    let mut supervisor = Supervisor::new(log.clone());
+    let speed: SpeedViews = lambda_speed::new_views(&SpeedConfig {
+        allowed_lateness_ms: shared.allowed_lateness_ms,
+        ..SpeedConfig::with_data_dir(&shared.data_dir)
+    });
+    let health: SpeedHealth = Arc::default();
+    {
+        let horizon = speed.read().horizon_ms;
+        let (views, health, token) = (
+            Arc::clone(&speed),
+            Arc::clone(&health),
+            supervisor.shutdown.clone(),
+        );
+        supervisor.spawn(
+            "speed-mirror",
+            lambda_serving::remote::run_speed_mirror(
+                peers.speed_urls.clone(),
+                views,
+                health,
+                horizon,
+                token,
+            ),
+        );
+    }
+    let batch_views: SharedBatchViews = Arc::new(RwLock::new(Arc::new(BatchViews::default())));
+    if let Err(error) = lambda_serving::refresh_batch_views(&lake, &batch_views, None).await {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "loading batch views failed; retrying in the background"
+        );
+    }
+    {
+        let (views, token) = (Arc::clone(&batch_views), supervisor.shutdown.clone());
+        supervisor.spawn(
+            "view-loader",
+            lambda_serving::run_view_loader(lake, views, None, token),
+        );
+    }
+    let remote_batch = peers.batch_url.as_ref().map(|url| {
+        let cell: Arc<RwLock<Option<Value>>> = Arc::default();
+        let (url, target, token) = (url.clone(), Arc::clone(&cell), supervisor.shutdown.clone());
+        supervisor.spawn("runner-status", follow_runner(url, target, token));
+        cell
+    });
+    let health_section: StatusSection = {
+        let health = Arc::clone(&health);
+        Arc::new(move || lambda_serving::remote::health_section(&health))
+    };
+    let state = ServingState {
+        speed,
+        batch: batch_views,
+        status: StatusSources {
+            log,
+            batch: None,
+            remote_batch,
+            sections: vec![("speed_instances".into(), health_section)],
+            metrics: Vec::new(),
+        },
+    };
+    let addr = supervisor
+        .serve_http(listen, lambda_serving::router(state))
+        .await?;
+    tracing::info!(%addr, speed = ?peers.speed_urls, "serve started");
+    Ok(Running { addr, supervisor })
+}
+
+/// Keeps `target` equal to the batch runner's status.
+async fn follow_runner(
+    url: String,
+    target: Arc<RwLock<Option<Value>>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("building the HTTP client")?;
+    let url = format!("{}{RUNNER_STATUS_PATH}", url.trim_end_matches('/'));
+    let mut interval = tokio::time::interval(RUNNER_POLL_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let fetched = async {
+            client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<Value>()
+                .await
+        }
+        .await;
+        match fetched {
+            Ok(value) => *target.write() = Some(value),
+            Err(error) => tracing::debug!(%error, %url, "batch runner status unavailable"),
+        }
+    }
+}
