@@ -38,6 +38,23 @@ if ! need tansu; then
     --target-dir "$HOME/.cache/lambda-pipeline/tansu-target"
 fi
 
+# A Python virtualenv for the compose-wiring and interop tests:
+# docker-compose 1.29 (validates docker-compose.yml against the compose schema
+# and resolves it; its PyYAML pin needs Cython < 3 to build) and confluent-kafka
+# (a third-party Kafka client).
+venv="$HOME/.cache/lambda-pipeline/venv"
+if [ ! -x "$venv/bin/docker-compose" ] || ! "$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+  echo "creating $venv (docker-compose, confluent-kafka) from PyPI"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q 'cython<3' wheel setuptools
+  "$venv/bin/pip" install -q --no-build-isolation 'pyyaml==5.4.1'
+  "$venv/bin/pip" install -q 'docker-compose==1.29.2' 'confluent-kafka==2.16.1'
+fi
+export LAMBDA_TEST_VENV="$venv"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -225,6 +225,13 @@ struct GenerateArgs {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Event time of the first event, in ms since the epoch or RFC 3339 (default: now).
+    /// With --seed, the same start gives the same events.
+    #[arg(long, env = "LAMBDA_START", value_parser = parse_start)]
+    start: Option<i64>,
+    /// Event time passes this many times faster than wall time, e.g. 60 sends an hour of traffic in a minute.
+    #[arg(long, env = "LAMBDA_SPEEDUP", default_value_t = 1.0)]
+    speedup: f64,
     #[command(flatten)]
     traffic: TrafficArgs,
 }
@@ -292,6 +299,17 @@ fn report_json(report: &lambda_batch::RunReport) -> serde_json::Value {
     })
 }
 
+fn parse_start(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            format!("expected ms since the epoch or RFC 3339, e.g. 2026-01-01T00:00:00Z ({e})")
+        })
+}
+
 /// Cancels `token` on Ctrl-C or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
@@ -356,6 +374,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.speedup.is_finite() && args.speedup > 0.0,
+        "--speedup must be a positive number, got {}",
+        args.speedup
+    );
     let token = CancellationToken::new();
     cancel_on_signal(token.clone());
     let sender = SenderConfig {
@@ -367,8 +390,10 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let generator = GeneratorConfig {
         seed: args.traffic.seed(),
-        start_ms: chrono::Utc::now().timestamp_millis(),
-        rate: args.traffic.rate,
+        start_ms: args
+            .start
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
+        rate: args.traffic.rate / args.speedup,
         late_fraction: args.traffic.late_fraction,
         duplicate_fraction: args.traffic.duplicate_fraction,
         malformed_fraction: args.traffic.malformed_fraction,

@@ -1,0 +1,219 @@
+//! Shared by the end-to-end tests: the expected views as a plain fold over
+//! generated lines (serde_json only, none of the pipeline's code), and the
+//! checks of the API's answers against them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::Value;
+
+pub const MINUTE: i64 = 60_000;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Funnel {
+    pub impressions: u64,
+    pub clicks: u64,
+    pub add_to_carts: u64,
+    pub purchases: u64,
+    pub revenue_cents: i64,
+    pub signup_starts: u64,
+    pub signup_completes: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Sensor {
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub last_key: (i64, String),
+    pub last: f64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Iot {
+    pub sensors: BTreeMap<String, Sensor>,
+    pub online: u64,
+    pub offline: u64,
+    pub alarms: BTreeMap<String, u64>,
+}
+
+/// The expected views: a plain fold over distinct events, by 1-minute bucket.
+pub fn fold(lines: &[Vec<u8>]) -> (BTreeMap<i64, Funnel>, BTreeMap<i64, Iot>, i64) {
+    let mut seen = HashSet::new();
+    let mut funnel: BTreeMap<i64, Funnel> = BTreeMap::new();
+    let mut iot: BTreeMap<i64, Iot> = BTreeMap::new();
+    let mut max_ts = i64::MIN;
+    for line in lines {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        let (Some(id), Some(ts), Some(kind)) = (
+            v["event_id"].as_str(),
+            v["ts"].as_i64(),
+            v["event_type"].as_str(),
+        ) else {
+            continue;
+        };
+        // The generator's malformed lines: missing amount, bad device, bad value.
+        let valid = match kind {
+            "purchase" => v["amount_cents"].is_i64(),
+            "page_view" => v.get("device").is_none_or(|d| {
+                ["desktop", "mobile", "tablet"].contains(&d.as_str().unwrap_or(""))
+            }),
+            "sensor_reading" => v["value"].is_number(),
+            "click" => v["user_id"].is_string(),
+            _ => true,
+        };
+        if !valid || !seen.insert(id.to_string()) {
+            continue;
+        }
+        max_ts = max_ts.max(ts);
+        let bucket = ts.div_euclid(MINUTE) * MINUTE;
+        let f = funnel.entry(bucket).or_default();
+        match kind {
+            "impression" => f.impressions += 1,
+            "click" => f.clicks += 1,
+            "add_to_cart" => f.add_to_carts += 1,
+            "purchase" => {
+                f.purchases += 1;
+                f.revenue_cents += v["amount_cents"].as_i64().unwrap();
+            }
+            "signup_start" => f.signup_starts += 1,
+            "signup_complete" => f.signup_completes += 1,
+            _ => {}
+        }
+        let i = iot.entry(bucket).or_default();
+        match kind {
+            "sensor_reading" => {
+                let value = v["value"].as_f64().unwrap();
+                let key = (ts, id.to_string());
+                let s = i
+                    .sensors
+                    .entry(v["sensor"].as_str().unwrap().to_string())
+                    .or_insert(Sensor {
+                        min: f64::INFINITY,
+                        max: f64::NEG_INFINITY,
+                        ..Default::default()
+                    });
+                s.count += 1;
+                s.min = s.min.min(value);
+                s.max = s.max.max(value);
+                s.sum += value;
+                if key > s.last_key {
+                    s.last_key = key;
+                    s.last = value;
+                }
+            }
+            "device_status" if v["status"] == "online" => i.online += 1,
+            "device_status" => i.offline += 1,
+            "alarm" => {
+                *i.alarms
+                    .entry(v["severity"].as_str().unwrap().to_string())
+                    .or_default() += 1
+            }
+            _ => {}
+        }
+    }
+    (funnel, iot, max_ts)
+}
+
+pub async fn get(client: &reqwest::Client, url: String) -> Value {
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+pub fn check_funnel(
+    body: &Value,
+    expected: &BTreeMap<i64, Funnel>,
+    boundary: i64,
+) -> (usize, usize) {
+    let (mut batch, mut speed) = (0, 0);
+    for bucket in body["buckets"].as_array().unwrap() {
+        let start = bucket["start"].as_i64().unwrap();
+        let want = expected.get(&start).cloned().unwrap_or_default();
+        let got = Funnel {
+            impressions: bucket["impressions"].as_u64().unwrap(),
+            clicks: bucket["clicks"].as_u64().unwrap(),
+            add_to_carts: bucket["add_to_carts"].as_u64().unwrap(),
+            purchases: bucket["purchases"].as_u64().unwrap(),
+            revenue_cents: bucket["revenue_cents"].as_i64().unwrap(),
+            signup_starts: bucket["signup_starts"].as_u64().unwrap(),
+            signup_completes: bucket["signup_completes"].as_u64().unwrap(),
+        };
+        let layer = bucket["layer"].as_str().unwrap();
+        assert_eq!(got, want, "funnel bucket {start} ({layer})");
+        let expected_layer = if start < boundary { "batch" } else { "speed" };
+        assert_eq!(
+            layer, expected_layer,
+            "bucket {start} against boundary {boundary}"
+        );
+        if want != Funnel::default() {
+            if layer == "batch" {
+                batch += 1
+            } else {
+                speed += 1
+            }
+        }
+    }
+    (batch, speed)
+}
+
+pub fn check_iot(body: &Value, expected: &BTreeMap<i64, Iot>, boundary: i64) {
+    for bucket in body["buckets"].as_array().unwrap() {
+        let start = bucket["start"].as_i64().unwrap();
+        let want = expected.get(&start).cloned().unwrap_or_default();
+        let layer = bucket["layer"].as_str().unwrap();
+        assert_eq!(layer, if start < boundary { "batch" } else { "speed" });
+        let sensors = bucket["sensors"].as_array().unwrap();
+        assert_eq!(
+            sensors.len(),
+            want.sensors.len(),
+            "sensors in bucket {start} ({layer})"
+        );
+        for s in sensors {
+            let name = s["sensor"].as_str().unwrap();
+            let w = &want.sensors[name];
+            assert_eq!(
+                s["count"].as_u64().unwrap(),
+                w.count,
+                "{name} count at {start} ({layer})"
+            );
+            assert_eq!(s["min"].as_f64().unwrap(), w.min, "{name} min at {start}");
+            assert_eq!(s["max"].as_f64().unwrap(), w.max, "{name} max at {start}");
+            assert!(
+                close(s["avg"].as_f64().unwrap(), w.sum / w.count as f64),
+                "{name} avg at {start}"
+            );
+            assert_eq!(
+                s["last"].as_f64().unwrap(),
+                w.last,
+                "{name} last at {start} ({layer})"
+            );
+        }
+        assert_eq!(
+            bucket["status"]["online"].as_u64().unwrap(),
+            want.online,
+            "online at {start}"
+        );
+        assert_eq!(
+            bucket["status"]["offline"].as_u64().unwrap(),
+            want.offline,
+            "offline at {start}"
+        );
+        for severity in ["low", "medium", "high", "critical"] {
+            let got = bucket["alarms"][severity].as_u64().unwrap();
+            assert_eq!(
+                got,
+                want.alarms.get(severity).copied().unwrap_or(0),
+                "{severity} alarms at {start}"
+            );
+        }
+    }
+}

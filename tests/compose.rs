@@ -1,0 +1,692 @@
+//! The docker-compose stack, without Docker.
+//!
+//! `docker-compose config` (docker-compose 1.29 from PyPI, installed by
+//! `./infra/test.sh`) validates `docker-compose.yml` against the compose
+//! schema and resolves anchors and `${VAR:-default}`s. This test reads that
+//! resolved file and starts every app service's command as a local process
+//! of the `lambda` binary, with that service's environment — the broker and
+//! S3 hostnames mapped to a local `tansu` and `moto_server`, service hostnames
+//! and ports to free loopback ports, `/data` to a temporary directory. It
+//! creates the topics the `kafka-init` service names and the bucket the
+//! `minio-init` service names, drives the compose file's generator service,
+//! and checks the served answers against a plain fold of what the generator
+//! sent. Then a third-party client (confluent-kafka, `infra/kafka-produce.py`)
+//! produces to the topics: its valid events show up in the API, its bad ones
+//! in `dead-letter` with a reason.
+//!
+//! What the test changes, and why: the batch schedule runs every 2 s instead
+//! of every minute (to keep the test short); the generator gets a seed, a
+//! start and a speed-up (so its lines can be regenerated and span minutes of
+//! event time); the log URL gets `probe_end=true` (tansu under-reports the end
+//! of a partition, see `KafkaConfig::probe_end`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lambda_ingest::generator::{Generator, GeneratorConfig};
+use lambda_log::{EventLog, FetchPosition, KafkaConfig, KafkaLog};
+use lambda_testkit::{KillOnDrop, Moto, Tansu, free_port};
+use serde_json::{Value, json};
+
+mod common;
+use common::{MINUTE, check_funnel, check_iot, fold, get};
+
+const APP_IMAGE: &str = "lambda-pipeline:latest";
+const SEED: u64 = 20261122;
+const SPEEDUP: f64 = 30.0;
+const GENERATE_FOR: &str = "20s";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python virtualenv with docker-compose and confluent-kafka.
+fn venv() -> PathBuf {
+    let dir = std::env::var_os("LAMBDA_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/lambda-pipeline/venv")
+        });
+    assert!(
+        dir.join("bin/docker-compose").exists() && dir.join("bin/python").exists(),
+        "no docker-compose in {}: run ./infra/test.sh, which creates that virtualenv",
+        dir.display()
+    );
+    dir
+}
+
+/// `docker-compose config`: validated, resolved, as JSON.
+fn compose_config(venv: &Path) -> Value {
+    let mut command = Command::new(venv.join("bin/docker-compose"));
+    command
+        .args([
+            "--project-directory",
+            ".",
+            "-f",
+            "docker-compose.yml",
+            "config",
+        ])
+        .current_dir(manifest_dir());
+    let output = command.output().expect("running docker-compose config");
+    assert!(
+        output.status.success(),
+        "docker-compose config rejected docker-compose.yml:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut python = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running python");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&output.stdout)
+        .unwrap();
+    let converted = python.wait_with_output().unwrap();
+    assert!(converted.status.success());
+    serde_json::from_slice(&converted.stdout).expect("compose config as JSON")
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_string())
+            .collect(),
+        Value::String(s) => vec![s.clone()],
+        Value::Null => Vec::new(),
+        other => panic!("expected a list of strings, got {other}"),
+    }
+}
+
+/// The word after each `flag` in a shell script.
+fn after(script: &str, flag: &str) -> Vec<String> {
+    let words: Vec<&str> = script.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
+/// App services in the order their `depends_on` allow.
+fn start_order(services: &serde_json::Map<String, Value>) -> Vec<String> {
+    let apps: BTreeSet<String> = services
+        .iter()
+        .filter(|(_, s)| s["image"] == APP_IMAGE)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < apps.len() {
+        let before = order.len();
+        for name in &apps {
+            if order.contains(name) {
+                continue;
+            }
+            let deps = services[name]["depends_on"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if deps
+                .keys()
+                .filter(|d| apps.contains(*d))
+                .all(|d| order.contains(d))
+            {
+                order.push(name.clone());
+            }
+        }
+        assert!(
+            order.len() > before,
+            "depends_on has a cycle among {apps:?}"
+        );
+    }
+    order
+}
+
+/// The running stack: processes, their logs, their addresses.
+struct Stack {
+    dir: tempfile::TempDir,
+    processes: Vec<(String, KillOnDrop)>,
+    /// Service name → `127.0.0.1:PORT` it listens on.
+    addresses: BTreeMap<String, String>,
+}
+
+impl Stack {
+    fn log_of(&self, service: &str) -> PathBuf {
+        self.dir.path().join(format!("{service}.log"))
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (name, _) in &self.processes {
+            let text = std::fs::read_to_string(self.log_of(name)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {name} (last lines) ---\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+async fn wait_until_ok(client: &reqwest::Client, url: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_stack_runs_as_local_processes() {
+    let venv = venv();
+    let config = compose_config(&venv);
+    let services = config["services"].as_object().expect("services").clone();
+
+    // The file's shape: KRaft Kafka, MinIO with its bucket, one image, healthchecks.
+    let kafka = &services["kafka"];
+    assert!(kafka["image"].as_str().unwrap().starts_with("apache/kafka"));
+    assert!(
+        kafka["environment"]["KAFKA_PROCESS_ROLES"]
+            .as_str()
+            .unwrap()
+            .contains("controller"),
+        "Kafka runs in KRaft mode"
+    );
+    assert!(
+        !services.keys().any(|name| name.contains("zookeeper")),
+        "no ZooKeeper"
+    );
+    let apps: Vec<String> = start_order(&services);
+    for role in ["ingest", "speed", "batch", "serve", "generator"] {
+        assert!(
+            apps.contains(&role.to_string()),
+            "service {role} runs the app image"
+        );
+    }
+    let built: Vec<&Value> = services
+        .values()
+        .filter(|s| s.get("build").is_some())
+        .collect();
+    assert_eq!(built.len(), 1, "one service builds the one image");
+    let dockerfile = built[0]["build"]["dockerfile"].as_str().unwrap();
+    assert!(
+        manifest_dir().join(dockerfile).exists(),
+        "{dockerfile} exists"
+    );
+    for name in &apps {
+        let service = &services[name];
+        if name != "generator" {
+            assert!(
+                service.get("healthcheck").is_some(),
+                "{name} has a healthcheck"
+            );
+        }
+        for (dep, condition) in service["depends_on"].as_object().into_iter().flatten() {
+            assert!(
+                services.contains_key(dep),
+                "{name} depends on a missing {dep}"
+            );
+            assert!(
+                condition["condition"].is_string(),
+                "{name} → {dep} has a condition"
+            );
+        }
+    }
+    let serve_ports = services["serve"]["ports"].to_string();
+    assert!(
+        serve_ports.contains("8080"),
+        "the API is on port 8080: {serve_ports}"
+    );
+
+    // The init services: which topics and which bucket.
+    let kafka_init = strings(&services["kafka-init"]["command"]).join("\n");
+    let topics = after(&kafka_init, "--topic");
+    let partitions = after(&kafka_init, "--partitions");
+    assert_eq!(
+        topics.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["funnel-events", "iot-events", "dead-letter"]),
+        "kafka-init creates the pipeline's topics"
+    );
+    let minio_init = strings(&services["minio-init"]["command"]).join("\n");
+    let bucket = after(&minio_init, "--ignore-existing")
+        .first()
+        .and_then(|target| target.strip_prefix("local/"))
+        .expect("minio-init makes a bucket")
+        .to_string();
+
+    // The real servers standing in for Kafka and MinIO.
+    let broker = Tansu::start();
+    for (topic, n) in topics.iter().zip(&partitions) {
+        broker.create_topic(topic, n.parse().unwrap());
+    }
+    let moto = Moto::start(&bucket);
+    let moto_host = moto.endpoint.trim_start_matches("http://").to_string();
+
+    // Every app service's address, from its LAMBDA_LISTEN.
+    let mut stack = Stack {
+        dir: tempfile::tempdir().unwrap(),
+        processes: Vec::new(),
+        addresses: BTreeMap::new(),
+    };
+    let mut hostnames: Vec<(String, String)> = vec![
+        ("kafka:9092".into(), broker.address.clone()),
+        ("minio:9000".into(), moto_host.clone()),
+    ];
+    for name in &apps {
+        if let Some(listen) = services[name]["environment"]["LAMBDA_LISTEN"].as_str() {
+            let port = listen.rsplit(':').next().unwrap();
+            let local = format!("127.0.0.1:{}", free_port());
+            hostnames.push((format!("{name}:{port}"), local.clone()));
+            stack.addresses.insert(name.clone(), local);
+        }
+    }
+    let translate = |text: &str| {
+        hostnames
+            .iter()
+            .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    };
+
+    let client = reqwest::Client::new();
+    let start_ms =
+        (chrono::Utc::now().timestamp_millis() - 30 * MINUTE).div_euclid(MINUTE) * MINUTE;
+    let lambda = env!("CARGO_BIN_EXE_lambda");
+    for name in &apps {
+        let service = &services[name];
+        let mut args: Vec<String> = strings(&service["command"])
+            .iter()
+            .map(|a| translate(a))
+            .collect();
+        let mut env: BTreeMap<String, String> = service["environment"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                (k.clone(), translate(&v))
+            })
+            .collect();
+        if let Some(listen) = stack.addresses.get(name) {
+            env.insert("LAMBDA_LISTEN".into(), listen.clone());
+        }
+        let data = stack.dir.path().join(name);
+        env.insert("LAMBDA_DATA_DIR".into(), data.display().to_string());
+        if let Some(url) = env.get_mut("LAMBDA_LOG_URL") {
+            url.push_str("?probe_end=true");
+        }
+        if env.contains_key("LAMBDA_BATCH_SCHEDULE") {
+            env.insert("LAMBDA_BATCH_SCHEDULE".into(), "*/2 * * * * *".into());
+        }
+        if args.first().map(String::as_str) == Some("generate") {
+            args.extend(
+                [
+                    "--seed",
+                    &SEED.to_string(),
+                    "--start",
+                    &start_ms.to_string(),
+                    "--speedup",
+                    &SPEEDUP.to_string(),
+                    "--duration",
+                    GENERATE_FOR,
+                ]
+                .map(String::from),
+            );
+        }
+        let log = std::fs::File::create(stack.log_of(name)).unwrap();
+        let mut command = Command::new(lambda);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("LAMBDA_") || key.starts_with("AWS_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .args(&args)
+            .envs(&env)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        stack.processes.push((name.clone(), KillOnDrop(child)));
+        if let Some(address) = stack.addresses.get(name) {
+            let url = format!("http://{address}/healthz");
+            assert!(
+                wait_until_ok(&client, &url, Duration::from_secs(60)).await,
+                "{name} did not become healthy at {url}\n{}",
+                stack.logs()
+            );
+        }
+    }
+
+    // The generator runs for its duration and reports what it sent.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sent_line = loop {
+        let text = std::fs::read_to_string(stack.log_of("generator")).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with("sent ")) {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the generator did not finish\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let number_after = |word: &str| -> usize {
+        let words: Vec<&str> = sent_line.split_whitespace().collect();
+        let i = words
+            .iter()
+            .position(|w| w.trim_end_matches([',', ':']) == word)
+            .unwrap();
+        words[i - 1].parse().unwrap()
+    };
+    let (sent, rejected) = (number_after("lines"), number_after("rejected"));
+    assert!(sent > 1000, "{sent_line}");
+
+    // The same lines, regenerated here.
+    let rate: f64 = services["generator"]["environment"]["LAMBDA_RATE"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: SEED,
+        start_ms,
+        rate: rate / SPEEDUP,
+        ..GeneratorConfig::default()
+    });
+    let lines: Vec<Vec<u8>> = (0..sent).map(|_| generator.next_line().bytes).collect();
+    let (funnel_expected, iot_expected, max_ts) = fold(&lines);
+    let boundary = (max_ts - 60_000).div_euclid(MINUTE) * MINUTE;
+
+    // Wait for the speed layer and a batch run to have everything.
+    let base = format!("http://{}", stack.addresses["serve"]);
+    let status = caught_up(&client, &base, &stack).await;
+    assert_eq!(status["speed_instances"][0]["ok"], true, "{status}");
+    assert_eq!(
+        status["batch"]["boundary"].as_i64(),
+        Some(boundary),
+        "B after the last batch run"
+    );
+    assert!(
+        status["batch"]["runs_ok"].as_u64().unwrap() > 0,
+        "the runner's status reaches serve"
+    );
+
+    let range = format!(
+        "from={}&to={}",
+        start_ms - 15 * MINUTE,
+        start_ms + 30 * MINUTE
+    );
+    let funnel = get(&client, format!("{base}/api/v1/funnel?{range}&step=1m")).await;
+    assert_eq!(funnel["boundary"].as_i64(), Some(boundary));
+    let (batch_buckets, speed_buckets) = check_funnel(&funnel, &funnel_expected, boundary);
+    assert!(
+        batch_buckets > 3 && speed_buckets >= 1,
+        "both layers answered: {batch_buckets} batch, {speed_buckets} speed"
+    );
+    let iot = get(&client, format!("{base}/api/v1/iot?{range}&step=1m")).await;
+    check_iot(&iot, &iot_expected, boundary);
+    eprintln!(
+        "compose: {sent} lines sent, {rejected} rejected; B = {boundary}; {batch_buckets} batch and {speed_buckets} speed buckets equal the fold"
+    );
+    let ingest_metrics = client
+        .get(format!("http://{}/metrics", stack.addresses["ingest"]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        ingest_metrics.contains(&format!(
+            "lambda_ingest_lines_total{{outcome=\"rejected\"}} {rejected}"
+        )),
+        "{ingest_metrics}"
+    );
+
+    // Interop: a third-party Kafka client writes to the topics directly.
+    let newest = funnel["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|b| b["clicks"].as_u64().unwrap() > 0)
+        .expect("a bucket with clicks")
+        .clone();
+    let at = newest["start"].as_i64().unwrap() + 1_000;
+    assert!(at >= boundary, "the new clicks land on the speed side");
+    let good: Vec<String> = (0..3)
+        .map(|i| {
+            json!({"event_id": format!("kcat-click-{i}"), "event_type": "click", "ts": at,
+                   "user_id": format!("third-party-{i}"), "campaign_id": "interop"})
+            .to_string()
+        })
+        .chain(std::iter::once(
+            json!({"event_id": "kcat-temp-0", "event_type": "sensor_reading", "ts": at,
+                   "device_id": "dev-third-party", "sensor": "temperature", "value": 21.5})
+            .to_string(),
+        ))
+        .collect();
+    let bad = [
+        "{\"event_id\": \"kcat-bad-0\", \"event_type\": \"click\"".to_string(), // cut short
+        json!({"event_id": "kcat-bad-1", "event_type": "purchase", "ts": at, "user_id": "u"})
+            .to_string(), // no amount_cents
+        json!({"event_id": "kcat-bad-2", "event_type": "alarm", "ts": at, "device_id": "d",
+               "alarm": "overheat", "severity": "high"})
+        .to_string(), // an IoT event on the funnel topic
+    ];
+    produce(&venv, &broker.address, &good, false);
+    produce(&venv, &broker.address, &bad, true);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = get(
+            &client,
+            format!("{base}/api/v1/funnel?{range}&step=1m&campaign_id=interop"),
+        )
+        .await;
+        let clicks: u64 = body["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["clicks"].as_u64().unwrap())
+            .sum();
+        let iot = get(
+            &client,
+            format!("{base}/api/v1/iot?{range}&step=1m&device_id=dev-third-party"),
+        )
+        .await;
+        let readings: u64 = iot["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["sensors"].as_array().unwrap().iter())
+            .map(|s| s["count"].as_u64().unwrap())
+            .sum();
+        if clicks == 3 && readings == 1 {
+            break;
+        }
+        assert!(
+            clicks <= 3 && readings <= 1,
+            "counted more than was produced: {clicks} clicks, {readings} readings"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "third-party events did not show up: {clicks} clicks, {readings} readings\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The bad ones are in dead-letter, each with its reason and where it came from.
+    let log = KafkaLog::open(
+        KafkaConfig::from_url_tail(&format!("{}?probe_end=true", broker.address)).unwrap(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = read_all(&log, "dead-letter").await;
+        let from_topic: Vec<(String, String, String)> = dead
+            .iter()
+            .filter_map(|r| {
+                let source = String::from_utf8_lossy(r.record.header("source")?).to_string();
+                source.starts_with("funnel-events/").then(|| {
+                    (
+                        String::from_utf8_lossy(&r.record.value).to_string(),
+                        String::from_utf8_lossy(r.record.header("reason").unwrap_or_default())
+                            .to_string(),
+                        source,
+                    )
+                })
+            })
+            .collect();
+        if from_topic.len() >= bad.len() || Instant::now() > deadline {
+            break from_topic;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        dead.len(),
+        bad.len(),
+        "one dead letter per bad record: {dead:?}"
+    );
+    // Each holds the original bytes and a reason naming the problem.
+    for (line, expected) in bad.iter().zip(["json", "amount_cents", "iot-events"]) {
+        let (_, reason, source) = dead
+            .iter()
+            .find(|(value, _, _)| value == line)
+            .unwrap_or_else(|| panic!("{line} is not in dead-letter: {dead:?}"));
+        assert!(reason.contains(expected), "{line}: {reason} ({source})");
+    }
+    drop(stack);
+}
+
+/// Runs `infra/kafka-produce.py` with `lines` on stdin.
+fn produce(venv: &Path, bootstrap: &str, lines: &[String], raw: bool) {
+    let mut command = Command::new(venv.join("bin/python"));
+    command
+        .arg(manifest_dir().join("infra/kafka-produce.py"))
+        .args(["--bootstrap", bootstrap]);
+    if raw {
+        command.arg("--raw");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running infra/kafka-produce.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.join("\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "kafka-produce.py failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["produced"].as_u64(), Some(lines.len() as u64));
+}
+
+/// Every record of `topic`, partition by partition.
+async fn read_all(log: &KafkaLog, topic: &str) -> Vec<lambda_log::StoredRecord> {
+    let mut out = Vec::new();
+    for (partition, range) in log.ranges(topic).await.unwrap().iter().enumerate() {
+        let mut offset = range.start;
+        while offset < range.end {
+            let position = FetchPosition {
+                topic: topic.into(),
+                partition: partition as u32,
+                offset,
+            };
+            let records = log
+                .fetch(&[position], 1000, Duration::from_secs(2))
+                .await
+                .unwrap();
+            if records.is_empty() {
+                break;
+            }
+            offset = records.last().unwrap().offset + 1;
+            out.extend(records);
+        }
+    }
+    out
+}
+
+/// Waits until the speed layer has consumed everything and a batch run has
+/// compacted everything, as serving's status tells.
+async fn caught_up(client: &reqwest::Client, base: &str, stack: &Stack) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = get(client, format!("{base}/api/v1/status")).await;
+        let all_caught_up = |section: &str| {
+            status[section]["partitions"]
+                .as_array()
+                .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["lag"] == 0))
+        };
+        if all_caught_up("speed") && all_caught_up("batch") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the layers did not catch up: {status}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The image's build copies every workspace member's manifest for its
+/// dependency layer; a member missing there breaks `docker compose build`.
+#[test]
+fn the_dockerfile_copies_every_workspace_member() {
+    let cargo = std::fs::read_to_string(manifest_dir().join("Cargo.toml")).unwrap();
+    let members_line = cargo
+        .lines()
+        .find(|l| l.starts_with("members"))
+        .expect("workspace members");
+    let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
+    assert!(members.len() >= 6);
+    let dockerfile = std::fs::read_to_string(manifest_dir().join("infra/Dockerfile")).unwrap();
+    for member in members {
+        assert!(
+            dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/")),
+            "infra/Dockerfile does not copy {member}/Cargo.toml"
+        );
+        assert!(
+            dockerfile.lines().any(|l| l.contains("for crate in")
+                && l.split_whitespace()
+                    .any(|w| w == member || w == format!("{member};"))),
+            "infra/Dockerfile does not stub {member}'s sources"
+        );
+    }
+}
