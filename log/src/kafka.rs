@@ -131,7 +131,13 @@ pub struct KafkaLog {
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     partitioner: Partitioner,
     probe: Option<Arc<Mutex<BaseConsumer>>>,
+    /// Partition counts appends route by, refreshed after [`PARTITIONS_TTL`].
+    partition_counts: Mutex<HashMap<String, (u32, Instant)>>,
 }
+
+/// How long an append trusts a cached partition count (librdkafka's own
+/// metadata refresh is 5 minutes; partitions are only ever added).
+const PARTITIONS_TTL: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for KafkaLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,7 +200,23 @@ impl KafkaLog {
             groups: Mutex::new(HashMap::new()),
             partitioner: Partitioner::default(),
             probe,
+            partition_counts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The partition count appends route by: cached, so an append does not
+    /// wait for a metadata round trip.
+    fn cached_partitions(&self, topic: &str) -> Result<u32, LogError> {
+        if let Some((n, at)) = self.partition_counts.lock().get(topic)
+            && at.elapsed() < PARTITIONS_TTL
+        {
+            return Ok(*n);
+        }
+        let n = self.topic_partitions(topic)?;
+        self.partition_counts
+            .lock()
+            .insert(topic.to_string(), (n, Instant::now()));
+        Ok(n)
     }
 
     /// `(low, high)` of a partition, the high one checked by a probe when configured.
@@ -550,7 +572,7 @@ impl EventLog for KafkaLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let n_partitions = self.topic_partitions(topic)?;
+        let n_partitions = self.cached_partitions(topic)?;
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let partition = self.partitioner.partition(record, n_partitions)?;

@@ -1,0 +1,186 @@
+//! The roles as separate services on a real Kafka-protocol broker: one
+//! ingest, two speed-layer instances sharing the partitions, one batch
+//! runner, one serve that combines both speed instances' views. The answers
+//! must equal a plain fold of what was sent, and stay equal after one speed
+//! instance is stopped and restarted from its checkpoint (serving sees its new
+//! epoch and reloads its windows).
+
+use std::time::{Duration, Instant};
+
+use lambda_ingest::generator::{Generator, GeneratorConfig};
+use lambda_pipeline::roles::{self, Instance, Peers, Running, Shared};
+use lambda_testkit::Tansu;
+use serde_json::Value;
+
+mod common;
+use common::{MINUTE, check_funnel, check_iot, fold, get};
+
+const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn speed(shared: &Shared, index: u32) -> Running {
+    roles::speed(shared, any_port(), Instance { index, count: 2 })
+        .await
+        .unwrap()
+}
+
+async fn post(client: &reqwest::Client, ingest: &str, lines: &[Vec<u8>]) {
+    for chunk in lines.chunks(500) {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect();
+        let response = client
+            .post(format!("{ingest}/api/v1/events"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+}
+
+/// Waits until both speed instances and the batch runner have everything.
+async fn caught_up(client: &reqwest::Client, base: &str, runs_after: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = get(client, format!("{base}/api/v1/status")).await;
+        let done = |section: &str| {
+            status[section]["partitions"].as_array().is_some_and(|ps| {
+                ps.len() == 8
+                    && ps
+                        .iter()
+                        .all(|p| p["lag"] == 0 && p["end"].as_u64() > Some(0))
+            })
+        };
+        let instances_ok = status["speed_instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["ok"] == true));
+        let runs = status["batch"]["runs_ok"].as_u64().unwrap_or(0);
+        if done("speed") && done("batch") && instances_ok && runs > runs_after {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not catch up: {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn check_answers(client: &reqwest::Client, base: &str, lines: &[Vec<u8>]) {
+    let (funnel_expected, iot_expected, max_ts) = fold(lines);
+    let boundary = (max_ts - 60_000).div_euclid(MINUTE) * MINUTE;
+    let range = format!(
+        "from={}&to={}",
+        START_MS - 15 * MINUTE,
+        START_MS + 30 * MINUTE
+    );
+    let funnel = get(client, format!("{base}/api/v1/funnel?{range}&step=1m")).await;
+    assert_eq!(funnel["boundary"].as_i64(), Some(boundary));
+    let (batch, speed) = check_funnel(&funnel, &funnel_expected, boundary);
+    assert!(
+        batch > 3 && speed >= 1,
+        "{batch} batch, {speed} speed buckets"
+    );
+    let iot = get(client, format!("{base}/api/v1/iot?{range}&step=1m")).await;
+    check_iot(&iot, &iot_expected, boundary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_speed_instances_behind_one_serve() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = |name: &str| Shared {
+        log_url: Some(broker.log_url()),
+        lake_url: Some(format!("file://{}", dir.path().join("lake").display())),
+        ..Shared::new(dir.path().join(name))
+    };
+    let ingest = roles::ingest(&shared("ingest"), any_port()).await.unwrap();
+    let speed0 = speed(&shared("speed-0"), 0).await;
+    let mut speed1 = speed(&shared("speed-1"), 1).await;
+    let batch = roles::batch(&shared("batch"), any_port(), "*/2 * * * * *")
+        .await
+        .unwrap();
+    let speed1_addr = speed1.addr;
+    let peers = Peers {
+        speed_urls: vec![
+            format!("http://{}", speed0.addr),
+            format!("http://{speed1_addr}"),
+        ],
+        batch_url: Some(format!("http://{}", batch.addr)),
+    };
+    let serve = roles::serve(&shared("serve"), any_port(), peers)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let (ingest_url, base) = (
+        format!("http://{}", ingest.addr),
+        format!("http://{}", serve.addr),
+    );
+
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: 7,
+        start_ms: START_MS,
+        rate: 8.0,
+        ..GeneratorConfig::default()
+    });
+    let mut lines: Vec<Vec<u8>> = (0..5000).map(|_| generator.next_line().bytes).collect();
+    post(&client, &ingest_url, &lines).await;
+    let status = caught_up(&client, &base, 0).await;
+    // Each instance consumed only its own partitions, and both counted events.
+    let speed_status = |addr: std::net::SocketAddr| {
+        let client = client.clone();
+        async move {
+            get(
+                &client,
+                format!(
+                    "http://{addr}{}?epoch=0&since=0",
+                    lambda_speed::http::SNAPSHOT_PATH
+                ),
+            )
+            .await
+        }
+    };
+    let (s0, s1) = (
+        speed_status(speed0.addr).await,
+        speed_status(speed1_addr).await,
+    );
+    for (snapshot, owned) in [(&s0, [0, 2]), (&s1, [1, 3])] {
+        let partitions: Vec<u64> = snapshot["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o[1].as_u64().unwrap())
+            .collect();
+        assert!(
+            partitions.iter().all(|p| owned.contains(&(*p as i32))),
+            "{partitions:?}"
+        );
+        assert!(snapshot["counters"][0].as_u64().unwrap() > 1000);
+    }
+    let counted = s0["counters"][0].as_u64().unwrap() + s1["counters"][0].as_u64().unwrap();
+    assert_eq!(status["speed"]["events_counted"].as_u64(), Some(counted));
+    check_answers(&client, &base, &lines).await;
+
+    // Stop instance 1 and start it again on its data dir: it restores its
+    // checkpoint under a new epoch, and serving reloads its windows.
+    speed1.supervisor.stop().await.unwrap();
+    speed1 = roles::speed(
+        &shared("speed-1"),
+        speed1_addr,
+        Instance { index: 1, count: 2 },
+    )
+    .await
+    .unwrap();
+    let more: Vec<Vec<u8>> = (0..1000).map(|_| generator.next_line().bytes).collect();
+    post(&client, &ingest_url, &more).await;
+    lines.extend(more);
+    let runs = status["batch"]["runs_ok"].as_u64().unwrap();
+    caught_up(&client, &base, runs).await;
+    check_answers(&client, &base, &lines).await;
+
+    for running in [serve, batch, speed1, speed0, ingest] {
+        running.supervisor.stop().await.unwrap();
+    }
+}
