@@ -86,6 +86,9 @@ async fn broker_outage_answers_503_and_loses_or_duplicates_no_acknowledged_event
         !during.is_empty() && during.iter().all(|s| *s == 503),
         "503 while the brokers are down: {statuses:?}"
     );
+    if let Some((t, _)) = statuses.iter().find(|(t, s)| *t > 13.0 && *s == 202) {
+        eprintln!("outage: brokers back at 13.0 s, first 202 at {t:.1} s");
+    }
     let after: Vec<u16> = statuses
         .iter()
         .filter(|(t, _)| *t > 19.0)

@@ -161,6 +161,7 @@ impl KafkaLog {
             // No transactions are used, so the end of a partition is its high
             // watermark, not the last stable offset (some brokers lag on the latter).
             c.set("isolation.level", "read_uncommitted");
+            set_reconnect_backoff(&mut c);
             for (k, v) in &config.client_options {
                 c.set(k, v);
             }
@@ -312,10 +313,19 @@ fn fetch_client(config: &KafkaConfig) -> ClientConfig {
     c.set("auto.offset.reset", "error");
     c.set("fetch.wait.max.ms", "100");
     c.set("isolation.level", "read_uncommitted");
+    set_reconnect_backoff(&mut c);
     for (k, v) in &config.client_options {
         c.set(k, v);
     }
     c
+}
+
+/// Reconnect within a second of a broker coming back. librdkafka's default
+/// backoff grows to 10 s, so a producer that kept retrying through an outage
+/// would keep ingest answering 503 for up to 10 s after the brokers are back.
+fn set_reconnect_backoff(c: &mut ClientConfig) {
+    c.set("reconnect.backoff.ms", "100");
+    c.set("reconnect.backoff.max.ms", "1000");
 }
 
 /// Reads from the last reported record (`high - 1`) and returns one past
