@@ -27,12 +27,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lambda_ingest::generator::{Generator, GeneratorConfig};
-use lambda_log::{EventLog, FetchPosition, KafkaConfig, KafkaLog};
+use lambda_log::conformance::read_all;
+use lambda_log::{KafkaConfig, KafkaLog};
 use lambda_testkit::{KillOnDrop, Moto, Tansu, free_port};
 use serde_json::{Value, json};
 
 mod common;
-use common::{MINUTE, check_funnel, check_iot, fold, get};
+use common::{Checked, MINUTE, check_answers, fold, get};
 
 const APP_IMAGE: &str = "lambda-pipeline:latest";
 const SEED: u64 = 20261122;
@@ -419,7 +420,7 @@ async fn the_compose_stack_runs_as_local_processes() {
         ..GeneratorConfig::default()
     });
     let lines: Vec<Vec<u8>> = (0..sent).map(|_| generator.next_line().bytes).collect();
-    let (funnel_expected, iot_expected, max_ts) = fold(&lines);
+    let (_, _, max_ts) = fold(&lines);
     let boundary = (max_ts - 60_000).div_euclid(MINUTE) * MINUTE;
 
     // Wait for the speed layer and a batch run to have everything.
@@ -436,20 +437,18 @@ async fn the_compose_stack_runs_as_local_processes() {
         "the runner's status reaches serve"
     );
 
-    let range = format!(
-        "from={}&to={}",
-        start_ms - 15 * MINUTE,
-        start_ms + 30 * MINUTE
-    );
-    let funnel = get(&client, format!("{base}/api/v1/funnel?{range}&step=1m")).await;
-    assert_eq!(funnel["boundary"].as_i64(), Some(boundary));
-    let (batch_buckets, speed_buckets) = check_funnel(&funnel, &funnel_expected, boundary);
+    let (from, to) = (start_ms - 15 * MINUTE, start_ms + 30 * MINUTE);
+    let range = format!("from={from}&to={to}");
+    let Checked {
+        funnel,
+        batch_buckets,
+        speed_buckets,
+        ..
+    } = check_answers(&client, &base, &lines, from, to).await;
     assert!(
         batch_buckets > 3 && speed_buckets >= 1,
         "both layers answered: {batch_buckets} batch, {speed_buckets} speed"
     );
-    let iot = get(&client, format!("{base}/api/v1/iot?{range}&step=1m")).await;
-    check_iot(&iot, &iot_expected, boundary);
     eprintln!(
         "compose: {sent} lines sent, {rejected} rejected; B = {boundary}; {batch_buckets} batch and {speed_buckets} speed buckets equal the fold"
     );
@@ -615,31 +614,6 @@ fn produce(venv: &Path, bootstrap: &str, lines: &[String], raw: bool) {
     );
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["produced"].as_u64(), Some(lines.len() as u64));
-}
-
-/// Every record of `topic`, partition by partition.
-async fn read_all(log: &KafkaLog, topic: &str) -> Vec<lambda_log::StoredRecord> {
-    let mut out = Vec::new();
-    for (partition, range) in log.ranges(topic).await.unwrap().iter().enumerate() {
-        let mut offset = range.start;
-        while offset < range.end {
-            let position = FetchPosition {
-                topic: topic.into(),
-                partition: partition as u32,
-                offset,
-            };
-            let records = log
-                .fetch(&[position], 1000, Duration::from_secs(2))
-                .await
-                .unwrap();
-            if records.is_empty() {
-                break;
-            }
-            offset = records.last().unwrap().offset + 1;
-            out.extend(records);
-        }
-    }
-    out
 }
 
 /// Waits until the speed layer has consumed everything and a batch run has

@@ -12,7 +12,7 @@ use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::Value;
 
 mod common;
-use common::{MINUTE, check_funnel, check_iot, fold, get};
+use common::{MINUTE, check_funnel, check_iot, fold, get, post_lines};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 /// A schedule that never fires during the test: runs are triggered.
@@ -75,23 +75,7 @@ async fn check_pipeline(config: DemoConfig) {
 
     // Feed the lines in NDJSON batches, as a producer would.
     let (lines, malformed) = generated_lines();
-    let (mut accepted, mut rejected) = (0, 0);
-    for chunk in lines.chunks(500) {
-        let body: Vec<u8> = chunk
-            .iter()
-            .flat_map(|l| l.iter().copied().chain([b'\n']))
-            .collect();
-        let response = client
-            .post(format!("{base}/api/v1/events"))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        let json: Value = response.json().await.unwrap();
-        accepted += json["accepted"].as_u64().unwrap();
-        rejected += json["rejected"].as_array().unwrap().len();
-    }
+    let (accepted, rejected) = post_lines(&client, &base, &lines).await;
     assert_eq!(
         rejected, malformed,
         "every malformed line, and only those, is rejected"

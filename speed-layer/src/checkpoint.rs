@@ -106,21 +106,12 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
             }
         })
         .collect();
-    let c = state.counters;
     let file = CheckpointFile {
         format_version: FORMAT_VERSION,
         max_event_ts: state.max_event_ts,
-        offsets: state
-            .offsets
-            .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
-            .collect(),
-        late_ledger: state
-            .late_ledger
-            .iter()
-            .map(|((t, s), n)| (*t, *s, *n))
-            .collect(),
-        counters: (c.counted, c.duplicates, c.late, c.invalid),
+        offsets: state.offsets_list(),
+        late_ledger: state.ledger_list(),
+        counters: state.counters.as_tuple(),
         evicted_before: state.evicted_before,
         windows,
     };

@@ -54,7 +54,6 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64) -> Snapshot {
         .filter(|(_, w)| full || w.version > since)
         .map(|(start, w)| (*start, ViewsWire::from_views(&w.views)))
         .collect();
-    let c = state.counters;
     Snapshot {
         epoch: state.epoch,
         seq: state.seq,
@@ -63,17 +62,9 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64) -> Snapshot {
         starts: state.windows.keys().copied().collect(),
         max_event_ts: state.max_event_ts,
         allowed_lateness_ms: state.allowed_lateness_ms,
-        offsets: state
-            .offsets
-            .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
-            .collect(),
-        late_ledger: state
-            .late_ledger
-            .iter()
-            .map(|((t, s), n)| (*t, *s, *n))
-            .collect(),
-        counters: (c.counted, c.duplicates, c.late, c.invalid),
+        offsets: state.offsets_list(),
+        late_ledger: state.ledger_list(),
+        counters: state.counters.as_tuple(),
         last_checkpoint_ms: state.last_checkpoint_ms,
         batch_boundary: state.batch_boundary,
     }

@@ -63,6 +63,13 @@ fn new_epoch() -> u64 {
         .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+impl SpeedCounters {
+    /// `(counted, duplicates, late, invalid)`.
+    pub fn as_tuple(&self) -> (u64, u64, u64, u64) {
+        (self.counted, self.duplicates, self.late, self.invalid)
+    }
+}
+
 /// The whole state: windows, watermark, ledger, consumed offsets.
 #[derive(Debug, Clone)]
 pub struct SpeedState {
@@ -156,6 +163,22 @@ impl SpeedState {
         let evicted = std::mem::replace(&mut self.windows, kept).len();
         self.late_ledger.retain(|(_, start), _| *start >= keep_from);
         evicted
+    }
+
+    /// `(topic, partition, next offset)`, sorted.
+    pub fn offsets_list(&self) -> Vec<(String, u32, u64)> {
+        self.offsets
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect()
+    }
+
+    /// `(topic, window start, late events)`, sorted.
+    pub fn ledger_list(&self) -> Vec<(Topic, i64, u64)> {
+        self.late_ledger
+            .iter()
+            .map(|((t, s), n)| (*t, *s, *n))
+            .collect()
     }
 
     /// Late events per topic over the ledger's horizon.

@@ -217,3 +217,62 @@ pub fn check_iot(body: &Value, expected: &BTreeMap<i64, Iot>, boundary: i64) {
         }
     }
 }
+
+/// POSTs `lines` to an ingest endpoint in NDJSON batches of 500; returns
+/// (accepted, rejected) as the collector answered.
+pub async fn post_lines(client: &reqwest::Client, base: &str, lines: &[Vec<u8>]) -> (u64, usize) {
+    let (mut accepted, mut rejected) = (0, 0);
+    for chunk in lines.chunks(500) {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect();
+        let response = client
+            .post(format!("{base}/api/v1/events"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let json: Value = response.json().await.unwrap();
+        accepted += json["accepted"].as_u64().unwrap();
+        rejected += json["rejected"].as_array().unwrap().len();
+    }
+    (accepted, rejected)
+}
+
+/// What [`check_answers`] found.
+pub struct Checked {
+    /// The 1-minute funnel response.
+    pub funnel: Value,
+    /// The boundary B the fold implies (and the response said).
+    pub boundary: i64,
+    /// Buckets with data answered by batch and by speed.
+    pub batch_buckets: usize,
+    pub speed_buckets: usize,
+}
+
+/// Checks every 1-minute funnel and IoT bucket in `[from, to)` against the
+/// fold of `lines`, with B = floor(max ts − 60 s).
+pub async fn check_answers(
+    client: &reqwest::Client,
+    base: &str,
+    lines: &[Vec<u8>],
+    from: i64,
+    to: i64,
+) -> Checked {
+    let (funnel_expected, iot_expected, max_ts) = fold(lines);
+    let boundary = (max_ts - 60_000).div_euclid(MINUTE) * MINUTE;
+    let range = format!("from={from}&to={to}");
+    let funnel = get(client, format!("{base}/api/v1/funnel?{range}&step=1m")).await;
+    assert_eq!(funnel["boundary"].as_i64(), Some(boundary));
+    let (batch_buckets, speed_buckets) = check_funnel(&funnel, &funnel_expected, boundary);
+    let iot = get(client, format!("{base}/api/v1/iot?{range}&step=1m")).await;
+    check_iot(&iot, &iot_expected, boundary);
+    Checked {
+        funnel,
+        boundary,
+        batch_buckets,
+        speed_buckets,
+    }
+}
