@@ -55,6 +55,16 @@ if [ ! -x "$venv/bin/docker-compose" ] || ! "$venv/bin/python" -c 'import conflu
 fi
 export LAMBDA_TEST_VENV="$venv"
 
+# Keep the cached target dir from growing without bound: test executables
+# (each a few hundred MB with DuckDB linked in) not rebuilt for a day are
+# stale, and incremental state is of no use to a test run.
+export CARGO_INCREMENTAL=0
+if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
+  find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x -mtime +1 \
+    ! -name '*.so' ! -name '*.rlib' ! -name '*.rmeta' -delete
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

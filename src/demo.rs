@@ -126,6 +126,9 @@ impl Demo {
             ..SpeedConfig::with_data_dir(data_dir)
         };
         let speed = lambda_speed::new_views(&speed_config);
+        lambda_speed::restore(&speed_config, &speed)
+            .await
+            .context("restoring the speed layer")?;
         {
             let (log, speed, token) = (Arc::clone(&log), Arc::clone(&speed), shutdown.clone());
             supervisor.spawn("speed", lambda_speed::run(speed_config, log, speed, token));

@@ -211,6 +211,9 @@ pub async fn speed(
         ));
     }
     let views = lambda_speed::new_views(&config);
+    lambda_speed::restore(&config, &views)
+        .await
+        .context("restoring the speed layer")?;
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
     {
         let (log, views, token) = (

@@ -12,7 +12,7 @@ use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::Value;
 
 mod common;
-use common::{MINUTE, check_funnel, check_iot, fold, get, post_lines};
+use common::{MINUTE, check_funnel, check_iot, check_pages, fold, get, post_lines};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 /// A schedule that never fires during the test: runs are triggered.
@@ -111,6 +111,8 @@ async fn check_pipeline(config: DemoConfig) {
     );
     let iot = get(&client, format!("{base}/api/v1/iot?{range}&step=1m")).await;
     check_iot(&iot, &iot_expected, boundary);
+    let pages = get(&client, format!("{base}/api/v1/pages?{range}&step=1m")).await;
+    assert!(check_pages(&pages, &funnel_expected, boundary) > 5);
 
     // A 5-minute roll-up that spans B is mixed and sums its minutes.
     let rollup = get(&client, format!("{base}/api/v1/funnel?{range}&step=5m")).await;

@@ -1,4 +1,5 @@
--- Funnel view: per 1-minute bucket and campaign, the counters of lambda_events::kpi::FunnelCounts.
+-- Funnel view: per 1-minute bucket and campaign, the counters of lambda_events::kpi::FunnelCounts
+-- and the distinct users (lambda_events::sketch::Hll).
 -- Input: `events`, the deduplicated funnel-events of one hour of the master dataset.
 SELECT
     CAST((epoch_ms(ts) // 60000) * 60000 AS BIGINT)                                      AS bucket_start,
@@ -9,7 +10,9 @@ SELECT
     CAST(count(*) FILTER (WHERE event_type = 'purchase') AS BIGINT)                      AS purchases,
     CAST(coalesce(sum(amount_cents) FILTER (WHERE event_type = 'purchase'), 0) AS BIGINT) AS revenue_cents,
     CAST(count(*) FILTER (WHERE event_type = 'signup_start') AS BIGINT)                  AS signup_starts,
-    CAST(count(*) FILTER (WHERE event_type = 'signup_complete') AS BIGINT)               AS signup_completes
+    CAST(count(*) FILTER (WHERE event_type = 'signup_complete') AS BIGINT)               AS signup_completes,
+    -- Folded into a HyperLogLog (users_hll) by the batch layer before the file is written.
+    list(DISTINCT user_id ORDER BY user_id)                                              AS users
 FROM events
 WHERE event_type IN ('impression', 'click', 'add_to_cart', 'purchase', 'signup_start', 'signup_complete')
 GROUP BY 1, 2

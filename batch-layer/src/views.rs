@@ -10,11 +10,13 @@ use anyhow::Context;
 use arrow::compute::cast;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, RecordBatch};
-use arrow_schema::{DataType, SchemaRef};
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
-use lambda_events::{BucketViews, Topic};
+use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -130,8 +132,96 @@ impl ViewEngine {
             .with_context(|| format!("running view {}", view.name))?;
         let schema = arrow.get_schema();
         let batches: Vec<RecordBatch> = arrow.collect();
-        Ok((schema, batches))
+        fold_sketches(schema, batches)
     }
+}
+
+/// List columns the SQL returns, and the sketch column each is folded into.
+const SKETCH_COLUMNS: [(&str, &str); 2] =
+    [("users", "users_hll"), ("render_values", "render_sketch")];
+
+/// Replaces each list column of [`SKETCH_COLUMNS`] by its sketch's bytes
+/// (the same form the speed layer keeps), so view files hold sketches, not lists.
+fn fold_sketches(
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut plan: Vec<(usize, Option<&str>)> = Vec::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        match SKETCH_COLUMNS.iter().find(|(list, _)| list == field.name()) {
+            Some((_, sketch)) => {
+                fields.push(Field::new(*sketch, DataType::Binary, false));
+                plan.push((i, Some(field.name().as_str())));
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                plan.push((i, None));
+            }
+        }
+    }
+    if plan.iter().all(|(_, list)| list.is_none()) {
+        return Ok((schema, batches));
+    }
+    let out_schema: SchemaRef = Arc::new(Schema::new(fields));
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let columns = plan
+            .iter()
+            .map(|(i, list)| match list {
+                None => Ok(Arc::clone(batch.column(*i))),
+                Some(name) => sketch_column(name, batch.column(*i).as_ref()),
+            })
+            .collect::<anyhow::Result<Vec<ArrayRef>>>()?;
+        out.push(RecordBatch::try_new(Arc::clone(&out_schema), columns)?);
+    }
+    Ok((out_schema, out))
+}
+
+fn sketch_column(name: &str, column: &dyn Array) -> anyhow::Result<ArrayRef> {
+    let list = column
+        .as_list_opt::<i32>()
+        .with_context(|| format!("column {name} is not a list"))?;
+    let mut rows: Vec<Vec<u8>> = Vec::with_capacity(list.len());
+    for i in 0..list.len() {
+        let values = if list.is_null(i) {
+            None
+        } else {
+            Some(list.value(i))
+        };
+        let bytes = if name == "users" {
+            let mut hll = Hll::new();
+            if let Some(values) = values {
+                let values = cast(&values, &DataType::Utf8)?;
+                for user in values.as_string::<i32>().iter().flatten() {
+                    hll.add(user.as_bytes());
+                }
+            }
+            hll.to_bytes()
+        } else {
+            let mut sketch = DdSketch::new();
+            if let Some(values) = values {
+                let values = cast(&values, &DataType::Float64)?;
+                for v in values.as_primitive::<Float64Type>().iter().flatten() {
+                    sketch.add(v);
+                }
+            }
+            sketch.to_bytes()
+        };
+        rows.push(bytes);
+    }
+    Ok(Arc::new(BinaryArray::from_iter_values(rows)))
+}
+
+fn binaries(batch: &RecordBatch, name: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let array = column(batch, name)?;
+    let array = array
+        .as_binary_opt::<i32>()
+        .with_context(|| format!("column {name} is not binary"))?;
+    Ok(array
+        .iter()
+        .map(|v| v.unwrap_or_default().to_vec())
+        .collect())
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a dyn Array> {
@@ -206,6 +296,13 @@ pub fn apply_view_file(
                         .funnel
                         .insert(campaign[i].clone(), counts);
                 }
+                for (i, bytes) in binaries(&batch, "users_hll")?.iter().enumerate() {
+                    let hll = Hll::from_bytes(bytes)?;
+                    if !hll.is_empty() {
+                        let bucket = buckets.entry(starts[i]).or_default();
+                        bucket.users.insert(campaign[i].clone(), hll);
+                    }
+                }
             }
             "pages" => {
                 let (page, device, views, errors) = (
@@ -224,6 +321,15 @@ pub fn apply_view_file(
                         .or_default()
                         .pages
                         .insert((page[i].clone(), device[i].clone()), counts);
+                }
+                for (i, bytes) in binaries(&batch, "render_sketch")?.iter().enumerate() {
+                    let sketch = DdSketch::from_bytes(bytes)?;
+                    if sketch.count() > 0 {
+                        let bucket = buckets.entry(starts[i]).or_default();
+                        bucket
+                            .render
+                            .insert((page[i].clone(), device[i].clone()), sketch);
+                    }
                 }
             }
             "iot_sensors" => {
@@ -290,8 +396,14 @@ pub fn apply_view_file(
 fn clear_view(view: &str, hour_start_ms: i64, buckets: &mut BTreeMap<i64, BucketViews>) {
     for (_, bucket) in buckets.range_mut(hour_start_ms..hour_start_ms + HOUR_MS) {
         match view {
-            "funnel" => bucket.funnel.clear(),
-            "pages" => bucket.pages.clear(),
+            "funnel" => {
+                bucket.funnel.clear();
+                bucket.users.clear();
+            }
+            "pages" => {
+                bucket.pages.clear();
+                bucket.render.clear();
+            }
             "iot_sensors" => bucket.sensors.clear(),
             _ => bucket.devices.clear(),
         }

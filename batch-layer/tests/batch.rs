@@ -107,6 +107,10 @@ fn assert_same_views(batch: &BTreeMap<i64, BucketViews>, speed: &BTreeMap<i64, B
         assert_eq!(b.funnel, s.funnel, "funnel at {start}");
         assert_eq!(b.pages, s.pages, "pages at {start}");
         assert_eq!(b.devices, s.devices, "devices at {start}");
+        // The sketches are the same bytes: same registers, same bins.
+        assert_eq!(b.users, s.users, "distinct-user sketches at {start}");
+        assert_eq!(b.render, s.render, "render-time sketches at {start}");
+        assert!(!b.users.is_empty() || b.funnel.is_empty());
         assert_eq!(b.sensors.len(), s.sensors.len(), "sensors at {start}");
         for (key, bs) in &b.sensors {
             let ss = &s.sensors[key];

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{DeviceStatus, Event, EventType, Severity};
+use crate::sketch::{DdSketch, Hll};
 
 /// Funnel counters for one bucket (and one campaign).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +303,11 @@ pub struct BucketViews {
     pub sensors: HashMap<(String, String), SensorStats>,
     /// Status and alarm counters by `device_id`.
     pub devices: HashMap<String, DeviceCounts>,
+    /// Distinct `user_id`s of funnel events, by `campaign_id` (`distinct_users`).
+    pub users: HashMap<String, Hll>,
+    /// `render_ms` of page views, by (`page`, `device`) (the render-time percentiles);
+    /// present only where a page view carried a render time.
+    pub render: HashMap<(String, String), DdSketch>,
 }
 
 impl BucketViews {
@@ -310,20 +316,27 @@ impl BucketViews {
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
         let t = event.event_type;
         if FunnelCounts::counts(t) {
-            self.funnel
-                .entry(text(&event.campaign_id))
-                .or_default()
-                .add(event);
+            let campaign = text(&event.campaign_id);
+            if let Some(user) = &event.user_id {
+                self.users
+                    .entry(campaign.clone())
+                    .or_default()
+                    .add(user.as_bytes());
+            }
+            self.funnel.entry(campaign).or_default().add(event);
         }
         if PageCounts::counts(t) {
             let device = event
                 .device
                 .map(|d| d.as_str().to_string())
                 .unwrap_or_default();
-            self.pages
-                .entry((text(&event.page), device))
-                .or_default()
-                .add(event);
+            let key = (text(&event.page), device);
+            if t == EventType::PageView
+                && let Some(render_ms) = event.render_ms
+            {
+                self.render.entry(key.clone()).or_default().add(render_ms);
+            }
+            self.pages.entry(key).or_default().add(event);
         }
         if t == EventType::SensorReading
             && let (Some(device_id), Some(sensor), Some(value)) =
@@ -363,6 +376,12 @@ impl BucketViews {
         }
         for (k, v) in &other.devices {
             self.devices.entry(k.clone()).or_default().merge(v);
+        }
+        for (k, v) in &other.users {
+            self.users.entry(k.clone()).or_default().merge(v);
+        }
+        for (k, v) in &other.render {
+            self.render.entry(k.clone()).or_default().merge(v);
         }
     }
 

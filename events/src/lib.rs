@@ -9,8 +9,10 @@ pub mod codec;
 pub mod event;
 pub mod kpi;
 pub mod prometheus;
+pub mod sketch;
 
 pub use bucket::{Step, floor_to};
 pub use codec::{ParsedLine, parse_body};
 pub use event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};
 pub use kpi::BucketViews;
+pub use sketch::{DdSketch, Hll};

@@ -8,8 +8,8 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use lambda_events::BucketViews;
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
+use lambda_events::{BucketViews, DdSketch, Hll};
 use serde_json::{Value, json};
 
 use crate::ServingState;
@@ -83,14 +83,18 @@ async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Res
     respond(
         &state,
         range,
-        |acc: &mut FunnelCounts, views| {
+        |acc: &mut FunnelAcc, views| {
             for (c, counts) in &views.funnel {
                 if campaign.is_none_or(|want| want == c) {
-                    acc.merge(counts);
+                    acc.counts.merge(counts);
+                    if let Some(users) = views.users.get(c) {
+                        acc.users.merge(users);
+                    }
                 }
             }
         },
-        |c| {
+        |acc| {
+            let c = &acc.counts;
             json!({
                 "impressions": c.impressions,
                 "clicks": c.clicks,
@@ -99,7 +103,7 @@ async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Res
                 "revenue_cents": c.revenue_cents,
                 "signup_starts": c.signup_starts,
                 "signup_completes": c.signup_completes,
-                "distinct_users": null,
+                "distinct_users": acc.users.estimate(),
                 "ctr": c.ctr(),
                 "conversion": c.conversion(),
             })
@@ -122,23 +126,40 @@ async fn pages(State(state): State<ServingState>, Query(params): Params) -> Resp
     respond(
         &state,
         range,
-        |acc: &mut PageCounts, views| {
+        |acc: &mut PagesAcc, views| {
             for ((p, d), counts) in &views.pages {
                 if device.is_none_or(|want| want == d) && page.is_none_or(|want| want == p) {
-                    acc.merge(counts);
+                    acc.counts.merge(counts);
+                    if let Some(render) = views.render.get(&(p.clone(), d.clone())) {
+                        acc.render.merge(render);
+                    }
                 }
             }
         },
-        |c| {
+        |acc| {
             json!({
-                "page_views": c.page_views,
-                "errors": c.errors,
-                "render_ms_p50": null,
-                "render_ms_p95": null,
-                "render_ms_p99": null,
+                "page_views": acc.counts.page_views,
+                "errors": acc.counts.errors,
+                "render_ms_p50": acc.render.quantile(0.50),
+                "render_ms_p95": acc.render.quantile(0.95),
+                "render_ms_p99": acc.render.quantile(0.99),
             })
         },
     )
+}
+
+/// A funnel bucket: counters and the union of its users.
+#[derive(Default)]
+struct FunnelAcc {
+    counts: FunnelCounts,
+    users: Hll,
+}
+
+/// A pages bucket: counters and the merged render-time sketch.
+#[derive(Default)]
+struct PagesAcc {
+    counts: PageCounts,
+    render: DdSketch,
 }
 
 #[derive(Default)]

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
-use lambda_events::{BucketViews, Topic};
+use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use serde::{Deserialize, Serialize};
 
 use crate::window::{SpeedCounters, SpeedState, Window};
@@ -43,6 +43,10 @@ pub struct ViewsWire {
     pages: Vec<(String, String, PageCounts)>,
     sensors: Vec<(String, String, SensorStats)>,
     devices: Vec<(String, DeviceCounts)>,
+    #[serde(default)]
+    users: Vec<(String, Hll)>,
+    #[serde(default)]
+    render: Vec<(String, String, DdSketch)>,
 }
 
 impl ViewsWire {
@@ -64,11 +68,25 @@ impl ViewsWire {
         pages.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         sensors.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         devices.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut users: Vec<_> = v
+            .users
+            .iter()
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect();
+        users.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut render: Vec<_> = v
+            .render
+            .iter()
+            .map(|((p, d), s)| (p.clone(), d.clone(), s.clone()))
+            .collect();
+        render.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         ViewsWire {
             funnel,
             pages,
             sensors,
             devices,
+            users,
+            render,
         }
     }
 
@@ -87,6 +105,12 @@ impl ViewsWire {
                 .map(|(d, s, c)| ((d, s), c))
                 .collect(),
             devices: self.devices.into_iter().collect(),
+            users: self.users.into_iter().collect(),
+            render: self
+                .render
+                .into_iter()
+                .map(|(p, d, s)| ((p, d), s))
+                .collect(),
         }
     }
 }

@@ -19,14 +19,10 @@ const FETCH_MAX_RECORDS: usize = 4096;
 /// How long a fetch waits for new records before the loop looks around again.
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 
-/// Runs the speed layer until `shutdown` fires.
-#[tracing::instrument(name = "speed", skip_all)]
-pub async fn run(
-    config: SpeedConfig,
-    log: Arc<dyn EventLog>,
-    views: SpeedViews,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Loads the checkpoint, if there is one, into `views`. Call it before
+/// [`run`] and before serving reads `views`, so no answer is given from an
+/// empty state that is about to be replaced.
+pub async fn restore(config: &SpeedConfig, views: &SpeedViews) -> anyhow::Result<()> {
     let path = config.checkpoint_path.clone();
     let (lateness, horizon) = (config.allowed_lateness_ms, config.horizon_ms);
     let restored = tokio::task::spawn_blocking(move || checkpoint::load(&path, lateness, horizon))
@@ -39,11 +35,23 @@ pub async fn run(
             "restored speed layer checkpoint"
         );
         let mut current = views.write();
-        // Serving may already have told us B while the checkpoint was loading.
+        // Serving may already have told us B.
         let batch_boundary = current.batch_boundary;
         *current = state;
         current.batch_boundary = batch_boundary;
     }
+    Ok(())
+}
+
+/// Runs the speed layer until `shutdown` fires, from the state in `views`
+/// (see [`restore`]) and the offsets it holds.
+#[tracing::instrument(name = "speed", skip_all)]
+pub async fn run(
+    config: SpeedConfig,
+    log: Arc<dyn EventLog>,
+    views: SpeedViews,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut positions = initial_positions(&config, log.as_ref(), &views).await?;
     tracing::info!(
         partitions = positions.len(),

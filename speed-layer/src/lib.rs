@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
-pub use consumer::run;
+pub use consumer::{restore, run};
 pub use window::{Applied, SpeedState};
 
 impl SpeedConfig {

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde_json::Value;
 
@@ -19,6 +19,12 @@ pub struct Funnel {
     pub revenue_cents: i64,
     pub signup_starts: u64,
     pub signup_completes: u64,
+    /// The distinct users of the counted events (checked against the HLL estimate).
+    pub users: BTreeSet<String>,
+    /// Page views, errors and the render times of page views, by bucket.
+    pub page_views: u64,
+    pub errors: u64,
+    pub render_ms: Vec<f64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -82,7 +88,26 @@ pub fn fold(lines: &[Vec<u8>]) -> (BTreeMap<i64, Funnel>, BTreeMap<i64, Iot>, i6
             }
             "signup_start" => f.signup_starts += 1,
             "signup_complete" => f.signup_completes += 1,
+            "page_view" => {
+                f.page_views += 1;
+                if let Some(ms) = v["render_ms"].as_f64() {
+                    f.render_ms.push(ms);
+                }
+            }
+            "error" => f.errors += 1,
             _ => {}
+        }
+        if [
+            "impression",
+            "click",
+            "add_to_cart",
+            "purchase",
+            "signup_start",
+            "signup_complete",
+        ]
+        .contains(&kind)
+        {
+            f.users.insert(v["user_id"].as_str().unwrap().to_string());
         }
         let i = iot.entry(bucket).or_default();
         match kind {
@@ -146,15 +171,29 @@ pub fn check_funnel(
             revenue_cents: bucket["revenue_cents"].as_i64().unwrap(),
             signup_starts: bucket["signup_starts"].as_u64().unwrap(),
             signup_completes: bucket["signup_completes"].as_u64().unwrap(),
+            ..Funnel::default()
+        };
+        let counters = Funnel {
+            users: BTreeSet::new(),
+            page_views: 0,
+            errors: 0,
+            render_ms: Vec::new(),
+            ..want.clone()
         };
         let layer = bucket["layer"].as_str().unwrap();
-        assert_eq!(got, want, "funnel bucket {start} ({layer})");
+        assert_eq!(got, counters, "funnel bucket {start} ({layer})");
+        let distinct = bucket["distinct_users"].as_u64().unwrap();
+        let exact = want.users.len() as u64;
+        assert!(
+            distinct.abs_diff(exact) <= exact / 20 + 1,
+            "distinct users at {start} ({layer}): estimate {distinct}, exact {exact}"
+        );
         let expected_layer = if start < boundary { "batch" } else { "speed" };
         assert_eq!(
             layer, expected_layer,
             "bucket {start} against boundary {boundary}"
         );
-        if want != Funnel::default() {
+        if counters != Funnel::default() {
             if layer == "batch" {
                 batch += 1
             } else {
@@ -269,10 +308,59 @@ pub async fn check_answers(
     let (batch_buckets, speed_buckets) = check_funnel(&funnel, &funnel_expected, boundary);
     let iot = get(client, format!("{base}/api/v1/iot?{range}&step=1m")).await;
     check_iot(&iot, &iot_expected, boundary);
+    let pages = get(client, format!("{base}/api/v1/pages?{range}&step=1m")).await;
+    check_pages(&pages, &funnel_expected, boundary);
     Checked {
         funnel,
         boundary,
         batch_buckets,
         speed_buckets,
     }
+}
+
+/// Checks the pages endpoint's buckets (all pages and devices) against the
+/// fold: counts exactly, render-time percentiles within DDSketch's 1%.
+pub fn check_pages(body: &Value, expected: &BTreeMap<i64, Funnel>, boundary: i64) -> usize {
+    let mut with_percentiles = 0;
+    for bucket in body["buckets"].as_array().unwrap() {
+        let start = bucket["start"].as_i64().unwrap();
+        let want = expected.get(&start).cloned().unwrap_or_default();
+        assert_eq!(
+            bucket["layer"],
+            if start < boundary { "batch" } else { "speed" }
+        );
+        assert_eq!(
+            bucket["page_views"].as_u64().unwrap(),
+            want.page_views,
+            "page views at {start}"
+        );
+        assert_eq!(
+            bucket["errors"].as_u64().unwrap(),
+            want.errors,
+            "errors at {start}"
+        );
+        let mut sorted = want.render_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        for (name, q) in [
+            ("render_ms_p50", 0.5),
+            ("render_ms_p95", 0.95),
+            ("render_ms_p99", 0.99),
+        ] {
+            if sorted.is_empty() {
+                assert!(
+                    bucket[name].is_null(),
+                    "{name} at {start} without render times"
+                );
+                continue;
+            }
+            let exact = sorted[(q * (sorted.len() - 1) as f64).floor() as usize];
+            let got = bucket[name].as_f64().unwrap();
+            assert!(
+                (got - exact).abs() <= 0.01 * exact + 1e-9,
+                "{name} at {start}: {got} vs {exact}"
+            );
+        }
+        with_percentiles += usize::from(!sorted.is_empty());
+    }
+    with_percentiles
 }
