@@ -55,6 +55,8 @@ pub struct DemoConfig {
     pub partitions: u32,
     /// Allowed lateness of the speed layer (and the boundary B).
     pub allowed_lateness_ms: i64,
+    /// When a quiet partition stops holding the speed layer's watermark back.
+    pub idle_timeout: std::time::Duration,
     /// Show a progress line for the generator.
     pub progress: bool,
     /// The log; `None` is the embedded log under `data_dir/log`.
@@ -75,6 +77,7 @@ impl DemoConfig {
             batch_schedule: lambda_batch::DEFAULT_SCHEDULE.to_string(),
             partitions: lambda_ingest::DEFAULT_PARTITIONS,
             allowed_lateness_ms: 60_000,
+            idle_timeout: std::time::Duration::from_secs(30),
             progress: false,
             log_url: None,
             lake_url: None,
@@ -114,6 +117,7 @@ impl Demo {
             lake_options: config.lake_options.clone(),
             partitions: config.partitions,
             allowed_lateness_ms: config.allowed_lateness_ms,
+            idle_timeout: config.idle_timeout,
         };
         let log = shared.open_log().await?;
         let lake = shared.open_lake()?;
@@ -123,6 +127,7 @@ impl Demo {
         // Speed layer. The collector already dead-letters invalid lines.
         let speed_config = SpeedConfig {
             allowed_lateness_ms: config.allowed_lateness_ms,
+            idle_timeout: config.idle_timeout,
             ..SpeedConfig::with_data_dir(data_dir)
         };
         let speed = lambda_speed::new_views(&speed_config);

@@ -54,6 +54,9 @@ struct SharedArgs {
     /// How far the watermark trails the newest event, e.g. 60s.
     #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = duration::parse)]
     allowed_lateness: Duration,
+    /// A partition that sends nothing for this long stops holding the speed layer's watermark back, e.g. 30s.
+    #[arg(long, env = "LAMBDA_IDLE_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    idle_timeout: Duration,
     #[command(flatten)]
     lake: LakeArgs,
 }
@@ -67,6 +70,7 @@ impl SharedArgs {
             lake_options: self.lake.options(),
             partitions: self.partitions,
             allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
+            idle_timeout: self.idle_timeout,
         }
     }
 }
@@ -350,6 +354,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         batch_schedule: args.batch_schedule,
         partitions: shared.partitions,
         allowed_lateness_ms: shared.allowed_lateness_ms,
+        idle_timeout: shared.idle_timeout,
         progress: false,
         log_url: shared.log_url,
         lake_options: shared.lake_options,

@@ -54,6 +54,8 @@ pub struct Shared {
     pub partitions: u32,
     /// Allowed lateness of the speed layer and the batch boundary.
     pub allowed_lateness_ms: i64,
+    /// When a quiet partition stops holding the speed layer's watermark back.
+    pub idle_timeout: Duration,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
             lake_options: Vec::new(),
             partitions: lambda_ingest::DEFAULT_PARTITIONS,
             allowed_lateness_ms: 60_000,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 
@@ -201,6 +204,7 @@ pub async fn speed(
     let lake = shared.open_lake()?;
     let mut config = SpeedConfig {
         allowed_lateness_ms: shared.allowed_lateness_ms,
+        idle_timeout: shared.idle_timeout,
         instance: (instance.index, instance.count),
         ..SpeedConfig::with_data_dir(&shared.data_dir)
     };

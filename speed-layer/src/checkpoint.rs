@@ -13,7 +13,7 @@ use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
 use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use serde::{Deserialize, Serialize};
 
-use crate::window::{SpeedCounters, SpeedState, Window};
+use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -26,6 +26,11 @@ struct CheckpointFile {
     counters: (u64, u64, u64, u64),
     evicted_before: i64,
     windows: Vec<WindowFile>,
+    /// `(topic, partition, max event time)`.
+    #[serde(default)]
+    clocks: Vec<(String, u32, i64)>,
+    #[serde(default)]
+    watermark: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,6 +143,12 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
         counters: state.counters.as_tuple(),
         evicted_before: state.evicted_before,
         windows,
+        clocks: state
+            .clocks
+            .iter()
+            .map(|c| (c.topic.clone(), c.partition, c.max_ts))
+            .collect(),
+        watermark: state.watermark_ms,
     };
     serde_json::to_vec(&file).expect("checkpoint serializes")
 }
@@ -174,6 +185,20 @@ pub fn decode(
         invalid,
     };
     state.evicted_before = file.evicted_before;
+    state.clocks = file
+        .clocks
+        .into_iter()
+        .map(|(topic, partition, max_ts)| PartitionClock {
+            topic,
+            partition,
+            max_ts,
+            idle: false,
+        })
+        .collect();
+    // Checkpoints from before per-partition clocks: the watermark they implied.
+    state.watermark_ms = file
+        .watermark
+        .or_else(|| file.max_event_ts.map(|ts| ts - allowed_lateness_ms));
     state.windows = file
         .windows
         .into_iter()

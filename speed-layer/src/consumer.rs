@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::{Event, Topic};
@@ -59,6 +59,11 @@ pub async fn run(
         instances = config.instance.1,
         "speed layer consuming"
     );
+    // When each partition last delivered a record (for idleness).
+    let mut last_record: Vec<((String, u32), Instant)> = positions
+        .iter()
+        .map(|p| ((p.topic.clone(), p.partition), Instant::now()))
+        .collect();
     let mut checkpoint_timer = tokio::time::interval(config.checkpoint_interval);
     checkpoint_timer.tick().await;
     loop {
@@ -71,6 +76,7 @@ pub async fn run(
             fetched = log.fetch(&positions, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
                 match fetched {
                     Ok(records) => {
+                        mark_idleness(&views, &mut last_record, &records, config.idle_timeout);
                         let invalid = apply(&views, &mut positions, records);
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
@@ -94,6 +100,26 @@ pub async fn run(
     write_checkpoint(&config, log.as_ref(), &views).await?;
     tracing::info!("speed layer stopped");
     Ok(())
+}
+
+/// Notes which partitions delivered, and marks idle those that have not for `timeout`.
+fn mark_idleness(
+    views: &SpeedViews,
+    last_record: &mut [((String, u32), Instant)],
+    records: &[lambda_log::StoredRecord],
+    timeout: Duration,
+) {
+    let now = Instant::now();
+    for ((topic, partition), at) in last_record.iter_mut() {
+        if records
+            .iter()
+            .any(|r| r.partition == *partition && r.topic == *topic)
+        {
+            *at = now;
+        } else if now.duration_since(*at) >= timeout {
+            views.write().set_idle(topic, *partition, true);
+        }
+    }
 }
 
 /// Writes invalid records to `dead-letter`, retrying while the log is
@@ -171,7 +197,7 @@ fn apply(
     for stored in records {
         match Event::from_record(&stored.record.value, &stored.topic) {
             Ok(event) => {
-                state.apply(&event);
+                state.apply_from(&stored.topic, stored.partition, &event);
             }
             Err(error) => {
                 state.counters.invalid += 1;

@@ -14,7 +14,7 @@ use lambda_events::{BucketViews, Topic};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::ViewsWire;
-use crate::window::{SpeedCounters, SpeedState, Window};
+use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
 /// What one poll returns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub last_checkpoint_ms: Option<i64>,
     /// The batch boundary B this instance knows.
     pub batch_boundary: Option<i64>,
+    /// The instance's watermark.
+    pub watermark: Option<i64>,
+    /// `(topic, partition, max event time, idle)` per partition.
+    pub clocks: Vec<(String, u32, i64, bool)>,
 }
 
 /// The snapshot a reader holding `(epoch, since)` needs.
@@ -67,6 +71,12 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64) -> Snapshot {
         counters: state.counters.as_tuple(),
         last_checkpoint_ms: state.last_checkpoint_ms,
         batch_boundary: state.batch_boundary,
+        watermark: state.watermark_ms,
+        clocks: state
+            .clocks
+            .iter()
+            .map(|c| (c.topic.clone(), c.partition, c.max_ts, c.idle))
+            .collect(),
     }
 }
 
@@ -112,7 +122,18 @@ pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
         .max()
         .unwrap_or(0);
     let mut state = SpeedState::new(lateness, horizon_ms);
-    state.max_event_ts = mirrors.iter().filter_map(|m| m.meta.max_event_ts).min();
+    state.max_event_ts = mirrors.iter().filter_map(|m| m.meta.max_event_ts).max();
+    state.watermark_ms = mirrors.iter().filter_map(|m| m.meta.watermark).min();
+    state.clocks = mirrors
+        .iter()
+        .flat_map(|m| m.meta.clocks.iter())
+        .map(|(topic, partition, max_ts, idle)| PartitionClock {
+            topic: topic.clone(),
+            partition: *partition,
+            max_ts: *max_ts,
+            idle: *idle,
+        })
+        .collect();
     state.batch_boundary = mirrors.iter().filter_map(|m| m.meta.batch_boundary).max();
     state.last_checkpoint_ms = mirrors
         .iter()

@@ -51,6 +51,9 @@ pub struct SpeedConfig {
     /// reason). On when the speed layer is the first reader of topics that
     /// other producers write to; the collector already dead-letters what it is sent.
     pub dead_letter_invalid: bool,
+    /// A partition that delivers no record for this long stops holding the
+    /// watermark back (Flink's `withIdleness`) until it delivers again.
+    pub idle_timeout: Duration,
 }
 
 impl SpeedConfig {
@@ -63,6 +66,7 @@ impl SpeedConfig {
             checkpoint_interval: Duration::from_secs(5),
             instance: (0, 1),
             dead_letter_invalid: true,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -99,6 +99,23 @@ pub struct SpeedState {
     /// Identifies this state's lineage: a restored or replaced state gets a
     /// new one, so a reader holding windows by seq knows to start over.
     pub epoch: u64,
+    /// Event-time progress per partition.
+    pub clocks: Vec<PartitionClock>,
+    /// The current watermark (see [`SpeedState::watermark`]).
+    pub watermark_ms: Option<i64>,
+}
+
+/// How far one partition's events have got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionClock {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Greatest event time read from it.
+    pub max_ts: i64,
+    /// No record for the idle timeout: left out of the watermark until it sends again.
+    pub idle: bool,
 }
 
 impl SpeedState {
@@ -117,16 +134,83 @@ impl SpeedState {
             evicted_before: i64::MIN,
             seq: 0,
             epoch: new_epoch(),
+            clocks: Vec::new(),
+            watermark_ms: None,
         }
     }
 
-    /// The watermark: max event time seen minus the allowed lateness.
+    /// The watermark: the lowest event time reached by any active partition,
+    /// minus the allowed lateness (a partition that sent nothing for the idle
+    /// timeout does not hold it back; when every partition is idle, the highest
+    /// counts). It never goes back.
     pub fn watermark(&self) -> Option<i64> {
-        self.max_event_ts.map(|ts| ts - self.allowed_lateness_ms)
+        self.watermark_ms
     }
 
-    /// Folds one event in, unless it is late or a duplicate.
+    fn recompute_watermark(&mut self) {
+        let active = self
+            .clocks
+            .iter()
+            .filter(|c| !c.idle)
+            .map(|c| c.max_ts)
+            .min();
+        let reached = active.or_else(|| self.clocks.iter().map(|c| c.max_ts).max());
+        if let Some(reached) = reached {
+            let candidate = reached - self.allowed_lateness_ms;
+            self.watermark_ms = Some(self.watermark_ms.map_or(candidate, |w| w.max(candidate)));
+        }
+    }
+
+    /// Marks a partition idle (no record for the idle timeout) or active again.
+    pub fn set_idle(&mut self, topic: &str, partition: u32, idle: bool) {
+        if let Some(clock) = self
+            .clocks
+            .iter_mut()
+            .find(|c| c.partition == partition && c.topic == topic)
+            && clock.idle != idle
+        {
+            clock.idle = idle;
+            self.recompute_watermark();
+        }
+    }
+
+    /// Folds one event in from a partition-less source (tests, replays):
+    /// one clock for all of it.
     pub fn apply(&mut self, event: &Event) -> Applied {
+        self.apply_from("", 0, event)
+    }
+
+    /// Folds one event read from `topic`/`partition` in, unless it is late
+    /// or a duplicate; the partition's clock moves either way.
+    pub fn apply_from(&mut self, topic: &str, partition: u32, event: &Event) -> Applied {
+        let applied = self.fold(event);
+        match self
+            .clocks
+            .iter_mut()
+            .find(|c| c.partition == partition && c.topic == topic)
+        {
+            Some(clock) => {
+                let moved = event.ts > clock.max_ts || clock.idle;
+                clock.max_ts = clock.max_ts.max(event.ts);
+                clock.idle = false;
+                if moved {
+                    self.recompute_watermark();
+                }
+            }
+            None => {
+                self.clocks.push(PartitionClock {
+                    topic: topic.to_string(),
+                    partition,
+                    max_ts: event.ts,
+                    idle: false,
+                });
+                self.recompute_watermark();
+            }
+        }
+        applied
+    }
+
+    fn fold(&mut self, event: &Event) -> Applied {
         let start = floor_to(event.ts, MINUTE_MS);
         if start < self.evicted_before || self.watermark().is_some_and(|w| start + MINUTE_MS <= w) {
             *self.late_ledger.entry((event.topic(), start)).or_default() += 1;
@@ -254,6 +338,48 @@ mod tests {
             state.apply(&click("old", t0 + 18 * MINUTE_MS)),
             Applied::Late
         );
+    }
+
+    #[test]
+    fn the_watermark_is_the_slowest_active_partition_and_never_goes_back() {
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        let t0 = 1_699_999_980_000;
+        state.apply_from("t", 0, &click("a", t0 + 10 * MINUTE_MS));
+        assert_eq!(state.watermark(), Some(t0 + 9 * MINUTE_MS));
+        state.apply_from("t", 1, &click("b", t0 + 2 * MINUTE_MS));
+        // Partition 1 is behind: it holds the watermark (which does not go back).
+        assert_eq!(state.watermark(), Some(t0 + 9 * MINUTE_MS));
+        state.apply_from("t", 0, &click("c", t0 + 20 * MINUTE_MS));
+        assert_eq!(
+            state.watermark(),
+            Some(t0 + 9 * MINUTE_MS),
+            "held by partition 1"
+        );
+        // An event for minute 5 is not late: partition 1 has not got that far.
+        assert_eq!(
+            state.apply_from("t", 0, &click("d", t0 + 11 * MINUTE_MS)),
+            Applied::Counted
+        );
+        // Partition 1 goes idle: it no longer holds the watermark back.
+        state.set_idle("t", 1, true);
+        assert_eq!(state.watermark(), Some(t0 + 19 * MINUTE_MS));
+        assert_eq!(
+            state.apply_from("t", 0, &click("e", t0 + 11 * MINUTE_MS)),
+            Applied::Late
+        );
+        // It sends again, behind: active again, but the watermark does not go back.
+        state.apply_from("t", 1, &click("f", t0 + 3 * MINUTE_MS));
+        assert!(!state.clocks[1].idle);
+        assert_eq!(state.watermark(), Some(t0 + 19 * MINUTE_MS));
+        // ... and holds further progress until it catches up.
+        state.apply_from("t", 0, &click("g", t0 + 30 * MINUTE_MS));
+        assert_eq!(state.watermark(), Some(t0 + 19 * MINUTE_MS));
+        state.apply_from("t", 1, &click("h", t0 + 25 * MINUTE_MS));
+        assert_eq!(state.watermark(), Some(t0 + 24 * MINUTE_MS));
+        // Every partition idle: the furthest counts.
+        state.set_idle("t", 0, true);
+        state.set_idle("t", 1, true);
+        assert_eq!(state.watermark(), Some(t0 + 29 * MINUTE_MS));
     }
 
     #[test]
