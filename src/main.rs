@@ -95,6 +95,9 @@ struct SpeedArgs {
     /// How many speed instances share the partitions.
     #[arg(long, env = "LAMBDA_SPEED_INSTANCES", default_value_t = 1)]
     instances: u32,
+    /// How often state and consumed offsets are checkpointed together, e.g. 5s.
+    #[arg(long, env = "LAMBDA_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = duration::parse)]
+    checkpoint_interval: Duration,
     #[command(flatten)]
     shared: SharedArgs,
 }
@@ -258,6 +261,7 @@ fn main() -> anyhow::Result<()> {
                 let instance = roles::Instance {
                     index: args.instance,
                     count: args.instances,
+                    checkpoint_interval: args.checkpoint_interval,
                 };
                 let running = roles::speed(&args.shared.shared(), args.listen, instance).await?;
                 run_role("speed", running).await

@@ -184,6 +184,19 @@ pub struct Instance {
     pub index: u32,
     /// How many instances share the partitions.
     pub count: u32,
+    /// How often it checkpoints.
+    pub checkpoint_interval: Duration,
+}
+
+impl Instance {
+    /// Instance `index` of `count`, checkpointing every 5 s.
+    pub fn new(index: u32, count: u32) -> Instance {
+        Instance {
+            index,
+            count,
+            checkpoint_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `lambda speed`: consumes its share of the partitions, learns B from the
@@ -205,6 +218,7 @@ pub async fn speed(
     let mut config = SpeedConfig {
         allowed_lateness_ms: shared.allowed_lateness_ms,
         idle_timeout: shared.idle_timeout,
+        checkpoint_interval: instance.checkpoint_interval,
         instance: (instance.index, instance.count),
         ..SpeedConfig::with_data_dir(&shared.data_dir)
     };

@@ -22,7 +22,7 @@ fn any_port() -> std::net::SocketAddr {
 }
 
 async fn speed(shared: &Shared, index: u32) -> Running {
-    roles::speed(shared, any_port(), Instance { index, count: 2 })
+    roles::speed(shared, any_port(), Instance::new(index, 2))
         .await
         .unwrap()
 }
@@ -147,13 +147,9 @@ async fn two_speed_instances_behind_one_serve() {
     // Stop instance 1 and start it again on its data dir: it restores its
     // checkpoint under a new epoch, and serving reloads its windows.
     speed1.supervisor.stop().await.unwrap();
-    speed1 = roles::speed(
-        &shared("speed-1"),
-        speed1_addr,
-        Instance { index: 1, count: 2 },
-    )
-    .await
-    .unwrap();
+    speed1 = roles::speed(&shared("speed-1"), speed1_addr, Instance::new(1, 2))
+        .await
+        .unwrap();
     let more: Vec<Vec<u8>> = (0..1000).map(|_| generator.next_line().bytes).collect();
     post_lines(&client, &ingest_url, &more).await;
     lines.extend(more);

@@ -251,7 +251,8 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lambda_events::Event;
+    use lambda_events::bucket::MINUTE_MS;
+    use lambda_events::{Event, floor_to};
 
     #[test]
     fn round_trips_every_part_of_the_state() {
@@ -262,6 +263,10 @@ mod tests {
             r#"{"event_id":"3","ts":1700000061000,"event_type":"sensor_reading","device_id":"d","sensor":"t","value":2.5}"#,
             r#"{"event_id":"4","ts":1700000400000,"event_type":"alarm","device_id":"d","alarm":"a","severity":"high"}"#,
             r#"{"event_id":"5","ts":1700000000000,"event_type":"click","user_id":"u"}"#,
+            // Sums whose nearest f64 needs every digit to parse back exactly.
+            r#"{"event_id":"6","ts":1700000061000,"event_type":"sensor_reading","device_id":"d","sensor":"p","value":1010.3}"#,
+            r#"{"event_id":"7","ts":1700000061001,"event_type":"sensor_reading","device_id":"d","sensor":"p","value":1011.32}"#,
+            r#"{"event_id":"8","ts":1700000061002,"event_type":"sensor_reading","device_id":"d","sensor":"p","value":1010.69}"#,
         ];
         for json in events {
             state.apply(&Event::from_json(json.as_bytes()).unwrap());
@@ -271,6 +276,13 @@ mod tests {
         let bytes = encode(&state);
         let restored = decode(&bytes, 60_000, 3_600_000).unwrap();
         assert_eq!(encode(&restored), bytes);
+        let key = ("d".to_string(), "p".to_string());
+        let window = floor_to(1700000061000, MINUTE_MS);
+        assert_eq!(
+            restored.windows[&window].views.sensors[&key].sum.to_bits(),
+            state.windows[&window].views.sensors[&key].sum.to_bits(),
+            "float sums survive the checkpoint bit for bit"
+        );
         assert_eq!(restored.counters.late, 1);
         assert_eq!(restored.offsets[&("funnel-events".to_string(), 3)], 77);
         assert_eq!(restored.evicted_before, 1_699_999_920_000);
