@@ -4,6 +4,7 @@
 //! the only place that parses flags and environment variables (in `main.rs`);
 //! the layers take plain config structs.
 
+pub mod bench;
 pub mod demo;
 pub mod duration;
 pub mod roles;

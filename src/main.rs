@@ -15,6 +15,12 @@ use lambda_pipeline::roles::{self, Shared};
 use lambda_pipeline::{duration, telemetry};
 use tokio_util::sync::CancellationToken;
 
+/// The allocator: the pipeline allocates many small, short-lived strings
+/// (decoded events, keys); mimalloc serves those faster than glibc's malloc
+/// (see `lambda bench speed`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Rust reference implementation of the Lambda architecture.
 #[derive(Debug, Parser)]
 #[command(name = "lambda", version, about)]
@@ -37,6 +43,31 @@ enum Command {
     Serve(ServeArgs),
     /// Send generated traffic to an ingest endpoint.
     Generate(GenerateArgs),
+    /// Benchmarks: `lambda bench speed`.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Events per second per core from the log into the speed layer's views, beside a parse-only baseline.
+    Speed(SpeedBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct SpeedBenchArgs {
+    /// Events to generate, e.g. 500000.
+    #[arg(long, default_value_t = 500_000)]
+    events: usize,
+    /// Size of the user population.
+    #[arg(long, default_value_t = 5_000)]
+    users: u32,
+    /// Number of IoT devices.
+    #[arg(long, default_value_t = 50)]
+    devices: u32,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
 }
 
 /// Settings every process shares.
@@ -285,6 +316,15 @@ fn main() -> anyhow::Result<()> {
                 run_role("serve", running).await
             }
             Command::Generate(args) => generate(args).await,
+            Command::Bench(BenchCommand::Speed(args)) => {
+                lambda_pipeline::bench::speed(lambda_pipeline::bench::SpeedBench {
+                    events: args.events,
+                    users: args.users,
+                    devices: args.devices,
+                    partitions: args.partitions,
+                })
+                .await
+            }
         }
     })
 }

@@ -154,6 +154,20 @@ impl SensorStats {
         }
     }
 
+    /// Adds one reading (as merging [`SensorStats::of`] it would, without allocating).
+    pub fn add(&mut self, ts: i64, event_id: &str, value: f64) {
+        self.count += 1;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.sum += value;
+        if (ts, event_id) > (self.last_ts, self.last_event_id.as_str()) {
+            self.last_ts = ts;
+            self.last_event_id.clear();
+            self.last_event_id.push_str(event_id);
+            self.last = value;
+        }
+    }
+
     /// Adds another aggregate of disjoint readings.
     pub fn merge(&mut self, other: &SensorStats) {
         self.count += other.count;
@@ -290,6 +304,14 @@ mod tests {
     }
 }
 
+/// The value under `key`, inserted as the default first (allocating the key only then).
+fn entry<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("just inserted")
+}
+
 /// Everything both layers keep for one 1-minute bucket, keyed as the API filters:
 /// funnel by campaign, pages by (page, device), sensors by (device, sensor), devices by id.
 /// Missing optional keys (no campaign, no device) are the empty string.
@@ -313,24 +335,19 @@ pub struct BucketViews {
 impl BucketViews {
     /// Folds one event into the bucket (the caller has already checked the bucket and dedup).
     pub fn add(&mut self, event: &Event) {
-        let text = |v: &Option<String>| v.clone().unwrap_or_default();
         let t = event.event_type;
         if FunnelCounts::counts(t) {
-            let campaign = text(&event.campaign_id);
+            let campaign = event.campaign_id.as_deref().unwrap_or("");
             if let Some(user) = &event.user_id {
-                self.users
-                    .entry(campaign.clone())
-                    .or_default()
-                    .add(user.as_bytes());
+                entry(&mut self.users, campaign).add(user.as_bytes());
             }
-            self.funnel.entry(campaign).or_default().add(event);
+            entry(&mut self.funnel, campaign).add(event);
         }
         if PageCounts::counts(t) {
-            let device = event
-                .device
-                .map(|d| d.as_str().to_string())
-                .unwrap_or_default();
-            let key = (text(&event.page), device);
+            let key = (
+                event.page.clone().unwrap_or_default(),
+                event.device.map(|d| d.as_str()).unwrap_or("").to_string(),
+            );
             if t == EventType::PageView
                 && let Some(render_ms) = event.render_ms
             {
@@ -342,19 +359,17 @@ impl BucketViews {
             && let (Some(device_id), Some(sensor), Some(value)) =
                 (&event.device_id, &event.sensor, event.value)
         {
-            let stats = SensorStats::of(event.ts, &event.event_id, value);
             match self.sensors.entry((device_id.clone(), sensor.clone())) {
-                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(&stats),
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.get_mut().add(event.ts, &event.event_id, value)
+                }
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(stats);
+                    e.insert(SensorStats::of(event.ts, &event.event_id, value));
                 }
             }
         }
         if DeviceCounts::counts(t) {
-            self.devices
-                .entry(text(&event.device_id))
-                .or_default()
-                .add(event);
+            entry(&mut self.devices, event.device_id.as_deref().unwrap_or("")).add(event);
         }
     }
 

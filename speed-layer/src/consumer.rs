@@ -3,7 +3,6 @@
 //! at shutdown; offsets are committed to the log only after the checkpoint
 //! holding them is durable.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -181,8 +180,9 @@ async fn initial_positions(
     Ok(positions)
 }
 
-/// Folds records in and returns dead-letter records for the invalid ones.
-fn apply(
+/// Folds records in, advances `positions` past them, and returns
+/// dead-letter records for the invalid ones. (Public for `lambda bench speed`.)
+pub fn apply(
     views: &SpeedViews,
     positions: &mut [FetchPosition],
     records: Vec<lambda_log::StoredRecord>,
@@ -192,7 +192,6 @@ fn apply(
         return invalid;
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let mut state = views.write();
     for stored in records {
         match Event::from_record(&stored.record.value, &stored.topic) {
@@ -211,15 +210,17 @@ fn apply(
                 ));
             }
         }
-        next.insert((stored.topic.clone(), stored.partition), stored.offset + 1);
-    }
-    for ((topic, partition), offset) in next {
-        state.offsets.insert((topic.clone(), partition), offset);
         if let Some(position) = positions
             .iter_mut()
-            .find(|p| p.topic == topic && p.partition == partition)
+            .find(|p| p.partition == stored.partition && p.topic == stored.topic)
         {
-            position.offset = offset;
+            position.offset = stored.offset + 1;
+        }
+    }
+    for position in positions.iter() {
+        let key = (position.topic.clone(), position.partition);
+        if state.offsets.get(&key) != Some(&position.offset) {
+            state.offsets.insert(key, position.offset);
         }
     }
     state.evict();
