@@ -57,6 +57,8 @@ pub struct DemoConfig {
     pub allowed_lateness_ms: i64,
     /// When a quiet partition stops holding the speed layer's watermark back.
     pub idle_timeout: std::time::Duration,
+    /// The speed layer's alert rules.
+    pub alert_rules: lambda_speed::alerts::AlertRules,
     /// Show a progress line for the generator.
     pub progress: bool,
     /// The log; `None` is the embedded log under `data_dir/log`.
@@ -78,6 +80,7 @@ impl DemoConfig {
             partitions: lambda_ingest::DEFAULT_PARTITIONS,
             allowed_lateness_ms: 60_000,
             idle_timeout: std::time::Duration::from_secs(30),
+            alert_rules: lambda_speed::alerts::AlertRules::defaults(),
             progress: false,
             log_url: None,
             lake_url: None,
@@ -118,6 +121,7 @@ impl Demo {
             partitions: config.partitions,
             allowed_lateness_ms: config.allowed_lateness_ms,
             idle_timeout: config.idle_timeout,
+            alert_rules: config.alert_rules.clone(),
         };
         let log = shared.open_log().await?;
         let lake = shared.open_lake()?;
@@ -128,6 +132,7 @@ impl Demo {
         let speed_config = SpeedConfig {
             allowed_lateness_ms: config.allowed_lateness_ms,
             idle_timeout: config.idle_timeout,
+            alert_rules: config.alert_rules.clone(),
             ..SpeedConfig::with_data_dir(data_dir)
         };
         let speed = lambda_speed::new_views(&speed_config);
@@ -175,7 +180,16 @@ impl Demo {
         // HTTP: ingest and serving on one port.
         let ingest = IngestState::new(Arc::clone(&log), IngestConfig::default());
         let (ingest_section, ingest_metrics) = ingest_telemetry(&ingest);
+        let alerts: lambda_serving::alerts::SharedFeed = Arc::default();
+        {
+            let (speed, feed, token) = (Arc::clone(&speed), Arc::clone(&alerts), shutdown.clone());
+            supervisor.spawn(
+                "alerts",
+                lambda_serving::alerts::run_local_source(speed, feed, token),
+            );
+        }
         let serving = ServingState {
+            alerts,
             speed: Arc::clone(&speed),
             batch: Arc::clone(&batch_views),
             status: StatusSources {

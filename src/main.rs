@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use lambda_events::Severity;
 use lambda_ingest::generator::GeneratorConfig;
 use lambda_ingest::sender::SenderConfig;
 use lambda_pipeline::demo::{Demo, DemoConfig, GeneratorSettings};
 use lambda_pipeline::roles::{self, Shared};
 use lambda_pipeline::{duration, telemetry};
+use lambda_speed::alerts::{AlertRules, SensorRange};
 use tokio_util::sync::CancellationToken;
 
 /// The allocator: the pipeline allocates many small, short-lived strings
@@ -88,13 +90,106 @@ struct SharedArgs {
     /// A partition that sends nothing for this long stops holding the speed layer's watermark back, e.g. 30s.
     #[arg(long, env = "LAMBDA_IDLE_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
     idle_timeout: Duration,
+    /// Alert rules as TOML (see infra/alerts.example.toml); without it, the built-in defaults.
+    #[arg(long, env = "LAMBDA_ALERTS_FILE")]
+    alerts_file: Option<PathBuf>,
+    #[command(flatten)]
+    alerts: AlertArgs,
     #[command(flatten)]
     lake: LakeArgs,
 }
 
+/// Alert rules set by flags: each one given replaces that rule of the file
+/// (or of the defaults).
+#[derive(Debug, Args)]
+struct AlertArgs {
+    /// Sensor ranges, SENSOR:MIN:MAX[:N] (N readings in a row outside raise; default 3), repeatable or comma-separated, e.g. temperature:15:27:3.
+    #[arg(
+        long = "alert-sensor-range",
+        env = "LAMBDA_ALERT_SENSOR_RANGE",
+        value_delimiter = ','
+    )]
+    sensor_range: Vec<SensorRange>,
+    /// A device offline (by its last status) for longer than this raises, e.g. 5m.
+    #[arg(long = "alert-offline-after", env = "LAMBDA_ALERT_OFFLINE_AFTER", value_parser = duration::parse)]
+    offline_after: Option<Duration>,
+    /// Alarm severities that raise, e.g. high,critical.
+    #[arg(long = "alert-severities", env = "LAMBDA_ALERT_SEVERITIES", value_delimiter = ',', value_parser = parse_severity)]
+    severities: Vec<Severity>,
+    /// A page's errors per page view in a closed minute above this raises, e.g. 0.1.
+    #[arg(long = "alert-error-rate", env = "LAMBDA_ALERT_ERROR_RATE", value_parser = parse_rate)]
+    error_rate: Option<f64>,
+}
+
+fn parse_severity(text: &str) -> Result<Severity, String> {
+    Severity::parse(text.trim())
+        .ok_or_else(|| format!("unknown severity {text:?}: expected low, medium, high or critical"))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("{text:?} is not a rate between 0 and 1, e.g. 0.1"))
+}
+
+impl AlertArgs {
+    /// `rules` with the rules these flags set replaced.
+    fn apply(&self, mut rules: AlertRules) -> AlertRules {
+        use lambda_speed::alerts::{AlarmRule, DeviceOffline, PageErrorRate};
+        let defaults = AlertRules::defaults();
+        if !self.sensor_range.is_empty() {
+            rules.sensor_range = self.sensor_range.clone();
+        }
+        if let Some(after) = self.offline_after {
+            rules.device_offline = Some(DeviceOffline {
+                after_ms: after.as_millis() as i64,
+            });
+        }
+        if !self.severities.is_empty() {
+            let clear_after_ms = rules
+                .alarm
+                .as_ref()
+                .or(defaults.alarm.as_ref())
+                .map_or(600_000, |a| a.clear_after_ms);
+            rules.alarm = Some(AlarmRule {
+                severities: self.severities.clone(),
+                clear_after_ms,
+            });
+        }
+        if let Some(threshold) = self.error_rate {
+            let min_views = rules
+                .page_error_rate
+                .as_ref()
+                .or(defaults.page_error_rate.as_ref())
+                .map_or(20, |r| r.min_views);
+            rules.page_error_rate = Some(PageErrorRate {
+                threshold,
+                min_views,
+            });
+        }
+        rules
+    }
+}
+
 impl SharedArgs {
-    fn shared(&self) -> Shared {
-        Shared {
+    fn alert_rules(&self) -> anyhow::Result<AlertRules> {
+        let rules = match &self.alerts_file {
+            None => AlertRules::defaults(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("alert rules in {}", path.display()))?
+            }
+        };
+        Ok(self.alerts.apply(rules))
+    }
+
+    fn shared(&self) -> anyhow::Result<Shared> {
+        Ok(Shared {
+            alert_rules: self.alert_rules()?,
             data_dir: self.data_dir.clone(),
             log_url: self.log_url.clone(),
             lake_url: self.lake.lake_url.clone(),
@@ -102,7 +197,7 @@ impl SharedArgs {
             partitions: self.partitions,
             allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
             idle_timeout: self.idle_timeout,
-        }
+        })
     }
 }
 
@@ -285,7 +380,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Demo(args) => demo(args).await,
             Command::Ingest(args) => {
-                let running = roles::ingest(&args.shared.shared(), args.listen).await?;
+                let running = roles::ingest(&args.shared.shared()?, args.listen).await?;
                 run_role("ingest", running).await
             }
             Command::Speed(args) => {
@@ -294,17 +389,17 @@ fn main() -> anyhow::Result<()> {
                     count: args.instances,
                     checkpoint_interval: args.checkpoint_interval,
                 };
-                let running = roles::speed(&args.shared.shared(), args.listen, instance).await?;
+                let running = roles::speed(&args.shared.shared()?, args.listen, instance).await?;
                 run_role("speed", running).await
             }
             Command::Batch(args) if args.once => {
-                let report = roles::batch_once(&args.shared.shared()).await?;
+                let report = roles::batch_once(&args.shared.shared()?).await?;
                 println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
                 Ok(())
             }
             Command::Batch(args) => {
                 let running =
-                    roles::batch(&args.shared.shared(), args.listen, &args.batch_schedule).await?;
+                    roles::batch(&args.shared.shared()?, args.listen, &args.batch_schedule).await?;
                 run_role("batch", running).await
             }
             Command::Serve(args) => {
@@ -312,7 +407,7 @@ fn main() -> anyhow::Result<()> {
                     speed_urls: args.speed_urls,
                     batch_url: args.batch_url,
                 };
-                let running = roles::serve(&args.shared.shared(), args.listen, peers).await?;
+                let running = roles::serve(&args.shared.shared()?, args.listen, peers).await?;
                 run_role("serve", running).await
             }
             Command::Generate(args) => generate(args).await,
@@ -390,7 +485,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         duplicate_fraction: args.traffic.duplicate_fraction,
         malformed_fraction: args.traffic.malformed_fraction,
     });
-    let shared = args.shared.shared();
+    let shared = args.shared.shared()?;
     let config = DemoConfig {
         listen: args.listen,
         data_dir: shared.data_dir,
@@ -399,6 +494,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         partitions: shared.partitions,
         allowed_lateness_ms: shared.allowed_lateness_ms,
         idle_timeout: shared.idle_timeout,
+        alert_rules: shared.alert_rules,
         progress: false,
         log_url: shared.log_url,
         lake_options: shared.lake_options,
@@ -454,4 +550,74 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         report.lines, report.accepted, report.rejected, report.retries
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(args: &[&str]) -> Result<AlertRules, String> {
+        let cli = Cli::try_parse_from(["lambda", "speed"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Speed(speed) = cli.command else {
+            unreachable!("parsed as speed")
+        };
+        speed.shared.alert_rules().map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn alert_flags_replace_the_rules_they_name() {
+        assert_eq!(rules(&[]).unwrap(), AlertRules::defaults());
+        let set = rules(&[
+            "--alert-sensor-range",
+            "temperature:10:20:2,pressure:990:1030",
+            "--alert-offline-after",
+            "90s",
+            "--alert-severities",
+            "critical",
+            "--alert-error-rate",
+            "0.25",
+        ])
+        .unwrap();
+        let ranges: Vec<(&str, f64, f64, u32)> = set
+            .sensor_range
+            .iter()
+            .map(|r| (r.sensor.as_str(), r.min, r.max, r.consecutive))
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![
+                ("temperature", 10.0, 20.0, 2),
+                ("pressure", 990.0, 1030.0, 3)
+            ]
+        );
+        assert_eq!(set.device_offline.unwrap().after_ms, 90_000);
+        let alarm = set.alarm.unwrap();
+        assert_eq!(alarm.severities, vec![Severity::Critical]);
+        assert_eq!(alarm.clear_after_ms, 600_000, "kept from the defaults");
+        let errors = set.page_error_rate.unwrap();
+        assert_eq!((errors.threshold, errors.min_views), (0.25, 20));
+    }
+
+    #[test]
+    fn bad_alert_flags_are_named() {
+        let check = |args: &[&str], part: &str| {
+            let error = rules(args).unwrap_err();
+            assert!(error.contains(part), "{args:?}: {error}");
+        };
+        check(
+            &["--alert-sensor-range", "temperature:30:20"],
+            "min 30 is above max 20",
+        );
+        check(
+            &["--alert-severities", "urgent"],
+            "unknown severity \"urgent\"",
+        );
+        check(&["--alert-error-rate", "1.5"], "not a rate between 0 and 1");
+        check(&["--alert-offline-after", "5x"], "unknown duration unit");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("alerts.toml");
+        std::fs::write(&file, "[alarm]\nseverity = [\"high\"]\n").unwrap();
+        check(&["--alerts-file", file.to_str().unwrap()], "severity");
+    }
 }

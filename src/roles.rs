@@ -56,6 +56,8 @@ pub struct Shared {
     pub allowed_lateness_ms: i64,
     /// When a quiet partition stops holding the speed layer's watermark back.
     pub idle_timeout: Duration,
+    /// The speed layer's alert rules.
+    pub alert_rules: lambda_speed::alerts::AlertRules,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
             partitions: lambda_ingest::DEFAULT_PARTITIONS,
             allowed_lateness_ms: 60_000,
             idle_timeout: Duration::from_secs(30),
+            alert_rules: lambda_speed::alerts::AlertRules::defaults(),
         }
     }
 
@@ -218,6 +221,7 @@ pub async fn speed(
     let mut config = SpeedConfig {
         allowed_lateness_ms: shared.allowed_lateness_ms,
         idle_timeout: shared.idle_timeout,
+        alert_rules: shared.alert_rules.clone(),
         checkpoint_interval: instance.checkpoint_interval,
         instance: (instance.index, instance.count),
         ..SpeedConfig::with_data_dir(&shared.data_dir)
@@ -371,10 +375,12 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
         ..SpeedConfig::with_data_dir(&shared.data_dir)
     });
     let health: SpeedHealth = Arc::default();
+    let alerts: lambda_serving::alerts::SharedFeed = Arc::default();
     {
         let horizon = speed.read().horizon_ms;
-        let (views, health, token) = (
+        let (views, feed, health, token) = (
             Arc::clone(&speed),
+            Arc::clone(&alerts),
             Arc::clone(&health),
             supervisor.shutdown.clone(),
         );
@@ -383,6 +389,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
             lambda_serving::remote::run_speed_mirror(
                 peers.speed_urls.clone(),
                 views,
+                feed,
                 health,
                 horizon,
                 token,
@@ -414,6 +421,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
         Arc::new(move || lambda_serving::remote::health_section(&health))
     };
     let state = ServingState {
+        alerts,
         speed,
         batch: batch_views,
         status: StatusSources {

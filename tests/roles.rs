@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use lambda_events::Severity;
 use lambda_ingest::generator::{Generator, GeneratorConfig};
 use lambda_pipeline::roles::{self, Instance, Peers, Running, Shared};
 use lambda_testkit::Tansu;
@@ -68,11 +69,69 @@ async fn check(client: &reqwest::Client, base: &str, lines: &[Vec<u8>]) {
     );
 }
 
+/// (source, rule, key, state, event time) of alert transitions.
+type Transition = (u64, String, String, String, i64);
+
+fn transition(source: u64, a: &Value) -> Transition {
+    (
+        source,
+        a["rule"].as_str().unwrap().to_string(),
+        a["key"].as_str().unwrap().to_string(),
+        a["state"].as_str().unwrap().to_string(),
+        a["ts"].as_i64().unwrap(),
+    )
+}
+
+/// Serving's alert feed holds every transition of both speed instances, each
+/// under its instance's index, and nothing else.
+async fn check_alerts(client: &reqwest::Client, base: &str, instances: [std::net::SocketAddr; 2]) {
+    let mut expected = Vec::new();
+    for (source, addr) in instances.iter().enumerate() {
+        let snapshot = get(
+            client,
+            format!(
+                "http://{addr}{}?epoch=0&since=0",
+                lambda_speed::http::SNAPSHOT_PATH
+            ),
+        )
+        .await;
+        let alerts = snapshot["alerts"].as_array().unwrap();
+        assert!(!alerts.is_empty(), "instance {source} raised no alert");
+        expected.extend(alerts.iter().map(|a| transition(source as u64, a)));
+    }
+    expected.sort();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let feed = get(client, format!("{base}/api/v1/alerts?limit=1000")).await;
+        let mut fed: Vec<Transition> = feed["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| transition(a["source"].as_u64().unwrap(), a))
+            .collect();
+        fed.sort();
+        if fed == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serving's alerts {fed:?}\ninstances' {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_speed_instances_behind_one_serve() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
+    // Every alarm raises an alert, so both instances have some to report.
+    let mut alert_rules = lambda_speed::alerts::AlertRules::defaults();
+    if let Some(alarm) = alert_rules.alarm.as_mut() {
+        alarm.severities = Severity::ALL.to_vec();
+    }
     let shared = |name: &str| Shared {
+        alert_rules: alert_rules.clone(),
         log_url: Some(broker.log_url()),
         lake_url: Some(format!("file://{}", dir.path().join("lake").display())),
         ..Shared::new(dir.path().join(name))
@@ -143,6 +202,7 @@ async fn two_speed_instances_behind_one_serve() {
     let counted = s0["counters"][0].as_u64().unwrap() + s1["counters"][0].as_u64().unwrap();
     assert_eq!(status["speed"]["events_counted"].as_u64(), Some(counted));
     check(&client, &base, &lines).await;
+    check_alerts(&client, &base, [speed0.addr, speed1_addr]).await;
 
     // Stop instance 1 and start it again on its data dir: it restores its
     // checkpoint under a new epoch, and serving reloads its windows.

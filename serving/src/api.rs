@@ -25,6 +25,8 @@ pub fn router(state: ServingState) -> Router {
         .route("/api/v1/pages", get(pages))
         .route("/api/v1/iot", get(iot))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/alerts", get(crate::alerts::list))
+        .route("/api/v1/alerts/stream", get(crate::alerts::stream))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

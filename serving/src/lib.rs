@@ -4,6 +4,7 @@
 //! Invariant: read-only over the views; a query takes a read lock for the
 //! time of one merge and never waits on the log or the lake.
 
+pub mod alerts;
 pub mod api;
 pub mod boundary;
 pub mod metrics;
@@ -34,6 +35,8 @@ pub struct ServingState {
     pub batch: SharedBatchViews,
     /// Where `/api/v1/status` gets the rest.
     pub status: StatusSources,
+    /// Alert transitions from every speed instance.
+    pub alerts: alerts::SharedFeed,
 }
 
 /// How often serving looks for a newer manifest.

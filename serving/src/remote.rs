@@ -51,6 +51,7 @@ pub fn health_section(health: &SpeedHealth) -> Value {
 pub async fn run_speed_mirror(
     urls: Vec<String>,
     views: SpeedViews,
+    feed: crate::alerts::SharedFeed,
     health: SpeedHealth,
     horizon_ms: i64,
     shutdown: CancellationToken,
@@ -71,13 +72,21 @@ pub async fn run_speed_mirror(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                feed.write().close();
+                return Ok(());
+            }
             _ = interval.tick() => {}
         }
+        let cursors: Vec<u64> = {
+            let feed = feed.read();
+            (0..urls.len()).map(|i| feed.cursor(i)).collect()
+        };
         let polls = urls
             .iter()
             .zip(&mirrors)
-            .map(|(url, mirror)| poll(&client, url, mirror.cursor()));
+            .zip(cursors)
+            .map(|((url, mirror), alerts_since)| poll(&client, url, mirror.cursor(), alerts_since));
         let results = futures::future::join_all(polls).await;
         let mut changed = false;
         let now = chrono::Utc::now().timestamp_millis();
@@ -91,7 +100,11 @@ pub async fn run_speed_mirror(
                             windows: Vec::new(),
                             ..snapshot.clone()
                         } != mirrors[i].meta;
-                    mirrors[i].apply(snapshot);
+                    let epoch = snapshot.epoch;
+                    let alerts = mirrors[i].apply(snapshot);
+                    if !alerts.is_empty() || feed.read().epoch(i) != Some(epoch) {
+                        feed.write().push(i, epoch, alerts);
+                    }
                     health[i].last_ok_ms = Some(now);
                     health[i].error = None;
                 }
@@ -114,6 +127,7 @@ async fn poll(
     client: &reqwest::Client,
     url: &str,
     (epoch, since): (u64, u64),
+    alerts_since: u64,
 ) -> Result<Snapshot, String> {
     let response = client
         .get(format!(
@@ -121,7 +135,11 @@ async fn poll(
             url.trim_end_matches('/'),
             lambda_speed::http::SNAPSHOT_PATH
         ))
-        .query(&[("epoch", epoch), ("since", since)])
+        .query(&[
+            ("epoch", epoch),
+            ("since", since),
+            ("alerts_since", alerts_since),
+        ])
         .send()
         .await
         .map_err(|e| format!("{e}"))?;

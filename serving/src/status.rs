@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 
 use crate::ServingState;
 
+/// How many of the late ledger's windows the status lists (newest first).
+pub const LEDGER_WINDOWS_SHOWN: usize = 60;
+
 /// A function adding a section to the status (e.g. the collector's counters).
 pub type StatusSection = Arc<dyn Fn() -> Value + Send + Sync>;
 
@@ -117,6 +120,10 @@ pub async fn snapshot(state: &ServingState) -> Value {
             "late": s.counters.late,
             "invalid": s.counters.invalid,
             "late_ledger": ledger,
+            // The newest windows with late events: (topic, window start, count).
+            "late_ledger_windows": s.ledger_list().iter().rev().take(LEDGER_WINDOWS_SHOWN)
+                .map(|(t, start, n)| json!({ "topic": t.name(), "window_start": start, "late": n }))
+                .collect::<Vec<_>>(),
             "last_checkpoint_ms": s.last_checkpoint_ms,
             "checkpoint_age_ms": s.last_checkpoint_ms.map(|t| now - t),
             "partitions": partitions,
@@ -152,7 +159,12 @@ pub async fn snapshot(state: &ServingState) -> Value {
         .iter()
         .map(|(t, p, s, e)| json!({ "topic": t, "partition": p, "start": s, "end": e }))
         .collect();
-    let mut doc = json!({ "now": now, "speed": speed, "batch": batch, "log": log });
+    let alerts = {
+        let feed = state.alerts.read();
+        json!({ "active": feed.active().len(), "last_id": feed.last_id() })
+    };
+    let mut doc =
+        json!({ "now": now, "speed": speed, "batch": batch, "log": log, "alerts": alerts });
     for (name, section) in &state.status.sections {
         doc.as_object_mut()
             .expect("an object")

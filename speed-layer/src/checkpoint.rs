@@ -13,6 +13,7 @@ use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
 use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertEngine;
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
 const FORMAT_VERSION: u32 = 1;
@@ -31,6 +32,8 @@ struct CheckpointFile {
     clocks: Vec<(String, u32, i64)>,
     #[serde(default)]
     watermark: Option<i64>,
+    #[serde(default)]
+    alerts: Option<AlertEngine>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -149,6 +152,7 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
             .map(|c| (c.topic.clone(), c.partition, c.max_ts))
             .collect(),
         watermark: state.watermark_ms,
+        alerts: Some(state.alerts.clone()),
     };
     serde_json::to_vec(&file).expect("checkpoint serializes")
 }
@@ -195,6 +199,9 @@ pub fn decode(
             idle: false,
         })
         .collect();
+    if let Some(alerts) = file.alerts {
+        state.alerts = alerts;
+    }
     // Checkpoints from before per-partition clocks: the watermark they implied.
     state.watermark_ms = file
         .watermark
@@ -261,12 +268,12 @@ mod tests {
             r#"{"event_id":"1","ts":1700000000000,"event_type":"purchase","user_id":"u","amount_cents":5,"campaign_id":"c"}"#,
             r#"{"event_id":"2","ts":1700000000000,"event_type":"page_view","user_id":"u","page":"/","device":"mobile"}"#,
             r#"{"event_id":"3","ts":1700000061000,"event_type":"sensor_reading","device_id":"d","sensor":"t","value":2.5}"#,
-            r#"{"event_id":"4","ts":1700000400000,"event_type":"alarm","device_id":"d","alarm":"a","severity":"high"}"#,
-            r#"{"event_id":"5","ts":1700000000000,"event_type":"click","user_id":"u"}"#,
             // Sums whose nearest f64 needs every digit to parse back exactly.
             r#"{"event_id":"6","ts":1700000061000,"event_type":"sensor_reading","device_id":"d","sensor":"p","value":1010.3}"#,
             r#"{"event_id":"7","ts":1700000061001,"event_type":"sensor_reading","device_id":"d","sensor":"p","value":1011.32}"#,
             r#"{"event_id":"8","ts":1700000061002,"event_type":"sensor_reading","device_id":"d","sensor":"p","value":1010.69}"#,
+            r#"{"event_id":"4","ts":1700000400000,"event_type":"alarm","device_id":"d","alarm":"a","severity":"high"}"#,
+            r#"{"event_id":"5","ts":1700000000000,"event_type":"click","user_id":"u"}"#,
         ];
         for json in events {
             state.apply(&Event::from_json(json.as_bytes()).unwrap());

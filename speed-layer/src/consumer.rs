@@ -36,8 +36,10 @@ pub async fn restore(config: &SpeedConfig, views: &SpeedViews) -> anyhow::Result
         let mut current = views.write();
         // Serving may already have told us B.
         let batch_boundary = current.batch_boundary;
+        let rules = current.alerts.rules.clone();
         *current = state;
         current.batch_boundary = batch_boundary;
+        current.alerts.rules = rules;
     }
     Ok(())
 }

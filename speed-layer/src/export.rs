@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use lambda_events::{BucketViews, Topic};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::Alert;
 use crate::checkpoint::ViewsWire;
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
@@ -47,10 +48,21 @@ pub struct Snapshot {
     pub watermark: Option<i64>,
     /// `(topic, partition, max event time, idle)` per partition.
     pub clocks: Vec<(String, u32, i64, bool)>,
+    /// Alert transitions after the asked alert seq, oldest first.
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
 }
 
-/// The snapshot a reader holding `(epoch, since)` needs.
-pub fn snapshot(state: &SpeedState, epoch: u64, since: u64) -> Snapshot {
+/// The snapshot a reader holding `(epoch, since)` needs, with the alert
+/// transitions after `alerts_since` (all that are kept, when the reader's
+/// epoch is not this state's: a restored state renumbers nothing, but a fresh
+/// one starts its alert seq again).
+pub fn snapshot(state: &SpeedState, epoch: u64, since: u64, alerts_since: u64) -> Snapshot {
+    let alerts_since = if epoch == state.epoch {
+        alerts_since
+    } else {
+        0
+    };
     let full = epoch != state.epoch || since == 0 || since > state.seq;
     let windows = state
         .windows
@@ -77,6 +89,7 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64) -> Snapshot {
             .iter()
             .map(|c| (c.topic.clone(), c.partition, c.max_ts, c.idle))
             .collect(),
+        alerts: state.alerts.since(alerts_since).cloned().collect(),
     }
 }
 
@@ -87,6 +100,8 @@ pub struct Mirror {
     pub meta: Snapshot,
     /// The instance's windows.
     pub windows: BTreeMap<i64, BucketViews>,
+    /// The last alert seq received.
+    pub alerts_seen: u64,
 }
 
 impl Mirror {
@@ -96,7 +111,12 @@ impl Mirror {
     }
 
     /// Applies a snapshot: replaces changed windows, drops evicted ones.
-    pub fn apply(&mut self, mut snapshot: Snapshot) {
+    /// Returns the new alert transitions it carried.
+    pub fn apply(&mut self, mut snapshot: Snapshot) -> Vec<Alert> {
+        let alerts = std::mem::take(&mut snapshot.alerts);
+        if let Some(last) = alerts.last() {
+            self.alerts_seen = self.alerts_seen.max(last.seq);
+        }
         if snapshot.full {
             self.windows.clear();
         }
@@ -106,6 +126,7 @@ impl Mirror {
         let held: BTreeSet<i64> = snapshot.starts.iter().copied().collect();
         self.windows.retain(|start, _| held.contains(start));
         self.meta = snapshot;
+        alerts
     }
 }
 
@@ -189,7 +210,7 @@ mod tests {
         state.apply(&click("a", "u", T0));
         state.apply(&click("b", "u", T0 + 60_000));
         let (epoch, since) = mirror.cursor();
-        let first = snapshot(&state, epoch, since);
+        let first = snapshot(&state, epoch, since, 0);
         assert!(first.full);
         assert_eq!(first.windows.len(), 2);
         mirror.apply(first);
@@ -197,7 +218,7 @@ mod tests {
         // One more event: only its window travels.
         state.apply(&click("c", "u", T0 + 60_000));
         let (epoch, since) = mirror.cursor();
-        let delta = snapshot(&state, epoch, since);
+        let delta = snapshot(&state, epoch, since, 0);
         assert!(!delta.full);
         assert_eq!(delta.windows.len(), 1);
         mirror.apply(delta);
@@ -205,13 +226,13 @@ mod tests {
 
         // Nothing new: nothing travels.
         let (epoch, since) = mirror.cursor();
-        assert!(snapshot(&state, epoch, since).windows.is_empty());
+        assert!(snapshot(&state, epoch, since, 0).windows.is_empty());
 
         // Eviction: the mirror drops the window too.
         state.apply(&click("d", "u", T0 + 10 * 60_000));
         state.evict();
         let (epoch, since) = mirror.cursor();
-        mirror.apply(snapshot(&state, epoch, since));
+        mirror.apply(snapshot(&state, epoch, since, 0));
         let mine: Vec<i64> = mirror.windows.keys().copied().collect();
         let theirs: Vec<i64> = state.windows.keys().copied().collect();
         assert_eq!(mine, theirs);
@@ -220,7 +241,7 @@ mod tests {
         let mut restarted = SpeedState::new(0, 3 * 60_000);
         restarted.apply(&click("e", "u", T0 + 11 * 60_000));
         let (epoch, since) = mirror.cursor();
-        let again = snapshot(&restarted, epoch, since);
+        let again = snapshot(&restarted, epoch, since, 0);
         assert!(again.full);
         mirror.apply(again);
         assert_eq!(mirror.windows.len(), 1);
@@ -240,7 +261,7 @@ mod tests {
             .iter()
             .map(|s| {
                 let mut m = Mirror::default();
-                m.apply(snapshot(s, 0, 0));
+                m.apply(snapshot(s, 0, 0, 0));
                 m
             })
             .collect();

@@ -1,5 +1,5 @@
 //! The speed layer's own HTTP endpoints, for `lambda speed`:
-//! `GET /internal/v1/speed?epoch&since` (a [`Snapshot`](crate::export::Snapshot)
+//! `GET /internal/v1/speed?epoch&since&alerts_since` (a [`Snapshot`](crate::export::Snapshot)
 //! for serving), `/healthz`, and `/metrics`.
 
 use std::collections::HashMap;
@@ -30,8 +30,8 @@ async fn get_snapshot(
     State(views): State<SpeedViews>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let mut cursor = [0u64; 2];
-    for (i, name) in ["epoch", "since"].into_iter().enumerate() {
+    let mut cursor = [0u64; 3];
+    for (i, name) in ["epoch", "since", "alerts_since"].into_iter().enumerate() {
         if let Some(raw) = params.get(name) {
             match raw.parse() {
                 Ok(n) => cursor[i] = n,
@@ -42,7 +42,7 @@ async fn get_snapshot(
             }
         }
     }
-    let snapshot = snapshot(&views.read(), cursor[0], cursor[1]);
+    let snapshot = snapshot(&views.read(), cursor[0], cursor[1], cursor[2]);
     axum::Json(snapshot).into_response()
 }
 

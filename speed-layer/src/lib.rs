@@ -5,6 +5,7 @@
 //! Invariant: memory is bounded by the window horizon, not by history —
 //! windows older than `watermark - horizon` are evicted.
 
+pub mod alerts;
 pub mod checkpoint;
 pub mod consumer;
 pub mod export;
@@ -54,6 +55,8 @@ pub struct SpeedConfig {
     /// A partition that delivers no record for this long stops holding the
     /// watermark back (Flink's `withIdleness`) until it delivers again.
     pub idle_timeout: Duration,
+    /// Alert rules.
+    pub alert_rules: alerts::AlertRules,
 }
 
 impl SpeedConfig {
@@ -67,6 +70,7 @@ impl SpeedConfig {
             instance: (0, 1),
             dead_letter_invalid: true,
             idle_timeout: Duration::from_secs(30),
+            alert_rules: alerts::AlertRules::defaults(),
         }
     }
 }
@@ -76,8 +80,7 @@ pub type SpeedViews = Arc<RwLock<SpeedState>>;
 
 /// Fresh, empty shared state.
 pub fn new_views(config: &SpeedConfig) -> SpeedViews {
-    Arc::new(RwLock::new(SpeedState::new(
-        config.allowed_lateness_ms,
-        config.horizon_ms,
-    )))
+    let mut state = SpeedState::new(config.allowed_lateness_ms, config.horizon_ms);
+    state.alerts = alerts::AlertEngine::new(config.alert_rules.clone());
+    Arc::new(RwLock::new(state))
 }

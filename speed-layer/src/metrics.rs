@@ -64,6 +64,32 @@ pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut St
         "Late events in the ledger over the window horizon.",
         &ledger,
     );
+    let transitions: Vec<(String, f64)> = speed
+        .alerts
+        .totals()
+        .iter()
+        .map(|((rule, state), n)| {
+            let state = match state {
+                crate::alerts::AlertState::Raised => "raised",
+                crate::alerts::AlertState::Cleared => "cleared",
+            };
+            (format!("rule=\"{rule}\",state=\"{state}\""), *n as f64)
+        })
+        .collect();
+    family(
+        out,
+        "lambda_speed_alerts_total",
+        "counter",
+        "Alert transitions, by rule and state.",
+        &transitions,
+    );
+    family(
+        out,
+        "lambda_speed_alerts_active",
+        "gauge",
+        "Alerts raised and not cleared.",
+        &one(speed.alerts.active().count() as f64),
+    );
     family(
         out,
         "lambda_speed_windows",

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{BucketViews, Event, Topic, floor_to};
 
+use crate::alerts::{AlertEngine, AlertRules};
+
 /// One window: its views and the ids already counted in it.
 #[derive(Debug, Clone, Default)]
 pub struct Window {
@@ -103,6 +105,8 @@ pub struct SpeedState {
     pub clocks: Vec<PartitionClock>,
     /// The current watermark (see [`SpeedState::watermark`]).
     pub watermark_ms: Option<i64>,
+    /// Alert rules and their state.
+    pub alerts: AlertEngine,
 }
 
 /// How far one partition's events have got.
@@ -136,6 +140,7 @@ impl SpeedState {
             epoch: new_epoch(),
             clocks: Vec::new(),
             watermark_ms: None,
+            alerts: AlertEngine::new(AlertRules::default()),
         }
     }
 
@@ -157,7 +162,10 @@ impl SpeedState {
         let reached = active.or_else(|| self.clocks.iter().map(|c| c.max_ts).max());
         if let Some(reached) = reached {
             let candidate = reached - self.allowed_lateness_ms;
-            self.watermark_ms = Some(self.watermark_ms.map_or(candidate, |w| w.max(candidate)));
+            if self.watermark_ms.is_none_or(|w| candidate > w) {
+                self.watermark_ms = Some(candidate);
+                self.alerts.on_watermark(candidate, &self.windows);
+            }
         }
     }
 
@@ -223,6 +231,7 @@ impl SpeedState {
             return Applied::Duplicate;
         }
         window.views.add(event);
+        self.alerts.on_event(event);
         self.seq += 1;
         window.version = self.seq;
         self.counters.counted += 1;

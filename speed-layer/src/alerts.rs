@@ -1,0 +1,662 @@
+//! Alert rules, evaluated by the speed layer in event time.
+//!
+//! - `sensor_range`: a sensor's value outside `[min, max]` for `consecutive`
+//!   readings in a row raises; the next reading inside clears.
+//! - `device_offline`: a device whose last status is offline for longer than
+//!   `after` (event time: the watermark passing `offline since + after`)
+//!   raises; an online status clears.
+//! - `alarm`: an alarm event whose severity is listed raises (one alert per
+//!   device and alarm name while active); it clears after `clear_after` of
+//!   event time without another, or when the device reports online.
+//! - `page_error_rate`: once a 1-minute window closes (the watermark passes
+//!   its end), a page with at least `min_views` page views and errors/views
+//!   above `threshold` raises; a later closed window under the threshold clears.
+//!
+//! An alert is raised once and stays active until cleared — no repeats. The
+//! engine's state (active alerts, counters, timers, recent alerts) is part of
+//! the speed layer's checkpoint, so a restart neither repeats nor forgets one.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use lambda_events::bucket::MINUTE_MS;
+use lambda_events::{BucketViews, DeviceStatus, Event, EventType, Severity};
+use serde::{Deserialize, Serialize};
+
+use crate::window::Window;
+
+/// Alerts kept for readers (the newest).
+pub const RECENT_ALERTS: usize = 10_000;
+
+/// `sensor_range` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorRange {
+    /// Sensor name, e.g. `temperature`.
+    pub sensor: String,
+    /// Lowest value in range.
+    pub min: f64,
+    /// Highest value in range.
+    pub max: f64,
+    /// Readings in a row outside the range that raise.
+    #[serde(default = "default_consecutive")]
+    pub consecutive: u32,
+}
+
+impl std::str::FromStr for SensorRange {
+    type Err = String;
+
+    /// `SENSOR:MIN:MAX` or `SENSOR:MIN:MAX:N`, e.g. `temperature:15:27:3`.
+    fn from_str(text: &str) -> Result<SensorRange, String> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let number = |i: usize, what: &str| -> Result<f64, String> {
+            parts[i]
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    format!(
+                        "sensor range {text:?}: {what} {:?} is not a number",
+                        parts[i]
+                    )
+                })
+        };
+        if !(3..=4).contains(&parts.len()) || parts[0].trim().is_empty() {
+            return Err(format!(
+                "sensor range {text:?}: expected SENSOR:MIN:MAX or SENSOR:MIN:MAX:N, e.g. temperature:15:27:3"
+            ));
+        }
+        let (min, max) = (number(1, "min")?, number(2, "max")?);
+        if min > max {
+            return Err(format!(
+                "sensor range {text:?}: min {min} is above max {max}"
+            ));
+        }
+        let consecutive = match parts.get(3) {
+            None => default_consecutive(),
+            Some(n) => n
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    format!("sensor range {text:?}: N {n:?} is not a positive integer")
+                })?,
+        };
+        Ok(SensorRange {
+            sensor: parts[0].trim().to_string(),
+            min,
+            max,
+            consecutive,
+        })
+    }
+}
+
+fn default_consecutive() -> u32 {
+    3
+}
+
+/// `device_offline` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceOffline {
+    /// Offline for longer than this (ms of event time) raises.
+    pub after_ms: i64,
+}
+
+/// `alarm` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmRule {
+    /// Severities that raise.
+    pub severities: Vec<Severity>,
+    /// Event time without another such alarm after which the alert clears.
+    pub clear_after_ms: i64,
+}
+
+/// `page_error_rate` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageErrorRate {
+    /// errors / page views above this raises, e.g. 0.05.
+    pub threshold: f64,
+    /// Windows with fewer page views are not judged.
+    pub min_views: u64,
+}
+
+/// Every rule; a rule left out is off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRules {
+    /// Sensor ranges.
+    #[serde(default)]
+    pub sensor_range: Vec<SensorRange>,
+    /// Device offline too long.
+    #[serde(default)]
+    pub device_offline: Option<DeviceOffline>,
+    /// Severe alarms.
+    #[serde(default)]
+    pub alarm: Option<AlarmRule>,
+    /// Page error rate.
+    #[serde(default)]
+    pub page_error_rate: Option<PageErrorRate>,
+}
+
+impl AlertRules {
+    /// The rules `lambda demo` runs with when none are configured: ranges
+    /// around the generator's sensors, devices offline over 5 minutes, high
+    /// and critical alarms, pages with more than 10% errors.
+    pub fn defaults() -> AlertRules {
+        AlertRules {
+            sensor_range: vec![
+                SensorRange {
+                    sensor: "temperature".into(),
+                    min: 15.0,
+                    max: 27.0,
+                    consecutive: 3,
+                },
+                SensorRange {
+                    sensor: "humidity".into(),
+                    min: 25.0,
+                    max: 65.0,
+                    consecutive: 3,
+                },
+            ],
+            device_offline: Some(DeviceOffline {
+                after_ms: 5 * MINUTE_MS,
+            }),
+            alarm: Some(AlarmRule {
+                severities: vec![Severity::High, Severity::Critical],
+                clear_after_ms: 10 * MINUTE_MS,
+            }),
+            page_error_rate: Some(PageErrorRate {
+                threshold: 0.10,
+                min_views: 20,
+            }),
+        }
+    }
+}
+
+/// Raised or cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    /// The condition started.
+    Raised,
+    /// The condition ended.
+    Cleared,
+}
+
+/// One alert transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Order of transitions in this speed instance (1, 2, …).
+    pub seq: u64,
+    /// `sensor_range`, `device_offline`, `alarm` or `page_error_rate`.
+    pub rule: String,
+    /// What it is about, e.g. `dev-0007/temperature`, `/checkout`.
+    pub key: String,
+    /// Raised or cleared.
+    pub state: AlertState,
+    /// Event time of the transition (ms).
+    pub ts: i64,
+    /// What happened, for people.
+    pub message: String,
+    /// The value that tripped or cleared it, when there is one.
+    pub value: Option<f64>,
+}
+
+/// The rules' running state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AlertEngine {
+    /// The rules (configuration, not checkpointed).
+    #[serde(skip)]
+    pub rules: AlertRules,
+    /// Active alerts: (rule, key) → event time raised.
+    #[serde(with = "pairs")]
+    active: BTreeMap<(String, String), i64>,
+    /// Out-of-range readings in a row, by `device/sensor`.
+    out_of_range: BTreeMap<String, u32>,
+    /// Devices whose last status is offline, and since when.
+    offline_since: BTreeMap<String, i64>,
+    /// Last severe alarm time by `device/alarm`.
+    last_alarm: BTreeMap<String, i64>,
+    /// Windows before this start have been judged for error rates.
+    judged_before: i64,
+    /// Last transition's seq.
+    seq: u64,
+    /// The newest transitions.
+    recent: VecDeque<Alert>,
+    /// Transitions by (rule, state), for metrics.
+    #[serde(with = "pairs")]
+    totals: BTreeMap<(String, AlertState), u64>,
+}
+
+impl AlertEngine {
+    /// An engine running `rules`.
+    pub fn new(rules: AlertRules) -> AlertEngine {
+        AlertEngine {
+            rules,
+            judged_before: i64::MIN,
+            ..AlertEngine::default()
+        }
+    }
+
+    /// Transitions after `seq`, oldest first.
+    pub fn since(&self, seq: u64) -> impl Iterator<Item = &Alert> {
+        self.recent.iter().filter(move |a| a.seq > seq)
+    }
+
+    /// The last transition's seq.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Active alerts: (rule, key, raised at).
+    pub fn active(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+        self.active
+            .iter()
+            .map(|((rule, key), ts)| (rule.as_str(), key.as_str(), *ts))
+    }
+
+    /// Transitions so far by (rule, state).
+    pub fn totals(&self) -> &BTreeMap<(String, AlertState), u64> {
+        &self.totals
+    }
+
+    fn transition(
+        &mut self,
+        rule: &str,
+        key: &str,
+        state: AlertState,
+        ts: i64,
+        message: String,
+        value: Option<f64>,
+    ) {
+        let slot = (rule.to_string(), key.to_string());
+        match state {
+            AlertState::Raised if self.active.contains_key(&slot) => return,
+            AlertState::Raised => {
+                self.active.insert(slot, ts);
+            }
+            AlertState::Cleared if self.active.remove(&slot).is_none() => return,
+            AlertState::Cleared => {}
+        }
+        self.seq += 1;
+        *self.totals.entry((rule.to_string(), state)).or_default() += 1;
+        self.recent.push_back(Alert {
+            seq: self.seq,
+            rule: rule.to_string(),
+            key: key.to_string(),
+            state,
+            ts,
+            message,
+            value,
+        });
+        while self.recent.len() > RECENT_ALERTS {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Applies the per-event rules to a counted event.
+    pub fn on_event(&mut self, event: &Event) {
+        let device = event.device_id.as_deref().unwrap_or("");
+        match event.event_type {
+            EventType::SensorReading => {
+                let (Some(sensor), Some(value)) = (event.sensor.as_deref(), event.value) else {
+                    return;
+                };
+                let Some(range) = self.rules.sensor_range.iter().find(|r| r.sensor == sensor)
+                else {
+                    return;
+                };
+                let (min, max, needed) = (range.min, range.max, range.consecutive.max(1));
+                let key = format!("{device}/{sensor}");
+                if value < min || value > max {
+                    let n = self.out_of_range.entry(key.clone()).or_default();
+                    *n += 1;
+                    if *n >= needed {
+                        let message = format!(
+                            "{sensor} of {device} outside [{min}, {max}] for {needed} readings: {value}"
+                        );
+                        self.transition(
+                            "sensor_range",
+                            &key,
+                            AlertState::Raised,
+                            event.ts,
+                            message,
+                            Some(value),
+                        );
+                    }
+                } else {
+                    self.out_of_range.remove(&key);
+                    let message = format!("{sensor} of {device} back in range: {value}");
+                    self.transition(
+                        "sensor_range",
+                        &key,
+                        AlertState::Cleared,
+                        event.ts,
+                        message,
+                        Some(value),
+                    );
+                }
+            }
+            EventType::DeviceStatus => match event.status {
+                Some(DeviceStatus::Offline) => {
+                    self.offline_since
+                        .entry(device.to_string())
+                        .or_insert(event.ts);
+                }
+                Some(DeviceStatus::Online) => {
+                    self.offline_since.remove(device);
+                    self.transition(
+                        "device_offline",
+                        device,
+                        AlertState::Cleared,
+                        event.ts,
+                        format!("{device} is online again"),
+                        None,
+                    );
+                    let alarms: Vec<String> = self
+                        .active
+                        .keys()
+                        .filter(|(rule, key)| {
+                            rule == "alarm" && key.split_once('/').is_some_and(|(d, _)| d == device)
+                        })
+                        .map(|(_, key)| key.clone())
+                        .collect();
+                    for key in alarms {
+                        self.last_alarm.remove(&key);
+                        self.transition(
+                            "alarm",
+                            &key,
+                            AlertState::Cleared,
+                            event.ts,
+                            format!("{device} is online again"),
+                            None,
+                        );
+                    }
+                }
+                None => {}
+            },
+            EventType::Alarm => {
+                let (Some(rule), Some(severity)) = (&self.rules.alarm, event.severity) else {
+                    return;
+                };
+                if !rule.severities.contains(&severity) {
+                    return;
+                }
+                let name = event.alarm.as_deref().unwrap_or("");
+                let key = format!("{device}/{name}");
+                let last = self.last_alarm.entry(key.clone()).or_insert(event.ts);
+                *last = (*last).max(event.ts);
+                let message = format!(
+                    "{} alarm {name} on {device}{}",
+                    severity.as_str(),
+                    event
+                        .message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                );
+                self.transition("alarm", &key, AlertState::Raised, event.ts, message, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies the time-driven rules as the watermark reaches `watermark`.
+    pub fn on_watermark(&mut self, watermark: i64, windows: &BTreeMap<i64, Window>) {
+        if let Some(rule) = self.rules.device_offline.clone() {
+            let due: Vec<(String, i64)> = self
+                .offline_since
+                .iter()
+                .filter(|(_, since)| **since + rule.after_ms <= watermark)
+                .map(|(d, since)| (d.clone(), *since))
+                .collect();
+            for (device, since) in due {
+                let minutes = rule.after_ms as f64 / MINUTE_MS as f64;
+                self.transition(
+                    "device_offline",
+                    &device,
+                    AlertState::Raised,
+                    since + rule.after_ms,
+                    format!("{device} offline for more than {minutes} min"),
+                    None,
+                );
+            }
+        }
+        if let Some(rule) = self.rules.alarm.clone() {
+            let quiet: Vec<(String, i64)> = self
+                .last_alarm
+                .iter()
+                .filter(|(_, last)| **last + rule.clear_after_ms <= watermark)
+                .map(|(k, last)| (k.clone(), *last))
+                .collect();
+            for (key, last) in quiet {
+                self.last_alarm.remove(&key);
+                self.transition(
+                    "alarm",
+                    &key,
+                    AlertState::Cleared,
+                    last + rule.clear_after_ms,
+                    format!("no further alarm {key}"),
+                    None,
+                );
+            }
+        }
+        if let Some(rule) = self.rules.page_error_rate.clone() {
+            // Windows that closed since the last look: end at or before the watermark.
+            let from = self.judged_before;
+            let closed: Vec<(i64, BTreeMap<String, (u64, u64)>)> = windows
+                .range(from..)
+                .take_while(|(start, _)| **start + MINUTE_MS <= watermark)
+                .map(|(start, w)| (*start, per_page(&w.views)))
+                .collect();
+            for (start, pages) in &closed {
+                let start = *start;
+                for (page, (views, errors)) in pages {
+                    let (views, errors) = (*views, *errors);
+                    if views < rule.min_views {
+                        continue;
+                    }
+                    let rate = errors as f64 / views as f64;
+                    let state = if rate > rule.threshold {
+                        AlertState::Raised
+                    } else {
+                        AlertState::Cleared
+                    };
+                    let message = format!(
+                        "error rate of {page} {:.1}% in the minute at {start} ({errors} errors, {views} views; threshold {:.1}%)",
+                        rate * 100.0,
+                        rule.threshold * 100.0
+                    );
+                    self.transition(
+                        "page_error_rate",
+                        page,
+                        state,
+                        start + MINUTE_MS,
+                        message,
+                        Some(rate),
+                    );
+                }
+            }
+            if let Some((last, _)) = closed.last() {
+                self.judged_before = self.judged_before.max(last + MINUTE_MS);
+            }
+        }
+    }
+}
+
+/// Maps with tuple keys as JSON lists of `[key, value]` pairs (JSON object keys are strings).
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub(super) fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// (page views, errors) by page over every device.
+fn per_page(views: &BucketViews) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for ((page, _), counts) in &views.pages {
+        let slot = out.entry(page.clone()).or_default();
+        slot.0 += counts.page_views;
+        slot.1 += counts.errors;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SpeedState;
+
+    const T0: i64 = 1_767_225_600_000;
+
+    fn reading(id: &str, ts: i64, value: f64) -> Event {
+        let mut e = Event::bare(id, EventType::SensorReading, ts);
+        e.device_id = Some("dev-1".into());
+        e.sensor = Some("temperature".into());
+        e.value = Some(value);
+        e
+    }
+
+    fn state() -> SpeedState {
+        let mut s = SpeedState::new(60_000, 3_600_000);
+        s.alerts = AlertEngine::new(AlertRules::defaults());
+        s
+    }
+
+    fn rules_fired(s: &SpeedState) -> Vec<(String, AlertState)> {
+        s.alerts
+            .since(0)
+            .map(|a| (a.rule.clone(), a.state))
+            .collect()
+    }
+
+    #[test]
+    fn sensor_ranges_from_flags() {
+        let check = |text: &str, expected: Result<(&str, f64, f64, u32), &str>| {
+            let got = text.parse::<SensorRange>();
+            match expected {
+                Ok((sensor, min, max, n)) => {
+                    let r = got.unwrap();
+                    assert_eq!(
+                        (r.sensor.as_str(), r.min, r.max, r.consecutive),
+                        (sensor, min, max, n)
+                    );
+                }
+                Err(part) => {
+                    let e = got.unwrap_err();
+                    assert!(e.contains(part), "{text}: {e}");
+                }
+            }
+        };
+        check("temperature:15:27:3", Ok(("temperature", 15.0, 27.0, 3)));
+        check("humidity:-5.5:60", Ok(("humidity", -5.5, 60.0, 3)));
+        check("temperature:15", Err("expected SENSOR:MIN:MAX"));
+        check(":1:2", Err("expected SENSOR:MIN:MAX"));
+        check("t:x:2", Err("min \"x\" is not a number"));
+        check("t:1:NaN", Err("max"));
+        check("t:5:1", Err("min 5 is above max 1"));
+        check("t:1:5:0", Err("N \"0\" is not a positive integer"));
+    }
+
+    #[test]
+    fn a_sensor_out_of_range_for_n_readings_raises_once_and_clears() {
+        let mut s = state();
+        s.apply(&reading("a", T0, 30.0));
+        s.apply(&reading("b", T0 + 1, 31.0));
+        assert!(rules_fired(&s).is_empty(), "two readings are not enough");
+        s.apply(&reading("c", T0 + 2, 32.0));
+        s.apply(&reading("d", T0 + 3, 33.0)); // still out: no repeat
+        s.apply(&reading("d", T0 + 3, 33.0)); // a resend: not counted at all
+        s.apply(&reading("e", T0 + 4, 21.0));
+        s.apply(&reading("f", T0 + 5, 21.5)); // in range, nothing active: nothing
+        assert_eq!(
+            rules_fired(&s),
+            vec![
+                ("sensor_range".into(), AlertState::Raised),
+                ("sensor_range".into(), AlertState::Cleared)
+            ]
+        );
+        let raised = s.alerts.since(0).next().unwrap();
+        assert_eq!(raised.key, "dev-1/temperature");
+        assert_eq!(raised.ts, T0 + 2);
+        assert_eq!(s.alerts.since(1).count(), 1);
+    }
+
+    #[test]
+    fn offline_devices_alarms_and_error_rates() {
+        let mut s = state();
+        let mut off = Event::bare("o", EventType::DeviceStatus, T0);
+        off.device_id = Some("dev-2".into());
+        off.status = Some(DeviceStatus::Offline);
+        s.apply(&off);
+        let mut alarm = Event::bare("al", EventType::Alarm, T0 + 1_000);
+        alarm.device_id = Some("dev-3".into());
+        alarm.alarm = Some("overheat".into());
+        alarm.severity = Some(Severity::Critical);
+        s.apply(&alarm);
+        let mut low = alarm.clone();
+        low.event_id = "al2".into();
+        low.severity = Some(Severity::Low);
+        s.apply(&low);
+        // A minute with 30 views of /checkout, 6 errors: 20% > 10%.
+        for i in 0..30 {
+            let mut v = Event::bare(format!("v{i}"), EventType::PageView, T0 + 2_000 + i);
+            v.user_id = Some("u".into());
+            v.page = Some("/checkout".into());
+            s.apply(&v);
+        }
+        for i in 0..6 {
+            let mut e = Event::bare(format!("x{i}"), EventType::Error, T0 + 3_000 + i);
+            e.user_id = Some("u".into());
+            e.page = Some("/checkout".into());
+            e.error_code = Some("500".into());
+            s.apply(&e);
+        }
+        assert_eq!(rules_fired(&s), vec![("alarm".into(), AlertState::Raised)]);
+        // Event time moves on 7 minutes (a reading elsewhere): the watermark passes
+        // the offline timer and closes the minute of the errors.
+        s.apply(&reading("late-1", T0 + 7 * MINUTE_MS, 21.0));
+        let fired = rules_fired(&s);
+        assert!(
+            fired.contains(&("device_offline".into(), AlertState::Raised)),
+            "{fired:?}"
+        );
+        assert!(
+            fired.contains(&("page_error_rate".into(), AlertState::Raised)),
+            "{fired:?}"
+        );
+        // The device comes back: cleared.
+        let mut on = off.clone();
+        on.event_id = "on".into();
+        on.ts = T0 + 7 * MINUTE_MS + 1;
+        on.status = Some(DeviceStatus::Online);
+        s.apply(&on);
+        assert_eq!(
+            s.alerts.since(0).last().map(|a| (a.rule.as_str(), a.state)),
+            Some(("device_offline", AlertState::Cleared))
+        );
+        // 10 more minutes without alarms: the alarm clears.
+        s.apply(&reading("later", T0 + 18 * MINUTE_MS, 21.0));
+        assert!(s.alerts.active().all(|(rule, _, _)| rule != "alarm"));
+    }
+}
