@@ -59,6 +59,8 @@ pub struct DemoConfig {
     pub idle_timeout: std::time::Duration,
     /// The speed layer's alert rules.
     pub alert_rules: lambda_speed::alerts::AlertRules,
+    /// Bearer token of the admin endpoints (`None`: they are off).
+    pub admin_token: Option<String>,
     /// Show a progress line for the generator.
     pub progress: bool,
     /// The log; `None` is the embedded log under `data_dir/log`.
@@ -81,6 +83,7 @@ impl DemoConfig {
             allowed_lateness_ms: 60_000,
             idle_timeout: std::time::Duration::from_secs(30),
             alert_rules: lambda_speed::alerts::AlertRules::defaults(),
+            admin_token: None,
             progress: false,
             log_url: None,
             lake_url: None,
@@ -122,6 +125,7 @@ impl Demo {
             allowed_lateness_ms: config.allowed_lateness_ms,
             idle_timeout: config.idle_timeout,
             alert_rules: config.alert_rules.clone(),
+            admin_token: config.admin_token.clone(),
         };
         let log = shared.open_log().await?;
         let lake = shared.open_lake()?;
@@ -200,7 +204,13 @@ impl Demo {
                 metrics: vec![ingest_metrics],
             },
         };
-        let app = lambda_ingest::router(ingest).merge(lambda_serving::router(serving));
+        let admin = lambda_serving::admin::AdminState::new(
+            config.admin_token.clone(),
+            lambda_serving::admin::BatchRunner::Local(batch.clone()),
+        );
+        let app = lambda_ingest::router(ingest)
+            .merge(lambda_serving::router(serving))
+            .merge(lambda_serving::admin::router(admin));
         let addr = supervisor.serve_http(config.listen, app).await?;
         supervisor.spawn_retention(Arc::clone(&log));
 

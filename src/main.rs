@@ -95,6 +95,9 @@ struct SharedArgs {
     alerts_file: Option<PathBuf>,
     #[command(flatten)]
     alerts: AlertArgs,
+    /// Bearer token that POST /api/v1/admin/batch/run requires; without it the admin endpoints are off.
+    #[arg(long, env = "LAMBDA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     #[command(flatten)]
     lake: LakeArgs,
 }
@@ -190,6 +193,7 @@ impl SharedArgs {
     fn shared(&self) -> anyhow::Result<Shared> {
         Ok(Shared {
             alert_rules: self.alert_rules()?,
+            admin_token: self.admin_token.clone(),
             data_dir: self.data_dir.clone(),
             log_url: self.log_url.clone(),
             lake_url: self.lake.lake_url.clone(),
@@ -394,7 +398,10 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Batch(args) if args.once => {
                 let report = roles::batch_once(&args.shared.shared()?).await?;
-                println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&lambda_serving::admin::report_json(&report))?
+                );
                 Ok(())
             }
             Command::Batch(args) => {
@@ -429,17 +436,6 @@ async fn run_role(name: &str, running: roles::Running) -> anyhow::Result<()> {
     println!("lambda {name} is listening on http://{}", running.addr);
     cancel_on_signal(running.supervisor.shutdown.clone());
     running.supervisor.wait().await
-}
-
-fn report_json(report: &lambda_batch::RunReport) -> serde_json::Value {
-    serde_json::json!({
-        "committed": report.committed,
-        "version": report.version,
-        "events_written": report.stats.events_written,
-        "records_read": report.stats.records_read,
-        "duplicates": report.stats.duplicates,
-        "invalid": report.stats.invalid,
-    })
 }
 
 fn parse_start(text: &str) -> Result<i64, String> {
@@ -495,6 +491,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         allowed_lateness_ms: shared.allowed_lateness_ms,
         idle_timeout: shared.idle_timeout,
         alert_rules: shared.alert_rules,
+        admin_token: shared.admin_token,
         progress: false,
         log_url: shared.log_url,
         lake_options: shared.lake_options,

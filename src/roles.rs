@@ -58,6 +58,8 @@ pub struct Shared {
     pub idle_timeout: Duration,
     /// The speed layer's alert rules.
     pub alert_rules: lambda_speed::alerts::AlertRules,
+    /// Bearer token of the admin endpoints (`None`: they are off).
+    pub admin_token: Option<String>,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             allowed_lateness_ms: 60_000,
             idle_timeout: Duration::from_secs(30),
             alert_rules: lambda_speed::alerts::AlertRules::defaults(),
+            admin_token: None,
         }
     }
 
@@ -307,7 +310,12 @@ pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyho
             lambda_batch::run(schedule, ctx, handle, triggers, token),
         );
     }
-    let addr = supervisor.serve_http(listen, runner_router(handle)).await?;
+    let admin = lambda_serving::admin::AdminState::new(
+        shared.admin_token.clone(),
+        lambda_serving::admin::BatchRunner::Local(handle.clone()),
+    );
+    let app = runner_router(handle).merge(lambda_serving::admin::router(admin));
+    let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, %schedule, "batch started");
     Ok(Running { addr, supervisor })
 }
@@ -432,9 +440,13 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
             metrics: Vec::new(),
         },
     };
-    let addr = supervisor
-        .serve_http(listen, lambda_serving::router(state))
-        .await?;
+    let runner = match &peers.batch_url {
+        Some(url) => lambda_serving::admin::BatchRunner::Remote(url.clone()),
+        None => lambda_serving::admin::BatchRunner::Absent,
+    };
+    let admin = lambda_serving::admin::AdminState::new(shared.admin_token.clone(), runner);
+    let app = lambda_serving::router(state).merge(lambda_serving::admin::router(admin));
+    let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, speed = ?peers.speed_urls, "serve started");
     Ok(Running { addr, supervisor })
 }

@@ -132,6 +132,7 @@ async fn two_speed_instances_behind_one_serve() {
     }
     let shared = |name: &str| Shared {
         alert_rules: alert_rules.clone(),
+        admin_token: Some("roles-token".into()),
         log_url: Some(broker.log_url()),
         lake_url: Some(format!("file://{}", dir.path().join("lake").display())),
         ..Shared::new(dir.path().join(name))
@@ -216,6 +217,28 @@ async fn two_speed_instances_behind_one_serve() {
     let runs = status["batch"]["runs_ok"].as_u64().unwrap();
     caught_up(&client, &base, runs).await;
     check(&client, &base, &lines).await;
+
+    // A run on request through serve, forwarded to the batch runner with the token.
+    let response = client
+        .post(format!("{base}/api/v1/admin/batch/run"))
+        .bearer_auth("roles-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert!(report["version"].as_u64() > Some(0), "{report}");
+    let refused = client
+        .post(format!("{base}/api/v1/admin/batch/run"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        401,
+        "the runner checks the forwarded token"
+    );
 
     for running in [serve, batch, speed1, speed0, ingest] {
         running.supervisor.stop().await.unwrap();

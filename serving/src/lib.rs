@@ -4,6 +4,7 @@
 //! Invariant: read-only over the views; a query takes a read lock for the
 //! time of one merge and never waits on the log or the lake.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod boundary;

@@ -1,0 +1,108 @@
+//! `POST /api/v1/admin/batch/run` on the demo: off without a configured
+//! token, `401` without the right one, and with it a run now, answered with
+//! its report (a second run finds nothing new).
+
+use lambda_pipeline::demo::{Demo, DemoConfig};
+use serde_json::{Value, json};
+
+mod common;
+use common::post_lines;
+
+const T0: i64 = 1_767_225_600_000;
+const NEVER: &str = "0 0 0 1 1 * 2099";
+const PATH: &str = "/api/v1/admin/batch/run";
+
+fn config(dir: &std::path::Path, token: Option<&str>) -> DemoConfig {
+    DemoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        batch_schedule: NEVER.into(),
+        admin_token: token.map(str::to_string),
+        ..DemoConfig::new(dir)
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+) -> (u16, Value, Option<String>) {
+    let mut request = client.post(url);
+    if let Some(auth) = auth {
+        request = request.header("Authorization", auth);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, response.json().await.unwrap(), challenge)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_run_on_request_needs_the_token() {
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(config(dir.path(), Some("s3cret")))
+        .await
+        .unwrap();
+    let base = format!("http://{}", demo.addr);
+    let url = format!("{base}{PATH}");
+    let lines: Vec<Vec<u8>> = (0..50)
+        .map(|i| {
+            serde_json::to_vec(&json!({"event_id": format!("c{i}"), "ts": T0 + i * 1_000,
+                                       "event_type": "click", "user_id": format!("u{i}")}))
+            .unwrap()
+        })
+        .collect();
+    post_lines(&client, &base, &lines).await;
+
+    let (status, body, challenge) = post(&client, &url, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    assert!(
+        body["error"].as_str().unwrap().contains("authorization"),
+        "{body}"
+    );
+    let (status, body, _) = post(&client, &url, Some("Bearer guess")).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrong bearer token"),
+        "{body}"
+    );
+    assert!(demo.batch.status.read().last_run.is_none(), "nothing ran");
+
+    let (status, body, _) = post(&client, &url, Some("Bearer s3cret")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["committed"], true);
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["events_written"], 50);
+    assert_eq!(
+        body["boundary"],
+        T0 + 49_000 - 60_000 - (T0 + 49_000 - 60_000).rem_euclid(60_000)
+    );
+    let (status, again, _) = post(&client, &url, Some("Bearer s3cret")).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["committed"], false, "nothing new: {again}");
+    assert_eq!(again["version"], 1);
+    assert_eq!(demo.batch.status.read().runs_ok, 2);
+    demo.stop().await.unwrap();
+
+    // Without a token configured, the endpoint is off whatever is sent.
+    let demo = Demo::start(config(dir.path(), None)).await.unwrap();
+    let (status, body, _) = post(
+        &client,
+        &format!("http://{}{PATH}", demo.addr),
+        Some("Bearer s3cret"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--admin-token"),
+        "{body}"
+    );
+    demo.stop().await.unwrap();
+}
