@@ -46,6 +46,9 @@ pub enum FailPoint {
     AfterFirstDataFile,
     /// After all data and view files, before the manifest.
     BeforeManifest,
+    /// After the manifest is committed, before the covered offsets are
+    /// committed to the log's consumer group.
+    AfterManifest,
 }
 
 /// What a committed run did.
@@ -132,6 +135,9 @@ pub async fn run_with_fail_point(
         }
     }
     if offsets == previous.offsets && previous.version > 0 {
+        // Nothing new; the group offsets may still lag the manifest (a run
+        // that failed after its commit).
+        commit_group_offsets(ctx, &previous.offsets).await;
         stats.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(RunReport {
             version: previous.version,
@@ -210,12 +216,10 @@ pub async fn run_with_fail_point(
         run: stats,
     };
     manifest::commit(&ctx.lake, &manifest).await?;
-    for (topic, topic_offsets) in &manifest.offsets {
-        let list: Vec<(u32, u64)> = topic_offsets.iter().map(|(p, o)| (*p, *o)).collect();
-        if let Err(error) = ctx.log.commit(CONSUMER_GROUP, topic, &list).await {
-            tracing::warn!(%error, %topic, "committing batch offsets to the log failed; the manifest is the source of truth");
-        }
+    if fail_point == Some(FailPoint::AfterManifest) {
+        anyhow::bail!("injected failure after the manifest of version {version}");
     }
+    commit_group_offsets(ctx, &manifest.offsets).await;
     tracing::info!(
         version,
         records_read = stats.records_read,
@@ -232,6 +236,18 @@ pub async fn run_with_fail_point(
         stats,
         boundary_ms,
     })
+}
+
+/// Commits the offsets the lake covers to the log's [`CONSUMER_GROUP`], for
+/// lag reporting and retention. The manifest is the source of truth: a
+/// failure here is logged, and the next run commits again.
+async fn commit_group_offsets(ctx: &RunContext, offsets: &BTreeMap<String, BTreeMap<u32, u64>>) {
+    for (topic, topic_offsets) in offsets {
+        let list: Vec<(u32, u64)> = topic_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        if let Err(error) = ctx.log.commit(CONSUMER_GROUP, topic, &list).await {
+            tracing::warn!(%error, %topic, "committing batch offsets to the log failed; the manifest is the source of truth");
+        }
+    }
 }
 
 async fn local_paths(lake: &Lake, files: &[DataFile]) -> anyhow::Result<Vec<std::path::PathBuf>> {

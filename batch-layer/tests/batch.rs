@@ -186,6 +186,19 @@ async fn runs_are_idempotent_and_deduplicate_across_runs() {
     assert_eq!(views_two.buckets, views_one.buckets);
 }
 
+/// The batch layer's consumer-group offsets, by topic and partition.
+async fn group_offsets(log: &Arc<dyn EventLog>) -> BTreeMap<String, BTreeMap<u32, u64>> {
+    let mut all = BTreeMap::new();
+    for topic in Topic::ALL {
+        let committed = log
+            .committed(lambda_batch::run::CONSUMER_GROUP, topic.name())
+            .await
+            .unwrap();
+        all.insert(topic.name().to_string(), committed);
+    }
+    all
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_leaves_nothing_visible_and_the_next_run_completes() {
     let clean = fixture().await;
@@ -213,8 +226,30 @@ async fn a_failed_run_leaves_nothing_visible_and_the_next_run_completes() {
             "views unchanged after {fail_point:?}"
         );
     }
+    // Failing after the manifest: the run is committed (all of it visible),
+    // only the consumer group's offsets lag until the next run.
+    let error = run_with_fail_point(&crashy.ctx, Some(FailPoint::AfterManifest))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    let committed = loaded(&crashy.ctx.lake).await;
+    let committed_manifest = committed.manifest.clone().unwrap();
+    assert_eq!(
+        committed_manifest.version,
+        before.manifest.as_ref().unwrap().version + 1
+    );
+    assert_ne!(
+        group_offsets(&crashy.log).await,
+        committed_manifest.offsets,
+        "the group lags"
+    );
     let recovered = run_once(&crashy.ctx).await.unwrap();
-    assert!(recovered.committed);
+    assert!(!recovered.committed, "nothing new after a committed run");
+    assert_eq!(
+        group_offsets(&crashy.log).await,
+        committed_manifest.offsets,
+        "and now it does not"
+    );
     run_once(&clean.ctx).await.unwrap();
     let (a, b) = (
         loaded(&clean.ctx.lake).await,
@@ -224,10 +259,25 @@ async fn a_failed_run_leaves_nothing_visible_and_the_next_run_completes() {
         a.buckets, b.buckets,
         "the recovered lake answers like an uninterrupted one"
     );
-    assert_eq!(
-        a.manifest.as_ref().unwrap().offsets,
-        b.manifest.as_ref().unwrap().offsets
-    );
+    let (ma, mb) = (a.manifest.unwrap(), b.manifest.unwrap());
+    assert_eq!(ma.offsets, mb.offsets);
+    // The same bytes: every data and view file of both lakes.
+    assert_eq!(ma.partitions, mb.partitions);
+    for partition in ma.partitions.values() {
+        let files = partition
+            .data_files
+            .iter()
+            .map(|d| d.path.clone())
+            .chain(partition.views.values().cloned());
+        for path in files {
+            let path = object_store::path::Path::from(path.as_str());
+            assert_eq!(
+                clean.ctx.lake.get(&path).await.unwrap(),
+                crashy.ctx.lake.get(&path).await.unwrap(),
+                "{path}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
