@@ -38,20 +38,27 @@ if ! need tansu; then
     --target-dir "$HOME/.cache/lambda-pipeline/tansu-target"
 fi
 
-# A Python virtualenv for the compose-wiring and interop tests:
+# A Python virtualenv for the tests that use outside tools:
 # docker-compose 1.29 (validates docker-compose.yml against the compose schema
-# and resolves it; its PyYAML pin needs Cython < 3 to build) and confluent-kafka
-# (a third-party Kafka client).
+# and resolves it; its PyYAML pin needs Cython < 3 to build), confluent-kafka
+# (a third-party Kafka client) and pyarrow (reads the lake as it is).
 venv="$HOME/.cache/lambda-pipeline/venv"
-if [ ! -x "$venv/bin/docker-compose" ] || ! "$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
-  echo "creating $venv (docker-compose, confluent-kafka) from PyPI"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "creating $venv"
   if ! python3 -m venv "$venv" 2>/dev/null; then
     apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$venv"
   fi
+fi
+if [ ! -x "$venv/bin/docker-compose" ]; then
+  echo "installing docker-compose into $venv from PyPI"
   "$venv/bin/pip" install -q 'cython<3' wheel setuptools
   "$venv/bin/pip" install -q --no-build-isolation 'pyyaml==5.4.1'
-  "$venv/bin/pip" install -q 'docker-compose==1.29.2' 'confluent-kafka==2.16.1'
+  "$venv/bin/pip" install -q 'docker-compose==1.29.2'
+fi
+if ! "$venv/bin/python" -c 'import confluent_kafka, pyarrow' 2>/dev/null; then
+  echo "installing confluent-kafka and pyarrow into $venv from PyPI"
+  "$venv/bin/pip" install -q 'confluent-kafka==2.16.1' 'pyarrow==26.0.1'
 fi
 export LAMBDA_TEST_VENV="$venv"
 

@@ -46,14 +46,10 @@ fn manifest_dir() -> PathBuf {
 
 /// The Python virtualenv with docker-compose and confluent-kafka.
 fn venv() -> PathBuf {
-    let dir = std::env::var_os("LAMBDA_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/lambda-pipeline/venv")
-        });
+    let dir = lambda_testkit::venv();
     assert!(
-        dir.join("bin/docker-compose").exists() && dir.join("bin/python").exists(),
-        "no docker-compose in {}: run ./infra/test.sh, which creates that virtualenv",
+        dir.join("bin/docker-compose").exists(),
+        "no docker-compose in {}: run ./infra/test.sh, which installs it",
         dir.display()
     );
     dir

@@ -389,3 +389,96 @@ async fn batch_runs_write_and_read_a_real_s3_server() {
     let conflict = manifest::commit(&lake, &next).await.unwrap_err();
     assert!(matches!(conflict, CommitError::Conflict(_)), "{conflict}");
 }
+
+/// The master dataset and the views as they lie in the lake, read by pyarrow
+/// (`read_lake.py`, none of our code): typed columns, zstd, one row per
+/// distinct event, the counts of the events sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lake_reads_as_it_is_with_pyarrow() {
+    let f = fixture().await;
+    let sent = events(9, 4000);
+    append(&f.log, &sent).await;
+    run_once(&f.ctx).await.unwrap();
+    // A second run adds a second file to some hours.
+    let more = events(10, 1000);
+    append(&f.log, &more).await;
+    run_once(&f.ctx).await.unwrap();
+
+    let python = lambda_testkit::venv().join("bin/python");
+    let output = std::process::Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_lake.py"))
+        .arg(f._dir.path().join("lake"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // What was sent, by topic: distinct events by type, revenue.
+    let mut expected: BTreeMap<&str, (BTreeMap<String, u64>, i64)> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in sent.iter().chain(&more) {
+        if seen.insert(e.event_id.clone()) {
+            let slot = expected.entry(e.topic().name()).or_default();
+            *slot.0.entry(e.event_type.as_str().to_string()).or_default() += 1;
+            slot.1 += e.amount_cents.unwrap_or(0);
+        }
+    }
+    for (topic, (by_type, revenue)) in &expected {
+        let t = &found["topics"][topic];
+        let rows: u64 = by_type.values().sum();
+        assert_eq!(t["rows"], rows, "{topic}");
+        assert_eq!(t["distinct_ids"], rows, "{topic}: one row per event");
+        assert_eq!(t["by_type"], serde_json::json!(by_type), "{topic}");
+        assert_eq!(t["revenue_cents"], *revenue, "{topic}");
+    }
+
+    let files = found["files"].as_array().unwrap();
+    assert!(files.iter().any(|f| f["kind"] == "view"));
+    let hours_with_two_files = files
+        .iter()
+        .filter(|f| f["kind"] == "data" && f["path"].as_str().unwrap().ends_with("2.parquet"))
+        .count();
+    assert!(hours_with_two_files > 0, "the second run wrote files");
+    for file in files {
+        assert_eq!(file["codecs"], serde_json::json!(["ZSTD"]), "{file}");
+        assert!(file["rows"].as_u64() > Some(0), "{file}");
+        if file["kind"] == "data" {
+            assert_eq!(file["rows"], file["manifest_rows"], "{file}");
+            let schema = file["schema"].as_array().unwrap();
+            let column = |name: &str| {
+                schema
+                    .iter()
+                    .find(|c| c[0] == name)
+                    .unwrap_or_else(|| panic!("no column {name} in {file}"))
+                    .clone()
+            };
+            assert_eq!(
+                column("event_id"),
+                serde_json::json!(["event_id", "string", false])
+            );
+            assert_eq!(
+                column("ts"),
+                serde_json::json!(["ts", "timestamp[ms, tz=UTC]", false])
+            );
+            assert_eq!(
+                column("log_offset"),
+                serde_json::json!(["log_offset", "int64", false])
+            );
+            if file["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("master/funnel-events/")
+            {
+                assert_eq!(column("amount_cents")[1], "int64");
+                assert_eq!(column("render_ms")[1], "double");
+            } else {
+                assert_eq!(column("value")[1], "double");
+                assert_eq!(column("device_id")[1], "string");
+            }
+        }
+    }
+}

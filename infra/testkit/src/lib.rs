@@ -32,6 +32,24 @@ pub fn wait_for_port(address: &str, within: Duration) -> bool {
     false
 }
 
+/// The tests' Python virtualenv (docker-compose, confluent-kafka, pyarrow),
+/// created by `./infra/test.sh` at `$LAMBDA_TEST_VENV` (default
+/// `~/.cache/lambda-pipeline/venv`). A missing one fails the test, saying so.
+pub fn venv() -> std::path::PathBuf {
+    let dir = std::env::var_os("LAMBDA_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
+                .join(".cache/lambda-pipeline/venv")
+        });
+    assert!(
+        dir.join("bin/python").exists(),
+        "no Python virtualenv at {}: run ./infra/test.sh, which creates it",
+        dir.display()
+    );
+    dir
+}
+
 /// A child process killed (and reaped) on drop.
 #[derive(Debug)]
 pub struct KillOnDrop(pub Child);
