@@ -134,6 +134,27 @@ impl Lake {
             .with_context(|| format!("reading {path}"))
     }
 
+    /// Whether an object exists at `path`.
+    pub async fn exists(&self, path: &Path) -> anyhow::Result<bool> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("looking for {path}")),
+        }
+    }
+
+    /// Deletes an object (and its cached copy); a missing one is not an error.
+    pub async fn delete(&self, path: &Path) -> anyhow::Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting {path}")),
+        }
+        if self.local_root.is_none() {
+            let _ = std::fs::remove_file(self.cache_dir.join(path.as_ref()));
+        }
+        Ok(())
+    }
+
     /// Lists the objects under `prefix`.
     pub async fn list(&self, prefix: &Path) -> anyhow::Result<Vec<Path>> {
         let metas: Vec<_> = self

@@ -5,6 +5,7 @@
 //!
 //! Invariant: the only writer of the lake; a run is all-or-nothing.
 
+pub mod index;
 pub mod lake;
 pub mod manifest;
 pub mod master;

@@ -29,6 +29,10 @@ pub struct Manifest {
     pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
     /// Every hour partition of the master dataset, by `<topic>/date=…/hour=…`.
     pub partitions: BTreeMap<String, HourPartition>,
+    /// The id index files by topic (see [`crate::index`]); absent in lakes
+    /// written before the index existed.
+    #[serde(default)]
+    pub id_index: BTreeMap<String, Vec<DataFile>>,
     /// What the run that wrote this manifest did.
     pub run: RunStats,
 }
@@ -70,6 +74,13 @@ pub struct RunStats {
     pub invalid: u64,
     /// Hour partitions whose views were recomputed.
     pub hours_recomputed: u64,
+    /// Hour partitions whose data files were merged into one.
+    #[serde(default)]
+    pub hours_compacted: u64,
+    /// Files no manifest needs any more, deleted after the commit (so in
+    /// the run's report, not in its manifest).
+    #[serde(skip)]
+    pub files_deleted: u64,
     /// Wall time of the run (ms).
     pub duration_ms: u64,
 }
@@ -97,6 +108,61 @@ pub async fn latest(lake: &Lake) -> anyhow::Result<Option<Manifest>> {
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .with_context(|| format!("parsing manifest version {version}"))?;
     Ok(Some(manifest))
+}
+
+/// The manifest of `version`, if it was committed.
+pub async fn read(lake: &Lake, version: u64) -> anyhow::Result<Option<Manifest>> {
+    let path = manifest_path(version);
+    if !lake.exists(&path).await? {
+        return Ok(None);
+    }
+    let bytes = lake.get(&path).await?;
+    let manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("parsing manifest version {version}"))?;
+    Ok(Some(manifest))
+}
+
+impl Manifest {
+    /// Every file this manifest references: data, view and index files.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.partitions
+            .values()
+            .flat_map(|p| {
+                p.data_files
+                    .iter()
+                    .map(|d| d.path.as_str())
+                    .chain(p.views.values().map(String::as_str))
+            })
+            .chain(self.id_index.values().flatten().map(|d| d.path.as_str()))
+    }
+}
+
+/// Deletes the files that manifest `version - keep` references and none of
+/// the `keep` newest (`..= version`) does: compacted data files, replaced
+/// view files, merged index files. Each file is deleted once, `keep` runs
+/// after the last manifest that needed it, so a reader that loaded one of
+/// the newest manifests still finds everything it names. Returns how many.
+pub async fn vacuum(lake: &Lake, version: u64, keep: u64) -> anyhow::Result<u64> {
+    if version <= keep {
+        return Ok(0);
+    }
+    let Some(old) = read(lake, version - keep).await? else {
+        return Ok(0);
+    };
+    let mut needed = std::collections::HashSet::new();
+    for v in version - keep + 1..=version {
+        if let Some(m) = read(lake, v).await? {
+            needed.extend(m.files().map(str::to_string));
+        }
+    }
+    let mut deleted = 0;
+    for path in old.files() {
+        if !needed.contains(path) {
+            lake.delete(&Path::from(path)).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 /// Why a commit did not happen.

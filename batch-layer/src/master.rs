@@ -178,6 +178,49 @@ pub fn encode(topic: Topic, events: &[LoggedEvent]) -> anyhow::Result<Bytes> {
     to_parquet(schema(topic), &[record_batch(topic, events)?])
 }
 
+/// One file holding every row of `files` (all of `topic`), sorted by
+/// `(ts, event_id)` as a run writes them: what compaction puts in place of
+/// an hour's several files.
+pub fn compact(topic: Topic, files: &[std::path::PathBuf]) -> anyhow::Result<Bytes> {
+    use anyhow::Context;
+    use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let schema = schema(topic);
+    let mut batches = Vec::new();
+    for path in files {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("reading {}", path.display()))?
+            .build()?;
+        for batch in reader {
+            let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+            // Same columns, restated under the one schema (field metadata may differ).
+            batches.push(RecordBatch::try_new(
+                Arc::clone(&schema),
+                batch.columns().to_vec(),
+            )?);
+        }
+    }
+    let all = concat_batches(&schema, &batches)?;
+    let order = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: Arc::clone(all.column(2)),
+                options: None,
+            },
+            SortColumn {
+                values: Arc::clone(all.column(0)),
+                options: None,
+            },
+        ],
+        None,
+    )?;
+    let sorted = take_record_batch(&all, &order)?;
+    to_parquet(schema, &[sorted])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

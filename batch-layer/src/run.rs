@@ -8,6 +8,8 @@
 //! number, same file names) overwrites them.
 
 use std::collections::{BTreeMap, HashSet};
+
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use lambda_events::{Event, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition};
 use object_store::path::Path;
 
+use crate::index;
 use crate::lake::Lake;
 use crate::manifest::{self, DataFile, HourPartition, Manifest, RunStats};
 use crate::master::{self, HOUR_MS, LoggedEvent};
@@ -147,41 +150,81 @@ pub async fn run_with_fail_point(
         });
     }
 
-    // 2. Write new events per hour and recompute that hour's views.
+    // 2. Drop what the dataset already holds, under any hour (the id index).
     let engine = tokio::task::block_in_place(ViewEngine::new)?;
+    let mut id_index = previous.id_index.clone();
+    // Every file this run writes (a file it replaced itself is deleted after the commit).
+    let mut written: Vec<String> = Vec::new();
+    for topic in Topic::ALL {
+        let sources = index_sources(&previous, topic);
+        if !previous.id_index.contains_key(topic.name()) && !sources.is_empty() {
+            // A lake from before the index: build it from the data files once.
+            let local = local_paths(&ctx.lake, &sources).await?;
+            let bytes = tokio::task::block_in_place(|| engine.merge_index(&local))?;
+            let merged = put_file(
+                &ctx.lake,
+                &mut written,
+                index::path(topic, version, true),
+                bytes,
+                0,
+            )
+            .await?;
+            id_index.insert(topic.name().to_string(), vec![merged]);
+        }
+        let in_topic = || by_hour.iter().filter(move |((t, _), _)| *t == topic);
+        if in_topic().next().is_none() {
+            continue;
+        }
+        let local = local_paths(&ctx.lake, &sources).await?;
+        let candidates =
+            in_topic().flat_map(|(_, events)| events.iter().map(|e| e.event.event_id.as_str()));
+        let known = tokio::task::block_in_place(|| engine.known_ids(&local, candidates))?;
+        if known.is_empty() {
+            continue;
+        }
+        for ((t, _), events) in by_hour.iter_mut() {
+            if *t == topic {
+                let before = events.len();
+                events.retain(|e| !known.contains(&e.event.event_id));
+                stats.duplicates += (before - events.len()) as u64;
+            }
+        }
+    }
+
+    // 3. Write the new events per hour, recompute that hour's views, and add
+    //    their ids to the index.
     let mut partitions = previous.partitions.clone();
     let mut written_any = false;
+    let mut written_by_topic: BTreeMap<Topic, Vec<LoggedEvent>> = BTreeMap::new();
     for ((topic, hour_start), mut events) in by_hour {
+        if events.is_empty() {
+            continue;
+        }
         let key = master::partition_key(topic, hour_start);
         let mut partition = partitions.get(&key).cloned().unwrap_or(HourPartition {
             topic: topic.name().into(),
             hour_start_ms: hour_start,
             ..Default::default()
         });
-        let existing_paths = local_paths(&ctx.lake, &partition.data_files).await?;
-        let existing_ids = tokio::task::block_in_place(|| engine.event_ids(&existing_paths))?;
-        let before = events.len();
-        events.retain(|e| !existing_ids.contains(&e.event.event_id));
-        stats.duplicates += (before - events.len()) as u64;
-        if events.is_empty() {
-            continue;
-        }
         events
             .sort_by(|a, b| (a.event.ts, &a.event.event_id).cmp(&(b.event.ts, &b.event.event_id)));
         let data_path = format!("master/{key}/part-{version:010}.parquet");
         let bytes = tokio::task::block_in_place(|| master::encode(topic, &events))?;
-        let size = bytes.len() as u64;
-        ctx.lake.put(&Path::from(data_path.as_str()), bytes).await?;
-        partition.data_files.push(DataFile {
-            path: data_path,
-            rows: events.len() as u64,
-            bytes: size,
-        });
+        let file = put_file(
+            &ctx.lake,
+            &mut written,
+            data_path,
+            bytes,
+            events.len() as u64,
+        )
+        .await?;
+        partition.data_files.push(file);
         stats.events_written += events.len() as u64;
         if fail_point == Some(FailPoint::AfterFirstDataFile) && !written_any {
             anyhow::bail!("injected failure after the first data file of version {version}");
         }
         written_any = true;
+        written_by_topic.entry(topic).or_default().extend(events);
 
         let all_paths = local_paths(&ctx.lake, &partition.data_files).await?;
         for view in views_of(topic) {
@@ -199,13 +242,63 @@ pub async fn run_with_fail_point(
         stats.hours_recomputed += 1;
         partitions.insert(key, partition);
     }
+    for (topic, events) in &written_by_topic {
+        let bytes = tokio::task::block_in_place(|| index::encode(events))?;
+        let file = put_file(
+            &ctx.lake,
+            &mut written,
+            index::path(*topic, version, false),
+            bytes,
+            events.len() as u64,
+        )
+        .await?;
+        let files = id_index.entry(topic.name().to_string()).or_default();
+        files.push(file);
+        if files.len() > index::COMPACT_AT {
+            let local = local_paths(&ctx.lake, files).await?;
+            let bytes = tokio::task::block_in_place(|| engine.merge_index(&local))?;
+            let rows = files.iter().map(|f| f.rows).sum();
+            *files = vec![
+                put_file(
+                    &ctx.lake,
+                    &mut written,
+                    index::path(*topic, version, true),
+                    bytes,
+                    rows,
+                )
+                .await?,
+            ];
+        }
+    }
+    let boundary_ms = max_event_ts.map(|ts| floor_to(ts - ctx.allowed_lateness_ms, MINUTE_MS));
+
+    // 4. Housekeeping: hours that are complete (they end before B) and hold
+    //    several files get one file instead; the views do not change.
+    let complete_before = boundary_ms.unwrap_or(i64::MIN);
+    let to_compact: Vec<String> = partitions
+        .iter()
+        .filter(|(_, p)| p.data_files.len() > 1 && p.hour_start_ms + HOUR_MS <= complete_before)
+        .map(|(key, _)| key.clone())
+        .take(COMPACT_HOURS_PER_RUN)
+        .collect();
+    for key in to_compact {
+        let partition = partitions.get_mut(&key).expect("listed above");
+        let topic = Topic::from_name(&partition.topic)
+            .with_context(|| format!("partition {key}: unknown topic"))?;
+        let local = local_paths(&ctx.lake, &partition.data_files).await?;
+        let rows: u64 = partition.data_files.iter().map(|f| f.rows).sum();
+        let bytes = tokio::task::block_in_place(|| master::compact(topic, &local))?;
+        let path = format!("master/{key}/part-{version:010}-compacted.parquet");
+        partition.data_files = vec![put_file(&ctx.lake, &mut written, path, bytes, rows).await?];
+        stats.hours_compacted += 1;
+    }
+
     if fail_point == Some(FailPoint::BeforeManifest) {
         anyhow::bail!("injected failure before the manifest of version {version}");
     }
 
-    // 3. Commit.
+    // 5. Commit.
     stats.duration_ms = started.elapsed().as_millis() as u64;
-    let boundary_ms = max_event_ts.map(|ts| floor_to(ts - ctx.allowed_lateness_ms, MINUTE_MS));
     let manifest = Manifest {
         version,
         created_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -213,6 +306,7 @@ pub async fn run_with_fail_point(
         max_event_ts,
         offsets,
         partitions,
+        id_index,
         run: stats,
     };
     manifest::commit(&ctx.lake, &manifest).await?;
@@ -220,12 +314,30 @@ pub async fn run_with_fail_point(
         anyhow::bail!("injected failure after the manifest of version {version}");
     }
     commit_group_offsets(ctx, &manifest.offsets).await;
+    let referenced: HashSet<&str> = manifest.files().collect();
+    let mut deleted = 0;
+    for path in written.iter().filter(|p| !referenced.contains(p.as_str())) {
+        match ctx.lake.delete(&Path::from(path.as_str())).await {
+            Ok(()) => deleted += 1,
+            Err(error) => {
+                tracing::warn!(%error, %path, "deleting a file the run replaced itself failed")
+            }
+        }
+    }
+    match manifest::vacuum(&ctx.lake, version, KEEP_MANIFESTS).await {
+        Ok(n) => stats.files_deleted = deleted + n,
+        Err(error) => {
+            tracing::warn!(%error, version, "deleting files no manifest needs failed; the next run tries again")
+        }
+    }
     tracing::info!(
         version,
         records_read = stats.records_read,
         events_written = stats.events_written,
         duplicates = stats.duplicates,
         hours = stats.hours_recomputed,
+        hours_compacted = stats.hours_compacted,
+        files_deleted = stats.files_deleted,
         boundary = boundary_ms,
         duration_ms = stats.duration_ms,
         "batch run committed"
@@ -235,6 +347,44 @@ pub async fn run_with_fail_point(
         committed: true,
         stats,
         boundary_ms,
+    })
+}
+
+/// Hours whose files one run merges, at most (bounds a run's extra work).
+pub const COMPACT_HOURS_PER_RUN: usize = 24;
+/// Committed manifests whose files are kept: a reader that loaded one of
+/// them a moment ago still finds its view files.
+pub const KEEP_MANIFESTS: u64 = 3;
+
+/// The files that hold `topic`'s ids: its index files, or in a lake from
+/// before the index, its data files.
+fn index_sources(manifest: &Manifest, topic: Topic) -> Vec<DataFile> {
+    match manifest.id_index.get(topic.name()) {
+        Some(files) => files.clone(),
+        None => manifest
+            .partitions
+            .values()
+            .filter(|p| p.topic == topic.name())
+            .flat_map(|p| p.data_files.iter().cloned())
+            .collect(),
+    }
+}
+
+/// Writes `bytes` at `path`, notes it in `written`, and describes the file.
+async fn put_file(
+    lake: &Lake,
+    written: &mut Vec<String>,
+    path: String,
+    bytes: Bytes,
+    rows: u64,
+) -> anyhow::Result<DataFile> {
+    let size = bytes.len() as u64;
+    lake.put(&Path::from(path.as_str()), bytes).await?;
+    written.push(path.clone());
+    Ok(DataFile {
+        path,
+        rows,
+        bytes: size,
     })
 }
 

@@ -3,7 +3,7 @@
 //! as Parquet beside the master dataset. [`BatchViews`] reads them back into
 //! the same [`BucketViews`] the speed layer keeps, for serving.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -76,7 +76,7 @@ impl std::fmt::Debug for ViewEngine {
 }
 
 /// A SQL string literal; the paths quoted are the lake's own, never request data.
-fn sql_string(text: &str) -> String {
+pub(crate) fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
@@ -103,17 +103,9 @@ impl ViewEngine {
             .context("defining the events relation")
     }
 
-    /// The `event_id`s in `files`.
-    pub fn event_ids(&self, files: &[PathBuf]) -> anyhow::Result<HashSet<String>> {
-        if files.is_empty() {
-            return Ok(HashSet::new());
-        }
-        self.define_events(files)?;
-        let mut stmt = self.conn.prepare("SELECT event_id FROM events")?;
-        let ids = stmt
-            .query_map([], |row| row.get::<_, String>(0))?
-            .collect::<Result<HashSet<_>, _>>()?;
-        Ok(ids)
+    /// The connection, for the other parts of a run (the id index).
+    pub(crate) fn connection(&self) -> &duckdb::Connection {
+        &self.conn
     }
 
     /// Runs `view` over `files` and returns its rows.
