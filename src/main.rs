@@ -243,6 +243,26 @@ struct BatchArgs {
     /// Run once, print the report and exit.
     #[arg(long)]
     once: bool,
+    #[command(subcommand)]
+    action: Option<BatchAction>,
+    #[command(flatten)]
+    shared: SharedArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchAction {
+    /// Recompute the batch views of an interval's hours from the master dataset and swap them in with one manifest commit.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    /// Start of the interval: ms since the epoch or RFC 3339, e.g. 2026-01-01T00:00:00Z.
+    #[arg(long, value_parser = parse_start)]
+    from: i64,
+    /// End of the interval (exclusive), same forms.
+    #[arg(long, value_parser = parse_start)]
+    to: i64,
     #[command(flatten)]
     shared: SharedArgs,
 }
@@ -396,6 +416,10 @@ fn main() -> anyhow::Result<()> {
                 let running = roles::speed(&args.shared.shared()?, args.listen, instance).await?;
                 run_role("speed", running).await
             }
+            Command::Batch(BatchArgs {
+                action: Some(BatchAction::Backfill(args)),
+                ..
+            }) => backfill(args).await,
             Command::Batch(args) if args.once => {
                 let report = roles::batch_once(&args.shared.shared()?).await?;
                 println!(
@@ -436,6 +460,26 @@ async fn run_role(name: &str, running: roles::Running) -> anyhow::Result<()> {
     println!("lambda {name} is listening on http://{}", running.addr);
     cancel_on_signal(running.supervisor.shutdown.clone());
     running.supervisor.wait().await
+}
+
+async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
+    let lake = args.shared.shared()?.open_lake()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("backfill {pos}/{len} hours {bar:30} {elapsed}")
+            .expect("a template"),
+    );
+    let report = lambda_batch::backfill(&lake, args.from, args.to, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::json!({ "version": report.version, "hours_recomputed": report.hours })
+    );
+    Ok(())
 }
 
 fn parse_start(text: &str) -> Result<i64, String> {

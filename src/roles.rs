@@ -86,7 +86,12 @@ impl Shared {
             .log_url
             .clone()
             .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("log").display()));
-        let log = lambda_log::open(&url, EmbeddedConfig::default())
+        // The embedded log keeps what the batch layer has not put in the lake.
+        let config = EmbeddedConfig {
+            retention_guards: vec![lambda_batch::run::CONSUMER_GROUP.to_string()],
+            ..EmbeddedConfig::default()
+        };
+        let log = lambda_log::open(&url, config)
             .await
             .with_context(|| format!("opening the log {url}"))?;
         lambda_ingest::ensure_topics(&log, self.partitions)

@@ -5,6 +5,7 @@
 //!
 //! Invariant: the only writer of the lake; a run is all-or-nothing.
 
+pub mod backfill;
 pub mod index;
 pub mod lake;
 pub mod manifest;
@@ -13,6 +14,7 @@ pub mod run;
 pub mod schedule;
 pub mod views;
 
+pub use backfill::{BackfillReport, backfill};
 pub use lake::Lake;
 pub use run::{RunContext, RunReport, run_once};
 pub use schedule::{BatchHandle, BatchStatus, control, run};

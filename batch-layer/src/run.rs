@@ -151,7 +151,7 @@ pub async fn run_with_fail_point(
     }
 
     // 2. Drop what the dataset already holds, under any hour (the id index).
-    let engine = tokio::task::block_in_place(ViewEngine::new)?;
+    let mut engine = tokio::task::block_in_place(ViewEngine::new)?;
     let mut id_index = previous.id_index.clone();
     // Every file this run writes (a file it replaced itself is deleted after the commit).
     let mut written: Vec<String> = Vec::new();
@@ -226,19 +226,7 @@ pub async fn run_with_fail_point(
         written_any = true;
         written_by_topic.entry(topic).or_default().extend(events);
 
-        let all_paths = local_paths(&ctx.lake, &partition.data_files).await?;
-        for view in views_of(topic) {
-            let (schema, batches) =
-                tokio::task::block_in_place(|| engine.compute(view, &all_paths))?;
-            let bytes = tokio::task::block_in_place(|| master::to_parquet(schema, &batches))?;
-            let view_path = format!(
-                "views/{}/{}/v{version:010}.parquet",
-                view.name,
-                key.split_once('/').map_or("", |(_, rest)| rest)
-            );
-            ctx.lake.put(&Path::from(view_path.as_str()), bytes).await?;
-            partition.views.insert(view.name.to_string(), view_path);
-        }
+        write_views(&ctx.lake, &mut engine, &key, &mut partition, version).await?;
         stats.hours_recomputed += 1;
         partitions.insert(key, partition);
     }
@@ -350,6 +338,33 @@ pub async fn run_with_fail_point(
     })
 }
 
+/// Recomputes every view of `partition` (an hour of its topic) from its
+/// data files with DuckDB, writes them as version `version`'s view files and
+/// points `partition` at them.
+pub(crate) async fn write_views(
+    lake: &Lake,
+    engine: &mut ViewEngine,
+    key: &str,
+    partition: &mut HourPartition,
+    version: u64,
+) -> anyhow::Result<()> {
+    let topic = Topic::from_name(&partition.topic)
+        .with_context(|| format!("partition {key}: unknown topic {}", partition.topic))?;
+    let all_paths = local_paths(lake, &partition.data_files).await?;
+    for view in views_of(topic) {
+        let (schema, batches) = tokio::task::block_in_place(|| engine.compute(view, &all_paths))?;
+        let bytes = tokio::task::block_in_place(|| master::to_parquet(schema, &batches))?;
+        let view_path = format!(
+            "views/{}/{}/v{version:010}.parquet",
+            view.name,
+            key.split_once('/').map_or("", |(_, rest)| rest)
+        );
+        lake.put(&Path::from(view_path.as_str()), bytes).await?;
+        partition.views.insert(view.name.to_string(), view_path);
+    }
+    Ok(())
+}
+
 /// Hours whose files one run merges, at most (bounds a run's extra work).
 pub const COMPACT_HOURS_PER_RUN: usize = 24;
 /// Committed manifests whose files are kept: a reader that loaded one of
@@ -400,7 +415,10 @@ async fn commit_group_offsets(ctx: &RunContext, offsets: &BTreeMap<String, BTree
     }
 }
 
-async fn local_paths(lake: &Lake, files: &[DataFile]) -> anyhow::Result<Vec<std::path::PathBuf>> {
+pub(crate) async fn local_paths(
+    lake: &Lake,
+    files: &[DataFile],
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::with_capacity(files.len());
     for file in files {
         out.push(lake.local_path(&Path::from(file.path.as_str())).await?);

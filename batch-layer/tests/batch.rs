@@ -624,3 +624,102 @@ async fn a_lake_from_before_the_index_gets_one() {
         assert!(files[0].path.ends_with("-merged.parquet"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_recomputes_an_interval_and_swaps_it_in_at_once() {
+    let f = fixture().await;
+    let sent = events(14, 3000);
+    append(&f.log, &sent).await;
+    run_once(&f.ctx).await.unwrap();
+    let before = manifest::latest(&f.ctx.lake).await.unwrap().unwrap();
+    let expected = speed_views(&sent);
+
+    // Break one hour's funnel view: point it at another hour's file, as a
+    // wrong view definition might have produced.
+    let mut keys = before
+        .partitions
+        .iter()
+        .filter(|(_, p)| p.topic == "funnel-events")
+        .map(|(k, p)| (k.clone(), p.hour_start_ms));
+    let (broken_key, broken_hour) = keys.next().unwrap();
+    let (other_key, _) = keys.next().expect("two funnel hours");
+    let mut broken = before.clone();
+    broken.version += 1;
+    let wrong = broken.partitions[&other_key].views["funnel"].clone();
+    broken
+        .partitions
+        .get_mut(&broken_key)
+        .unwrap()
+        .views
+        .insert("funnel".into(), wrong);
+    manifest::commit(&f.ctx.lake, &broken).await.unwrap();
+    let loaded_broken = loaded(&f.ctx.lake).await;
+    let hour_funnel = |buckets: &BTreeMap<i64, BucketViews>| {
+        buckets
+            .range(broken_hour..broken_hour + 3_600_000)
+            .map(|(start, b)| (*start, b.funnel.clone()))
+            .filter(|(_, funnel)| !funnel.is_empty())
+            .collect::<Vec<_>>()
+    };
+    assert!(!hour_funnel(&expected).is_empty());
+    assert_ne!(
+        hour_funnel(&loaded_broken.buckets),
+        hour_funnel(&expected),
+        "the broken hour answers wrongly"
+    );
+
+    // Backfill that hour: recomputed from the master dataset.
+    let mut calls = Vec::new();
+    let report = lambda_batch::backfill(
+        &f.ctx.lake,
+        broken_hour,
+        broken_hour + 3_600_000,
+        |done, total| calls.push((done, total)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.version, broken.version + 1);
+    // The hour of each topic that overlaps.
+    let overlapping = before
+        .partitions
+        .values()
+        .filter(|p| p.hour_start_ms == broken_hour)
+        .count() as u64;
+    assert_eq!(report.hours, overlapping);
+    assert_eq!(calls.last(), Some(&(overlapping, overlapping)));
+    let after = manifest::latest(&f.ctx.lake).await.unwrap().unwrap();
+    assert_eq!(after.version, report.version);
+    assert_eq!(after.offsets, before.offsets, "the log is not read");
+    assert_eq!(after.boundary_ms, before.boundary_ms);
+    assert_eq!(after.id_index, before.id_index);
+    for (key, partition) in &after.partitions {
+        let recomputed = partition.hour_start_ms == broken_hour;
+        for (view, path) in &partition.views {
+            assert_eq!(
+                path.ends_with(&format!("v{:010}.parquet", report.version)),
+                recomputed,
+                "{key} {view}: {path}"
+            );
+        }
+    }
+    // The same bytes as the run computed, and the right answers again.
+    let funnel_path = |m: &manifest::Manifest| m.partitions[&broken_key].views["funnel"].clone();
+    assert_eq!(
+        f.ctx
+            .lake
+            .get(&object_store::path::Path::from(funnel_path(&after)))
+            .await
+            .unwrap(),
+        f.ctx
+            .lake
+            .get(&object_store::path::Path::from(funnel_path(&before)))
+            .await
+            .unwrap()
+    );
+    assert_same_views(&loaded(&f.ctx.lake).await.buckets, &expected);
+
+    let error = lambda_batch::backfill(&f.ctx.lake, 10, 10, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("--from"), "{error}");
+}

@@ -177,6 +177,7 @@ async fn retention_by_size_and_time_drops_oldest_closed_segments() {
         segment_bytes: 1024,
         retention_ms: Some(3_600_000),
         retention_bytes: None,
+        retention_guards: Vec::new(),
     };
     let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
     log.create_topic("t", 1).await.unwrap();
@@ -230,6 +231,7 @@ async fn retention_by_size_and_time_drops_oldest_closed_segments() {
         segment_bytes: 1024,
         retention_ms: None,
         retention_bytes: Some(3 * 1024),
+        retention_guards: Vec::new(),
     };
     let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
     log.enforce_retention().await.unwrap();
@@ -241,4 +243,46 @@ async fn retention_by_size_and_time_drops_oldest_closed_segments() {
         bytes <= 3 * 1024 + 1024,
         "partition shrunk to the size limit plus the active segment: {bytes}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_waits_for_the_guard_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = chrono::Utc::now().timestamp_millis() - 7_200_000;
+    let config = EmbeddedConfig {
+        segment_bytes: 1024,
+        retention_ms: Some(3_600_000),
+        retention_bytes: Some(1),
+        retention_guards: vec!["batch-layer".into()],
+    };
+    let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
+    log.create_topic("t", 1).await.unwrap();
+    for i in 0..100 {
+        log.append(
+            "t",
+            vec![record("k", format!("old-{i}-{}", "z".repeat(30)), old)],
+        )
+        .await
+        .unwrap();
+    }
+    // Every segment is expired and over the size limit, but the batch layer
+    // never committed: nothing goes.
+    assert_eq!(log.enforce_retention().await.unwrap(), 0);
+    assert_eq!(log.ranges("t").await.unwrap()[0].start, 0);
+    // Committed up to 40: only segments wholly below 40 go.
+    log.commit("batch-layer", "t", &[(0, 40)]).await.unwrap();
+    let dropped = log.enforce_retention().await.unwrap();
+    assert!(dropped > 0 && dropped <= 40, "{dropped}");
+    let start = log.ranges("t").await.unwrap()[0].start;
+    assert_eq!(start, dropped);
+    let remaining = read_all(&log, "t").await;
+    assert_eq!(remaining.first().map(|s| s.offset), Some(start));
+    assert!(
+        remaining.iter().any(|s| s.offset == 40),
+        "offset 40 is kept"
+    );
+    // Another group's commits do not count.
+    log.commit("someone-else", "t", &[(0, 100)]).await.unwrap();
+    assert_eq!(log.enforce_retention().await.unwrap(), 0);
+    log.close().await.unwrap();
 }

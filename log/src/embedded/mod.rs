@@ -41,6 +41,11 @@ pub struct EmbeddedConfig {
     pub retention_ms: Option<i64>,
     /// Oldest closed segments are deleted while a partition is larger than this.
     pub retention_bytes: Option<u64>,
+    /// Consumer groups retention waits for: a segment is deleted only once
+    /// every one of them has committed past its last record, whatever its
+    /// age or size (the batch layer's group: nothing leaves the log before
+    /// the lake has it). A group that never committed holds everything.
+    pub retention_guards: Vec<String>,
 }
 
 impl Default for EmbeddedConfig {
@@ -49,6 +54,7 @@ impl Default for EmbeddedConfig {
             segment_bytes: 64 * 1024 * 1024,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
+            retention_guards: Vec::new(),
         }
     }
 }
@@ -621,10 +627,22 @@ fn enforce_retention(inner: &Inner) -> Result<u64, LogError> {
     let topics: Vec<Arc<TopicState>> = inner.topics.read().values().cloned().collect();
     let mut dropped = 0;
     for topic in topics {
+        let guards = inner
+            .config
+            .retention_guards
+            .iter()
+            .map(|group| groups::committed(&inner.dir, group, &topic.name))
+            .collect::<Result<Vec<_>, _>>()?;
         for (partition, state) in topic.partitions.iter().enumerate() {
             let mut state = state.lock();
+            // Records below this every guard group has consumed.
+            let consumed = guards
+                .iter()
+                .map(|committed| committed.get(&(partition as u32)).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(u64::MAX);
             loop {
-                if state.segments.len() < 2 {
+                if state.segments.len() < 2 || state.segments[0].next_offset > consumed {
                     break;
                 }
                 let total: u64 = state.segments.iter().map(|s| s.len).sum();

@@ -1,12 +1,13 @@
-//! `POST /api/v1/admin/batch/run` on the demo: off without a configured
-//! token, `401` without the right one, and with it a run now, answered with
-//! its report (a second run finds nothing new).
+//! Operating the batch layer: `POST /api/v1/admin/batch/run` on the demo
+//! (off without a configured token, `401` without the right one, and with it
+//! a run now, answered with its report), and `lambda batch backfill` on the
+//! demo's lake from the command line.
 
 use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::{Value, json};
 
 mod common;
-use common::post_lines;
+use common::{get, post_lines};
 
 const T0: i64 = 1_767_225_600_000;
 const NEVER: &str = "0 0 0 1 1 * 2099";
@@ -104,5 +105,61 @@ async fn a_batch_run_on_request_needs_the_token() {
         body["error"].as_str().unwrap().contains("--admin-token"),
         "{body}"
     );
+    demo.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_batch_backfill_swaps_in_recomputed_views() {
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(config(dir.path(), None)).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let lines: Vec<Vec<u8>> = (0..120)
+        .map(|i| {
+            serde_json::to_vec(&json!({"event_id": format!("c{i}"), "ts": T0 + i * 60_000,
+                                       "event_type": "click", "user_id": format!("u{i}")}))
+            .unwrap()
+        })
+        .collect();
+    post_lines(&client, &base, &lines).await;
+    let report = demo.run_batch().await.unwrap();
+    assert_eq!(report.version, 1);
+    let query = format!("/api/v1/funnel?from={T0}&to={}&step=1h", T0 + 2 * 3_600_000);
+    let answer = get(&client, format!("{base}{query}")).await;
+    assert_eq!(answer["buckets"][0]["clicks"], 60);
+    assert_eq!(answer["buckets"][0]["layer"], "batch");
+    demo.stop().await.unwrap();
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lambda"))
+        .args(["batch", "backfill", "--from", "2026-01-01T00:00:00Z"])
+        .args(["--to", &(T0 + 3_600_000).to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("LAMBDA_LAKE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed, json!({"version": 2, "hours_recomputed": 1}));
+
+    let demo = Demo::start(config(dir.path(), None)).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let status = get(&client, format!("{base}/api/v1/status")).await;
+    assert_eq!(status["batch"]["manifest_version"], 2);
+    let again = get(&client, format!("{base}{query}")).await;
+    assert_eq!(again["buckets"], answer["buckets"], "the same answers");
+    let mut bad = std::process::Command::new(env!("CARGO_BIN_EXE_lambda"));
+    let bad = bad
+        .args(["batch", "backfill", "--from", "yesterday", "--to", "1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--from"));
     demo.stop().await.unwrap();
 }
