@@ -54,6 +54,18 @@ enum Command {
 enum BenchCommand {
     /// Events per second per core from the log into the speed layer's views, beside a parse-only baseline.
     Speed(SpeedBenchArgs),
+    /// Rows per second per core and bytes of the master dataset's Parquet writer and compaction, beside DuckDB's COPY.
+    Batch(BatchBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BatchBenchArgs {
+    /// Events to generate, e.g. 1000000.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Small files per topic that compaction merges.
+    #[arg(long, default_value_t = 8)]
+    files: usize,
 }
 
 #[derive(Debug, Args)]
@@ -448,6 +460,13 @@ fn main() -> anyhow::Result<()> {
                     users: args.users,
                     devices: args.devices,
                     partitions: args.partitions,
+                })
+                .await
+            }
+            Command::Bench(BenchCommand::Batch(args)) => {
+                lambda_pipeline::bench::batch(lambda_pipeline::bench::BatchBench {
+                    events: args.events,
+                    files: args.files,
                 })
                 .await
             }

@@ -6,6 +6,7 @@
 //! Invariant: the only writer of the lake; a run is all-or-nothing.
 
 pub mod backfill;
+pub mod baseline;
 pub mod index;
 pub mod lake;
 pub mod manifest;
