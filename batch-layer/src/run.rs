@@ -101,7 +101,7 @@ pub async fn run_with_fail_point(
                 .copied()
                 .unwrap_or(range.start);
             if offset < range.start {
-                tracing::warn!(%topic, partition, offset, start = range.start, "log retention dropped records the lake never saw");
+                tracing::warn!(%topic, partition, offset, start = range.start, lost = range.start - offset, "log retention dropped records the lake never saw");
                 offset = range.start;
             }
             while offset < range.end {
