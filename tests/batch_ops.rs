@@ -58,6 +58,14 @@ async fn a_batch_run_on_request_needs_the_token() {
         .collect();
     post_lines(&client, &base, &lines).await;
 
+    // The schedule and its next run are in the status.
+    let status = get(&client, format!("{base}/api/v1/status")).await;
+    assert_eq!(status["batch"]["schedule"], NEVER);
+    assert_eq!(
+        status["batch"]["next_run_ms"], 4_070_908_800_000i64,
+        "2099-01-01"
+    );
+
     let (status, body, challenge) = post(&client, &url, None).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(challenge.as_deref(), Some("Bearer"));
