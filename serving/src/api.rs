@@ -1,5 +1,6 @@
 //! The HTTP routes of DESIGN.md §5 that serving owns: `/api/v1/funnel`,
-//! `/api/v1/pages`, `/api/v1/iot`, `/api/v1/status`, `/healthz` and `/`.
+//! `/api/v1/pages`, `/api/v1/iot`, `/api/v1/status`, the alerts, `/metrics`,
+//! `/openapi.json`, `/healthz` and `/`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -28,7 +29,19 @@ pub fn router(state: ServingState) -> Router {
         .route("/api/v1/alerts", get(crate::alerts::list))
         .route("/api/v1/alerts/stream", get(crate::alerts::stream))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .with_state(state)
+}
+
+/// Filters `/api/v1/funnel` accepts (besides `from`, `to`, `step`).
+pub const FUNNEL_FILTERS: &[&str] = &["campaign_id"];
+/// Filters `/api/v1/pages` accepts.
+pub const PAGES_FILTERS: &[&str] = &["device", "page"];
+/// Filters `/api/v1/iot` accepts.
+pub const IOT_FILTERS: &[&str] = &["device_id", "sensor"];
+
+async fn openapi() -> Response {
+    axum::Json(crate::openapi::document()).into_response()
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -53,6 +66,7 @@ fn respond<A: Default>(
     let boundary = batch.boundary_ms();
     let speed = state.speed.read();
     let watermark = speed.watermark();
+    let newest = speed.max_event_ts;
     let buckets: Vec<Value> = merge(&range, boundary, &batch.buckets, &speed.windows, fold)
         .into_iter()
         .map(|(start, layer, acc)| {
@@ -64,7 +78,7 @@ fn respond<A: Default>(
         })
         .collect();
     drop(speed);
-    axum::Json(json!({
+    let mut response = axum::Json(json!({
         "from": range.from,
         "to": range.to,
         "step": range.step.as_str(),
@@ -72,11 +86,24 @@ fn respond<A: Default>(
         "watermark": watermark,
         "buckets": buckets,
     }))
-    .into_response()
+    .into_response();
+    // Freshness, for caches and dashboards that only read headers.
+    let text = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-lambda-boundary", text(boundary)),
+        ("x-lambda-watermark", text(watermark)),
+        ("x-lambda-data-age-ms", text(newest.map(|t| now_ms() - t))),
+    ] {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
 }
 
 async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Response {
-    let (range, campaign) = match query::parse(&params, &["campaign_id"], now_ms())
+    let (range, campaign) = match query::parse(&params, FUNNEL_FILTERS, now_ms())
         .and_then(|r| Ok((r, query::filter(&params, "campaign_id")?)))
     {
         Ok(parsed) => parsed,
@@ -114,7 +141,7 @@ async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Res
 }
 
 async fn pages(State(state): State<ServingState>, Query(params): Params) -> Response {
-    let parsed = query::parse(&params, &["device", "page"], now_ms()).and_then(|r| {
+    let parsed = query::parse(&params, PAGES_FILTERS, now_ms()).and_then(|r| {
         Ok((
             r,
             query::filter(&params, "device")?,
@@ -171,7 +198,7 @@ struct IotAcc {
 }
 
 async fn iot(State(state): State<ServingState>, Query(params): Params) -> Response {
-    let parsed = query::parse(&params, &["device_id", "sensor"], now_ms()).and_then(|r| {
+    let parsed = query::parse(&params, IOT_FILTERS, now_ms()).and_then(|r| {
         Ok((
             r,
             query::filter(&params, "device_id")?,

@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod api;
 pub mod boundary;
 pub mod metrics;
+pub mod openapi;
 pub mod query;
 pub mod remote;
 pub mod status;

@@ -1,0 +1,260 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of the HTTP API, built
+//! from the same tables the handlers use — the filters each query accepts
+//! ([`crate::api::FUNNEL_FILTERS`] …) and the fields of its buckets
+//! ([`FUNNEL_FIELDS`] …) — so the document cannot drift from the code
+//! without `tests/openapi.rs` noticing.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::{FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS};
+
+/// Fields of a `/api/v1/funnel` bucket (besides `start` and `layer`), with their JSON types.
+pub const FUNNEL_FIELDS: &[(&str, &str)] = &[
+    ("impressions", "integer"),
+    ("clicks", "integer"),
+    ("add_to_carts", "integer"),
+    ("purchases", "integer"),
+    ("revenue_cents", "integer"),
+    ("signup_starts", "integer"),
+    ("signup_completes", "integer"),
+    ("distinct_users", "number"),
+    ("ctr", "number|null"),
+    ("conversion", "number|null"),
+];
+
+/// Fields of a `/api/v1/pages` bucket.
+pub const PAGES_FIELDS: &[(&str, &str)] = &[
+    ("page_views", "integer"),
+    ("errors", "integer"),
+    ("render_ms_p50", "number|null"),
+    ("render_ms_p95", "number|null"),
+    ("render_ms_p99", "number|null"),
+];
+
+/// Fields of a `/api/v1/iot` bucket.
+pub const IOT_FIELDS: &[(&str, &str)] = &[
+    ("sensors", "array"),
+    ("status", "object"),
+    ("alarms", "object"),
+];
+
+/// Response headers every query answer carries.
+pub const FRESHNESS_HEADERS: &[(&str, &str)] = &[
+    (
+        "x-lambda-boundary",
+        "The batch boundary B (ms), or `none` before the first batch run.",
+    ),
+    (
+        "x-lambda-watermark",
+        "The speed layer's watermark (ms), or `none`.",
+    ),
+    (
+        "x-lambda-data-age-ms",
+        "Now minus the newest event time the speed layer has seen, or `none`.",
+    ),
+];
+
+fn schema_of(json_type: &str) -> Value {
+    match json_type.split_once('|') {
+        Some((a, b)) => json!({ "type": [a, b] }),
+        None => json!({ "type": json_type }),
+    }
+}
+
+fn parameter(name: &str, location: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": location, "required": false, "description": description, "schema": schema })
+}
+
+fn time_parameters() -> Vec<Value> {
+    let time =
+        json!({ "oneOf": [{ "type": "integer" }, { "type": "string", "format": "date-time" }] });
+    vec![
+        parameter(
+            "from",
+            "query",
+            "Start: ms since the epoch or RFC 3339 (default: 60 steps before `to`).",
+            time.clone(),
+        ),
+        parameter(
+            "to",
+            "query",
+            "End, exclusive: ms or RFC 3339 (default: now).",
+            time,
+        ),
+        parameter(
+            "step",
+            "query",
+            "Bucket width.",
+            json!({ "type": "string", "enum": ["1m", "5m", "1h", "1d"] }),
+        ),
+    ]
+}
+
+fn query_operation(id: &str, summary: &str, filters: &[&str], fields: &[(&str, &str)]) -> Value {
+    let mut parameters = time_parameters();
+    for filter in filters {
+        parameters.push(parameter(
+            filter,
+            "query",
+            &format!("Only this {filter}."),
+            json!({ "type": "string", "minLength": 1 }),
+        ));
+    }
+    let mut properties = Map::new();
+    properties.insert("start".into(), json!({ "type": "integer" }));
+    properties.insert(
+        "layer".into(),
+        json!({ "type": "string", "enum": ["batch", "speed", "mixed"] }),
+    );
+    for (name, json_type) in fields {
+        properties.insert((*name).into(), schema_of(json_type));
+    }
+    let headers: Map<String, Value> = FRESHNESS_HEADERS
+        .iter()
+        .map(|(name, description)| {
+            (
+                (*name).to_string(),
+                json!({ "description": description, "schema": { "type": "string" } }),
+            )
+        })
+        .collect();
+    json!({
+        "operationId": id,
+        "summary": summary,
+        "tags": ["views"],
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": "One bucket per step, each answered by the batch or the speed layer (`mixed`: a roll-up spanning B).",
+                "headers": headers,
+                "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "required": ["from", "to", "step", "boundary", "watermark", "buckets"],
+                    "properties": {
+                        "from": { "type": "integer" },
+                        "to": { "type": "integer" },
+                        "step": { "type": "string" },
+                        "boundary": { "type": ["integer", "null"] },
+                        "watermark": { "type": ["integer", "null"] },
+                        "buckets": { "type": "array", "items": {
+                            "type": "object",
+                            "required": properties.keys().collect::<Vec<_>>(),
+                            "properties": properties,
+                        } },
+                    },
+                } } },
+            },
+            "400": { "$ref": "#/components/responses/BadParameter" },
+        },
+    })
+}
+
+fn simple(id: &str, summary: &str, tag: &str, content_type: &str, description: &str) -> Value {
+    json!({
+        "operationId": id,
+        "summary": summary,
+        "tags": [tag],
+        "responses": { "200": { "description": description, "content": { content_type: {} } } },
+    })
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let error = json!({ "$ref": "#/components/schemas/Error" });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "lambda-pipeline",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Events in; funnel, page and IoT views out, each bucket from the batch layer before the boundary B and from the speed layer after it.",
+        },
+        "paths": {
+            "/api/v1/events": { "post": {
+                "operationId": "postEvents",
+                "summary": "Send events: NDJSON, or a JSON array. Served by ingest (and the demo).",
+                "tags": ["ingest"],
+                "requestBody": { "required": true, "content": {
+                    "application/x-ndjson": { "schema": { "type": "string" } },
+                    "application/json": { "schema": { "type": "array", "items": { "type": "object" } } },
+                } },
+                "responses": {
+                    "202": { "description": "Accepted lines are durable in the log; rejected ones are named by line and field.",
+                             "content": { "application/json": { "schema": { "type": "object", "properties": {
+                                 "accepted": { "type": "integer" },
+                                 "rejected": { "type": "array", "items": { "type": "object", "properties": {
+                                     "line": { "type": "integer" }, "field": { "type": ["string", "null"] }, "error": { "type": "string" } } } },
+                             } } } } },
+                    "400": { "description": "An empty or unreadable body.", "content": { "application/json": { "schema": error } } },
+                    "413": { "description": "The body is over the size limit.", "content": { "application/json": { "schema": error } } },
+                    "429": { "description": "Too many requests in flight; see Retry-After.", "content": { "application/json": { "schema": error } } },
+                    "503": { "description": "The log cannot make events durable now; see Retry-After.", "content": { "application/json": { "schema": error } } },
+                },
+            } },
+            "/api/v1/funnel": { "get": query_operation("getFunnel", "Funnel counts, conversion and distinct users per bucket.", FUNNEL_FILTERS, FUNNEL_FIELDS) },
+            "/api/v1/pages": { "get": query_operation("getPages", "Page views, errors and render-time percentiles per bucket.", PAGES_FILTERS, PAGES_FIELDS) },
+            "/api/v1/iot": { "get": query_operation("getIot", "Sensor statistics, device status and alarms per bucket.", IOT_FILTERS, IOT_FIELDS) },
+            "/api/v1/alerts": { "get": {
+                "operationId": "getAlerts",
+                "summary": "Alert transitions after `since`, oldest first, and the active alerts.",
+                "tags": ["alerts"],
+                "parameters": [
+                    parameter("since", "query", "Only transitions with a greater id.", json!({ "type": "integer", "minimum": 0 })),
+                    parameter("limit", "query", "At most this many (1 to 1000, default 100).", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
+                ],
+                "responses": {
+                    "200": { "description": "Transitions, the next `since`, the newest id and the active alerts.",
+                             "content": { "application/json": { "schema": { "type": "object", "properties": {
+                                 "alerts": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
+                                 "active": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
+                                 "next": { "type": "integer" }, "last": { "type": "integer" } } } } } },
+                    "400": { "$ref": "#/components/responses/BadParameter" },
+                },
+            } },
+            "/api/v1/alerts/stream": { "get": {
+                "operationId": "streamAlerts",
+                "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id).",
+                "tags": ["alerts"],
+                "parameters": [
+                    parameter("since", "query", "Start after this id (default: what arrives next).", json!({ "type": "integer", "minimum": 0 })),
+                    parameter("Last-Event-ID", "header", "Resume after this id (a reconnecting EventSource sends it).", json!({ "type": "integer" })),
+                ],
+                "responses": {
+                    "200": { "description": "An open event stream.", "content": { "text/event-stream": {} } },
+                    "400": { "$ref": "#/components/responses/BadParameter" },
+                },
+            } },
+            "/api/v1/status": { "get": simple("getStatus", "Per layer: offsets and lag, watermark, B, last and next batch run, late ledger, alerts.", "operations", "application/json", "The status document.") },
+            "/api/v1/admin/batch/run": { "post": {
+                "operationId": "runBatch",
+                "summary": "Run a batch now and answer its report.",
+                "tags": ["operations"],
+                "security": [{ "adminToken": [] }],
+                "responses": {
+                    "200": { "description": "The run's report.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                    "401": { "description": "Missing or wrong bearer token.", "content": { "application/json": { "schema": error } } },
+                    "403": { "description": "Admin endpoints are off (no --admin-token).", "content": { "application/json": { "schema": error } } },
+                    "500": { "description": "The run failed.", "content": { "application/json": { "schema": error } } },
+                },
+            } },
+            "/metrics": { "get": simple("getMetrics", "Prometheus metrics of every layer.", "operations", "text/plain", "The text exposition format.") },
+            "/healthz": { "get": simple("getHealth", "Liveness.", "operations", "text/plain", "`ok`.") },
+            "/openapi.json": { "get": simple("getOpenApi", "This document.", "operations", "application/json", "OpenAPI 3.1.") },
+            "/": { "get": simple("getDashboard", "The dashboard page.", "dashboard", "text/html", "HTML.") },
+        },
+        "components": {
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": {
+                    "error": { "type": "string" }, "parameter": { "type": "string" } } },
+                "Alert": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "source": { "type": "integer" },
+                    "rule": { "type": "string", "enum": ["sensor_range", "device_offline", "alarm", "page_error_rate"] },
+                    "key": { "type": "string" }, "state": { "type": "string", "enum": ["raised", "cleared"] },
+                    "ts": { "type": "integer" }, "message": { "type": "string" }, "value": { "type": ["number", "null"] } } },
+            },
+            "responses": {
+                "BadParameter": { "description": "A bad parameter, named.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+            },
+            "securitySchemes": { "adminToken": { "type": "http", "scheme": "bearer" } },
+        },
+    })
+}

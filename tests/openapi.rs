@@ -1,0 +1,197 @@
+//! `/openapi.json` against the running demo: a well-formed OpenAPI 3.1
+//! document whose every operation the server answers, whose documented
+//! parameters the handlers accept (and nothing else), and whose bucket
+//! schemas list exactly the fields the answers carry, with the freshness
+//! headers it promises.
+
+use std::collections::BTreeSet;
+
+use lambda_pipeline::demo::{Demo, DemoConfig};
+use serde_json::{Value, json};
+
+mod common;
+use common::{get, post_lines};
+
+const T0: i64 = 1_767_225_600_000;
+const NEVER: &str = "0 0 0 1 1 * 2099";
+
+/// A valid value for a documented query parameter.
+fn sample(name: &str) -> String {
+    match name {
+        "from" => T0.to_string(),
+        "to" => (T0 + 3_600_000).to_string(),
+        "step" => "5m".into(),
+        "since" => "0".into(),
+        "limit" => "10".into(),
+        other => format!("some-{other}"),
+    }
+}
+
+/// Every `$ref` in `value` points at something in `doc`.
+fn check_refs(doc: &Value, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                let pointer = target.strip_prefix('#').expect("local refs");
+                assert!(doc.pointer(pointer).is_some(), "dangling {target}");
+            }
+            map.values().for_each(|v| check_refs(doc, v));
+        }
+        Value::Array(items) => items.iter().for_each(|v| check_refs(doc, v)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(DemoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        batch_schedule: NEVER.into(),
+        ..DemoConfig::new(dir.path())
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", demo.addr);
+    let client = reqwest::Client::new();
+    let lines: Vec<Vec<u8>> = (0..600)
+        .map(|i| {
+            let event = match i % 3 {
+                0 => json!({"event_id": format!("e{i}"), "ts": T0 + i * 5_000, "event_type": "click",
+                            "user_id": format!("u{}", i % 17), "campaign_id": "some-campaign_id"}),
+                1 => json!({"event_id": format!("e{i}"), "ts": T0 + i * 5_000, "event_type": "page_view",
+                            "user_id": "u", "page": "/", "device": "mobile", "render_ms": 100 + i}),
+                _ => json!({"event_id": format!("e{i}"), "ts": T0 + i * 5_000, "event_type": "sensor_reading",
+                            "device_id": "d", "sensor": "temperature", "value": 20.5}),
+            };
+            serde_json::to_vec(&event).unwrap()
+        })
+        .collect();
+    post_lines(&client, &base, &lines).await;
+    demo.run_batch().await.unwrap();
+
+    let doc = get(&client, format!("{base}/openapi.json")).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    check_refs(&doc, &doc);
+    let mut operation_ids = BTreeSet::new();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 11, "{}", paths.len());
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(operation_ids.insert(id.to_string()), "duplicate {id}");
+            assert!(
+                operation["responses"]
+                    .as_object()
+                    .is_some_and(|r| !r.is_empty()),
+                "{id}"
+            );
+            let url = format!("{base}{path}");
+            let status = match method.as_str() {
+                "get" if path.ends_with("/stream") => {
+                    // An open stream: the status line is all we need.
+                    client.get(&url).send().await.unwrap().status().as_u16()
+                }
+                "get" => client.get(&url).send().await.unwrap().status().as_u16(),
+                "post" => client.post(&url).send().await.unwrap().status().as_u16(),
+                other => panic!("{other} {path} is not served"),
+            };
+            assert!(
+                status != 404 && status != 405,
+                "{method} {path} is documented but answers {status}"
+            );
+            let documented = operation["responses"]
+                .as_object()
+                .unwrap()
+                .contains_key(&status.to_string());
+            assert!(documented, "{method} {path}: {status} is not documented");
+        }
+    }
+
+    // The view queries: every documented parameter accepted at once, an
+    // undocumented one named, and buckets with exactly the documented fields.
+    for path in ["/api/v1/funnel", "/api/v1/pages", "/api/v1/iot"] {
+        let operation = &doc["paths"][path]["get"];
+        let query: Vec<(String, String)> = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap();
+                (name.to_string(), sample(name))
+            })
+            .collect();
+        let response = client
+            .get(format!("{base}{path}"))
+            .query(&query)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path} {query:?}");
+        let headers = response.headers().clone();
+        let body: Value = response.json().await.unwrap();
+        for name in operation["responses"]["200"]["headers"]
+            .as_object()
+            .unwrap()
+            .keys()
+        {
+            let value = headers.get(name).map(|v| v.to_str().unwrap().to_string());
+            assert!(value.is_some(), "{path}: no {name} header");
+        }
+        assert_eq!(
+            headers["x-lambda-boundary"].to_str().unwrap(),
+            body["boundary"].to_string()
+        );
+        let schema = &operation["responses"]["200"]["content"]["application/json"]["schema"];
+        let documented: BTreeSet<&str> = schema["properties"]["buckets"]["items"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let buckets = body["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 12, "{path}: an hour of 5m buckets");
+        for bucket in buckets {
+            let keys: BTreeSet<&str> = bucket
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(keys, documented, "{path}");
+        }
+        let top: BTreeSet<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let required: BTreeSet<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(top, required, "{path}");
+
+        let unknown = client
+            .get(format!("{base}{path}?surprise=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), 400);
+        let error: Value = unknown.json().await.unwrap();
+        assert_eq!(error["parameter"], "surprise");
+    }
+    // Some of those buckets held data: the queries above were not vacuous.
+    let funnel = get(
+        &client,
+        format!(
+            "{base}/api/v1/funnel?from={T0}&to={}&step=1h",
+            T0 + 3_600_000
+        ),
+    )
+    .await;
+    assert_eq!(funnel["buckets"][0]["clicks"], 200);
+    demo.stop().await.unwrap();
+}
