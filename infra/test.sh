@@ -24,6 +24,12 @@ if ! need c++; then
   apt-get update -qq && apt-get install -y -qq g++ >/dev/null
 fi
 
+# Headless Chromium for the dashboard's browser test (Debian's package).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium (headless browser) from Debian"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 # A real S3-compatible server for the lake tests (they start it themselves).
 if ! need moto_server; then
   echo "installing moto (S3 server) from PyPI"

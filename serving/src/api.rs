@@ -30,6 +30,7 @@ pub fn router(state: ServingState) -> Router {
         .route("/api/v1/alerts/stream", get(crate::alerts::stream))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/assets/{*path}", get(asset))
         .with_state(state)
 }
 
@@ -268,5 +269,47 @@ async fn healthz() -> &'static str {
 }
 
 async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
+    Html(include_str!("../assets/index.html"))
+}
+
+/// The dashboard's files, built into the binary: the page works offline.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard.js"),
+    ),
+    (
+        "dashboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/dashboard.css"),
+    ),
+    (
+        "vendor/uplot-1.6.32/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/vendor/uplot-1.6.32/uPlot.iife.min.js"),
+    ),
+    (
+        "vendor/uplot-1.6.32/uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/vendor/uplot-1.6.32/uPlot.min.css"),
+    ),
+];
+
+async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == path) {
+        Some((_, content_type, body)) => (
+            [
+                (axum::http::header::CONTENT_TYPE, *content_type),
+                (axum::http::header::CACHE_CONTROL, "public, max-age=300"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no asset {path}") })),
+        )
+            .into_response(),
+    }
 }
