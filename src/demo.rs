@@ -194,6 +194,7 @@ impl Demo {
         }
         let serving = ServingState {
             alerts,
+            requests: Arc::default(),
             speed: Arc::clone(&speed),
             batch: Arc::clone(&batch_views),
             status: StatusSources {

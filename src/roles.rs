@@ -435,6 +435,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
     };
     let state = ServingState {
         alerts,
+        requests: Arc::default(),
         speed,
         batch: batch_views,
         status: StatusSources {

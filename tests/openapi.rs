@@ -193,5 +193,26 @@ async fn the_openapi_document_matches_the_server() {
     )
     .await;
     assert_eq!(funnel["buckets"][0]["clicks"], 200);
+
+    // Every request above is counted and timed by route.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "lambda_serving_requests_total{route=\"/api/v1/funnel\",status=\"2xx\"} 3",
+        "lambda_serving_requests_total{route=\"/api/v1/funnel\",status=\"4xx\"} 1",
+        "lambda_serving_request_duration_seconds_count{route=\"/api/v1/funnel\"} 4",
+        "lambda_serving_request_duration_seconds_bucket{route=\"/api/v1/funnel\",le=\"+Inf\"} 4",
+        "# TYPE lambda_serving_request_duration_seconds histogram",
+        // The batch run covered everything sent.
+        "lambda_batch_consumer_lag_records{topic=\"funnel-events\",partition=\"0\"} 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing from\n{metrics}");
+    }
     demo.stop().await.unwrap();
 }

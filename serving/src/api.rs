@@ -31,6 +31,10 @@ pub fn router(state: ServingState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/assets/{*path}", get(asset))
+        .route_layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::clone(&state.requests),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -39,6 +39,8 @@ pub struct ServingState {
     pub status: StatusSources,
     /// Alert transitions from every speed instance.
     pub alerts: alerts::SharedFeed,
+    /// Requests answered and how long they took, for `/metrics`.
+    pub requests: Arc<metrics::RequestMetrics>,
 }
 
 /// How often serving looks for a newer manifest.

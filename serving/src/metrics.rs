@@ -3,9 +3,130 @@
 //! follow `lambda_<layer>_<noun>_<unit>`, counters end in `_total`, and labels
 //! are bounded (topic, partition, outcome).
 
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use lambda_events::Topic;
+use parking_lot::Mutex;
 
 use crate::ServingState;
+
+/// Upper bounds (seconds) of the request-duration histogram's buckets.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// Requests served, by route pattern and status class, with a duration histogram per route.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    routes: Mutex<BTreeMap<String, RouteStats>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RouteStats {
+    by_status: BTreeMap<&'static str, u64>,
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl RequestMetrics {
+    /// Notes one request to `route` (a route pattern: bounded) that took `seconds`.
+    pub fn observe(&self, route: &str, status: u16, seconds: f64) {
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let mut routes = self.routes.lock();
+        let stats = routes.entry(route.to_string()).or_default();
+        *stats.by_status.entry(class).or_default() += 1;
+        for (bucket, bound) in stats.buckets.iter_mut().zip(DURATION_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        stats.count += 1;
+        stats.sum += seconds;
+    }
+
+    /// Appends `lambda_serving_requests_total` and `lambda_serving_request_duration_seconds`.
+    pub fn render(&self, out: &mut String) {
+        let routes = self.routes.lock().clone();
+        let requests: Vec<(String, f64)> = routes
+            .iter()
+            .flat_map(|(route, s)| {
+                s.by_status.iter().map(move |(class, n)| {
+                    (format!("route=\"{route}\",status=\"{class}\""), *n as f64)
+                })
+            })
+            .collect();
+        family(
+            out,
+            "lambda_serving_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status class.",
+            &requests,
+        );
+        let mut samples = Vec::new();
+        for (route, s) in &routes {
+            for (bound, n) in DURATION_BUCKETS.iter().zip(s.buckets) {
+                samples.push((format!("route=\"{route}\",le=\"{bound}\""), n as f64));
+            }
+            samples.push((format!("route=\"{route}\",le=\"+Inf\""), s.count as f64));
+        }
+        let mut lines = String::new();
+        family(
+            &mut lines,
+            "lambda_serving_request_duration_seconds",
+            "histogram",
+            "Time to answer an HTTP request, by route.",
+            &[],
+        );
+        out.push_str(&lines);
+        for (labels, value) in samples {
+            out.push_str(&format!(
+                "lambda_serving_request_duration_seconds_bucket{{{labels}}} {value}\n"
+            ));
+        }
+        for (route, s) in &routes {
+            out.push_str(&format!(
+                "lambda_serving_request_duration_seconds_sum{{route=\"{route}\"}} {}\n",
+                s.sum
+            ));
+            out.push_str(&format!(
+                "lambda_serving_request_duration_seconds_count{{route=\"{route}\"}} {}\n",
+                s.count
+            ));
+        }
+    }
+}
+
+/// Middleware timing every request to a matched route (unmatched ones have no bounded label).
+pub async fn track(
+    State(metrics): State<std::sync::Arc<RequestMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if let Some(route) = route {
+        metrics.observe(
+            &route,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    response
+}
 
 pub use lambda_events::prometheus::{family, one};
 
@@ -53,7 +174,31 @@ pub async fn render(state: &ServingState) -> String {
             "Version of the loaded manifest.",
             &one(manifest.version as f64),
         );
+        // Records in the log the lake does not hold yet.
+        let lag: Vec<(String, f64)> = end_offsets
+            .iter()
+            .filter_map(|(topic, partition, end)| {
+                let covered = manifest
+                    .offsets
+                    .get(*topic)?
+                    .get(partition)
+                    .copied()
+                    .unwrap_or(0);
+                Some((
+                    labels(topic, *partition),
+                    end.saturating_sub(covered) as f64,
+                ))
+            })
+            .collect();
+        family(
+            &mut out,
+            "lambda_batch_consumer_lag_records",
+            "gauge",
+            "Records in the log after what the loaded manifest covers, per partition.",
+            &lag,
+        );
     }
+    state.requests.render(&mut out);
     if let Some(handle) = &state.status.batch {
         runner_metrics(&handle.status.read(), &mut out);
     }
