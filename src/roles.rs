@@ -258,7 +258,7 @@ pub async fn speed(
         supervisor.spawn("boundary", follow_boundary(lake, views, token));
     }
     let addr = supervisor
-        .serve_http(listen, lambda_speed::http::router(views))
+        .serve_http(listen, lambda_speed::http::router(views, log))
         .await?;
     tracing::info!(%addr, instance = instance.index, instances = instance.count, "speed started");
     Ok(Running { addr, supervisor })

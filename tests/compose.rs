@@ -463,6 +463,8 @@ async fn the_compose_stack_runs_as_local_processes() {
         "{ingest_metrics}"
     );
 
+    check_monitoring(&venv, &services, &stack.addresses, &client).await;
+
     // Interop: a third-party Kafka client writes to the topics directly.
     let newest = funnel["buckets"]
         .as_array()
@@ -658,5 +660,126 @@ fn the_dockerfile_copies_every_workspace_member() {
                     .any(|w| w == member || w == format!("{member};"))),
             "infra/Dockerfile does not stub {member}'s sources"
         );
+    }
+}
+
+/// A YAML file as JSON (PyYAML, in the tests' virtualenv with docker-compose).
+fn yaml(venv: &Path, file: &Path) -> Value {
+    let output = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The metric names in a Prometheus exposition.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Prometheus scrapes every app service the compose file runs, at the port
+/// it listens on; Grafana's provisioned dashboard asks only for metrics those
+/// services expose (from the role a panel names, when it names one), through
+/// the provisioned data source.
+async fn check_monitoring(
+    venv: &Path,
+    services: &serde_json::Map<String, Value>,
+    addresses: &BTreeMap<String, String>,
+    client: &reqwest::Client,
+) {
+    let root = manifest_dir();
+    let prometheus = yaml(venv, &root.join("infra/prometheus/prometheus.yml"));
+    let mut by_role: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for job in prometheus["scrape_configs"].as_array().unwrap() {
+        let path = job["metrics_path"].as_str().unwrap_or("/metrics");
+        for group in job["static_configs"].as_array().unwrap() {
+            let role = group["labels"]["role"].as_str().unwrap().to_string();
+            for target in group["targets"].as_array().unwrap() {
+                let (host, port) = target.as_str().unwrap().split_once(':').unwrap();
+                let listen = services[host]["environment"]["LAMBDA_LISTEN"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("prometheus scrapes {host}, which listens nowhere"));
+                assert!(
+                    listen.ends_with(&format!(":{port}")),
+                    "{host} listens on {listen}, scraped on {port}"
+                );
+                let text = client
+                    .get(format!("http://{}{path}", addresses[host]))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                by_role
+                    .entry(role.clone())
+                    .or_default()
+                    .extend(metric_names(&text));
+            }
+        }
+    }
+    for role in ["ingest", "speed", "batch", "serve"] {
+        assert!(
+            by_role.contains_key(role),
+            "prometheus does not scrape {role}"
+        );
+    }
+    let compose_grafana = &services["grafana"];
+    let datasources = yaml(
+        venv,
+        &root.join("infra/grafana/provisioning/datasources/prometheus.yml"),
+    );
+    let uid = datasources["datasources"][0]["uid"].as_str().unwrap();
+    assert!(
+        compose_grafana["volumes"]
+            .to_string()
+            .contains("infra/grafana/provisioning")
+    );
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("infra/grafana/dashboards/lambda-pipeline.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        assert_eq!(panel["datasource"]["uid"], uid, "{}", panel["title"]);
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("lambda_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let after = &rest[at + name.len()..];
+                let role = after
+                    .strip_prefix("{")
+                    .and_then(|labels| labels.split_once("role=\""))
+                    .map(|(_, r)| r.split('"').next().unwrap().to_string());
+                let exposed = match &role {
+                    Some(role) => by_role[role].contains(&name),
+                    None => by_role.values().any(|names| names.contains(&name)),
+                };
+                assert!(
+                    exposed,
+                    "panel {:?} asks for {name} (role {role:?}), which no scraped service exposes",
+                    panel["title"]
+                );
+                rest = after;
+            }
+        }
     }
 }

@@ -212,7 +212,10 @@ async fn the_openapi_document_matches_the_server() {
         // The batch run covered everything sent.
         "lambda_batch_consumer_lag_records{topic=\"funnel-events\",partition=\"0\"} 0",
     ] {
-        assert!(metrics.contains(expected), "{expected} missing from\n{metrics}");
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from\n{metrics}"
+        );
     }
     demo.stop().await.unwrap();
 }

@@ -3,12 +3,15 @@
 //! for serving), `/healthz`, and `/metrics`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use lambda_events::Topic;
+use lambda_log::EventLog;
 use serde_json::json;
 
 use crate::SpeedViews;
@@ -17,17 +20,24 @@ use crate::export::snapshot;
 /// Path serving polls.
 pub const SNAPSHOT_PATH: &str = "/internal/v1/speed";
 
-/// The routes.
-pub fn router(views: SpeedViews) -> Router {
+/// What the routes read: the views, and the log for its end offsets (lag).
+#[derive(Clone)]
+struct HttpState {
+    views: SpeedViews,
+    log: Arc<dyn EventLog>,
+}
+
+/// The routes; `log` is the log this instance reads (for consumer lag in `/metrics`).
+pub fn router(views: SpeedViews, log: Arc<dyn EventLog>) -> Router {
     Router::new()
         .route(SNAPSHOT_PATH, get(get_snapshot))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .with_state(views)
+        .with_state(HttpState { views, log })
 }
 
 async fn get_snapshot(
-    State(views): State<SpeedViews>,
+    State(HttpState { views, .. }): State<HttpState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let mut cursor = [0u64; 3];
@@ -46,9 +56,20 @@ async fn get_snapshot(
     axum::Json(snapshot).into_response()
 }
 
-async fn metrics(State(views): State<SpeedViews>) -> Response {
+async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response {
+    // End offsets of the partitions this instance consumes (a failed read leaves lag out).
+    let mut ends: Vec<(String, u32, u64)> = Vec::new();
+    for topic in Topic::ALL {
+        if let Ok(ranges) = log.ranges(topic.name()).await {
+            for (partition, range) in ranges.iter().enumerate() {
+                ends.push((topic.name().to_string(), partition as u32, range.end));
+            }
+        }
+    }
+    let end_offsets: Vec<(&str, u32, u64)> =
+        ends.iter().map(|(t, p, e)| (t.as_str(), *p, *e)).collect();
     let mut out = String::new();
-    crate::metrics::render(&views.read(), &[], &mut out);
+    crate::metrics::render(&views.read(), &end_offsets, &mut out);
     (
         [(
             axum::http::header::CONTENT_TYPE,
