@@ -31,11 +31,83 @@ pub fn router(state: ServingState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/assets/{*path}", get(asset))
+        .route_layer(axum::middleware::from_fn(time_limit))
         .route_layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::clone(&state.requests),
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// How long a request may take to produce its answer's head (a stream's
+/// body may go on): past it, `504`. Queries are bounded by
+/// [`query::MAX_BUCKETS`]; what can wait is reading the log's offsets for
+/// `/api/v1/status` and `/metrics` from a broker that does not answer.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn time_limit(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    limit_time(QUERY_TIMEOUT, request, next).await
+}
+
+/// Answers `504` naming the limit when `next` takes longer than `limit`.
+pub async fn limit_time(
+    limit: std::time::Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%path, limit_ms = limit.as_millis() as u64, "request timed out");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                axum::Json(json!({
+                    "error": format!("{path} took longer than {} ms", limit.as_millis())
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_answer_is_a_504_naming_the_limit() {
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    "late"
+                }),
+            )
+            .route("/quick", get(|| async { "ok" }))
+            .route_layer(axum::middleware::from_fn(|r, n| {
+                limit_time(std::time::Duration::from_millis(50), r, n)
+            }));
+        let slow = app
+            .clone()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = axum::body::to_bytes(slow.into_body(), 1024).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "/slow took longer than 50 ms");
+        let quick = app
+            .oneshot(Request::get("/quick").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(quick.status(), StatusCode::OK);
+    }
 }
 
 /// Filters `/api/v1/funnel` accepts (besides `from`, `to`, `step`).

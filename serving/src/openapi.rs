@@ -145,6 +145,7 @@ fn query_operation(id: &str, summary: &str, filters: &[&str], fields: &[(&str, &
                 } } },
             },
             "400": { "$ref": "#/components/responses/BadParameter" },
+            "504": { "description": "No answer within the time limit (5 s).", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
         },
     })
 }
