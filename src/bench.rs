@@ -412,3 +412,221 @@ fn add(total: &mut Written, rows: u64, bytes: u64, m: &Measured) {
     total.measured.cpu += m.cpu;
     total.measured.wall += m.wall;
 }
+
+/// Settings of the serving benchmark.
+#[derive(Debug, Clone)]
+pub struct ServeBench {
+    /// Requests per second offered (open loop: sent on schedule, answered or not).
+    pub rate: u32,
+    /// Seconds of load per endpoint.
+    pub seconds: u64,
+}
+
+/// Latencies of one endpoint under load.
+struct Load {
+    sent: usize,
+    failed: usize,
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Load {
+    fn percentile(&self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies[i]
+    }
+
+    fn line(&self, name: &str) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        format!(
+            "  {name:<40} p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  ({} sent, {} failed, {:.0} answered/s)",
+            ms(self.percentile(0.50)),
+            ms(self.percentile(0.99)),
+            ms(self.latencies.last().copied().unwrap_or_default()),
+            self.sent,
+            self.failed,
+            self.latencies.len() as f64 / self.wall.as_secs_f64().max(1e-9)
+        )
+    }
+}
+
+/// Sends GET `url` at `rate` per second for `seconds`, each request on its
+/// own schedule (latency counts from when it was due, so a slow server
+/// cannot hide its queue: no coordinated omission).
+async fn offer(client: &reqwest::Client, url: &str, rate: u32, seconds: u64) -> Load {
+    let total = rate as usize * seconds as usize;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = started + period * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.spawn(async move {
+            let ok = match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            };
+            (ok, due.elapsed())
+        });
+    }
+    let mut load = Load {
+        sent: total,
+        failed: 0,
+        latencies: Vec::with_capacity(total),
+        wall: Duration::ZERO,
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((true, latency)) => load.latencies.push(latency),
+            _ => load.failed += 1,
+        }
+    }
+    load.wall = started.elapsed();
+    load.latencies.sort();
+    load
+}
+
+/// `lambda bench serve`: the merged funnel endpoint over 24 hours at 1-minute
+/// steps (1 440 buckets, batch views before B and speed windows after),
+/// beside a static JSON handler on the same server, each at the same fixed
+/// request rate in the same run.
+pub async fn serve(bench: ServeBench) -> anyhow::Result<()> {
+    use crate::demo::{Demo, DemoConfig};
+    use axum::routing::get;
+
+    const T0: i64 = 1_767_225_600_000;
+    const DAY_MINUTES: i64 = 24 * 60;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let demo = Demo::start(DemoConfig {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        batch_schedule: "0 0 0 1 1 * 2099".into(),
+        ..DemoConfig::new(dir.path())
+    })
+    .await?;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", demo.addr);
+
+    // A day of events, a few a minute: 23 hours go through a batch run, the
+    // last hour stays with the speed layer.
+    let bar = spinner("loading a day of events");
+    let post = |minutes: std::ops::Range<i64>| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let mut body = Vec::new();
+            for minute in minutes.clone() {
+                for (k, kind) in ["impression", "impression", "click", "purchase"]
+                    .iter()
+                    .enumerate()
+                {
+                    let ts = T0 + minute * 60_000 + k as i64 * 10_000;
+                    let mut line = serde_json::json!({
+                        "event_id": format!("m{minute}-{k}"), "ts": ts, "event_type": kind,
+                        "user_id": format!("u{}", (minute * 7 + k as i64) % 97),
+                        "campaign_id": format!("c{}", minute % 5),
+                    });
+                    if *kind == "purchase" {
+                        line["amount_cents"] = serde_json::json!(1999);
+                    }
+                    body.extend(serde_json::to_vec(&line)?);
+                    body.push(b'\n');
+                }
+                if body.len() > 256 * 1024 || minute + 1 == minutes.end {
+                    let response = client
+                        .post(format!("{base}/api/v1/events"))
+                        .body(std::mem::take(&mut body))
+                        .send()
+                        .await?;
+                    anyhow::ensure!(
+                        response.status() == 202,
+                        "loading events: {}",
+                        response.status()
+                    );
+                }
+            }
+            anyhow::Ok(())
+        }
+    };
+    post(0..DAY_MINUTES - 60).await?;
+    demo.run_batch().await?;
+    post(DAY_MINUTES - 60..DAY_MINUTES).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while demo.speed.read().max_event_ts < Some(T0 + (DAY_MINUTES - 1) * 60_000) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the speed layer did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
+
+    // The query API over the demo's views, and a static handler, on one server.
+    let state = lambda_serving::ServingState {
+        speed: Arc::clone(&demo.speed),
+        batch: Arc::clone(&demo.batch_views),
+        status: lambda_serving::StatusSources::default(),
+        alerts: Arc::default(),
+        requests: Arc::default(),
+    };
+    let fixed = serde_json::json!({ "status": "ok", "buckets": [] }).to_string();
+    let app = lambda_serving::router(state).route(
+        "/bench/static",
+        get(move || {
+            let fixed = fixed.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    fixed,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let funnel_url = format!(
+        "http://{addr}/api/v1/funnel?from={T0}&to={}&step=1m",
+        T0 + DAY_MINUTES * 60_000
+    );
+    let sample: serde_json::Value = client.get(&funnel_url).send().await?.json().await?;
+    let buckets = sample["buckets"].as_array().map_or(0, Vec::len);
+    let layer_count = |layer: &str| {
+        sample["buckets"]
+            .as_array()
+            .map_or(0, |b| b.iter().filter(|x| x["layer"] == layer).count())
+    };
+    let size = serde_json::to_vec(&sample)?.len();
+    let static_url = format!("http://{addr}/bench/static");
+    let bar = spinner("static handler under load");
+    let baseline = offer(&client, &static_url, bench.rate, bench.seconds).await;
+    bar.finish_and_clear();
+    let bar = spinner("merged funnel under load");
+    let funnel = offer(&client, &funnel_url, bench.rate, bench.seconds).await;
+    bar.finish_and_clear();
+    server.abort();
+    demo.stop().await?;
+
+    println!(
+        "lambda bench serve: {} requests/s offered for {} s each; funnel over 24 h at 1m: {buckets} buckets ({} batch, {} speed), {:.0} KB per answer",
+        bench.rate,
+        bench.seconds,
+        layer_count("batch"),
+        layer_count("speed"),
+        size as f64 / 1024.0
+    );
+    println!("{}", baseline.line("static JSON (baseline)"));
+    println!("{}", funnel.line("merged funnel, 24 h at 1m"));
+    let ratio = |q: f64| {
+        funnel.percentile(q).as_secs_f64() / baseline.percentile(q).as_secs_f64().max(1e-9)
+    };
+    println!(
+        "  funnel / static: p50 {:.1}x, p99 {:.1}x (aim: funnel p99 under 2 ms at 10 000 requests/s)",
+        ratio(0.50),
+        ratio(0.99)
+    );
+    Ok(())
+}

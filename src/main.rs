@@ -56,6 +56,18 @@ enum BenchCommand {
     Speed(SpeedBenchArgs),
     /// Rows per second per core and bytes of the master dataset's Parquet writer and compaction, beside DuckDB's COPY.
     Batch(BatchBenchArgs),
+    /// Latency of the merged funnel over 24 hours at 1-minute steps at a fixed request rate, beside a static handler.
+    Serve(ServeBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeBenchArgs {
+    /// Requests per second offered to each endpoint, e.g. 1000.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    /// Seconds of load per endpoint.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -460,6 +472,13 @@ fn main() -> anyhow::Result<()> {
                     users: args.users,
                     devices: args.devices,
                     partitions: args.partitions,
+                })
+                .await
+            }
+            Command::Bench(BenchCommand::Serve(args)) => {
+                lambda_pipeline::bench::serve(lambda_pipeline::bench::ServeBench {
+                    rate: args.rate,
+                    seconds: args.seconds,
                 })
                 .await
             }
