@@ -570,6 +570,7 @@ pub async fn serve(bench: ServeBench) -> anyhow::Result<()> {
         status: lambda_serving::StatusSources::default(),
         alerts: Arc::default(),
         requests: Arc::default(),
+        cache: Arc::default(),
     };
     let fixed = serde_json::json!({ "status": "ok", "buckets": [] }).to_string();
     let app = lambda_serving::router(state).route(

@@ -195,6 +195,7 @@ impl Demo {
         let serving = ServingState {
             alerts,
             requests: Arc::default(),
+            cache: Arc::default(),
             speed: Arc::clone(&speed),
             batch: Arc::clone(&batch_views),
             status: StatusSources {

@@ -436,6 +436,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
     let state = ServingState {
         alerts,
         requests: Arc::default(),
+        cache: Arc::default(),
         speed,
         batch: batch_views,
         status: StatusSources {

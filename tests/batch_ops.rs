@@ -171,3 +171,51 @@ async fn lambda_batch_backfill_swaps_in_recomputed_views() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--from"));
     demo.stop().await.unwrap();
 }
+
+/// Batch buckets are rendered once per manifest (a cache): a second query
+/// hits it, and a batch run that heals a late event replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_batch_buckets_follow_the_newest_manifest() {
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(config(dir.path(), None)).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let click = |id: String, ts: i64| {
+        serde_json::to_vec(
+            &json!({"event_id": id, "ts": ts, "event_type": "click", "user_id": "u"}),
+        )
+        .unwrap()
+    };
+    let lines: Vec<Vec<u8>> = (0..120)
+        .map(|i| click(format!("c{i}"), T0 + i * 60_000))
+        .collect();
+    post_lines(&client, &base, &lines).await;
+    demo.run_batch().await.unwrap();
+    let url = format!(
+        "{base}/api/v1/funnel?from={T0}&to={}&step=1m",
+        T0 + 30 * 60_000
+    );
+    let first = get(&client, url.clone()).await;
+    let second = get(&client, url.clone()).await;
+    assert_eq!(first, second);
+    assert_eq!(first["buckets"][5]["clicks"], 1);
+    assert_eq!(first["buckets"][5]["layer"], "batch");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("lambda_serving_bucket_cache_total{result=\"hit\"} 30"),
+        "the second query came from the cache:\n{metrics}"
+    );
+    // A late click for minute 5, healed by the next run: the answer changes.
+    post_lines(&client, &base, &[click("late".into(), T0 + 5 * 60_000 + 1)]).await;
+    demo.run_batch().await.unwrap();
+    let third = get(&client, url).await;
+    assert_eq!(third["buckets"][5]["clicks"], 2, "{}", third["buckets"][5]);
+    demo.stop().await.unwrap();
+}

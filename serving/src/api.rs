@@ -3,6 +3,7 @@
 //! `/openapi.json`, `/healthz` and `/`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -71,45 +72,6 @@ pub async fn limit_time(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_slow_answer_is_a_504_naming_the_limit() {
-        let app = Router::new()
-            .route(
-                "/slow",
-                get(|| async {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    "late"
-                }),
-            )
-            .route("/quick", get(|| async { "ok" }))
-            .route_layer(axum::middleware::from_fn(|r, n| {
-                limit_time(std::time::Duration::from_millis(50), r, n)
-            }));
-        let slow = app
-            .clone()
-            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
-        let body = axum::body::to_bytes(slow.into_body(), 1024).await.unwrap();
-        let body: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body["error"], "/slow took longer than 50 ms");
-        let quick = app
-            .oneshot(Request::get("/quick").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(quick.status(), StatusCode::OK);
-    }
-}
-
 /// Filters `/api/v1/funnel` accepts (besides `from`, `to`, `step`).
 pub const FUNNEL_FILTERS: &[&str] = &["campaign_id"];
 /// Filters `/api/v1/pages` accepts.
@@ -133,44 +95,81 @@ fn now_ms() -> i64 {
 }
 
 /// Runs a merged query and wraps the buckets in the response envelope.
+/// `shape` names the query apart from its range (endpoint, filters, step):
+/// buckets wholly before B are cached under it (see [`crate::cache`]).
 fn respond<A: Default>(
     state: &ServingState,
     range: Range,
-    fold: impl FnMut(&mut A, &BucketViews),
+    shape: String,
+    mut fold: impl FnMut(&mut A, &BucketViews),
     render: impl Fn(&A) -> Value,
 ) -> Response {
     let batch = state.batch.read().clone();
-    let boundary = batch.boundary_ms();
+    let (boundary, version) = (batch.boundary_ms(), batch.version());
+    let shape: Arc<str> = Arc::from(shape);
+    let width = range.step.millis();
     let speed = state.speed.read();
     let watermark = speed.watermark();
     let newest = speed.max_event_ts;
-    let buckets: Vec<Value> = merge(&range, boundary, &batch.buckets, &speed.windows, fold)
-        .into_iter()
-        .map(|(start, layer, acc)| {
-            let mut bucket = render(&acc);
-            let object = bucket.as_object_mut().expect("renderers return objects");
-            object.insert("start".into(), json!(start));
-            object.insert("layer".into(), json!(layer));
-            bucket
-        })
-        .collect();
+    let mut parts: Vec<Arc<str>> = Vec::new();
+    for start in range.bucket_starts() {
+        let cacheable = version > 0 && boundary.is_some_and(|b| start + width <= b);
+        if cacheable && let Some(hit) = state.cache.get(version, &shape, start) {
+            parts.push(hit);
+            continue;
+        }
+        let one = Range {
+            from: start,
+            to: start + width,
+            step: range.step,
+        };
+        let Some((_, layer, acc)) =
+            merge(&one, boundary, &batch.buckets, &speed.windows, &mut fold).pop()
+        else {
+            continue;
+        };
+        let mut bucket = render(&acc);
+        let object = bucket.as_object_mut().expect("renderers return objects");
+        object.insert("start".into(), json!(start));
+        object.insert("layer".into(), json!(layer));
+        let rendered: Arc<str> = Arc::from(bucket.to_string());
+        if cacheable {
+            state
+                .cache
+                .put(version, &shape, start, Arc::clone(&rendered));
+        }
+        parts.push(rendered);
+    }
     drop(speed);
-    let mut response = axum::Json(json!({
-        "from": range.from,
-        "to": range.to,
-        "step": range.step.as_str(),
-        "boundary": boundary,
-        "watermark": watermark,
-        "buckets": buckets,
-    }))
-    .into_response();
+    let text = |v: Option<i64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
+    let mut body = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 160);
+    body.push_str(&format!(
+        r#"{{"from":{},"to":{},"step":"{}","boundary":{},"watermark":{},"buckets":["#,
+        range.from,
+        range.to,
+        range.step.as_str(),
+        text(boundary),
+        text(watermark)
+    ));
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(part);
+    }
+    body.push_str("]}");
+    let mut response = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
     // Freshness, for caches and dashboards that only read headers.
-    let text = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+    let header = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
     let headers = response.headers_mut();
     for (name, value) in [
-        ("x-lambda-boundary", text(boundary)),
-        ("x-lambda-watermark", text(watermark)),
-        ("x-lambda-data-age-ms", text(newest.map(|t| now_ms() - t))),
+        ("x-lambda-boundary", header(boundary)),
+        ("x-lambda-watermark", header(watermark)),
+        ("x-lambda-data-age-ms", header(newest.map(|t| now_ms() - t))),
     ] {
         if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
             headers.insert(name, value);
@@ -186,9 +185,11 @@ async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Res
         Ok(parsed) => parsed,
         Err(bad) => return bad_request(bad),
     };
+    let shape = format!("funnel {} {campaign:?}", range.step.as_str());
     respond(
         &state,
         range,
+        shape,
         |acc: &mut FunnelAcc, views| {
             for (c, counts) in &views.funnel {
                 if campaign.is_none_or(|want| want == c) {
@@ -229,9 +230,11 @@ async fn pages(State(state): State<ServingState>, Query(params): Params) -> Resp
         Ok(parsed) => parsed,
         Err(bad) => return bad_request(bad),
     };
+    let shape = format!("pages {} {device:?} {page:?}", range.step.as_str());
     respond(
         &state,
         range,
+        shape,
         |acc: &mut PagesAcc, views| {
             for ((p, d), counts) in &views.pages {
                 if device.is_none_or(|want| want == d) && page.is_none_or(|want| want == p) {
@@ -286,9 +289,11 @@ async fn iot(State(state): State<ServingState>, Query(params): Params) -> Respon
         Ok(parsed) => parsed,
         Err(bad) => return bad_request(bad),
     };
+    let shape = format!("iot {} {device_id:?} {sensor:?}", range.step.as_str());
     respond(
         &state,
         range,
+        shape,
         |acc: &mut IotAcc, views| {
             for ((d, s), stats) in &views.sensors {
                 if device_id.is_none_or(|want| want == d) && sensor.is_none_or(|want| want == s) {
@@ -387,5 +392,44 @@ async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Respon
             axum::Json(json!({ "error": format!("no asset {path}") })),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_answer_is_a_504_naming_the_limit() {
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    "late"
+                }),
+            )
+            .route("/quick", get(|| async { "ok" }))
+            .route_layer(axum::middleware::from_fn(|r, n| {
+                limit_time(std::time::Duration::from_millis(50), r, n)
+            }));
+        let slow = app
+            .clone()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = axum::body::to_bytes(slow.into_body(), 1024).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "/slow took longer than 50 ms");
+        let quick = app
+            .oneshot(Request::get("/quick").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(quick.status(), StatusCode::OK);
     }
 }

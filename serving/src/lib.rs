@@ -8,6 +8,7 @@ pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod boundary;
+pub mod cache;
 pub mod metrics;
 pub mod openapi;
 pub mod query;
@@ -41,6 +42,8 @@ pub struct ServingState {
     pub alerts: alerts::SharedFeed,
     /// Requests answered and how long they took, for `/metrics`.
     pub requests: Arc<metrics::RequestMetrics>,
+    /// Rendered batch buckets of the loaded manifest.
+    pub cache: Arc<cache::BucketCache>,
 }
 
 /// How often serving looks for a newer manifest.

@@ -199,6 +199,17 @@ pub async fn render(state: &ServingState) -> String {
         );
     }
     state.requests.render(&mut out);
+    let (hits, misses) = state.cache.counts();
+    family(
+        &mut out,
+        "lambda_serving_bucket_cache_total",
+        "counter",
+        "Batch buckets looked up in the rendered-bucket cache, by result.",
+        &[
+            ("result=\"hit\"".to_string(), hits as f64),
+            ("result=\"miss\"".to_string(), misses as f64),
+        ],
+    );
     if let Some(handle) = &state.status.batch {
         runner_metrics(&handle.status.read(), &mut out);
     }
