@@ -12,10 +12,9 @@ use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::{Value, json};
 
 mod common;
-use common::{MINUTE, get, post_lines};
+use common::{MINUTE, demo_config, get, post_lines, text};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-const NEVER: &str = "0 0 0 1 1 * 2099";
 
 fn line(value: Value) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap()
@@ -123,11 +122,9 @@ async fn open_stream(
 async fn alerts_are_raised_once_cleared_listed_and_streamed() {
     let dir = tempfile::tempdir().unwrap();
     let demo = Demo::start(DemoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        batch_schedule: NEVER.into(),
         // Every partition gets events: no idleness needed for the watermark.
         idle_timeout: Duration::from_secs(600),
-        ..DemoConfig::new(dir.path())
+        ..demo_config(dir.path())
     })
     .await
     .unwrap();
@@ -314,14 +311,7 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
     assert_eq!(status["alerts"]["active"], 3);
     assert_eq!(status["alerts"]["last_id"], 7);
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, format!("{base}/metrics")).await;
     for expected in [
         "lambda_speed_alerts_total{rule=\"sensor_range\",state=\"raised\"} 2",
         "lambda_speed_alerts_total{rule=\"sensor_range\",state=\"cleared\"} 1",
@@ -367,10 +357,8 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
 async fn active_alerts_survive_a_restart_without_repeating() {
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        batch_schedule: NEVER.into(),
         idle_timeout: Duration::from_secs(600),
-        ..DemoConfig::new(dir.path())
+        ..demo_config(dir.path())
     };
     let client = reqwest::Client::new();
     let demo = Demo::start(config.clone()).await.unwrap();

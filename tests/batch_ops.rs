@@ -7,18 +7,15 @@ use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::{Value, json};
 
 mod common;
-use common::{get, post_lines};
+use common::{NEVER, demo_config, get, post_lines, text};
 
 const T0: i64 = 1_767_225_600_000;
-const NEVER: &str = "0 0 0 1 1 * 2099";
 const PATH: &str = "/api/v1/admin/batch/run";
 
 fn config(dir: &std::path::Path, token: Option<&str>) -> DemoConfig {
     DemoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        batch_schedule: NEVER.into(),
         admin_token: token.map(str::to_string),
-        ..DemoConfig::new(dir)
+        ..demo_config(dir)
     }
 }
 
@@ -200,14 +197,7 @@ async fn cached_batch_buckets_follow_the_newest_manifest() {
     assert_eq!(first, second);
     assert_eq!(first["buckets"][5]["clicks"], 1);
     assert_eq!(first["buckets"][5]["layer"], "batch");
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, format!("{base}/metrics")).await;
     assert!(
         metrics.contains("lambda_serving_bucket_cache_total{result=\"hit\"} 30"),
         "the second query came from the cache:\n{metrics}"

@@ -33,7 +33,7 @@ use lambda_testkit::{KillOnDrop, Moto, Tansu, free_port};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Checked, MINUTE, check_answers, fold, get};
+use common::{Checked, MINUTE, check_answers, fold, get, text};
 
 const APP_IMAGE: &str = "lambda-pipeline:latest";
 const SEED: u64 = 20261122;
@@ -448,14 +448,11 @@ async fn the_compose_stack_runs_as_local_processes() {
     eprintln!(
         "compose: {sent} lines sent, {rejected} rejected; B = {boundary}; {batch_buckets} batch and {speed_buckets} speed buckets equal the fold"
     );
-    let ingest_metrics = client
-        .get(format!("http://{}/metrics", stack.addresses["ingest"]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let ingest_metrics = text(
+        &client,
+        format!("http://{}/metrics", stack.addresses["ingest"]),
+    )
+    .await;
     assert!(
         ingest_metrics.contains(&format!(
             "lambda_ingest_lines_total{{outcome=\"rejected\"}} {rejected}"
@@ -715,18 +712,11 @@ async fn check_monitoring(
                     listen.ends_with(&format!(":{port}")),
                     "{host} listens on {listen}, scraped on {port}"
                 );
-                let text = client
-                    .get(format!("http://{}{path}", addresses[host]))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let exposition = text(client, format!("http://{}{path}", addresses[host])).await;
                 by_role
                     .entry(role.clone())
                     .or_default()
-                    .extend(metric_names(&text));
+                    .extend(metric_names(&exposition));
             }
         }
     }

@@ -10,13 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lambda_ingest::generator::{Generator, GeneratorConfig};
-use lambda_pipeline::demo::{Demo, DemoConfig};
+use lambda_pipeline::demo::Demo;
 
 mod common;
-use common::{get, post_lines};
+use common::{demo_config, get, post_lines};
 
 const T0: i64 = 1_767_225_600_000;
-const NEVER: &str = "0 0 0 1 1 * 2099";
 const CHARTS: [&str; 7] = [
     "chart-funnel",
     "chart-pages-desktop",
@@ -96,13 +95,7 @@ fn attribute(dom: &str, id: &str, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_draws_both_layers_and_the_boundary() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Demo::start(DemoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        batch_schedule: NEVER.into(),
-        ..DemoConfig::new(dir.path())
-    })
-    .await
-    .unwrap();
+    let demo = Demo::start(demo_config(dir.path())).await.unwrap();
     let base = format!("http://{}", demo.addr);
     let client = reqwest::Client::new();
     // About 50 minutes of event time, then a batch run: B falls a minute

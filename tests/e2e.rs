@@ -12,11 +12,11 @@ use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::Value;
 
 mod common;
-use common::{MINUTE, check_funnel, check_iot, check_pages, fold, get, post_lines};
+use common::{
+    MINUTE, check_funnel, check_iot, check_pages, demo_config, fold, get, post_lines, text,
+};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-/// A schedule that never fires during the test: runs are triggered.
-const NEVER: &str = "0 0 0 1 1 * 2099";
 
 fn generated_lines() -> (Vec<Vec<u8>>, usize) {
     let mut generator = Generator::new(GeneratorConfig {
@@ -51,14 +51,6 @@ async fn wait_for_speed_to_catch_up(client: &reqwest::Client, base: &str) -> Val
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the speed layer did not catch up");
-}
-
-fn demo_config(dir: &std::path::Path) -> DemoConfig {
-    DemoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        batch_schedule: NEVER.into(),
-        ..DemoConfig::new(dir)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,14 +148,7 @@ async fn check_pipeline(config: DemoConfig) {
     assert_eq!(error["parameter"], "step");
 
     // Prometheus metrics tell the same story.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, format!("{base}/metrics")).await;
     let sample = |name: &str| -> f64 {
         let line = metrics
             .lines()

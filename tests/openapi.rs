@@ -6,14 +6,13 @@
 
 use std::collections::BTreeSet;
 
-use lambda_pipeline::demo::{Demo, DemoConfig};
+use lambda_pipeline::demo::Demo;
 use serde_json::{Value, json};
 
 mod common;
-use common::{get, post_lines};
+use common::{demo_config, get, post_lines, text};
 
 const T0: i64 = 1_767_225_600_000;
-const NEVER: &str = "0 0 0 1 1 * 2099";
 
 /// A valid value for a documented query parameter.
 fn sample(name: &str) -> String {
@@ -45,13 +44,7 @@ fn check_refs(doc: &Value, value: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_matches_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Demo::start(DemoConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        batch_schedule: NEVER.into(),
-        ..DemoConfig::new(dir.path())
-    })
-    .await
-    .unwrap();
+    let demo = Demo::start(demo_config(dir.path())).await.unwrap();
     let base = format!("http://{}", demo.addr);
     let client = reqwest::Client::new();
     let lines: Vec<Vec<u8>> = (0..600)
@@ -195,14 +188,7 @@ async fn the_openapi_document_matches_the_server() {
     assert_eq!(funnel["buckets"][0]["clicks"], 200);
 
     // Every request above is counted and timed by route.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, format!("{base}/metrics")).await;
     for expected in [
         "lambda_serving_requests_total{route=\"/api/v1/funnel\",status=\"2xx\"} 3",
         "lambda_serving_requests_total{route=\"/api/v1/funnel\",status=\"4xx\"} 1",

@@ -7,7 +7,7 @@ use std::path::{Path as FsPath, PathBuf};
 
 use anyhow::Context;
 
-use crate::views::sql_string;
+use crate::views::{parquet_list, sql_string};
 
 /// A DuckDB table holding the rows of some Parquet files.
 pub struct DuckTable {
@@ -27,13 +27,10 @@ impl DuckTable {
     /// Loads `files` into an in-memory table, in `(ts, event_id)` order as the lake keeps them.
     pub fn load(files: &[PathBuf]) -> anyhow::Result<DuckTable> {
         let conn = duckdb::Connection::open_in_memory().context("opening duckdb")?;
-        let list: Vec<String> = files
-            .iter()
-            .map(|f| sql_string(&f.to_string_lossy()))
-            .collect();
+        let list = parquet_list(files);
         conn.execute_batch(&format!(
             "CREATE TABLE rows AS SELECT * FROM read_parquet([{}]) ORDER BY ts, event_id",
-            list.join(", ")
+            list
         ))
         .context("loading the rows into duckdb")?;
         let rows: u64 = conn

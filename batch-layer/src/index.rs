@@ -23,7 +23,7 @@ use bytes::Bytes;
 use lambda_events::Topic;
 
 use crate::master::{self, LoggedEvent};
-use crate::views::{ViewEngine, sql_string};
+use crate::views::{ViewEngine, parquet_list};
 
 /// Index files of one topic beyond which a run merges them into one.
 pub const COMPACT_AT: usize = 8;
@@ -85,14 +85,11 @@ impl ViewEngine {
             }
             appender.flush()?;
         }
-        let list: Vec<String> = files
-            .iter()
-            .map(|f| sql_string(&f.to_string_lossy()))
-            .collect();
+        let list = parquet_list(files);
         let sql = format!(
             "SELECT DISTINCT event_id FROM candidates WHERE event_id IN \
              (SELECT event_id FROM read_parquet([{}]))",
-            list.join(", ")
+            list
         );
         let mut stmt = conn.prepare(&sql).context("preparing the id lookup")?;
         let known = stmt
@@ -105,13 +102,10 @@ impl ViewEngine {
 
     /// One index file holding every id of `files`, sorted by `event_id`.
     pub fn merge_index(&self, files: &[PathBuf]) -> anyhow::Result<Bytes> {
-        let list: Vec<String> = files
-            .iter()
-            .map(|f| sql_string(&f.to_string_lossy()))
-            .collect();
+        let list = parquet_list(files);
         let sql = format!(
             "SELECT event_id, ts FROM read_parquet([{}]) ORDER BY event_id, ts",
-            list.join(", ")
+            list
         );
         let mut stmt = self
             .connection()

@@ -75,6 +75,15 @@ impl std::fmt::Debug for ViewEngine {
     }
 }
 
+/// `files` as the SQL list `read_parquet([…])` takes.
+pub(crate) fn parquet_list(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| sql_string(&f.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A SQL string literal; the paths quoted are the lake's own, never request data.
 pub(crate) fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -90,13 +99,10 @@ impl ViewEngine {
     }
 
     fn define_events(&self, files: &[PathBuf]) -> anyhow::Result<()> {
-        let list: Vec<String> = files
-            .iter()
-            .map(|f| sql_string(&f.to_string_lossy()))
-            .collect();
+        let list = parquet_list(files);
         let sql = format!(
             "CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM read_parquet([{}])",
-            list.join(", ")
+            list
         );
         self.conn
             .execute_batch(&sql)

@@ -9,6 +9,24 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde_json::Value;
 
 pub const MINUTE: i64 = 60_000;
+/// A batch schedule that never fires during a test: runs are triggered.
+pub const NEVER: &str = "0 0 0 1 1 * 2099";
+
+/// The demo on an ephemeral port with data under `dir`, batch runs only when triggered.
+pub fn demo_config(dir: &std::path::Path) -> lambda_pipeline::demo::DemoConfig {
+    lambda_pipeline::demo::DemoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        batch_schedule: NEVER.into(),
+        ..lambda_pipeline::demo::DemoConfig::new(dir)
+    }
+}
+
+/// The body of a GET as text (e.g. `/metrics`), which must answer 200.
+pub async fn text(client: &reqwest::Client, url: String) -> String {
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.text().await.unwrap()
+}
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Funnel {
