@@ -453,19 +453,26 @@ impl Load {
     }
 }
 
+/// Connections the load generator keeps open at most: a request due while
+/// all are busy waits for one, and its latency still counts from when it
+/// was due.
+const MAX_IN_FLIGHT: usize = 256;
+
 /// Sends GET `url` at `rate` per second for `seconds`, each request on its
 /// own schedule (latency counts from when it was due, so a slow server
 /// cannot hide its queue: no coordinated omission).
 async fn offer(client: &reqwest::Client, url: &str, rate: u32, seconds: u64) -> Load {
     let total = rate as usize * seconds as usize;
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         let due = started + period * i as u32;
         tokio::time::sleep_until(due.into()).await;
-        let (client, url) = (client.clone(), url.to_string());
+        let (client, url, slots) = (client.clone(), url.to_string(), Arc::clone(&slots));
         tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
             let ok = match client.get(&url).send().await {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
                 _ => false,
