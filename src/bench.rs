@@ -64,6 +64,7 @@ fn memory() -> (u64, u64) {
     (kb("VmRSS:"), kb("VmHWM:"))
 }
 
+#[derive(Default)]
 struct Measured {
     cpu: Duration,
     wall: Duration,
@@ -256,6 +257,7 @@ pub struct BatchBench {
 }
 
 /// One writer's figures.
+#[derive(Default)]
 struct Written {
     rows: u64,
     bytes: u64,
@@ -317,30 +319,9 @@ pub async fn batch(bench: BatchBench) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
 
-    let mut ours = Written {
-        rows: 0,
-        bytes: 0,
-        measured: Measured {
-            cpu: Duration::ZERO,
-            wall: Duration::ZERO,
-        },
-    };
-    let mut compacted = Written {
-        rows: 0,
-        bytes: 0,
-        measured: Measured {
-            cpu: Duration::ZERO,
-            wall: Duration::ZERO,
-        },
-    };
-    let mut duck = Written {
-        rows: 0,
-        bytes: 0,
-        measured: Measured {
-            cpu: Duration::ZERO,
-            wall: Duration::ZERO,
-        },
-    };
+    let mut ours = Written::default();
+    let mut compacted = Written::default();
+    let mut duck = Written::default();
     for (topic, events) in &mut by_topic {
         let topic = *topic;
         // Ours, a run's write: sort the events, encode them as one file.

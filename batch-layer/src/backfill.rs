@@ -70,7 +70,7 @@ pub async fn backfill(
     manifest::commit(lake, &manifest)
         .await
         .map_err(|e| anyhow::anyhow!("backfill of version {version} not committed: {e}"))?;
-    if let Err(error) = manifest::vacuum(lake, version, crate::run::KEEP_MANIFESTS).await {
+    if let Err(error) = manifest::vacuum(lake, &manifest, crate::run::KEEP_MANIFESTS).await {
         tracing::warn!(%error, version, "deleting files no manifest needs failed");
     }
     tracing::info!(version, hours = total, from_ms, to_ms, "backfill committed");

@@ -137,20 +137,23 @@ impl Manifest {
     }
 }
 
-/// Deletes the files that manifest `version - keep` references and none of
-/// the `keep` newest (`..= version`) does: compacted data files, replaced
-/// view files, merged index files. Each file is deleted once, `keep` runs
-/// after the last manifest that needed it, so a reader that loaded one of
-/// the newest manifests still finds everything it names. Returns how many.
-pub async fn vacuum(lake: &Lake, version: u64, keep: u64) -> anyhow::Result<u64> {
+/// Deletes the files that manifest `newest.version - keep` references and
+/// none of the `keep` newest (`newest` itself and the ones before it) does:
+/// compacted data files, replaced view files, merged index files. Each file
+/// is deleted once, `keep` runs after the last manifest that needed it, so a
+/// reader that loaded one of the newest manifests still finds everything it
+/// names. Returns how many.
+pub async fn vacuum(lake: &Lake, newest: &Manifest, keep: u64) -> anyhow::Result<u64> {
+    let version = newest.version;
     if version <= keep {
         return Ok(0);
     }
     let Some(old) = read(lake, version - keep).await? else {
         return Ok(0);
     };
-    let mut needed = std::collections::HashSet::new();
-    for v in version - keep + 1..=version {
+    let mut needed: std::collections::HashSet<String> =
+        newest.files().map(str::to_string).collect();
+    for v in version - keep + 1..version {
         if let Some(m) = read(lake, v).await? {
             needed.extend(m.files().map(str::to_string));
         }

@@ -8,12 +8,11 @@
 //! number, same file names) overwrites them.
 
 use std::collections::{BTreeMap, HashSet};
-
-use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{Event, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition};
@@ -161,12 +160,13 @@ pub async fn run_with_fail_point(
             // A lake from before the index: build it from the data files once.
             let local = local_paths(&ctx.lake, &sources).await?;
             let bytes = tokio::task::block_in_place(|| engine.merge_index(&local))?;
+            let rows = sources.iter().map(|f| f.rows).sum();
             let merged = put_file(
                 &ctx.lake,
                 &mut written,
                 index::path(topic, version, true),
                 bytes,
-                0,
+                rows,
             )
             .await?;
             id_index.insert(topic.name().to_string(), vec![merged]);
@@ -312,8 +312,9 @@ pub async fn run_with_fail_point(
             }
         }
     }
-    match manifest::vacuum(&ctx.lake, version, KEEP_MANIFESTS).await {
-        Ok(n) => stats.files_deleted = deleted + n,
+    stats.files_deleted = deleted;
+    match manifest::vacuum(&ctx.lake, &manifest, KEEP_MANIFESTS).await {
+        Ok(n) => stats.files_deleted += n,
         Err(error) => {
             tracing::warn!(%error, version, "deleting files no manifest needs failed; the next run tries again")
         }

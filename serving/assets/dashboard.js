@@ -97,14 +97,14 @@ function plot(id, answer, series, columns, options = {}) {
       title: options.title,
       width: Math.max(el.clientWidth, 300),
       height: options.height || 200,
-      scales: { x: { time: true, range: () => [answer.from / 1000, answer.to / 1000] } },
+      // The x range follows the newest answer held by the chart below.
+      scales: { x: { time: true, range: () => [chart.answer.from / 1000, chart.answer.to / 1000] } },
       series: [{}, ...series.map(([label, stroke, fill]) => ({ label, stroke, fill, width: 1.5, spanGaps: false }))],
       bands: options.bands,
       legend: { live: false },
       plugins: [layerPlugin(meta)],
     };
     chart = { uplot: null, meta, answer };
-    opts.scales.x.range = () => [chart.answer.from / 1000, chart.answer.to / 1000];
     chart.uplot = new uPlot(opts, data, el);
     charts.set(id, chart);
   }

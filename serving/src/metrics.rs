@@ -79,15 +79,14 @@ impl RequestMetrics {
             }
             samples.push((format!("route=\"{route}\",le=\"+Inf\""), s.count as f64));
         }
-        let mut lines = String::new();
+        // The family's header only: a histogram's samples carry suffixed names.
         family(
-            &mut lines,
+            out,
             "lambda_serving_request_duration_seconds",
             "histogram",
             "Time to answer an HTTP request, by route.",
             &[],
         );
-        out.push_str(&lines);
         for (labels, value) in samples {
             out.push_str(&format!(
                 "lambda_serving_request_duration_seconds_bucket{{{labels}}} {value}\n"
