@@ -217,7 +217,7 @@ pub struct AlertEngine {
     active: BTreeMap<(String, String), i64>,
     /// Out-of-range readings in a row, by `device/sensor`.
     out_of_range: BTreeMap<String, u32>,
-    /// Devices whose last status is offline, and since when.
+    /// Devices whose last status is offline and whose alert is not raised yet, and since when.
     offline_since: BTreeMap<String, i64>,
     /// Last severe alarm time by `device/alarm`.
     last_alarm: BTreeMap<String, i64>,
@@ -415,6 +415,9 @@ impl AlertEngine {
                 .map(|(d, since)| (d.clone(), *since))
                 .collect();
             for (device, since) in due {
+                // Raised: no longer pending, so later watermarks skip it; the
+                // device's online status clears it through `active`.
+                self.offline_since.remove(&device);
                 let minutes = rule.after_ms as f64 / MINUTE_MS as f64;
                 self.transition(
                     "device_offline",
