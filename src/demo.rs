@@ -210,9 +210,15 @@ impl Demo {
             config.admin_token.clone(),
             lambda_serving::admin::BatchRunner::Local(batch.clone()),
         );
+        let compare = crate::compare::CompareState::new(crate::compare::CompareSources {
+            log: Arc::clone(&log),
+            lake: Some(lake.clone()),
+            allowed_lateness_ms: config.allowed_lateness_ms,
+        });
         let app = lambda_ingest::router(ingest)
             .merge(lambda_serving::router(serving))
-            .merge(lambda_serving::admin::router(admin));
+            .merge(lambda_serving::admin::router(admin))
+            .merge(crate::compare::router(compare));
         let addr = supervisor.serve_http(config.listen, app).await?;
         supervisor.spawn_retention(Arc::clone(&log));
 

@@ -5,6 +5,7 @@
 //! the layers take plain config structs.
 
 pub mod bench;
+pub mod compare;
 pub mod demo;
 pub mod duration;
 pub mod roles;

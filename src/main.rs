@@ -45,6 +45,8 @@ enum Command {
     Serve(ServeArgs),
     /// Send generated traffic to an ingest endpoint.
     Generate(GenerateArgs),
+    /// Compute an interval's views both ways — batch (lambda) and log replay (kappa) — and show where and why they differ.
+    Compare(CompareArgs),
     /// Benchmarks: `lambda bench speed`.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -396,6 +398,22 @@ impl LakeArgs {
 }
 
 #[derive(Debug, Args)]
+struct CompareArgs {
+    /// The demo or `lambda serve` to ask, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "LAMBDA_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Interval start: ms since the epoch, RFC 3339, `now` or a time before now such as `-30m` (default: 1 hour before --to).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_when)]
+    from: Option<i64>,
+    /// Interval end, in the same forms (default: now).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_when)]
+    to: Option<i64>,
+    /// Print the comparison as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct GenerateArgs {
     /// Base URL of the ingest endpoint, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "LAMBDA_TARGET", default_value = "http://127.0.0.1:8080")]
@@ -466,6 +484,7 @@ fn main() -> anyhow::Result<()> {
                 run_role("serve", running).await
             }
             Command::Generate(args) => generate(args).await,
+            Command::Compare(args) => compare(args).await,
             Command::Bench(BenchCommand::Speed(args)) => {
                 lambda_pipeline::bench::speed(lambda_pipeline::bench::SpeedBench {
                     events: args.events,
@@ -517,6 +536,61 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({ "version": report.version, "hours_recomputed": report.hours })
     );
+    Ok(())
+}
+
+/// A point in time: like [`parse_start`], or `now`, or `-30m` / `now-30m` (a duration before now).
+fn parse_when(text: &str) -> Result<i64, String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let text = text.trim();
+    if text == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = text.strip_prefix("now-").or_else(|| text.strip_prefix('-')) {
+        return duration::parse(ago).map(|d| now - d.as_millis() as i64);
+    }
+    parse_start(text).map_err(|e| format!("{e}; or `now`, or a time before now such as -30m"))
+}
+
+async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(from) = args.from {
+        query.push(("from", from.to_string()));
+    }
+    if let Some(to) = args.to {
+        query.push(("to", to.to_string()));
+    }
+    let url = format!(
+        "{}{}",
+        args.url.trim_end_matches('/'),
+        lambda_pipeline::compare::COMPARE_PATH
+    );
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message("replaying the log and recomputing the batch views…");
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .query(&query)
+        .send()
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    spinner.finish_and_clear();
+    let status = response.status();
+    let body = response.text().await.context("reading the answer")?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        anyhow::bail!("{url} answered {status}: {message}");
+    }
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let comparison: lambda_pipeline::compare::Comparison =
+        serde_json::from_str(&body).context("reading the comparison")?;
+    print!("{}", lambda_pipeline::compare::render(&comparison));
     Ok(())
 }
 

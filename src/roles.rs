@@ -420,7 +420,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
         let (views, token) = (Arc::clone(&batch_views), supervisor.shutdown.clone());
         supervisor.spawn(
             "view-loader",
-            lambda_serving::run_view_loader(lake, views, None, token),
+            lambda_serving::run_view_loader(lake.clone(), views, None, token),
         );
     }
     let remote_batch = peers.batch_url.as_ref().map(|url| {
@@ -433,6 +433,13 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
         let health = Arc::clone(&health);
         Arc::new(move || lambda_serving::remote::health_section(&health))
     };
+    let compare = log.as_ref().map(|log| {
+        crate::compare::CompareState::new(crate::compare::CompareSources {
+            log: Arc::clone(log),
+            lake: Some(lake.clone()),
+            allowed_lateness_ms: shared.allowed_lateness_ms,
+        })
+    });
     let state = ServingState {
         alerts,
         requests: Arc::default(),
@@ -452,7 +459,10 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
         None => lambda_serving::admin::BatchRunner::Absent,
     };
     let admin = lambda_serving::admin::AdminState::new(shared.admin_token.clone(), runner);
-    let app = lambda_serving::router(state).merge(lambda_serving::admin::router(admin));
+    let mut app = lambda_serving::router(state).merge(lambda_serving::admin::router(admin));
+    if let Some(compare) = compare {
+        app = app.merge(crate::compare::router(compare));
+    }
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, speed = ?peers.speed_urls, "serve started");
     Ok(Running { addr, supervisor })

@@ -11,6 +11,7 @@ pub mod index;
 pub mod lake;
 pub mod manifest;
 pub mod master;
+pub mod recompute;
 pub mod run;
 pub mod schedule;
 pub mod views;

@@ -110,7 +110,7 @@ pub async fn snapshot(state: &ServingState) -> Value {
         json!({
             "watermark": s.watermark(),
             "partition_clocks": s.clocks.iter().map(|c| json!({
-                "topic": c.topic, "partition": c.partition, "max_event_ts": c.max_ts, "idle": c.idle,
+                "topic": c.topic, "partition": c.partition, "max_event_ts": (c.max_ts != i64::MIN).then_some(c.max_ts), "idle": c.idle,
             })).collect::<Vec<_>>(),
             "max_event_ts": s.max_event_ts,
             "allowed_lateness_ms": s.allowed_lateness_ms,

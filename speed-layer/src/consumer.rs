@@ -11,7 +11,7 @@ use lambda_events::{Event, Topic};
 use lambda_log::{EventLog, FetchPosition, LogError, Record};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CONSUMER_GROUP, SpeedConfig, SpeedViews, checkpoint};
+use crate::{SpeedConfig, SpeedViews, checkpoint};
 
 /// Records asked for per fetch.
 const FETCH_MAX_RECORDS: usize = 4096;
@@ -154,6 +154,7 @@ async fn initial_positions(
     views: &SpeedViews,
 ) -> anyhow::Result<Vec<FetchPosition>> {
     let mut positions = Vec::new();
+    let mut pending = Vec::new();
     for topic in Topic::ALL {
         let ranges = log
             .ranges(topic.name())
@@ -172,12 +173,20 @@ async fn initial_positions(
             let offset = checkpointed
                 .unwrap_or(range.start)
                 .clamp(range.start, range.end);
+            if offset < range.end {
+                pending.push((topic.name(), partition));
+            }
             positions.push(FetchPosition {
                 topic: topic.name().to_string(),
                 partition,
                 offset,
             });
         }
+    }
+    // Partitions with records waiting hold the watermark back until they deliver.
+    let mut state = views.write();
+    for (topic, partition) in pending {
+        state.expect_partition(topic, partition);
     }
     Ok(positions)
 }
@@ -251,7 +260,7 @@ async fn write_checkpoint(
             .collect();
         if !topic_offsets.is_empty()
             && let Err(error) = log
-                .commit(CONSUMER_GROUP, topic.name(), &topic_offsets)
+                .commit(&config.group, topic.name(), &topic_offsets)
                 .await
         {
             // The checkpoint is the source of truth; the group offsets are for lag reporting.

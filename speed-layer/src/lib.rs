@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod export;
 pub mod http;
 pub mod metrics;
+pub mod replay;
 pub mod window;
 
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ pub struct SpeedConfig {
     pub idle_timeout: Duration,
     /// Alert rules.
     pub alert_rules: alerts::AlertRules,
+    /// Consumer group its offsets are committed under (for lag reporting;
+    /// the checkpoint holds the offsets it resumes from).
+    pub group: String,
 }
 
 impl SpeedConfig {
@@ -71,6 +75,7 @@ impl SpeedConfig {
             dead_letter_invalid: true,
             idle_timeout: Duration::from_secs(30),
             alert_rules: alerts::AlertRules::defaults(),
+            group: CONSUMER_GROUP.to_string(),
         }
     }
 }

@@ -107,7 +107,13 @@ pub struct SpeedState {
     pub watermark_ms: Option<i64>,
     /// Alert rules and their state.
     pub alerts: AlertEngine,
+    /// Windows starting before this have dropped their id sets (they are
+    /// closed: an event for them is late before its id is looked at).
+    pub ids_dropped_before: i64,
 }
+
+/// The clock of an expected partition that has not delivered yet.
+const NOT_YET: i64 = i64::MIN;
 
 /// How far one partition's events have got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +147,7 @@ impl SpeedState {
             clocks: Vec::new(),
             watermark_ms: None,
             alerts: AlertEngine::new(AlertRules::default()),
+            ids_dropped_before: i64::MIN,
         }
     }
 
@@ -152,6 +159,26 @@ impl SpeedState {
         self.watermark_ms
     }
 
+    /// Registers a partition that has records to deliver before its first
+    /// one arrives: until it delivers (or goes idle) it holds the watermark
+    /// back, so records read from the other partitions first — on a restart
+    /// or a replay, one fetch can bring minutes of one partition — do not
+    /// make its events late.
+    pub fn expect_partition(&mut self, topic: &str, partition: u32) {
+        if !self
+            .clocks
+            .iter()
+            .any(|c| c.partition == partition && c.topic == topic)
+        {
+            self.clocks.push(PartitionClock {
+                topic: topic.to_string(),
+                partition,
+                max_ts: NOT_YET,
+                idle: false,
+            });
+        }
+    }
+
     fn recompute_watermark(&mut self) {
         let active = self
             .clocks
@@ -159,8 +186,11 @@ impl SpeedState {
             .filter(|c| !c.idle)
             .map(|c| c.max_ts)
             .min();
+        if active == Some(NOT_YET) {
+            return;
+        }
         let reached = active.or_else(|| self.clocks.iter().map(|c| c.max_ts).max());
-        if let Some(reached) = reached {
+        if let Some(reached) = reached.filter(|r| *r != NOT_YET) {
             let candidate = reached - self.allowed_lateness_ms;
             if self.watermark_ms.is_none_or(|w| candidate > w) {
                 self.watermark_ms = Some(candidate);
@@ -241,11 +271,21 @@ impl SpeedState {
 
     /// Drops windows (and ledger entries) that start more than the horizon
     /// before the watermark, or more than [`BOUNDARY_MARGIN_MS`] before the
-    /// batch boundary B (those buckets are the batch layer's).
+    /// batch boundary B (those buckets are the batch layer's). Windows the
+    /// watermark has closed but that are kept drop their id sets: an event for
+    /// a closed window is late before its id is looked at.
     pub fn evict(&mut self) -> usize {
         let Some(watermark) = self.watermark() else {
             return 0;
         };
+        let closed_before = floor_to(watermark, MINUTE_MS);
+        if closed_before > self.ids_dropped_before {
+            let from = self.ids_dropped_before;
+            for window in self.windows.range_mut(from..closed_before).map(|(_, w)| w) {
+                window.seen = HashSet::new();
+            }
+            self.ids_dropped_before = closed_before;
+        }
         let by_horizon = floor_to(watermark - self.horizon_ms, MINUTE_MS);
         let by_boundary = self
             .batch_boundary
@@ -402,5 +442,52 @@ mod tests {
         state.batch_boundary = Some(t0 + 20 * MINUTE_MS);
         assert_eq!(state.evict(), 15);
         assert_eq!(*state.windows.keys().next().unwrap(), t0 + 15 * MINUTE_MS);
+    }
+
+    #[test]
+    fn an_expected_partition_holds_the_watermark_until_it_delivers() {
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        let t0 = 1_699_999_980_000;
+        state.expect_partition("t", 1);
+        // Minutes of partition 0 first, as one fetch on a restart may bring them.
+        state.apply_from("t", 0, &click("a", t0 + 10 * MINUTE_MS));
+        assert_eq!(state.watermark(), None, "partition 1 has not delivered");
+        assert_eq!(state.apply_from("t", 1, &click("b", t0)), Applied::Counted);
+        assert_eq!(state.watermark(), Some(t0 - MINUTE_MS));
+        // Idle, it stops holding it back like any other partition.
+        state.expect_partition("t", 2);
+        assert_eq!(
+            state.apply_from("t", 1, &click("c", t0 + 5 * MINUTE_MS)),
+            Applied::Counted
+        );
+        assert_eq!(state.watermark(), Some(t0 - MINUTE_MS));
+        state.set_idle("t", 2, true);
+        assert_eq!(state.watermark(), Some(t0 + 4 * MINUTE_MS));
+    }
+
+    #[test]
+    fn closed_windows_drop_their_ids_and_still_answer() {
+        let mut state = SpeedState::new(60_000, i64::MAX / 4);
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        for i in 0..10 {
+            state.apply(&click(&format!("e{i}"), t0 + i * MINUTE_MS));
+        }
+        assert_eq!(state.evict(), 0);
+        // The watermark is t0 + 8 min: windows up to t0 + 7 min are closed.
+        let with_ids: Vec<i64> = state
+            .windows
+            .iter()
+            .filter(|(_, w)| !w.seen.is_empty())
+            .map(|(s, _)| (s - t0) / MINUTE_MS)
+            .collect();
+        assert_eq!(with_ids, vec![8, 9]);
+        assert_eq!(state.windows.len(), 10, "closed windows are kept");
+        assert_eq!(state.windows[&t0].views.funnel[""].clicks, 1);
+        // A resend for a closed window is late, as before.
+        assert_eq!(state.apply(&click("e0", t0)), Applied::Late);
+        assert_eq!(
+            state.apply(&click("e9", t0 + 9 * MINUTE_MS)),
+            Applied::Duplicate
+        );
     }
 }

@@ -1,0 +1,129 @@
+//! Views recomputed from the master dataset for an interval, without
+//! committing anything — the batch layer's side of `lambda compare`, with
+//! what it cost (files and bytes read, rows, wall time). Also counts the
+//! rows a replay of the log can no longer see: those below a partition's
+//! earliest retained offset.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lambda_events::{BucketViews, Topic};
+
+use crate::lake::Lake;
+use crate::manifest::Manifest;
+use crate::master::{self, HOUR_MS};
+use crate::run::local_paths;
+use crate::views::{ViewEngine, apply_view_file, parquet_list, views_of};
+
+/// The batch views of an interval and their cost.
+#[derive(Debug, Default)]
+pub struct Recomputed {
+    /// Views by bucket start, for buckets in the interval.
+    pub buckets: BTreeMap<i64, BucketViews>,
+    /// Hour partitions (of every topic) read.
+    pub hours: u64,
+    /// Parquet files read.
+    pub files: u64,
+    /// Their size in bytes.
+    pub bytes: u64,
+    /// Rows in them.
+    pub rows: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Rows below the given earliest retained offsets: `(event_id, event
+    /// type)` by bucket start (see [`recompute`]).
+    pub before_retention: BTreeMap<i64, Vec<(String, String)>>,
+}
+
+/// Runs every view's SQL over the data files of each hour partition of
+/// `manifest` overlapping `[from_ms, to_ms)`, keeping the buckets inside it.
+/// `retained_from` gives each `(topic, partition)`'s earliest offset the log
+/// still holds; rows below it are counted in `before_retention`.
+pub async fn recompute(
+    lake: &Lake,
+    manifest: &Manifest,
+    from_ms: i64,
+    to_ms: i64,
+    retained_from: &BTreeMap<(String, u32), u64>,
+) -> anyhow::Result<Recomputed> {
+    let started = Instant::now();
+    let engine = tokio::task::block_in_place(ViewEngine::new)?;
+    let mut out = Recomputed::default();
+    for (key, partition) in &manifest.partitions {
+        if partition.hour_start_ms >= to_ms || partition.hour_start_ms + HOUR_MS <= from_ms {
+            continue;
+        }
+        let topic = Topic::from_name(&partition.topic)
+            .with_context(|| format!("partition {key}: unknown topic {}", partition.topic))?;
+        let paths = local_paths(lake, &partition.data_files).await?;
+        out.hours += 1;
+        out.files += partition.data_files.len() as u64;
+        out.bytes += partition.data_files.iter().map(|f| f.bytes).sum::<u64>();
+        out.rows += partition.data_files.iter().map(|f| f.rows).sum::<u64>();
+        for view in views_of(topic) {
+            let bytes = tokio::task::block_in_place(|| {
+                let (schema, batches) = engine.compute(view, &paths)?;
+                master::to_parquet(schema, &batches)
+            })
+            .with_context(|| format!("view {} of {key}", view.name))?;
+            apply_view_file(view.name, bytes, &mut out.buckets)?;
+        }
+        let starts: Vec<(u32, u64)> = retained_from
+            .iter()
+            .filter(|((t, _), start)| t == topic.name() && **start > 0)
+            .map(|((_, p), start)| (*p, *start))
+            .collect();
+        if !starts.is_empty() {
+            let rows = tokio::task::block_in_place(|| rows_below(&engine, &paths, &starts))?;
+            for (bucket, id, event_type) in rows {
+                out.before_retention
+                    .entry(bucket)
+                    .or_default()
+                    .push((id, event_type));
+            }
+        }
+    }
+    out.buckets
+        .retain(|start, b| (from_ms..to_ms).contains(start) && !b.is_empty());
+    out.before_retention
+        .retain(|start, _| (from_ms..to_ms).contains(start));
+    out.elapsed = started.elapsed();
+    Ok(out)
+}
+
+/// Rows of `files` whose `(log_partition, log_offset)` lies below the given
+/// start of its partition: `(bucket start, event_id, event type)`.
+fn rows_below(
+    engine: &ViewEngine,
+    files: &[PathBuf],
+    starts: &[(u32, u64)],
+) -> anyhow::Result<Vec<(i64, String, String)>> {
+    let values = starts
+        .iter()
+        .map(|(p, s)| format!("({p}, {s})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT (epoch_ms(e.ts) // 60000) * 60000 AS bucket, e.event_id, e.event_type \
+         FROM read_parquet([{}]) e \
+         JOIN (VALUES {values}) AS s(p, start) ON e.log_partition = s.p AND e.log_offset < s.start",
+        parquet_list(files)
+    );
+    let conn = engine.connection();
+    let mut stmt = conn
+        .prepare(&sql)
+        .context("preparing the retention count")?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })
+        .context("counting rows below retention")?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .context("reading the retention count")
+}

@@ -1,0 +1,263 @@
+//! A replay: the log read again, from each partition's earliest retained
+//! offset up to given end offsets, through the same fold the speed layer
+//! runs ([`SpeedState::apply_from`]) — kappa's way of recomputing a view.
+//! `lambda compare` uses it to set the kappa views beside the batch views of
+//! the same log prefix, and keeps what it needs to explain a difference: the
+//! events the fold dropped as late.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lambda_events::bucket::MINUTE_MS;
+use lambda_events::{Event, Topic, floor_to};
+use lambda_log::{EventLog, FetchPosition, LogError, StoredRecord};
+
+use crate::window::{Applied, SpeedState};
+
+/// Records asked for per fetch.
+const FETCH_MAX_RECORDS: usize = 4096;
+/// How long one fetch may wait.
+const FETCH_MAX_WAIT: Duration = Duration::from_millis(200);
+/// Fetches in a row that may come back empty while records are still due.
+const EMPTY_FETCHES_ALLOWED: u32 = 50;
+
+/// One partition to replay: `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaySpan {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// First offset read (the earliest the log still holds).
+    pub start: u64,
+    /// First offset not read.
+    pub end: u64,
+}
+
+/// What a replay produced and what it cost.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The state after the last record: windows, ledger, counters.
+    pub state: SpeedState,
+    /// Events dropped as late whose minute lies in the kept range, by minute,
+    /// one per `event_id`, leaving out ids the fold counted anyway.
+    pub late: BTreeMap<i64, Vec<Event>>,
+    /// `event_id`s the fold counted whose minute lies in the kept range.
+    pub counted: HashSet<String>,
+    /// Records read.
+    pub records: u64,
+    /// Bytes of the records read (keys and values).
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// The spans from each partition's earliest retained offset to `ends`
+/// (`(topic, partition) → end`); a partition whose records below its end
+/// are all gone has an empty span.
+pub async fn spans_to(
+    log: &dyn EventLog,
+    ends: &BTreeMap<(String, u32), u64>,
+) -> anyhow::Result<Vec<ReplaySpan>> {
+    let mut spans = Vec::new();
+    for topic in Topic::ALL {
+        let ranges = log
+            .ranges(topic.name())
+            .await
+            .with_context(|| format!("ranges of {topic}"))?;
+        for (partition, range) in ranges.iter().enumerate() {
+            let partition = partition as u32;
+            let Some(&end) = ends.get(&(topic.name().to_string(), partition)) else {
+                continue;
+            };
+            spans.push(ReplaySpan {
+                topic: topic.name().to_string(),
+                partition,
+                start: range.start.min(end),
+                end,
+            });
+        }
+    }
+    Ok(spans)
+}
+
+/// One partition being read: where the next fetch starts, and records
+/// fetched but not folded yet.
+struct Lane {
+    position: FetchPosition,
+    end: u64,
+    buffer: VecDeque<StoredRecord>,
+}
+
+impl Lane {
+    fn done(&self) -> bool {
+        self.position.offset >= self.end && self.buffer.is_empty()
+    }
+}
+
+/// Replays `spans` into `state` (a fresh one: `SpeedState::new`) and leaves
+/// its offsets at the spans' ends. Records are folded in the order they were
+/// appended across partitions (by record timestamp, then partition and
+/// offset), as the live speed layer met them, so a replay drops as late what
+/// the live fold dropped — not whatever one fetch of one partition happened
+/// to bring first. Late events whose minute is in `keep` are kept for the
+/// caller. `progress` is told the records folded so far.
+pub async fn replay(
+    log: &dyn EventLog,
+    spans: &[ReplaySpan],
+    mut state: SpeedState,
+    keep: Range<i64>,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<Replayed> {
+    let started = Instant::now();
+    let mut late: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+    let mut counted_in_keep: HashSet<String> = HashSet::new();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut lanes: Vec<Lane> = spans
+        .iter()
+        .filter(|s| s.start < s.end)
+        .map(|s| Lane {
+            position: FetchPosition {
+                topic: s.topic.clone(),
+                partition: s.partition,
+                offset: s.start,
+            },
+            end: s.end,
+            buffer: VecDeque::new(),
+        })
+        .collect();
+    for lane in &lanes {
+        state.expect_partition(&lane.position.topic, lane.position.partition);
+    }
+    let mut empty_in_a_row = 0;
+    loop {
+        for lane in lanes.iter().filter(|l| l.done()) {
+            let key = (lane.position.topic.clone(), lane.position.partition);
+            state.offsets.insert(key, lane.end);
+        }
+        lanes.retain(|l| !l.done());
+        if lanes.is_empty() {
+            break;
+        }
+        // Refill the lanes that ran dry.
+        let asked: Vec<FetchPosition> = lanes
+            .iter()
+            .filter(|l| l.buffer.is_empty())
+            .map(|l| l.position.clone())
+            .collect();
+        if !asked.is_empty() {
+            let fetched = match log.fetch(&asked, FETCH_MAX_RECORDS, FETCH_MAX_WAIT).await {
+                Ok(fetched) => fetched,
+                Err(LogError::OffsetOutOfRange {
+                    topic,
+                    partition,
+                    start,
+                    ..
+                }) => {
+                    // Retention moved on while we read: what is gone is gone.
+                    for lane in lanes
+                        .iter_mut()
+                        .filter(|l| l.position.topic == topic && l.position.partition == partition)
+                    {
+                        lane.position.offset = lane.position.offset.max(start).min(lane.end);
+                    }
+                    continue;
+                }
+                Err(error) if error.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(error) => return Err(error).context("replay fetch"),
+            };
+            let mut useful = 0;
+            for stored in fetched {
+                let Some(lane) = lanes.iter_mut().find(|l| {
+                    l.position.partition == stored.partition && l.position.topic == stored.topic
+                }) else {
+                    continue;
+                };
+                if stored.offset < lane.position.offset || stored.offset >= lane.end {
+                    continue;
+                }
+                lane.position.offset = stored.offset + 1;
+                lane.buffer.push_back(stored);
+                useful += 1;
+            }
+            if useful == 0 {
+                empty_in_a_row += 1;
+                if empty_in_a_row > EMPTY_FETCHES_ALLOWED {
+                    let missing: Vec<String> = lanes
+                        .iter()
+                        .filter(|l| l.buffer.is_empty())
+                        .map(|l| {
+                            let p = &l.position;
+                            format!("{}/{} at {} of {}", p.topic, p.partition, p.offset, l.end)
+                        })
+                        .collect();
+                    anyhow::bail!(
+                        "replay: the log stopped delivering before the end offsets: {}",
+                        missing.join(", ")
+                    );
+                }
+                continue;
+            }
+            empty_in_a_row = 0;
+        }
+        // Fold in append order while every unfinished lane has a record to compare.
+        let before = records;
+        while lanes.iter().all(|l| !l.buffer.is_empty() || l.done()) {
+            let Some(lane) = lanes
+                .iter_mut()
+                .filter(|l| !l.buffer.is_empty())
+                .min_by_key(|l| {
+                    let r = &l.buffer[0];
+                    (r.record.timestamp_ms, r.partition, r.offset)
+                })
+            else {
+                break;
+            };
+            let stored = lane
+                .buffer
+                .pop_front()
+                .expect("chosen for its front record");
+            records += 1;
+            bytes += (stored.record.value.len() + stored.record.key.as_ref().map_or(0, |k| k.len()))
+                as u64;
+            let Ok(event) = Event::from_record(&stored.record.value, &stored.topic) else {
+                state.counters.invalid += 1;
+                continue;
+            };
+            let minute = floor_to(event.ts, MINUTE_MS);
+            match state.apply_from(&stored.topic, stored.partition, &event) {
+                Applied::Counted if keep.contains(&minute) => {
+                    counted_in_keep.insert(event.event_id.clone());
+                }
+                Applied::Late if keep.contains(&minute) => {
+                    late.entry(minute).or_default().push(event);
+                }
+                _ => {}
+            }
+        }
+        if records > before {
+            state.evict();
+            progress(records);
+        }
+    }
+    // One late event per id, and none the fold counted after all (a resend
+    // whose first copy was on time).
+    for events in late.values_mut() {
+        let mut ids = HashSet::new();
+        events.retain(|e| !counted_in_keep.contains(&e.event_id) && ids.insert(e.event_id.clone()));
+    }
+    late.retain(|_, events| !events.is_empty());
+    Ok(Replayed {
+        state,
+        late,
+        counted: counted_in_keep,
+        records,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
