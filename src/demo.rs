@@ -22,6 +22,7 @@ use lambda_speed::{SpeedConfig, SpeedViews};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
+use crate::kappa::{Architecture, Kappa};
 use crate::roles::{Shared, ingest_telemetry};
 use crate::supervisor::Supervisor;
 
@@ -69,6 +70,9 @@ pub struct DemoConfig {
     pub lake_url: Option<String>,
     /// Object store options for an `s3://` lake (`aws_endpoint`, `aws_region`, …).
     pub lake_options: Vec<(String, String)>,
+    /// Lambda (batch and speed layers) or kappa (the speed layer's views
+    /// alone, kept whole, recomputed by replaying the log).
+    pub architecture: Architecture,
 }
 
 impl DemoConfig {
@@ -88,6 +92,7 @@ impl DemoConfig {
             log_url: None,
             lake_url: None,
             lake_options: Vec::new(),
+            architecture: Architecture::Lambda,
         }
     }
 }
@@ -107,8 +112,10 @@ pub struct Demo {
     pub batch: BatchHandle,
     /// The batch views serving answers from.
     pub batch_views: SharedBatchViews,
-    /// The speed layer's views.
+    /// The speed layer's views (in kappa mode, the current version's).
     pub speed: SpeedViews,
+    /// The kappa views and their replays (kappa mode only).
+    pub kappa: Option<Arc<Kappa>>,
     supervisor: Supervisor,
 }
 
@@ -126,31 +133,54 @@ impl Demo {
             idle_timeout: config.idle_timeout,
             alert_rules: config.alert_rules.clone(),
             admin_token: config.admin_token.clone(),
+            architecture: config.architecture,
         };
         let log = shared.open_log().await?;
         let lake = shared.open_lake()?;
         let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
         let shutdown = supervisor.shutdown.clone();
 
-        // Speed layer. The collector already dead-letters invalid lines.
+        // Speed layer (in kappa mode, the current view version and its replays).
+        // The collector already dead-letters invalid lines.
         let speed_config = SpeedConfig {
             allowed_lateness_ms: config.allowed_lateness_ms,
             idle_timeout: config.idle_timeout,
             alert_rules: config.alert_rules.clone(),
             ..SpeedConfig::with_data_dir(data_dir)
         };
-        let speed = lambda_speed::new_views(&speed_config);
-        lambda_speed::restore(&speed_config, &speed)
-            .await
-            .context("restoring the speed layer")?;
-        {
-            let (log, speed, token) = (Arc::clone(&log), Arc::clone(&speed), shutdown.clone());
-            supervisor.spawn("speed", lambda_speed::run(speed_config, log, speed, token));
-        }
+        let kappa = match config.architecture {
+            Architecture::Kappa => {
+                let kappa = Kappa::open(
+                    data_dir.join("kappa"),
+                    speed_config.clone(),
+                    Arc::clone(&log),
+                )
+                .await
+                .context("opening the kappa views")?;
+                let token = shutdown.clone();
+                supervisor.spawn("kappa", Arc::clone(&kappa).run(token));
+                Some(kappa)
+            }
+            Architecture::Lambda => None,
+        };
+        let speed = match &kappa {
+            Some(kappa) => Arc::clone(&kappa.live),
+            None => {
+                let speed = lambda_speed::new_views(&speed_config);
+                lambda_speed::restore(&speed_config, &speed)
+                    .await
+                    .context("restoring the speed layer")?;
+                let (log, views, token) = (Arc::clone(&log), Arc::clone(&speed), shutdown.clone());
+                supervisor.spawn("speed", lambda_speed::run(speed_config, log, views, token));
+                speed
+            }
+        };
 
-        // Batch layer.
+        // Batch layer (lambda only). In kappa mode the handle has no runner:
+        // a run asked for fails, naming that.
         let (batch, triggers) = lambda_batch::control(&config.batch_schedule);
-        {
+        let batch_views: SharedBatchViews = Arc::new(RwLock::new(Arc::new(BatchViews::default())));
+        if kappa.is_none() {
             let ctx = RunContext {
                 log: Arc::clone(&log),
                 lake: lake.clone(),
@@ -165,14 +195,10 @@ impl Demo {
                 "batch",
                 lambda_batch::run(schedule, ctx, handle, triggers, token),
             );
-        }
-
-        // Serving's copy of the batch views, loaded before the first request.
-        let batch_views: SharedBatchViews = Arc::new(RwLock::new(Arc::new(BatchViews::default())));
-        lambda_serving::refresh_batch_views(&lake, &batch_views, Some(&speed))
-            .await
-            .context("loading batch views")?;
-        {
+            // Serving's copy of the batch views, loaded before the first request.
+            lambda_serving::refresh_batch_views(&lake, &batch_views, Some(&speed))
+                .await
+                .context("loading batch views")?;
             let (lake, views, token) = (lake.clone(), Arc::clone(&batch_views), shutdown.clone());
             let speed = Some(Arc::clone(&speed));
             supervisor.spawn(
@@ -200,25 +226,34 @@ impl Demo {
             batch: Arc::clone(&batch_views),
             status: StatusSources {
                 log: Some(Arc::clone(&log)),
-                batch: Some(batch.clone()),
+                batch: kappa.is_none().then(|| batch.clone()),
                 remote_batch: None,
-                sections: vec![("ingest".into(), ingest_section)],
+                sections: crate::kappa::status_sections(config.architecture, kappa.as_ref())
+                    .into_iter()
+                    .chain([("ingest".to_string(), ingest_section)])
+                    .collect(),
                 metrics: vec![ingest_metrics],
             },
         };
-        let admin = lambda_serving::admin::AdminState::new(
-            config.admin_token.clone(),
-            lambda_serving::admin::BatchRunner::Local(batch.clone()),
-        );
+        let runner = match kappa {
+            None => lambda_serving::admin::BatchRunner::Local(batch.clone()),
+            Some(_) => lambda_serving::admin::BatchRunner::Absent,
+        };
+        let admin = lambda_serving::admin::AdminState::new(config.admin_token.clone(), runner);
+        let kappa_routes = crate::kappa::KappaRoutes {
+            kappa: kappa.clone(),
+            admin: admin.clone(),
+        };
         let compare = crate::compare::CompareState::new(crate::compare::CompareSources {
             log: Arc::clone(&log),
-            lake: Some(lake.clone()),
+            lake: kappa.is_none().then(|| lake.clone()),
             allowed_lateness_ms: config.allowed_lateness_ms,
         });
         let app = lambda_ingest::router(ingest)
             .merge(lambda_serving::router(serving))
             .merge(lambda_serving::admin::router(admin))
-            .merge(crate::compare::router(compare));
+            .merge(crate::compare::router(compare))
+            .merge(crate::kappa::router(kappa_routes));
         let addr = supervisor.serve_http(config.listen, app).await?;
         supervisor.spawn_retention(Arc::clone(&log));
 
@@ -248,7 +283,7 @@ impl Demo {
             });
         }
 
-        tracing::info!(%addr, data_dir = %data_dir.display(), "demo started");
+        tracing::info!(%addr, data_dir = %data_dir.display(), architecture = config.architecture.as_str(), "demo started");
         Ok(Demo {
             addr,
             shutdown,
@@ -257,6 +292,7 @@ impl Demo {
             batch,
             batch_views,
             speed,
+            kappa,
             supervisor,
         })
     }

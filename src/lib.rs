@@ -8,6 +8,7 @@ pub mod bench;
 pub mod compare;
 pub mod demo;
 pub mod duration;
+pub mod kappa;
 pub mod roles;
 pub mod supervisor;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use lambda_events::Severity;
 use lambda_ingest::generator::GeneratorConfig;
 use lambda_ingest::sender::SenderConfig;
 use lambda_pipeline::demo::{Demo, DemoConfig, GeneratorSettings};
+use lambda_pipeline::kappa::Architecture;
 use lambda_pipeline::roles::{self, Shared};
 use lambda_pipeline::{duration, telemetry};
 use lambda_speed::alerts::{AlertRules, SensorRange};
@@ -45,6 +46,9 @@ enum Command {
     Serve(ServeArgs),
     /// Send generated traffic to an ingest endpoint.
     Generate(GenerateArgs),
+    /// Kappa mode: `lambda kappa replay` recomputes the views by replaying the log into a new version.
+    #[command(subcommand)]
+    Kappa(KappaCommand),
     /// Compute an interval's views both ways — batch (lambda) and log replay (kappa) — and show where and why they differ.
     Compare(CompareArgs),
     /// Benchmarks: `lambda bench speed`.
@@ -126,6 +130,9 @@ struct SharedArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     lake: LakeArgs,
+    /// lambda: batch views before the boundary B, speed views after it; kappa: no batch layer, the speed layer's views kept whole and recomputed by `lambda kappa replay`.
+    #[arg(long, env = "LAMBDA_ARCHITECTURE", value_enum, default_value_t = Architecture::Lambda)]
+    architecture: Architecture,
 }
 
 /// Alert rules set by flags: each one given replaces that rule of the file
@@ -227,6 +234,7 @@ impl SharedArgs {
             partitions: self.partitions,
             allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
             idle_timeout: self.idle_timeout,
+            architecture: self.architecture,
         })
     }
 }
@@ -397,6 +405,28 @@ impl LakeArgs {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum KappaCommand {
+    /// Replay the log from the earliest retained offset into a new view version, show progress, and switch serving to it once it has caught up.
+    Replay(KappaReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct KappaReplayArgs {
+    /// The kappa demo, or a `lambda speed --architecture kappa` instance, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "LAMBDA_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin bearer token the process was started with.
+    #[arg(long, env = "LAMBDA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Allowed lateness of the new version, e.g. 15m (default: the current version's).
+    #[arg(long, value_parser = duration::parse)]
+    allowed_lateness: Option<Duration>,
+    /// Print the final status only, without a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
 #[derive(Debug, Args)]
 struct CompareArgs {
     /// The demo or `lambda serve` to ask, e.g. http://127.0.0.1:8080.
@@ -485,6 +515,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Generate(args) => generate(args).await,
             Command::Compare(args) => compare(args).await,
+            Command::Kappa(KappaCommand::Replay(args)) => kappa_replay(args).await,
             Command::Bench(BenchCommand::Speed(args)) => {
                 lambda_pipeline::bench::speed(lambda_pipeline::bench::SpeedBench {
                     events: args.events,
@@ -550,6 +581,81 @@ fn parse_when(text: &str) -> Result<i64, String> {
         return duration::parse(ago).map(|d| now - d.as_millis() as i64);
     }
     parse_start(text).map_err(|e| format!("{e}; or `now`, or a time before now such as -30m"))
+}
+
+async fn kappa_replay(args: KappaReplayArgs) -> anyhow::Result<()> {
+    use lambda_pipeline::kappa::{REPLAY_PATH, STATUS_PATH};
+    let base = args.url.trim_end_matches('/').to_string();
+    let client = reqwest::Client::new();
+    let mut request = client.post(format!("{base}{REPLAY_PATH}"));
+    if let Some(token) = &args.admin_token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(lateness) = args.allowed_lateness {
+        let lateness = format!("{}ms", lateness.as_millis());
+        request = request.json(&serde_json::json!({ "allowed_lateness": lateness }));
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("asking {base}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.context("reading the answer")?;
+    anyhow::ensure!(
+        status.is_success(),
+        "{base}{REPLAY_PATH} answered {status}: {}",
+        body["error"].as_str().unwrap_or("(no reason given)")
+    );
+    let version = body["version"]
+        .as_u64()
+        .context("the answer names no version")?;
+    let bar = indicatif::ProgressBar::new(0);
+    if args.no_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "version {prefix} {msg:12} {bar:30} {pos}/{len} records {elapsed}",
+        )
+        .expect("a template"),
+    );
+    bar.set_prefix(version.to_string());
+    loop {
+        let kappa: serde_json::Value = client
+            .get(format!("{base}{STATUS_PATH}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let replay = &kappa["replay"];
+        anyhow::ensure!(
+            replay["version"].as_u64() == Some(version),
+            "another replay took over: {replay}"
+        );
+        bar.set_length(replay["target"].as_u64().unwrap_or(0));
+        bar.set_position(replay["records"].as_u64().unwrap_or(0));
+        match replay["state"].as_str().unwrap_or("") {
+            "switched" => {
+                bar.finish_and_clear();
+                let took = replay["finished_ms"].as_i64().unwrap_or(0)
+                    - replay["started_ms"].as_i64().unwrap_or(0);
+                println!(
+                    "switched to version {version}: replayed {} records with allowed lateness {} s in {:.1} s; serving answers from it now",
+                    replay["records"],
+                    replay["allowed_lateness_ms"].as_i64().unwrap_or(0) / 1000,
+                    took as f64 / 1000.0
+                );
+                return Ok(());
+            }
+            "failed" => {
+                bar.abandon();
+                anyhow::bail!("replay to version {version} failed: {}", replay["error"]);
+            }
+            state => bar.set_message(state.replace('_', " ")),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn compare(args: CompareArgs) -> anyhow::Result<()> {
@@ -652,6 +758,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         log_url: shared.log_url,
         lake_options: shared.lake_options,
         lake_url: shared.lake_url,
+        architecture: shared.architecture,
     };
     let demo = Demo::start(config).await?;
     let url = format!("http://{}", demo.addr);
@@ -663,10 +770,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("    curl -s '{url}/api/v1/status'");
     println!("    curl -s -XPOST '{url}/api/v1/events' --data-binary @events.ndjson");
     println!();
-    println!(
-        "  batch runs on '{}'; press Ctrl-C to stop",
-        demo.batch.status.read().schedule
-    );
+    match &demo.kappa {
+        None => println!(
+            "  batch runs on '{}'; press Ctrl-C to stop",
+            demo.batch.status.read().schedule
+        ),
+        Some(_) => println!(
+            "  kappa mode: no batch layer; `lambda kappa replay` recomputes the views; press Ctrl-C to stop"
+        ),
+    }
     cancel_on_signal(demo.shutdown.clone());
     demo.wait().await
 }

@@ -30,6 +30,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::kappa::{Architecture, Kappa};
 use crate::supervisor::Supervisor;
 
 /// How often the speed role reads the newest manifest to learn B.
@@ -60,6 +61,8 @@ pub struct Shared {
     pub alert_rules: lambda_speed::alerts::AlertRules,
     /// Bearer token of the admin endpoints (`None`: they are off).
     pub admin_token: Option<String>,
+    /// Lambda, or kappa (no batch layer; see [`crate::kappa`]).
+    pub architecture: Architecture,
 }
 
 impl Shared {
@@ -75,6 +78,7 @@ impl Shared {
             idle_timeout: Duration::from_secs(30),
             alert_rules: lambda_speed::alerts::AlertRules::defaults(),
             admin_token: None,
+            architecture: Architecture::Lambda,
         }
     }
 
@@ -240,26 +244,49 @@ pub async fn speed(
             instance.index, instance.count
         ));
     }
-    let views = lambda_speed::new_views(&config);
-    lambda_speed::restore(&config, &views)
-        .await
-        .context("restoring the speed layer")?;
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
-    {
-        let (log, views, token) = (
-            Arc::clone(&log),
-            Arc::clone(&views),
-            supervisor.shutdown.clone(),
-        );
-        supervisor.spawn("speed", lambda_speed::run(config, log, views, token));
-    }
-    {
-        let (views, token) = (Arc::clone(&views), supervisor.shutdown.clone());
-        supervisor.spawn("boundary", follow_boundary(lake, views, token));
-    }
-    let addr = supervisor
-        .serve_http(listen, lambda_speed::http::router(views, log))
-        .await?;
+    let kappa = match shared.architecture {
+        Architecture::Kappa => {
+            // Each instance keeps its own view versions.
+            let name = if instance.count > 1 {
+                format!("kappa-{}-of-{}", instance.index, instance.count)
+            } else {
+                "kappa".to_string()
+            };
+            let kappa = Kappa::open(shared.data_dir.join(name), config.clone(), Arc::clone(&log))
+                .await
+                .context("opening the kappa views")?;
+            supervisor.spawn("kappa", Arc::clone(&kappa).run(supervisor.shutdown.clone()));
+            Some(kappa)
+        }
+        Architecture::Lambda => None,
+    };
+    let views = match &kappa {
+        Some(kappa) => Arc::clone(&kappa.live),
+        None => {
+            let views = lambda_speed::new_views(&config);
+            lambda_speed::restore(&config, &views)
+                .await
+                .context("restoring the speed layer")?;
+            let (log, views_, token) = (
+                Arc::clone(&log),
+                Arc::clone(&views),
+                supervisor.shutdown.clone(),
+            );
+            supervisor.spawn("speed", lambda_speed::run(config, log, views_, token));
+            let (views_, token) = (Arc::clone(&views), supervisor.shutdown.clone());
+            supervisor.spawn("boundary", follow_boundary(lake, views_, token));
+            views
+        }
+    };
+    let admin = lambda_serving::admin::AdminState::new(
+        shared.admin_token.clone(),
+        lambda_serving::admin::BatchRunner::Absent,
+    );
+    let app = lambda_speed::http::router(views, log).merge(crate::kappa::router(
+        crate::kappa::KappaRoutes { kappa, admin },
+    ));
+    let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, instance = instance.index, instances = instance.count, "speed started");
     Ok(Running { addr, supervisor })
 }
@@ -293,7 +320,16 @@ async fn follow_boundary(
 }
 
 /// `lambda batch`: the cron-scheduled batch runner over the shared log and lake.
+fn refuse_kappa(shared: &Shared) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        shared.architecture == Architecture::Lambda,
+        "kappa mode has no batch layer: run lambda batch with --architecture lambda (the views come from `lambda speed --architecture kappa`)"
+    );
+    Ok(())
+}
+
 pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyhow::Result<Running> {
+    refuse_kappa(shared)?;
     shared.require_shared_log("batch")?;
     let log = shared.open_log().await?;
     let lake = shared.open_lake()?;
@@ -348,6 +384,7 @@ fn runner_router(handle: BatchHandle) -> Router {
 
 /// `lambda batch --once`: one run, then exit.
 pub async fn batch_once(shared: &Shared) -> anyhow::Result<lambda_batch::RunReport> {
+    refuse_kappa(shared)?;
     shared.require_shared_log("batch")?;
     let log = shared.open_log().await?;
     let ctx = RunContext {
@@ -410,13 +447,16 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
         );
     }
     let batch_views: SharedBatchViews = Arc::new(RwLock::new(Arc::new(BatchViews::default())));
-    if let Err(error) = lambda_serving::refresh_batch_views(&lake, &batch_views, None).await {
+    let lambda = shared.architecture == Architecture::Lambda;
+    if lambda
+        && let Err(error) = lambda_serving::refresh_batch_views(&lake, &batch_views, None).await
+    {
         tracing::warn!(
             error = format!("{error:#}"),
             "loading batch views failed; retrying in the background"
         );
     }
-    {
+    if lambda {
         let (views, token) = (Arc::clone(&batch_views), supervisor.shutdown.clone());
         supervisor.spawn(
             "view-loader",
@@ -436,7 +476,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
     let compare = log.as_ref().map(|log| {
         crate::compare::CompareState::new(crate::compare::CompareSources {
             log: Arc::clone(log),
-            lake: Some(lake.clone()),
+            lake: lambda.then(|| lake.clone()),
             allowed_lateness_ms: shared.allowed_lateness_ms,
         })
     });
@@ -450,7 +490,10 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
             log,
             batch: None,
             remote_batch,
-            sections: vec![("speed_instances".into(), health_section)],
+            sections: crate::kappa::status_sections(shared.architecture, None)
+                .into_iter()
+                .chain([("speed_instances".to_string(), health_section)])
+                .collect(),
             metrics: Vec::new(),
         },
     };

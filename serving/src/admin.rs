@@ -51,6 +51,14 @@ impl AdminState {
 }
 
 /// The admin routes.
+impl AdminState {
+    /// `None` when `headers` carry the admin token; otherwise the refusal
+    /// to answer (403 when admin endpoints are off, 401 otherwise).
+    pub fn authorize(&self, headers: &HeaderMap) -> Option<Response> {
+        check_token(self, headers)
+    }
+}
+
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route(BATCH_RUN_PATH, post(run_batch))

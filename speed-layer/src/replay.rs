@@ -133,10 +133,6 @@ pub async fn replay(
     }
     let mut empty_in_a_row = 0;
     loop {
-        for lane in lanes.iter().filter(|l| l.done()) {
-            let key = (lane.position.topic.clone(), lane.position.partition);
-            state.offsets.insert(key, lane.end);
-        }
         lanes.retain(|l| !l.done());
         if lanes.is_empty() {
             break;
@@ -244,6 +240,11 @@ pub async fn replay(
             state.evict();
             progress(records);
         }
+    }
+    // A live loop taking over the state carries on from the ends.
+    for span in spans {
+        let key = (span.topic.clone(), span.partition);
+        state.offsets.insert(key, span.end);
     }
     // One late event per id, and none the fold counted after all (a resend
     // whose first copy was on time).

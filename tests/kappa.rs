@@ -1,0 +1,268 @@
+//! Kappa mode: the demo without a batch layer, its views from the speed
+//! layer's fold alone; `lambda kappa replay` builds a new view version from
+//! the log and switches serving to it in one step; the version survives a
+//! restart.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
+use lambda_pipeline::demo::{Demo, DemoConfig};
+use lambda_pipeline::kappa::Architecture;
+use serde_json::Value;
+
+mod common;
+use common::{MINUTE, check_funnel, check_iot, check_pages, demo_config, fold, get, post_lines};
+
+const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const TOKEN: &str = "kappa-token";
+
+fn config(dir: &std::path::Path) -> DemoConfig {
+    DemoConfig {
+        architecture: Architecture::Kappa,
+        admin_token: Some(TOKEN.into()),
+        ..demo_config(dir)
+    }
+}
+
+fn lines() -> (Vec<Vec<u8>>, usize) {
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: 77,
+        start_ms: START_MS,
+        rate: 10.0,
+        late_fraction: 0.03,
+        duplicate_fraction: 0.02,
+        malformed_fraction: 0.01,
+        ..GeneratorConfig::default()
+    });
+    let mut late = 0;
+    let lines = (0..5000)
+        .map(|_| {
+            let line = generator.next_line();
+            late += usize::from(line.kind == LineKind::Late);
+            line.bytes
+        })
+        .collect();
+    (lines, late)
+}
+
+async fn kappa_status(client: &reqwest::Client, base: &str) -> Value {
+    get(client, format!("{base}/api/v1/kappa")).await
+}
+
+/// Waits until the current version has read everything in the log.
+async fn caught_up(client: &reqwest::Client, base: &str) -> Value {
+    for _ in 0..300 {
+        let status = get(client, format!("{base}/api/v1/status")).await;
+        let partitions = status["speed"]["partitions"].as_array().unwrap();
+        if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("kappa views did not catch up");
+}
+
+fn range() -> String {
+    format!(
+        "from={}&to={}&step=1m",
+        START_MS - 15 * MINUTE,
+        START_MS + 15 * MINUTE
+    )
+}
+
+async fn answers(client: &reqwest::Client, base: &str) -> (Value, Value, Value) {
+    let r = range();
+    (
+        get(client, format!("{base}/api/v1/funnel?{r}")).await,
+        get(client, format!("{base}/api/v1/iot?{r}")).await,
+        get(client, format!("{base}/api/v1/pages?{r}")).await,
+    )
+}
+
+fn total(funnel: &Value, field: &str) -> u64 {
+    funnel["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[field].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let client = reqwest::Client::new();
+    let (lines, late_lines) = lines();
+    assert!(late_lines > 50);
+    post_lines(&client, &base, &lines).await;
+    let status = caught_up(&client, &base).await;
+    assert_eq!(status["architecture"], "kappa");
+    assert_eq!(status["kappa"]["version"], 1);
+    assert!(status["batch"].is_null(), "no batch layer: {status}");
+
+    // Every bucket is the speed layer's; there is no boundary. Late events
+    // (minutes behind the watermark) are missing: nothing heals them.
+    let (funnel_v1, _, _) = answers(&client, &base).await;
+    assert!(funnel_v1["boundary"].is_null(), "{}", funnel_v1["boundary"]);
+    let (expected_funnel, expected_iot, _) = fold(&lines);
+    let sent_clicks: u64 = expected_funnel.values().map(|f| f.clicks).sum();
+    let sent_impressions: u64 = expected_funnel.values().map(|f| f.impressions).sum();
+    assert!(
+        funnel_v1["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["layer"] == "speed")
+    );
+    assert!(
+        total(&funnel_v1, "clicks") + total(&funnel_v1, "impressions")
+            < sent_clicks + sent_impressions,
+        "late events are dropped in kappa mode"
+    );
+
+    // No batch layer: a batch run and a comparison are refused, by name.
+    let run = client
+        .post(format!("{base}/api/v1/admin/batch/run"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 503);
+    let compare = client
+        .get(format!("{base}/api/v1/compare"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compare.status(), 409);
+    let body: Value = compare.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("kappa"), "{body}");
+
+    // A replay needs the token, and a readable lateness.
+    let replay = format!("{base}/api/v1/admin/kappa/replay");
+    assert_eq!(client.post(&replay).send().await.unwrap().status(), 401);
+    let bad = client
+        .post(&replay)
+        .bearer_auth(TOKEN)
+        .body(r#"{"allowed_lateness":"soon"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["parameter"], "allowed_lateness");
+
+    // Replay with a lateness wider than the generator's lateness (2–10 min):
+    // the new version counts every event. Until the switch, readers see
+    // version 1 whole; after it, version 2 whole — never a mix.
+    let accepted = client
+        .post(&replay)
+        .bearer_auth(TOKEN)
+        .body(r#"{"allowed_lateness":"15m"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let body: Value = accepted.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    let again = client
+        .post(&replay)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let conflict = again.status();
+    let mut seen = HashSet::new();
+    loop {
+        let (funnel, _, _) = answers(&client, &base).await;
+        seen.insert(funnel["buckets"].to_string());
+        let kappa = kappa_status(&client, &base).await;
+        if kappa["version"] == 2 {
+            assert_eq!(kappa["replay"]["state"], "switched");
+            assert_eq!(kappa["allowed_lateness_ms"], 900_000);
+            assert_eq!(kappa["replay"]["records"], kappa["replay"]["target"]);
+            break;
+        }
+        assert_ne!(kappa["replay"]["state"], "failed", "{kappa}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        conflict == 409 || conflict == 202,
+        "a second replay while one runs is refused (or queued after it switched): {conflict}"
+    );
+    caught_up(&client, &base).await;
+    let (funnel_v2, iot_v2, pages_v2) = answers(&client, &base).await;
+    check_funnel(&funnel_v2, &expected_funnel, i64::MIN);
+    check_iot(&iot_v2, &expected_iot, i64::MIN);
+    check_pages(&pages_v2, &expected_funnel, i64::MIN);
+    let (v1, v2) = (
+        funnel_v1["buckets"].to_string(),
+        funnel_v2["buckets"].to_string(),
+    );
+    assert!(
+        seen.iter().all(|s| *s == v1 || *s == v2),
+        "every answer during the replay was one version or the other"
+    );
+
+    // The command: progress, then the switch (to version 3 if the second
+    // request above was queued after version 2, else to 3 now).
+    if conflict == 202 {
+        for _ in 0..300 {
+            if kappa_status(&client, &base).await["replay"]["state"] == "switched" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lambda"))
+        .args(["kappa", "replay", "--no-progress", "--url", &base])
+        .env("LAMBDA_ADMIN_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let version = kappa_status(&client, &base).await["version"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        stdout.contains(&format!("switched to version {version}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("allowed lateness 900 s"),
+        "the version's lateness carries over: {stdout}"
+    );
+    caught_up(&client, &base).await;
+    let (funnel_v3, _, _) = answers(&client, &base).await;
+    assert_eq!(
+        funnel_v3["buckets"], funnel_v2["buckets"],
+        "the same code and lateness give the same views"
+    );
+    // Versions older than the previous one are deleted.
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("kappa"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('v'))
+        .collect();
+    assert!(
+        kept.len() <= 2 && kept.contains(&format!("v{version}")),
+        "{kept:?}"
+    );
+    demo.stop().await.unwrap();
+
+    // A restart serves the current version from its checkpoint.
+    let demo = Demo::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let status = caught_up(&client, &base).await;
+    assert_eq!(status["kappa"]["version"], version);
+    let (funnel_again, _, _) = answers(&client, &base).await;
+    assert_eq!(funnel_again["buckets"], funnel_v2["buckets"]);
+    demo.stop().await.unwrap();
+}
