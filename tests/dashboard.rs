@@ -154,6 +154,19 @@ async fn the_dashboard_draws_both_layers_and_the_boundary() {
         dom.matches("<canvas").count() >= CHARTS.len(),
         "a canvas per chart"
     );
+    // Lambda vs kappa over the hour shown: compared, every difference explained.
+    assert_eq!(attribute(&dom, "compare", "data-compared"), "1");
+    let compare_number = |name: &str| -> u64 { attribute(&dom, "compare", name).parse().unwrap() };
+    assert!(compare_number("data-buckets") > 20, "buckets compared");
+    assert!(
+        compare_number("data-explained") > 0,
+        "late events explain some buckets"
+    );
+    assert_eq!(compare_number("data-unexplained"), 0);
+    assert!(
+        dom.contains("kappa: bytes read"),
+        "the cost of each side is shown"
+    );
     let b_text = chrono_text(boundary);
     assert!(dom.contains(&b_text), "the layer panel shows B ({b_text})");
 

@@ -129,6 +129,65 @@ function figure(label, value) {
   return `<div class="figure"><div class="label">${label}</div><div class="value">${value}</div></div>`;
 }
 
+function bytes(n) {
+  if (n == null) return "—";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// Lambda vs kappa: GET /api/v1/compare over the hour shown (it replays the
+// log, so it runs on load and on the button, not on every refresh).
+async function compareViews(range) {
+  const state = document.getElementById("compare-state");
+  const panel = document.getElementById("compare");
+  state.textContent = "replaying the log and recomputing the batch views…";
+  const response = await fetch(`/api/v1/compare?from=${range.from}&to=${range.to}`);
+  const answer = await response.json();
+  if (!response.ok) {
+    state.textContent = answer.error || `${response.status}`;
+    panel.dataset.compared = "0";
+    return;
+  }
+  const views = Object.entries(answer.summary);
+  const total = (k) => views.reduce((n, [, s]) => n + s[k], 0);
+  state.textContent = `batch manifest ${answer.manifest_version}, ${answer.log_records} log records, lateness ${duration(answer.allowed_lateness_ms)}`;
+  const lambda = answer.cost.lambda;
+  const kappa = answer.cost.kappa;
+  document.getElementById("compare-figures").innerHTML = [
+    figure("lambda: wall time", duration(lambda.wall_ms)),
+    figure("lambda: bytes read", bytes(lambda.bytes_read)),
+    figure("lambda: events", lambda.events_processed),
+    figure("kappa: wall time", duration(kappa.wall_ms)),
+    figure("kappa: bytes read", bytes(kappa.bytes_read)),
+    figure("kappa: events", kappa.events_processed),
+  ].join("");
+  document.getElementById("compare-views").innerHTML =
+    "<tr><th>view</th><th>buckets</th><th>equal</th><th>explained</th><th>unexplained</th>" +
+    "<th>lambda events</th><th>kappa events</th><th>late</th><th>past retention</th></tr>" +
+    views.map(([name, s]) => `<tr><td>${name}</td><td>${s.buckets}</td><td>${s.equal}</td>` +
+      `<td>${s.explained}</td><td>${s.unexplained}</td><td>${s.lambda_events}</td>` +
+      `<td>${s.kappa_events}</td><td>${s.late_events}</td><td>${s.lost_events}</td></tr>`).join("");
+  const list = document.getElementById("compare-differences");
+  list.innerHTML = "";
+  for (const d of answer.differences.slice(0, 12)) {
+    const item = document.createElement("li");
+    const why = d.reasons.map((r) => `${r.events} ${r.reason}`).join(", ") || "no reason found";
+    item.textContent = `${d.view} ${clock(d.bucket_ms)}: lambda ${d.lambda_events}, kappa ${d.kappa_events} — ${why}`;
+    if (!d.explained) item.className = "unexplained";
+    list.append(item);
+  }
+  if (answer.differences.length > 12) {
+    const more = document.createElement("li");
+    more.textContent = `… ${answer.differences.length - 12} more (lambda compare lists them all)`;
+    list.append(more);
+  }
+  panel.dataset.compared = "1";
+  panel.dataset.buckets = String(total("buckets"));
+  panel.dataset.explained = String(total("explained"));
+  panel.dataset.unexplained = String(total("unexplained"));
+}
+
 function renderLayers(status) {
   const speed = status.speed || {};
   const batch = status.batch || {};
@@ -147,6 +206,9 @@ function renderLayers(status) {
     figure("next batch run", clock(batch.next_run_ms)),
     figure("manifest version", batch.manifest_version ?? "—"),
     figure("active alerts", status.alerts ? status.alerts.active : "—"),
+    figure("architecture", status.kappa
+      ? `kappa, version ${status.kappa.version}${status.kappa.replay && status.kappa.replay.state !== "switched" ? ` (replay to ${status.kappa.replay.version}: ${status.kappa.replay.state})` : ""}`
+      : (status.architecture || "lambda")),
   ].join("");
 }
 
@@ -202,8 +264,23 @@ async function refresh() {
     ], [stat("min"), stat("avg"), stat("max")],
     { title: sensor, height: 150, bands: [{ series: [3, 1], fill: "rgba(52, 120, 198, 0.18)" }] });
   }
+  lastRange = range;
+  if (!compared) {
+    compared = true;
+    await compareViews(range).catch((error) => {
+      document.getElementById("compare-state").textContent = `unavailable: ${error.message}`;
+    });
+  }
   document.body.dataset.ready = "1";
 }
+
+let compared = false;
+let lastRange = null;
+document.getElementById("compare-run").addEventListener("click", () => {
+  if (lastRange) compareViews(lastRange).catch((error) => {
+    document.getElementById("compare-state").textContent = `unavailable: ${error.message}`;
+  });
+});
 
 function showAlert(alert) {
   const list = document.getElementById("alerts");
