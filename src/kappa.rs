@@ -107,6 +107,22 @@ pub struct ReplayStatus {
     pub error: Option<String>,
 }
 
+impl ReplayStatus {
+    /// A replay asked for and not started yet.
+    fn queued(request: ReplayRequest) -> ReplayStatus {
+        ReplayStatus {
+            version: request.version,
+            allowed_lateness_ms: request.allowed_lateness_ms,
+            state: "queued",
+            records: 0,
+            target: 0,
+            started_ms: now_ms(),
+            finished_ms: None,
+            error: None,
+        }
+    }
+}
+
 /// What `GET /api/v1/kappa` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KappaStatus {
@@ -247,16 +263,7 @@ impl Kappa {
         self.requests
             .try_send(request)
             .map_err(|_| "the kappa job is not taking requests".to_string())?;
-        status.replay = Some(ReplayStatus {
-            version: request.version,
-            allowed_lateness_ms: request.allowed_lateness_ms,
-            state: "queued",
-            records: 0,
-            target: 0,
-            started_ms: now_ms(),
-            finished_ms: None,
-            error: None,
-        });
+        status.replay = Some(ReplayStatus::queued(request));
         Ok(request.version)
     }
 
@@ -304,16 +311,7 @@ impl Kappa {
                 version,
                 allowed_lateness_ms: meta.allowed_lateness_ms,
             };
-            self.status.write().replay = Some(ReplayStatus {
-                version,
-                allowed_lateness_ms: meta.allowed_lateness_ms,
-                state: "queued",
-                records: 0,
-                target: 0,
-                started_ms: now_ms(),
-                finished_ms: None,
-                error: None,
-            });
+            self.status.write().replay = Some(ReplayStatus::queued(bootstrap));
             live = Some(self.replay(bootstrap, None, &shutdown).await?);
         }
         let mut live = live.expect("started above");
