@@ -25,6 +25,11 @@ if ! need c++; then
 fi
 
 # Headless Chromium for the dashboard's browser test (Debian's package).
+# The lesson's commands (tests/guide.rs) use curl and pkill.
+if ! command -v curl >/dev/null || ! command -v pkill >/dev/null; then
+  echo "installing curl and procps (the guide's commands use them)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl procps >/dev/null
+fi
 if [ ! -x /usr/bin/chromium ]; then
   echo "installing chromium (headless browser) from Debian"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
