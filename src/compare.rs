@@ -173,7 +173,10 @@ pub async fn compare(
         .iter()
         .flat_map(|(topic, parts)| parts.iter().map(|(p, o)| ((topic.clone(), *p), *o)))
         .collect();
-    let spans = replay::spans_to(sources.log.as_ref(), &ends).await?;
+    let spans = replay::spans_to(sources.log.as_ref(), |topic, partition, _| {
+        ends.get(&(topic.to_string(), partition)).copied()
+    })
+    .await?;
     let retained_from: BTreeMap<(String, u32), u64> = spans
         .iter()
         .map(|s| ((s.topic.clone(), s.partition), s.start))

@@ -148,33 +148,14 @@ impl Demo {
             alert_rules: config.alert_rules.clone(),
             ..SpeedConfig::with_data_dir(data_dir)
         };
-        let kappa = match config.architecture {
-            Architecture::Kappa => {
-                let kappa = Kappa::open(
-                    data_dir.join("kappa"),
-                    speed_config.clone(),
-                    Arc::clone(&log),
-                )
-                .await
-                .context("opening the kappa views")?;
-                let token = shutdown.clone();
-                supervisor.spawn("kappa", Arc::clone(&kappa).run(token));
-                Some(kappa)
-            }
-            Architecture::Lambda => None,
-        };
-        let speed = match &kappa {
-            Some(kappa) => Arc::clone(&kappa.live),
-            None => {
-                let speed = lambda_speed::new_views(&speed_config);
-                lambda_speed::restore(&speed_config, &speed)
-                    .await
-                    .context("restoring the speed layer")?;
-                let (log, views, token) = (Arc::clone(&log), Arc::clone(&speed), shutdown.clone());
-                supervisor.spawn("speed", lambda_speed::run(speed_config, log, views, token));
-                speed
-            }
-        };
+        let (speed, kappa) = crate::kappa::start_speed(
+            config.architecture,
+            data_dir.join("kappa"),
+            speed_config,
+            &log,
+            &mut supervisor,
+        )
+        .await?;
 
         // Batch layer (lambda only). In kappa mode the handle has no runner:
         // a run asked for fails, naming that.

@@ -152,6 +152,8 @@ pub struct Kappa {
     status: RwLock<KappaStatus>,
     requests: mpsc::Sender<ReplayRequest>,
     receiver: Mutex<Option<mpsc::Receiver<ReplayRequest>>>,
+    /// The version current when opened (what [`Kappa::run`] starts with).
+    opened: VersionMeta,
 }
 
 fn now_ms() -> i64 {
@@ -206,6 +208,7 @@ impl Kappa {
                 .with_context(|| format!("kappa version {version} has no version.json"))?;
         let (requests, receiver) = mpsc::channel(1);
         let kappa = Kappa {
+            opened: meta,
             dir,
             base,
             log,
@@ -296,10 +299,9 @@ impl Kappa {
             .lock()
             .take()
             .context("the kappa job runs once")?;
-        let version = self.status.read().version;
+        let meta = self.opened;
+        let version = meta.version;
         let dir = self.dir.join(format!("v{version}"));
-        let meta: VersionMeta = read_json(&dir.join("version.json"))?
-            .with_context(|| format!("kappa version {version} has no version.json"))?;
         let mut live = if dir.join("checkpoint.json").exists() {
             Some(self.spawn_job(&meta, &self.live, &shutdown))
         } else {
@@ -415,15 +417,11 @@ impl Kappa {
         }
         write_json(&dir.join("version.json"), meta)?;
         let config = self.config(meta);
-        let mut ends = std::collections::BTreeMap::new();
-        for topic in lambda_events::Topic::ALL {
-            for (partition, range) in self.log.ranges(topic.name()).await?.iter().enumerate() {
-                if config.owns(partition as u32) {
-                    ends.insert((topic.name().to_string(), partition as u32), range.end);
-                }
-            }
-        }
-        let spans = lambda_speed::replay::spans_to(self.log.as_ref(), &ends).await?;
+        // Everything this instance's partitions hold now.
+        let spans = lambda_speed::replay::spans_to(self.log.as_ref(), |_, partition, end| {
+            config.owns(partition).then_some(end)
+        })
+        .await?;
         let target: u64 = spans.iter().map(|s| s.end - s.start).sum();
         self.set_replay(|r| {
             r.state = "replaying";
@@ -512,6 +510,37 @@ impl Job {
     async fn stop(self) -> anyhow::Result<()> {
         self.token.cancel();
         self.handle.await.context("kappa job")?
+    }
+}
+
+/// Starts the speed side of a process: in lambda mode the speed layer on
+/// `config` (restored from its checkpoint), in kappa mode the kappa views
+/// under `kappa_dir`. Returns the views serving reads, and the kappa views.
+pub async fn start_speed(
+    architecture: Architecture,
+    kappa_dir: PathBuf,
+    config: SpeedConfig,
+    log: &Arc<dyn EventLog>,
+    supervisor: &mut crate::supervisor::Supervisor,
+) -> anyhow::Result<(SpeedViews, Option<Arc<Kappa>>)> {
+    let token = supervisor.shutdown.clone();
+    match architecture {
+        Architecture::Kappa => {
+            let kappa = Kappa::open(kappa_dir, config, Arc::clone(log))
+                .await
+                .context("opening the kappa views")?;
+            supervisor.spawn("kappa", Arc::clone(&kappa).run(token));
+            Ok((Arc::clone(&kappa.live), Some(kappa)))
+        }
+        Architecture::Lambda => {
+            let views = lambda_speed::new_views(&config);
+            lambda_speed::restore(&config, &views)
+                .await
+                .context("restoring the speed layer")?;
+            let run = lambda_speed::run(config, Arc::clone(log), Arc::clone(&views), token);
+            supervisor.spawn("speed", run);
+            Ok((views, None))
+        }
     }
 }
 

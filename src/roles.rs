@@ -30,7 +30,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::kappa::{Architecture, Kappa};
+use crate::kappa::Architecture;
 use crate::supervisor::Supervisor;
 
 /// How often the speed role reads the newest manifest to learn B.
@@ -245,40 +245,24 @@ pub async fn speed(
         ));
     }
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
-    let kappa = match shared.architecture {
-        Architecture::Kappa => {
-            // Each instance keeps its own view versions.
-            let name = if instance.count > 1 {
-                format!("kappa-{}-of-{}", instance.index, instance.count)
-            } else {
-                "kappa".to_string()
-            };
-            let kappa = Kappa::open(shared.data_dir.join(name), config.clone(), Arc::clone(&log))
-                .await
-                .context("opening the kappa views")?;
-            supervisor.spawn("kappa", Arc::clone(&kappa).run(supervisor.shutdown.clone()));
-            Some(kappa)
-        }
-        Architecture::Lambda => None,
-    };
-    let views = match &kappa {
-        Some(kappa) => Arc::clone(&kappa.live),
-        None => {
-            let views = lambda_speed::new_views(&config);
-            lambda_speed::restore(&config, &views)
-                .await
-                .context("restoring the speed layer")?;
-            let (log, views_, token) = (
-                Arc::clone(&log),
-                Arc::clone(&views),
-                supervisor.shutdown.clone(),
-            );
-            supervisor.spawn("speed", lambda_speed::run(config, log, views_, token));
-            let (views_, token) = (Arc::clone(&views), supervisor.shutdown.clone());
-            supervisor.spawn("boundary", follow_boundary(lake, views_, token));
-            views
-        }
-    };
+    // Each instance keeps its own kappa view versions.
+    let kappa_dir = shared.data_dir.join(if instance.count > 1 {
+        format!("kappa-{}-of-{}", instance.index, instance.count)
+    } else {
+        "kappa".to_string()
+    });
+    let (views, kappa) = crate::kappa::start_speed(
+        shared.architecture,
+        kappa_dir,
+        config,
+        &log,
+        &mut supervisor,
+    )
+    .await?;
+    if kappa.is_none() {
+        let (views, token) = (Arc::clone(&views), supervisor.shutdown.clone());
+        supervisor.spawn("boundary", follow_boundary(lake, views, token));
+    }
     let admin = lambda_serving::admin::AdminState::new(
         shared.admin_token.clone(),
         lambda_serving::admin::BatchRunner::Absent,

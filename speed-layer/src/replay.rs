@@ -54,12 +54,12 @@ pub struct Replayed {
     pub elapsed: Duration,
 }
 
-/// The spans from each partition's earliest retained offset to `ends`
-/// (`(topic, partition) → end`); a partition whose records below its end
-/// are all gone has an empty span.
+/// The spans from each partition's earliest retained offset to the end
+/// `end_of(topic, partition, log end)` gives (`None`: the partition is left
+/// out); a partition whose records below its end are all gone has an empty span.
 pub async fn spans_to(
     log: &dyn EventLog,
-    ends: &BTreeMap<(String, u32), u64>,
+    end_of: impl Fn(&str, u32, u64) -> Option<u64>,
 ) -> anyhow::Result<Vec<ReplaySpan>> {
     let mut spans = Vec::new();
     for topic in Topic::ALL {
@@ -69,7 +69,7 @@ pub async fn spans_to(
             .with_context(|| format!("ranges of {topic}"))?;
         for (partition, range) in ranges.iter().enumerate() {
             let partition = partition as u32;
-            let Some(&end) = ends.get(&(topic.name().to_string(), partition)) else {
+            let Some(end) = end_of(topic.name(), partition, range.end) else {
                 continue;
             };
             spans.push(ReplaySpan {
