@@ -17,6 +17,7 @@ pub const TOPICS: &[(&str, u32)] = &[
     ("tail", 1),
     ("range", 1),
     ("groups", 2),
+    ("group-end", 1),
     ("concurrent", 4),
 ];
 
@@ -28,6 +29,7 @@ pub async fn run_all(log: Arc<dyn EventLog>, prefix: &str) {
     fetch_waits_for_appends(Arc::clone(&log), &format!("{prefix}-tail")).await;
     fetch_beyond_end_is_an_error(log.as_ref(), &format!("{prefix}-range")).await;
     groups_commit_offsets(log.as_ref(), &format!("{prefix}-groups")).await;
+    committed_past_end_is_an_error(log.as_ref(), &format!("{prefix}-group-end")).await;
     concurrent_appends_are_all_durable_once(Arc::clone(&log), &format!("{prefix}-concurrent"))
         .await;
 }
@@ -240,6 +242,10 @@ pub async fn fetch_beyond_end_is_an_error(log: &dyn EventLog, topic: &str) {
 /// Committed offsets are per group and per partition.
 pub async fn groups_commit_offsets(log: &dyn EventLog, topic: &str) {
     log.create_topic(topic, 2).await.expect("create");
+    // Unkeyed records go round robin: ten in each partition, so the offsets
+    // committed below are within the partitions.
+    let records = (0..20).map(|i| record(None, &format!("r{i}"))).collect();
+    log.append(topic, records).await.expect("append");
     assert!(
         log.committed("group-a", topic)
             .await
@@ -259,6 +265,57 @@ pub async fn groups_commit_offsets(log: &dyn EventLog, topic: &str) {
     assert_eq!(a, BTreeMap::from([(0, 5), (1, 9)]));
     let b = log.committed("group-b", topic).await.expect("committed");
     assert_eq!(b, BTreeMap::from([(0, 1)]));
+}
+
+/// A group's committed offset past its partition's end (the log lost
+/// records, or was restored from an older copy) is an error naming the group,
+/// topic and partition, not a position to resume from. A backend may refuse
+/// such a commit up front instead; neither backend here does (Kafka accepts it).
+pub async fn committed_past_end_is_an_error(log: &dyn EventLog, topic: &str) {
+    log.create_topic(topic, 1).await.expect("create");
+    log.append(topic, vec![record(None, "one"), record(None, "two")])
+        .await
+        .expect("append");
+    log.commit("group-ahead", topic, &[(0, 2)])
+        .await
+        .expect("commit at the end");
+    assert_eq!(
+        log.committed("group-ahead", topic)
+            .await
+            .expect("an offset at the end is a position"),
+        BTreeMap::from([(0, 2)])
+    );
+    if log
+        .commit("group-ahead", topic, &[(0, 21_000)])
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let err = log
+        .committed("group-ahead", topic)
+        .await
+        .expect_err("an offset past the end is an error");
+    assert!(
+        matches!(
+            &err,
+            LogError::GroupOffsetPastEnd {
+                group,
+                partition: 0,
+                committed: 21_000,
+                end: 2,
+                ..
+            } if group == "group-ahead"
+        ),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "group group-ahead topic {topic} partition 0: committed offset 21000 is past the partition's end 2"
+        )),
+        "{message}"
+    );
 }
 
 /// Many concurrent appenders: every acknowledged record is in the log exactly once.

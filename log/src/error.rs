@@ -43,6 +43,26 @@ pub enum LogError {
         /// Next offset to be written.
         end: u64,
     },
+    /// A consumer group's committed offset is past the partition's end: the
+    /// log lost records the group had consumed, or was restored from an
+    /// older copy. Resuming there would skip whatever is written until the
+    /// end catches up, so it is an error, not a position.
+    #[error(
+        "group {group} topic {topic} partition {partition}: committed offset {committed} is past \
+         the partition's end {end} (the log lost records, or was restored from an older copy)"
+    )]
+    GroupOffsetPastEnd {
+        /// Consumer group.
+        group: String,
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// The group's committed next offset.
+        committed: u64,
+        /// The partition's end (next offset to be written).
+        end: u64,
+    },
     /// A record is larger than [`crate::MAX_RECORD_BYTES`].
     #[error("record of {size} bytes exceeds the {limit} byte limit")]
     RecordTooLarge {
@@ -51,7 +71,10 @@ pub enum LogError {
         /// The limit.
         limit: usize,
     },
-    /// A segment file is damaged somewhere other than its tail.
+    /// A file of the log is damaged in a way a crash cannot explain; for a
+    /// segment: valid records follow the bad bytes, or it is not the
+    /// partition's last. The log refuses to open rather than drop
+    /// acknowledged records.
     #[error("segment {path}: corrupt record at byte {position}: {reason}")]
     Corrupt {
         /// The file.
@@ -92,6 +115,29 @@ impl LogError {
                 topic: topic.into(),
                 existing,
                 requested,
+            })
+        }
+    }
+
+    /// `Ok` unless `group`'s committed offset for a partition is past its
+    /// `end`, else [`LogError::GroupOffsetPastEnd`]. Every backend checks
+    /// committed offsets with this before handing them out.
+    pub(crate) fn check_committed(
+        group: &str,
+        topic: &str,
+        partition: u32,
+        committed: u64,
+        end: u64,
+    ) -> Result<(), LogError> {
+        if committed <= end {
+            Ok(())
+        } else {
+            Err(LogError::GroupOffsetPastEnd {
+                group: group.into(),
+                topic: topic.into(),
+                partition,
+                committed,
+                end,
             })
         }
     }

@@ -5,8 +5,9 @@
 //! log), and return once every record is acknowledged. Fetches use one
 //! consumer assigned to exactly the asked positions (no group membership, so
 //! callers keep control of offsets, as with the embedded log); group offsets
-//! are committed with a consumer per group. Extra client settings (TLS, SASL,
-//! timeouts) are passed through as librdkafka properties.
+//! are committed with a consumer per group, and read back checked against
+//! each partition's end. Extra client settings (TLS, SASL, timeouts) are
+//! passed through as librdkafka properties.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -696,14 +697,19 @@ impl EventLog for KafkaLog {
                 .map_err(unavailable("reading committed offsets"))
         })
         .await?;
-        Ok(committed
+        let committed: BTreeMap<u32, u64> = committed
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
                 Offset::Offset(o) if o >= 0 => Some((e.partition() as u32, o as u64)),
                 _ => None,
             })
-            .collect())
+            .collect();
+        for (&partition, &offset) in &committed {
+            let (_, end) = self.watermarks(topic, partition)?;
+            LogError::check_committed(group, topic, partition, offset, end)?;
+        }
+        Ok(committed)
     }
 
     async fn enforce_retention(&self) -> Result<u64, LogError> {

@@ -145,7 +145,8 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// Reads up to `max_records` records in total from the given positions. If
     /// none is available it waits up to `max_wait` for an append (without
     /// spinning) and returns what arrived, possibly nothing. Reading below a
-    /// partition's start offset is an [`LogError::OffsetOutOfRange`].
+    /// partition's start offset or past its end is an
+    /// [`LogError::OffsetOutOfRange`] (at the end it waits).
     async fn fetch(
         &self,
         positions: &[FetchPosition],
@@ -161,7 +162,9 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
         offsets: &[(u32, u64)],
     ) -> Result<(), LogError>;
 
-    /// `group`'s committed next offsets for `topic`, by partition index (absent: never committed).
+    /// `group`'s committed next offsets for `topic`, by partition index
+    /// (absent: never committed). An offset past its partition's end is a
+    /// [`LogError::GroupOffsetPastEnd`], never a position to resume from.
     async fn committed(&self, group: &str, topic: &str) -> Result<BTreeMap<u32, u64>, LogError>;
 
     /// Applies retention now and returns how many records it dropped.

@@ -1,5 +1,6 @@
 //! The embedded backend: the conformance suite, plus what only a local file
-//! log can show: reopening, recovery from a torn segment, rolling and retention.
+//! log can show: reopening, recovery from a torn segment, refusal of a corrupt
+//! one, group offsets past the end, rolling and retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -284,5 +285,268 @@ async fn retention_waits_for_the_guard_groups() {
     // Another group's commits do not count.
     log.commit("someone-else", "t", &[(0, 100)]).await.unwrap();
     assert_eq!(log.enforce_retention().await.unwrap(), 0);
+    log.close().await.unwrap();
+}
+
+/// Appends `n` records with one key (so one partition) in group commits of 50.
+async fn append_records(log: &EmbeddedLog, topic: &str, n: usize) -> Vec<String> {
+    let values: Vec<String> = (0..n)
+        .map(|i| format!("record-{i}-{}", "x".repeat(i % 40)))
+        .collect();
+    for chunk in values.chunks(50) {
+        let records = chunk.iter().map(|v| record("k", v.clone(), 0)).collect();
+        log.append(topic, records).await.unwrap();
+    }
+    values
+}
+
+/// A partition's segment files, oldest first.
+fn segment_files(partition_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(partition_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Where each frame of a segment starts, plus the end of the last one.
+fn frame_boundaries(bytes: &[u8]) -> Vec<usize> {
+    let mut boundaries = vec![0usize];
+    while *boundaries.last().unwrap() < bytes.len() {
+        let at = *boundaries.last().unwrap();
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        boundaries.push(at + 8 + len);
+    }
+    assert_eq!(*boundaries.last().unwrap(), bytes.len(), "whole frames");
+    boundaries
+}
+
+/// The base offset a segment's file name encodes.
+fn base_offset(segment: &std::path::Path) -> u64 {
+    segment
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Writes 2000 records into many small segments and closes the log.
+async fn many_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let log = EmbeddedLog::open(dir, small_segments()).await.unwrap();
+    log.create_topic("t", 1).await.unwrap();
+    append_records(&log, "t", 2000).await;
+    log.close().await.unwrap();
+    let segments = segment_files(&dir.join("t/0"));
+    assert!(segments.len() >= 5, "{} segments", segments.len());
+    segments
+}
+
+fn small_segments() -> EmbeddedConfig {
+    EmbeddedConfig {
+        segment_bytes: 16 * 1024,
+        ..EmbeddedConfig::default()
+    }
+}
+
+/// Flips one byte in the middle of `segment` and returns (start of the frame
+/// it hit, the next frame's start, that frame's offset).
+fn flip_middle_byte(segment: &std::path::Path) -> (u64, u64, u64) {
+    let mut bytes = std::fs::read(segment).unwrap();
+    let boundaries = frame_boundaries(&bytes);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(segment, &bytes).unwrap();
+    let hit = boundaries.partition_point(|b| *b <= middle) - 1;
+    assert!(hit + 2 < boundaries.len(), "frames follow the flipped one");
+    (
+        boundaries[hit] as u64,
+        boundaries[hit + 1] as u64,
+        base_offset(segment) + hit as u64 + 1,
+    )
+}
+
+/// Asserts that opening the log fails with `Corrupt` at `position` of
+/// `segment`, saying where valid records resume, and leaves the file as it was.
+async fn assert_refuses_to_open(
+    dir: &std::path::Path,
+    segment: &std::path::Path,
+    (position, resume_at, resume_offset): (u64, u64, u64),
+) {
+    let before = std::fs::read(segment).unwrap();
+    let err = EmbeddedLog::open(dir, small_segments())
+        .await
+        .expect_err("a corrupt segment refuses to open");
+    let LogError::Corrupt {
+        path,
+        position: found,
+        reason,
+    } = &err
+    else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(path, &segment.display().to_string());
+    assert_eq!(*found, position, "{err}");
+    assert!(
+        reason.contains(&format!(
+            "valid records follow: offset {resume_offset} resumes at byte {resume_at}"
+        )),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "segment {}: corrupt record at byte {position}: ",
+            segment.display()
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read(segment).unwrap(),
+        before,
+        "nothing is cut from a corrupt segment"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_an_older_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = many_segments(dir.path()).await;
+    let older = &segments[2];
+    let flipped = flip_middle_byte(older);
+    assert_refuses_to_open(dir.path(), older, flipped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_the_last_segment_with_records_after_it_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = many_segments(dir.path()).await;
+    let last = segments.last().unwrap();
+    let flipped = flip_middle_byte(last);
+    assert_refuses_to_open(dir.path(), last, flipped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_and_every_record_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = many_segments(dir.path()).await;
+    let last = segments.last().unwrap();
+    let full = std::fs::read(last).unwrap();
+    let boundaries = frame_boundaries(&full);
+    let n_last = boundaries.len() as u64 - 1;
+    assert!(n_last >= 3, "the last segment holds {n_last} frames");
+    let base = base_offset(last);
+    let garbage: &[u8] = b"\x7f\x00\x00\x00\xde\xad\xbe\xef half-written frame, then noise";
+    // (bytes of the last segment, records expected to survive)
+    let torn_tails: Vec<(Vec<u8>, u64)> = vec![
+        // Cut in the middle of the last frame.
+        (
+            full[..boundaries[boundaries.len() - 2] + 13].to_vec(),
+            base + n_last - 1,
+        ),
+        // Cut in the middle of an earlier frame: everything after it is gone too.
+        (full[..boundaries[1] + 30].to_vec(), base + 1),
+        // Garbage after the last complete frame.
+        ([full.as_slice(), garbage].concat(), base + n_last),
+        // Zeroes after it (a file extended but not written).
+        ([full.as_slice(), &[0u8; 512]].concat(), base + n_last),
+        // A cut frame followed by garbage.
+        (
+            [&full[..boundaries[boundaries.len() - 2] + 9], garbage].concat(),
+            base + n_last - 1,
+        ),
+    ];
+    for (bytes, kept) in torn_tails {
+        std::fs::write(last, &bytes).unwrap();
+        let log = EmbeddedLog::open(dir.path(), small_segments())
+            .await
+            .unwrap();
+        let read = read_all(&log, "t").await;
+        assert_eq!(read.len() as u64, kept, "records before the tear");
+        assert!(read.iter().enumerate().all(|(i, s)| s.offset == i as u64));
+        let cut_at = boundaries[(kept - base) as usize];
+        assert_eq!(
+            std::fs::metadata(last).unwrap().len() as usize,
+            cut_at,
+            "torn tail cut at the last complete frame"
+        );
+        log.close().await.unwrap();
+        std::fs::write(last, &full).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_offset_past_the_end_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "funnel-events";
+    let config = EmbeddedConfig {
+        retention_guards: vec!["batch".into()],
+        retention_ms: Some(0),
+        ..small_segments()
+    };
+    {
+        let log = EmbeddedLog::open(dir.path(), config.clone()).await.unwrap();
+        log.create_topic(topic, 1).await.unwrap();
+        append_records(&log, topic, 2000).await;
+        log.commit("batch", topic, &[(0, 2000)]).await.unwrap();
+        log.close().await.unwrap();
+    }
+    // Restored from an older copy: the newest two segments are gone.
+    let segments = segment_files(&dir.path().join(topic).join("0"));
+    let end = base_offset(&segments[segments.len() - 2]);
+    for segment in &segments[segments.len() - 2..] {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
+    assert_eq!(log.ranges(topic).await.unwrap()[0].end, end);
+    let err = log
+        .committed("batch", topic)
+        .await
+        .expect_err("committed past the end");
+    assert!(
+        matches!(
+            &err,
+            LogError::GroupOffsetPastEnd {
+                group,
+                topic: found_topic,
+                partition: 0,
+                committed: 2000,
+                end: found_end,
+            } if group == "batch" && found_topic == topic && *found_end == end
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "group batch topic funnel-events partition 0: committed offset 2000 is past the \
+             partition's end {end} (the log lost records, or was restored from an older copy)"
+        )
+    );
+    // Fetching from there is out of range at once, not an empty wait.
+    let position = FetchPosition {
+        topic: topic.into(),
+        partition: 0,
+        offset: 2000,
+    };
+    assert!(matches!(
+        log.fetch(&[position], 10, Duration::from_secs(30)).await,
+        Err(LogError::OffsetOutOfRange { offset: 2000, end: e, .. }) if e == end
+    ));
+    // Retention does not trust the guard either: it deletes nothing.
+    assert!(matches!(
+        log.enforce_retention().await,
+        Err(LogError::GroupOffsetPastEnd { .. })
+    ));
+    assert_eq!(log.ranges(topic).await.unwrap()[0].start, 0);
+    // Once the group commits a real position again, it reads back.
+    log.commit("batch", topic, &[(0, end)]).await.unwrap();
+    assert_eq!(
+        log.committed("batch", topic).await.unwrap().get(&0),
+        Some(&end)
+    );
     log.close().await.unwrap();
 }

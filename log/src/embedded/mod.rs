@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::partitioner::Partitioner;
 use crate::{EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord};
-use segment::FRAME_HEADER;
+use segment::{Damage, FRAME_HEADER};
 use writer::{AppendRequest, Writer};
 
 /// Append requests the writer queue holds before `append` waits (backpressure).
@@ -160,7 +160,11 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 impl EmbeddedLog {
     /// Opens (or creates) the log in `dir`, recovering every partition: a torn
-    /// tail left by a crash is cut off at the last complete record.
+    /// tail left by a crash (bad frames at the end of a partition's last
+    /// segment, with no valid frame after them) is cut off at the last
+    /// complete record, with a warning. Any other damage is
+    /// [`LogError::Corrupt`], naming the file and byte: the log refuses to
+    /// open rather than drop acknowledged records.
     pub async fn open(
         dir: impl AsRef<Path>,
         config: EmbeddedConfig,
@@ -229,6 +233,28 @@ impl Inner {
                 topic: topic.name.clone(),
                 partition,
             })
+    }
+
+    /// `Ok` if none of `group`'s committed offsets for `topic` is past its
+    /// partition's end; see [`LogError::GroupOffsetPastEnd`].
+    fn check_committed(
+        &self,
+        group: &str,
+        topic: &str,
+        committed: &BTreeMap<u32, u64>,
+    ) -> Result<(), LogError> {
+        if committed.is_empty() {
+            return Ok(());
+        }
+        let topic_state = self.topic(topic)?;
+        for (&partition, &offset) in committed {
+            let end = Inner::partition(&topic_state, partition)?
+                .lock()
+                .range()
+                .end;
+            LogError::check_committed(group, topic, partition, offset, end)?;
+        }
+        Ok(())
     }
 
     /// Reads up to `limit` durable records of one partition starting at `offset`.
@@ -304,7 +330,7 @@ impl Inner {
                 let decoded = segment::decode(&frame).map_err(|e| LogError::Corrupt {
                     path: path.display().to_string(),
                     position: pos,
-                    reason: format!("{e:?}"),
+                    reason: e.to_string(),
                 })?;
                 pos += decoded.len as u64;
                 if decoded.offset >= offset {
@@ -342,7 +368,8 @@ impl Inner {
     }
 }
 
-/// Opens every topic and partition under `dir`, cutting torn tails.
+/// Opens every topic and partition under `dir`, cutting torn tails and
+/// refusing corrupt segments (see [`segment`] for which is which).
 fn recover(dir: &Path) -> Result<BTreeMap<String, Arc<TopicState>>, LogError> {
     fs::create_dir_all(dir).map_err(LogError::io(format!("creating {}", dir.display())))?;
     let mut topics = BTreeMap::new();
@@ -388,29 +415,49 @@ fn recover_partition(dir: &Path) -> Result<PartitionState, LogError> {
         let path = segment::segment_path(dir, base_offset);
         let scan = segment::scan(&path, base_offset)
             .map_err(LogError::io(format!("scanning {}", path.display())))?;
-        if let Some((position, reason)) = &scan.torn {
-            if i + 1 < n_segments {
+        let is_last = i + 1 == n_segments;
+        match &scan.damage {
+            None => {}
+            Some(Damage::Corrupt { position, reason }) => {
                 return Err(LogError::Corrupt {
                     path: path.display().to_string(),
                     position: *position,
                     reason: reason.clone(),
                 });
             }
-            tracing::warn!(
-                path = %path.display(),
-                position,
-                reason = %reason,
-                kept_records = scan.next_offset - base_offset,
-                "cutting torn tail of segment"
-            );
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(LogError::io(format!("opening {}", path.display())))?;
-            file.set_len(scan.valid_len)
-                .map_err(LogError::io(format!("truncating {}", path.display())))?;
-            file.sync_all()
-                .map_err(LogError::io(format!("syncing {}", path.display())))?;
+            Some(Damage::Torn { position, reason }) if !is_last => {
+                // Segments are fsynced before the next one is created: only
+                // the last can have been cut short by a crash.
+                return Err(LogError::Corrupt {
+                    path: path.display().to_string(),
+                    position: *position,
+                    reason: format!(
+                        "{reason} in a segment that is not the partition's last (a crash \
+                         only tears the last one), so records after it would be lost"
+                    ),
+                });
+            }
+            Some(Damage::Torn { position, reason }) => {
+                let file_len = fs::metadata(&path)
+                    .map_err(LogError::io(format!("reading {}", path.display())))?
+                    .len();
+                tracing::warn!(
+                    path = %path.display(),
+                    position,
+                    reason = %reason,
+                    dropped_bytes = file_len - scan.valid_len,
+                    kept_records = scan.next_offset - base_offset,
+                    "cutting torn tail of segment"
+                );
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(LogError::io(format!("opening {}", path.display())))?;
+                file.set_len(scan.valid_len)
+                    .map_err(LogError::io(format!("truncating {}", path.display())))?;
+                file.sync_all()
+                    .map_err(LogError::io(format!("syncing {}", path.display())))?;
+            }
         }
         if let Some(previous) = segments.last()
             && scan.next_offset > base_offset
@@ -587,8 +634,12 @@ impl EventLog for EmbeddedLog {
         let inner = Arc::clone(&self.inner);
         let (group, topic) = (group.to_string(), topic.to_string());
         tokio::task::spawn_blocking(move || {
-            let _guard = inner.groups.lock();
-            groups::committed(&inner.dir, &group, &topic)
+            let committed = {
+                let _guard = inner.groups.lock();
+                groups::committed(&inner.dir, &group, &topic)?
+            };
+            inner.check_committed(&group, &topic, &committed)?;
+            Ok(committed)
         })
         .await
         .map_err(|e| LogError::Unavailable(format!("committed task failed: {e}")))?
@@ -627,12 +678,18 @@ fn enforce_retention(inner: &Inner) -> Result<u64, LogError> {
     let topics: Vec<Arc<TopicState>> = inner.topics.read().values().cloned().collect();
     let mut dropped = 0;
     for topic in topics {
+        // A guard committed past the end no longer tells what the lake holds:
+        // refuse (delete nothing more) rather than trust it.
         let guards = inner
             .config
             .retention_guards
             .iter()
-            .map(|group| groups::committed(&inner.dir, group, &topic.name))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|group| {
+                let committed = groups::committed(&inner.dir, group, &topic.name)?;
+                inner.check_committed(group, &topic.name, &committed)?;
+                Ok(committed)
+            })
+            .collect::<Result<Vec<_>, LogError>>()?;
         for (partition, state) in topic.partitions.iter().enumerate() {
             let mut state = state.lock();
             // Records below this every guard group has consumed.

@@ -1,13 +1,22 @@
 //! Segment files: how records are framed on disk and how a segment is scanned
-//! (and its torn tail found) when the log is opened.
+//! (telling a torn tail from corruption) when the log is opened.
 //!
 //! Frame: `len: u32 LE | crc32(payload): u32 LE | payload`, where payload is
 //! `offset: u64 | timestamp: i64 | key_len: i32 (-1 = none) | key |
 //! n_headers: u16 | (name_len: u16 | name | value_len: u32 | value)* |
-//! value_len: u32 | value`. A frame whose length runs past the end of the file
-//! or whose checksum does not match is torn: it and everything after it is
-//! discarded on recovery.
+//! value_len: u32 | value`.
+//!
+//! Torn or corrupt: frames are written by group commit and fsynced before
+//! they are acknowledged, so a crash can only damage bytes after the last
+//! fsync, at the very end of the newest segment. A bad frame (one that runs
+//! past the end of the file, fails its checksum or is malformed) is therefore
+//! a torn tail only if no valid frame follows it. When one does, acknowledged
+//! records would be lost by cutting there, so the scan reports
+//! [`Damage::Corrupt`] and the log refuses to open. Finding out is cheap: the
+//! byte-by-byte search for a following frame runs only after a bad frame, and
+//! a candidate must pass a length, offset and checksum test before it counts.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -78,6 +87,19 @@ pub(crate) enum FrameError {
     Invalid(String),
 }
 
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Incomplete => f.write_str("incomplete frame"),
+            FrameError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Smallest payload a frame can have: offset, timestamp, key length, header
+/// count and value length, with no key, headers or value.
+const MIN_PAYLOAD: usize = 8 + 8 + 4 + 2 + 4;
+
 /// Decodes the frame at the start of `buf`.
 pub(crate) fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
     if buf.len() < FRAME_HEADER {
@@ -85,7 +107,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
     }
     let payload_len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-    if payload_len < 8 + 8 + 4 + 2 + 4 {
+    if payload_len < MIN_PAYLOAD {
         return Err(FrameError::Invalid(format!(
             "frame length {payload_len} too short"
         )));
@@ -186,23 +208,53 @@ pub(crate) struct ScanResult {
     /// Sparse index: (offset, byte position) every [`INDEX_INTERVAL`] records.
     pub(crate) index: Vec<(u64, u64)>,
     /// Why the scan stopped before the end of the file, if it did.
-    pub(crate) torn: Option<(u64, String)>,
+    pub(crate) damage: Option<Damage>,
 }
 
-/// Scans a segment, stopping at the first frame that is torn, corrupt or out of sequence.
+/// A bad frame the scan stopped at, and whether it can be a torn write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// The frame at `position` is incomplete, fails its checksum or is
+    /// malformed, and no valid frame follows it: what a crash during a write
+    /// leaves. Cutting here loses nothing that was acknowledged, provided
+    /// this is the partition's last segment.
+    Torn {
+        /// Where the bad frame starts.
+        position: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Damage a crash cannot explain: valid frames follow the bad one, or a
+    /// complete, checksummed frame carries an offset out of sequence.
+    /// Cutting here would drop acknowledged records.
+    Corrupt {
+        /// Where the bad frame starts.
+        position: u64,
+        /// What is wrong, and where valid records resume.
+        reason: String,
+    },
+}
+
+/// Scans a segment file; see [`scan_bytes`].
 pub(crate) fn scan(path: &Path, base_offset: u64) -> io::Result<ScanResult> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(scan_bytes(&bytes, base_offset))
+}
+
+/// Scans the bytes of a segment whose first offset is `base_offset`, stopping
+/// at the first frame that is torn, corrupt or out of sequence, and says which.
+pub(crate) fn scan_bytes(bytes: &[u8], base_offset: u64) -> ScanResult {
     let mut result = ScanResult {
         valid_len: 0,
         next_offset: base_offset,
         max_timestamp: None,
         index: Vec::new(),
-        torn: None,
+        damage: None,
     };
     let mut pos = 0usize;
     while pos < bytes.len() {
-        match decode(&bytes[pos..]) {
+        let reason = match decode(&bytes[pos..]) {
             Ok(frame) if frame.offset == result.next_offset => {
                 if (frame.offset - base_offset).is_multiple_of(INDEX_INTERVAL) {
                     result.index.push((frame.offset, pos as u64));
@@ -213,33 +265,80 @@ pub(crate) fn scan(path: &Path, base_offset: u64) -> io::Result<ScanResult> {
                     }));
                 result.next_offset += 1;
                 pos += frame.len;
+                continue;
             }
             Ok(frame) => {
-                result.torn = Some((
-                    pos as u64,
-                    format!(
-                        "offset {} where {} was expected",
+                // A write cut short cannot produce a whole frame whose checksum matches.
+                result.damage = Some(Damage::Corrupt {
+                    position: pos as u64,
+                    reason: format!(
+                        "complete frame with offset {} where {} was expected",
                         frame.offset, result.next_offset
                     ),
-                ));
+                });
                 break;
             }
-            Err(FrameError::Incomplete) => {
-                result.torn = Some((pos as u64, "incomplete frame".into()));
-                break;
-            }
-            Err(FrameError::Invalid(reason)) => {
-                result.torn = Some((pos as u64, reason));
-                break;
-            }
-        }
+            Err(error) => error.to_string(),
+        };
+        result.damage = Some(match find_next_frame(bytes, pos, result.next_offset) {
+            None => Damage::Torn {
+                position: pos as u64,
+                reason,
+            },
+            Some((resume_pos, resume_offset)) => Damage::Corrupt {
+                position: pos as u64,
+                reason: format!(
+                    "{reason}, yet valid records follow: offset {resume_offset} resumes at \
+                     byte {resume_pos}, {} bytes on (not a torn tail)",
+                    resume_pos - pos
+                ),
+            },
+        });
+        break;
     }
     result.valid_len = pos as u64;
-    Ok(result)
+    result
+}
+
+/// The first byte position after the bad frame at `bad_pos` where a valid
+/// frame starts, with its offset; `next_offset` is the offset the bad frame
+/// should have had.
+///
+/// A candidate must fit in the file and carry an offset from `next_offset`
+/// up to as many frames past it as the file has room for (a frame takes at
+/// least `FRAME_HEADER + MIN_PAYLOAD` bytes); only then is its checksum
+/// computed and the frame decoded. Random, zeroed or text bytes almost never
+/// pass the first two tests, so the search costs little more than reading
+/// the bytes, and it runs only once a bad frame is found. The length is not
+/// bounded by [`crate::MAX_RECORD_BYTES`]: headers do not count towards that
+/// limit, and a tighter test would only risk missing a real frame.
+fn find_next_frame(bytes: &[u8], bad_pos: usize, next_offset: u64) -> Option<(usize, u64)> {
+    const MIN_FRAME: usize = FRAME_HEADER + MIN_PAYLOAD;
+    let max_offset = next_offset.saturating_add((bytes.len() / MIN_FRAME) as u64);
+    let mut pos = bad_pos + 1;
+    while pos + MIN_FRAME <= bytes.len() {
+        let rest = &bytes[pos..];
+        let payload_len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let offset = u64::from_le_bytes(
+            rest[FRAME_HEADER..FRAME_HEADER + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let plausible = payload_len >= MIN_PAYLOAD
+            && payload_len <= rest.len() - FRAME_HEADER
+            && (next_offset..=max_offset).contains(&offset);
+        if plausible && let Ok(frame) = decode(rest) {
+            return Some((pos, frame.offset));
+        }
+        pos += 1;
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn record(i: usize) -> Record {
@@ -289,6 +388,220 @@ mod tests {
                 matches!(decode(&flipped), Err(FrameError::Invalid(_))),
                 "flip at {i}"
             );
+        }
+    }
+
+    /// Frames of `n` records from offset `base`, and where each starts (plus the end).
+    fn frames(base: u64, records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = Vec::new();
+        let mut boundaries = vec![0];
+        for (i, record) in records.iter().enumerate() {
+            encode(base + i as u64, record, &mut buf);
+            boundaries.push(buf.len());
+        }
+        (buf, boundaries)
+    }
+
+    fn position(damage: &Damage) -> u64 {
+        match damage {
+            Damage::Torn { position, .. } | Damage::Corrupt { position, .. } => *position,
+        }
+    }
+
+    fn check(bytes: &[u8], base: u64, kept: u64, damage: Option<&str>) {
+        let scan = scan_bytes(bytes, base);
+        assert_eq!(scan.next_offset - base, kept, "records kept");
+        let found = scan.damage.as_ref().map(|d| match d {
+            Damage::Torn { .. } => "torn",
+            Damage::Corrupt { .. } => "corrupt",
+        });
+        assert_eq!(found, damage, "{:?}", scan.damage);
+    }
+
+    #[test]
+    fn a_bad_frame_is_torn_only_when_nothing_valid_follows() {
+        let records: Vec<Record> = (0..10).map(record).collect();
+        let (buf, at) = frames(100, &records);
+        check(&buf, 100, 10, None);
+        // The last frame: cut short, flipped, or followed by garbage.
+        check(&buf[..buf.len() - 3], 100, 9, Some("torn"));
+        let mut flipped = buf.clone();
+        flipped[at[9] + 12] ^= 1;
+        check(&flipped, 100, 9, Some("torn"));
+        let mut garbage = buf.clone();
+        garbage.extend_from_slice(b"\xff\x00\x00\x00not a frame at all, just noise");
+        check(&garbage, 100, 10, Some("torn"));
+        check(
+            &[buf.as_slice(), &[0u8; 4096]].concat(),
+            100,
+            10,
+            Some("torn"),
+        );
+        // A frame in the middle: the frames after it give it away.
+        for byte in [0, 3, 4, 9, 20] {
+            let mut flipped = buf.clone();
+            flipped[at[4] + byte] ^= 0x10;
+            check(&flipped, 100, 4, Some("corrupt"));
+        }
+        let mut flipped = buf.clone();
+        flipped[at[4] + 20] ^= 0x10;
+        let scan = scan_bytes(&flipped, 100);
+        assert_eq!(scan.valid_len, at[4] as u64);
+        let Some(Damage::Corrupt { position, reason }) = scan.damage else {
+            panic!("corrupt: {:?}", scan.damage);
+        };
+        assert_eq!(position, at[4] as u64);
+        assert_eq!(
+            reason,
+            format!(
+                "checksum mismatch, yet valid records follow: offset 105 resumes at byte {}, {} \
+                 bytes on (not a torn tail)",
+                at[5],
+                at[5] - at[4]
+            )
+        );
+        // Zeroed blocks in the middle (a lost page) are corruption too.
+        let mut zeroed = buf.clone();
+        zeroed[at[2]..at[6]].fill(0);
+        check(&zeroed, 100, 2, Some("corrupt"));
+    }
+
+    #[test]
+    fn a_complete_frame_out_of_sequence_is_corrupt() {
+        let (buf, _) = frames(0, &[record(0), record(1)]);
+        let mut skipped = buf.clone();
+        encode(5, &record(2), &mut skipped);
+        check(&skipped, 0, 2, Some("corrupt"));
+        let mut repeated = buf.clone();
+        encode(1, &record(2), &mut repeated);
+        check(&repeated, 0, 2, Some("corrupt"));
+    }
+
+    /// A change to the encoded bytes of a segment.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Flip { at: usize, mask: u8 },
+        Overwrite { at: usize, bytes: Vec<u8> },
+        Truncate { at: usize },
+        Append { bytes: Vec<u8> },
+    }
+
+    fn any_record() -> impl Strategy<Value = Record> {
+        (
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<i64>(),
+            proptest::collection::vec(
+                ("[a-z]{0,6}", proptest::collection::vec(any::<u8>(), 0..8)),
+                0..3,
+            ),
+        )
+            .prop_map(|(key, value, timestamp_ms, headers)| Record {
+                key,
+                value,
+                timestamp_ms,
+                headers,
+            })
+    }
+
+    fn any_change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (any::<usize>(), 1..=255u8).prop_map(|(at, mask)| Change::Flip { at, mask }),
+            (
+                any::<usize>(),
+                proptest::collection::vec(any::<u8>(), 1..64)
+            )
+                .prop_map(|(at, bytes)| Change::Overwrite { at, bytes }),
+            any::<usize>().prop_map(|at| Change::Truncate { at }),
+            proptest::collection::vec(any::<u8>(), 1..256)
+                .prop_map(|bytes| Change::Append { bytes }),
+        ]
+    }
+
+    fn apply(bytes: &mut Vec<u8>, change: &Change) {
+        let len = bytes.len().max(1);
+        match change {
+            Change::Flip { at, mask } => {
+                if !bytes.is_empty() {
+                    bytes[at % len] ^= mask;
+                }
+            }
+            Change::Overwrite { at, bytes: new } => {
+                let start = at % len;
+                for (i, b) in new.iter().enumerate() {
+                    if let Some(old) = bytes.get_mut(start + i) {
+                        *old = *b;
+                    }
+                }
+            }
+            Change::Truncate { at } => bytes.truncate(at % len),
+            Change::Append { bytes: new } => bytes.extend_from_slice(new),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Arbitrary bytes: the scanner neither panics nor finds a record.
+        #[test]
+        fn scanning_noise_finds_nothing(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+            base in 0..1_000_000u64,
+        ) {
+            let scan = scan_bytes(&bytes, base);
+            prop_assert_eq!(scan.next_offset, base);
+            prop_assert_eq!(scan.valid_len, 0);
+            prop_assert_eq!(scan.damage.is_some(), !bytes.is_empty());
+            let _ = decode(&bytes);
+        }
+
+        /// Damaged segments: never a panic, never more records than were
+        /// written, and what is kept is a prefix of the frames written.
+        #[test]
+        fn damaged_segments_keep_at_most_the_frames_written(
+            records in proptest::collection::vec(any_record(), 0..24),
+            changes in proptest::collection::vec(any_change(), 0..4),
+            base in 0..1_000_000u64,
+        ) {
+            let (mut bytes, at) = frames(base, &records);
+            for change in &changes {
+                apply(&mut bytes, change);
+            }
+            let scan = scan_bytes(&bytes, base);
+            let kept = (scan.next_offset - base) as usize;
+            prop_assert!(kept <= records.len(), "{} records from {} frames", kept, records.len());
+            prop_assert_eq!(scan.valid_len, at[kept] as u64);
+            prop_assert_eq!(scan.damage.is_some(), scan.valid_len < bytes.len() as u64);
+            if let Some(damage) = &scan.damage {
+                prop_assert_eq!(position(damage), scan.valid_len);
+            }
+        }
+
+        /// One flipped byte: corruption when records follow it, a torn tail in the last frame.
+        #[test]
+        fn one_flip_is_corrupt_unless_in_the_last_frame(
+            records in proptest::collection::vec(any_record(), 2..12),
+            frame_pick in any::<usize>(),
+            byte_pick in any::<usize>(),
+            mask in 1..=255u8,
+        ) {
+            let (mut bytes, at) = frames(0, &records);
+            let frame = frame_pick % records.len();
+            let byte = at[frame] + byte_pick % (at[frame + 1] - at[frame]);
+            bytes[byte] ^= mask;
+            let scan = scan_bytes(&bytes, 0);
+            prop_assert_eq!(scan.next_offset, frame as u64);
+            let expected = if frame + 1 < records.len() { "corrupt" } else { "torn" };
+            let found = match scan.damage {
+                Some(Damage::Torn { .. }) => "torn",
+                Some(Damage::Corrupt { .. }) => "corrupt",
+                None => "none",
+            };
+            prop_assert_eq!(found, expected);
         }
     }
 }
