@@ -2,61 +2,143 @@
 //! parsed line by line so that each bad line is reported by number and field
 //! while the good lines are still accepted.
 
+use std::fmt;
+
+use serde::Deserializer;
+use serde::de::{SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::event::{Event, EventError};
+use crate::limits::{DEAD_LETTER_EXCERPT_BYTES, MAX_LINE_BYTES, MAX_LINES_PER_REQUEST};
 
 /// One line (or array element) of a request body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedLine {
     /// 1-based line number in the body (element number for a JSON array).
     pub line: usize,
-    /// The original bytes of the line, without its line terminator.
+    /// The original bytes of the line, without its line terminator; for a
+    /// line over [`MAX_LINE_BYTES`], its first [`DEAD_LETTER_EXCERPT_BYTES`].
     pub raw: Vec<u8>,
+    /// The line's length in bytes (more than `raw` holds when it was cut).
+    pub len: usize,
     /// The validated event, or why the line is invalid.
     pub result: Result<Event, EventError>,
 }
 
+/// A body that is refused whole: nothing in it is accepted or dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// More lines (or array elements) than [`MAX_LINES_PER_REQUEST`].
+    #[error(
+        "the body holds more than {max} lines or array elements; send at most {max} per request"
+    )]
+    TooManyLines {
+        /// The limit.
+        max: usize,
+    },
+}
+
 /// Parses a request body. A body whose first non-blank byte is `[` is a JSON
 /// array; anything else is NDJSON, where blank lines are skipped but counted.
-pub fn parse_body(body: &[u8]) -> Vec<ParsedLine> {
+/// A body with more than [`MAX_LINES_PER_REQUEST`] lines or elements is
+/// refused whole (counted before anything is parsed, so a huge array of tiny
+/// elements costs no more memory than its bytes); a line or element over
+/// [`MAX_LINE_BYTES`] is rejected on its own.
+pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         return parse_array(body);
     }
-    body.split(|b| *b == b'\n')
-        .enumerate()
-        .filter_map(|(idx, line)| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                return None;
-            }
-            Some(ParsedLine {
-                line: idx + 1,
-                raw: line.to_vec(),
-                result: Event::from_json(line),
-            })
-        })
-        .collect()
+    let mut lines = Vec::new();
+    for (idx, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if lines.len() == MAX_LINES_PER_REQUEST {
+            return Err(BodyError::TooManyLines {
+                max: MAX_LINES_PER_REQUEST,
+            });
+        }
+        lines.push(parse_line(idx + 1, line, || Event::from_json(line)));
+    }
+    Ok(lines)
 }
 
-fn parse_array(body: &[u8]) -> Vec<ParsedLine> {
-    match serde_json::from_slice::<Vec<Value>>(body) {
-        Ok(values) => values
+/// One line, unless it is too long to be an event.
+fn parse_line(
+    line: usize,
+    raw: &[u8],
+    parse: impl FnOnce() -> Result<Event, EventError>,
+) -> ParsedLine {
+    if raw.len() > MAX_LINE_BYTES {
+        return ParsedLine {
+            line,
+            raw: raw[..DEAD_LETTER_EXCERPT_BYTES.min(raw.len())].to_vec(),
+            len: raw.len(),
+            result: Err(EventError::record(format!(
+                "line of {} bytes exceeds the limit of {MAX_LINE_BYTES} bytes",
+                raw.len()
+            ))),
+        };
+    }
+    ParsedLine {
+        line,
+        raw: raw.to_vec(),
+        len: raw.len(),
+        result: parse(),
+    }
+}
+
+fn parse_array(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed = deserializer
+        .deserialize_seq(BoundedElements)
+        .and_then(|values| deserializer.end().map(|()| values));
+    match parsed {
+        Ok(values) => Ok(values
             .iter()
             .enumerate()
-            .map(|(idx, value)| ParsedLine {
-                line: idx + 1,
-                raw: serde_json::to_vec(value).expect("a parsed value serializes"),
-                result: Event::from_value(value),
+            .map(|(idx, value)| {
+                let raw = serde_json::to_vec(value).expect("a parsed value serializes");
+                parse_line(idx + 1, &raw, || Event::from_value(value))
             })
-            .collect(),
-        // A broken array cannot be split into elements: the whole body is one bad line.
-        Err(e) => vec![ParsedLine {
+            .collect()),
+        Err(e) if e.to_string().starts_with(TOO_MANY) => Err(BodyError::TooManyLines {
+            max: MAX_LINES_PER_REQUEST,
+        }),
+        // A broken array cannot be split into elements: the whole body is one
+        // bad line, kept (cut to the excerpt) for the dead-letter topic.
+        Err(e) => Ok(vec![ParsedLine {
             line: 1,
-            raw: body.to_vec(),
+            raw: body[..body.len().min(DEAD_LETTER_EXCERPT_BYTES)].to_vec(),
+            len: body.len(),
             result: Err(EventError::record(format!("invalid json array: {e}"))),
-        }],
+        }]),
+    }
+}
+
+const TOO_MANY: &str = "too many elements";
+
+/// A JSON array's elements, failing at the first one past the limit.
+struct BoundedElements;
+
+impl<'de> Visitor<'de> for BoundedElements {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a json array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+        let mut values = Vec::new();
+        while let Some(value) = seq.next_element::<Value>()? {
+            if values.len() == MAX_LINES_PER_REQUEST {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            values.push(value);
+        }
+        Ok(values)
     }
 }
 
@@ -66,6 +148,7 @@ mod tests {
 
     fn summary(body: &str) -> Vec<(usize, Result<String, String>)> {
         parse_body(body.as_bytes())
+            .unwrap()
             .into_iter()
             .map(|p| {
                 (
@@ -103,7 +186,7 @@ mod tests {
 
     #[test]
     fn ndjson_keeps_original_bytes() {
-        let parsed = parse_body(b"{\"x\": 1}\r\n");
+        let parsed = parse_body(b"{\"x\": 1}\r\n").unwrap();
         assert_eq!(parsed[0].raw, b"{\"x\": 1}");
     }
 
@@ -133,7 +216,78 @@ mod tests {
 
     #[test]
     fn empty_body_has_no_lines() {
-        assert!(parse_body(b"").is_empty());
-        assert!(parse_body(b"\n \n").is_empty());
+        assert!(parse_body(b"").unwrap().is_empty());
+        assert!(parse_body(b"\n \n").unwrap().is_empty());
+    }
+
+    fn click(id: usize) -> String {
+        format!(r#"{{"event_id":"e{id}","ts":1,"event_type":"click","user_id":"u"}}"#)
+    }
+
+    #[test]
+    fn lines_per_request_are_bounded_on_both_sides() {
+        let at_limit: Vec<String> = (0..MAX_LINES_PER_REQUEST).map(click).collect();
+        assert_eq!(
+            parse_body(at_limit.join("\n").as_bytes()).unwrap().len(),
+            MAX_LINES_PER_REQUEST
+        );
+        let array = format!("[{}]", at_limit.join(","));
+        assert_eq!(
+            parse_body(array.as_bytes()).unwrap().len(),
+            MAX_LINES_PER_REQUEST
+        );
+        // Blank lines do not count.
+        let with_blanks = format!("{}\n\n\n", at_limit.join("\n\n"));
+        assert!(parse_body(with_blanks.as_bytes()).is_ok());
+
+        let mut over = at_limit.clone();
+        over.push(click(MAX_LINES_PER_REQUEST));
+        let expected = Err(BodyError::TooManyLines {
+            max: MAX_LINES_PER_REQUEST,
+        });
+        assert_eq!(parse_body(over.join("\n").as_bytes()), expected);
+        assert_eq!(
+            parse_body(format!("[{}]", over.join(",")).as_bytes()),
+            expected
+        );
+        // A million tiny elements are refused without building them all.
+        let tiny = format!("[{}0]", "0,".repeat(1_000_000));
+        assert_eq!(parse_body(tiny.as_bytes()), expected);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_rejected_alone_and_cut() {
+        let padding = "x".repeat(MAX_LINE_BYTES);
+        let long = format!(
+            r#"{{"event_id":"e","ts":1,"event_type":"click","user_id":"u","pad":"{padding}"}}"#
+        );
+        let body = format!("{long}\n{}", click(2));
+        let lines = parse_body(body.as_bytes()).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len, long.len());
+        assert_eq!(lines[0].raw.len(), DEAD_LETTER_EXCERPT_BYTES);
+        let error = lines[0].result.as_ref().unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("exceeds the limit of {MAX_LINE_BYTES} bytes")),
+            "{error}"
+        );
+        assert!(lines[1].result.is_ok());
+        // A line of exactly the limit is parsed (and here is simply invalid).
+        let exact = "y".repeat(MAX_LINE_BYTES);
+        let lines = parse_body(exact.as_bytes()).unwrap();
+        assert!(
+            lines[0]
+                .result
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid json")
+        );
+        assert_eq!(lines[0].raw.len(), MAX_LINE_BYTES);
+        // A broken array of 1.5 MiB is one bad line, cut to the excerpt.
+        let broken = format!("[\"{}", "a".repeat(1_572_864));
+        let lines = parse_body(broken.as_bytes()).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].raw.len(), DEAD_LETTER_EXCERPT_BYTES);
     }
 }

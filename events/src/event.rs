@@ -11,10 +11,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Longest `event_id` accepted.
-pub const MAX_EVENT_ID_LEN: usize = 64;
-/// Longest value accepted for any other string field.
-pub const MAX_STRING_LEN: usize = 256;
+use crate::limits::{MAX_ABS_VALUE, MAX_AMOUNT_CENTS, MAX_BATTERY_PCT, MAX_RENDER_MS, MAX_TS_MS};
+pub use crate::limits::{MAX_EVENT_ID_LEN, MAX_STRING_LEN};
 
 /// The log topic an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -353,6 +351,24 @@ impl Event {
         Ok(event)
     }
 
+    /// Parses and validates a record read from the log: [`Event::from_record`]
+    /// plus the bound on how far `ts` may be ahead of the record's own
+    /// timestamp (the collector's clock when it wrote it, or a Kafka
+    /// producer's), so that events produced straight to the log are held to
+    /// the bound the collector applies. A record without a timestamp
+    /// (`record_ts_ms <= 0`) is not checked against it.
+    pub fn from_log_record(
+        bytes: &[u8],
+        topic: &str,
+        record_ts_ms: i64,
+    ) -> Result<Event, EventError> {
+        let event = Event::from_record(bytes, topic)?;
+        if record_ts_ms > 0 {
+            event.check_not_ahead(record_ts_ms, crate::limits::DEFAULT_MAX_TS_AHEAD_MS)?;
+        }
+        Ok(event)
+    }
+
     /// Parses and validates one JSON object.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
         let value: Value = serde_json::from_slice(bytes)
@@ -417,17 +433,17 @@ impl Event {
             session_id: s("session_id")?,
             device: enum_field(object, "device", Device::parse, Device::ALL)?,
             page: s("page")?,
-            render_ms: number_field(object, "render_ms", Some((0.0, f64::MAX)))?,
+            render_ms: number_field(object, "render_ms", (0.0, MAX_RENDER_MS))?,
             campaign_id: s("campaign_id")?,
             product_id: s("product_id")?,
-            amount_cents: integer_field(object, "amount_cents", 0)?,
+            amount_cents: integer_field(object, "amount_cents", (0, MAX_AMOUNT_CENTS))?,
             error_code: code_field(object, "error_code")?,
             device_id: s("device_id")?,
             sensor: s("sensor")?,
-            value: number_field(object, "value", None)?,
+            value: number_field(object, "value", (-MAX_ABS_VALUE, MAX_ABS_VALUE))?,
             unit: s("unit")?,
             status: enum_field(object, "status", DeviceStatus::parse, DeviceStatus::ALL)?,
-            battery_pct: number_field(object, "battery_pct", Some((0.0, 100.0)))?,
+            battery_pct: number_field(object, "battery_pct", (0.0, MAX_BATTERY_PCT))?,
             alarm: s("alarm")?,
             severity: enum_field(object, "severity", Severity::parse, Severity::ALL)?,
             message: s("message")?,
@@ -439,12 +455,27 @@ impl Event {
     /// event from a broken clock would otherwise drag the watermark and the
     /// boundary into the future and make every later event late.
     pub fn check_not_ahead(&self, now_ms: i64, max_ahead_ms: i64) -> Result<(), EventError> {
-        let ahead = self.ts - now_ms;
+        let ahead = self.ts.saturating_sub(now_ms);
         if ahead > max_ahead_ms {
             return Err(EventError::field(
                 "ts",
                 format!(
-                    "{} is {ahead} ms ahead of the collector's clock (at most {max_ahead_ms} allowed)",
+                    "{} is {ahead} ms ahead of the receiver's clock (at most {max_ahead_ms} allowed)",
+                    self.ts
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rejects an event time more than `max_behind_ms` before `now_ms`.
+    pub fn check_not_behind(&self, now_ms: i64, max_behind_ms: i64) -> Result<(), EventError> {
+        let behind = now_ms.saturating_sub(self.ts);
+        if behind > max_behind_ms {
+            return Err(EventError::field(
+                "ts",
+                format!(
+                    "{} is {behind} ms behind the receiver's clock (at most {max_behind_ms} allowed)",
                     self.ts
                 ),
             ));
@@ -496,6 +527,19 @@ impl Event {
             severity: None,
             message: None,
         }
+    }
+}
+
+/// The time an event read from the log moves event-time clocks to (the
+/// speed layer's watermark, the batch layer's boundary B): its `ts`, but never
+/// past the record's own timestamp, so that events stamped ahead of the time
+/// they were written (within the ahead bound) cannot make on-time events
+/// late. A record without a timestamp (`record_ts_ms <= 0`) uses `ts`.
+pub fn clock_ts(event_ts: i64, record_ts_ms: i64) -> i64 {
+    if record_ts_ms > 0 {
+        event_ts.min(record_ts_ms)
+    } else {
+        event_ts
     }
 }
 
@@ -565,7 +609,7 @@ fn enum_field<T: fmt::Display>(
 fn number_field(
     object: &Map<String, Value>,
     name: &str,
-    range: Option<(f64, f64)>,
+    (low, high): (f64, f64),
 ) -> Result<Option<f64>, EventError> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
@@ -574,15 +618,11 @@ fn number_field(
                 .as_f64()
                 .filter(|v| v.is_finite())
                 .ok_or_else(|| EventError::field(name, format!("{n} is not a finite number")))?;
-            if let Some((low, high)) = range
-                && !(low..=high).contains(&value)
-            {
-                let message = if high == f64::MAX {
-                    format!("{value} is below {low}")
-                } else {
-                    format!("{value} is outside {low}..={high}")
-                };
-                return Err(EventError::field(name, message));
+            if !(low..=high).contains(&value) {
+                return Err(EventError::field(
+                    name,
+                    format!("{value} is outside the bounds {low}..={high}"),
+                ));
             }
             Ok(Some(value))
         }
@@ -596,16 +636,23 @@ fn number_field(
 fn integer_field(
     object: &Map<String, Value>,
     name: &str,
-    min: i64,
+    (min, max): (i64, i64),
 ) -> Result<Option<i64>, EventError> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
-            let value = n
-                .as_i64()
-                .ok_or_else(|| EventError::field(name, format!("{n} is not an integer")))?;
-            if value < min {
-                return Err(EventError::field(name, format!("{value} is below {min}")));
+            let out_of_bounds =
+                || EventError::field(name, format!("{n} is outside the bounds {min}..={max}"));
+            let value = match n.as_i64() {
+                Some(value) => value,
+                // An integer too large for i64 is still an integer: out of bounds.
+                None if n.is_u64() => return Err(out_of_bounds()),
+                None => {
+                    return Err(EventError::field(name, format!("{n} is not an integer")));
+                }
+            };
+            if !(min..=max).contains(&value) {
+                return Err(out_of_bounds());
             }
             Ok(Some(value))
         }
@@ -626,21 +673,12 @@ fn parse_ts(value: &Value) -> Result<i64, EventError> {
                     format!("{n} is not an integer number of milliseconds"),
                 )
             })?;
-            if ms < 0 {
-                return Err(EventError::field("ts", format!("{ms} is before 1970")));
-            }
-            Ok(ms)
+            check_ts_bounds(ms, &ms.to_string())
         }
         Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
             .map(|t| t.timestamp_millis())
             .map_err(|e| EventError::field("ts", format!("{text:?} is not RFC 3339: {e}")))
-            .and_then(|ms| {
-                if ms < 0 {
-                    Err(EventError::field("ts", format!("{text:?} is before 1970")))
-                } else {
-                    Ok(ms)
-                }
-            }),
+            .and_then(|ms| check_ts_bounds(ms, &format!("{text:?}"))),
         other => Err(EventError::field(
             "ts",
             format!(
@@ -648,6 +686,21 @@ fn parse_ts(value: &Value) -> Result<i64, EventError> {
                 json_kind(other)
             ),
         )),
+    }
+}
+
+/// `ts` within 1970-01-01 ..= 9999-12-31 (every such time has an RFC 3339
+/// form and a Parquet timestamp; later ones would not).
+fn check_ts_bounds(ms: i64, shown: &str) -> Result<i64, EventError> {
+    if ms < 0 {
+        Err(EventError::field("ts", format!("{shown} is before 1970")))
+    } else if ms > MAX_TS_MS {
+        Err(EventError::field(
+            "ts",
+            format!("{shown} is after 9999-12-31T23:59:59.999Z (at most {MAX_TS_MS} ms)"),
+        ))
+    } else {
+        Ok(ms)
     }
 }
 
@@ -817,7 +870,7 @@ mod tests {
             ),
             (
                 r#"{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u","page":"/","render_ms":-1}"#,
-                ("render_ms", "below 0"),
+                ("render_ms", "outside the bounds 0..="),
             ),
             (
                 r#"{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u","page":"/","render_ms":"fast"}"#,
@@ -833,7 +886,7 @@ mod tests {
             ),
             (
                 r#"{"event_id":"e","ts":1,"event_type":"purchase","user_id":"u","amount_cents":-1}"#,
-                ("amount_cents", "below 0"),
+                ("amount_cents", "outside the bounds 0..="),
             ),
             (
                 r#"{"event_id":"e","ts":1,"event_type":"purchase","user_id":"u","amount_cents":9.99}"#,
@@ -873,7 +926,7 @@ mod tests {
             ),
             (
                 r#"{"event_id":"e","ts":1,"event_type":"device_status","device_id":"d","status":"online","battery_pct":101}"#,
-                ("battery_pct", "outside 0..=100"),
+                ("battery_pct", "outside the bounds 0..=100"),
             ),
             (
                 r#"{"event_id":"e","ts":1,"event_type":"alarm","device_id":"d","alarm":"a","severity":"extreme"}"#,
@@ -889,6 +942,85 @@ mod tests {
         for (input, (field, fragment)) in cases {
             check(input, Err((field, fragment)));
         }
+    }
+
+    /// Every numeric bound of the limits table, one step inside and one step
+    /// outside each side.
+    #[test]
+    fn numeric_bounds_hold_on_both_sides() {
+        use crate::limits::*;
+        let purchase = |amount: &str| {
+            format!(
+                r#"{{"event_id":"e","ts":1,"event_type":"purchase","user_id":"u","amount_cents":{amount}}}"#
+            )
+        };
+        let reading = |value: &str| {
+            format!(
+                r#"{{"event_id":"e","ts":1,"event_type":"sensor_reading","device_id":"d","sensor":"t","value":{value}}}"#
+            )
+        };
+        let page = |render: &str| {
+            format!(
+                r#"{{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u","page":"/","render_ms":{render}}}"#
+            )
+        };
+        let status = |battery: &str| {
+            format!(
+                r#"{{"event_id":"e","ts":1,"event_type":"device_status","device_id":"d","status":"online","battery_pct":{battery}}}"#
+            )
+        };
+        let at = |ts: &str| {
+            format!(r#"{{"event_id":"e","ts":{ts},"event_type":"click","user_id":"u"}}"#)
+        };
+        let max_amount = MAX_AMOUNT_CENTS.to_string();
+        let over_amount = (MAX_AMOUNT_CENTS + 1).to_string();
+        for ok in ["0", max_amount.as_str()] {
+            check(&purchase(ok), Ok(EventType::Purchase));
+        }
+        for bad in [
+            "-1",
+            over_amount.as_str(),
+            "5000000000000000000",
+            "18446744073709551615",
+            "99999999999999999999",
+        ] {
+            let expected = if bad == "99999999999999999999" {
+                "not an integer"
+            } else {
+                "outside the bounds"
+            };
+            check(&purchase(bad), Err(("amount_cents", expected)));
+        }
+        for ok in ["-1e15", "1e15", "0", "21.5"] {
+            check(&reading(ok), Ok(EventType::SensorReading));
+        }
+        for bad in ["-1.0000000000000002e15", "1.0000000000000002e15", "1.7e308"] {
+            check(&reading(bad), Err(("value", "outside the bounds")));
+        }
+        for ok in ["0", "3600000"] {
+            check(&page(ok), Ok(EventType::PageView));
+        }
+        for bad in ["-0.001", "3600000.001"] {
+            check(&page(bad), Err(("render_ms", "outside the bounds")));
+        }
+        for ok in ["0", "100"] {
+            check(&status(ok), Ok(EventType::DeviceStatus));
+        }
+        for bad in ["-0.5", "100.5"] {
+            check(&status(bad), Err(("battery_pct", "outside the bounds")));
+        }
+        let max_ts = MAX_TS_MS.to_string();
+        let over_ts = (MAX_TS_MS + 1).to_string();
+        for ok in ["0", max_ts.as_str(), r#""9999-12-31T23:59:59.999Z""#] {
+            check(&at(ok), Ok(EventType::Click));
+        }
+        check(&at("-1"), Err(("ts", "before 1970")));
+        check(&at(&over_ts), Err(("ts", "after 9999-12-31")));
+        check(
+            &at(r#""+10000-01-01T00:00:00Z""#),
+            Err(("ts", "not RFC 3339")),
+        );
+        check(&at("9223372036854775807"), Err(("ts", "after 9999-12-31")));
     }
 
     #[test]
@@ -912,6 +1044,29 @@ mod tests {
         let err = event.check_not_ahead(8_999, 1_000).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("ts"));
         assert!(err.message.contains("1001 ms ahead"), "{err}");
+        assert!(event.check_not_behind(11_000, 1_000).is_ok());
+        let err = event.check_not_behind(11_001, 1_000).unwrap_err();
+        assert!(err.message.contains("1001 ms behind"), "{err}");
+        assert!(
+            event.check_not_ahead(i64::MIN, 1_000).is_err(),
+            "no overflow"
+        );
+        assert!(
+            event.check_not_behind(i64::MAX, 1_000).is_err(),
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn records_read_from_the_log_are_held_to_the_ahead_bound() {
+        use crate::limits::DEFAULT_MAX_TS_AHEAD_MS;
+        let json = br#"{"event_id":"e","ts":1700000300000,"event_type":"click","user_id":"u"}"#;
+        let at = |record_ts: i64| Event::from_log_record(json, Topic::FUNNEL, record_ts);
+        assert!(at(1_700_000_300_000 - DEFAULT_MAX_TS_AHEAD_MS).is_ok());
+        let err = at(1_700_000_300_000 - DEFAULT_MAX_TS_AHEAD_MS - 1).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("ts"), "{err}");
+        assert!(at(0).is_ok(), "a record without a timestamp is not checked");
+        assert!(Event::from_log_record(json, Topic::IOT, 1_700_000_300_000).is_err());
     }
 
     #[test]

@@ -40,7 +40,11 @@ impl FunnelCounts {
             EventType::AddToCart => self.add_to_carts += 1,
             EventType::Purchase => {
                 self.purchases += 1;
-                self.revenue_cents += event.amount_cents.unwrap_or(0);
+                // Saturating: bounded amounts cannot reach i64::MAX in any real
+                // bucket, and a sum that did must not wrap negative.
+                self.revenue_cents = self
+                    .revenue_cents
+                    .saturating_add(event.amount_cents.unwrap_or(0));
             }
             EventType::SignupStart => self.signup_starts += 1,
             EventType::SignupComplete => self.signup_completes += 1,
@@ -54,7 +58,7 @@ impl FunnelCounts {
         self.clicks += other.clicks;
         self.add_to_carts += other.add_to_carts;
         self.purchases += other.purchases;
-        self.revenue_cents += other.revenue_cents;
+        self.revenue_cents = self.revenue_cents.saturating_add(other.revenue_cents);
         self.signup_starts += other.signup_starts;
         self.signup_completes += other.signup_completes;
     }
@@ -127,16 +131,20 @@ pub struct SensorStats {
     /// Number of readings.
     pub count: u64,
     /// Smallest value.
+    #[serde(with = "crate::float")]
     pub min: f64,
     /// Largest value.
+    #[serde(with = "crate::float")]
     pub max: f64,
     /// Sum of values (`avg = sum / count`).
+    #[serde(with = "crate::float")]
     pub sum: f64,
     /// Event time of the last reading.
     pub last_ts: i64,
     /// `event_id` of the last reading (the tie-breaker).
     pub last_event_id: String,
     /// Value of the last reading.
+    #[serde(with = "crate::float")]
     pub last: f64,
 }
 

@@ -7,12 +7,14 @@
 pub mod bucket;
 pub mod codec;
 pub mod event;
+pub mod float;
 pub mod kpi;
+pub mod limits;
 pub mod prometheus;
 pub mod sketch;
 
 pub use bucket::{Step, floor_to};
-pub use codec::{ParsedLine, parse_body};
+pub use codec::{BodyError, ParsedLine, parse_body};
 pub use event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};
 pub use kpi::BucketViews;
 pub use sketch::{DdSketch, Hll};

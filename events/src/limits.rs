@@ -1,0 +1,183 @@
+//! The bounds every input is held to (DESIGN §6), as one table.
+//!
+//! The event validator, the collector, the query parser and `/openapi.json`
+//! read their bounds from here, and the tests check both sides of each one.
+//! A value past a bound is the sender's error: it is answered `4xx` (or
+//! dead-lettered) with the bound's name, never folded into a view.
+//!
+//! The magnitudes are chosen so that no sum a view keeps can overflow:
+//! `revenue_cents` is an `i64` and each purchase adds at most
+//! [`MAX_AMOUNT_CENTS`], so a bucket needs over 92 million maximal purchases
+//! before the (saturating) sum would reach `i64::MAX`; a sensor's `sum` adds
+//! values of at most [`MAX_ABS_VALUE`] and stays finite for far more readings
+//! than a bucket can hold.
+
+use serde::Serialize;
+
+/// Longest `event_id`, in bytes.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+/// Longest value of any other string field (and of a query filter), in bytes.
+pub const MAX_STRING_LEN: usize = 256;
+/// Largest `amount_cents` (one billion in the currency's main unit).
+pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
+/// Largest magnitude of a sensor `value`.
+pub const MAX_ABS_VALUE: f64 = 1e15;
+/// Largest `render_ms` (one hour).
+pub const MAX_RENDER_MS: f64 = 3_600_000.0;
+/// Largest `battery_pct`.
+pub const MAX_BATTERY_PCT: f64 = 100.0;
+/// Latest `ts` any event may carry: 9999-12-31T23:59:59.999Z.
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+/// How far ahead of the receiver's clock (the collector's, or the log
+/// record's timestamp for records read from the log) `ts` may be, by default.
+pub const DEFAULT_MAX_TS_AHEAD_MS: i64 = 5 * 60_000;
+/// Largest request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Most lines (NDJSON) or elements (JSON array) in one request.
+pub const MAX_LINES_PER_REQUEST: usize = 10_000;
+/// Longest line (or array element) of a request, in bytes: larger ones are
+/// rejected on their own and dead-lettered with their first
+/// [`DEAD_LETTER_EXCERPT_BYTES`] bytes.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Bytes of a rejected line kept in its dead-letter record.
+pub const DEAD_LETTER_EXCERPT_BYTES: usize = 64 * 1024;
+/// Rejections listed in one response; the rest are only counted.
+pub const MAX_REJECTIONS_LISTED: usize = 100;
+/// Most buckets one query may return.
+pub const MAX_BUCKETS: i64 = 10_000;
+/// Earliest `from` and latest `to` a query may name (the event bounds).
+pub const QUERY_TIME_RANGE: (i64, i64) = (0, MAX_TS_MS + 1);
+
+/// One row of the table: a bound, where it applies and what it is.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Limit {
+    /// The field, parameter or figure it bounds.
+    pub name: &'static str,
+    /// Where it is enforced.
+    pub applies_to: &'static str,
+    /// Smallest allowed value, if bounded below.
+    pub min: Option<f64>,
+    /// Largest allowed value, if bounded above.
+    pub max: Option<f64>,
+    /// The unit of `min` and `max`.
+    pub unit: &'static str,
+}
+
+const fn limit(
+    name: &'static str,
+    applies_to: &'static str,
+    min: Option<f64>,
+    max: Option<f64>,
+    unit: &'static str,
+) -> Limit {
+    Limit {
+        name,
+        applies_to,
+        min,
+        max,
+        unit,
+    }
+}
+
+/// Every bound, for `/openapi.json`, `docs/robustness.md` and the tests.
+pub const TABLE: &[Limit] = &[
+    limit(
+        "event_id",
+        "event",
+        Some(1.0),
+        Some(MAX_EVENT_ID_LEN as f64),
+        "bytes",
+    ),
+    limit(
+        "string fields",
+        "event",
+        Some(1.0),
+        Some(MAX_STRING_LEN as f64),
+        "bytes",
+    ),
+    limit(
+        "amount_cents",
+        "event",
+        Some(0.0),
+        Some(MAX_AMOUNT_CENTS as f64),
+        "cents",
+    ),
+    limit(
+        "value",
+        "event",
+        Some(-MAX_ABS_VALUE),
+        Some(MAX_ABS_VALUE),
+        "sensor unit",
+    ),
+    limit("render_ms", "event", Some(0.0), Some(MAX_RENDER_MS), "ms"),
+    limit(
+        "battery_pct",
+        "event",
+        Some(0.0),
+        Some(MAX_BATTERY_PCT),
+        "percent",
+    ),
+    limit(
+        "ts",
+        "event",
+        Some(0.0),
+        Some(MAX_TS_MS as f64),
+        "ms since the epoch",
+    ),
+    limit(
+        "ts ahead of the receiver's clock",
+        "collector; records read from the log (against the record's timestamp)",
+        None,
+        Some(DEFAULT_MAX_TS_AHEAD_MS as f64),
+        "ms",
+    ),
+    limit(
+        "body",
+        "POST /api/v1/events",
+        None,
+        Some(MAX_BODY_BYTES as f64),
+        "bytes",
+    ),
+    limit(
+        "lines",
+        "POST /api/v1/events",
+        Some(1.0),
+        Some(MAX_LINES_PER_REQUEST as f64),
+        "lines or array elements",
+    ),
+    limit(
+        "line",
+        "POST /api/v1/events",
+        None,
+        Some(MAX_LINE_BYTES as f64),
+        "bytes",
+    ),
+    limit(
+        "rejected listed",
+        "POST /api/v1/events response",
+        None,
+        Some(MAX_REJECTIONS_LISTED as f64),
+        "rejections",
+    ),
+    limit(
+        "buckets",
+        "query",
+        Some(1.0),
+        Some(MAX_BUCKETS as f64),
+        "buckets",
+    ),
+    limit(
+        "from, to",
+        "query",
+        Some(QUERY_TIME_RANGE.0 as f64),
+        Some(QUERY_TIME_RANGE.1 as f64),
+        "ms since the epoch",
+    ),
+    limit(
+        "filter",
+        "query",
+        Some(1.0),
+        Some(MAX_STRING_LEN as f64),
+        "bytes",
+    ),
+];
