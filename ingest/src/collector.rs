@@ -2,8 +2,17 @@
 //! to their topics and invalid lines to `dead-letter`, and answer only once
 //! the log has made all of it durable.
 //!
+//! Bounds (`lambda_events::limits`): a body over `max_body_bytes` is `413`;
+//! one not received within `body_read_timeout` is `408`; more than
+//! `MAX_LINES_PER_REQUEST` lines or elements is `413` (nothing accepted);
+//! a line over `MAX_LINE_BYTES` is rejected alone and dead-lettered cut to
+//! its first bytes; the response lists the first `MAX_REJECTIONS_LISTED`
+//! rejections and counts them all.
+//!
 //! Backpressure: at most `max_inflight_requests` requests are being written
-//! at once; beyond that the answer is `429` with `Retry-After`. If the log
+//! at once; beyond that the answer is `429` with `Retry-After`. A request
+//! takes its slot only once its whole body has arrived, so slow senders
+//! cannot hold the slots that writing needs. If the log
 //! cannot make the records durable within `append_timeout` (or says it is
 //! unavailable) the answer is `503` with `Retry-After`; the client resends,
 //! and `event_id` deduplication downstream absorbs what was written twice.
@@ -18,7 +27,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use lambda_events::{ParsedLine, Topic, parse_body};
+use lambda_events::limits::{DEFAULT_MAX_TS_AHEAD_MS, MAX_BODY_BYTES, MAX_REJECTIONS_LISTED};
+use lambda_events::{BodyError, ParsedLine, Topic, parse_body};
 use lambda_log::{EventLog, LogError, Record};
 use serde::Serialize;
 use serde_json::json;
@@ -33,17 +43,27 @@ pub struct IngestConfig {
     pub max_inflight_requests: usize,
     /// How long to wait for the log to make a request durable before `503`.
     pub append_timeout: Duration,
-    /// Event times further than this ahead of the collector's clock are rejected.
+    /// Event times further than this ahead of the collector's clock are
+    /// rejected. At most [`DEFAULT_MAX_TS_AHEAD_MS`]: the speed and batch
+    /// layers hold records read from the log to that bound, so a larger
+    /// setting is capped to it (an event accepted here is never dropped there).
     pub max_ts_ahead: Duration,
+    /// Event times further than this behind the collector's clock are
+    /// rejected; `None` accepts any time since 1970.
+    pub max_ts_behind: Option<Duration>,
+    /// How long a request's body may take to arrive before `408`.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            max_body_bytes: 8 * 1024 * 1024,
+            max_body_bytes: MAX_BODY_BYTES,
             max_inflight_requests: 256,
             append_timeout: Duration::from_secs(10),
-            max_ts_ahead: Duration::from_secs(3600),
+            max_ts_ahead: Duration::from_millis(DEFAULT_MAX_TS_AHEAD_MS as u64),
+            max_ts_behind: None,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -152,6 +172,30 @@ fn error_response(status: StatusCode, message: String, retry_after: Option<u64>)
 }
 
 async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
+    let limit = state.config.max_body_bytes;
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = match tokio::time::timeout(state.config.body_read_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the limit of {limit} bytes"),
+                None,
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body did not arrive within {} ms",
+                    state.config.body_read_timeout.as_millis()
+                ),
+                None,
+            );
+        }
+    };
+    // The slot is taken only now that the body is here: a sender that trickles
+    // its body holds a connection, never a writing slot.
     let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
         state.counters.throttled.fetch_add(1, Ordering::Relaxed);
         return error_response(
@@ -163,18 +207,12 @@ async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
             Some(1),
         );
     };
-    let limit = state.config.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds the limit of {limit} bytes"),
-                None,
-            );
+    let lines = match parse_body(&bytes) {
+        Ok(lines) => lines,
+        Err(error @ BodyError::TooManyLines { .. }) => {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_string(), None);
         }
     };
-    let lines = parse_body(&bytes);
     if lines.is_empty() {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -183,7 +221,8 @@ async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
         );
     }
     let now = chrono::Utc::now().timestamp_millis();
-    let batch = RecordBatch::from_lines(lines, now, state.config.max_ts_ahead.as_millis() as i64);
+    let window = TimeWindow::around(now, &state.config);
+    let batch = RecordBatch::from_lines(lines, now, window);
     let accepted = batch.funnel.len() + batch.iot.len();
     match tokio::time::timeout(
         state.config.append_timeout,
@@ -233,11 +272,45 @@ async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
         .counters
         .rejected
         .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
+    let rejected_count = batch.rejected.len();
+    let mut listed = batch.rejected;
+    listed.truncate(MAX_REJECTIONS_LISTED);
     (
         StatusCode::ACCEPTED,
-        axum::Json(json!({ "accepted": accepted, "rejected": batch.rejected })),
+        axum::Json(json!({
+            "accepted": accepted,
+            "rejected": listed,
+            "rejected_count": rejected_count,
+        })),
     )
         .into_response()
+}
+
+/// The event times the collector accepts, from its clock.
+#[derive(Debug, Clone, Copy)]
+struct TimeWindow {
+    now_ms: i64,
+    max_ahead_ms: i64,
+    max_behind_ms: Option<i64>,
+}
+
+impl TimeWindow {
+    fn around(now_ms: i64, config: &IngestConfig) -> TimeWindow {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        TimeWindow {
+            now_ms,
+            max_ahead_ms: millis(config.max_ts_ahead).min(DEFAULT_MAX_TS_AHEAD_MS),
+            max_behind_ms: config.max_ts_behind.map(millis),
+        }
+    }
+
+    fn check(&self, event: &lambda_events::Event) -> Result<(), lambda_events::EventError> {
+        event.check_not_ahead(self.now_ms, self.max_ahead_ms)?;
+        if let Some(max_behind_ms) = self.max_behind_ms {
+            event.check_not_behind(self.now_ms, max_behind_ms)?;
+        }
+        Ok(())
+    }
 }
 
 /// One request's lines sorted into the records each topic gets.
@@ -249,7 +322,7 @@ struct RecordBatch {
 }
 
 impl RecordBatch {
-    fn from_lines(lines: Vec<ParsedLine>, now_ms: i64, max_ts_ahead_ms: i64) -> RecordBatch {
+    fn from_lines(lines: Vec<ParsedLine>, now_ms: i64, window: TimeWindow) -> RecordBatch {
         let mut batch = RecordBatch {
             funnel: Vec::new(),
             iot: Vec::new(),
@@ -257,11 +330,9 @@ impl RecordBatch {
             rejected: Vec::new(),
         };
         for line in lines {
-            let result = line.result.and_then(|event| {
-                event
-                    .check_not_ahead(now_ms, max_ts_ahead_ms)
-                    .map(|()| event)
-            });
+            let result = line
+                .result
+                .and_then(|event| window.check(&event).map(|()| event));
             match result {
                 Ok(event) => {
                     let record = Record::keyed(event.key().as_bytes(), event.to_json(), now_ms);
@@ -271,12 +342,16 @@ impl RecordBatch {
                     }
                 }
                 Err(error) => {
-                    batch.dead_letter.push(dead_letter_record(
-                        line.raw,
-                        &error.to_string(),
-                        line.line,
-                        now_ms,
-                    ));
+                    let cut = line.len > line.raw.len();
+                    let mut record =
+                        dead_letter_record(line.raw, &error.to_string(), line.line, now_ms);
+                    if cut {
+                        // Only the line's first bytes fit a record: say how long it was.
+                        record
+                            .headers
+                            .push(("original_bytes".into(), line.len.to_string().into_bytes()));
+                    }
+                    batch.dead_letter.push(record);
                     batch.rejected.push(Rejection {
                         line: line.line,
                         field: error.field.clone(),

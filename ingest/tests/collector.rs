@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use lambda_events::limits::{
+    DEAD_LETTER_EXCERPT_BYTES, DEFAULT_MAX_TS_AHEAD_MS, MAX_LINES_PER_REQUEST,
+    MAX_REJECTIONS_LISTED,
+};
 use lambda_ingest::{IngestConfig, IngestState, ensure_topics, router};
 use lambda_log::conformance::read_all;
 use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog};
@@ -114,7 +118,7 @@ async fn event_times_far_in_the_future_are_rejected() {
         json["rejected"][0]["error"]
             .as_str()
             .unwrap()
-            .contains("ahead of the collector's clock")
+            .contains("ahead of the receiver's clock")
     );
     assert_eq!(read_all(log.as_ref(), "dead-letter").await.len(), 1);
 }
@@ -187,4 +191,187 @@ async fn a_log_that_cannot_write_gets_503_with_retry_after() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
     assert!(retry_after.is_some());
+}
+
+fn click(id: &str, ts: i64) -> String {
+    format!(r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"u"}}"#)
+}
+
+/// A sender that trickles its body holds a connection, not a writing slot:
+/// with one slot, a second request is still answered 202, and the trickling
+/// one is answered 408 once its body timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_takes_no_slot_and_times_out_with_408() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(
+        log,
+        IngestConfig {
+            max_inflight_requests: 1,
+            body_read_timeout: Duration::from_millis(800),
+            ..IngestConfig::default()
+        },
+    );
+    let first_byte =
+        futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{"))]);
+    let trickle = Body::from_stream(futures::StreamExt::chain(
+        first_byte,
+        futures::stream::pending(),
+    ));
+    let slow = tokio::spawn(post(state.clone(), trickle));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _, json) = post(state, click("a", 1)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    let (status, _, json) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert!(json["error"].as_str().unwrap().contains("800 ms"), "{json}");
+}
+
+/// A 2 MiB line (over the log's 1 MiB record limit) next to a valid event:
+/// the line is rejected alone and dead-lettered cut to its first bytes, with
+/// its length; the event is accepted (it used to answer 500 after storing it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_line_is_dead_lettered_cut_and_the_rest_accepted() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    let garbage = "g".repeat(2 * 1024 * 1024);
+    let (status, _, json) = post(state.clone(), format!("{garbage}\n{}", click("ok", 1))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(json["accepted"], 1);
+    assert_eq!(json["rejected"][0]["line"], 1);
+    assert!(
+        json["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit"),
+        "{json}"
+    );
+    let dead = read_all(log.as_ref(), "dead-letter").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record.value.len(), DEAD_LETTER_EXCERPT_BYTES);
+    let original = dead[0]
+        .record
+        .headers
+        .iter()
+        .find(|(name, _)| name == "original_bytes");
+    assert_eq!(
+        original.map(|(_, v)| v.as_slice()),
+        Some(b"2097152".as_slice())
+    );
+    assert_eq!(read_all(log.as_ref(), "funnel-events").await.len(), 1);
+
+    // A broken JSON array of 1.5 MiB: one bad line, cut, answered 202.
+    let broken = format!("[{{\"event_id\":\"{}", "b".repeat(1_572_864));
+    let (status, _, json) = post(state, broken).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(json["accepted"], 0);
+    assert!(
+        json["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid json array")
+    );
+    assert_eq!(read_all(log.as_ref(), "dead-letter").await.len(), 2);
+}
+
+/// The line count per request, on both sides: at the limit every line is
+/// taken; one more and the body is refused whole with 413 (nothing written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_per_request_are_bounded_with_413() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    let lines: Vec<String> = (0..=MAX_LINES_PER_REQUEST)
+        .map(|i| click(&format!("e{i}"), 1))
+        .collect();
+    let (status, _, json) = post(state.clone(), format!("[{}]", lines.join(","))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("more than {MAX_LINES_PER_REQUEST}"))
+    );
+    assert!(read_all(log.as_ref(), "dead-letter").await.is_empty());
+    assert!(read_all(log.as_ref(), "funnel-events").await.is_empty());
+    let (status, _, json) = post(state, lines[..MAX_LINES_PER_REQUEST].join("\n")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(json["accepted"], MAX_LINES_PER_REQUEST);
+}
+
+/// The response lists the first rejections and counts them all; every one
+/// is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_listed_up_to_the_limit_and_counted() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    let n_bad = MAX_REJECTIONS_LISTED + 50;
+    let body = (0..n_bad)
+        .map(|i| format!("bad {i}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (status, _, json) = post(state.clone(), body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        json["rejected"].as_array().unwrap().len(),
+        MAX_REJECTIONS_LISTED
+    );
+    assert_eq!(json["rejected_count"], n_bad);
+    assert_eq!(read_all(log.as_ref(), "dead-letter").await.len(), n_bad);
+    let (_, _, json) = post(state, "bad\nbad").await;
+    assert_eq!(json["rejected"].as_array().unwrap().len(), 2);
+    assert_eq!(json["rejected_count"], 2);
+}
+
+/// 128 events an hour ahead are rejected (they used to move the watermark an
+/// hour ahead); just inside the bound they are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ahead_bound_holds_on_both_sides() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    let now = chrono::Utc::now().timestamp_millis();
+    let far: Vec<String> = (0..128)
+        .map(|i| click(&format!("f{i}"), now + 59 * 60_000))
+        .collect();
+    let (_, _, json) = post(state.clone(), far.join("\n")).await;
+    assert_eq!(json["accepted"], 0);
+    assert_eq!(json["rejected_count"], 128);
+    // Within the bound (less a second for the time the request takes).
+    let near = click("near", now + DEFAULT_MAX_TS_AHEAD_MS - 1_000);
+    let (_, _, json) = post(state.clone(), near).await;
+    assert_eq!(json["accepted"], 1, "{json}");
+    // A larger setting is capped to what the speed and batch layers accept.
+    let loose = IngestState::new(
+        log,
+        IngestConfig {
+            max_ts_ahead: Duration::from_secs(7200),
+            ..IngestConfig::default()
+        },
+    );
+    let (_, _, json) = post(loose, click("over", now + DEFAULT_MAX_TS_AHEAD_MS + 60_000)).await;
+    assert_eq!(json["accepted"], 0, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_behind_bound_is_opt_in() {
+    let (_dir, log) = start_log().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let old = click("old", now - 2 * 86_400_000);
+    let open = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    assert_eq!(post(open, old.clone()).await.2["accepted"], 1);
+    let bounded = IngestState::new(
+        log,
+        IngestConfig {
+            max_ts_behind: Some(Duration::from_secs(86_400)),
+            ..IngestConfig::default()
+        },
+    );
+    let (_, _, json) = post(bounded.clone(), old).await;
+    assert_eq!(json["rejected"][0]["field"], "ts", "{json}");
+    assert!(
+        json["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("behind")
+    );
+    let recent = click("recent", now - 86_400_000 + 60_000);
+    assert_eq!(post(bounded, recent).await.2["accepted"], 1);
 }
