@@ -206,6 +206,18 @@ pub struct Alert {
     pub value: Option<f64>,
 }
 
+/// Keys each part of the alert state tracks at most (active alerts, devices
+/// pending offline, sensors out of range, recent alarms). A key past the cap
+/// is not tracked, and counted in `dropped_keys` (status and metrics): one
+/// million devices that each send `offline` once cost a bounded state and a
+/// bounded checkpoint, not one entry each forever.
+pub const MAX_ALERT_KEYS: usize = 100_000;
+/// An active alert with no transition for this long in event time (by the
+/// watermark) is cleared as expired: a device that went offline and never
+/// came back does not stay in the state forever. A condition that still
+/// holds raises it again with its next event.
+pub const ALERT_TTL_MS: i64 = 24 * 3_600_000;
+
 /// The rules' running state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlertEngine {
@@ -230,6 +242,9 @@ pub struct AlertEngine {
     /// Transitions by (rule, state), for metrics.
     #[serde(with = "pairs")]
     totals: BTreeMap<(String, AlertState), u64>,
+    /// Keys not tracked because a map was at [`MAX_ALERT_KEYS`].
+    #[serde(default)]
+    dropped_keys: u64,
 }
 
 impl AlertEngine {
@@ -250,6 +265,22 @@ impl AlertEngine {
     /// The last transition's seq.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Keys not tracked because the state was at [`MAX_ALERT_KEYS`].
+    pub fn dropped_keys(&self) -> u64 {
+        self.dropped_keys
+    }
+
+    /// Whether `map` may take `key`: it holds it already or has room. A key
+    /// refused is counted.
+    fn room_for<V>(map: &BTreeMap<String, V>, key: &str, dropped: &mut u64) -> bool {
+        if map.len() < MAX_ALERT_KEYS || map.contains_key(key) {
+            true
+        } else {
+            *dropped += 1;
+            false
+        }
     }
 
     /// Active alerts: (rule, key, raised at).
@@ -276,6 +307,10 @@ impl AlertEngine {
         let slot = (rule.to_string(), key.to_string());
         match state {
             AlertState::Raised if self.active.contains_key(&slot) => return,
+            AlertState::Raised if self.active.len() >= MAX_ALERT_KEYS => {
+                self.dropped_keys += 1;
+                return;
+            }
             AlertState::Raised => {
                 self.active.insert(slot, ts);
             }
@@ -313,6 +348,9 @@ impl AlertEngine {
                 let (min, max, needed) = (range.min, range.max, range.consecutive.max(1));
                 let key = format!("{device}/{sensor}");
                 if value < min || value > max {
+                    if !Self::room_for(&self.out_of_range, &key, &mut self.dropped_keys) {
+                        return;
+                    }
                     let n = self.out_of_range.entry(key.clone()).or_default();
                     *n += 1;
                     if *n >= needed {
@@ -343,9 +381,11 @@ impl AlertEngine {
             }
             EventType::DeviceStatus => match event.status {
                 Some(DeviceStatus::Offline) => {
-                    self.offline_since
-                        .entry(device.to_string())
-                        .or_insert(event.ts);
+                    if Self::room_for(&self.offline_since, device, &mut self.dropped_keys) {
+                        self.offline_since
+                            .entry(device.to_string())
+                            .or_insert(event.ts);
+                    }
                 }
                 Some(DeviceStatus::Online) => {
                     self.offline_since.remove(device);
@@ -388,6 +428,9 @@ impl AlertEngine {
                 }
                 let name = event.alarm.as_deref().unwrap_or("");
                 let key = format!("{device}/{name}");
+                if !Self::room_for(&self.last_alarm, &key, &mut self.dropped_keys) {
+                    return;
+                }
                 let last = self.last_alarm.entry(key.clone()).or_insert(event.ts);
                 *last = (*last).max(event.ts);
                 let message = format!(
@@ -407,6 +450,24 @@ impl AlertEngine {
 
     /// Applies the time-driven rules as the watermark reaches `watermark`.
     pub fn on_watermark(&mut self, watermark: i64, windows: &BTreeMap<i64, Window>) {
+        let expired: Vec<((String, String), i64)> = self
+            .active
+            .iter()
+            .filter(|(_, raised)| raised.saturating_add(ALERT_TTL_MS) <= watermark)
+            .map(|(slot, raised)| (slot.clone(), *raised))
+            .collect();
+        for ((rule, key), raised) in expired {
+            self.out_of_range.remove(&key);
+            self.last_alarm.remove(&key);
+            self.transition(
+                &rule,
+                &key,
+                AlertState::Cleared,
+                raised + ALERT_TTL_MS,
+                format!("expired: no change for {} h", ALERT_TTL_MS / 3_600_000),
+                None,
+            );
+        }
         if let Some(rule) = self.rules.device_offline.clone() {
             let due: Vec<(String, i64)> = self
                 .offline_since
@@ -603,6 +664,42 @@ mod tests {
         assert_eq!(raised.key, "dev-1/temperature");
         assert_eq!(raised.ts, T0 + 2);
         assert_eq!(s.alerts.since(1).count(), 1);
+    }
+
+    fn offline(device: &str, ts: i64) -> Event {
+        let mut e = Event::bare(format!("off-{device}"), EventType::DeviceStatus, ts);
+        e.device_id = Some(device.into());
+        e.status = Some(DeviceStatus::Offline);
+        e
+    }
+
+    /// Devices that send `offline` once and never again: the pending map
+    /// holds at most the cap (the rest are counted), and every raised alert
+    /// expires after the TTL, so the state returns to empty.
+    #[test]
+    fn alert_state_is_bounded_by_a_key_cap_and_a_ttl() {
+        let mut engine = AlertEngine::new(AlertRules::defaults());
+        for i in 0..MAX_ALERT_KEYS + 10 {
+            engine.on_event(&offline(&format!("d{i}"), T0));
+        }
+        assert_eq!(engine.offline_since.len(), MAX_ALERT_KEYS);
+        assert_eq!(engine.dropped_keys(), 10);
+        // A device already pending still updates in place at the cap.
+        engine.on_event(&offline("d0", T0 + 1));
+        assert_eq!(engine.dropped_keys(), 10);
+        let windows = BTreeMap::new();
+        engine.on_watermark(T0 + 6 * MINUTE_MS, &windows);
+        assert_eq!(engine.active().count(), MAX_ALERT_KEYS);
+        assert!(engine.offline_since.is_empty());
+        // One ms before the TTL: still active; at it: all expired.
+        let raised = T0 + 5 * MINUTE_MS;
+        engine.on_watermark(raised + ALERT_TTL_MS - 1, &windows);
+        assert_eq!(engine.active().count(), MAX_ALERT_KEYS);
+        engine.on_watermark(raised + ALERT_TTL_MS, &windows);
+        assert_eq!(engine.active().count(), 0);
+        let last = engine.since(engine.seq() - 1).next().unwrap();
+        assert_eq!(last.state, AlertState::Cleared);
+        assert!(last.message.starts_with("expired"), "{}", last.message);
     }
 
     #[test]

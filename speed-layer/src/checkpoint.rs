@@ -302,3 +302,46 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod float_tests {
+    use super::*;
+    use lambda_events::Event;
+    use lambda_events::bucket::MINUTE_MS;
+    use lambda_events::floor_to;
+
+    /// Two readings at the largest bounded magnitude, pushed past it by hand
+    /// to a sum no f64 holds: the checkpoint still encodes and restores it
+    /// (it used to write `null` and fail the next start).
+    #[test]
+    fn non_finite_sums_survive_the_checkpoint() {
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        for id in ["a", "b"] {
+            let json = format!(
+                r#"{{"event_id":"{id}","ts":1700000061000,"event_type":"sensor_reading","device_id":"d","sensor":"p","value":1e15}}"#
+            );
+            state.apply(&Event::from_json(json.as_bytes()).unwrap());
+        }
+        let window = floor_to(1_700_000_061_000, MINUTE_MS);
+        let key = ("d".to_string(), "p".to_string());
+        let stats = state
+            .windows
+            .get_mut(&window)
+            .unwrap()
+            .views
+            .sensors
+            .get_mut(&key)
+            .unwrap();
+        assert_eq!(stats.sum, 2e15);
+        stats.sum = f64::INFINITY;
+        stats.min = f64::NEG_INFINITY;
+        stats.last = f64::NAN;
+        let bytes = encode(&state);
+        let restored = decode(&bytes, 60_000, 3_600_000).expect("a non-finite sum restores");
+        let back = &restored.windows[&window].views.sensors[&key];
+        assert_eq!(back.sum, f64::INFINITY);
+        assert_eq!(back.min, f64::NEG_INFINITY);
+        assert!(back.last.is_nan());
+        assert_eq!(encode(&restored), bytes);
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
 use lambda_events::{Event, Topic};
 use lambda_log::{EventLog, FetchPosition, LogError, Record};
 use tokio_util::sync::CancellationToken;
@@ -65,14 +66,14 @@ pub async fn run(
         .iter()
         .map(|p| ((p.topic.clone(), p.partition), Instant::now()))
         .collect();
-    let mut checkpoint_timer = tokio::time::interval(config.checkpoint_interval);
-    checkpoint_timer.tick().await;
+    let mut checkpoints = CheckpointRetry::new(config.checkpoint_interval);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = checkpoint_timer.tick() => {
-                write_checkpoint(&config, log.as_ref(), &views).await?;
+            _ = tokio::time::sleep_until(checkpoints.next_at) => {
+                let result = write_checkpoint(&config, log.as_ref(), &views).await;
+                checkpoints.after(result, &views);
             }
             fetched = log.fetch(&positions, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
                 match fetched {
@@ -82,6 +83,14 @@ pub async fn run(
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
                         }
+                    }
+                    Err(LogError::OffsetOutOfRange { topic, partition, start, offset, end }) if offset > end => {
+                        // Not retention: the log holds less than this layer already
+                        // consumed (records lost, or the log restored from an older
+                        // copy). Skipping would hide it; rewinding would count again.
+                        anyhow::bail!(
+                            "{topic} partition {partition}: the checkpoint's offset {offset} is past the partition's end {end} (the log lost records, or was restored from an older copy); refusing to guess where to resume"
+                        );
                     }
                     Err(LogError::OffsetOutOfRange { topic, partition, start, offset, .. }) => {
                         tracing::warn!(%topic, partition, offset, start, "offset fell out of retention; skipping ahead");
@@ -98,9 +107,62 @@ pub async fn run(
             }
         }
     }
-    write_checkpoint(&config, log.as_ref(), &views).await?;
+    if let Err(error) = write_checkpoint(&config, log.as_ref(), &views).await {
+        // Not a crash: the previous checkpoint and the log still hold
+        // everything, and the next start resumes from them.
+        tracing::error!(
+            error = format!("{error:#}"),
+            "final speed layer checkpoint failed; the next start resumes from the previous one"
+        );
+    }
     tracing::info!("speed layer stopped");
     Ok(())
+}
+
+/// Longest wait between checkpoint attempts while they fail.
+const CHECKPOINT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// When to checkpoint next: every interval while writes succeed; after a
+/// failure (a full disk, a read-only mount) again after a doubling backoff,
+/// the error kept in the state for `/healthz` and the status until a write
+/// succeeds. Folding goes on meanwhile: the checkpoint on disk and the log
+/// still hold everything, and memory is bounded by the window horizon.
+#[derive(Debug)]
+struct CheckpointRetry {
+    interval: Duration,
+    backoff: Duration,
+    next_at: tokio::time::Instant,
+}
+
+impl CheckpointRetry {
+    fn new(interval: Duration) -> CheckpointRetry {
+        CheckpointRetry {
+            interval,
+            backoff: interval,
+            next_at: tokio::time::Instant::now() + interval,
+        }
+    }
+
+    fn after(&mut self, result: anyhow::Result<()>, views: &SpeedViews) {
+        match result {
+            Ok(()) => {
+                if views.write().checkpoint_error.take().is_some() {
+                    tracing::info!("speed layer checkpoint written again");
+                }
+                self.backoff = self.interval;
+                self.next_at = tokio::time::Instant::now() + self.interval;
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                tracing::warn!(error = %message, retry_in_ms = self.backoff.as_millis() as u64, "speed layer checkpoint failed; retrying");
+                let mut state = views.write();
+                state.checkpoint_failures += 1;
+                state.checkpoint_error = Some(message);
+                self.next_at = tokio::time::Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(CHECKPOINT_MAX_BACKOFF.max(self.interval));
+            }
+        }
+    }
 }
 
 /// Notes which partitions delivered, and marks idle those that have not for `timeout`.
@@ -121,6 +183,23 @@ fn mark_idleness(
             views.write().set_idle(topic, *partition, true);
         }
     }
+}
+
+/// The `dead-letter` record of an invalid record read from the log: its
+/// value cut to [`DEAD_LETTER_EXCERPT_BYTES`] (with an `original_bytes`
+/// header when cut), so that it always fits the log's record limit — an
+/// outside producer's record near the broker's size limit must not make the
+/// dead-letter write fail, and retry, forever.
+pub fn dead_letter_record(value: &[u8], reason: &str, source: &str, now_ms: i64) -> Record {
+    let excerpt = &value[..value.len().min(DEAD_LETTER_EXCERPT_BYTES)];
+    let mut record = Record::dead_letter(excerpt.to_vec(), reason, source, now_ms);
+    if excerpt.len() < value.len() {
+        record.headers.push((
+            "original_bytes".into(),
+            value.len().to_string().into_bytes(),
+        ));
+    }
+    record
 }
 
 /// Writes invalid records to `dead-letter`, retrying while the log is
@@ -205,16 +284,18 @@ pub fn apply(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut state = views.write();
     for stored in records {
-        match Event::from_record(&stored.record.value, &stored.topic) {
+        let record_ts = stored.record.timestamp_ms;
+        match Event::from_log_record(&stored.record.value, &stored.topic, record_ts) {
             Ok(event) => {
-                state.apply_from(&stored.topic, stored.partition, &event);
+                let clock = lambda_events::event::clock_ts(event.ts, record_ts);
+                state.apply_at(&stored.topic, stored.partition, &event, clock);
             }
             Err(error) => {
                 state.counters.invalid += 1;
                 tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "invalid record");
                 let source = format!("{}/{}/{}", stored.topic, stored.partition, stored.offset);
-                invalid.push(Record::dead_letter(
-                    stored.record.value.clone(),
+                invalid.push(dead_letter_record(
+                    &stored.record.value,
                     &error.to_string(),
                     &source,
                     now_ms,
@@ -268,4 +349,21 @@ async fn write_checkpoint(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_records_fit_the_log_whatever_was_read() {
+        let small = dead_letter_record(b"nope", "invalid json", "funnel-events/0/7", 1);
+        assert_eq!(small.value, b"nope");
+        assert!(small.header("original_bytes").is_none());
+        let big = vec![b'x'; lambda_log::MAX_RECORD_BYTES];
+        let cut = dead_letter_record(&big, "invalid json", "funnel-events/0/8", 1);
+        assert_eq!(cut.value.len(), DEAD_LETTER_EXCERPT_BYTES);
+        assert_eq!(cut.header("original_bytes"), Some(b"1048576".as_slice()));
+        assert_eq!(cut.header("source"), Some(b"funnel-events/0/8".as_slice()));
+    }
 }

@@ -31,7 +31,10 @@ struct HttpState {
 pub fn router(views: SpeedViews, log: Arc<dyn EventLog>) -> Router {
     Router::new()
         .route(SNAPSHOT_PATH, get(get_snapshot))
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(state): State<HttpState>| async move { health(&state.views) }),
+        )
         .route("/metrics", get(metrics))
         .with_state(HttpState { views, log })
 }
@@ -78,4 +81,18 @@ async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response 
         out,
     )
         .into_response()
+}
+
+/// `/healthz` of a process that runs the speed layer: `200 ok`, or `503`
+/// naming the problem while checkpoints fail (the layer keeps folding and
+/// serving reads meanwhile, and recovers by itself).
+pub fn health(views: &SpeedViews) -> Response {
+    match &views.read().checkpoint_error {
+        None => "ok".into_response(),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: speed layer checkpoint failing: {error}"),
+        )
+            .into_response(),
+    }
 }

@@ -92,6 +92,27 @@ pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut St
     );
     family(
         out,
+        "lambda_speed_alert_keys_dropped_total",
+        "counter",
+        "Alert keys not tracked because the alert state was at its cap.",
+        &one(speed.alerts.dropped_keys() as f64),
+    );
+    family(
+        out,
+        "lambda_speed_checkpoint_failures_total",
+        "counter",
+        "Checkpoint attempts that failed (a full disk, a read-only mount); the layer retries with backoff.",
+        &one(speed.checkpoint_failures as f64),
+    );
+    family(
+        out,
+        "lambda_speed_checkpoint_failing",
+        "gauge",
+        "1 while the newest checkpoint attempt has failed, else 0.",
+        &one(f64::from(u8::from(speed.checkpoint_error.is_some()))),
+    );
+    family(
+        out,
         "lambda_speed_windows",
         "gauge",
         "Windows held in memory.",

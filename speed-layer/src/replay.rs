@@ -221,12 +221,15 @@ pub async fn replay(
             records += 1;
             bytes += (stored.record.value.len() + stored.record.key.as_ref().map_or(0, |k| k.len()))
                 as u64;
-            let Ok(event) = Event::from_record(&stored.record.value, &stored.topic) else {
+            let record_ts = stored.record.timestamp_ms;
+            let Ok(event) = Event::from_log_record(&stored.record.value, &stored.topic, record_ts)
+            else {
                 state.counters.invalid += 1;
                 continue;
             };
             let minute = floor_to(event.ts, MINUTE_MS);
-            match state.apply_from(&stored.topic, stored.partition, &event) {
+            let clock = lambda_events::event::clock_ts(event.ts, record_ts);
+            match state.apply_at(&stored.topic, stored.partition, &event, clock) {
                 Applied::Counted if keep.contains(&minute) => {
                     counted_in_keep.insert(event.event_id.clone());
                 }

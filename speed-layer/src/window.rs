@@ -91,6 +91,12 @@ pub struct SpeedState {
     pub counters: SpeedCounters,
     /// Wall time of the last checkpoint written (ms).
     pub last_checkpoint_ms: Option<i64>,
+    /// Why the last checkpoint attempt failed, while it keeps failing (a
+    /// full disk): the layer goes on folding and retries with backoff, and
+    /// `/healthz` and `/api/v1/status` say so.
+    pub checkpoint_error: Option<String>,
+    /// Checkpoint attempts that failed since the process started.
+    pub checkpoint_failures: u64,
     /// The batch layer's boundary B, when known: windows well before it are
     /// answered by the batch views and need not be kept.
     pub batch_boundary: Option<i64>,
@@ -140,6 +146,8 @@ impl SpeedState {
             offsets: BTreeMap::new(),
             counters: SpeedCounters::default(),
             last_checkpoint_ms: None,
+            checkpoint_error: None,
+            checkpoint_failures: 0,
             batch_boundary: None,
             evicted_before: i64::MIN,
             seq: 0,
@@ -221,6 +229,20 @@ impl SpeedState {
     /// Folds one event read from `topic`/`partition` in, unless it is late
     /// or a duplicate; the partition's clock moves either way.
     pub fn apply_from(&mut self, topic: &str, partition: u32, event: &Event) -> Applied {
+        self.apply_at(topic, partition, event, event.ts)
+    }
+
+    /// Folds one event read from the log in, moving its partition's clock to
+    /// `clock_ts` (see [`lambda_events::event::clock_ts`]): an event stamped
+    /// ahead of the time it was written counts in its own window but does not
+    /// drag the watermark past the log's clock.
+    pub fn apply_at(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        event: &Event,
+        clock_ts: i64,
+    ) -> Applied {
         let applied = self.fold(event);
         match self
             .clocks
@@ -228,8 +250,8 @@ impl SpeedState {
             .find(|c| c.partition == partition && c.topic == topic)
         {
             Some(clock) => {
-                let moved = event.ts > clock.max_ts || clock.idle;
-                clock.max_ts = clock.max_ts.max(event.ts);
+                let moved = clock_ts > clock.max_ts || clock.idle;
+                clock.max_ts = clock.max_ts.max(clock_ts);
                 clock.idle = false;
                 if moved {
                     self.recompute_watermark();
@@ -239,7 +261,7 @@ impl SpeedState {
                 self.clocks.push(PartitionClock {
                     topic: topic.to_string(),
                     partition,
-                    max_ts: event.ts,
+                    max_ts: clock_ts,
                     idle: false,
                 });
                 self.recompute_watermark();
@@ -387,6 +409,32 @@ mod tests {
             state.apply(&click("old", t0 + 18 * MINUTE_MS)),
             Applied::Late
         );
+    }
+
+    /// 128 events stamped four minutes ahead of the log's clock (within the
+    /// ahead bound) count in their windows, but the watermark follows the
+    /// log's clock: on-time events that come next are not late.
+    #[test]
+    fn events_stamped_ahead_of_the_log_do_not_drag_the_watermark() {
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        let now = 1_700_000_000_000;
+        state.apply_at("t", 0, &click("first", now), now);
+        for i in 0..128 {
+            let ahead = click(&format!("ahead-{i}"), now + 4 * MINUTE_MS);
+            let clock = lambda_events::event::clock_ts(ahead.ts, now + i);
+            assert_eq!(state.apply_at("t", 0, &ahead, clock), Applied::Counted);
+        }
+        assert_eq!(state.watermark(), Some(now + 127 - 60_000));
+        let on_time = click("on-time", now + 1_000);
+        assert_eq!(
+            state.apply_at("t", 0, &on_time, now + 2_000),
+            Applied::Counted,
+            "an on-time event after the ones stamped ahead is not late"
+        );
+        // Without the clamp (the clock at the events' own time) it would have been.
+        let mut unclamped = SpeedState::new(60_000, 3_600_000);
+        unclamped.apply_from("t", 0, &click("ahead", now + 4 * MINUTE_MS));
+        assert_eq!(unclamped.apply_from("t", 0, &on_time), Applied::Late);
     }
 
     #[test]

@@ -157,3 +157,53 @@ proptest! {
         }
     }
 }
+
+/// Arbitrary bytes, and checkpoints with bytes flipped, never panic the
+/// checkpoint decoder: it restores a state or names what is wrong.
+#[test]
+fn damaged_checkpoints_are_errors_not_panics() {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let mut state = SpeedState::new(LATENESS, HORIZON);
+    for id in 0..40u32 {
+        state.apply(&event(
+            id,
+            (id % 8) as u8,
+            i64::from(id) * 7_000,
+            id as u8,
+            id as i16,
+        ));
+    }
+    let good = encode(&state);
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: 1024,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[3; 32]),
+    );
+    let damage = (
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        prop::collection::vec(any::<u8>(), 0..256),
+        any::<bool>(),
+    );
+    runner
+        .run(&damage, |(flips, junk, use_junk)| {
+            let bytes = if use_junk {
+                junk
+            } else {
+                let mut bytes = good.clone();
+                for (at, byte) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                bytes
+            };
+            if let Ok(restored) = decode(&bytes, LATENESS, HORIZON) {
+                // Whatever decodes encodes again.
+                let _ = encode(&restored);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
