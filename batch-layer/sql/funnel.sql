@@ -8,7 +8,9 @@ SELECT
     CAST(count(*) FILTER (WHERE event_type = 'click') AS BIGINT)                         AS clicks,
     CAST(count(*) FILTER (WHERE event_type = 'add_to_cart') AS BIGINT)                   AS add_to_carts,
     CAST(count(*) FILTER (WHERE event_type = 'purchase') AS BIGINT)                      AS purchases,
-    CAST(coalesce(sum(amount_cents) FILTER (WHERE event_type = 'purchase'), 0) AS BIGINT) AS revenue_cents,
+    -- Saturating at i64::MAX, as the speed layer's sum does (a sum of bounded amounts never gets there).
+    CAST(least(coalesce(sum(amount_cents) FILTER (WHERE event_type = 'purchase'), 0),
+               9223372036854775807) AS BIGINT)                                          AS revenue_cents,
     CAST(count(*) FILTER (WHERE event_type = 'signup_start') AS BIGINT)                  AS signup_starts,
     CAST(count(*) FILTER (WHERE event_type = 'signup_complete') AS BIGINT)               AS signup_completes,
     -- Folded into a HyperLogLog (users_hll) by the batch layer before the file is written.

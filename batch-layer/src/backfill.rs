@@ -52,7 +52,7 @@ pub async fn backfill(
     let mut partitions = previous.partitions.clone();
     for (done, key) in keys.iter().enumerate() {
         let partition = partitions.get_mut(key).expect("listed above");
-        write_views(lake, &mut engine, key, partition, version)
+        write_views(lake, &mut engine, key, partition, version, false)
             .await
             .with_context(|| format!("backfill of {key}"))?;
         progress(done as u64 + 1, total);

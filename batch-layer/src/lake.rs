@@ -95,13 +95,35 @@ impl Lake {
         &self.url
     }
 
-    /// Writes (or replaces) an object.
+    /// Writes (or replaces) an object; on a local lake it is on disk
+    /// (fsynced, with its directory) when this returns.
     pub async fn put(&self, path: &Path, bytes: Bytes) -> anyhow::Result<()> {
         self.store
             .put(path, PutPayload::from(bytes))
             .await
             .with_context(|| format!("writing {path}"))?;
-        Ok(())
+        self.sync_local(path).await
+    }
+
+    /// On a `file://` lake, fsyncs the object and its directory: object
+    /// stores make a put durable before answering, and the batch layer
+    /// relies on it (log retention trusts a committed manifest), but the
+    /// local file store only renames a written file into place.
+    async fn sync_local(&self, path: &Path) -> anyhow::Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .context("fsync task")?
+        .with_context(|| format!("syncing {path}"))
     }
 
     /// Writes an object only if none exists at `path` (a conditional put).
@@ -115,7 +137,10 @@ impl Lake {
             .put_opts(path, PutPayload::from(bytes), options)
             .await
         {
-            Ok(_) => Ok(Created::Written),
+            Ok(_) => {
+                self.sync_local(path).await?;
+                Ok(Created::Written)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExists),
             Err(e) => Err(e).with_context(|| format!("creating {path}")),
         }

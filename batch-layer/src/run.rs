@@ -51,6 +51,10 @@ pub enum FailPoint {
     /// After the manifest is committed, before the covered offsets are
     /// committed to the log's consumer group.
     AfterManifest,
+    /// Computing the views of the hour starting at this time (ms) fails, as
+    /// a stored event DuckDB cannot fold would make it: the hour is
+    /// quarantined and the rest of the run commits.
+    PoisonHour(i64),
 }
 
 /// What a committed run did.
@@ -118,9 +122,12 @@ pub async fn run_with_fail_point(
                 for stored in records.into_iter().take_while(|s| s.offset < range.end) {
                     offset = stored.offset + 1;
                     stats.records_read += 1;
-                    match Event::from_record(&stored.record.value, topic.name()) {
+                    let record_ts = stored.record.timestamp_ms;
+                    match Event::from_log_record(&stored.record.value, topic.name(), record_ts) {
                         Ok(event) if seen_in_run.insert(event.event_id.clone()) => {
-                            max_event_ts = Some(max_event_ts.map_or(event.ts, |m| m.max(event.ts)));
+                            // B follows the same clock as the speed layer's watermark.
+                            let clock = lambda_events::event::clock_ts(event.ts, record_ts);
+                            max_event_ts = Some(max_event_ts.map_or(clock, |m| m.max(clock)));
                             let hour = floor_to(event.ts, HOUR_MS);
                             by_hour.entry((topic, hour)).or_default().push(LoggedEvent {
                                 event,
@@ -136,7 +143,11 @@ pub async fn run_with_fail_point(
             topic_offsets.insert(partition, offset);
         }
     }
-    if offsets == previous.offsets && previous.version > 0 {
+    let quarantined_before = previous
+        .partitions
+        .values()
+        .any(|p| p.quarantined.is_some());
+    if offsets == previous.offsets && previous.version > 0 && !quarantined_before {
         // Nothing new; the group offsets may still lag the manifest (a run
         // that failed after its commit).
         commit_group_offsets(ctx, &previous.offsets).await;
@@ -196,6 +207,7 @@ pub async fn run_with_fail_point(
     let mut partitions = previous.partitions.clone();
     let mut written_any = false;
     let mut written_by_topic: BTreeMap<Topic, Vec<LoggedEvent>> = BTreeMap::new();
+    let mut recomputed: HashSet<String> = HashSet::new();
     for ((topic, hour_start), mut events) in by_hour {
         if events.is_empty() {
             continue;
@@ -226,10 +238,36 @@ pub async fn run_with_fail_point(
         written_any = true;
         written_by_topic.entry(topic).or_default().extend(events);
 
-        write_views(&ctx.lake, &mut engine, &key, &mut partition, version).await?;
+        let poisoned = fail_point == Some(FailPoint::PoisonHour(hour_start));
+        write_views(
+            &ctx.lake,
+            &mut engine,
+            &key,
+            &mut partition,
+            version,
+            poisoned,
+        )
+        .await?;
         stats.hours_recomputed += 1;
+        recomputed.insert(key.clone());
         partitions.insert(key, partition);
     }
+    // Hours quarantined by an earlier run (and not recomputed above): again.
+    let retry: Vec<String> = partitions
+        .iter()
+        .filter(|(key, p)| p.quarantined.is_some() && !recomputed.contains(*key))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in retry {
+        let partition = partitions.get_mut(&key).expect("listed above");
+        let poisoned = fail_point == Some(FailPoint::PoisonHour(partition.hour_start_ms));
+        write_views(&ctx.lake, &mut engine, &key, partition, version, poisoned).await?;
+        stats.hours_recomputed += 1;
+    }
+    stats.hours_quarantined = partitions
+        .values()
+        .filter(|p| p.quarantined.is_some())
+        .count() as u64;
     for (topic, events) in &written_by_topic {
         let bytes = tokio::task::block_in_place(|| index::encode(events))?;
         let file = put_file(
@@ -348,13 +386,37 @@ pub(crate) async fn write_views(
     key: &str,
     partition: &mut HourPartition,
     version: u64,
+    poisoned: bool,
 ) -> anyhow::Result<()> {
     let topic = Topic::from_name(&partition.topic)
         .with_context(|| format!("partition {key}: unknown topic {}", partition.topic))?;
     let all_paths = local_paths(lake, &partition.data_files).await?;
+    // Compute every view first: a failure here is about the hour's data (a
+    // poisoned hour), and quarantines it; a failure to store is the lake's,
+    // and fails the run (the next one retries).
+    let mut computed = Vec::new();
     for view in views_of(topic) {
-        let (schema, batches) = tokio::task::block_in_place(|| engine.compute(view, &all_paths))?;
-        let bytes = tokio::task::block_in_place(|| master::to_parquet(schema, &batches))?;
+        let result = if poisoned {
+            Err(anyhow::anyhow!(
+                "injected failure computing the views of {key}"
+            ))
+        } else {
+            tokio::task::block_in_place(|| {
+                let (schema, batches) = engine.compute(view, &all_paths)?;
+                master::to_parquet(schema, &batches)
+            })
+        };
+        match result {
+            Ok(bytes) => computed.push((view, bytes)),
+            Err(error) => {
+                let reason = format!("view {}: {error:#}", view.name);
+                tracing::error!(partition = %key, %reason, "hour quarantined: its views keep their last good computation");
+                partition.quarantined = Some(reason);
+                return Ok(());
+            }
+        }
+    }
+    for (view, bytes) in computed {
         let view_path = format!(
             "views/{}/{}/v{version:010}.parquet",
             view.name,
@@ -362,6 +424,9 @@ pub(crate) async fn write_views(
         );
         lake.put(&Path::from(view_path.as_str()), bytes).await?;
         partition.views.insert(view.name.to_string(), view_path);
+    }
+    if partition.quarantined.take().is_some() {
+        tracing::info!(partition = %key, "quarantined hour recomputed");
     }
     Ok(())
 }

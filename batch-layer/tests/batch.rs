@@ -186,6 +186,60 @@ async fn runs_are_idempotent_and_deduplicate_across_runs() {
     assert_eq!(views_two.buckets, views_one.buckets);
 }
 
+/// One hour whose views cannot be computed does not stop the batch layer:
+/// it is quarantined and named in the manifest, the other hour commits (B
+/// moves), and the next run (with nothing new) tries it again and heals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_hour_is_quarantined_and_the_rest_commits() {
+    let f = fixture().await;
+    let hour = 3_600_000;
+    let click = |id: &str, ts: i64| {
+        Event::from_json(
+            format!(r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"u-{id}"}}"#)
+                .as_bytes(),
+        )
+        .unwrap()
+    };
+    let sent = vec![
+        click("a", START_MS + 1_000),
+        click("b", START_MS + 2_000),
+        click("c", START_MS + hour + 1_000),
+        click("d", START_MS + hour + 61_000),
+    ];
+    append(&f.log, &sent).await;
+    let report = run_with_fail_point(&f.ctx, Some(FailPoint::PoisonHour(START_MS + hour)))
+        .await
+        .expect("a poisoned hour does not fail the run");
+    assert!(report.committed);
+    assert_eq!(report.stats.hours_quarantined, 1);
+    assert!(report.boundary_ms.is_some());
+    let latest = manifest::latest(&f.ctx.lake).await.unwrap().unwrap();
+    let quarantined: Vec<(&String, &String)> = latest
+        .partitions
+        .iter()
+        .filter_map(|(key, p)| p.quarantined.as_ref().map(|why| (key, why)))
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert!(quarantined[0].0.contains("hour=01"), "{quarantined:?}");
+    assert!(
+        quarantined[0].1.contains("injected failure"),
+        "{quarantined:?}"
+    );
+    // The healthy hour's views are there; the poisoned hour's data is kept.
+    let views = loaded(&f.ctx.lake).await;
+    assert_same_views(&views.buckets, &speed_views(&sent[..2]));
+    assert_eq!(stored_ids(&f.ctx.lake).await.len(), 4);
+
+    // Nothing new in the log, but a quarantined hour: the next run retries it.
+    let healed = run_once(&f.ctx).await.unwrap();
+    assert!(healed.committed);
+    assert_eq!(healed.stats.hours_quarantined, 0);
+    let views = loaded(&f.ctx.lake).await;
+    assert_same_views(&views.buckets, &speed_views(&sent));
+    let latest = manifest::latest(&f.ctx.lake).await.unwrap().unwrap();
+    assert!(latest.partitions.values().all(|p| p.quarantined.is_none()));
+}
+
 /// The batch layer's consumer-group offsets, by topic and partition.
 async fn group_offsets(log: &Arc<dyn EventLog>) -> BTreeMap<String, BTreeMap<u32, u64>> {
     let mut all = BTreeMap::new();
@@ -576,6 +630,14 @@ async fn complete_hours_are_compacted_and_old_files_deleted() {
         let m = manifest::read(&f.ctx.lake, v).await.unwrap().unwrap();
         needed.extend(m.files().map(str::to_string));
     }
+    // Older manifests are deleted with their files (they used to pile up).
+    let manifests = f
+        .ctx
+        .lake
+        .list(&object_store::path::Path::from("manifests"))
+        .await
+        .unwrap();
+    assert_eq!(manifests.len(), 3, "{manifests:?}");
     let mut present = std::collections::HashSet::new();
     for prefix in ["master", "views", "index"] {
         for path in f
