@@ -1,8 +1,15 @@
-//! Durations on the command line: `250ms`, `30s`, `5m`, `2h`, `7d`, or plain seconds.
+//! Durations on the command line and in admin requests: `250ms`, `30s`,
+//! `5m`, `2h`, `7d`, or plain seconds, at most [`MAX_DURATION`].
 
 use std::time::Duration;
 
-/// Parses `250ms`, `30s`, `5m`, `2h`, `7d` or a number of seconds.
+/// The longest duration accepted anywhere (ten years): every setting that
+/// takes one (lateness, intervals, retention) is far below it, and its
+/// milliseconds fit an `i64` with room to add to any event time.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses `250ms`, `30s`, `5m`, `2h`, `7d` or a number of seconds, up to
+/// [`MAX_DURATION`].
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -24,7 +31,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs_f64(seconds))
+    if !seconds.is_finite() || seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "{text:?} is longer than the longest duration allowed (3650d)"
+        ));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// [`parse`], as whole milliseconds (which always fit an `i64`).
+pub fn parse_millis(text: &str) -> Result<i64, String> {
+    parse(text).map(|d| i64::try_from(d.as_millis()).expect("bounded by MAX_DURATION"))
 }
 
 #[cfg(test)]
@@ -40,5 +57,31 @@ mod tests {
         assert_eq!(parse("7d"), Ok(Duration::from_secs(604_800)));
         assert!(parse("5 weeks").is_err());
         assert!(parse("m").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_on_both_sides() {
+        assert_eq!(parse("3650d"), Ok(MAX_DURATION));
+        assert_eq!(parse_millis("3650d"), Ok(315_360_000_000));
+        for bad in [
+            "3650.001d",
+            "99999999999999999999d",
+            "9999999999999999s",
+            "1e400s",
+            "-5s",
+            "NaN",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                err.contains(bad) || err.contains("duration"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(
+            parse("9999999999999999s")
+                .unwrap_err()
+                .contains("longest duration")
+        );
+        assert_eq!(parse("0s"), Ok(Duration::ZERO));
     }
 }

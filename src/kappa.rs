@@ -626,9 +626,13 @@ async fn replay_route(
             }
         }
     };
-    let lateness = match body.allowed_lateness.as_deref().map(crate::duration::parse) {
+    let lateness = match body
+        .allowed_lateness
+        .as_deref()
+        .map(crate::duration::parse_millis)
+    {
         None => None,
-        Some(Ok(d)) => Some(d.as_millis() as i64),
+        Some(Ok(ms)) => Some(ms),
         Some(Err(e)) => {
             return (
                 StatusCode::BAD_REQUEST,

@@ -60,10 +60,8 @@ impl Supervisor {
         let addr = listener.local_addr().context("reading the bound address")?;
         let token = self.shutdown.clone();
         self.spawn("http", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-                .context("http server")
+            lambda_serving::server::serve(listener, app, Default::default(), token).await;
+            Ok(())
         });
         Ok(addr)
     }

@@ -28,6 +28,8 @@ use crate::ServingState;
 pub const FEED_CAPACITY: usize = 10_000;
 /// Most alerts one request returns.
 pub const MAX_LIMIT: usize = 1_000;
+/// Alert streams open at once; one more is answered `503` with `Retry-After`.
+pub const MAX_STREAMS: usize = 256;
 
 /// One transition as serving numbered it.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct AlertFeed {
     /// Shutting down: open streams end.
     closed: bool,
     notify: watch::Sender<u64>,
+    /// One permit per open stream.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for AlertFeed {
@@ -63,6 +67,7 @@ impl Default for AlertFeed {
             epochs: HashMap::new(),
             closed: false,
             notify: watch::channel(0).0,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         }
     }
 }
@@ -292,11 +297,29 @@ pub async fn stream(
         Err(response) => return response,
     };
     let feed = Arc::clone(&state.alerts);
-    let (mut cursor, mut changes) = {
+    let (mut cursor, mut changes, streams) = {
         let f = feed.read();
-        (resume.or(since).unwrap_or(f.last_id()), f.subscribe())
+        (
+            resume.or(since).unwrap_or(f.last_id()),
+            f.subscribe(),
+            Arc::clone(&f.streams),
+        )
+    };
+    let Ok(permit) = streams.try_acquire_owned() else {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": format!("{MAX_STREAMS} alert streams are open already; try again later") })),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(5),
+        );
+        return response;
     };
     let events = async_stream(move |tx| async move {
+        // Held while the stream is open.
+        let _permit = permit;
         loop {
             let (fresh, closed) = {
                 let f = feed.read();

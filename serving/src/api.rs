@@ -345,8 +345,8 @@ async fn metrics(State(state): State<ServingState>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<ServingState>) -> Response {
+    lambda_speed::http::health(&state.speed)
 }
 
 async fn index() -> Html<&'static str> {

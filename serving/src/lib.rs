@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod query;
 pub mod remote;
+pub mod server;
 pub mod status;
 
 use std::sync::Arc;

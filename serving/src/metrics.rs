@@ -173,6 +173,17 @@ pub async fn render(state: &ServingState) -> String {
             "Version of the loaded manifest.",
             &one(manifest.version as f64),
         );
+        family(
+            &mut out,
+            "lambda_batch_quarantined_hours",
+            "gauge",
+            "Hour partitions whose views could not be computed from their data (see /api/v1/status).",
+            &one(manifest
+                .partitions
+                .values()
+                .filter(|p| p.quarantined.is_some())
+                .count() as f64),
+        );
         // Records in the log the lake does not hold yet.
         let lag: Vec<(String, f64)> = end_offsets
             .iter()

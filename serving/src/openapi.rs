@@ -4,6 +4,11 @@
 //! ([`FUNNEL_FIELDS`] …) — so the document cannot drift from the code
 //! without `tests/openapi.rs` noticing.
 
+use lambda_events::limits::{
+    DEFAULT_MAX_TS_AHEAD_MS, MAX_ABS_VALUE, MAX_AMOUNT_CENTS, MAX_BODY_BYTES, MAX_EVENT_ID_LEN,
+    MAX_LINE_BYTES, MAX_LINES_PER_REQUEST, MAX_REJECTIONS_LISTED, MAX_RENDER_MS, MAX_STRING_LEN,
+    QUERY_TIME_RANGE,
+};
 use serde_json::{Map, Value, json};
 
 use crate::api::{FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS};
@@ -66,13 +71,16 @@ fn parameter(name: &str, location: &str, description: &str, schema: Value) -> Va
 }
 
 fn time_parameters() -> Vec<Value> {
-    let time =
-        json!({ "oneOf": [{ "type": "integer" }, { "type": "string", "format": "date-time" }] });
+    let (earliest, latest) = QUERY_TIME_RANGE;
+    let time = json!({ "oneOf": [
+        { "type": "integer", "minimum": earliest, "maximum": latest },
+        { "type": "string", "format": "date-time" },
+    ] });
     vec![
         parameter(
             "from",
             "query",
-            "Start: ms since the epoch or RFC 3339 (default: 60 steps before `to`).",
+            "Start: ms since the epoch or RFC 3339, 1970 to the end of 9999 (default: 60 steps before `to`). The range holds at most 10000 buckets of `step`.",
             time.clone(),
         ),
         parameter(
@@ -97,7 +105,7 @@ fn query_operation(id: &str, summary: &str, filters: &[&str], fields: &[(&str, &
             filter,
             "query",
             &format!("Only this {filter}."),
-            json!({ "type": "string", "minLength": 1 }),
+            json!({ "type": "string", "minLength": 1, "maxLength": MAX_STRING_LEN }),
         ));
     }
     let mut properties = Map::new();
@@ -174,19 +182,25 @@ pub fn document() -> Value {
                 "operationId": "postEvents",
                 "summary": "Send events: NDJSON, or a JSON array. Served by ingest (and the demo).",
                 "tags": ["ingest"],
+                "description": format!(
+                    "Bounds: a body of at most {MAX_BODY_BYTES} bytes holding 1 to {MAX_LINES_PER_REQUEST} lines or array elements; a line over {MAX_LINE_BYTES} bytes is rejected alone. Per event: `event_id` 1 to {MAX_EVENT_ID_LEN} bytes, other strings 1 to {MAX_STRING_LEN} bytes, `amount_cents` 0 to {MAX_AMOUNT_CENTS}, `value` within ±{MAX_ABS_VALUE:e}, `render_ms` 0 to {MAX_RENDER_MS}, `battery_pct` 0 to 100, `ts` from 1970 to the end of 9999 and at most {} s ahead of the collector's clock.",
+                    DEFAULT_MAX_TS_AHEAD_MS / 1000
+                ),
                 "requestBody": { "required": true, "content": {
-                    "application/x-ndjson": { "schema": { "type": "string" } },
-                    "application/json": { "schema": { "type": "array", "items": { "type": "object" } } },
+                    "application/x-ndjson": { "schema": { "type": "string", "minLength": 1 } },
+                    "application/json": { "schema": { "type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_REQUEST, "items": { "type": "object" } } },
                 } },
                 "responses": {
                     "202": { "description": "Accepted lines are durable in the log; rejected ones are named by line and field.",
                              "content": { "application/json": { "schema": { "type": "object", "properties": {
-                                 "accepted": { "type": "integer" },
-                                 "rejected": { "type": "array", "items": { "type": "object", "properties": {
+                                 "accepted": { "type": "integer", "minimum": 0 },
+                                 "rejected": { "type": "array", "maxItems": MAX_REJECTIONS_LISTED, "items": { "type": "object", "properties": {
                                      "line": { "type": "integer" }, "field": { "type": ["string", "null"] }, "error": { "type": "string" } } } },
+                                 "rejected_count": { "type": "integer", "minimum": 0, "description": "Every rejected line; `rejected` lists the first ones." },
                              } } } } },
-                    "400": { "description": "An empty or unreadable body.", "content": { "application/json": { "schema": error } } },
-                    "413": { "description": "The body is over the size limit.", "content": { "application/json": { "schema": error } } },
+                    "400": { "description": "A body with no events.", "content": { "application/json": { "schema": error } } },
+                    "408": { "description": "The body did not arrive within the read timeout.", "content": { "application/json": { "schema": error } } },
+                    "413": { "description": "The body is over the size limit, or holds too many lines or elements.", "content": { "application/json": { "schema": error } } },
                     "429": { "description": "Too many requests in flight; see Retry-After.", "content": { "application/json": { "schema": error } } },
                     "503": { "description": "The log cannot make events durable now; see Retry-After.", "content": { "application/json": { "schema": error } } },
                 },
@@ -222,6 +236,7 @@ pub fn document() -> Value {
                 "responses": {
                     "200": { "description": "An open event stream.", "content": { "text/event-stream": {} } },
                     "400": { "$ref": "#/components/responses/BadParameter" },
+                    "503": { "description": "256 streams are open already; see Retry-After.", "content": { "application/json": { "schema": error } } },
                 },
             } },
             "/api/v1/status": { "get": simple("getStatus", "Per layer: offsets and lag, watermark, B, last and next batch run, late ledger, alerts.", "operations", "application/json", "The status document.") },
@@ -238,10 +253,19 @@ pub fn document() -> Value {
                 },
             } },
             "/metrics": { "get": simple("getMetrics", "Prometheus metrics of every layer.", "operations", "text/plain", "The text exposition format.") },
-            "/healthz": { "get": simple("getHealth", "Liveness.", "operations", "text/plain", "`ok`.") },
+            "/healthz": { "get": {
+                "operationId": "getHealth",
+                "summary": "Health: `ok`, or 503 naming what fails (e.g. speed layer checkpoints on a full disk; reads go on being served).",
+                "tags": ["operations"],
+                "responses": {
+                    "200": { "description": "`ok`.", "content": { "text/plain": {} } },
+                    "503": { "description": "What is unhealthy.", "content": { "text/plain": {} } },
+                },
+            } },
             "/openapi.json": { "get": simple("getOpenApi", "This document.", "operations", "application/json", "OpenAPI 3.1.") },
             "/": { "get": simple("getDashboard", "The dashboard page.", "dashboard", "text/html", "HTML.") },
         },
+        "x-limits": lambda_events::limits::TABLE,
         "components": {
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": {
@@ -253,7 +277,7 @@ pub fn document() -> Value {
                     "ts": { "type": "integer" }, "message": { "type": "string" }, "value": { "type": ["number", "null"] } } },
             },
             "responses": {
-                "BadParameter": { "description": "A bad parameter, named.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "BadParameter": { "description": "A bad parameter, named: not a time, a step or a filter it knows, outside the bounds, `from` not before `to`, or a range of more than 10000 buckets.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
             },
             "securitySchemes": { "adminToken": { "type": "http", "scheme": "bearer" } },
         },

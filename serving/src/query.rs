@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use lambda_events::{Step, floor_to};
 
 /// Most buckets one query may return.
-pub const MAX_BUCKETS: i64 = 10_000;
+pub use lambda_events::limits::MAX_BUCKETS;
+use lambda_events::limits::{MAX_STRING_LEN, QUERY_TIME_RANGE};
 
 /// A parameter problem: which parameter and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,20 +48,31 @@ impl Range {
 }
 
 fn parse_time(name: &str, text: &str) -> Result<i64, BadParameter> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    let ms = match text.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| {
+                BadParameter::new(
+                    name,
+                    format!("{text:?} is neither milliseconds nor RFC 3339"),
+                )
+            })?,
+    };
+    let (earliest, latest) = QUERY_TIME_RANGE;
+    if !(earliest..=latest).contains(&ms) {
+        return Err(BadParameter::new(
+            name,
+            format!("{ms} is outside the bounds {earliest}..={latest} (1970 to the end of 9999)"),
+        ));
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            BadParameter::new(
-                name,
-                format!("{text:?} is neither milliseconds nor RFC 3339"),
-            )
-        })
+    Ok(ms)
 }
 
 /// Checks the parameters of a query: only `allowed` names, plus `from`, `to`, `step`.
+///
+/// Every time is within [`QUERY_TIME_RANGE`] before any arithmetic, so none
+/// of the sums below can overflow.
 pub fn parse(
     params: &HashMap<String, String>,
     allowed_filters: &[&str],
@@ -84,13 +96,19 @@ pub fn parse(
             .map_err(|e| BadParameter::new("step", e.to_string()))?,
         None => Step::Minute,
     };
+    let width = step.millis();
     let to = match params.get("to") {
         Some(text) => parse_time("to", text)?,
-        None => floor_to(now_ms, step.millis()) + step.millis(),
+        None => {
+            floor_to(
+                now_ms.clamp(QUERY_TIME_RANGE.0, QUERY_TIME_RANGE.1 - width),
+                width,
+            ) + width
+        }
     };
     let from = match params.get("from") {
         Some(text) => parse_time("from", text)?,
-        None => to - 60 * step.millis(),
+        None => to.saturating_sub(60 * width).max(QUERY_TIME_RANGE.0),
     };
     if from >= to {
         return Err(BadParameter::new(
@@ -98,8 +116,9 @@ pub fn parse(
             format!("{from} is not before to ({to})"),
         ));
     }
-    let from = floor_to(from, step.millis());
-    let buckets = (to - from + step.millis() - 1) / step.millis();
+    let from = floor_to(from, width);
+    // Both ends are within the bounds, so this neither overflows nor wraps.
+    let buckets = (to - from + width - 1) / width;
     if buckets > MAX_BUCKETS {
         return Err(BadParameter::new(
             "step",
@@ -118,6 +137,13 @@ pub fn filter<'a>(
 ) -> Result<Option<&'a str>, BadParameter> {
     match params.get(name) {
         Some(value) if value.is_empty() => Err(BadParameter::new(name, "must not be empty")),
+        Some(value) if value.len() > MAX_STRING_LEN => Err(BadParameter::new(
+            name,
+            format!(
+                "longer than {MAX_STRING_LEN} bytes ({} bytes); no event carries such a value",
+                value.len()
+            ),
+        )),
         Some(value) => Ok(Some(value.as_str())),
         None => Ok(None),
     }
@@ -186,6 +212,49 @@ mod tests {
             Err(("step", "at most 10000")),
         );
         check(&[("colour", "red")], Err(("colour", "unknown parameter")));
+        // Far ends that used to wrap the bucket count negative.
+        check(
+            &[
+                ("from", "-9000000000000000000"),
+                ("to", "9000000000000000000"),
+            ],
+            Err(("to", "outside the bounds")),
+        );
+        check(
+            &[("from", "0"), ("to", "9223372036854775807")],
+            Err(("to", "outside the bounds")),
+        );
+        check(
+            &[("from", "-9223372036854775808"), ("to", "0")],
+            Err(("from", "outside the bounds")),
+        );
+        check(&[("from", "-1"), ("to", "60000")], Err(("from", "outside")));
+        // The bounds themselves are accepted (and then counted).
+        let last = QUERY_TIME_RANGE.1.to_string();
+        check(
+            &[("from", "0"), ("to", &last)],
+            Err(("step", "at most 10000")),
+        );
+        let from = (QUERY_TIME_RANGE.1 - 60_000).to_string();
+        check(
+            &[("from", &from), ("to", &last)],
+            Ok((
+                floor_to(QUERY_TIME_RANGE.1 - 60_000, 60_000),
+                QUERY_TIME_RANGE.1,
+                Step::Minute,
+            )),
+        );
+        // Exactly the bucket cap, and one more.
+        let cap_to = (60_000 * MAX_BUCKETS).to_string();
+        check(
+            &[("from", "0"), ("to", &cap_to)],
+            Ok((0, 60_000 * MAX_BUCKETS, Step::Minute)),
+        );
+        let over_to = (60_000 * MAX_BUCKETS + 1).to_string();
+        check(
+            &[("from", "0"), ("to", &over_to)],
+            Err(("step", "10001 buckets")),
+        );
         check(
             &[("campaign_id", "x")],
             Ok((
@@ -194,5 +263,57 @@ mod tests {
                 Step::Minute,
             )),
         );
+    }
+
+    /// Arbitrary text in every parameter: never a panic, and an accepted
+    /// range always holds 1 to MAX_BUCKETS buckets within the bounds.
+    #[test]
+    fn arbitrary_parameters_never_panic_and_accepted_ranges_hold() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let time = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (-1_000_000_000_000_000i64..=300_000_000_000_000).prop_map(|n| n.to_string()),
+            Just(QUERY_TIME_RANGE.1.to_string()),
+            Just("2026-01-01T00:00:00Z".to_string()),
+            ".{0,40}",
+        ];
+        let step = prop_oneof![
+            prop::sample::select(vec!["1m", "5m", "1h", "1d"]).prop_map(String::from),
+            ".{0,5}",
+        ];
+        let params = (
+            prop::option::of(time.clone()),
+            prop::option::of(time),
+            prop::option::of(step),
+            any::<i64>(),
+        );
+        let mut runner = TestRunner::new_with_rng(
+            Config {
+                cases: 4096,
+                failure_persistence: None,
+                ..Config::default()
+            },
+            TestRng::from_seed(RngAlgorithm::ChaCha, &[11; 32]),
+        );
+        runner
+            .run(&params, |(from, to, step, now)| {
+                let mut map = HashMap::new();
+                for (name, value) in [("from", from), ("to", to), ("step", step)] {
+                    if let Some(value) = value {
+                        map.insert(name.to_string(), value);
+                    }
+                }
+                if let Ok(range) = parse(&map, &[], now) {
+                    let (earliest, latest) = QUERY_TIME_RANGE;
+                    prop_assert!(
+                        earliest <= range.from && range.from < range.to && range.to <= latest
+                    );
+                    let buckets = range.bucket_starts().count() as i64;
+                    prop_assert!((1..=MAX_BUCKETS).contains(&buckets), "{buckets} buckets");
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -126,6 +126,7 @@ pub async fn snapshot(state: &ServingState) -> Value {
                 .collect::<Vec<_>>(),
             "last_checkpoint_ms": s.last_checkpoint_ms,
             "checkpoint_age_ms": s.last_checkpoint_ms.map(|t| now - t),
+            "checkpoint_error": s.checkpoint_error,
             "partitions": partitions,
         })
     };
@@ -135,6 +136,12 @@ pub async fn snapshot(state: &ServingState) -> Value {
         "manifest_version": manifest.map(|m| m.version),
         "max_event_ts": manifest.and_then(|m| m.max_event_ts),
         "last_commit_ms": manifest.map(|m| m.created_at_ms),
+        // Hours whose views could not be computed from their data: named until a run heals them.
+        "quarantined": manifest.map(|m| {
+            m.partitions.iter()
+                .filter_map(|(key, p)| p.quarantined.as_ref().map(|why| json!({ "partition": key, "reason": why })))
+                .collect::<Vec<_>>()
+        }).unwrap_or_default(),
         "partitions": manifest.map(|m| {
             m.offsets.iter().flat_map(|(topic, parts)| parts.iter().map(move |(p, o)| (topic.clone(), *p, *o)))
                 .map(|(topic, p, o)| {

@@ -1,0 +1,104 @@
+//! The HTTP server every process runs: an axum router on hyper, with the
+//! bounds `axum::serve` does not set — a cap on open connections and a
+//! timeout for a request's headers — and a graceful shutdown.
+//!
+//! Past the connection cap the server stops accepting: new connections wait
+//! in the kernel's backlog until one closes (as nginx does past
+//! `worker_connections`), so a flood of idle or slow sockets costs neither
+//! memory nor file descriptors beyond the cap. A client that has not sent a
+//! whole request head within [`HEADER_READ_TIMEOUT`] is disconnected, so
+//! such sockets do not hold their slot for long; bodies have their own
+//! timeout where they are read (the collector's).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Open connections one process serves at once (below the usual
+/// `ulimit -n` of 1024 with room for the log's files).
+pub const MAX_CONNECTIONS: usize = 768;
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish after shutdown is asked for.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then lets open
+/// connections finish for up to [`DRAIN_TIMEOUT`].
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: both pass; the server must not end.
+                    tracing::warn!(%error, "accepting a connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("connections still open after the drain timeout; closing them");
+    }
+}
