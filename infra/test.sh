@@ -23,6 +23,12 @@ if ! need c++; then
   echo "installing a C++ compiler for DuckDB's bundled build"
   apt-get update -qq && apt-get install -y -qq g++ >/dev/null
 fi
+# rdkafka is built with its `ssl` feature (TLS and SASL/SCRAM): librdkafka links
+# the system OpenSSL, whose headers openssl-sys finds through pkg-config.
+if ! need pkg-config || ! pkg-config --exists openssl; then
+  echo "installing libssl-dev and pkg-config (rdkafka's ssl feature builds against OpenSSL)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+fi
 
 # Headless Chromium for the dashboard's browser test (Debian's package).
 # The lesson's commands (tests/guide.rs) use curl and pkill.
@@ -49,7 +55,7 @@ if ! need tansu; then
     --target-dir "$HOME/.cache/lambda-pipeline/tansu-target"
 fi
 
-# A Python virtualenv for the tests that use outside tools:
+# A Python virtualenv for the tests that use outside tools (schemathesis too, below):
 # docker-compose 1.29 (validates docker-compose.yml against the compose schema
 # and resolves it; its PyYAML pin needs Cython < 3 to build), confluent-kafka
 # (a third-party Kafka client) and pyarrow (reads the lake as it is).
@@ -70,6 +76,11 @@ fi
 if ! "$venv/bin/python" -c 'import confluent_kafka, pyarrow' 2>/dev/null; then
   echo "installing confluent-kafka and pyarrow into $venv from PyPI"
   "$venv/bin/pip" install -q 'confluent-kafka==2.16.1' 'pyarrow==26.0.1'
+fi
+# schemathesis fuzzes the demo's API from its /openapi.json (tests/openapi.rs).
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  echo "installing schemathesis into $venv from PyPI"
+  "$venv/bin/pip" install -q 'schemathesis==4.32.5'
 fi
 export LAMBDA_TEST_VENV="$venv"
 

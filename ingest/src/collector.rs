@@ -171,7 +171,11 @@ fn error_response(status: StatusCode, message: String, retry_after: Option<u64>)
     response
 }
 
-async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
+async fn post_events(
+    State(state): State<IngestState>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
     let limit = state.config.max_body_bytes;
     let read = axum::body::to_bytes(body, limit);
     let bytes = match tokio::time::timeout(state.config.body_read_timeout, read).await {
@@ -194,6 +198,20 @@ async fn post_events(State(state): State<IngestState>, body: Body) -> Response {
             );
         }
     };
+    // A body declared as JSON must be an array of events (NDJSON, one object
+    // a line, is `application/x-ndjson` or any other type).
+    let declared_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if declared_json && bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "body: an application/json body must be a JSON array of events; send one event a line as application/x-ndjson".into(),
+            None,
+        );
+    }
     // The slot is taken only now that the body is here: a sender that trickles
     // its body holds a connection, never a writing slot.
     let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {

@@ -288,10 +288,19 @@ pub async fn stream(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let resume = headers
+    let resume = match headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .map(|v| v.to_str().map(str::parse::<u64>))
+    {
+        None => None,
+        Some(Ok(Ok(id))) => Some(id),
+        Some(_) => {
+            return bad(
+                "Last-Event-ID",
+                "expected an unsigned integer (the id of the last event received)",
+            );
+        }
+    };
     let since = match number(&params, "since") {
         Ok(v) => v,
         Err(response) => return response,

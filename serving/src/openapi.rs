@@ -188,7 +188,9 @@ pub fn document() -> Value {
                 ),
                 "requestBody": { "required": true, "content": {
                     "application/x-ndjson": { "schema": { "type": "string", "minLength": 1 } },
-                    "application/json": { "schema": { "type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_REQUEST, "items": { "type": "object" } } },
+                    "application/json": { "schema": { "type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_REQUEST,
+                        "description": "Events; any element that is not a valid event is rejected on its own (named in `rejected` and dead-lettered) while the others are accepted.",
+                        "items": {} } },
                 } },
                 "responses": {
                     "202": { "description": "Accepted lines are durable in the log; rejected ones are named by line and field.",
@@ -198,7 +200,7 @@ pub fn document() -> Value {
                                      "line": { "type": "integer" }, "field": { "type": ["string", "null"] }, "error": { "type": "string" } } } },
                                  "rejected_count": { "type": "integer", "minimum": 0, "description": "Every rejected line; `rejected` lists the first ones." },
                              } } } } },
-                    "400": { "description": "A body with no events.", "content": { "application/json": { "schema": error } } },
+                    "400": { "description": "A body with no events, or an `application/json` body that is not an array.", "content": { "application/json": { "schema": error } } },
                     "408": { "description": "The body did not arrive within the read timeout.", "content": { "application/json": { "schema": error } } },
                     "413": { "description": "The body is over the size limit, or holds too many lines or elements.", "content": { "application/json": { "schema": error } } },
                     "429": { "description": "Too many requests in flight; see Retry-After.", "content": { "application/json": { "schema": error } } },
@@ -213,7 +215,7 @@ pub fn document() -> Value {
                 "summary": "Alert transitions after `since`, oldest first, and the active alerts.",
                 "tags": ["alerts"],
                 "parameters": [
-                    parameter("since", "query", "Only transitions with a greater id.", json!({ "type": "integer", "minimum": 0 })),
+                    parameter("since", "query", "Only transitions with a greater id.", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })),
                     parameter("limit", "query", "At most this many (1 to 1000, default 100).", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                 ],
                 "responses": {
@@ -230,8 +232,8 @@ pub fn document() -> Value {
                 "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id).",
                 "tags": ["alerts"],
                 "parameters": [
-                    parameter("since", "query", "Start after this id (default: what arrives next).", json!({ "type": "integer", "minimum": 0 })),
-                    parameter("Last-Event-ID", "header", "Resume after this id (a reconnecting EventSource sends it).", json!({ "type": "integer" })),
+                    parameter("since", "query", "Start after this id (default: what arrives next).", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })),
+                    parameter("Last-Event-ID", "header", "Resume after this id (a reconnecting EventSource sends it).", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })),
                 ],
                 "responses": {
                     "200": { "description": "An open event stream.", "content": { "text/event-stream": {} } },
