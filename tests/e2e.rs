@@ -3,7 +3,8 @@
 //! run, `/api/v1/funnel` and `/api/v1/iot` must equal answers computed here by
 //! a plain fold over the generated lines (serde_json only, none of the
 //! pipeline's code), buckets before B must say `batch` and the rest `speed`,
-//! and a restart on the same data dir must answer the same.
+//! and a restart on the same data dir must answer the same. Also: a full
+//! disk (a tmpfs) degrades the demo and it recovers by itself.
 
 use std::time::Duration;
 
@@ -180,5 +181,147 @@ async fn check_pipeline(config: DemoConfig) {
     assert_eq!(again["buckets"], funnel["buckets"]);
     let report = demo.run_batch().await.unwrap();
     assert!(!report.committed, "nothing new to compact after a restart");
+    demo.stop().await.unwrap();
+}
+
+/// A tmpfs of `size` mounted on a new directory, unmounted on drop (the
+/// test command runs as root, as CI does).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root, as the test command has"
+        );
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the file system holding `path` until a write fails for lack of space.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0x5a; 64 * 1024];
+    loop {
+        if let Err(error) = file.write_all(&block).and_then(|()| file.sync_all()) {
+            assert_eq!(error.raw_os_error(), Some(28), "{error}"); // ENOSPC
+            return;
+        }
+    }
+}
+
+/// A full disk degrades, never kills: ingest answers 503 (nothing is
+/// acknowledged that is not durable), the speed layer keeps folding and
+/// serving and retries its checkpoint with backoff, `/healthz` says what is
+/// wrong, queries are answered — and everything recovers by itself once
+/// space returns. (The process used to exit a second after the disk filled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_degrades_and_recovers_by_itself() {
+    let tmpfs = Tmpfs::mount("96m");
+    let data = tmpfs.dir.path().join("data");
+    let demo = Demo::start(demo_config(&data)).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let click = |id: &str| {
+        format!(r#"{{"event_id":"{id}","ts":{now},"event_type":"click","user_id":"u-{id}"}}"#)
+    };
+    let post = |body: String| {
+        let client = client.clone();
+        let url = format!("{base}/api/v1/events");
+        async move { client.post(url).body(body).send().await.unwrap() }
+    };
+    assert_eq!(post(click("before")).await.status(), 202);
+
+    let filler = tmpfs.dir.path().join("filler");
+    fill(&filler);
+    let refused = post(click("during")).await;
+    assert_eq!(refused.status(), 503, "{:?}", refused.text().await);
+    // The speed layer's next checkpoint fails: unhealthy, named, not dead.
+    let mut health = None;
+    for _ in 0..100 {
+        let response = client.get(format!("{base}/healthz")).send().await.unwrap();
+        if response.status() == 503 {
+            health = Some(response.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = health.expect("/healthz turns 503 while checkpoints fail");
+    assert!(health.contains("checkpoint"), "{health}");
+    let status: Value = get(&client, format!("{base}/api/v1/status")).await;
+    assert!(status["speed"]["checkpoint_error"].is_string(), "{status}");
+    let funnel: Value = get(&client, format!("{base}/api/v1/funnel?step=1m")).await;
+    let clicks: u64 = funnel["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["clicks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(clicks, 1, "reads go on while the disk is full");
+
+    // Space returns: everything recovers without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..300 {
+        let response = client.get(format!("{base}/healthz")).send().await.unwrap();
+        if response.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "/healthz is ok again once a checkpoint is written"
+    );
+    let mut accepted = false;
+    for _ in 0..50 {
+        if post(click("after")).await.status() == 202 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(accepted, "ingest accepts again once there is space");
+    let mut counted = 0;
+    for _ in 0..50 {
+        let funnel: Value = get(&client, format!("{base}/api/v1/funnel?step=1m")).await;
+        counted = funnel["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["clicks"].as_u64().unwrap())
+            .sum();
+        if counted == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counted, 2,
+        "the refused event is not counted; the later one is"
+    );
     demo.stop().await.unwrap();
 }

@@ -293,7 +293,7 @@ pub async fn post_lines(client: &reqwest::Client, base: &str, lines: &[Vec<u8>])
         assert_eq!(response.status(), 202);
         let json: Value = response.json().await.unwrap();
         accepted += json["accepted"].as_u64().unwrap();
-        rejected += json["rejected"].as_array().unwrap().len();
+        rejected += json["rejected_count"].as_u64().unwrap() as usize;
     }
     (accepted, rejected)
 }
