@@ -634,6 +634,91 @@ async fn caught_up(client: &reqwest::Client, base: &str, stack: &Stack) -> Value
     }
 }
 
+/// Where a service mounts the stack's named volumes (the top-level `volumes`),
+/// in either of the forms `docker-compose config` writes: `NAME:TARGET[:MODE]`
+/// or `{type: volume, source: NAME, target: TARGET}`.
+fn named_volume_targets(config: &Value, service: &str) -> Vec<String> {
+    let named = config["volumes"].as_object().cloned().unwrap_or_default();
+    let mut targets = Vec::new();
+    for mount in config["services"][service]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let (source, target) = match mount {
+            Value::String(short) => {
+                let mut parts = short.split(':');
+                let source = parts.next().unwrap_or_default().to_string();
+                (source, parts.next().unwrap_or_default().to_string())
+            }
+            long => (
+                long["source"].as_str().unwrap_or_default().to_string(),
+                long["target"].as_str().unwrap_or_default().to_string(),
+            ),
+        };
+        if named.contains_key(&source) {
+            targets.push(target.trim_end_matches('/').to_string());
+        }
+    }
+    targets
+}
+
+/// What survives a re-created container, and what comes back by itself:
+/// Kafka's log dirs lie in its named volume (the image's default,
+/// `/tmp/kraft-combined-logs`, does not, and the speed and batch volumes keep
+/// offsets into that log); every long-running service restarts unless
+/// stopped, and the init jobs other services wait for to complete do not.
+#[test]
+fn the_compose_file_keeps_kafkas_log_and_restarts_long_running_services() {
+    let config = compose_config(&venv());
+    let services = config["services"].as_object().expect("services");
+
+    let kafka_volumes = named_volume_targets(&config, "kafka");
+    assert!(
+        !kafka_volumes.is_empty(),
+        "kafka mounts no named volume: {}",
+        services["kafka"]["volumes"]
+    );
+    let log_dirs = services["kafka"]["environment"]["KAFKA_LOG_DIRS"]
+        .as_str()
+        .expect("kafka sets KAFKA_LOG_DIRS (the image's default is outside any volume)");
+    for dir in log_dirs.split(',').map(|d| d.trim().trim_end_matches('/')) {
+        assert!(
+            kafka_volumes
+                .iter()
+                .any(|target| dir == target || dir.starts_with(&format!("{target}/"))),
+            "kafka's log dir {dir} is not in a named volume (mounted at {kafka_volumes:?})"
+        );
+    }
+
+    let init_jobs: BTreeSet<&str> = services
+        .values()
+        .filter_map(|s| s["depends_on"].as_object())
+        .flatten()
+        .filter(|(_, dep)| dep["condition"] == "service_completed_successfully")
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert!(
+        init_jobs.contains("kafka-init") && init_jobs.contains("minio-init"),
+        "the init jobs are waited for: {init_jobs:?}"
+    );
+    for (name, service) in services {
+        let restart = service["restart"].as_str();
+        if init_jobs.contains(name.as_str()) {
+            assert!(
+                matches!(restart, None | Some("no")),
+                "{name} runs once, but restarts: {restart:?}"
+            );
+        } else {
+            assert_eq!(
+                restart,
+                Some("unless-stopped"),
+                "{name} runs for good and must restart unless stopped"
+            );
+        }
+    }
+}
+
 /// The image's build copies every workspace member's manifest for its
 /// dependency layer; a member missing there breaks `docker compose build`.
 #[test]
