@@ -108,6 +108,8 @@ impl KafkaConfig {
 
 /// Most fetch consumers kept at once (beyond it the cache starts over).
 const MAX_READERS: usize = 32;
+/// Farthest a reader seeks back for a batch a broker skipped (records).
+const MAX_GAP_BACKOFF: u64 = 1 << 20;
 
 /// A consumer fetches read through, and where it stands.
 struct Reader {
@@ -118,6 +120,9 @@ struct Reader {
     watermarks: HashMap<(String, u32), (u64, u64)>,
     /// Checks reported high watermarks, when [`KafkaConfig::probe_end`] is on.
     probe: Option<Arc<Mutex<BaseConsumer>>>,
+    /// How far back the next seek goes, per partition that skipped ahead
+    /// (see [`Reader::fetch`]).
+    gap_backoff: HashMap<(String, u32), u64>,
 }
 
 /// The Kafka log.
@@ -276,6 +281,7 @@ impl KafkaLog {
             assigned: Vec::new(),
             watermarks: HashMap::new(),
             probe: self.probe.clone(),
+            gap_backoff: HashMap::new(),
         };
         let reader = Arc::new(Mutex::new(reader));
         readers.insert(key, Arc::clone(&reader));
@@ -509,13 +515,30 @@ impl Reader {
             };
             // Only records at the positions asked for count: anything else is
             // left over from an earlier assignment of this consumer.
-            match self
+            let probing = self.probe.is_some();
+            let Some(a) = self
                 .assigned
                 .iter_mut()
                 .find(|a| a.topic == topic && a.partition == partition)
-            {
-                Some(a) if offset >= a.offset => a.offset = offset + 1,
-                _ => continue,
+            else {
+                continue;
+            };
+            if offset < a.offset {
+                continue;
+            }
+            if offset > a.offset && probing {
+                // A broker that reports ends by batch (tansu 0.6) also answers
+                // a fetch from the middle of a batch with the *next* batch:
+                // taking it would skip the rest of the batch holding the
+                // offset asked for.
+                let expected = a.offset;
+                tracing::debug!(%topic, partition, expected, got = offset, "fetch skipped ahead; seeking back");
+                self.seek_back(&topic, partition, expected, timeout)?;
+                continue;
+            }
+            a.offset = offset + 1;
+            if probing {
+                self.gap_backoff.remove(&(topic.clone(), partition));
             }
             let w = self
                 .watermarks
@@ -529,7 +552,55 @@ impl Reader {
                 record,
             });
         }
+        if self.probe.is_some() {
+            // The same broker answers a fetch from inside the *last* batch
+            // with nothing at all: a position below the (probed) end that
+            // delivered nothing seeks back too.
+            let starved: Vec<(String, u32, u64)> = self
+                .assigned
+                .iter()
+                .filter(|a| {
+                    !out.iter()
+                        .any(|r| r.partition == a.partition && r.topic == a.topic)
+                })
+                .filter(|a| {
+                    self.watermarks
+                        .get(&(a.topic.clone(), a.partition))
+                        .is_some_and(|w| a.offset < w.1)
+                })
+                .map(|a| (a.topic.clone(), a.partition, a.offset))
+                .collect();
+            for (topic, partition, expected) in starved {
+                self.seek_back(&topic, partition, expected, timeout)?;
+            }
+        }
         Ok(out)
+    }
+
+    /// Seeks `topic`/`partition` back before `expected`, twice as far as the
+    /// last time it had to for this partition, so that the batch holding
+    /// `expected` comes next (records before it are dropped as left over).
+    fn seek_back(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        expected: u64,
+        timeout: Duration,
+    ) -> Result<(), LogError> {
+        let back = self
+            .gap_backoff
+            .entry((topic.to_string(), partition))
+            .or_insert(1);
+        let seek = expected.saturating_sub(*back);
+        *back = back.saturating_mul(2).min(MAX_GAP_BACKOFF);
+        self.consumer
+            .seek(
+                topic,
+                partition as i32,
+                Offset::Offset(seek as i64),
+                timeout,
+            )
+            .map_err(unavailable("seeking back to a skipped offset"))
     }
 }
 

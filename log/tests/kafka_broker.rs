@@ -57,6 +57,63 @@ async fn ranges_count_the_whole_last_batch() {
     assert!(fetched.is_empty());
 }
 
+/// tansu answers a fetch from the middle of a batch with the next batch.
+/// A reader restarted at such an offset (a speed layer resuming from its
+/// checkpoint) must still get every record from there on, in order: the test
+/// shows a plain reader skipping, then the probing reader not skipping, for
+/// offsets at, inside and at the end of batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_from_inside_a_batch_skips_nothing() {
+    let broker = Tansu::start();
+    broker.create_topic("mid-batch", 1);
+    let log = KafkaLog::open(config(&broker)).expect("kafka log");
+    for batch in 0..3 {
+        let records: Vec<Record> = (0..20)
+            .map(|i| Record::keyed("k", format!("b{batch}-r{i}"), 1_700_000_000_000))
+            .collect();
+        log.append("mid-batch", records).await.unwrap();
+    }
+    let from = |log: Arc<KafkaLog>, offset: u64| async move {
+        let position = lambda_log::FetchPosition {
+            topic: "mid-batch".into(),
+            partition: 0,
+            offset,
+        };
+        let mut offsets = Vec::new();
+        let mut next = position;
+        for _ in 0..20 {
+            let fetched = log
+                .fetch(
+                    std::slice::from_ref(&next),
+                    100,
+                    std::time::Duration::from_millis(300),
+                )
+                .await
+                .unwrap();
+            if let Some(last) = fetched.last() {
+                next.offset = last.offset + 1;
+            }
+            offsets.extend(fetched.iter().map(|r| r.offset));
+            if next.offset >= 60 {
+                break;
+            }
+        }
+        offsets
+    };
+    let plain = Arc::new(KafkaLog::open(KafkaConfig::new(broker.address.clone())).unwrap());
+    let skipped = from(plain, 5).await;
+    assert_ne!(
+        skipped.first(),
+        Some(&5),
+        "the broker no longer skips ahead, so the seek back is untested: {skipped:?}"
+    );
+    for offset in [0, 5, 19, 20, 21, 39, 59] {
+        let log = Arc::new(KafkaLog::open(config(&broker)).unwrap());
+        let got = from(log, offset).await;
+        assert_eq!(got, (offset..60).collect::<Vec<_>>(), "from {offset}");
+    }
+}
+
 #[test]
 fn kafka_urls_carry_options() {
     let config = KafkaConfig::from_url_tail(
