@@ -6,7 +6,8 @@ use std::time::Duration;
 /// The longest duration accepted anywhere (ten years): every setting that
 /// takes one (lateness, intervals, retention) is far below it, and its
 /// milliseconds fit an `i64` with room to add to any event time.
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+pub const MAX_DURATION: Duration =
+    Duration::from_secs(lambda_events::limits::MAX_DURATION_DAYS * 86_400);
 
 /// Parses `250ms`, `30s`, `5m`, `2h`, `7d` or a number of seconds, up to
 /// [`MAX_DURATION`].

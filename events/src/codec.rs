@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Deserializer;
 use serde::de::{SeqAccess, Visitor};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::event::{Event, EventError};
 use crate::limits::{DEAD_LETTER_EXCERPT_BYTES, MAX_LINE_BYTES, MAX_LINES_PER_REQUEST};
@@ -94,14 +94,18 @@ fn parse_array(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let parsed = deserializer
         .deserialize_seq(BoundedElements)
-        .and_then(|values| deserializer.end().map(|()| values));
+        .and_then(|elements| deserializer.end().map(|()| elements));
     match parsed {
-        Ok(values) => Ok(values
+        // Each element as the client sent it: validated on its own (a number
+        // out of range in one element rejects that element, not the array),
+        // kept byte for byte for the dead-letter topic, and never built into
+        // a tree when it is too long to be an event.
+        Ok(elements) => Ok(elements
             .iter()
             .enumerate()
-            .map(|(idx, value)| {
-                let raw = serde_json::to_vec(value).expect("a parsed value serializes");
-                parse_line(idx + 1, &raw, || Event::from_value(value))
+            .map(|(idx, element)| {
+                let raw = element.get().as_bytes();
+                parse_line(idx + 1, raw, || Event::from_json(raw))
             })
             .collect()),
         Err(e) if e.to_string().starts_with(TOO_MANY) => Err(BodyError::TooManyLines {
@@ -120,25 +124,25 @@ fn parse_array(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
 
 const TOO_MANY: &str = "too many elements";
 
-/// A JSON array's elements, failing at the first one past the limit.
+/// A JSON array's elements, unparsed, failing at the first one past the limit.
 struct BoundedElements;
 
 impl<'de> Visitor<'de> for BoundedElements {
-    type Value = Vec<Value>;
+    type Value = Vec<Box<RawValue>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a json array of events")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
-        let mut values = Vec::new();
-        while let Some(value) = seq.next_element::<Value>()? {
-            if values.len() == MAX_LINES_PER_REQUEST {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Box<RawValue>>, A::Error> {
+        let mut elements = Vec::new();
+        while let Some(element) = seq.next_element::<Box<RawValue>>()? {
+            if elements.len() == MAX_LINES_PER_REQUEST {
                 return Err(serde::de::Error::custom(TOO_MANY));
             }
-            values.push(value);
+            elements.push(element);
         }
-        Ok(values)
+        Ok(elements)
     }
 }
 
@@ -199,6 +203,25 @@ mod tests {
             got[1],
             (2, Err("expected a json object, found a number".into()))
         );
+    }
+
+    #[test]
+    fn array_elements_are_kept_as_sent_and_judged_alone() {
+        let body = r#"[ {"zz": 1,   "event_id": "x", "amount_cents": 1E2},
+            {"event_id":"a","ts":1,"event_type":"click","user_id":"u"},
+            {"event_id":"b","ts":1,"event_type":"sensor_reading","device_id":"d","sensor":"t","value":1e400} ]"#;
+        let lines = parse_body(body.as_bytes()).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[0].raw,
+            br#"{"zz": 1,   "event_id": "x", "amount_cents": 1E2}"#
+        );
+        assert!(
+            lines[1].result.is_ok(),
+            "a valid element next to a bad number is accepted"
+        );
+        let error = lines[2].result.as_ref().unwrap_err().to_string();
+        assert!(error.contains("invalid json"), "{error}");
     }
 
     #[test]

@@ -47,6 +47,18 @@ pub const MAX_REJECTIONS_LISTED: usize = 100;
 pub const MAX_BUCKETS: i64 = 10_000;
 /// Earliest `from` and latest `to` a query may name (the event bounds).
 pub const QUERY_TIME_RANGE: (i64, i64) = (0, MAX_TS_MS + 1);
+/// Open connections one process serves at once.
+pub const MAX_CONNECTIONS: usize = 768;
+/// Seconds a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Seconds a request body may take to arrive at the collector.
+pub const BODY_READ_TIMEOUT_SECS: u64 = 30;
+/// Alert streams (Server-Sent Events) open at once.
+pub const MAX_ALERT_STREAMS: usize = 256;
+/// Alert transitions one `GET /api/v1/alerts` answers at most.
+pub const MAX_ALERTS_PER_PAGE: usize = 1_000;
+/// Longest duration a setting or an admin request takes, in days.
+pub const MAX_DURATION_DAYS: u64 = 3650;
 
 /// One row of the table: a bound, where it applies and what it is.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -179,5 +191,47 @@ pub const TABLE: &[Limit] = &[
         Some(1.0),
         Some(MAX_STRING_LEN as f64),
         "bytes",
+    ),
+    limit(
+        "connections",
+        "every HTTP server",
+        None,
+        Some(MAX_CONNECTIONS as f64),
+        "open connections",
+    ),
+    limit(
+        "request headers",
+        "every HTTP server",
+        None,
+        Some(HEADER_READ_TIMEOUT_SECS as f64),
+        "seconds to arrive",
+    ),
+    limit(
+        "request body",
+        "POST /api/v1/events",
+        None,
+        Some(BODY_READ_TIMEOUT_SECS as f64),
+        "seconds to arrive",
+    ),
+    limit(
+        "alert streams",
+        "GET /api/v1/alerts/stream",
+        None,
+        Some(MAX_ALERT_STREAMS as f64),
+        "open streams",
+    ),
+    limit(
+        "limit",
+        "GET /api/v1/alerts",
+        Some(1.0),
+        Some(MAX_ALERTS_PER_PAGE as f64),
+        "transitions",
+    ),
+    limit(
+        "durations",
+        "CLI flags; POST /api/v1/admin/kappa/replay allowed_lateness",
+        Some(0.0),
+        Some(MAX_DURATION_DAYS as f64),
+        "days",
     ),
 ];

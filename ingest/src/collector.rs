@@ -63,7 +63,7 @@ impl Default for IngestConfig {
             append_timeout: Duration::from_secs(10),
             max_ts_ahead: Duration::from_millis(DEFAULT_MAX_TS_AHEAD_MS as u64),
             max_ts_behind: None,
-            body_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(lambda_events::limits::BODY_READ_TIMEOUT_SECS),
         }
     }
 }
@@ -225,10 +225,21 @@ async fn post_events(
             Some(1),
         );
     };
-    let lines = match parse_body(&bytes) {
-        Ok(lines) => lines,
-        Err(error @ BodyError::TooManyLines { .. }) => {
+    // Parsing up to 8 MiB is CPU work: off the async workers, so that one
+    // large body does not stall every other request on this core.
+    let parsed = tokio::task::spawn_blocking(move || parse_body(&bytes)).await;
+    let lines = match parsed {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(error @ BodyError::TooManyLines { .. })) => {
             return error_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_string(), None);
+        }
+        Err(join) => {
+            tracing::error!(error = %join, "parsing a request body failed");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "parsing the body failed".into(),
+                None,
+            );
         }
     };
     if lines.is_empty() {

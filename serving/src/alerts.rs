@@ -27,9 +27,9 @@ use crate::ServingState;
 /// Transitions kept.
 pub const FEED_CAPACITY: usize = 10_000;
 /// Most alerts one request returns.
-pub const MAX_LIMIT: usize = 1_000;
+pub const MAX_LIMIT: usize = lambda_events::limits::MAX_ALERTS_PER_PAGE;
 /// Alert streams open at once; one more is answered `503` with `Retry-After`.
-pub const MAX_STREAMS: usize = 256;
+pub const MAX_STREAMS: usize = lambda_events::limits::MAX_ALERT_STREAMS;
 
 /// One transition as serving numbered it.
 #[derive(Debug, Clone)]

@@ -169,7 +169,11 @@ fn respond<A: Default>(
     for (name, value) in [
         ("x-lambda-boundary", header(boundary)),
         ("x-lambda-watermark", header(watermark)),
-        ("x-lambda-data-age-ms", header(newest.map(|t| now_ms() - t))),
+        // Never negative: an event stamped ahead of the clock (within the bound) is not from the future.
+        (
+            "x-lambda-data-age-ms",
+            header(newest.map(|t| (now_ms() - t).max(0))),
+        ),
     ] {
         if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
             headers.insert(name, value);

@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Open connections one process serves at once (below the usual
 /// `ulimit -n` of 1024 with room for the log's files).
-pub const MAX_CONNECTIONS: usize = 768;
+pub const MAX_CONNECTIONS: usize = lambda_events::limits::MAX_CONNECTIONS;
 /// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_READ_TIMEOUT: Duration =
+    Duration::from_secs(lambda_events::limits::HEADER_READ_TIMEOUT_SECS);
 /// How long open connections get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,12 +58,15 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: detecting HTTP/2 first means waiting for a client's first
+    // bytes with no timeout, so sockets that send nothing (or only a
+    // preface) would hold their slots forever. Browsers and Grafana speak
+    // HTTP/1.1 to a plain-text server anyway.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
     loop {
         let slot = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -83,12 +87,24 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // hyper's header timeout starts with the first byte: a socket that
+            // sends nothing at all is closed here instead.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(n)) if n > 0
+            ) {
+                drop(slot);
+                return;
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(error = %error, "connection ended with an error");
             }
             drop(slot);

@@ -84,7 +84,7 @@ pub async fn run(
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
                         }
                     }
-                    Err(LogError::OffsetOutOfRange { topic, partition, start, offset, end }) if offset > end => {
+                    Err(LogError::OffsetOutOfRange { topic, partition, offset, end, .. }) if offset > end => {
                         // Not retention: the log holds less than this layer already
                         // consumed (records lost, or the log restored from an older
                         // copy). Skipping would hide it; rewinding would count again.
