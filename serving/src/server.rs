@@ -118,3 +118,68 @@ pub async fn serve(
         tracing::info!("connections still open after the drain timeout; closing them");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// Both bounds on real sockets, made small: with two idle sockets holding
+    /// both connection slots, a request waits (the server stops accepting);
+    /// once the first-byte timeout closes them, it is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_sockets_hold_slots_only_until_the_first_byte_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let limits = ServerLimits {
+            max_connections: 2,
+            header_read_timeout: Duration::from_millis(600),
+        };
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, app, limits, shutdown.clone()));
+        assert!(get(addr).await.ends_with("ok"));
+
+        let started = Instant::now();
+        let mut idle = vec![
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = tokio::spawn(get(addr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "past the cap a request waits");
+        // The idle sockets are closed by the server (EOF) after the timeout.
+        for socket in &mut idle {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut byte))
+                .await
+                .expect("closed by the server")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(550));
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("answered once a slot is free")
+            .unwrap();
+        assert!(answer.ends_with("ok"), "{answer}");
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+}
