@@ -90,7 +90,8 @@ async fn a_batch_run_on_request_needs_the_token() {
         body["boundary"],
         T0 + 49_000 - 60_000 - (T0 + 49_000 - 60_000).rem_euclid(60_000)
     );
-    let (status, again, _) = post(&client, &url, Some("Bearer s3cret")).await;
+    // The scheme is case-insensitive.
+    let (status, again, _) = post(&client, &url, Some("bearer s3cret")).await;
     assert_eq!(status, 200);
     assert_eq!(again["committed"], false, "nothing new: {again}");
     assert_eq!(again["version"], 1);
