@@ -371,15 +371,10 @@ impl RecordBatch {
                     }
                 }
                 Err(error) => {
-                    let cut = line.len > line.raw.len();
-                    let mut record =
-                        dead_letter_record(line.raw, &error.to_string(), line.line, now_ms);
-                    if cut {
-                        // Only the line's first bytes fit a record: say how long it was.
-                        record
-                            .headers
-                            .push(("original_bytes".into(), line.len.to_string().into_bytes()));
-                    }
+                    // An oversized line keeps only its first bytes: say how long it was.
+                    let record =
+                        dead_letter_record(line.raw, &error.to_string(), line.line, now_ms)
+                            .noting_original_len(line.len);
                     batch.dead_letter.push(record);
                     batch.rejected.push(Rejection {
                         line: line.line,

@@ -61,6 +61,19 @@ impl Record {
         }
     }
 
+    /// Notes, on a dead-letter record whose value holds only the first bytes
+    /// of an original of `original_len` bytes, how long the original was
+    /// (header `original_bytes`); a record holding all of it is unchanged.
+    pub fn noting_original_len(mut self, original_len: usize) -> Record {
+        if original_len > self.value.len() {
+            self.headers.push((
+                "original_bytes".into(),
+                original_len.to_string().into_bytes(),
+            ));
+        }
+        self
+    }
+
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

@@ -192,14 +192,7 @@ fn mark_idleness(
 /// dead-letter write fail, and retry, forever.
 pub fn dead_letter_record(value: &[u8], reason: &str, source: &str, now_ms: i64) -> Record {
     let excerpt = &value[..value.len().min(DEAD_LETTER_EXCERPT_BYTES)];
-    let mut record = Record::dead_letter(excerpt.to_vec(), reason, source, now_ms);
-    if excerpt.len() < value.len() {
-        record.headers.push((
-            "original_bytes".into(),
-            value.len().to_string().into_bytes(),
-        ));
-    }
-    record
+    Record::dead_letter(excerpt.to_vec(), reason, source, now_ms).noting_original_len(value.len())
 }
 
 /// Writes invalid records to `dead-letter`, retrying while the log is
