@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -29,6 +30,8 @@ use axum::routing::get;
 use lambda_batch::Lake;
 use lambda_batch::recompute::Recomputed;
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts};
+use lambda_events::limits::COMPARE_MIN_INTERVAL_SECS;
+use lambda_events::time::format_rfc3339;
 use lambda_events::{BucketViews, Event, EventType};
 use lambda_log::EventLog;
 use lambda_speed::replay::{self, Replayed};
@@ -38,8 +41,36 @@ use serde_json::json;
 /// Path of the comparison in the query API.
 pub const COMPARE_PATH: &str = "/api/v1/compare";
 
-/// The views compared, as the query API names them.
-pub const VIEWS: [&str; 3] = ["funnel", "pages", "iot"];
+/// A view compared, as the query API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum View {
+    /// `/api/v1/funnel`.
+    Funnel,
+    /// `/api/v1/pages`.
+    Pages,
+    /// `/api/v1/iot`.
+    Iot,
+}
+
+impl View {
+    /// `funnel`, `pages` or `iot`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Funnel => "funnel",
+            View::Pages => "pages",
+            View::Iot => "iot",
+        }
+    }
+}
+
+impl std::fmt::Display for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The views compared.
+pub const VIEWS: [View; 3] = [View::Funnel, View::Pages, View::Iot];
 
 /// Why a bucket differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,18 +257,18 @@ pub async fn compare(
 }
 
 /// Whether an event type is counted by `view`.
-fn in_view(view: &str, t: EventType) -> bool {
+fn in_view(view: View, t: EventType) -> bool {
     match view {
-        "funnel" => FunnelCounts::counts(t),
-        "pages" => PageCounts::counts(t),
-        _ => t == EventType::SensorReading || DeviceCounts::counts(t),
+        View::Funnel => FunnelCounts::counts(t),
+        View::Pages => PageCounts::counts(t),
+        View::Iot => t == EventType::SensorReading || DeviceCounts::counts(t),
     }
 }
 
 /// Events `view` counted in a bucket.
-fn events_in(view: &str, b: &BucketViews) -> u64 {
+fn events_in(view: View, b: &BucketViews) -> u64 {
     match view {
-        "funnel" => b
+        View::Funnel => b
             .funnel
             .values()
             .map(|c| {
@@ -249,8 +280,8 @@ fn events_in(view: &str, b: &BucketViews) -> u64 {
                     + c.signup_completes
             })
             .sum(),
-        "pages" => b.pages.values().map(|c| c.page_views + c.errors).sum(),
-        _ => {
+        View::Pages => b.pages.values().map(|c| c.page_views + c.errors).sum(),
+        View::Iot => {
             b.sensors.values().map(|s| s.count).sum::<u64>()
                 + b.devices
                     .values()
@@ -269,11 +300,11 @@ fn events_in(view: &str, b: &BucketViews) -> u64 {
 
 /// Whether `view`'s part of two buckets agrees (sensor sums to 1e-9
 /// relative: the two sides add the same values in different orders).
-fn same(view: &str, a: &BucketViews, b: &BucketViews) -> bool {
+fn same(view: View, a: &BucketViews, b: &BucketViews) -> bool {
     match view {
-        "funnel" => a.funnel == b.funnel && a.users == b.users,
-        "pages" => a.pages == b.pages && a.render == b.render,
-        _ => {
+        View::Funnel => a.funnel == b.funnel && a.users == b.users,
+        View::Pages => a.pages == b.pages && a.render == b.render,
+        View::Iot => {
             a.devices == b.devices
                 && a.sensors.len() == b.sensors.len()
                 && a.sensors.iter().all(|(k, x)| {
@@ -288,12 +319,6 @@ fn same(view: &str, a: &BucketViews, b: &BucketViews) -> bool {
                 })
         }
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| ms.to_string())
 }
 
 /// Compares the two sides bucket by bucket (the manifest, log and cost
@@ -314,14 +339,14 @@ fn judge(
         .flatten()
         .map(|e| e.event_id.as_str())
         .collect();
-    let mut lost: HashMap<(i64, &str), u64> = HashMap::new();
+    let mut lost: HashMap<(i64, View), u64> = HashMap::new();
     for (start, rows) in &batch.before_retention {
         for (id, event_type) in rows {
             if kappa.counted.contains(id) || late_ids.contains(id.as_str()) {
                 continue;
             }
             if let Some(t) = EventType::parse(event_type) {
-                for view in VIEWS.into_iter().filter(|v| in_view(v, t)) {
+                for view in VIEWS.into_iter().filter(|v| in_view(*v, t)) {
                     *lost.entry((*start, view)).or_default() += 1;
                 }
             }
@@ -400,7 +425,7 @@ fn judge(
             }
             differences.push(Difference {
                 view: view.to_string(),
-                bucket: rfc3339(start),
+                bucket: format_rfc3339(start),
                 bucket_ms: start,
                 lambda_events,
                 kappa_events,
@@ -427,6 +452,8 @@ pub struct CompareState {
     sources: CompareSources,
     /// One comparison at a time: each replays the log.
     running: Arc<tokio::sync::Mutex<()>>,
+    pacer: Arc<parking_lot::Mutex<Pacer>>,
+    cache: Arc<parking_lot::Mutex<AnswerCache>>,
 }
 
 impl CompareState {
@@ -435,7 +462,71 @@ impl CompareState {
         CompareState {
             sources,
             running: Arc::default(),
+            pacer: Arc::new(parking_lot::Mutex::new(Pacer::new(Duration::from_secs(
+                COMPARE_MIN_INTERVAL_SECS,
+            )))),
+            cache: Arc::default(),
         }
+    }
+}
+
+/// Spaces out comparisons that are computed (not answered from the cache):
+/// the next may start once the last has been finished for as long as it
+/// took, and at least `min_interval` after it started — so comparisons,
+/// which anyone may ask for, take at most half of the process's time.
+#[derive(Debug)]
+pub struct Pacer {
+    min_interval: Duration,
+    next_allowed: Option<Instant>,
+}
+
+impl Pacer {
+    /// A pacer with the given floor between two starts.
+    pub fn new(min_interval: Duration) -> Pacer {
+        Pacer {
+            min_interval,
+            next_allowed: None,
+        }
+    }
+
+    /// `Ok` if a comparison may start at `now`; else how long to wait.
+    pub fn check(&self, now: Instant) -> Result<(), Duration> {
+        match self.next_allowed {
+            Some(next) if now < next => Err(next - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Notes a comparison that ran from `started` to `finished`.
+    pub fn finished(&mut self, started: Instant, finished: Instant) {
+        let took = finished.saturating_duration_since(started);
+        self.next_allowed = Some((finished + took).max(started + self.min_interval));
+    }
+}
+
+/// Answers per (from, to, manifest version): the same comparison of the same
+/// data is computed once. The newest few are kept.
+#[derive(Debug, Default)]
+struct AnswerCache {
+    answers: std::collections::VecDeque<((i64, i64, u64), Arc<Comparison>)>,
+}
+
+/// Comparisons the cache keeps.
+const CACHED_ANSWERS: usize = 16;
+
+impl AnswerCache {
+    fn get(&self, key: (i64, i64, u64)) -> Option<Arc<Comparison>> {
+        self.answers
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| Arc::clone(c))
+    }
+
+    fn put(&mut self, key: (i64, i64, u64), answer: Arc<Comparison>) {
+        if self.answers.len() >= CACHED_ANSWERS {
+            self.answers.pop_front();
+        }
+        self.answers.push_back((key, answer));
     }
 }
 
@@ -448,6 +539,24 @@ pub fn router(state: CompareState) -> Router {
 
 fn error(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+fn answer(comparison: &Comparison, cache: &'static str) -> Response {
+    let mut response = axum::Json(comparison).into_response();
+    response
+        .headers_mut()
+        .insert("x-cache", axum::http::HeaderValue::from_static(cache));
+    response
+}
+
+fn too_many(message: String, wait: Duration) -> Response {
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, json!({ "error": message }));
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(seconds.max(1)),
+    );
+    response
 }
 
 async fn compare_route(
@@ -464,14 +573,58 @@ async fn compare_route(
             );
         }
     };
+    // The same comparison of the same data (the newest manifest) is answered
+    // from the cache; only a new one is paced.
+    let version = match &state.sources.lake {
+        Some(lake) => match lambda_batch::manifest::latest(lake).await {
+            Ok(manifest) => manifest.map(|m| m.version),
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "error": format!("reading the newest manifest: {e:#}") }),
+                );
+            }
+        },
+        None => None,
+    };
+    let Some(version) = version else {
+        // Nothing to compare with (no committed run, or kappa mode): the
+        // refusal costs nothing, so it is neither cached nor paced.
+        return respond(compare(&state.sources, range.from, range.to).await);
+    };
+    if let Some(cached) = state.cache.lock().get((range.from, range.to, version)) {
+        return answer(&cached, "hit");
+    }
     let Ok(_guard) = state.running.try_lock() else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({ "error": "a comparison is already running; try again when it is done" }),
+        return too_many(
+            "a comparison is already running; try again when it is done".into(),
+            Duration::from_secs(1),
         );
     };
-    match compare(&state.sources, range.from, range.to).await {
-        Ok(comparison) => axum::Json(comparison).into_response(),
+    let started = Instant::now();
+    if let Err(wait) = state.pacer.lock().check(started) {
+        return too_many(
+            format!(
+                "comparisons are paced (each replays the log): the next may start in {} ms",
+                wait.as_millis()
+            ),
+            wait,
+        );
+    }
+    let outcome = compare(&state.sources, range.from, range.to).await;
+    state.pacer.lock().finished(started, Instant::now());
+    if let Ok(comparison) = &outcome {
+        state.cache.lock().put(
+            (range.from, range.to, comparison.manifest_version),
+            Arc::new(comparison.clone()),
+        );
+    }
+    respond(outcome)
+}
+
+fn respond(outcome: Result<Comparison, CompareError>) -> Response {
+    match outcome {
+        Ok(comparison) => answer(&comparison, "miss"),
         Err(CompareError::NoBatch(message)) => {
             error(StatusCode::CONFLICT, json!({ "error": message }))
         }
@@ -489,8 +642,8 @@ pub fn render(c: &Comparison) -> String {
     let _ = writeln!(
         out,
         "lambda vs kappa over [{}, {}): the log prefix of batch manifest {} ({} records), lateness {} s",
-        rfc3339(c.from),
-        rfc3339(c.to),
+        format_rfc3339(c.from),
+        format_rfc3339(c.to),
         c.manifest_version,
         c.log_records,
         c.allowed_lateness_ms / 1000
@@ -558,4 +711,35 @@ pub fn render(c: &Comparison) -> String {
         let _ = writeln!(out, "  e.g. {}", d.detail);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next computed comparison waits as long as the last one took, and
+    /// at least the floor after the last one started.
+    #[test]
+    fn comparisons_are_paced_by_their_own_cost_and_a_floor() {
+        let floor = Duration::from_secs(5);
+        let mut pacer = Pacer::new(floor);
+        let t0 = Instant::now();
+        assert_eq!(pacer.check(t0), Ok(()), "the first may start at once");
+        // A quick one (1 s): the floor decides.
+        pacer.finished(t0, t0 + Duration::from_secs(1));
+        assert_eq!(
+            pacer.check(t0 + Duration::from_secs(1)),
+            Err(Duration::from_secs(4))
+        );
+        assert_eq!(
+            pacer.check(t0 + floor - Duration::from_millis(1)),
+            Err(Duration::from_millis(1))
+        );
+        assert_eq!(pacer.check(t0 + floor), Ok(()));
+        // A slow one (20 s): as long again after it ends.
+        let t1 = t0 + floor;
+        pacer.finished(t1, t1 + Duration::from_secs(20));
+        assert!(pacer.check(t1 + Duration::from_secs(39)).is_err());
+        assert_eq!(pacer.check(t1 + Duration::from_secs(40)), Ok(()));
+    }
 }

@@ -37,6 +37,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use lambda_events::limits::{BODY_READ_TIMEOUT_SECS, MAX_ADMIN_BODY_BYTES};
 use lambda_log::EventLog;
 use lambda_speed::{SpeedConfig, SpeedState, SpeedViews};
 use parking_lot::{Mutex, RwLock};
@@ -86,6 +87,43 @@ pub struct VersionMeta {
     pub created_ms: i64,
 }
 
+/// The steps of a replay, in order; `switched` and `failed` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayState {
+    /// Asked for, not started yet.
+    Queued,
+    /// Reading the log from the earliest retained offsets.
+    Replaying,
+    /// Following the live version until it has every offset the live one has.
+    CatchingUp,
+    /// Serving answers from the new version.
+    Switched,
+    /// Given up; the current version stays.
+    Failed,
+}
+
+impl ReplayState {
+    /// Whether the replay is still going (another one must wait).
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            ReplayState::Queued | ReplayState::Replaying | ReplayState::CatchingUp
+        )
+    }
+
+    /// As the status shows it: `queued`, `replaying`, `catching_up`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayState::Queued => "queued",
+            ReplayState::Replaying => "replaying",
+            ReplayState::CatchingUp => "catching_up",
+            ReplayState::Switched => "switched",
+            ReplayState::Failed => "failed",
+        }
+    }
+}
+
 /// Where a replay is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplayStatus {
@@ -93,8 +131,8 @@ pub struct ReplayStatus {
     pub version: u64,
     /// Its allowed lateness.
     pub allowed_lateness_ms: i64,
-    /// `queued`, `replaying`, `catching_up`, `switched` or `failed`.
-    pub state: &'static str,
+    /// Where it is.
+    pub state: ReplayState,
     /// Records folded so far.
     pub records: u64,
     /// Records between the earliest retained offsets and the ends when it started.
@@ -113,7 +151,7 @@ impl ReplayStatus {
         ReplayStatus {
             version: request.version,
             allowed_lateness_ms: request.allowed_lateness_ms,
-            state: "queued",
+            state: ReplayState::Queued,
             records: 0,
             target: 0,
             started_ms: now_ms(),
@@ -252,11 +290,12 @@ impl Kappa {
     pub fn request_replay(&self, allowed_lateness_ms: Option<i64>) -> Result<u64, String> {
         let mut status = self.status.write();
         if let Some(replay) = &status.replay
-            && matches!(replay.state, "queued" | "replaying" | "catching_up")
+            && replay.state.is_running()
         {
             return Err(format!(
                 "a replay to version {} is already {}",
-                replay.version, replay.state
+                replay.version,
+                replay.state.as_str()
             ));
         }
         let request = ReplayRequest {
@@ -366,7 +405,7 @@ impl Kappa {
                     status.allowed_lateness_ms = meta.allowed_lateness_ms;
                 }
                 self.set_replay(|r| {
-                    r.state = "switched";
+                    r.state = ReplayState::Switched;
                     r.finished_ms = Some(now_ms());
                 });
                 tracing::info!(
@@ -390,7 +429,7 @@ impl Kappa {
                     "kappa replay failed"
                 );
                 self.set_replay(|r| {
-                    r.state = "failed";
+                    r.state = ReplayState::Failed;
                     r.finished_ms = Some(now_ms());
                     r.error = Some(format!("{error:#}"));
                 });
@@ -424,7 +463,7 @@ impl Kappa {
         .await?;
         let target: u64 = spans.iter().map(|s| s.end - s.start).sum();
         self.set_replay(|r| {
-            r.state = "replaying";
+            r.state = ReplayState::Replaying;
             r.target = target;
         });
         tracing::info!(
@@ -444,7 +483,7 @@ impl Kappa {
         };
         let views: SpeedViews = Arc::new(RwLock::new(replayed.state));
         let job = self.spawn_job(meta, &views, shutdown);
-        self.set_replay(|r| r.state = "catching_up");
+        self.set_replay(|r| r.state = ReplayState::CatchingUp);
         let Some(old) = old else {
             return Ok(Some((views, job)));
         };
@@ -601,16 +640,42 @@ struct ReplayBody {
     allowed_lateness: Option<String>,
 }
 
+fn refusal(status: StatusCode, error: String) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": error, "parameter": "body" })),
+    )
+        .into_response()
+}
+
+/// The token is checked before a byte of the body is read; the body is then
+/// bounded in size ([`MAX_ADMIN_BODY_BYTES`]) and in time ([`BODY_READ_TIMEOUT_SECS`]).
 async fn replay_route(
     State(state): State<KappaRoutes>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Some(refusal) = state.admin.authorize(&headers) {
         return refusal;
     }
     let Some(kappa) = &state.kappa else {
         return not_kappa();
+    };
+    let read = axum::body::to_bytes(body, MAX_ADMIN_BODY_BYTES);
+    let body = match tokio::time::timeout(Duration::from_secs(BODY_READ_TIMEOUT_SECS), read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body exceeds the limit of {MAX_ADMIN_BODY_BYTES} bytes"),
+            );
+        }
+        Err(_) => {
+            return refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body did not arrive within {BODY_READ_TIMEOUT_SECS} s"),
+            );
+        }
     };
     let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayBody::default()
@@ -629,7 +694,7 @@ async fn replay_route(
     let lateness = match body
         .allowed_lateness
         .as_deref()
-        .map(crate::duration::parse_millis)
+        .map(lambda_events::time::parse_duration_millis)
     {
         None => None,
         Some(Ok(ms)) => Some(ms),

@@ -7,7 +7,6 @@
 pub mod bench;
 pub mod compare;
 pub mod demo;
-pub mod duration;
 pub mod kappa;
 pub mod roles;
 pub mod supervisor;

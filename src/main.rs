@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use lambda_events::Severity;
+use lambda_events::time::{parse_duration, parse_instant};
 use lambda_ingest::generator::GeneratorConfig;
 use lambda_ingest::sender::SenderConfig;
 use lambda_pipeline::demo::{Demo, DemoConfig, GeneratorSettings};
-use lambda_pipeline::kappa::Architecture;
+use lambda_pipeline::kappa::{Architecture, ReplayState};
 use lambda_pipeline::roles::{self, Shared};
-use lambda_pipeline::{duration, telemetry};
+use lambda_pipeline::telemetry;
 use lambda_speed::alerts::{AlertRules, SensorRange};
 use tokio_util::sync::CancellationToken;
 
@@ -115,10 +116,10 @@ struct SharedArgs {
     #[arg(long, env = "LAMBDA_PARTITIONS", default_value_t = lambda_ingest::DEFAULT_PARTITIONS)]
     partitions: u32,
     /// How far the watermark trails the newest event, e.g. 60s.
-    #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = duration::parse)]
+    #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = parse_duration)]
     allowed_lateness: Duration,
     /// A partition that sends nothing for this long stops holding the speed layer's watermark back, e.g. 30s.
-    #[arg(long, env = "LAMBDA_IDLE_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    #[arg(long, env = "LAMBDA_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Alert rules as TOML (see infra/alerts.example.toml); without it, the built-in defaults.
     #[arg(long, env = "LAMBDA_ALERTS_FILE")]
@@ -147,7 +148,7 @@ struct AlertArgs {
     )]
     sensor_range: Vec<SensorRange>,
     /// A device offline (by its last status) for longer than this raises, e.g. 5m.
-    #[arg(long = "alert-offline-after", env = "LAMBDA_ALERT_OFFLINE_AFTER", value_parser = duration::parse)]
+    #[arg(long = "alert-offline-after", env = "LAMBDA_ALERT_OFFLINE_AFTER", value_parser = parse_duration)]
     offline_after: Option<Duration>,
     /// Alarm severities that raise, e.g. high,critical.
     #[arg(long = "alert-severities", env = "LAMBDA_ALERT_SEVERITIES", value_delimiter = ',', value_parser = parse_severity)]
@@ -260,7 +261,7 @@ struct SpeedArgs {
     #[arg(long, env = "LAMBDA_SPEED_INSTANCES", default_value_t = 1)]
     instances: u32,
     /// How often state and consumed offsets are checkpointed together, e.g. 5s.
-    #[arg(long, env = "LAMBDA_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = duration::parse)]
+    #[arg(long, env = "LAMBDA_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     checkpoint_interval: Duration,
     #[command(flatten)]
     shared: SharedArgs,
@@ -420,7 +421,7 @@ struct KappaReplayArgs {
     #[arg(long, env = "LAMBDA_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Allowed lateness of the new version, e.g. 15m (default: the current version's).
-    #[arg(long, value_parser = duration::parse)]
+    #[arg(long, value_parser = parse_duration)]
     allowed_lateness: Option<Duration>,
     /// Print the final status only, without a progress bar.
     #[arg(long)]
@@ -449,7 +450,7 @@ struct GenerateArgs {
     #[arg(long, env = "LAMBDA_TARGET", default_value = "http://127.0.0.1:8080")]
     target: String,
     /// Stop after this long, e.g. 60s or 10m (default: until Ctrl-C).
-    #[arg(long, env = "LAMBDA_DURATION", value_parser = duration::parse)]
+    #[arg(long, env = "LAMBDA_DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Hide the progress bar.
     #[arg(long)]
@@ -578,7 +579,7 @@ fn parse_when(text: &str) -> Result<i64, String> {
         return Ok(now);
     }
     if let Some(ago) = text.strip_prefix("now-").or_else(|| text.strip_prefix('-')) {
-        return duration::parse(ago).map(|d| now - d.as_millis() as i64);
+        return parse_duration(ago).map(|d| now - d.as_millis() as i64);
     }
     parse_start(text).map_err(|e| format!("{e}; or `now`, or a time before now such as -30m"))
 }
@@ -635,8 +636,10 @@ async fn kappa_replay(args: KappaReplayArgs) -> anyhow::Result<()> {
         );
         bar.set_length(replay["target"].as_u64().unwrap_or(0));
         bar.set_position(replay["records"].as_u64().unwrap_or(0));
-        match replay["state"].as_str().unwrap_or("") {
-            "switched" => {
+        let state = serde_json::from_value::<ReplayState>(replay["state"].clone())
+            .with_context(|| format!("reading the replay's state: {replay}"))?;
+        match state {
+            ReplayState::Switched => {
                 bar.finish_and_clear();
                 let took = replay["finished_ms"].as_i64().unwrap_or(0)
                     - replay["started_ms"].as_i64().unwrap_or(0);
@@ -648,11 +651,11 @@ async fn kappa_replay(args: KappaReplayArgs) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            "failed" => {
+            ReplayState::Failed => {
                 bar.abandon();
                 anyhow::bail!("replay to version {version} failed: {}", replay["error"]);
             }
-            state => bar.set_message(state.replace('_', " ")),
+            running => bar.set_message(running.as_str().replace('_', " ")),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -700,15 +703,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A point in time on the command line: milliseconds since the epoch or
+/// RFC 3339, within the events' bounds (1970 to the end of 9999).
 fn parse_start(text: &str) -> Result<i64, String> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    let ms = parse_instant(text)?;
+    let (earliest, latest) = lambda_events::limits::QUERY_TIME_RANGE;
+    if (earliest..=latest).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "{ms} is outside {earliest}..={latest} (1970 to the end of 9999)"
+        ))
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| {
-            format!("expected ms since the epoch or RFC 3339, e.g. 2026-01-01T00:00:00Z ({e})")
-        })
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

@@ -90,9 +90,12 @@ impl Shared {
             .log_url
             .clone()
             .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("log").display()));
-        // The embedded log keeps what the batch layer has not put in the lake.
+        // The embedded log keeps what the batch layer has not put in the lake;
+        // `dead-letter`, which no layer reads on a schedule, has its own
+        // retention (on Kafka: the topic's retention.ms/retention.bytes).
         let config = EmbeddedConfig {
             retention_guards: vec![lambda_batch::run::CONSUMER_GROUP.to_string()],
+            topic_retention: lambda_ingest::topic_retention(),
             ..EmbeddedConfig::default()
         };
         let log = lambda_log::open(&url, config)
@@ -347,8 +350,15 @@ pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyho
 
 fn runner_router(handle: BatchHandle) -> Router {
     let status = handle.clone();
+    let health = handle.clone();
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let problems: Vec<String> = health.status.read().unhealthy().into_iter().collect();
+                async move { lambda_speed::http::health(&problems) }
+            }),
+        )
         .route(
             RUNNER_STATUS_PATH,
             get(move || {

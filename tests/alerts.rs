@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::{Value, json};
 
-mod common;
-use common::{MINUTE, demo_config, get, post_lines, text};
+use crate::common::{MINUTE, demo_config, get, post_lines, text};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -393,5 +392,90 @@ async fn active_alerts_survive_a_restart_without_repeating() {
         "{listed}"
     );
     assert!(listed["active"].as_array().unwrap().is_empty());
+    demo.stop().await.unwrap();
+}
+
+/// Opens an alert stream on a socket of its own and reads its response head.
+async fn raw_stream(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"GET /api/v1/alerts/stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut byte))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    (socket, String::from_utf8(head).unwrap())
+}
+
+/// The alert streams' bound on both sides: `MAX_ALERT_STREAMS` open at once
+/// are all served; one more is `503` with `Retry-After`; once a client goes,
+/// its place is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_streams_are_capped_and_a_closed_one_frees_its_place() {
+    use lambda_events::limits::MAX_ALERT_STREAMS;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(demo_config(dir.path())).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let mut open = Vec::with_capacity(MAX_ALERT_STREAMS);
+    for i in 0..MAX_ALERT_STREAMS {
+        let (socket, head) = raw_stream(demo.addr).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "stream {i}: {head}");
+        assert!(head.contains("text/event-stream"), "{head}");
+        open.push(socket);
+    }
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{base}/api/v1/alerts/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&MAX_ALERT_STREAMS.to_string()),
+        "{body}"
+    );
+    // Other routes are not held up by the open streams.
+    assert_eq!(
+        get(&client, format!("{base}/api/v1/status")).await["architecture"],
+        "lambda"
+    );
+
+    // One client goes: its place is given to the next one (at the latest
+    // when the server's next keep-alive finds the socket closed).
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (socket, head) = raw_stream(demo.addr).await;
+        if head.starts_with("HTTP/1.1 200") {
+            open.push(socket);
+            break;
+        }
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(open);
     demo.stop().await.unwrap();
 }

@@ -6,8 +6,7 @@
 use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::{Value, json};
 
-mod common;
-use common::{NEVER, demo_config, get, post_lines, text};
+use crate::common::{NEVER, demo_config, get, post_lines, text};
 
 const T0: i64 = 1_767_225_600_000;
 const PATH: &str = "/api/v1/admin/batch/run";

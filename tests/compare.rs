@@ -15,8 +15,7 @@ use lambda_pipeline::compare::{self, CompareSources, Comparison};
 use lambda_pipeline::demo::Demo;
 use serde_json::Value;
 
-mod common;
-use common::{MINUTE, demo_config, get, post_lines};
+use crate::common::{MINUTE, demo_config, get, post_lines};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -103,7 +102,32 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
     let url = format!("{base}/api/v1/compare?from={from}&to={to}");
     let comparison: Comparison = client.get(&url).send().await.unwrap().json().await.unwrap();
 
-    for view in compare::VIEWS {
+    // Anyone may ask for a comparison, and each replays the log: the same
+    // one of the same data comes from the cache; a new one straight after
+    // (within the 5 s pacing floor) is 429 with Retry-After.
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-cache"], "hit");
+    let response = client
+        .get(format!(
+            "{base}/api/v1/compare?from={from}&to={}",
+            to - MINUTE
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // At least a second; at most the floor or as long as the first one took.
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("paced"), "{body}");
+
+    for view in compare::VIEWS.map(compare::View::as_str) {
         let s = comparison.summary[view];
         assert_eq!(s.unexplained, 0, "{view}: {s:?}");
         assert!(s.buckets >= 10, "{view}: {s:?}");
@@ -186,6 +210,7 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
     let again: Comparison = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(again.summary, comparison.summary);
     assert_eq!(again.differences, comparison.differences);
+
     let status = get(&client, format!("{base}/api/v1/status")).await;
     assert!(status["speed"].is_object());
     demo.stop().await.unwrap();

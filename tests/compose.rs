@@ -32,8 +32,7 @@ use lambda_log::{KafkaConfig, KafkaLog};
 use lambda_testkit::{KillOnDrop, Moto, Tansu, free_port};
 use serde_json::{Value, json};
 
-mod common;
-use common::{Checked, MINUTE, check_answers, fold, get, text};
+use crate::common::{Checked, MINUTE, check_answers, fold, get, text};
 
 const APP_IMAGE: &str = "lambda-pipeline:latest";
 const SEED: u64 = 20261122;
@@ -716,6 +715,48 @@ fn the_compose_file_keeps_kafkas_log_and_restarts_long_running_services() {
                 "{name} runs for good and must restart unless stopped"
             );
         }
+    }
+}
+
+/// The topics the compose stack creates before the pipeline starts carry
+/// the contract's settings (the pipeline's own creation is skipped for a
+/// topic that exists): the record limit with its headroom on every topic,
+/// and `dead-letter`'s own retention.
+#[test]
+fn the_compose_topics_carry_the_record_limit_and_dead_letters_retention() {
+    use lambda_events::limits;
+    let config = compose_config(&venv());
+    let command: String = match &config["services"]["kafka-init"]["command"] {
+        Value::Array(parts) => parts.iter().filter_map(Value::as_str).collect(),
+        other => other.as_str().unwrap_or_default().to_string(),
+    };
+    let line = |topic: &str| {
+        command
+            .lines()
+            .find(|l| l.contains(&format!("--topic {topic} ")))
+            .unwrap_or_else(|| panic!("kafka-init creates {topic}: {command}"))
+            .to_string()
+    };
+    let max_message = format!(
+        "--config max.message.bytes={}",
+        limits::MAX_RECORD_BYTES + 64 * 1024
+    );
+    for topic in ["funnel-events", "iot-events", "dead-letter"] {
+        assert!(
+            line(topic).contains(&max_message),
+            "{topic}: {}",
+            line(topic)
+        );
+    }
+    let dead_letter = line("dead-letter");
+    for setting in [
+        format!("--config retention.ms={}", limits::DEAD_LETTER_RETENTION_MS),
+        format!(
+            "--config retention.bytes={}",
+            limits::DEAD_LETTER_RETENTION_BYTES
+        ),
+    ] {
+        assert!(dead_letter.contains(&setting), "{setting} in {dead_letter}");
     }
 }
 

@@ -12,8 +12,7 @@ use std::process::Command;
 use lambda_ingest::generator::{Generator, GeneratorConfig};
 use lambda_pipeline::demo::Demo;
 
-mod common;
-use common::{demo_config, get, post_lines};
+use crate::common::{demo_config, get, post_lines};
 
 const T0: i64 = 1_767_225_600_000;
 const CHARTS: [&str; 7] = [

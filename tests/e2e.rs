@@ -12,8 +12,7 @@ use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
 use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::Value;
 
-mod common;
-use common::{
+use crate::common::{
     MINUTE, check_funnel, check_iot, check_pages, demo_config, fold, get, post_lines, text,
 };
 
@@ -323,5 +322,110 @@ async fn a_full_disk_degrades_and_recovers_by_itself() {
         counted, 2,
         "the refused event is not counted; the later one is"
     );
+    demo.stop().await.unwrap();
+}
+
+/// Polls `/healthz` until it answers `status`; returns the body.
+async fn wait_for_health(
+    client: &reqwest::Client,
+    base: &str,
+    status: u16,
+    within: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let response = client.get(format!("{base}/healthz")).send().await.unwrap();
+        if response.status() == status {
+            return response.text().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz never answered {status}: {}",
+            response.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A batch run on a full disk fails loudly and is retried by itself: the
+/// run's error is in the status, `/healthz` names the batch layer, queries
+/// keep answering from the last views, and once space returns a retry
+/// (with backoff, no trigger, the schedule never fires) commits. Then the
+/// demo restarts on a disk that is full again: it comes up, degraded, and
+/// serves what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_run_on_a_full_disk_is_retried_until_it_commits() {
+    let tmpfs = Tmpfs::mount("96m");
+    let data = tmpfs.dir.path().join("data");
+    let demo = Demo::start(demo_config(&data)).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let lines: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"c{i}","ts":1767225600000,"event_type":"click","user_id":"u{i}"}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    post_lines(&client, &base, &lines).await;
+
+    let filler = tmpfs.dir.path().join("filler");
+    fill(&filler);
+    let error = demo
+        .run_batch()
+        .await
+        .expect_err("no room for the run's files");
+    let status: Value = get(&client, format!("{base}/api/v1/status")).await;
+    let batch = &status["batch"];
+    assert_eq!(batch["consecutive_failures"], 1, "{batch}");
+    assert_eq!(batch["healthy"], false, "{batch}");
+    assert!(batch["retry_at_ms"].is_i64(), "{batch}");
+    assert!(batch["last_run"]["error"].is_string(), "{batch}: {error:#}");
+    let health = wait_for_health(&client, &base, 503, Duration::from_secs(10)).await;
+    assert!(health.contains("batch layer"), "{health}");
+    let funnel: Value = get(
+        &client,
+        format!("{base}/api/v1/funnel?step=1m&from=1767225600000&to=1767225660000"),
+    )
+    .await;
+    assert_eq!(funnel["buckets"][0]["clicks"], 200, "reads go on: {funnel}");
+
+    // Space returns: the retry commits by itself (5 s after the failure).
+    std::fs::remove_file(&filler).unwrap();
+    wait_for_health(&client, &base, 200, Duration::from_secs(60)).await;
+    let status: Value = get(&client, format!("{base}/api/v1/status")).await;
+    let batch = &status["batch"];
+    assert_eq!(batch["consecutive_failures"], 0, "{batch}");
+    assert_eq!(batch["last_run"]["ok"], true, "{batch}");
+    assert!(batch["runs_ok"].as_u64().unwrap() >= 1, "{batch}");
+    assert!(batch["retry_at_ms"].is_null(), "{batch}");
+    demo.stop().await.unwrap();
+
+    // A restart on a full disk: the demo comes up and answers queries.
+    fill(&filler);
+    let demo = Demo::start(demo_config(&data)).await.unwrap();
+    let base = format!("http://{}", demo.addr);
+    let mut counted = Value::Null;
+    for _ in 0..100 {
+        let funnel: Value = get(
+            &client,
+            format!("{base}/api/v1/funnel?step=1m&from=1767225600000&to=1767225660000"),
+        )
+        .await;
+        counted = funnel["buckets"][0]["clicks"].clone();
+        if counted == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counted, 200,
+        "what was stored is served after a restart on a full disk"
+    );
+    std::fs::remove_file(&filler).unwrap();
     demo.stop().await.unwrap();
 }

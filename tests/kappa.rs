@@ -11,8 +11,9 @@ use lambda_pipeline::demo::{Demo, DemoConfig};
 use lambda_pipeline::kappa::Architecture;
 use serde_json::Value;
 
-mod common;
-use common::{MINUTE, check_funnel, check_iot, check_pages, demo_config, fold, get, post_lines};
+use crate::common::{
+    MINUTE, check_funnel, check_iot, check_pages, demo_config, fold, get, post_lines,
+};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const TOKEN: &str = "kappa-token";
@@ -153,6 +154,38 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
     assert_eq!(body["parameter"], "allowed_lateness");
+    // The token is checked before the body is read: a request announcing a
+    // body it never sends is refused at once (it used to wait for the body,
+    // with no time limit). With the token, a body past 4 KiB is 413.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+        socket
+            .write_all(
+                b"POST /api/v1/admin/kappa/replay HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut head))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 401");
+    }
+    let big = client
+        .post(&replay)
+        .bearer_auth(TOKEN)
+        .body(format!(
+            r#"{{"allowed_lateness":"15m","pad":"{}"}}"#,
+            "x".repeat(5000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let body: Value = big.json().await.unwrap();
+    assert_eq!(body["parameter"], "body", "{body}");
 
     // Replay with a lateness wider than the generator's lateness (2–10 min):
     // the new version counts every event. Until the switch, readers see

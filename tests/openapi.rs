@@ -9,8 +9,7 @@ use std::collections::BTreeSet;
 use lambda_pipeline::demo::Demo;
 use serde_json::{Value, json};
 
-mod common;
-use common::{demo_config, get, post_lines, text};
+use crate::common::{demo_config, get, post_lines, text};
 
 const T0: i64 = 1_767_225_600_000;
 

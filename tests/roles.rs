@@ -13,8 +13,7 @@ use lambda_pipeline::roles::{self, Instance, Peers, Running, Shared};
 use lambda_testkit::Tansu;
 use serde_json::Value;
 
-mod common;
-use common::{MINUTE, check_answers, get, post_lines};
+use crate::common::{MINUTE, check_answers, get, post_lines};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 

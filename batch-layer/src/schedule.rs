@@ -1,9 +1,16 @@
 //! The batch layer's loop: runs on a `cron` schedule (with seconds), or when
 //! triggered; runs never overlap — one task runs them one at a time, and
 //! ticks that pass during a run are skipped and logged.
+//!
+//! A failed run (a full disk, an unreachable object store) leaves the last
+//! committed views in place and is retried with a doubling backoff
+//! ([`FIRST_RETRY_BACKOFF`] up to [`MAX_RETRY_BACKOFF`]) or at the next
+//! tick, whichever comes first; until a run succeeds the layer reports
+//! itself unhealthy ([`BatchStatus::unhealthy`]).
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -15,6 +22,18 @@ use crate::run::{RunContext, RunReport, run_once};
 
 /// Triggered runs the queue holds.
 pub const TRIGGER_QUEUE_CAPACITY: usize = 8;
+/// Wait before retrying a failed run; it doubles with every failure in a row.
+pub const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between retries of failed runs.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long to wait after `failures` failed runs in a row (at least one).
+pub fn retry_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_RETRY_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_RETRY_BACKOFF)
+}
 
 /// What serving shows about the batch layer.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +52,26 @@ pub struct BatchStatus {
     pub runs_failed: u64,
     /// Scheduled ticks skipped because a run was still going.
     pub ticks_skipped: u64,
+    /// Runs that failed since the last one that did not.
+    pub consecutive_failures: u32,
+    /// When the failed run is retried (ms), if one failed last.
+    pub retry_at_ms: Option<i64>,
+}
+
+impl BatchStatus {
+    /// Why the batch layer is unhealthy, if it is: its last run failed (the
+    /// views are the last committed ones, and B does not move).
+    pub fn unhealthy(&self) -> Option<String> {
+        let run = self.last_run.as_ref()?;
+        let error = run.outcome.as_ref().err()?;
+        Some(format!(
+            "batch layer: {} run(s) in a row failed, retrying at {}: {error}",
+            self.consecutive_failures,
+            self.retry_at_ms
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map_or_else(|| "the next tick".to_string(), |t| t.to_rfc3339()),
+        ))
+    }
 }
 
 /// The outcome of the last run.
@@ -101,11 +140,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let cron = cron::Schedule::from_str(&schedule)
         .with_context(|| format!("batch schedule {schedule:?}"))?;
+    let mut retry_at: Option<chrono::DateTime<Utc>> = None;
     loop {
-        let next = cron
+        let tick = cron
             .upcoming(Utc)
             .next()
             .context("the batch schedule has no future run")?;
+        let next = retry_at.map_or(tick, |retry| retry.min(tick));
         handle.status.write().next_run_ms = Some(next.timestamp_millis());
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
         let reply = tokio::select! {
@@ -130,12 +171,27 @@ pub async fn run(
             status.running = false;
             status.ticks_skipped += skipped;
             match &outcome {
-                Ok(_) => status.runs_ok += 1,
+                Ok(_) => {
+                    status.runs_ok += 1;
+                    status.consecutive_failures = 0;
+                    retry_at = None;
+                }
                 Err(error) => {
                     status.runs_failed += 1;
-                    tracing::error!(%error, "batch run failed");
+                    status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+                    let backoff = retry_backoff(status.consecutive_failures);
+                    retry_at = chrono::Duration::from_std(backoff)
+                        .ok()
+                        .map(|b| finished + b);
+                    tracing::error!(
+                        %error,
+                        failures = status.consecutive_failures,
+                        retry_in_s = backoff.as_secs(),
+                        "batch run failed; retrying with backoff"
+                    );
                 }
             }
+            status.retry_at_ms = retry_at.map(|t| t.timestamp_millis());
             status.last_run = Some(LastRun {
                 started_ms: started.timestamp_millis(),
                 duration_ms: (finished - started).num_milliseconds().max(0) as u64,
@@ -167,6 +223,17 @@ mod tests {
 
     fn at(text: &str) -> chrono::DateTime<Utc> {
         chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    #[test]
+    fn failed_runs_are_retried_with_a_doubling_capped_backoff() {
+        let secs = |n| retry_backoff(n).as_secs();
+        assert_eq!(
+            [secs(0), secs(1), secs(2), secs(3), secs(4)],
+            [5, 5, 10, 20, 40]
+        );
+        assert_eq!(secs(7), 300);
+        assert_eq!(secs(u32::MAX), 300);
     }
 
     #[test]

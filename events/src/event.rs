@@ -675,8 +675,7 @@ fn parse_ts(value: &Value) -> Result<i64, EventError> {
             })?;
             check_ts_bounds(ms, &ms.to_string())
         }
-        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| t.timestamp_millis())
+        Value::String(text) => crate::time::rfc3339_millis(text)
             .map_err(|e| EventError::field("ts", format!("{text:?} is not RFC 3339: {e}")))
             .and_then(|ms| check_ts_bounds(ms, &format!("{text:?}"))),
         other => Err(EventError::field(

@@ -12,6 +12,7 @@ pub mod kpi;
 pub mod limits;
 pub mod prometheus;
 pub mod sketch;
+pub mod time;
 
 pub use bucket::{Step, floor_to};
 pub use codec::{BodyError, ParsedLine, parse_body};

@@ -53,6 +53,22 @@ pub const MAX_CONNECTIONS: usize = 768;
 pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// Seconds a request body may take to arrive at the collector.
 pub const BODY_READ_TIMEOUT_SECS: u64 = 30;
+/// Largest body of an admin request (`POST /api/v1/admin/kappa/replay`).
+pub const MAX_ADMIN_BODY_BYTES: usize = 4096;
+/// Seconds a client may leave a response unread (no byte of it accepted by
+/// its socket) before the connection is closed (nginx's `send_timeout`).
+pub const SEND_TIMEOUT_SECS: u64 = 60;
+/// Largest log record (key and value); the log backends refuse larger ones
+/// (`lambda_log::MAX_RECORD_BYTES` is this value).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// How long `dead-letter` keeps a record (by its timestamp), whatever any
+/// consumer group has read: nothing consumes it on its own schedule.
+pub const DEAD_LETTER_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Most bytes `dead-letter` keeps per partition (the oldest go first).
+pub const DEAD_LETTER_RETENTION_BYTES: u64 = 1024 * 1024 * 1024;
+/// Least time between two comparisons that are not answered from the cache
+/// (`GET /api/v1/compare`); the wait is at least as long as the last one took.
+pub const COMPARE_MIN_INTERVAL_SECS: u64 = 5;
 /// Alert streams (Server-Sent Events) open at once.
 pub const MAX_ALERT_STREAMS: usize = 256;
 /// Alert transitions one `GET /api/v1/alerts` answers at most.
@@ -208,10 +224,52 @@ pub const TABLE: &[Limit] = &[
     ),
     limit(
         "request body",
-        "POST /api/v1/events",
+        "POST /api/v1/events; POST /api/v1/admin/kappa/replay",
         None,
         Some(BODY_READ_TIMEOUT_SECS as f64),
         "seconds to arrive",
+    ),
+    limit(
+        "admin body",
+        "POST /api/v1/admin/kappa/replay",
+        None,
+        Some(MAX_ADMIN_BODY_BYTES as f64),
+        "bytes",
+    ),
+    limit(
+        "unread response",
+        "every HTTP server",
+        None,
+        Some(SEND_TIMEOUT_SECS as f64),
+        "seconds without progress",
+    ),
+    limit(
+        "log record",
+        "every log backend (key and value)",
+        None,
+        Some(MAX_RECORD_BYTES as f64),
+        "bytes",
+    ),
+    limit(
+        "dead-letter retention",
+        "the dead-letter topic",
+        None,
+        Some(DEAD_LETTER_RETENTION_MS as f64),
+        "ms",
+    ),
+    limit(
+        "dead-letter size",
+        "the dead-letter topic, per partition",
+        None,
+        Some(DEAD_LETTER_RETENTION_BYTES as f64),
+        "bytes",
+    ),
+    limit(
+        "comparisons",
+        "GET /api/v1/compare (answers not in the cache)",
+        Some(COMPARE_MIN_INTERVAL_SECS as f64),
+        None,
+        "seconds apart",
     ),
     limit(
         "alert streams",

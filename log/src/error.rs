@@ -84,6 +84,14 @@ pub enum LogError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A setting is wrong or unsupported (a client cannot be created with
+    /// it); retrying will not help.
+    #[error("log misconfigured: {0}")]
+    Config(String),
+    /// The backend refused records for good (a broker's size limit below
+    /// ours); retrying will not help.
+    #[error("log refused the records: {0}")]
+    Refused(String),
     /// The log is closed (shutting down).
     #[error("log is closed")]
     Closed,

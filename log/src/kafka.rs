@@ -24,7 +24,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::partitioner::Partitioner;
-use crate::{EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord};
+use crate::{
+    EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,
+    StoredRecord, TopicRetention,
+};
 
 /// Settings of the Kafka backend.
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ pub struct KafkaConfig {
     /// check, the tail of the last batch is invisible to snapshots until the
     /// next append. Off for Apache Kafka, which needs no check.
     pub probe_end: bool,
+    /// Topics created with a retention of their own (`retention.ms`,
+    /// `retention.bytes`); others get the broker's defaults. A topic that
+    /// exists already keeps what it has.
+    pub topic_retention: BTreeMap<String, TopicRetention>,
 }
 
 impl KafkaConfig {
@@ -54,6 +61,7 @@ impl KafkaConfig {
             client_options: Vec::new(),
             request_timeout: Duration::from_secs(10),
             probe_end: false,
+            topic_retention: BTreeMap::new(),
         }
     }
 
@@ -157,6 +165,32 @@ fn unavailable(context: &str) -> impl Fn(KafkaError) -> LogError + '_ {
     move |e| LogError::Unavailable(format!("{context}: {e}"))
 }
 
+/// A client that cannot be created is a setting to fix (a bad
+/// `security.protocol`, a feature this build lacks), not a broker that is
+/// down: [`LogError::Config`], which no caller retries.
+fn config_error(context: &str) -> impl Fn(KafkaError) -> LogError + '_ {
+    move |e| LogError::Config(format!("{context}: {e}"))
+}
+
+/// Headroom over [`MAX_RECORD_BYTES`] (key and value) in the producer's
+/// `message.max.bytes` and the `max.message.bytes` of the topics this backend
+/// creates, for headers and framing: a record this backend accepts is never
+/// refused for its size by librdkafka, nor by a broker for a topic we made.
+const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// What a failed produce means: a record too large for the broker (its
+/// `message.max.bytes`) is refused for good, [`LogError::Refused`] naming the
+/// topic; anything else may pass, [`LogError::Unavailable`].
+fn produce_error(topic: &str, e: KafkaError) -> LogError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => LogError::Refused(format!(
+            "producing to {topic}: the broker refuses a record this large ({e}); \
+             raise the topic's max.message.bytes or send smaller records"
+        )),
+        _ => LogError::Unavailable(format!("producing to {topic}: {e}")),
+    }
+}
+
 impl KafkaLog {
     /// Connects the clients (connections are made lazily by librdkafka).
     pub fn open(config: KafkaConfig) -> Result<KafkaLog, LogError> {
@@ -176,24 +210,26 @@ impl KafkaLog {
             }
             c
         };
+        let max_message_bytes = (MAX_RECORD_BYTES + MESSAGE_OVERHEAD_BYTES).to_string();
         let producer: FutureProducer = base(&[
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),
             ("message.timeout.ms", "30000"),
+            ("message.max.bytes", &max_message_bytes),
         ])
         .create()
-        .map_err(unavailable("creating the kafka producer"))?;
+        .map_err(config_error("creating the kafka producer"))?;
         let admin = base(&[])
             .create()
-            .map_err(unavailable("creating the kafka admin client"))?;
+            .map_err(config_error("creating the kafka admin client"))?;
         let meta = base(&[])
             .create()
-            .map_err(unavailable("creating the kafka metadata client"))?;
+            .map_err(config_error("creating the kafka metadata client"))?;
         let probe = if config.probe_end {
             let consumer: BaseConsumer = fetch_client(&config)
                 .create()
-                .map_err(unavailable("creating the kafka probe consumer"))?;
+                .map_err(config_error("creating the kafka probe consumer"))?;
             Some(Arc::new(Mutex::new(consumer)))
         } else {
             None
@@ -612,11 +648,28 @@ impl EventLog for KafkaLog {
             Err(LogError::UnknownTopic(_)) => {}
             Err(e) => return Err(e),
         }
-        let new_topic = NewTopic::new(
+        let retention = self.config.topic_retention.get(topic);
+        let retention_ms = retention
+            .and_then(|r| r.retention_ms)
+            .map(|v| v.to_string());
+        let retention_bytes = retention
+            .and_then(|r| r.retention_bytes)
+            .map(|v| v.to_string());
+        // A broker's default (Apache Kafka: 1 048 588 bytes per batch) is
+        // below a record at our limit with its headers and framing.
+        let max_message_bytes = (MAX_RECORD_BYTES + MESSAGE_OVERHEAD_BYTES).to_string();
+        let mut new_topic = NewTopic::new(
             topic,
             partitions as i32,
             TopicReplication::Fixed(self.config.replication_factor),
-        );
+        )
+        .set("max.message.bytes", &max_message_bytes);
+        if let Some(ms) = &retention_ms {
+            new_topic = new_topic.set("retention.ms", ms);
+        }
+        if let Some(bytes) = &retention_bytes {
+            new_topic = new_topic.set("retention.bytes", bytes);
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.config.request_timeout));
         let results = self
             .admin
@@ -683,9 +736,7 @@ impl EventLog for KafkaLog {
                         future_record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => {
-                        return Err(LogError::Unavailable(format!("producing to {topic}: {e}")));
-                    }
+                    Err((e, _)) => return Err(produce_error(topic, e)),
                 }
             }
         }
@@ -696,9 +747,7 @@ impl EventLog for KafkaLog {
                     partition: d.partition as u32,
                     offset: d.offset as u64,
                 }),
-                Ok(Err((e, _))) => {
-                    return Err(LogError::Unavailable(format!("producing to {topic}: {e}")));
-                }
+                Ok(Err((e, _))) => return Err(produce_error(topic, e)),
                 Err(_) => return Err(LogError::Closed),
             }
         }

@@ -116,6 +116,16 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// A topic's own retention (Kafka's topic-level `retention.ms` and
+/// `retention.bytes`), independent of what any consumer group has read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicRetention {
+    /// Records older than this (by timestamp) go, a closed segment at a time.
+    pub retention_ms: Option<i64>,
+    /// The oldest records go while a partition holds more bytes than this.
+    pub retention_bytes: Option<u64>,
+}
+
 /// The retained range of one partition: `start..end` (end is the next offset to be written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionRange {
@@ -189,13 +199,17 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
 
 /// Opens the log a URL names: `embedded://PATH` (relative or absolute) or
 /// `kafka://HOST:PORT[,HOST:PORT…][?option=value&…]` (see [`KafkaConfig::from_url_tail`]).
+/// `embedded.topic_retention` applies to both: on Kafka it becomes the
+/// topic's `retention.ms`/`retention.bytes` when the topic is created.
 pub async fn open(url: &str, embedded: EmbeddedConfig) -> Result<Arc<dyn EventLog>, LogError> {
     if let Some(path) = url.strip_prefix("embedded://") {
         let log = EmbeddedLog::open(path, embedded).await?;
         return Ok(Arc::new(log));
     }
     if let Some(tail) = url.strip_prefix("kafka://") {
-        return Ok(Arc::new(KafkaLog::open(KafkaConfig::from_url_tail(tail)?)?));
+        let mut config = KafkaConfig::from_url_tail(tail)?;
+        config.topic_retention = embedded.topic_retention;
+        return Ok(Arc::new(KafkaLog::open(config)?));
     }
     Err(LogError::UnsupportedUrl(url.to_string()))
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_log::conformance::{self, read_all};
-use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, FetchPosition, LogError, Record};
+use lambda_log::{
+    EmbeddedConfig, EmbeddedLog, EventLog, FetchPosition, LogError, Record, TopicRetention,
+};
 
 fn record(key: &str, value: String, timestamp_ms: i64) -> Record {
     Record::keyed(key, value, timestamp_ms)
@@ -179,6 +181,7 @@ async fn retention_by_size_and_time_drops_oldest_closed_segments() {
         retention_ms: Some(3_600_000),
         retention_bytes: None,
         retention_guards: Vec::new(),
+        ..EmbeddedConfig::default()
     };
     let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
     log.create_topic("t", 1).await.unwrap();
@@ -233,6 +236,7 @@ async fn retention_by_size_and_time_drops_oldest_closed_segments() {
         retention_ms: None,
         retention_bytes: Some(3 * 1024),
         retention_guards: Vec::new(),
+        ..EmbeddedConfig::default()
     };
     let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
     log.enforce_retention().await.unwrap();
@@ -255,6 +259,7 @@ async fn retention_waits_for_the_guard_groups() {
         retention_ms: Some(3_600_000),
         retention_bytes: Some(1),
         retention_guards: vec!["batch-layer".into()],
+        ..EmbeddedConfig::default()
     };
     let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
     log.create_topic("t", 1).await.unwrap();
@@ -285,6 +290,68 @@ async fn retention_waits_for_the_guard_groups() {
     // Another group's commits do not count.
     log.commit("someone-else", "t", &[(0, 100)]).await.unwrap();
     assert_eq!(log.enforce_retention().await.unwrap(), 0);
+    log.close().await.unwrap();
+}
+
+/// A topic with a retention of its own (`dead-letter`) is trimmed by age and
+/// size though the guard group never reads it, while the guarded topics
+/// still wait for the guard. (`dead-letter` used to grow without bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_its_own_retention_is_trimmed_without_the_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let config = EmbeddedConfig {
+        segment_bytes: 1024,
+        retention_ms: Some(3_600_000),
+        retention_bytes: Some(1),
+        retention_guards: vec!["batch-layer".into()],
+        topic_retention: [(
+            "dead-letter".to_string(),
+            TopicRetention {
+                retention_ms: Some(3_600_000),
+                retention_bytes: Some(4 * 1024),
+            },
+        )]
+        .into(),
+    };
+    let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
+    log.create_topic("events", 1).await.unwrap();
+    log.create_topic("dead-letter", 1).await.unwrap();
+    let value = |i: usize| format!("{i}-{}", "z".repeat(40));
+    for topic in ["events", "dead-letter"] {
+        for i in 0..100 {
+            // Two hours old: past the time limit of both.
+            log.append(topic, vec![record("k", value(i), now - 7_200_000)])
+                .await
+                .unwrap();
+        }
+    }
+    let dropped = log.enforce_retention().await.unwrap();
+    assert!(dropped > 0);
+    assert_eq!(log.ranges("events").await.unwrap()[0].start, 0, "guarded");
+    assert_eq!(log.ranges("dead-letter").await.unwrap()[0].start, dropped);
+    // Only the active segment is left of the old records.
+    let kept = read_all(&log, "dead-letter").await;
+    assert!(kept.len() < 30, "{} old records kept", kept.len());
+
+    // By size: fresh records, over 4 KiB; the oldest closed segments go
+    // until the partition fits (the active segment always stays).
+    for i in 0..200 {
+        log.append("dead-letter", vec![record("k", value(i), now)])
+            .await
+            .unwrap();
+    }
+    log.enforce_retention().await.unwrap();
+    let bytes: u64 = std::fs::read_dir(dir.path().join("dead-letter/0"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        (2 * 1024..=4 * 1024 + 1024).contains(&bytes),
+        "{bytes} bytes kept: the limit, less at most a segment, plus the active one"
+    );
+    let kept = read_all(&log, "dead-letter").await;
+    assert_eq!(kept.last().unwrap().offset, 299, "the newest are kept");
     log.close().await.unwrap();
 }
 

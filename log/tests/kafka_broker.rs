@@ -137,3 +137,50 @@ fn kafka_urls_carry_options() {
     assert!(KafkaConfig::from_url_tail("b1:9092?replication_factor=0").is_err());
     assert!(KafkaConfig::from_url_tail("?probe_end=true").is_err());
 }
+
+/// A topic with a retention of its own (`dead-letter`) is created with
+/// `retention.ms` and `retention.bytes`, as the broker then reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_its_own_retention_is_created_with_it() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+
+    let broker = Tansu::start();
+    let mut config = config(&broker);
+    config.topic_retention.insert(
+        "own-retention".into(),
+        lambda_log::TopicRetention {
+            retention_ms: Some(604_800_000),
+            retention_bytes: Some(1_073_741_824),
+        },
+    );
+    let log = KafkaLog::open(config).expect("kafka log");
+    log.create_topic("own-retention", 1).await.unwrap();
+    log.create_topic("plain", 1).await.unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .unwrap();
+    let described = admin
+        .describe_configs(
+            [
+                &ResourceSpecifier::Topic("own-retention"),
+                &ResourceSpecifier::Topic("plain"),
+            ],
+            &AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let value = |i: usize, key: &str| {
+        let resource = described[i].as_ref().expect("described");
+        resource.get(key).and_then(|e| e.value.clone())
+    };
+    assert_eq!(value(0, "retention.ms").as_deref(), Some("604800000"));
+    assert_eq!(value(0, "retention.bytes").as_deref(), Some("1073741824"));
+    assert_ne!(value(1, "retention.ms").as_deref(), Some("604800000"));
+    // Every topic it creates takes a record at the limit with its headers.
+    let max = (lambda_log::MAX_RECORD_BYTES + 64 * 1024).to_string();
+    assert_eq!(value(0, "max.message.bytes"), Some(max.clone()));
+    assert_eq!(value(1, "max.message.bytes"), Some(max));
+}

@@ -99,4 +99,9 @@ fn an_unknown_security_protocol_is_named_in_the_error() {
         message.contains("security.protocol") && message.contains("SASL_TLS"),
         "the error names neither the property nor the value: {message}"
     );
+    // A setting to fix, not a broker to wait for: no caller retries it.
+    assert!(
+        matches!(error, LogError::Config(_)) && !error.is_transient(),
+        "{error:?}"
+    );
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::ServingState;
 use crate::boundary::merge;
-use crate::query::{self, BadParameter, Range};
+use crate::query::{self, BadParameter, FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS, Range};
 
 /// Serving's routes.
 pub fn router(state: ServingState) -> Router {
@@ -71,13 +71,6 @@ pub async fn limit_time(
         }
     }
 }
-
-/// Filters `/api/v1/funnel` accepts (besides `from`, `to`, `step`).
-pub const FUNNEL_FILTERS: &[&str] = &["campaign_id"];
-/// Filters `/api/v1/pages` accepts.
-pub const PAGES_FILTERS: &[&str] = &["device", "page"];
-/// Filters `/api/v1/iot` accepts.
-pub const IOT_FILTERS: &[&str] = &["device_id", "sensor"];
 
 async fn openapi() -> Response {
     axum::Json(crate::openapi::document()).into_response()
@@ -349,8 +342,19 @@ async fn metrics(State(state): State<ServingState>) -> Response {
         .into_response()
 }
 
+/// `200 ok`, or `503` naming what fails: the speed layer's checkpoints, the
+/// batch layer's runs (when it runs in this process).
 async fn healthz(State(state): State<ServingState>) -> Response {
-    lambda_speed::http::health(&state.speed)
+    let batch = state
+        .status
+        .batch
+        .as_ref()
+        .and_then(|b| b.status.read().unhealthy());
+    let problems: Vec<String> = lambda_speed::http::problem(&state.speed)
+        .into_iter()
+        .chain(batch)
+        .collect();
+    lambda_speed::http::health(&problems)
 }
 
 async fn index() -> Html<&'static str> {

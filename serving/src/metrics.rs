@@ -249,6 +249,13 @@ pub fn runner_metrics(s: &lambda_batch::BatchStatus, out: &mut String) {
         "Scheduled ticks skipped while a run was in progress.",
         &one(s.ticks_skipped as f64),
     );
+    family(
+        out,
+        "lambda_batch_consecutive_failures",
+        "gauge",
+        "Batch runs failed in a row (0: the last one did not fail).",
+        &one(f64::from(s.consecutive_failures)),
+    );
     if let Some(run) = &s.last_run {
         family(
             out,

@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 description of the HTTP API, built
 //! from the same tables the handlers use — the filters each query accepts
-//! ([`crate::api::FUNNEL_FILTERS`] …) and the fields of its buckets
+//! ([`crate::query::FUNNEL_FILTERS`] …) and the fields of its buckets
 //! ([`FUNNEL_FIELDS`] …) — so the document cannot drift from the code
 //! without `tests/openapi.rs` noticing.
 
@@ -11,7 +11,7 @@ use lambda_events::limits::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::api::{FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS};
+use crate::query::{FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS};
 
 /// Fields of a `/api/v1/funnel` bucket (besides `start` and `layer`), with their JSON types.
 pub const FUNNEL_FIELDS: &[(&str, &str)] = &[

@@ -47,18 +47,15 @@ impl Range {
     }
 }
 
+/// Filters `/api/v1/funnel` accepts (besides `from`, `to`, `step`).
+pub const FUNNEL_FILTERS: &[&str] = &["campaign_id"];
+/// Filters `/api/v1/pages` accepts.
+pub const PAGES_FILTERS: &[&str] = &["device", "page"];
+/// Filters `/api/v1/iot` accepts.
+pub const IOT_FILTERS: &[&str] = &["device_id", "sensor"];
+
 fn parse_time(name: &str, text: &str) -> Result<i64, BadParameter> {
-    let ms = match text.parse::<i64>() {
-        Ok(ms) => ms,
-        Err(_) => chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| t.timestamp_millis())
-            .map_err(|_| {
-                BadParameter::new(
-                    name,
-                    format!("{text:?} is neither milliseconds nor RFC 3339"),
-                )
-            })?,
-    };
+    let ms = lambda_events::time::parse_instant(text).map_err(|e| BadParameter::new(name, e))?;
     let (earliest, latest) = QUERY_TIME_RANGE;
     if !(earliest..=latest).contains(&ms) {
         return Err(BadParameter::new(

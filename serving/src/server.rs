@@ -1,6 +1,7 @@
 //! The HTTP server every process runs: an axum router on hyper, with the
 //! bounds `axum::serve` does not set — a cap on open connections and a
-//! timeout for a request's headers — and a graceful shutdown.
+//! timeout for a request's headers, and one for a response the client stops
+//! reading — and a graceful shutdown.
 //!
 //! Past the connection cap the server stops accepting: new connections wait
 //! in the kernel's backlog until one closes (as nginx does past
@@ -10,13 +11,18 @@
 //! such sockets do not hold their slot for long; bodies have their own
 //! timeout where they are read (the collector's).
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +33,9 @@ pub const MAX_CONNECTIONS: usize = lambda_events::limits::MAX_CONNECTIONS;
 /// How long a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration =
     Duration::from_secs(lambda_events::limits::HEADER_READ_TIMEOUT_SECS);
+/// How long a client may leave a response unread (its socket accepting no
+/// byte of it) before the connection is closed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(lambda_events::limits::SEND_TIMEOUT_SECS);
 /// How long open connections get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,6 +46,8 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// See [`HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
+    /// See [`SEND_TIMEOUT`].
+    pub send_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -44,7 +55,101 @@ impl Default for ServerLimits {
         ServerLimits {
             max_connections: MAX_CONNECTIONS,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            send_timeout: SEND_TIMEOUT,
         }
+    }
+}
+
+/// A socket whose writes fail with `TimedOut` once one has made no progress
+/// for `timeout` (nginx's `send_timeout`): a client that stops reading a
+/// response gives its connection slot back instead of
+/// holding it for good. The clock runs only while a write waits on a full
+/// socket buffer and starts again at every byte accepted.
+struct SendTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> SendTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> SendTimeout<S> {
+        SendTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// What a write that returned `polled` comes to: progress resets the
+    /// clock; waiting starts it, and past the timeout is an error.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing of the response for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(cx, polled)
     }
 }
 
@@ -90,6 +195,7 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let header_timeout = limits.header_read_timeout;
+        let send_timeout = limits.send_timeout;
         tokio::spawn(async move {
             // hyper's header timeout starts with the first byte: a socket that
             // sends nothing at all is closed here instead.
@@ -101,6 +207,7 @@ pub async fn serve(
                 drop(slot);
                 return;
             }
+            let stream = SendTimeout::new(stream, send_timeout);
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
@@ -150,6 +257,7 @@ mod tests {
         let limits = ServerLimits {
             max_connections: 2,
             header_read_timeout: Duration::from_millis(600),
+            send_timeout: SEND_TIMEOUT,
         };
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(listener, app, limits, shutdown.clone()));
@@ -179,6 +287,65 @@ mod tests {
             .expect("answered once a slot is free")
             .unwrap();
         assert!(answer.ends_with("ok"), "{answer}");
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    /// A client that asks for a large answer and never reads it held its
+    /// connection (and slot) for good. With the only slot taken that way, a
+    /// request waits; once the send timeout closes the stalled connection,
+    /// it is answered. A slow reader that keeps reading is not cut off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_gives_its_slot_back_after_the_send_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big = "x".repeat(64 * 1024 * 1024);
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route("/big", axum::routing::get(move || async move { big }));
+        let limits = ServerLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(2),
+        };
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, app, limits, shutdown.clone()));
+
+        // A slower reader than the server's writes (a read every 20 ms, for
+        // three seconds) makes progress, so the connection outlives the timeout.
+        // A small receive buffer, so the server's writes stall soon after
+        // the client stops reading, whatever the host's TCP buffer sizes.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut slow = socket.connect(addr).await.unwrap();
+        slow.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut read = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let n = slow.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the server closed a connection that was being read");
+            read += n;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(read > 0);
+
+        // Now it stops reading: its slot is the only one, so a request waits...
+        let waiting = tokio::spawn(get(addr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the stalled connection holds the slot"
+        );
+        // ...until the send timeout closes the stalled one.
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("answered once the stalled connection is closed")
+            .unwrap();
+        assert!(answer.ends_with("ok"), "{answer}");
+        drop(slow);
         shutdown.cancel();
         server.await.unwrap();
     }

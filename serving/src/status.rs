@@ -58,6 +58,9 @@ pub fn runner_status(s: &BatchStatus) -> Value {
         "runs_ok": s.runs_ok,
         "runs_failed": s.runs_failed,
         "ticks_skipped": s.ticks_skipped,
+        "consecutive_failures": s.consecutive_failures,
+        "retry_at_ms": s.retry_at_ms,
+        "healthy": s.unhealthy().is_none(),
         "last_run": match &s.last_run {
             Some(run) => json!({
                 "started_ms": run.started_ms,

@@ -22,8 +22,6 @@ use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{BucketViews, DeviceStatus, Event, EventType, Severity};
 use serde::{Deserialize, Serialize};
 
-use crate::window::Window;
-
 /// Alerts kept for readers (the newest).
 pub const RECENT_ALERTS: usize = 10_000;
 
@@ -346,7 +344,7 @@ impl AlertEngine {
                     return;
                 };
                 let (min, max, needed) = (range.min, range.max, range.consecutive.max(1));
-                let key = format!("{device}/{sensor}");
+                let key = alert_key(device, sensor);
                 if value < min || value > max {
                     if !Self::room_for(&self.out_of_range, &key, &mut self.dropped_keys) {
                         return;
@@ -397,12 +395,11 @@ impl AlertEngine {
                         format!("{device} is online again"),
                         None,
                     );
+                    let prefix = alert_key(device, "");
                     let alarms: Vec<String> = self
                         .active
                         .keys()
-                        .filter(|(rule, key)| {
-                            rule == "alarm" && key.split_once('/').is_some_and(|(d, _)| d == device)
-                        })
+                        .filter(|(rule, key)| rule == "alarm" && key.starts_with(&prefix))
                         .map(|(_, key)| key.clone())
                         .collect();
                     for key in alarms {
@@ -427,7 +424,7 @@ impl AlertEngine {
                     return;
                 }
                 let name = event.alarm.as_deref().unwrap_or("");
-                let key = format!("{device}/{name}");
+                let key = alert_key(device, name);
                 if !Self::room_for(&self.last_alarm, &key, &mut self.dropped_keys) {
                     return;
                 }
@@ -448,8 +445,20 @@ impl AlertEngine {
         }
     }
 
-    /// Applies the time-driven rules as the watermark reaches `watermark`.
-    pub fn on_watermark(&mut self, watermark: i64, windows: &BTreeMap<i64, Window>) {
+    /// Where the windows passed to [`AlertEngine::on_watermark`] should
+    /// start: every earlier window has been judged for error rates.
+    pub fn judged_before(&self) -> i64 {
+        self.judged_before
+    }
+
+    /// Applies the time-driven rules as the watermark reaches `watermark`;
+    /// `windows` are the window starts and views from
+    /// [`AlertEngine::judged_before`] on, in order.
+    pub fn on_watermark<'a>(
+        &mut self,
+        watermark: i64,
+        windows: impl IntoIterator<Item = (i64, &'a BucketViews)>,
+    ) {
         let expired: Vec<((String, String), i64)> = self
             .active
             .iter()
@@ -513,9 +522,10 @@ impl AlertEngine {
             // Windows that closed since the last look: end at or before the watermark.
             let from = self.judged_before;
             let closed: Vec<(i64, BTreeMap<String, (u64, u64)>)> = windows
-                .range(from..)
-                .take_while(|(start, _)| **start + MINUTE_MS <= watermark)
-                .map(|(start, w)| (*start, per_page(&w.views)))
+                .into_iter()
+                .skip_while(|(start, _)| *start < from)
+                .take_while(|(start, _)| *start + MINUTE_MS <= watermark)
+                .map(|(start, views)| (start, per_page(views)))
                 .collect();
             for (start, pages) in &closed {
                 let start = *start;
@@ -550,6 +560,28 @@ impl AlertEngine {
             }
         }
     }
+}
+
+/// The key of a per-device alert: device and sensor (or alarm name) joined
+/// by `/`, each with `%` and `/` escaped (`%25`, `%2F`), so that device
+/// `pump/7` alarm `leak` and device `pump` alarm `7/leak` are two alerts, and
+/// a device's alerts are exactly the keys starting with `alert_key(device, "")`.
+/// Ordinary ids read as they are: `dev-1/temperature`.
+pub fn alert_key(device: &str, name: &str) -> String {
+    fn escaped(part: &str, out: &mut String) {
+        for c in part.chars() {
+            match c {
+                '%' => out.push_str("%25"),
+                '/' => out.push_str("%2F"),
+                c => out.push(c),
+            }
+        }
+    }
+    let mut key = String::with_capacity(device.len() + name.len() + 1);
+    escaped(device, &mut key);
+    key.push('/');
+    escaped(name, &mut key);
+    key
 }
 
 /// Maps with tuple keys as JSON lists of `[key, value]` pairs (JSON object keys are strings).
@@ -687,19 +719,51 @@ mod tests {
         // A device already pending still updates in place at the cap.
         engine.on_event(&offline("d0", T0 + 1));
         assert_eq!(engine.dropped_keys(), 10);
-        let windows = BTreeMap::new();
-        engine.on_watermark(T0 + 6 * MINUTE_MS, &windows);
+        let windows = || std::iter::empty::<(i64, &BucketViews)>();
+        engine.on_watermark(T0 + 6 * MINUTE_MS, windows());
         assert_eq!(engine.active().count(), MAX_ALERT_KEYS);
         assert!(engine.offline_since.is_empty());
         // One ms before the TTL: still active; at it: all expired.
         let raised = T0 + 5 * MINUTE_MS;
-        engine.on_watermark(raised + ALERT_TTL_MS - 1, &windows);
+        engine.on_watermark(raised + ALERT_TTL_MS - 1, windows());
         assert_eq!(engine.active().count(), MAX_ALERT_KEYS);
-        engine.on_watermark(raised + ALERT_TTL_MS, &windows);
+        engine.on_watermark(raised + ALERT_TTL_MS, windows());
         assert_eq!(engine.active().count(), 0);
         let last = engine.since(engine.seq() - 1).next().unwrap();
         assert_eq!(last.state, AlertState::Cleared);
         assert!(last.message.starts_with("expired"), "{}", last.message);
+    }
+
+    fn alarm(id: &str, device: &str, name: &str, ts: i64) -> Event {
+        let mut e = Event::bare(id, EventType::Alarm, ts);
+        e.device_id = Some(device.into());
+        e.alarm = Some(name.into());
+        e.severity = Some(Severity::Critical);
+        e
+    }
+
+    /// Device `pump/7` alarm `leak` and device `pump` alarm `7/leak` used to
+    /// share the key `pump/7/leak`: one alert for two, and `pump/7` coming
+    /// online did not clear its own alarm.
+    #[test]
+    fn alert_keys_of_devices_with_slashes_do_not_collide() {
+        assert_eq!(alert_key("dev-1", "temperature"), "dev-1/temperature");
+        assert_eq!(alert_key("pump/7", "leak"), "pump%2F7/leak");
+        assert_eq!(alert_key("pump", "7/leak"), "pump/7%2Fleak");
+        assert_eq!(alert_key("a%2Fb", "x"), "a%252Fb/x");
+        let mut engine = AlertEngine::new(AlertRules::defaults());
+        engine.on_event(&alarm("a1", "pump/7", "leak", T0));
+        engine.on_event(&alarm("a2", "pump", "7/leak", T0 + 1));
+        let active: Vec<(&str, &str)> = engine.active().map(|(r, k, _)| (r, k)).collect();
+        assert_eq!(
+            active,
+            vec![("alarm", "pump%2F7/leak"), ("alarm", "pump/7%2Fleak")]
+        );
+        let mut on = offline("pump/7", T0 + 2);
+        on.status = Some(DeviceStatus::Online);
+        engine.on_event(&on);
+        let active: Vec<&str> = engine.active().map(|(_, k, _)| k).collect();
+        assert_eq!(active, vec!["pump/7%2Fleak"], "only pump/7's alarm cleared");
     }
 
     #[test]

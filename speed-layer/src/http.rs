@@ -33,7 +33,9 @@ pub fn router(views: SpeedViews, log: Arc<dyn EventLog>) -> Router {
         .route(SNAPSHOT_PATH, get(get_snapshot))
         .route(
             "/healthz",
-            get(|State(state): State<HttpState>| async move { health(&state.views) }),
+            get(|State(state): State<HttpState>| async move {
+                health(&problem(&state.views).into_iter().collect::<Vec<_>>())
+            }),
         )
         .route("/metrics", get(metrics))
         .with_state(HttpState { views, log })
@@ -83,16 +85,25 @@ async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response 
         .into_response()
 }
 
-/// `/healthz` of a process that runs the speed layer: `200 ok`, or `503`
-/// naming the problem while checkpoints fail (the layer keeps folding and
-/// serving reads meanwhile, and recovers by itself).
-pub fn health(views: &SpeedViews) -> Response {
-    match &views.read().checkpoint_error {
-        None => "ok".into_response(),
-        Some(error) => (
+/// What is wrong with the speed layer, if anything: its checkpoints fail
+/// (it keeps folding and serving reads meanwhile, and recovers by itself).
+pub fn problem(views: &SpeedViews) -> Option<String> {
+    views
+        .read()
+        .checkpoint_error
+        .as_ref()
+        .map(|error| format!("speed layer checkpoint failing: {error}"))
+}
+
+/// `/healthz` of a process: `200 ok`, or `503` naming every problem.
+pub fn health(problems: &[String]) -> Response {
+    if problems.is_empty() {
+        "ok".into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy: speed layer checkpoint failing: {error}"),
+            format!("unhealthy: {}", problems.join("; ")),
         )
-            .into_response(),
+            .into_response()
     }
 }

@@ -1,5 +1,5 @@
 //! Tumbling 1-minute event-time windows, the watermark, deduplication by
-//! `event_id` within a window, and the late ledger.
+//! `event_id` across the windows still open, and the late ledger.
 //!
 //! The watermark is `max event time seen - allowed lateness`. A window closes
 //! once its end is at or before the watermark; an event for a closed window is
@@ -202,7 +202,9 @@ impl SpeedState {
             let candidate = reached - self.allowed_lateness_ms;
             if self.watermark_ms.is_none_or(|w| candidate > w) {
                 self.watermark_ms = Some(candidate);
-                self.alerts.on_watermark(candidate, &self.windows);
+                let from = self.alerts.judged_before();
+                let windows = self.windows.range(from..).map(|(s, w)| (*s, &w.views));
+                self.alerts.on_watermark(candidate, windows);
             }
         }
     }
@@ -276,6 +278,17 @@ impl SpeedState {
             *self.late_ledger.entry((event.topic(), start)).or_default() += 1;
             self.counters.late += 1;
             return Applied::Late;
+        }
+        // One id is one event (DESIGN §3), whatever its `ts`: a resend
+        // stamped into another open window is a duplicate too. (Closed
+        // windows have dropped their ids; see `evict`.)
+        let seen_elsewhere = self
+            .windows
+            .range(self.ids_dropped_before..)
+            .any(|(other, w)| *other != start && w.seen.contains(&event.event_id));
+        if seen_elsewhere {
+            self.counters.duplicates += 1;
+            return Applied::Duplicate;
         }
         let window = self.windows.entry(start).or_default();
         if !window.seen.insert(event.event_id.clone()) {
@@ -381,6 +394,33 @@ mod tests {
                 invalid: 0
             }
         );
+    }
+
+    /// One id is one event whatever its `ts`: a resend stamped into another
+    /// open window is a duplicate (the batch layer keeps the first too).
+    #[test]
+    fn a_resend_stamped_into_another_open_window_is_a_duplicate() {
+        let mut state = SpeedState::new(10 * MINUTE_MS, 3_600_000);
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        assert_eq!(state.apply(&click("a", t0)), Applied::Counted);
+        assert_eq!(
+            state.apply(&click("a", t0 + 2 * MINUTE_MS)),
+            Applied::Duplicate
+        );
+        assert_eq!(state.apply(&click("a", t0 - MINUTE_MS)), Applied::Duplicate);
+        assert_eq!(
+            state.apply(&click("b", t0 + 2 * MINUTE_MS)),
+            Applied::Counted
+        );
+        let clicks: u64 = state
+            .windows
+            .values()
+            .map(|w| w.views.funnel.get("").map_or(0, |f| f.clicks))
+            .sum();
+        assert_eq!(clicks, 2);
+        assert_eq!(state.counters.duplicates, 2);
+        // The duplicate stamped a minute before opened no window there.
+        assert!(!state.windows.contains_key(&(t0 - MINUTE_MS)));
     }
 
     #[test]

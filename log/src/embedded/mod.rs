@@ -25,7 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::partitioner::Partitioner;
-use crate::{EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord};
+use crate::{
+    EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord,
+    TopicRetention,
+};
 use segment::{Damage, FRAME_HEADER};
 use writer::{AppendRequest, Writer};
 
@@ -46,6 +49,11 @@ pub struct EmbeddedConfig {
     /// age or size (the batch layer's group: nothing leaves the log before
     /// the lake has it). A group that never committed holds everything.
     pub retention_guards: Vec<String>,
+    /// Topics with a retention of their own, instead of `retention_ms`,
+    /// `retention_bytes` and the guards: records no consumer group gates
+    /// (`dead-letter`: nothing reads it on a schedule, so a guard would keep
+    /// it forever).
+    pub topic_retention: BTreeMap<String, TopicRetention>,
 }
 
 impl Default for EmbeddedConfig {
@@ -55,6 +63,7 @@ impl Default for EmbeddedConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             retention_guards: Vec::new(),
+            topic_retention: BTreeMap::new(),
         }
     }
 }
@@ -678,11 +687,18 @@ fn enforce_retention(inner: &Inner) -> Result<u64, LogError> {
     let topics: Vec<Arc<TopicState>> = inner.topics.read().values().cloned().collect();
     let mut dropped = 0;
     for topic in topics {
+        let own = inner.config.topic_retention.get(&topic.name);
+        let (retention_ms, retention_bytes, guard_groups) = match own {
+            Some(own) => (own.retention_ms, own.retention_bytes, &[][..]),
+            None => (
+                inner.config.retention_ms,
+                inner.config.retention_bytes,
+                &inner.config.retention_guards[..],
+            ),
+        };
         // A guard committed past the end no longer tells what the lake holds:
         // refuse (delete nothing more) rather than trust it.
-        let guards = inner
-            .config
-            .retention_guards
+        let guards = guard_groups
             .iter()
             .map(|group| {
                 let committed = groups::committed(&inner.dir, group, &topic.name)?;
@@ -704,15 +720,12 @@ fn enforce_retention(inner: &Inner) -> Result<u64, LogError> {
                 }
                 let total: u64 = state.segments.iter().map(|s| s.len).sum();
                 let oldest = &state.segments[0];
-                let expired = match (inner.config.retention_ms, oldest.max_timestamp) {
-                    (Some(limit), Some(max_ts)) => max_ts < now - limit,
+                let expired = match (retention_ms, oldest.max_timestamp) {
+                    (Some(limit), Some(max_ts)) => max_ts < now.saturating_sub(limit),
                     (Some(_), None) => true,
                     (None, _) => false,
                 };
-                let oversized = inner
-                    .config
-                    .retention_bytes
-                    .is_some_and(|limit| total > limit);
+                let oversized = retention_bytes.is_some_and(|limit| total > limit);
                 if !expired && !oversized {
                     break;
                 }
