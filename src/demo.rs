@@ -136,7 +136,9 @@ impl Demo {
             architecture: config.architecture,
         };
         let log = shared.open_log().await?;
-        let lake = shared.open_lake()?;
+        // The batch layer writes the lake; everything else gets the read-only handle.
+        let lake_writer = shared.open_lake_writer()?;
+        let lake = lake_writer.lake().clone();
         let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
         let shutdown = supervisor.shutdown.clone();
 
@@ -164,7 +166,7 @@ impl Demo {
         if kappa.is_none() {
             let ctx = RunContext {
                 log: Arc::clone(&log),
-                lake: lake.clone(),
+                lake: lake_writer,
                 allowed_lateness_ms: config.allowed_lateness_ms,
             };
             let (schedule, handle, token) = (

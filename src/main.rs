@@ -552,7 +552,7 @@ async fn run_role(name: &str, running: roles::Running) -> anyhow::Result<()> {
 }
 
 async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
-    let lake = args.shared.shared()?.open_lake()?;
+    let lake = args.shared.shared()?.open_lake_writer()?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("backfill {pos}/{len} hours {bar:30} {elapsed}")

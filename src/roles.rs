@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use lambda_batch::{BatchHandle, BatchViews, Lake, RunContext};
+use lambda_batch::{BatchHandle, BatchViews, Lake, LakeWriter, RunContext};
 use lambda_ingest::{IngestConfig, IngestState};
 use lambda_log::{EmbeddedConfig, EventLog};
 use lambda_serving::remote::SpeedHealth;
@@ -107,13 +107,18 @@ impl Shared {
         Ok(log)
     }
 
-    /// Opens the lake.
+    /// Opens the lake, read-only (serving, the speed layer's boundary).
     pub fn open_lake(&self) -> anyhow::Result<Lake> {
+        self.open_lake_writer().map(|writer| writer.lake().clone())
+    }
+
+    /// Opens the lake for writing: the batch layer only.
+    pub fn open_lake_writer(&self) -> anyhow::Result<LakeWriter> {
         let url = self
             .lake_url
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()));
-        Lake::open_with_options(&url, self.lake_options.clone(), self.data_dir.join("cache"))
+        LakeWriter::open_with_options(&url, self.lake_options.clone(), self.data_dir.join("cache"))
             .with_context(|| format!("opening the lake {url}"))
     }
 
@@ -319,7 +324,7 @@ pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyho
     refuse_kappa(shared)?;
     shared.require_shared_log("batch")?;
     let log = shared.open_log().await?;
-    let lake = shared.open_lake()?;
+    let lake = shared.open_lake_writer()?;
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
     let (handle, triggers) = lambda_batch::control(schedule);
     let ctx = RunContext {
@@ -383,7 +388,7 @@ pub async fn batch_once(shared: &Shared) -> anyhow::Result<lambda_batch::RunRepo
     let log = shared.open_log().await?;
     let ctx = RunContext {
         log: Arc::clone(&log),
-        lake: shared.open_lake()?,
+        lake: shared.open_lake_writer()?,
         allowed_lateness_ms: shared.allowed_lateness_ms,
     };
     let report = lambda_batch::run_once(&ctx).await;

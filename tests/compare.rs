@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use lambda_batch::{Lake, RunContext};
+use lambda_batch::{LakeWriter, RunContext};
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts};
 use lambda_events::{Event, EventType, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
@@ -246,14 +246,15 @@ async fn events_past_log_retention_are_named_as_what_a_replay_cannot_see() {
             log.append(topic.name(), chunk.to_vec()).await.unwrap();
         }
     }
-    let lake = Lake::open(
+    let writer = LakeWriter::open(
         &format!("file://{}", dir.path().join("lake").display()),
         dir.path().join("cache"),
     )
     .unwrap();
+    let lake = writer.lake().clone();
     let ctx = RunContext {
         log: Arc::clone(&log),
-        lake: lake.clone(),
+        lake: writer,
         allowed_lateness_ms: 60_000,
     };
     lambda_batch::run_once(&ctx).await.unwrap();

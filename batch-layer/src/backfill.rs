@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 
-use crate::lake::Lake;
+use crate::lake::LakeWriter;
 use crate::manifest::{self, Manifest};
 use crate::master::HOUR_MS;
 use crate::run::write_views;
@@ -28,7 +28,7 @@ pub struct BackfillReport {
 /// to_ms)` and commits them as a new manifest version. `progress` is told
 /// `(done, total)` after each hour.
 pub async fn backfill(
-    lake: &Lake,
+    lake: &LakeWriter,
     from_ms: i64,
     to_ms: i64,
     mut progress: impl FnMut(u64, u64),

@@ -17,7 +17,7 @@ pub mod schedule;
 pub mod views;
 
 pub use backfill::{BackfillReport, backfill};
-pub use lake::Lake;
+pub use lake::{Lake, LakeWriter};
 pub use run::{RunContext, RunReport, run_once};
 pub use schedule::{BatchHandle, BatchStatus, control, run};
 pub use views::BatchViews;

@@ -35,8 +35,7 @@ pub struct LoggedEvent {
     pub offset: u64,
 }
 
-/// Milliseconds in an hour.
-pub const HOUR_MS: i64 = 3_600_000;
+pub use lambda_lake::manifest::HOUR_MS;
 
 /// The partition key `<topic>/date=YYYY-MM-DD/hour=HH` of an hour.
 pub fn partition_key(topic: Topic, hour_start_ms: i64) -> String {

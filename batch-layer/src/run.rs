@@ -19,7 +19,7 @@ use lambda_log::{EventLog, FetchPosition};
 use object_store::path::Path;
 
 use crate::index;
-use crate::lake::Lake;
+use crate::lake::{Lake, LakeWriter};
 use crate::manifest::{self, DataFile, HourPartition, Manifest, RunStats};
 use crate::master::{self, HOUR_MS, LoggedEvent};
 use crate::views::{ViewEngine, views_of};
@@ -36,7 +36,7 @@ pub struct RunContext {
     /// The log to read.
     pub log: Arc<dyn EventLog>,
     /// The lake to write.
-    pub lake: Lake,
+    pub lake: LakeWriter,
     /// Allowed lateness used for the boundary B.
     pub allowed_lateness_ms: i64,
 }
@@ -57,18 +57,7 @@ pub enum FailPoint {
     PoisonHour(i64),
 }
 
-/// What a committed run did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunReport {
-    /// The manifest version committed (the previous one if there was nothing new).
-    pub version: u64,
-    /// Whether a new manifest was written.
-    pub committed: bool,
-    /// Figures of the run.
-    pub stats: RunStats,
-    /// The boundary B after the run.
-    pub boundary_ms: Option<i64>,
-}
+pub use lambda_lake::control::RunReport;
 
 /// Runs one batch run.
 pub async fn run_once(ctx: &RunContext) -> anyhow::Result<RunReport> {
@@ -381,7 +370,7 @@ pub async fn run_with_fail_point(
 /// data files with DuckDB, writes them as version `version`'s view files and
 /// points `partition` at them.
 pub(crate) async fn write_views(
-    lake: &Lake,
+    lake: &LakeWriter,
     engine: &mut ViewEngine,
     key: &str,
     partition: &mut HourPartition,
@@ -453,7 +442,7 @@ fn index_sources(manifest: &Manifest, topic: Topic) -> Vec<DataFile> {
 
 /// Writes `bytes` at `path`, notes it in `written`, and describes the file.
 async fn put_file(
-    lake: &Lake,
+    lake: &LakeWriter,
     written: &mut Vec<String>,
     path: String,
     bytes: Bytes,

@@ -9,19 +9,18 @@
 //! itself unhealthy ([`BatchStatus::unhealthy`]).
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use parking_lot::RwLock;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::run::{RunContext, RunReport, run_once};
+pub use lambda_lake::control::{
+    BatchHandle, BatchStatus, BatchTriggers, LastRun, TRIGGER_QUEUE_CAPACITY, control,
+};
 
-/// Triggered runs the queue holds.
-pub const TRIGGER_QUEUE_CAPACITY: usize = 8;
+use crate::run::{RunContext, run_once};
+
 /// Wait before retrying a failed run; it doubles with every failure in a row.
 pub const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest wait between retries of failed runs.
@@ -33,100 +32,6 @@ pub fn retry_backoff(failures: u32) -> Duration {
     FIRST_RETRY_BACKOFF
         .saturating_mul(1 << doublings)
         .min(MAX_RETRY_BACKOFF)
-}
-
-/// What serving shows about the batch layer.
-#[derive(Debug, Clone, Default)]
-pub struct BatchStatus {
-    /// The cron expression.
-    pub schedule: String,
-    /// When the next scheduled run is due (ms).
-    pub next_run_ms: Option<i64>,
-    /// Whether a run is in progress.
-    pub running: bool,
-    /// The last run's start (ms), duration and outcome.
-    pub last_run: Option<LastRun>,
-    /// Runs that committed or found nothing new.
-    pub runs_ok: u64,
-    /// Runs that failed.
-    pub runs_failed: u64,
-    /// Scheduled ticks skipped because a run was still going.
-    pub ticks_skipped: u64,
-    /// Runs that failed since the last one that did not.
-    pub consecutive_failures: u32,
-    /// When the failed run is retried (ms), if one failed last.
-    pub retry_at_ms: Option<i64>,
-}
-
-impl BatchStatus {
-    /// Why the batch layer is unhealthy, if it is: its last run failed (the
-    /// views are the last committed ones, and B does not move).
-    pub fn unhealthy(&self) -> Option<String> {
-        let run = self.last_run.as_ref()?;
-        let error = run.outcome.as_ref().err()?;
-        Some(format!(
-            "batch layer: {} run(s) in a row failed, retrying at {}: {error}",
-            self.consecutive_failures,
-            self.retry_at_ms
-                .and_then(chrono::DateTime::from_timestamp_millis)
-                .map_or_else(|| "the next tick".to_string(), |t| t.to_rfc3339()),
-        ))
-    }
-}
-
-/// The outcome of the last run.
-#[derive(Debug, Clone)]
-pub struct LastRun {
-    /// Start (ms).
-    pub started_ms: i64,
-    /// Duration (ms).
-    pub duration_ms: u64,
-    /// The report, or the error.
-    pub outcome: Result<RunReport, String>,
-}
-
-type Reply = oneshot::Sender<Result<RunReport, String>>;
-
-/// A handle to ask for a run now and to read the status.
-#[derive(Debug, Clone)]
-pub struct BatchHandle {
-    trigger: mpsc::Sender<Reply>,
-    /// Shared status.
-    pub status: Arc<RwLock<BatchStatus>>,
-}
-
-impl BatchHandle {
-    /// Runs a batch now (after any run in progress) and returns its report.
-    pub async fn run_now(&self) -> anyhow::Result<RunReport> {
-        let (reply, rx) = oneshot::channel();
-        self.trigger
-            .send(reply)
-            .await
-            .map_err(|_| anyhow::anyhow!("batch layer is not running"))?;
-        rx.await
-            .map_err(|_| anyhow::anyhow!("batch layer stopped before the run finished"))?
-            .map_err(anyhow::Error::msg)
-    }
-}
-
-/// The scheduler's receiving side; pass it to [`run`].
-#[derive(Debug)]
-pub struct BatchTriggers(mpsc::Receiver<Reply>);
-
-/// A handle and the trigger queue it feeds.
-pub fn control(schedule: &str) -> (BatchHandle, BatchTriggers) {
-    let (tx, rx) = mpsc::channel(TRIGGER_QUEUE_CAPACITY);
-    let status = BatchStatus {
-        schedule: schedule.to_string(),
-        ..Default::default()
-    };
-    (
-        BatchHandle {
-            trigger: tx,
-            status: Arc::new(RwLock::new(status)),
-        },
-        BatchTriggers(rx),
-    )
 }
 
 /// Runs batches on `schedule` (cron with seconds, e.g. `0 * * * * *`) and on trigger until `shutdown`.
@@ -152,7 +57,7 @@ pub async fn run(
         let reply = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => None,
-            Some(reply) = triggers.0.recv() => Some(reply),
+            Some(reply) = triggers.next() => Some(reply),
         };
         let started = Utc::now();
         handle.status.write().running = true;

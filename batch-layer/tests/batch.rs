@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use lambda_batch::manifest::{self, CommitError};
 use lambda_batch::run::{FailPoint, RunContext, run_with_fail_point};
-use lambda_batch::{BatchViews, Lake, run_once};
+use lambda_batch::{BatchViews, Lake, LakeWriter, run_once};
 use lambda_events::{BucketViews, Event, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
 use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, Record};
@@ -31,7 +31,7 @@ async fn fixture() -> Fixture {
             .unwrap(),
     );
     lambda_ingest::ensure_topics(&log, 3).await.unwrap();
-    let lake = Lake::open(
+    let lake = LakeWriter::open(
         &format!("file://{}", dir.path().join("lake").display()),
         dir.path().join("cache"),
     )
@@ -404,7 +404,8 @@ async fn batch_runs_write_and_read_a_real_s3_server() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let cache = tempfile::tempdir().unwrap();
-    let lake = Lake::open_with_options("s3://lake-test/pipeline", options, cache.path()).unwrap();
+    let lake =
+        LakeWriter::open_with_options("s3://lake-test/pipeline", options, cache.path()).unwrap();
     let ctx = RunContext {
         lake: lake.clone(),
         ..f.ctx.clone()

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use lambda_batch::{BatchHandle, RunReport};
+use lambda_lake::{BatchHandle, RunReport};
 use serde_json::{Value, json};
 
 /// Where the route is.

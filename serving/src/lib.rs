@@ -19,7 +19,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lambda_batch::{BatchViews, Lake};
+use lambda_lake::{BatchViews, Lake};
 use lambda_speed::SpeedViews;
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ pub async fn refresh_batch_views(
 ) -> anyhow::Result<bool> {
     // Cheap check first: the held views are cloned only when a newer manifest exists.
     let held = shared.read().version();
-    let latest = match lambda_batch::manifest::latest(lake).await? {
+    let latest = match lambda_lake::manifest::latest(lake).await? {
         Some(latest) if latest.version > held => latest,
         _ => return Ok(false),
     };

@@ -230,7 +230,7 @@ pub async fn render(state: &ServingState) -> String {
 }
 
 /// The batch runner's families: runs by outcome, skipped ticks, last duration.
-pub fn runner_metrics(s: &lambda_batch::BatchStatus, out: &mut String) {
+pub fn runner_metrics(s: &lambda_lake::BatchStatus, out: &mut String) {
     let runs = vec![
         ("outcome=\"ok\"".to_string(), s.runs_ok as f64),
         ("outcome=\"failed\"".to_string(), s.runs_failed as f64),

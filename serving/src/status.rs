@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lambda_batch::{BatchHandle, BatchStatus};
+use lambda_lake::{BatchHandle, BatchStatus};
 use lambda_events::Topic;
 use lambda_log::EventLog;
 use parking_lot::RwLock;
