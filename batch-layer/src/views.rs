@@ -203,4 +203,3 @@ fn sketch_column(name: &str, column: &dyn Array) -> anyhow::Result<ArrayRef> {
     }
     Ok(Arc::new(BinaryArray::from_iter_values(rows)))
 }
-

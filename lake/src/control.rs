@@ -127,4 +127,3 @@ pub fn control(schedule: &str) -> (BatchHandle, BatchTriggers) {
         BatchTriggers(rx),
     )
 }
-

@@ -150,4 +150,3 @@ impl Manifest {
             .chain(self.id_index.values().flatten().map(|d| d.path.as_str()))
     }
 }
-

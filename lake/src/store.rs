@@ -183,7 +183,8 @@ impl LakeWriter {
     /// Writes (or replaces) an object; on a local lake it is on disk
     /// (fsynced, with its directory) when this returns.
     pub async fn put(&self, path: &Path, bytes: Bytes) -> anyhow::Result<()> {
-        self.lake.store
+        self.lake
+            .store
             .put(path, PutPayload::from(bytes))
             .await
             .with_context(|| format!("writing {path}"))?;
@@ -242,7 +243,6 @@ impl LakeWriter {
         }
         Ok(())
     }
-
 }
 
 fn write_cache_file(local: &FsPath, bytes: &[u8]) -> anyhow::Result<()> {

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use lambda_lake::{BatchHandle, BatchStatus};
 use lambda_events::Topic;
+use lambda_lake::{BatchHandle, BatchStatus};
 use lambda_log::EventLog;
 use parking_lot::RwLock;
 use serde_json::{Value, json};
