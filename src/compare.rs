@@ -595,7 +595,7 @@ async fn compare_route(
     if let Some(cached) = state.cache.lock().get((range.from, range.to, version)) {
         return answer(&cached, "hit");
     }
-    let Ok(_guard) = state.running.try_lock() else {
+    let Ok(guard) = Arc::clone(&state.running).try_lock_owned() else {
         return too_many(
             "a comparison is already running; try again when it is done".into(),
             Duration::from_secs(1),
@@ -611,15 +611,29 @@ async fn compare_route(
             wait,
         );
     }
-    let outcome = compare(&state.sources, range.from, range.to).await;
-    state.pacer.lock().finished(started, Instant::now());
-    if let Ok(comparison) = &outcome {
-        state.cache.lock().put(
-            (range.from, range.to, comparison.manifest_version),
-            Arc::new(comparison.clone()),
-        );
+    // The comparison runs as a task of its own, which notes its end in the
+    // pacer and its answer in the cache even if the client goes away (the
+    // handler's future is dropped then): dropping and asking again must not
+    // start comparisons back to back.
+    let task = tokio::spawn(async move {
+        let _running = guard;
+        let outcome = compare(&state.sources, range.from, range.to).await;
+        state.pacer.lock().finished(started, Instant::now());
+        if let Ok(comparison) = &outcome {
+            state.cache.lock().put(
+                (range.from, range.to, comparison.manifest_version),
+                Arc::new(comparison.clone()),
+            );
+        }
+        outcome
+    });
+    match task.await {
+        Ok(outcome) => respond(outcome),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("comparison task failed: {e}") }),
+        ),
     }
-    respond(outcome)
 }
 
 fn respond(outcome: Result<Comparison, CompareError>) -> Response {

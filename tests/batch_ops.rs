@@ -95,6 +95,22 @@ async fn a_batch_run_on_request_needs_the_token() {
     assert_eq!(again["committed"], false, "nothing new: {again}");
     assert_eq!(again["version"], 1);
     assert_eq!(demo.batch.status.read().runs_ok, 2);
+    // The right token and a wrong one, as two headers: refused (which one a
+    // proxy on the way would pass on is anyone's guess).
+    let twice = client
+        .post(&url)
+        .header("authorization", "Bearer s3cret")
+        .header("authorization", "Bearer guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 401);
+    let body: serde_json::Value = twice.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("more than once"),
+        "{body}"
+    );
+    assert_eq!(demo.batch.status.read().runs_ok, 2, "no run for it");
     demo.stop().await.unwrap();
 
     // Without a token configured, the endpoint is off whatever is sent.

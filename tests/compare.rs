@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use lambda_batch::{LakeWriter, RunContext};
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts};
@@ -213,6 +214,31 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
 
     let status = get(&client, format!("{base}/api/v1/status")).await;
     assert!(status["speed"].is_object());
+
+    // A client that goes away mid-comparison does not cancel it: it still
+    // counts for the pacing (found by a hostile run — dropping and asking
+    // again used to start comparisons back to back).
+    tokio::time::sleep(Duration::from_secs(wait + 1)).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut socket = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+        let request = format!(
+            "GET /api/v1/compare?from={from}&to={} HTTP/1.1\r\nhost: x\r\n\r\n",
+            to - 2 * MINUTE
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = client
+        .get(format!(
+            "{base}/api/v1/compare?from={from}&to={}",
+            to - 3 * MINUTE
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429, "{:?}", response.text().await);
     demo.stop().await.unwrap();
 }
 

@@ -102,6 +102,18 @@ fn check_token(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
             "admin endpoints are off: start with --admin-token (LAMBDA_ADMIN_TOKEN)",
         ));
     };
+    // One Authorization header: with several, which one counts is up to
+    // each proxy on the way, so none does.
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Some(unauthorized(
+            "header authorization: sent more than once; send it once",
+        ));
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
