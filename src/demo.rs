@@ -150,14 +150,16 @@ impl Demo {
             alert_rules: config.alert_rules.clone(),
             ..SpeedConfig::with_data_dir(data_dir)
         };
-        let (speed, kappa) = crate::kappa::start_speed(
+        let started = crate::kappa::start_speed(
             config.architecture,
             data_dir.join("kappa"),
             speed_config,
             &log,
-            &mut supervisor,
+            supervisor.shutdown.clone(),
         )
         .await?;
+        supervisor.spawn(started.task_name, started.task);
+        let (speed, kappa) = (started.views, started.kappa);
 
         // Batch layer (lambda only). In kappa mode the handle has no runner:
         // a run asked for fails, naming that.

@@ -5,9 +5,11 @@
 //! the layers take plain config structs.
 
 pub mod bench;
-pub mod compare;
 pub mod demo;
-pub mod kappa;
 pub mod roles;
 pub mod supervisor;
 pub mod telemetry;
+
+/// Kappa mode and the lambda-vs-kappa comparison live in `lambda-kappa`;
+/// their old paths here still work.
+pub use lambda_kappa::{self as kappa, compare};

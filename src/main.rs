@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 use lambda_events::Severity;
 use lambda_events::time::{parse_duration, parse_instant};
@@ -132,7 +133,9 @@ struct SharedArgs {
     #[command(flatten)]
     lake: LakeArgs,
     /// lambda: batch views before the boundary B, speed views after it; kappa: no batch layer, the speed layer's views kept whole and recomputed by `lambda kappa replay`.
-    #[arg(long, env = "LAMBDA_ARCHITECTURE", value_enum, default_value_t = Architecture::Lambda)]
+    #[arg(long, env = "LAMBDA_ARCHITECTURE", default_value_t = Architecture::Lambda,
+          value_parser = clap::builder::PossibleValuesParser::new(["lambda", "kappa"])
+              .map(|s| s.parse::<Architecture>().expect("one of the possible values")))]
     architecture: Architecture,
 }
 

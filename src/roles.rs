@@ -259,14 +259,16 @@ pub async fn speed(
     } else {
         "kappa".to_string()
     });
-    let (views, kappa) = crate::kappa::start_speed(
+    let started = crate::kappa::start_speed(
         shared.architecture,
         kappa_dir,
         config,
         &log,
-        &mut supervisor,
+        supervisor.shutdown.clone(),
     )
     .await?;
+    supervisor.spawn(started.task_name, started.task);
+    let (views, kappa) = (started.views, started.kappa);
     if kappa.is_none() {
         let (views, token) = (Arc::clone(&views), supervisor.shutdown.clone());
         supervisor.spawn("boundary", follow_boundary(lake, views, token));

@@ -1,3 +1,7 @@
+//! lambda-kappa: the kappa architecture beside the lambda one — the kappa
+//! views and their replays (this module), and the comparison of both on the
+//! same data ([`compare`]).
+//!
 //! Kappa mode: no batch layer. The views are the speed layer's own, kept for
 //! the whole history (closed minutes are never evicted), and recomputing
 //! them is a replay: a new *view version* reads the log from each
@@ -27,6 +31,8 @@
 //! A crash before step 4 leaves `current.json` at N: the restart serves N and
 //! the half-built N+1 is wiped by the next replay. A crash after it resumes N+1.
 
+pub mod compare;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +54,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How views are computed: both layers, or the speed layer alone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Architecture {
     /// Batch views before the boundary B, speed views after it.
     #[default]
@@ -58,12 +64,32 @@ pub enum Architecture {
 }
 
 impl Architecture {
+    /// Both, in the order the CLI lists them.
+    pub const ALL: [Architecture; 2] = [Architecture::Lambda, Architecture::Kappa];
+
     /// `lambda` or `kappa`.
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::Lambda => "lambda",
             Architecture::Kappa => "kappa",
         }
+    }
+}
+
+impl std::str::FromStr for Architecture {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Architecture, String> {
+        Architecture::ALL
+            .into_iter()
+            .find(|a| a.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not an architecture: use lambda or kappa"))
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -552,33 +578,64 @@ impl Job {
     }
 }
 
+/// The speed side of a process, started: the views serving reads, the kappa
+/// views (kappa mode), and the one task that runs it, for the caller's
+/// supervisor.
+pub struct SpeedStart {
+    /// The views serving reads.
+    pub views: SpeedViews,
+    /// The kappa views and their replays (kappa mode only).
+    pub kappa: Option<Arc<Kappa>>,
+    /// The task's name (`speed` or `kappa`).
+    pub task_name: &'static str,
+    /// The task: the speed layer's fetch loop, or the kappa views' live job
+    /// and replays. It ends when `shutdown` is cancelled.
+    pub task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+}
+
+impl std::fmt::Debug for SpeedStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeedStart")
+            .field("task_name", &self.task_name)
+            .field("kappa", &self.kappa.is_some())
+            .finish()
+    }
+}
+
 /// Starts the speed side of a process: in lambda mode the speed layer on
 /// `config` (restored from its checkpoint), in kappa mode the kappa views
-/// under `kappa_dir`. Returns the views serving reads, and the kappa views.
+/// under `kappa_dir`. The returned task runs until `shutdown`.
 pub async fn start_speed(
     architecture: Architecture,
     kappa_dir: PathBuf,
     config: SpeedConfig,
     log: &Arc<dyn EventLog>,
-    supervisor: &mut crate::supervisor::Supervisor,
-) -> anyhow::Result<(SpeedViews, Option<Arc<Kappa>>)> {
-    let token = supervisor.shutdown.clone();
+    shutdown: CancellationToken,
+) -> anyhow::Result<SpeedStart> {
     match architecture {
         Architecture::Kappa => {
             let kappa = Kappa::open(kappa_dir, config, Arc::clone(log))
                 .await
                 .context("opening the kappa views")?;
-            supervisor.spawn("kappa", Arc::clone(&kappa).run(token));
-            Ok((Arc::clone(&kappa.live), Some(kappa)))
+            Ok(SpeedStart {
+                views: Arc::clone(&kappa.live),
+                task_name: "kappa",
+                task: Box::pin(Arc::clone(&kappa).run(shutdown)),
+                kappa: Some(kappa),
+            })
         }
         Architecture::Lambda => {
             let views = lambda_speed::new_views(&config);
             lambda_speed::restore(&config, &views)
                 .await
                 .context("restoring the speed layer")?;
-            let run = lambda_speed::run(config, Arc::clone(log), Arc::clone(&views), token);
-            supervisor.spawn("speed", run);
-            Ok((views, None))
+            let run = lambda_speed::run(config, Arc::clone(log), Arc::clone(&views), shutdown);
+            Ok(SpeedStart {
+                views,
+                kappa: None,
+                task_name: "speed",
+                task: Box::pin(run),
+            })
         }
     }
 }
