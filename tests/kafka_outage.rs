@@ -14,6 +14,7 @@ use lambda_log::{EventLog, KafkaConfig, KafkaLog};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_answers_503_and_loses_or_duplicates_no_acknowledged_event() {
+    let _alone = crate::one_at_a_time().await;
     let mock = MockKafka::new(1).unwrap();
     for (topic, partitions) in [("funnel-events", 4), ("iot-events", 4), ("dead-letter", 1)] {
         mock.create_topic(topic, partitions).unwrap();

@@ -2,7 +2,8 @@
 //! next to this one is a module (`e2e`, `kappa`, …), and `common` is what
 //! they share. One binary links DuckDB and librdkafka once instead of once
 //! per file. Run one file's tests with `cargo test --workspace --test
-//! pipeline e2e::`.
+//! pipeline e2e::`. The fault-injection tests that time outages and kills
+//! are a binary of their own, `tests/faults.rs`, where they run alone.
 
 mod alert_rules;
 mod alerts;
@@ -13,8 +14,6 @@ mod compose;
 mod dashboard;
 mod e2e;
 mod guide;
-mod kafka_outage;
 mod kappa;
 mod openapi;
 mod roles;
-mod speed_kill;

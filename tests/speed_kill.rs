@@ -104,6 +104,7 @@ fn windows(snapshot: &Value) -> BTreeMap<i64, Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
+    let _alone = crate::one_at_a_time().await;
     let broker = Tansu::start();
     let log_url = broker.log_url();
     let dir = tempfile::tempdir().unwrap();
