@@ -2,7 +2,8 @@
 //! `s3://bucket/prefix`), plus local paths for DuckDB, which reads local
 //! files only here (no httpfs): objects of a remote lake are fetched into a
 //! local cache first — they are immutable, so a cached copy never goes stale.
-//! [`Lake`] only reads; [`LakeWriter`] (the batch layer's) also writes.
+//! [`Lake`] only reads: writing is `lambda_batch::LakeWriter`, which only
+//! the batch layer's crate defines and constructs.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// Object storage for the master dataset, batch views and manifests.
 #[derive(Debug, Clone)]
@@ -20,15 +21,6 @@ pub struct Lake {
     url: String,
     local_root: Option<PathBuf>,
     cache_dir: PathBuf,
-}
-
-/// The result of a conditional create.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Created {
-    /// The object was written.
-    Written,
-    /// An object already existed at the path; nothing was written.
-    AlreadyExists,
 }
 
 impl Lake {
@@ -91,6 +83,22 @@ impl Lake {
         bail!("unsupported lake url {url:?}: expected file://DIR, memory:// or s3://BUCKET/PREFIX")
     }
 
+    /// The object store under the lake, for the batch layer's `LakeWriter`
+    /// (reading through it is fine; writing is the batch layer's alone).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The directory of a `file://` lake (`None` for others).
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.local_root.as_deref()
+    }
+
+    /// Where local copies of a remote lake's objects are kept.
+    pub fn cache_dir(&self) -> &FsPath {
+        &self.cache_dir
+    }
+
     /// The URL the lake was opened with.
     pub fn url(&self) -> &str {
         &self.url
@@ -140,108 +148,6 @@ impl Lake {
             write_cache_file(&local, &bytes)?;
         }
         Ok(local)
-    }
-}
-
-/// The lake's write side. Only the batch layer holds one (it is the only
-/// writer of the lake); every other role gets the read-only [`Lake`], which
-/// has no method that writes. A writer reads too (it derefs to its [`Lake`]).
-#[derive(Debug, Clone)]
-pub struct LakeWriter {
-    lake: Lake,
-}
-
-impl std::ops::Deref for LakeWriter {
-    type Target = Lake;
-
-    fn deref(&self) -> &Lake {
-        &self.lake
-    }
-}
-
-impl LakeWriter {
-    /// Opens the lake at `url` for writing (see [`Lake::open`]).
-    pub fn open(url: &str, cache_dir: impl Into<PathBuf>) -> anyhow::Result<LakeWriter> {
-        LakeWriter::open_with_options(url, Vec::new(), cache_dir)
-    }
-
-    /// [`LakeWriter::open`] with object store options (see [`Lake::open_with_options`]).
-    pub fn open_with_options(
-        url: &str,
-        options: Vec<(String, String)>,
-        cache_dir: impl Into<PathBuf>,
-    ) -> anyhow::Result<LakeWriter> {
-        Lake::open_with_options(url, options, cache_dir).map(|lake| LakeWriter { lake })
-    }
-
-    /// The read-only handle on the same store (a `memory://` lake included),
-    /// for the roles that only read.
-    pub fn lake(&self) -> &Lake {
-        &self.lake
-    }
-
-    /// Writes (or replaces) an object; on a local lake it is on disk
-    /// (fsynced, with its directory) when this returns.
-    pub async fn put(&self, path: &Path, bytes: Bytes) -> anyhow::Result<()> {
-        self.lake
-            .store
-            .put(path, PutPayload::from(bytes))
-            .await
-            .with_context(|| format!("writing {path}"))?;
-        self.sync_local(path).await
-    }
-
-    /// On a `file://` lake, fsyncs the object and its directory: object
-    /// stores make a put durable before answering, and the batch layer
-    /// relies on it (log retention trusts a committed manifest), but the
-    /// local file store only renames a written file into place.
-    async fn sync_local(&self, path: &Path) -> anyhow::Result<()> {
-        let Some(root) = &self.lake.local_root else {
-            return Ok(());
-        };
-        let file = root.join(path.as_ref());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&file)?.sync_all()?;
-            if let Some(dir) = file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-        .context("fsync task")?
-        .with_context(|| format!("syncing {path}"))
-    }
-
-    /// Writes an object only if none exists at `path` (a conditional put).
-    pub async fn create(&self, path: &Path, bytes: Bytes) -> anyhow::Result<Created> {
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(path, PutPayload::from(bytes), options)
-            .await
-        {
-            Ok(_) => {
-                self.sync_local(path).await?;
-                Ok(Created::Written)
-            }
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExists),
-            Err(e) => Err(e).with_context(|| format!("creating {path}")),
-        }
-    }
-
-    /// Deletes an object (and its cached copy); a missing one is not an error.
-    pub async fn delete(&self, path: &Path) -> anyhow::Result<()> {
-        match self.lake.store.delete(path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e).with_context(|| format!("deleting {path}")),
-        }
-        if self.lake.local_root.is_none() {
-            let _ = std::fs::remove_file(self.lake.cache_dir.join(path.as_ref()));
-        }
-        Ok(())
     }
 }
 
