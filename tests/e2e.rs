@@ -13,7 +13,8 @@ use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::Value;
 
 use crate::common::{
-    MINUTE, check_funnel, check_iot, check_pages, demo_config, fold, get, post_lines, text,
+    MINUTE, check_funnel, check_iot, check_pages, demo_config, eventually, fold, get, post_lines,
+    text,
 };
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -42,15 +43,20 @@ fn generated_lines() -> (Vec<Vec<u8>>, usize) {
 }
 
 async fn wait_for_speed_to_catch_up(client: &reqwest::Client, base: &str) -> Value {
-    for _ in 0..300 {
-        let status = get(client, format!("{base}/api/v1/status")).await;
-        let partitions = status["speed"]["partitions"].as_array().unwrap();
-        if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the speed layer did not catch up");
+    eventually(
+        "the speed layer catching up",
+        Duration::from_secs(30),
+        || async {
+            let status = get(client, format!("{base}/api/v1/status")).await;
+            let partitions = status["speed"]["partitions"].as_array().unwrap();
+            if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
+                Ok(status)
+            } else {
+                Err(status["speed"]["partitions"].to_string())
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,16 +264,7 @@ async fn a_full_disk_degrades_and_recovers_by_itself() {
     let refused = post(click("during")).await;
     assert_eq!(refused.status(), 503, "{:?}", refused.text().await);
     // The speed layer's next checkpoint fails: unhealthy, named, not dead.
-    let mut health = None;
-    for _ in 0..100 {
-        let response = client.get(format!("{base}/healthz")).send().await.unwrap();
-        if response.status() == 503 {
-            health = Some(response.text().await.unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let health = health.expect("/healthz turns 503 while checkpoints fail");
+    let health = wait_for_health(&client, &base, 503, Duration::from_secs(10)).await;
     assert!(health.contains("checkpoint"), "{health}");
     let status: Value = get(&client, format!("{base}/api/v1/status")).await;
     assert!(status["speed"]["checkpoint_error"].is_string(), "{status}");
@@ -282,69 +279,60 @@ async fn a_full_disk_degrades_and_recovers_by_itself() {
 
     // Space returns: everything recovers without a restart.
     std::fs::remove_file(&filler).unwrap();
-    let mut recovered = false;
-    for _ in 0..300 {
-        let response = client.get(format!("{base}/healthz")).send().await.unwrap();
-        if response.status() == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        recovered,
-        "/healthz is ok again once a checkpoint is written"
-    );
-    let mut accepted = false;
-    for _ in 0..50 {
-        if post(click("after")).await.status() == 202 {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(accepted, "ingest accepts again once there is space");
-    let mut counted = 0;
-    for _ in 0..50 {
-        let funnel: Value = get(&client, format!("{base}/api/v1/funnel?step=1m")).await;
-        counted = funnel["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["clicks"].as_u64().unwrap())
-            .sum();
-        if counted == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        counted, 2,
-        "the refused event is not counted; the later one is"
-    );
+    // (/healthz is ok again once a checkpoint is written.)
+    wait_for_health(&client, &base, 200, Duration::from_secs(30)).await;
+    eventually(
+        "ingest accepts again once there is space",
+        Duration::from_secs(10),
+        || async {
+            match post(click("after")).await.status().as_u16() {
+                202 => Ok(()),
+                other => Err(other.to_string()),
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the refused event is not counted; the later one is",
+        Duration::from_secs(5),
+        || async {
+            let funnel: Value = get(&client, format!("{base}/api/v1/funnel?step=1m")).await;
+            let counted: u64 = funnel["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["clicks"].as_u64().unwrap())
+                .sum();
+            if counted == 2 {
+                Ok(())
+            } else {
+                Err(format!("{counted} clicks"))
+            }
+        },
+    )
+    .await;
     demo.stop().await.unwrap();
 }
 
-/// Polls `/healthz` until it answers `status`; returns the body.
+/// Waits for `/healthz` to answer `status`; returns the body.
 async fn wait_for_health(
     client: &reqwest::Client,
     base: &str,
     status: u16,
     within: Duration,
 ) -> String {
-    let deadline = std::time::Instant::now() + within;
-    loop {
+    let what = format!("/healthz answering {status}");
+    eventually(&what, within, || async {
         let response = client.get(format!("{base}/healthz")).send().await.unwrap();
-        if response.status() == status {
-            return response.text().await.unwrap();
+        let answered = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        if answered == status {
+            Ok(body)
+        } else {
+            Err(format!("{answered} {body}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/healthz never answered {status}: {}",
-            response.text().await.unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// A batch run on a full disk fails loudly and is retried by itself: the
@@ -409,23 +397,24 @@ async fn a_batch_run_on_a_full_disk_is_retried_until_it_commits() {
     fill(&filler);
     let demo = Demo::start(demo_config(&data)).await.unwrap();
     let base = format!("http://{}", demo.addr);
-    let mut counted = Value::Null;
-    for _ in 0..100 {
-        let funnel: Value = get(
-            &client,
-            format!("{base}/api/v1/funnel?step=1m&from=1767225600000&to=1767225660000"),
-        )
-        .await;
-        counted = funnel["buckets"][0]["clicks"].clone();
-        if counted == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        counted, 200,
-        "what was stored is served after a restart on a full disk"
-    );
+    eventually(
+        "what was stored is served after a restart on a full disk",
+        Duration::from_secs(10),
+        || async {
+            let funnel: Value = get(
+                &client,
+                format!("{base}/api/v1/funnel?step=1m&from=1767225600000&to=1767225660000"),
+            )
+            .await;
+            let clicks = &funnel["buckets"][0]["clicks"];
+            if *clicks == 200 {
+                Ok(())
+            } else {
+                Err(format!("{clicks}"))
+            }
+        },
+    )
+    .await;
     std::fs::remove_file(&filler).unwrap();
     demo.stop().await.unwrap();
 }

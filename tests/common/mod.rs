@@ -21,6 +21,26 @@ pub fn demo_config(dir: &std::path::Path) -> lambda_pipeline::demo::DemoConfig {
     }
 }
 
+/// Waits for `check` to see what it waits for: calls it every 100 ms until
+/// it returns `Ok`, and returns that value; after `within`, fails the test
+/// naming `what` and the last thing `check` saw (its `Err`).
+pub async fn eventually<T, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) if std::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// The body of a GET as text (e.g. `/metrics`), which must answer 200.
 pub async fn text(client: &reqwest::Client, url: String) -> String {
     let response = client.get(&url).send().await.unwrap();
