@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::{Value, json};
 
-use crate::common::{MINUTE, demo_config, get, post_lines, text};
+use crate::common::{MINUTE, demo_config, eventually, get, post_lines, text};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -60,15 +60,19 @@ fn t(rule: &str, key: &str, state: &str) -> (String, String, String) {
 
 /// Polls `/api/v1/alerts` until it lists `n` transitions.
 async fn wait_for_alerts(client: &reqwest::Client, base: &str, n: usize) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let body = get(client, format!("{base}/api/v1/alerts?limit=1000")).await;
-        if body["alerts"].as_array().unwrap().len() >= n {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "only {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{n} alert transitions"),
+        Duration::from_secs(20),
+        || async {
+            let body = get(client, format!("{base}/api/v1/alerts?limit=1000")).await;
+            if body["alerts"].as_array().unwrap().len() >= n {
+                Ok(body)
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await
 }
 
 /// Reads Server-Sent Events from `response` until `n` `alert` events came.
@@ -274,17 +278,21 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
     post_lines(&client, &base, &repeat).await;
     // An event for a closed window: late, in the ledger by window.
     post_lines(&client, &base, &[reading("old", T0 + 2_000, "dev-9", 21.0)]).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let status = get(&client, format!("{base}/api/v1/status")).await;
-        if status["speed"]["late"].as_u64() >= Some(1)
-            && status["speed"]["checkpoint_age_ms"].is_u64()
-        {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually(
+        "a late event and a checkpoint in the status",
+        Duration::from_secs(20),
+        || async {
+            let status = get(&client, format!("{base}/api/v1/status")).await;
+            if status["speed"]["late"].as_u64() >= Some(1)
+                && status["speed"]["checkpoint_age_ms"].is_u64()
+            {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
     let listed = get(&client, format!("{base}/api/v1/alerts?limit=1000")).await;
     assert_eq!(listed["last"], 7, "nothing repeated: {listed}");
     let mut active = transitions(listed["active"].as_array().unwrap());

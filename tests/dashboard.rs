@@ -12,7 +12,7 @@ use std::process::Command;
 use lambda_ingest::generator::{Generator, GeneratorConfig};
 use lambda_pipeline::demo::Demo;
 
-use crate::common::{demo_config, get, post_lines};
+use crate::common::{demo_config, post_lines, speed_caught_up};
 
 const T0: i64 = 1_767_225_600_000;
 const CHARTS: [&str; 7] = [
@@ -112,16 +112,7 @@ async fn the_dashboard_draws_both_layers_and_the_boundary() {
     post_lines(&client, &base, &lines).await;
     demo.run_batch().await.unwrap();
     // Let the speed layer catch up, then take the boundary the API reports.
-    let status = loop {
-        let status = get(&client, format!("{base}/api/v1/status")).await;
-        let caught_up = status["speed"]["partitions"]
-            .as_array()
-            .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["lag"] == 0));
-        if caught_up {
-            break status;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let status = speed_caught_up(&client, &base).await;
     let boundary = status["batch"]["boundary"].as_i64().unwrap();
 
     let profile = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::common::{
     MINUTE, check_funnel, check_iot, check_pages, demo_config, eventually, fold, get, post_lines,
-    text,
+    speed_caught_up, text,
 };
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -42,23 +42,6 @@ fn generated_lines() -> (Vec<Vec<u8>>, usize) {
     (lines, malformed)
 }
 
-async fn wait_for_speed_to_catch_up(client: &reqwest::Client, base: &str) -> Value {
-    eventually(
-        "the speed layer catching up",
-        Duration::from_secs(30),
-        || async {
-            let status = get(client, format!("{base}/api/v1/status")).await;
-            let partitions = status["speed"]["partitions"].as_array().unwrap();
-            if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
-                Ok(status)
-            } else {
-                Err(status["speed"]["partitions"].to_string())
-            }
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_views_equal_an_independent_fold() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +63,7 @@ async fn check_pipeline(config: DemoConfig) {
     );
     assert_eq!(accepted as usize, lines.len() - malformed);
 
-    let status = wait_for_speed_to_catch_up(&client, &base).await;
+    let status = speed_caught_up(&client, &base).await;
     assert!(
         status["speed"]["duplicates"].as_u64().unwrap() > 0,
         "resends were recognised"

@@ -12,7 +12,8 @@ use lambda_pipeline::kappa::Architecture;
 use serde_json::Value;
 
 use crate::common::{
-    MINUTE, check_funnel, check_iot, check_pages, demo_config, fold, get, post_lines,
+    MINUTE, check_funnel, check_iot, check_pages, demo_config, eventually, fold, get, post_lines,
+    speed_caught_up,
 };
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -51,19 +52,6 @@ async fn kappa_status(client: &reqwest::Client, base: &str) -> Value {
     get(client, format!("{base}/api/v1/kappa")).await
 }
 
-/// Waits until the current version has read everything in the log.
-async fn caught_up(client: &reqwest::Client, base: &str) -> Value {
-    for _ in 0..300 {
-        let status = get(client, format!("{base}/api/v1/status")).await;
-        let partitions = status["speed"]["partitions"].as_array().unwrap();
-        if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("kappa views did not catch up");
-}
-
 fn range() -> String {
     format!(
         "from={}&to={}&step=1m",
@@ -99,7 +87,7 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
     let (lines, late_lines) = lines();
     assert!(late_lines > 50);
     post_lines(&client, &base, &lines).await;
-    let status = caught_up(&client, &base).await;
+    let status = speed_caught_up(&client, &base).await;
     assert_eq!(status["architecture"], "kappa");
     assert_eq!(status["kappa"]["version"], 1);
     assert!(status["batch"].is_null(), "no batch layer: {status}");
@@ -225,7 +213,7 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
         conflict == 409 || conflict == 202,
         "a second replay while one runs is refused (or queued after it switched): {conflict}"
     );
-    caught_up(&client, &base).await;
+    speed_caught_up(&client, &base).await;
     let (funnel_v2, iot_v2, pages_v2) = answers(&client, &base).await;
     check_funnel(&funnel_v2, &expected_funnel, i64::MIN);
     check_iot(&iot_v2, &expected_iot, i64::MIN);
@@ -242,12 +230,19 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
     // The command: progress, then the switch (to version 3 if the second
     // request above was queued after version 2, else to 3 now).
     if conflict == 202 {
-        for _ in 0..300 {
-            if kappa_status(&client, &base).await["replay"]["state"] == "switched" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            "the queued replay switching",
+            Duration::from_secs(30),
+            || async {
+                let kappa = kappa_status(&client, &base).await;
+                if kappa["replay"]["state"] == "switched" {
+                    Ok(())
+                } else {
+                    Err(kappa.to_string())
+                }
+            },
+        )
+        .await;
     }
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lambda"))
         .args(["kappa", "replay", "--no-progress", "--url", &base])
@@ -272,7 +267,7 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
         stdout.contains("allowed lateness 900 s"),
         "the version's lateness carries over: {stdout}"
     );
-    caught_up(&client, &base).await;
+    speed_caught_up(&client, &base).await;
     let (funnel_v3, _, _) = answers(&client, &base).await;
     assert_eq!(
         funnel_v3["buckets"], funnel_v2["buckets"],
@@ -293,7 +288,7 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
     // A restart serves the current version from its checkpoint.
     let demo = Demo::start(config(dir.path())).await.unwrap();
     let base = format!("http://{}", demo.addr);
-    let status = caught_up(&client, &base).await;
+    let status = speed_caught_up(&client, &base).await;
     assert_eq!(status["kappa"]["version"], version);
     let (funnel_again, _, _) = answers(&client, &base).await;
     assert_eq!(funnel_again["buckets"], funnel_v2["buckets"]);

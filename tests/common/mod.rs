@@ -41,6 +41,28 @@ where
     }
 }
 
+/// Waits until the speed layer has read everything in the log (every
+/// partition's lag 0 in `/api/v1/status`); returns that status.
+pub async fn speed_caught_up(client: &reqwest::Client, base: &str) -> Value {
+    eventually(
+        "the speed layer catching up",
+        std::time::Duration::from_secs(30),
+        || async {
+            let status = get(client, format!("{base}/api/v1/status")).await;
+            let partitions = status["speed"]["partitions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
+                Ok(status)
+            } else {
+                Err(status["speed"]["partitions"].to_string())
+            }
+        },
+    )
+    .await
+}
+
 /// The body of a GET as text (e.g. `/metrics`), which must answer 200.
 pub async fn text(client: &reqwest::Client, url: String) -> String {
     let response = client.get(&url).send().await.unwrap();
