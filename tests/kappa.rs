@@ -215,9 +215,13 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
     );
     speed_caught_up(&client, &base).await;
     let (funnel_v2, iot_v2, pages_v2) = answers(&client, &base).await;
-    check_funnel(&funnel_v2, &expected_funnel, i64::MIN);
-    check_iot(&iot_v2, &expected_iot, i64::MIN);
-    check_pages(&pages_v2, &expected_funnel, i64::MIN);
+    let (_, funnel_buckets) = check_funnel(&funnel_v2, &expected_funnel, i64::MIN);
+    assert!(
+        funnel_buckets > 5,
+        "{funnel_buckets} funnel buckets compared"
+    );
+    assert!(check_iot(&iot_v2, &expected_iot, i64::MIN) > 5);
+    assert!(check_pages(&pages_v2, &expected_funnel, i64::MIN) > 0);
     let (v1, v2) = (
         funnel_v1["buckets"].to_string(),
         funnel_v2["buckets"].to_string(),
