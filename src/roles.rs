@@ -302,7 +302,7 @@ async fn follow_boundary(
         match lambda_batch::manifest::latest(&lake).await {
             Ok(Some(manifest)) if manifest.boundary_ms != known => {
                 known = manifest.boundary_ms;
-                views.write().batch_boundary = known;
+                views.write().set_batch_boundary(known);
                 tracing::debug!(boundary = ?known, version = manifest.version, "batch boundary moved");
             }
             Ok(_) => {}

@@ -69,7 +69,7 @@ pub async fn refresh_batch_views(
     let boundary = next.boundary_ms();
     *shared.write() = Arc::new(next);
     if let Some(speed) = speed {
-        speed.write().batch_boundary = boundary;
+        speed.write().set_batch_boundary(boundary);
     }
     Ok(true)
 }

@@ -151,7 +151,7 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
             .iter()
             .map(|c| (c.topic.clone(), c.partition, c.max_ts))
             .collect(),
-        watermark: state.watermark_ms,
+        watermark: state.watermark(),
         alerts: Some(state.alerts.clone()),
     };
     serde_json::to_vec(&file).expect("checkpoint serializes")
@@ -203,9 +203,10 @@ pub fn decode(
         state.alerts = alerts;
     }
     // Checkpoints from before per-partition clocks: the watermark they implied.
-    state.watermark_ms = file
-        .watermark
-        .or_else(|| file.max_event_ts.map(|ts| ts - allowed_lateness_ms));
+    state.watermark = crate::window::Watermark::restored(
+        file.watermark
+            .or_else(|| file.max_event_ts.map(|ts| ts - allowed_lateness_ms)),
+    );
     state.windows = file
         .windows
         .into_iter()

@@ -83,7 +83,7 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64, alerts_since: u64) -
         counters: state.counters.as_tuple(),
         last_checkpoint_ms: state.last_checkpoint_ms,
         batch_boundary: state.batch_boundary,
-        watermark: state.watermark_ms,
+        watermark: state.watermark(),
         clocks: state
             .clocks
             .iter()
@@ -144,7 +144,8 @@ pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
         .unwrap_or(0);
     let mut state = SpeedState::new(lateness, horizon_ms);
     state.max_event_ts = mirrors.iter().filter_map(|m| m.meta.max_event_ts).max();
-    state.watermark_ms = mirrors.iter().filter_map(|m| m.meta.watermark).min();
+    state.watermark =
+        crate::window::Watermark::restored(mirrors.iter().filter_map(|m| m.meta.watermark).min());
     state.clocks = mirrors
         .iter()
         .flat_map(|m| m.meta.clocks.iter())

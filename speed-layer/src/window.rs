@@ -25,6 +25,34 @@ pub struct Window {
     pub version: u64,
 }
 
+/// Event time up to which windows are closed (minus nothing: the allowed
+/// lateness is already taken off). It never goes back: the one way to move
+/// it is [`Watermark::advance`], which refuses a lower time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermark(Option<i64>);
+
+impl Watermark {
+    /// A watermark restored from a checkpoint or combined from instances.
+    pub(crate) fn restored(at: Option<i64>) -> Watermark {
+        Watermark(at)
+    }
+
+    /// Where it is (`None` before any event).
+    pub fn get(self) -> Option<i64> {
+        self.0
+    }
+
+    /// Moves it to `to` if that is ahead; returns whether it moved.
+    pub fn advance(&mut self, to: i64) -> bool {
+        if self.0.is_none_or(|w| to > w) {
+            self.0 = Some(to);
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -84,7 +112,7 @@ pub struct SpeedState {
     /// Greatest event time seen.
     pub max_event_ts: Option<i64>,
     /// Late events by (topic, window start).
-    pub late_ledger: BTreeMap<(Topic, i64), u64>,
+    pub(crate) late_ledger: BTreeMap<(Topic, i64), u64>,
     /// Next offset to consume, by (topic, partition).
     pub offsets: BTreeMap<(String, u32), u64>,
     /// What has been done.
@@ -98,24 +126,25 @@ pub struct SpeedState {
     /// Checkpoint attempts that failed since the process started.
     pub checkpoint_failures: u64,
     /// The batch layer's boundary B, when known: windows well before it are
-    /// answered by the batch views and need not be kept.
-    pub batch_boundary: Option<i64>,
+    /// answered by the batch views and need not be kept. It only moves
+    /// forward ([`SpeedState::set_batch_boundary`]).
+    pub(crate) batch_boundary: Option<i64>,
     /// Windows starting before this have been evicted; events for them are late.
-    pub evicted_before: i64,
+    pub(crate) evicted_before: i64,
     /// Bumped by every change to a window.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// Identifies this state's lineage: a restored or replaced state gets a
     /// new one, so a reader holding windows by seq knows to start over.
     pub epoch: u64,
     /// Event-time progress per partition.
     pub clocks: Vec<PartitionClock>,
     /// The current watermark (see [`SpeedState::watermark`]).
-    pub watermark_ms: Option<i64>,
+    pub(crate) watermark: Watermark,
     /// Alert rules and their state.
     pub alerts: AlertEngine,
     /// Windows starting before this have dropped their id sets (they are
     /// closed: an event for them is late before its id is looked at).
-    pub ids_dropped_before: i64,
+    pub(crate) ids_dropped_before: i64,
 }
 
 /// The clock of an expected partition that has not delivered yet.
@@ -153,7 +182,7 @@ impl SpeedState {
             seq: 0,
             epoch: new_epoch(),
             clocks: Vec::new(),
-            watermark_ms: None,
+            watermark: Watermark::default(),
             alerts: AlertEngine::new(AlertRules::default()),
             ids_dropped_before: i64::MIN,
         }
@@ -164,7 +193,21 @@ impl SpeedState {
     /// timeout does not hold it back; when every partition is idle, the highest
     /// counts). It never goes back.
     pub fn watermark(&self) -> Option<i64> {
-        self.watermark_ms
+        self.watermark.get()
+    }
+
+    /// The batch layer's boundary B, as last told.
+    pub fn batch_boundary(&self) -> Option<i64> {
+        self.batch_boundary
+    }
+
+    /// Tells the state the batch layer's boundary B. B only moves forward
+    /// (each manifest's is at least its predecessor's): an older value, from
+    /// a reader that loaded manifests out of order, is ignored.
+    pub fn set_batch_boundary(&mut self, boundary: Option<i64>) {
+        if let Some(b) = boundary {
+            self.batch_boundary = Some(self.batch_boundary.map_or(b, |known| known.max(b)));
+        }
     }
 
     /// Registers a partition that has records to deliver before its first
@@ -200,8 +243,7 @@ impl SpeedState {
         let reached = active.or_else(|| self.clocks.iter().map(|c| c.max_ts).max());
         if let Some(reached) = reached.filter(|r| *r != NOT_YET) {
             let candidate = reached - self.allowed_lateness_ms;
-            if self.watermark_ms.is_none_or(|w| candidate > w) {
-                self.watermark_ms = Some(candidate);
+            if self.watermark.advance(candidate) {
                 let from = self.alerts.judged_before();
                 let windows = self.windows.range(from..).map(|(s, w)| (*s, &w.views));
                 self.alerts.on_watermark(candidate, windows);
@@ -421,6 +463,25 @@ mod tests {
         assert_eq!(state.counters.duplicates, 2);
         // The duplicate stamped a minute before opened no window there.
         assert!(!state.windows.contains_key(&(t0 - MINUTE_MS)));
+    }
+
+    /// The watermark and B only move forward, whatever they are told.
+    #[test]
+    fn the_watermark_and_the_boundary_never_go_back() {
+        let mut w = Watermark::default();
+        assert_eq!(w.get(), None);
+        assert!(w.advance(10));
+        assert!(!w.advance(5), "lower: refused");
+        assert!(!w.advance(10), "equal: no move");
+        assert!(w.advance(11));
+        assert_eq!(w.get(), Some(11));
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        state.set_batch_boundary(Some(1_000));
+        state.set_batch_boundary(Some(500));
+        state.set_batch_boundary(None);
+        assert_eq!(state.batch_boundary(), Some(1_000));
+        state.set_batch_boundary(Some(2_000));
+        assert_eq!(state.batch_boundary(), Some(2_000));
     }
 
     #[test]
