@@ -101,9 +101,19 @@ fn respond<A: Default>(
     let (boundary, version) = (batch.boundary_ms(), batch.version());
     let shape: Arc<str> = Arc::from(shape);
     let width = range.step.millis();
-    let speed = state.speed.read();
-    let watermark = speed.watermark();
-    let newest = speed.max_event_ts;
+    // A snapshot of the speed views the answer needs (the windows from B,
+    // or from the range's start, on), taken under the read lock; the lock is
+    // let go before anything is rendered, so queries never hold up the fold.
+    let (speed, watermark, newest) = {
+        let live = state.speed.read();
+        let from = boundary.map_or(range.from, |b| b.max(range.from));
+        let views: BTreeMap<i64, BucketViews> = live
+            .windows
+            .range(from..range.to.max(from))
+            .map(|(start, window)| (*start, window.views.clone()))
+            .collect();
+        (views, live.watermark(), live.max_event_ts)
+    };
     let mut parts: Vec<Arc<str>> = Vec::new();
     for start in range.bucket_starts() {
         let cacheable = version > 0 && boundary.is_some_and(|b| start + width <= b);
@@ -116,8 +126,7 @@ fn respond<A: Default>(
             to: start + width,
             step: range.step,
         };
-        let Some((_, layer, acc)) =
-            merge(&one, boundary, &batch.buckets, &speed.windows, &mut fold).pop()
+        let Some((_, layer, acc)) = merge(&one, boundary, &batch.buckets, &speed, &mut fold).pop()
         else {
             continue;
         };
@@ -133,7 +142,6 @@ fn respond<A: Default>(
         }
         parts.push(rendered);
     }
-    drop(speed);
     let text = |v: Option<i64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
     let mut body = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 160);
     body.push_str(&format!(
