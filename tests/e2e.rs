@@ -216,13 +216,9 @@ fn fill(path: &std::path::Path) {
     }
 }
 
-/// A full disk degrades, never kills: ingest answers 503 (nothing is
-/// acknowledged that is not durable), the speed layer keeps folding and
-/// serving and retries its checkpoint with backoff, `/healthz` says what is
-/// wrong, queries are answered — and everything recovers by itself once
-/// space returns. (The process used to exit a second after the disk filled.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_degrades_and_recovers_by_itself() {
+/// A demo with its data dir on a 96 MiB tmpfs, and a client for it:
+/// (the tmpfs, the data dir, the demo, its base URL, the client).
+async fn demo_on_a_small_disk() -> (Tmpfs, std::path::PathBuf, Demo, String, reqwest::Client) {
     let tmpfs = Tmpfs::mount("96m");
     let data = tmpfs.dir.path().join("data");
     let demo = Demo::start(demo_config(&data)).await.unwrap();
@@ -231,6 +227,17 @@ async fn a_full_disk_degrades_and_recovers_by_itself() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
+    (tmpfs, data, demo, base, client)
+}
+
+/// A full disk degrades, never kills: ingest answers 503 (nothing is
+/// acknowledged that is not durable), the speed layer keeps folding and
+/// serving and retries its checkpoint with backoff, `/healthz` says what is
+/// wrong, queries are answered — and everything recovers by itself once
+/// space returns. (The process used to exit a second after the disk filled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_degrades_and_recovers_by_itself() {
+    let (tmpfs, _data, demo, base, client) = demo_on_a_small_disk().await;
     let now = chrono::Utc::now().timestamp_millis();
     let click = |id: &str| {
         format!(r#"{{"event_id":"{id}","ts":{now},"event_type":"click","user_id":"u-{id}"}}"#)
@@ -326,14 +333,7 @@ async fn wait_for_health(
 /// serves what it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_run_on_a_full_disk_is_retried_until_it_commits() {
-    let tmpfs = Tmpfs::mount("96m");
-    let data = tmpfs.dir.path().join("data");
-    let demo = Demo::start(demo_config(&data)).await.unwrap();
-    let base = format!("http://{}", demo.addr);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let (tmpfs, data, demo, base, client) = demo_on_a_small_disk().await;
     let lines: Vec<Vec<u8>> = (0..200)
         .map(|i| {
             format!(
