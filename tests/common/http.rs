@@ -1,0 +1,89 @@
+//! Requests to the pipeline's HTTP API, and waiting for it.
+
+use serde_json::Value;
+
+/// Waits for `check` to see what it waits for: calls it every 100 ms until
+/// it returns `Ok`, and returns that value; after `within`, fails the test
+/// naming `what` and the last thing `check` saw (its `Err`).
+pub(crate) async fn eventually<T, F, Fut>(
+    what: &str,
+    within: std::time::Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) if std::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Waits until the speed layer has read everything in the log (every
+/// partition's lag 0 in `/api/v1/status`); returns that status.
+pub(crate) async fn speed_caught_up(client: &reqwest::Client, base: &str) -> Value {
+    eventually(
+        "the speed layer catching up",
+        std::time::Duration::from_secs(30),
+        || async {
+            let status = get(client, format!("{base}/api/v1/status")).await;
+            let partitions = status["speed"]["partitions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !partitions.is_empty() && partitions.iter().all(|p| p["lag"] == 0) {
+                Ok(status)
+            } else {
+                Err(status["speed"]["partitions"].to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// The body of a GET as text (e.g. `/metrics`), which must answer 200.
+pub(crate) async fn text(client: &reqwest::Client, url: String) -> String {
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.text().await.unwrap()
+}
+
+pub(crate) async fn get(client: &reqwest::Client, url: String) -> Value {
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
+/// POSTs `lines` to an ingest endpoint in NDJSON batches of 500; returns
+/// (accepted, rejected) as the collector answered.
+pub(crate) async fn post_lines(
+    client: &reqwest::Client,
+    base: &str,
+    lines: &[Vec<u8>],
+) -> (u64, usize) {
+    let (mut accepted, mut rejected) = (0, 0);
+    for chunk in lines.chunks(500) {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect();
+        let response = client
+            .post(format!("{base}/api/v1/events"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let json: Value = response.json().await.unwrap();
+        accepted += json["accepted"].as_u64().unwrap();
+        rejected += json["rejected_count"].as_u64().unwrap() as usize;
+    }
+    (accepted, rejected)
+}
