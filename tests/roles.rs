@@ -5,7 +5,7 @@
 //! instance is stopped and restarted from its checkpoint (serving sees its new
 //! epoch and reloads its windows).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lambda_events::Severity;
 use lambda_ingest::generator::{Generator, GeneratorConfig};
@@ -13,7 +13,7 @@ use lambda_pipeline::roles::{self, Instance, Peers, Running, Shared};
 use lambda_testkit::Tansu;
 use serde_json::Value;
 
-use crate::common::{MINUTE, check_answers, get, post_lines};
+use crate::common::{MINUTE, check_answers, eventually, get, post_lines};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -29,27 +29,31 @@ async fn speed(shared: &Shared, index: u32) -> Running {
 
 /// Waits until both speed instances and the batch runner have everything.
 async fn caught_up(client: &reqwest::Client, base: &str, runs_after: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let status = get(client, format!("{base}/api/v1/status")).await;
-        let done = |section: &str| {
-            status[section]["partitions"].as_array().is_some_and(|ps| {
-                ps.len() == 8
-                    && ps
-                        .iter()
-                        .all(|p| p["lag"] == 0 && p["end"].as_u64() > Some(0))
-            })
-        };
-        let instances_ok = status["speed_instances"]
-            .as_array()
-            .is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["ok"] == true));
-        let runs = status["batch"]["runs_ok"].as_u64().unwrap_or(0);
-        if done("speed") && done("batch") && instances_ok && runs > runs_after {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "did not catch up: {status}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "both speed instances and the batch runner catching up",
+        Duration::from_secs(90),
+        || async {
+            let status = get(client, format!("{base}/api/v1/status")).await;
+            let done = |section: &str| {
+                status[section]["partitions"].as_array().is_some_and(|ps| {
+                    ps.len() == 8
+                        && ps
+                            .iter()
+                            .all(|p| p["lag"] == 0 && p["end"].as_u64() > Some(0))
+                })
+            };
+            let instances_ok = status["speed_instances"]
+                .as_array()
+                .is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["ok"] == true));
+            let runs = status["batch"]["runs_ok"].as_u64().unwrap_or(0);
+            if done("speed") && done("batch") && instances_ok && runs > runs_after {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await
 }
 
 async fn check(client: &reqwest::Client, base: &str, lines: &[Vec<u8>]) {
@@ -99,25 +103,27 @@ async fn check_alerts(client: &reqwest::Client, base: &str, instances: [std::net
         expected.extend(alerts.iter().map(|a| transition(source as u64, a)));
     }
     expected.sort();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let feed = get(client, format!("{base}/api/v1/alerts?limit=1000")).await;
-        let mut fed: Vec<Transition> = feed["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| transition(a["source"].as_u64().unwrap(), a))
-            .collect();
-        fed.sort();
-        if fed == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serving's alerts {fed:?}\ninstances' {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let expected = &expected;
+    eventually(
+        "serving's alert feed holding both instances' transitions",
+        Duration::from_secs(10),
+        || async move {
+            let feed = get(client, format!("{base}/api/v1/alerts?limit=1000")).await;
+            let mut fed: Vec<Transition> = feed["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| transition(a["source"].as_u64().unwrap(), a))
+                .collect();
+            fed.sort();
+            if fed == *expected {
+                Ok(())
+            } else {
+                Err(format!("serving's {fed:?}\ninstances' {expected:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
