@@ -32,7 +32,7 @@ use lambda_log::{KafkaConfig, KafkaLog};
 use lambda_testkit::{KillOnDrop, Moto, Tansu, free_port};
 use serde_json::{Value, json};
 
-use crate::common::{Checked, MINUTE, check_answers, fold, get, text};
+use crate::common::{Checked, MINUTE, check_answers, eventually, fold, get, text};
 
 const APP_IMAGE: &str = "lambda-pipeline:latest";
 const SEED: u64 = 20261122;
@@ -378,19 +378,19 @@ async fn the_compose_stack_runs_as_local_processes() {
     }
 
     // The generator runs for its duration and reports what it sent.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let sent_line = loop {
-        let text = std::fs::read_to_string(stack.log_of("generator")).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.starts_with("sent ")) {
-            break line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the generator did not finish\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let generator_log = stack.log_of("generator");
+    let sent_line = eventually(
+        "the generator finishing",
+        Duration::from_secs(120),
+        || async {
+            let text = std::fs::read_to_string(&generator_log).unwrap_or_default();
+            match text.lines().find(|l| l.starts_with("sent ")) {
+                Some(line) => Ok(line.to_string()),
+                None => Err(stack.logs()),
+            }
+        },
+    )
+    .await;
     let number_after = |word: &str| -> usize {
         let words: Vec<&str> = sent_line.split_whitespace().collect();
         let i = words
@@ -613,24 +613,24 @@ fn produce(venv: &Path, bootstrap: &str, lines: &[String], raw: bool) {
 /// Waits until the speed layer has consumed everything and a batch run has
 /// compacted everything, as serving's status tells.
 async fn caught_up(client: &reqwest::Client, base: &str, stack: &Stack) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = get(client, format!("{base}/api/v1/status")).await;
-        let all_caught_up = |section: &str| {
-            status[section]["partitions"]
-                .as_array()
-                .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["lag"] == 0))
-        };
-        if all_caught_up("speed") && all_caught_up("batch") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the layers did not catch up: {status}\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "the layers catching up",
+        Duration::from_secs(120),
+        || async {
+            let status = get(client, format!("{base}/api/v1/status")).await;
+            let all_caught_up = |section: &str| {
+                status[section]["partitions"]
+                    .as_array()
+                    .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["lag"] == 0))
+            };
+            if all_caught_up("speed") && all_caught_up("batch") {
+                Ok(status)
+            } else {
+                Err(format!("{status}\n{}", stack.logs()))
+            }
+        },
+    )
+    .await
 }
 
 /// Where a service mounts the stack's named volumes (the top-level `volumes`),
