@@ -112,136 +112,20 @@ pub async fn replay(
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<Replayed> {
     let started = Instant::now();
-    let mut late: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
-    let mut counted_in_keep: HashSet<String> = HashSet::new();
-    let (mut records, mut bytes) = (0u64, 0u64);
-    let mut lanes: Vec<Lane> = spans
-        .iter()
-        .filter(|s| s.start < s.end)
-        .map(|s| Lane {
-            position: FetchPosition {
-                topic: s.topic.clone(),
-                partition: s.partition,
-                offset: s.start,
-            },
-            end: s.end,
-            buffer: VecDeque::new(),
-        })
-        .collect();
-    for lane in &lanes {
+    let mut lanes = Lanes::new(spans);
+    for lane in &lanes.lanes {
         state.expect_partition(&lane.position.topic, lane.position.partition);
     }
-    let mut empty_in_a_row = 0;
-    loop {
-        lanes.retain(|l| !l.done());
-        if lanes.is_empty() {
-            break;
+    let mut folded = Folded::default();
+    while !lanes.finished() {
+        lanes.refill(log).await?;
+        let before = folded.records;
+        while let Some(stored) = lanes.next_in_append_order() {
+            folded.fold(&mut state, stored, &keep);
         }
-        // Refill the lanes that ran dry.
-        let asked: Vec<FetchPosition> = lanes
-            .iter()
-            .filter(|l| l.buffer.is_empty())
-            .map(|l| l.position.clone())
-            .collect();
-        if !asked.is_empty() {
-            let fetched = match log.fetch(&asked, FETCH_MAX_RECORDS, FETCH_MAX_WAIT).await {
-                Ok(fetched) => fetched,
-                Err(LogError::OffsetOutOfRange {
-                    topic,
-                    partition,
-                    start,
-                    ..
-                }) => {
-                    // Retention moved on while we read: what is gone is gone.
-                    for lane in lanes
-                        .iter_mut()
-                        .filter(|l| l.position.topic == topic && l.position.partition == partition)
-                    {
-                        lane.position.offset = lane.position.offset.max(start).min(lane.end);
-                    }
-                    continue;
-                }
-                Err(error) if error.is_transient() => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(error) => return Err(error).context("replay fetch"),
-            };
-            let mut useful = 0;
-            for stored in fetched {
-                let Some(lane) = lanes.iter_mut().find(|l| {
-                    l.position.partition == stored.partition && l.position.topic == stored.topic
-                }) else {
-                    continue;
-                };
-                if stored.offset < lane.position.offset || stored.offset >= lane.end {
-                    continue;
-                }
-                lane.position.offset = stored.offset + 1;
-                lane.buffer.push_back(stored);
-                useful += 1;
-            }
-            if useful == 0 {
-                empty_in_a_row += 1;
-                if empty_in_a_row > EMPTY_FETCHES_ALLOWED {
-                    let missing: Vec<String> = lanes
-                        .iter()
-                        .filter(|l| l.buffer.is_empty())
-                        .map(|l| {
-                            let p = &l.position;
-                            format!("{}/{} at {} of {}", p.topic, p.partition, p.offset, l.end)
-                        })
-                        .collect();
-                    anyhow::bail!(
-                        "replay: the log stopped delivering before the end offsets: {}",
-                        missing.join(", ")
-                    );
-                }
-                continue;
-            }
-            empty_in_a_row = 0;
-        }
-        // Fold in append order while every unfinished lane has a record to compare.
-        let before = records;
-        while lanes.iter().all(|l| !l.buffer.is_empty() || l.done()) {
-            let Some(lane) = lanes
-                .iter_mut()
-                .filter(|l| !l.buffer.is_empty())
-                .min_by_key(|l| {
-                    let r = &l.buffer[0];
-                    (r.record.timestamp_ms, r.partition, r.offset)
-                })
-            else {
-                break;
-            };
-            let stored = lane
-                .buffer
-                .pop_front()
-                .expect("chosen for its front record");
-            records += 1;
-            bytes += (stored.record.value.len() + stored.record.key.as_ref().map_or(0, |k| k.len()))
-                as u64;
-            let record_ts = stored.record.timestamp_ms;
-            let Ok(event) = Event::from_log_record(&stored.record.value, &stored.topic, record_ts)
-            else {
-                state.counters.invalid += 1;
-                continue;
-            };
-            let minute = floor_to(event.ts, MINUTE_MS);
-            let clock = lambda_events::event::clock_ts(event.ts, record_ts);
-            match state.apply_at(&stored.topic, stored.partition, &event, clock) {
-                Applied::Counted if keep.contains(&minute) => {
-                    counted_in_keep.insert(event.event_id.clone());
-                }
-                Applied::Late if keep.contains(&minute) => {
-                    late.entry(minute).or_default().push(event);
-                }
-                _ => {}
-            }
-        }
-        if records > before {
+        if folded.records > before {
             state.evict();
-            progress(records);
+            progress(folded.records);
         }
     }
     // A live loop taking over the state carries on from the ends.
@@ -249,6 +133,12 @@ pub async fn replay(
         let key = (span.topic.clone(), span.partition);
         state.offsets.insert(key, span.end);
     }
+    let Folded {
+        mut late,
+        counted_in_keep,
+        records,
+        bytes,
+    } = folded;
     // One late event per id, and none the fold counted after all (a resend
     // whose first copy was on time).
     for events in late.values_mut() {
@@ -264,4 +154,165 @@ pub async fn replay(
         bytes,
         elapsed: started.elapsed(),
     })
+}
+
+/// The partitions being replayed, merged in append order.
+struct Lanes {
+    lanes: Vec<Lane>,
+    /// Fetches in a row that brought nothing of use.
+    empty_in_a_row: u32,
+}
+
+impl Lanes {
+    fn new(spans: &[ReplaySpan]) -> Lanes {
+        let lanes = spans
+            .iter()
+            .filter(|s| s.start < s.end)
+            .map(|s| Lane {
+                position: FetchPosition {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    offset: s.start,
+                },
+                end: s.end,
+                buffer: VecDeque::new(),
+            })
+            .collect();
+        Lanes {
+            lanes,
+            empty_in_a_row: 0,
+        }
+    }
+
+    /// Drops the lanes read to their end; whether none is left.
+    fn finished(&mut self) -> bool {
+        self.lanes.retain(|l| !l.done());
+        self.lanes.is_empty()
+    }
+
+    /// Fetches for the lanes that ran dry. Retention moving on while we
+    /// read skips what is gone; a transient error waits a little; a log
+    /// that keeps answering nothing below the end offsets is an error.
+    async fn refill(&mut self, log: &dyn EventLog) -> anyhow::Result<()> {
+        let asked: Vec<FetchPosition> = self
+            .lanes
+            .iter()
+            .filter(|l| l.buffer.is_empty())
+            .map(|l| l.position.clone())
+            .collect();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let fetched = match log.fetch(&asked, FETCH_MAX_RECORDS, FETCH_MAX_WAIT).await {
+            Ok(fetched) => fetched,
+            Err(LogError::OffsetOutOfRange {
+                topic,
+                partition,
+                start,
+                ..
+            }) => {
+                // Retention moved on while we read: what is gone is gone.
+                for lane in self
+                    .lanes
+                    .iter_mut()
+                    .filter(|l| l.position.topic == topic && l.position.partition == partition)
+                {
+                    lane.position.offset = lane.position.offset.max(start).min(lane.end);
+                }
+                return Ok(());
+            }
+            Err(error) if error.is_transient() => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+            Err(error) => return Err(error).context("replay fetch"),
+        };
+        let mut useful = 0;
+        for stored in fetched {
+            let Some(lane) = self.lanes.iter_mut().find(|l| {
+                l.position.partition == stored.partition && l.position.topic == stored.topic
+            }) else {
+                continue;
+            };
+            if stored.offset < lane.position.offset || stored.offset >= lane.end {
+                continue;
+            }
+            lane.position.offset = stored.offset + 1;
+            lane.buffer.push_back(stored);
+            useful += 1;
+        }
+        if useful > 0 {
+            self.empty_in_a_row = 0;
+            return Ok(());
+        }
+        self.empty_in_a_row += 1;
+        if self.empty_in_a_row > EMPTY_FETCHES_ALLOWED {
+            let missing: Vec<String> = self
+                .lanes
+                .iter()
+                .filter(|l| l.buffer.is_empty())
+                .map(|l| {
+                    let p = &l.position;
+                    format!("{}/{} at {} of {}", p.topic, p.partition, p.offset, l.end)
+                })
+                .collect();
+            anyhow::bail!(
+                "replay: the log stopped delivering before the end offsets: {}",
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The next record in append order (record timestamp, then partition and
+    /// offset), while every unfinished lane has a record to compare.
+    fn next_in_append_order(&mut self) -> Option<StoredRecord> {
+        if !self.lanes.iter().all(|l| !l.buffer.is_empty() || l.done()) {
+            return None;
+        }
+        self.lanes
+            .iter_mut()
+            .filter(|l| !l.buffer.is_empty())
+            .min_by_key(|l| {
+                let r = &l.buffer[0];
+                (r.record.timestamp_ms, r.partition, r.offset)
+            })
+            .and_then(|lane| lane.buffer.pop_front())
+    }
+}
+
+/// What a replay has folded so far, and what it keeps for the caller.
+#[derive(Default)]
+struct Folded {
+    late: BTreeMap<i64, Vec<Event>>,
+    counted_in_keep: HashSet<String>,
+    records: u64,
+    bytes: u64,
+}
+
+impl Folded {
+    /// Folds one record into `state`, keeping late and counted ids whose
+    /// minute is in `keep`.
+    fn fold(&mut self, state: &mut SpeedState, stored: StoredRecord, keep: &Range<i64>) {
+        self.records += 1;
+        self.bytes +=
+            (stored.record.value.len() + stored.record.key.as_ref().map_or(0, |k| k.len())) as u64;
+        let record_ts = stored.record.timestamp_ms;
+        let Ok(event) = Event::from_log_record(&stored.record.value, &stored.topic, record_ts)
+        else {
+            state.counters.invalid += 1;
+            return;
+        };
+        let minute = floor_to(event.ts, MINUTE_MS);
+        let clock = lambda_events::event::clock_ts(event.ts, record_ts);
+        match state.apply_at(&stored.topic, stored.partition, &event, clock) {
+            Applied::Counted if keep.contains(&minute) => {
+                self.counted_in_keep.insert(event.event_id.clone());
+            }
+            Applied::Late if keep.contains(&minute) => {
+                self.late.entry(minute).or_default().push(event);
+            }
+            _ => {}
+        }
+    }
 }
