@@ -11,15 +11,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
-use lambda_batch::{BatchHandle, BatchViews, Lake, RunContext, RunReport};
+use lambda_batch::{BatchHandle, Lake, RunContext, RunReport};
 use lambda_ingest::generator::GeneratorConfig;
 use lambda_ingest::sender::SenderConfig;
 use lambda_ingest::{IngestConfig, IngestState};
 use lambda_log::EventLog;
 use lambda_serving::{ServingState, SharedBatchViews, StatusSources};
 use lambda_speed::{SpeedConfig, SpeedViews};
-use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::kappa::{Architecture, Kappa};
@@ -161,36 +159,30 @@ impl Demo {
         supervisor.spawn(started.task_name, started.task);
         let (speed, kappa) = (started.views, started.kappa);
 
-        // Batch layer (lambda only). In kappa mode the handle has no runner:
-        // a run asked for fails, naming that.
-        let (batch, triggers) = lambda_batch::control(&config.batch_schedule);
-        let batch_views: SharedBatchViews = Arc::new(RwLock::new(Arc::new(BatchViews::default())));
-        if kappa.is_none() {
+        // Batch layer and serving's copy of its views (lambda only). In kappa
+        // mode the handle has no runner: a run asked for fails, naming that.
+        let (batch, batch_views) = if kappa.is_none() {
             let ctx = RunContext {
                 log: Arc::clone(&log),
                 lake: lake_writer,
                 allowed_lateness_ms: config.allowed_lateness_ms,
             };
-            let (schedule, handle, token) = (
-                config.batch_schedule.clone(),
-                batch.clone(),
+            let started = lambda_batch::start(&config.batch_schedule, ctx, shutdown.clone());
+            supervisor.spawn("batch", started.task);
+            let (views, loader) = lambda_serving::start_batch_views(
+                lake.clone(),
+                Some(Arc::clone(&speed)),
                 shutdown.clone(),
-            );
-            supervisor.spawn(
-                "batch",
-                lambda_batch::run(schedule, ctx, handle, triggers, token),
-            );
-            // Serving's copy of the batch views, loaded before the first request.
-            lambda_serving::refresh_batch_views(&lake, &batch_views, Some(&speed))
-                .await
-                .context("loading batch views")?;
-            let (lake, views, token) = (lake.clone(), Arc::clone(&batch_views), shutdown.clone());
-            let speed = Some(Arc::clone(&speed));
-            supervisor.spawn(
-                "view-loader",
-                lambda_serving::run_view_loader(lake, views, speed, token),
-            );
-        }
+            )
+            .await;
+            supervisor.spawn("view-loader", loader);
+            (started.handle, views)
+        } else {
+            (
+                lambda_batch::control(&config.batch_schedule).0,
+                SharedBatchViews::default(),
+            )
+        };
 
         // HTTP: ingest and serving on one port.
         let ingest = IngestState::new(Arc::clone(&log), IngestConfig::default());

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use lambda_batch::{BatchHandle, BatchViews, Lake, LakeWriter, RunContext};
+use lambda_batch::{BatchHandle, Lake, LakeWriter, RunContext};
 use lambda_ingest::{IngestConfig, IngestState};
 use lambda_log::{EmbeddedConfig, EventLog};
 use lambda_serving::remote::SpeedHealth;
@@ -328,23 +328,14 @@ pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyho
     let log = shared.open_log().await?;
     let lake = shared.open_lake_writer()?;
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
-    let (handle, triggers) = lambda_batch::control(schedule);
     let ctx = RunContext {
         log,
         lake,
         allowed_lateness_ms: shared.allowed_lateness_ms,
     };
-    {
-        let (schedule, handle, token) = (
-            schedule.to_string(),
-            handle.clone(),
-            supervisor.shutdown.clone(),
-        );
-        supervisor.spawn(
-            "batch",
-            lambda_batch::run(schedule, ctx, handle, triggers, token),
-        );
-    }
+    let started = lambda_batch::start(schedule, ctx, supervisor.shutdown.clone());
+    supervisor.spawn("batch", started.task);
+    let handle = started.handle;
     let admin = lambda_serving::admin::AdminState::new(
         shared.admin_token.clone(),
         lambda_serving::admin::BatchRunner::Local(handle.clone()),
@@ -447,23 +438,16 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
             ),
         );
     }
-    let batch_views: SharedBatchViews = Arc::new(RwLock::new(Arc::new(BatchViews::default())));
     let lambda = shared.architecture == Architecture::Lambda;
-    if lambda
-        && let Err(error) = lambda_serving::refresh_batch_views(&lake, &batch_views, None).await
-    {
-        tracing::warn!(
-            error = format!("{error:#}"),
-            "loading batch views failed; retrying in the background"
-        );
-    }
-    if lambda {
-        let (views, token) = (Arc::clone(&batch_views), supervisor.shutdown.clone());
-        supervisor.spawn(
-            "view-loader",
-            lambda_serving::run_view_loader(lake.clone(), views, None, token),
-        );
-    }
+    let batch_views = if lambda {
+        let (views, loader) =
+            lambda_serving::start_batch_views(lake.clone(), None, supervisor.shutdown.clone())
+                .await;
+        supervisor.spawn("view-loader", loader);
+        views
+    } else {
+        SharedBatchViews::default()
+    };
     let remote_batch = peers.batch_url.as_ref().map(|url| {
         let cell: Arc<RwLock<Option<Value>>> = Arc::default();
         let (url, target, token) = (url.clone(), Arc::clone(&cell), supervisor.shutdown.clone());

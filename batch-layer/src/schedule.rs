@@ -34,6 +34,38 @@ pub fn retry_backoff(failures: u32) -> Duration {
         .min(MAX_RETRY_BACKOFF)
 }
 
+/// The batch layer, started: the handle (ask for a run, read the status)
+/// that serving and the admin route use, and the one task that runs on the
+/// schedule, for the caller's supervisor. `lambda demo` and `lambda batch`
+/// both start it this way.
+pub struct Started {
+    /// Ask for a run now; read the status.
+    pub handle: BatchHandle,
+    /// Runs batches on the schedule and on request until shutdown.
+    pub task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+/// Starts the batch layer on `schedule` (cron with seconds) over `ctx`.
+pub fn start(schedule: &str, ctx: RunContext, shutdown: CancellationToken) -> Started {
+    let (handle, triggers) = control(schedule);
+    let task = Box::pin(run(
+        schedule.to_string(),
+        ctx,
+        handle.clone(),
+        triggers,
+        shutdown,
+    ));
+    Started { handle, task }
+}
+
 /// Runs batches on `schedule` (cron with seconds, e.g. `0 * * * * *`) and on trigger until `shutdown`.
 #[tracing::instrument(name = "batch", skip_all, fields(schedule = %schedule))]
 pub async fn run(

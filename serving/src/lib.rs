@@ -50,6 +50,30 @@ pub struct ServingState {
 /// How often serving looks for a newer manifest.
 pub const MANIFEST_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Serving's copy of the batch views, started: loaded from the newest
+/// manifest now (a failure is logged: the loader retries), and the task that
+/// keeps loading newer ones (telling `speed`, when it runs in this process,
+/// the new B), for the caller's supervisor. `lambda demo` and `lambda serve`
+/// both start it this way.
+pub async fn start_batch_views(
+    lake: Lake,
+    speed: Option<SpeedViews>,
+    shutdown: CancellationToken,
+) -> (
+    SharedBatchViews,
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+) {
+    let views: SharedBatchViews = Arc::default();
+    if let Err(error) = refresh_batch_views(&lake, &views, speed.as_ref()).await {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "loading batch views failed; retrying in the background"
+        );
+    }
+    let task = Box::pin(run_view_loader(lake, Arc::clone(&views), speed, shutdown));
+    (views, task)
+}
+
 /// Loads the newest manifest's views into `shared` if it changed, and tells
 /// the speed layer (when it runs in this process) the new boundary B so it
 /// can drop windows the batch views now answer. Returns whether it changed.
