@@ -83,8 +83,9 @@ impl Lake {
         bail!("unsupported lake url {url:?}: expected file://DIR, memory:// or s3://BUCKET/PREFIX")
     }
 
-    /// The object store under the lake, for the batch layer's `LakeWriter`
-    /// (reading through it is fine; writing is the batch layer's alone).
+    /// The object store under the lake, for the batch layer's `LakeWriter`:
+    /// only with the `write` feature, which only `lambda-batch` enables.
+    #[cfg(feature = "write")]
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }

@@ -15,7 +15,7 @@ use lambda_events::{BucketViews, DdSketch, Hll};
 use serde_json::{Value, json};
 
 use crate::ServingState;
-use crate::boundary::merge;
+use crate::boundary::{Layer, merge};
 use crate::query::{self, BadParameter, FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS, Range};
 
 /// Serving's routes.
@@ -101,34 +101,42 @@ fn respond<A: Default>(
     let (boundary, version) = (batch.boundary_ms(), batch.version());
     let shape: Arc<str> = Arc::from(shape);
     let width = range.step.millis();
-    // A snapshot of the speed views the answer needs (the windows from B,
-    // or from the range's start, on), taken under the read lock; the lock is
-    // let go before anything is rendered, so queries never hold up the fold.
-    let (speed, watermark, newest) = {
-        let live = state.speed.read();
-        let from = boundary.map_or(range.from, |b| b.max(range.from));
-        let views: BTreeMap<i64, BucketViews> = live
-            .windows
-            .range(from..range.to.max(from))
-            .map(|(start, window)| (*start, window.views.clone()))
-            .collect();
-        (views, live.watermark(), live.max_event_ts)
-    };
-    let mut parts: Vec<Arc<str>> = Vec::new();
-    for start in range.bucket_starts() {
-        let cacheable = version > 0 && boundary.is_some_and(|b| start + width <= b);
-        if cacheable && let Some(hit) = state.cache.get(version, &shape, start) {
-            parts.push(hit);
-            continue;
+    // Under the speed layer's read lock: fold each bucket (cheap, nothing
+    // copied but the accumulators); let the lock go; then render.
+    enum Part<A> {
+        Cached(Arc<str>),
+        Folded(i64, Layer, A, bool),
+    }
+    let (folded, watermark, newest) = {
+        let speed = state.speed.read();
+        let mut folded = Vec::new();
+        for start in range.bucket_starts() {
+            let cacheable = version > 0 && boundary.is_some_and(|b| start + width <= b);
+            if cacheable && let Some(hit) = state.cache.get(version, &shape, start) {
+                folded.push(Part::Cached(hit));
+                continue;
+            }
+            let one = Range {
+                from: start,
+                to: start + width,
+                step: range.step,
+            };
+            if let Some((_, layer, acc)) =
+                merge(&one, boundary, &batch.buckets, &speed.windows, &mut fold).pop()
+            {
+                folded.push(Part::Folded(start, layer, acc, cacheable));
+            }
         }
-        let one = Range {
-            from: start,
-            to: start + width,
-            step: range.step,
-        };
-        let Some((_, layer, acc)) = merge(&one, boundary, &batch.buckets, &speed, &mut fold).pop()
-        else {
-            continue;
+        (folded, speed.watermark(), speed.max_event_ts)
+    };
+    let mut parts: Vec<Arc<str>> = Vec::with_capacity(folded.len());
+    for part in folded {
+        let (start, layer, acc, cacheable) = match part {
+            Part::Cached(hit) => {
+                parts.push(hit);
+                continue;
+            }
+            Part::Folded(start, layer, acc, cacheable) => (start, layer, acc, cacheable),
         };
         let mut bucket = render(&acc);
         let object = bucket.as_object_mut().expect("renderers return objects");

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use lambda_events::BucketViews;
+use lambda_speed::window::Window;
 use serde::Serialize;
 
 use crate::query::Range;
@@ -27,7 +28,7 @@ pub fn merge<A: Default>(
     range: &Range,
     boundary: Option<i64>,
     batch: &BTreeMap<i64, BucketViews>,
-    speed: &BTreeMap<i64, BucketViews>,
+    speed: &BTreeMap<i64, Window>,
     mut fold: impl FnMut(&mut A, &BucketViews),
 ) -> Vec<(i64, Layer, A)> {
     let width = range.step.millis();
@@ -41,8 +42,8 @@ pub fn merge<A: Default>(
             for (_, views) in batch.range(start..split) {
                 fold(&mut acc, views);
             }
-            for (_, views) in speed.range(split..end) {
-                fold(&mut acc, views);
+            for (_, window) in speed.range(split..end) {
+                fold(&mut acc, &window.views);
             }
             let layer = if split == end {
                 Layer::Batch
@@ -79,7 +80,17 @@ mod tests {
     fn minutes_before_b_come_from_batch_the_rest_from_speed() {
         let m = MINUTE_MS;
         let batch: BTreeMap<i64, BucketViews> = (0..10).map(|i| (i * m, views(100))).collect();
-        let speed: BTreeMap<i64, BucketViews> = (0..10).map(|i| (i * m, views(1))).collect();
+        let speed: BTreeMap<i64, Window> = (0..10)
+            .map(|i| {
+                (
+                    i * m,
+                    Window {
+                        views: views(1),
+                        ..Window::default()
+                    },
+                )
+            })
+            .collect();
         let sum = |acc: &mut u64, v: &BucketViews| *acc += v.funnel[""].clicks;
         let minute = Range {
             from: 0,

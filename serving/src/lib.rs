@@ -1,8 +1,9 @@
 //! Serving: the query API that merges the batch and speed views at the time
 //! boundary B, plus status and health.
 //!
-//! Invariant: read-only over the views; a query takes a read lock for the
-//! time of one merge and never waits on the log or the lake.
+//! Invariant: read-only over the views; a query holds the speed layer's read
+//! lock only while it folds its buckets (rendering comes after), and never
+//! waits on the log or the lake.
 
 pub mod admin;
 pub mod alerts;

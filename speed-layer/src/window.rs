@@ -126,8 +126,8 @@ pub struct SpeedState {
     /// Checkpoint attempts that failed since the process started.
     pub checkpoint_failures: u64,
     /// The batch layer's boundary B, when known: windows well before it are
-    /// answered by the batch views and need not be kept. It only moves
-    /// forward ([`SpeedState::set_batch_boundary`]).
+    /// answered by the batch views and need not be kept
+    /// ([`SpeedState::set_batch_boundary`]).
     pub(crate) batch_boundary: Option<i64>,
     /// Windows starting before this have been evicted; events for them are late.
     pub(crate) evicted_before: i64,
@@ -201,12 +201,13 @@ impl SpeedState {
         self.batch_boundary
     }
 
-    /// Tells the state the batch layer's boundary B. B only moves forward
-    /// (each manifest's is at least its predecessor's): an older value, from
-    /// a reader that loaded manifests out of order, is ignored.
+    /// Tells the state the batch layer's boundary B (`None`: not known; the
+    /// last one told stays). B may move back — a batch restarted with a
+    /// larger lateness, or on a fresh lake — and the state follows: windows
+    /// are never brought back by it (eviction is one-way, `evicted_before`).
     pub fn set_batch_boundary(&mut self, boundary: Option<i64>) {
-        if let Some(b) = boundary {
-            self.batch_boundary = Some(self.batch_boundary.map_or(b, |known| known.max(b)));
+        if boundary.is_some() {
+            self.batch_boundary = boundary;
         }
     }
 
@@ -465,9 +466,10 @@ mod tests {
         assert!(!state.windows.contains_key(&(t0 - MINUTE_MS)));
     }
 
-    /// The watermark and B only move forward, whatever they are told.
+    /// The watermark only moves forward, whatever it is told; B follows
+    /// the batch layer (it may go back), and `None` keeps the last one.
     #[test]
-    fn the_watermark_and_the_boundary_never_go_back() {
+    fn the_watermark_never_goes_back() {
         let mut w = Watermark::default();
         assert_eq!(w.get(), None);
         assert!(w.advance(10));
@@ -477,11 +479,10 @@ mod tests {
         assert_eq!(w.get(), Some(11));
         let mut state = SpeedState::new(60_000, 3_600_000);
         state.set_batch_boundary(Some(1_000));
-        state.set_batch_boundary(Some(500));
         state.set_batch_boundary(None);
         assert_eq!(state.batch_boundary(), Some(1_000));
-        state.set_batch_boundary(Some(2_000));
-        assert_eq!(state.batch_boundary(), Some(2_000));
+        state.set_batch_boundary(Some(500));
+        assert_eq!(state.batch_boundary(), Some(500));
     }
 
     #[test]
