@@ -125,6 +125,35 @@ async fn check_pipeline(config: DemoConfig) {
         };
         assert_eq!(bucket["layer"], expected_layer, "5m bucket {start}");
     }
+    // A `to` in the middle of a bucket: the last bucket still sums all its
+    // minutes, in both layers (a snapshot cut at `to` once lost the rest).
+    let last_start = max_ts.div_euclid(5 * MINUTE) * 5 * MINUTE;
+    let to = last_start + 1;
+    let cut = get(
+        &client,
+        format!(
+            "{base}/api/v1/funnel?from={}&to={to}&step=5m",
+            last_start - 5 * MINUTE
+        ),
+    )
+    .await;
+    let buckets = cut["buckets"].as_array().unwrap();
+    assert!(!buckets.is_empty(), "{cut}");
+    for bucket in buckets {
+        let start = bucket["start"].as_i64().unwrap();
+        let impressions: u64 = (0..5)
+            .map(|i| {
+                funnel_expected
+                    .get(&(start + i * MINUTE))
+                    .map_or(0, |f| f.impressions)
+            })
+            .sum();
+        assert_eq!(
+            bucket["impressions"].as_u64().unwrap(),
+            impressions,
+            "5m bucket {start} with to={to}"
+        );
+    }
 
     // Bad parameters are named.
     let response = client
