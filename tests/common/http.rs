@@ -55,8 +55,22 @@ pub(crate) async fn text(client: &reqwest::Client, url: String) -> String {
     response.text().await.unwrap()
 }
 
+/// Sends `request`, once more if the first try found its pooled connection
+/// closed under it: every server closes a keep-alive connection idle for
+/// 10 s, and a request sent on one in that very instant gets no answer at
+/// all (hyper's `IncompleteMessage`; nothing of it was read, so sending it
+/// again does not send it twice). Any other failure fails the test.
+async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    let again = request.try_clone().expect("a body that can be sent again");
+    match request.send().await {
+        Ok(response) => response,
+        Err(error) if error.is_request() && error.status().is_none() => again.send().await.unwrap(),
+        Err(error) => panic!("{error}"),
+    }
+}
+
 pub(crate) async fn get(client: &reqwest::Client, url: String) -> Value {
-    let response = client.get(&url).send().await.unwrap();
+    let response = send(client.get(&url)).await;
     assert_eq!(response.status(), 200, "{url}");
     response.json().await.unwrap()
 }
@@ -74,12 +88,7 @@ pub(crate) async fn post_lines(
             .iter()
             .flat_map(|l| l.iter().copied().chain([b'\n']))
             .collect();
-        let response = client
-            .post(format!("{base}/api/v1/events"))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = send(client.post(format!("{base}/api/v1/events")).body(body)).await;
         assert_eq!(response.status(), 202);
         let json: Value = response.json().await.unwrap();
         accepted += json["accepted"].as_u64().unwrap();
