@@ -495,73 +495,78 @@ async fn the_compose_stack_runs_as_local_processes() {
     produce(&venv, &broker.address, &good, false);
     produce(&venv, &broker.address, &bad, true);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let body = get(
-            &client,
-            format!("{base}/api/v1/funnel?{range}&step=1m&campaign_id=interop"),
-        )
-        .await;
-        let clicks: u64 = body["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["clicks"].as_u64().unwrap())
-            .sum();
-        let iot = get(
-            &client,
-            format!("{base}/api/v1/iot?{range}&step=1m&device_id=dev-third-party"),
-        )
-        .await;
-        let readings: u64 = iot["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|b| b["sensors"].as_array().unwrap().iter())
-            .map(|s| s["count"].as_u64().unwrap())
-            .sum();
-        if clicks == 3 && readings == 1 {
-            break;
-        }
-        assert!(
-            clicks <= 3 && readings <= 1,
-            "counted more than was produced: {clicks} clicks, {readings} readings"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "third-party events did not show up: {clicks} clicks, {readings} readings\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "the third-party events counted",
+        Duration::from_secs(30),
+        || async {
+            let body = get(
+                &client,
+                format!("{base}/api/v1/funnel?{range}&step=1m&campaign_id=interop"),
+            )
+            .await;
+            let clicks: u64 = body["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["clicks"].as_u64().unwrap())
+                .sum();
+            let iot = get(
+                &client,
+                format!("{base}/api/v1/iot?{range}&step=1m&device_id=dev-third-party"),
+            )
+            .await;
+            let readings: u64 = iot["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|b| b["sensors"].as_array().unwrap().iter())
+                .map(|s| s["count"].as_u64().unwrap())
+                .sum();
+            assert!(
+                clicks <= 3 && readings <= 1,
+                "counted more than was produced: {clicks} clicks, {readings} readings"
+            );
+            if clicks == 3 && readings == 1 {
+                Ok(())
+            } else {
+                Err(format!("{clicks} clicks, {readings} readings"))
+            }
+        },
+    )
+    .await;
 
     // The bad ones are in dead-letter, each with its reason and where it came from.
     let log = KafkaLog::open(
         KafkaConfig::from_url_tail(&format!("{}?probe_end=true", broker.address)).unwrap(),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let dead = read_all(&log, "dead-letter").await;
-        let from_topic: Vec<(String, String, String)> = dead
-            .iter()
-            .filter_map(|r| {
-                let source = String::from_utf8_lossy(r.record.header("source")?).to_string();
-                source.starts_with("funnel-events/").then(|| {
-                    (
-                        String::from_utf8_lossy(&r.record.value).to_string(),
-                        String::from_utf8_lossy(r.record.header("reason").unwrap_or_default())
-                            .to_string(),
-                        source,
-                    )
+    let dead = eventually(
+        "the bad records in dead-letter",
+        Duration::from_secs(30),
+        || async {
+            let dead = read_all(&log, "dead-letter").await;
+            let from_topic: Vec<(String, String, String)> = dead
+                .iter()
+                .filter_map(|r| {
+                    let source = String::from_utf8_lossy(r.record.header("source")?).to_string();
+                    source.starts_with("funnel-events/").then(|| {
+                        (
+                            String::from_utf8_lossy(&r.record.value).to_string(),
+                            String::from_utf8_lossy(r.record.header("reason").unwrap_or_default())
+                                .to_string(),
+                            source,
+                        )
+                    })
                 })
-            })
-            .collect();
-        if from_topic.len() >= bad.len() || Instant::now() > deadline {
-            break from_topic;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+                .collect();
+            if from_topic.len() >= bad.len() {
+                Ok(from_topic)
+            } else {
+                Err(format!("{from_topic:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(
         dead.len(),
         bad.len(),
