@@ -100,17 +100,21 @@ async fn check_pipeline(config: DemoConfig) {
     let pages = get(&client, format!("{base}/api/v1/pages?{range}&step=1m")).await;
     assert!(check_pages(&pages, &funnel_expected, boundary) > 5);
 
-    // A 5-minute roll-up that spans B is mixed and sums its minutes.
-    let rollup = get(&client, format!("{base}/api/v1/funnel?{range}&step=5m")).await;
-    for bucket in rollup["buckets"].as_array().unwrap() {
-        let start = bucket["start"].as_i64().unwrap();
-        let impressions: u64 = (0..5)
+    // The fold's impressions of the five minutes from `start`.
+    let five_minutes = |start: i64| -> u64 {
+        (0..5)
             .map(|i| {
                 funnel_expected
                     .get(&(start + i * MINUTE))
                     .map_or(0, |f| f.impressions)
             })
-            .sum();
+            .sum()
+    };
+    // A 5-minute roll-up that spans B is mixed and sums its minutes.
+    let rollup = get(&client, format!("{base}/api/v1/funnel?{range}&step=5m")).await;
+    for bucket in rollup["buckets"].as_array().unwrap() {
+        let start = bucket["start"].as_i64().unwrap();
+        let impressions = five_minutes(start);
         assert_eq!(
             bucket["impressions"].as_u64().unwrap(),
             impressions,
@@ -141,13 +145,7 @@ async fn check_pipeline(config: DemoConfig) {
     assert!(!buckets.is_empty(), "{cut}");
     for bucket in buckets {
         let start = bucket["start"].as_i64().unwrap();
-        let impressions: u64 = (0..5)
-            .map(|i| {
-                funnel_expected
-                    .get(&(start + i * MINUTE))
-                    .map_or(0, |f| f.impressions)
-            })
-            .sum();
+        let impressions = five_minutes(start);
         assert_eq!(
             bucket["impressions"].as_u64().unwrap(),
             impressions,
