@@ -4,10 +4,8 @@
 //! the only place that parses flags and environment variables (in `main.rs`);
 //! the layers take plain config structs.
 
-pub mod bench;
 pub mod demo;
 pub mod roles;
-pub mod supervisor;
 pub mod telemetry;
 
 /// Kappa mode and the lambda-vs-kappa comparison live in `lambda-kappa`;

@@ -17,28 +17,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use axum::routing::get;
-use lambda_batch::{BatchHandle, Lake, LakeWriter, RunContext};
+use lambda_batch::{Lake, LakeWriter, RunContext};
 use lambda_ingest::{IngestConfig, IngestState};
 use lambda_log::{EmbeddedConfig, EventLog};
-use lambda_serving::remote::SpeedHealth;
-use lambda_serving::status::{MetricsSection, StatusSection};
-use lambda_serving::{ServingState, SharedBatchViews, StatusSources};
-use lambda_speed::{SpeedConfig, SpeedViews};
-use parking_lot::RwLock;
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use lambda_serving::admin::{AdminState, BatchRunner};
+use lambda_serving::remote::RUNNER_STATUS_PATH;
+use lambda_serving::status::{MetricsSection, ProcessTelemetry, StatusSection, process_router};
+use lambda_serving::{SpeedSource, Supervisor};
+use lambda_speed::SpeedConfig;
 
-use crate::kappa::Architecture;
-use crate::supervisor::Supervisor;
-
-/// How often the speed role reads the newest manifest to learn B.
-pub const BOUNDARY_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How often serving fetches the batch runner's status.
-pub const RUNNER_POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// Path of the batch runner's status.
-pub const RUNNER_STATUS_PATH: &str = "/internal/v1/batch";
+use crate::kappa::{Architecture, Boundary, KappaRoutes};
 
 /// Settings every role shares.
 #[derive(Debug, Clone)]
@@ -122,6 +111,42 @@ impl Shared {
             .with_context(|| format!("opening the lake {url}"))
     }
 
+    /// The speed layer's settings with these.
+    pub fn speed_config(&self) -> SpeedConfig {
+        SpeedConfig {
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            idle_timeout: self.idle_timeout,
+            alert_rules: self.alert_rules.clone(),
+            ..SpeedConfig::with_data_dir(&self.data_dir)
+        }
+    }
+
+    /// Serving's settings with these.
+    pub fn serving_config(&self) -> lambda_serving::start::Config {
+        lambda_serving::start::Config {
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            admin_token: self.admin_token.clone(),
+        }
+    }
+
+    /// What a batch run reads and writes.
+    pub fn run_context(&self, log: Arc<dyn EventLog>, lake: LakeWriter) -> RunContext {
+        RunContext {
+            log,
+            lake,
+            allowed_lateness_ms: self.allowed_lateness_ms,
+        }
+    }
+
+    /// Refuses kappa mode, which has no batch layer.
+    fn refuse_kappa(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.architecture == Architecture::Lambda,
+            "kappa mode has no batch layer: run lambda batch with --architecture lambda (the views come from `lambda speed --architecture kappa`)"
+        );
+        Ok(())
+    }
+
     /// The roles run in separate processes, so they need a log they can all reach.
     fn require_shared_log(&self, role: &str) -> anyhow::Result<()> {
         match &self.log_url {
@@ -156,18 +181,6 @@ pub fn ingest_telemetry(ingest: &IngestState) -> (StatusSection, MetricsSection)
     (section, metrics)
 }
 
-fn text_metrics(body: String) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-        .into_response()
-}
-
 /// `lambda ingest`: the collector, writing to the shared log.
 pub async fn ingest(shared: &Shared, listen: SocketAddr) -> anyhow::Result<Running> {
     shared.require_shared_log("ingest")?;
@@ -175,26 +188,11 @@ pub async fn ingest(shared: &Shared, listen: SocketAddr) -> anyhow::Result<Runni
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
     let state = IngestState::new(log, IngestConfig::default());
     let (section, metrics) = ingest_telemetry(&state);
-    let app = lambda_ingest::router(state)
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/api/v1/status",
-            get(move || {
-                let section = Arc::clone(&section);
-                async move { axum::Json(serde_json::json!({ "ingest": section() })) }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    let mut out = String::new();
-                    metrics(&mut out);
-                    text_metrics(out)
-                }
-            }),
-        );
+    let app = lambda_ingest::router(state).merge(process_router(ProcessTelemetry {
+        problems: Arc::new(Vec::new),
+        sections: vec![("ingest".to_string(), section)],
+        metrics: vec![metrics],
+    }));
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, "ingest started");
     Ok(Running { addr, supervisor })
@@ -220,6 +218,14 @@ impl Instance {
             checkpoint_interval: Duration::from_secs(5),
         }
     }
+
+    /// What tells this instance's files apart from the others' in one data dir.
+    fn suffix(&self) -> String {
+        match self.count {
+            1 => String::new(),
+            count => format!("-{}-of-{count}", self.index),
+        }
+    }
 }
 
 /// `lambda speed`: consumes its share of the partitions, learns B from the
@@ -238,125 +244,68 @@ pub async fn speed(
     );
     let log = shared.open_log().await?;
     let lake = shared.open_lake()?;
+    let suffix = instance.suffix();
     let mut config = SpeedConfig {
-        allowed_lateness_ms: shared.allowed_lateness_ms,
-        idle_timeout: shared.idle_timeout,
-        alert_rules: shared.alert_rules.clone(),
         checkpoint_interval: instance.checkpoint_interval,
         instance: (instance.index, instance.count),
-        ..SpeedConfig::with_data_dir(&shared.data_dir)
+        ..shared.speed_config()
     };
     if instance.count > 1 {
-        config.checkpoint_path = shared.data_dir.join("speed").join(format!(
-            "checkpoint-{}-of-{}.json",
-            instance.index, instance.count
-        ));
+        config.checkpoint_path =
+            (shared.data_dir.join("speed")).join(format!("checkpoint{suffix}.json"));
     }
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
     // Each instance keeps its own kappa view versions.
-    let kappa_dir = shared.data_dir.join(if instance.count > 1 {
-        format!("kappa-{}-of-{}", instance.index, instance.count)
-    } else {
-        "kappa".to_string()
-    });
     let started = crate::kappa::start_speed(
         shared.architecture,
-        kappa_dir,
+        shared.data_dir.join(format!("kappa{suffix}")),
         config,
         &log,
+        Boundary::Lake(lake),
         supervisor.shutdown.clone(),
     )
     .await?;
-    supervisor.spawn(started.task_name, started.task);
-    let (views, kappa) = (started.views, started.kappa);
-    if kappa.is_none() {
-        let (views, token) = (Arc::clone(&views), supervisor.shutdown.clone());
-        supervisor.spawn("boundary", follow_boundary(lake, views, token));
-    }
-    let admin = lambda_serving::admin::AdminState::new(
-        shared.admin_token.clone(),
-        lambda_serving::admin::BatchRunner::Absent,
-    );
-    let app = lambda_speed::http::router(views, log).merge(crate::kappa::router(
-        crate::kappa::KappaRoutes { kappa, admin },
-    ));
+    supervisor.spawn_all(started.tasks);
+    let admin = AdminState::new(shared.admin_token.clone(), BatchRunner::Absent);
+    let kappa = KappaRoutes {
+        kappa: started.kappa,
+        admin,
+    };
+    let app = lambda_speed::http::router(started.views, log).merge(crate::kappa::router(kappa));
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, instance = instance.index, instances = instance.count, "speed started");
     Ok(Running { addr, supervisor })
 }
 
-/// Keeps the speed layer's B equal to the newest manifest's, so it can drop
-/// windows the batch views now answer.
-async fn follow_boundary(
-    lake: Lake,
-    views: SpeedViews,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut interval = tokio::time::interval(BOUNDARY_POLL_INTERVAL);
-    let mut known = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = interval.tick() => {}
-        }
-        match lambda_batch::manifest::latest(&lake).await {
-            Ok(Some(manifest)) if manifest.boundary_ms != known => {
-                known = manifest.boundary_ms;
-                views.write().set_batch_boundary(known);
-                tracing::debug!(boundary = ?known, version = manifest.version, "batch boundary moved");
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "reading the manifest failed")
-            }
-        }
-    }
-}
-
 /// `lambda batch`: the cron-scheduled batch runner over the shared log and lake.
-fn refuse_kappa(shared: &Shared) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        shared.architecture == Architecture::Lambda,
-        "kappa mode has no batch layer: run lambda batch with --architecture lambda (the views come from `lambda speed --architecture kappa`)"
-    );
-    Ok(())
-}
-
 pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyhow::Result<Running> {
-    refuse_kappa(shared)?;
+    shared.refuse_kappa()?;
     shared.require_shared_log("batch")?;
     let log = shared.open_log().await?;
     let lake = shared.open_lake_writer()?;
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
-    let ctx = RunContext {
-        log,
-        lake,
-        allowed_lateness_ms: shared.allowed_lateness_ms,
-    };
+    let ctx = shared.run_context(log, lake);
     let started = lambda_batch::start(schedule, ctx, supervisor.shutdown.clone());
     supervisor.spawn("batch", started.task);
     let handle = started.handle;
-    let admin = lambda_serving::admin::AdminState::new(
-        shared.admin_token.clone(),
-        lambda_serving::admin::BatchRunner::Local(handle.clone()),
+    let (status, section, health, metrics) = (
+        handle.clone(),
+        handle.clone(),
+        handle.clone(),
+        handle.clone(),
     );
-    let app = runner_router(handle).merge(lambda_serving::admin::router(admin));
-    let addr = supervisor.serve_http(listen, app).await?;
-    tracing::info!(%addr, %schedule, "batch started");
-    Ok(Running { addr, supervisor })
-}
-
-fn runner_router(handle: BatchHandle) -> Router {
-    let status = handle.clone();
-    let health = handle.clone();
-    Router::new()
-        .route(
-            "/healthz",
-            get(move || {
-                let problems: Vec<String> = health.status.read().unhealthy().into_iter().collect();
-                async move { lambda_speed::http::health(&problems) }
-            }),
-        )
+    let telemetry = ProcessTelemetry {
+        problems: Arc::new(move || health.status.read().unhealthy().into_iter().collect()),
+        sections: vec![(
+            "batch".to_string(),
+            Arc::new(move || lambda_serving::status::runner_status(&section.status.read())),
+        )],
+        metrics: vec![Arc::new(move |out: &mut String| {
+            lambda_serving::metrics::runner_metrics(&metrics.status.read(), out)
+        })],
+    };
+    let admin = AdminState::new(shared.admin_token.clone(), BatchRunner::Local(handle));
+    let app = process_router(telemetry)
         .route(
             RUNNER_STATUS_PATH,
             get(move || {
@@ -364,26 +313,18 @@ fn runner_router(handle: BatchHandle) -> Router {
                 async move { axum::Json(lambda_serving::status::runner_status(&s)) }
             }),
         )
-        .route(
-            "/metrics",
-            get(move || {
-                let mut out = String::new();
-                lambda_serving::metrics::runner_metrics(&handle.status.read(), &mut out);
-                async move { text_metrics(out) }
-            }),
-        )
+        .merge(lambda_serving::admin::router(admin));
+    let addr = supervisor.serve_http(listen, app).await?;
+    tracing::info!(%addr, %schedule, "batch started");
+    Ok(Running { addr, supervisor })
 }
 
 /// `lambda batch --once`: one run, then exit.
 pub async fn batch_once(shared: &Shared) -> anyhow::Result<lambda_batch::RunReport> {
-    refuse_kappa(shared)?;
+    shared.refuse_kappa()?;
     shared.require_shared_log("batch")?;
     let log = shared.open_log().await?;
-    let ctx = RunContext {
-        log: Arc::clone(&log),
-        lake: shared.open_lake_writer()?,
-        allowed_lateness_ms: shared.allowed_lateness_ms,
-    };
+    let ctx = shared.run_context(Arc::clone(&log), shared.open_lake_writer()?);
     let report = lambda_batch::run_once(&ctx).await;
     log.close().await.context("closing the log")?;
     report
@@ -405,127 +346,39 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
         !peers.speed_urls.is_empty(),
         "lambda serve needs at least one speed instance: pass --speed-url http://HOST:PORT (or LAMBDA_SPEED_URLS)"
     );
-    // The log is optional here: with it, the status shows end offsets and lag.
+    // The log is optional here: with it, the status shows end offsets and lag,
+    // and /api/v1/compare can replay it.
     let log = match &shared.log_url {
         Some(_) => Some(shared.open_log().await?),
         None => None,
     };
     let lake = shared.open_lake()?;
-    let mut supervisor = Supervisor::new(log.clone());
-    let speed: SpeedViews = lambda_speed::new_views(&SpeedConfig {
-        allowed_lateness_ms: shared.allowed_lateness_ms,
-        ..SpeedConfig::with_data_dir(&shared.data_dir)
-    });
-    let health: SpeedHealth = Arc::default();
-    let alerts: lambda_serving::alerts::SharedFeed = Arc::default();
-    {
-        let horizon = speed.read().horizon_ms;
-        let (views, feed, health, token) = (
-            Arc::clone(&speed),
-            Arc::clone(&alerts),
-            Arc::clone(&health),
-            supervisor.shutdown.clone(),
-        );
-        supervisor.spawn(
-            "speed-mirror",
-            lambda_serving::remote::run_speed_mirror(
-                peers.speed_urls.clone(),
-                views,
-                feed,
-                health,
-                horizon,
-                token,
-            ),
-        );
-    }
     let lambda = shared.architecture == Architecture::Lambda;
-    let batch_views = if lambda {
-        let (views, loader) =
-            lambda_serving::start_batch_views(lake.clone(), None, supervisor.shutdown.clone())
-                .await;
-        supervisor.spawn("view-loader", loader);
-        views
-    } else {
-        SharedBatchViews::default()
-    };
-    let remote_batch = peers.batch_url.as_ref().map(|url| {
-        let cell: Arc<RwLock<Option<Value>>> = Arc::default();
-        let (url, target, token) = (url.clone(), Arc::clone(&cell), supervisor.shutdown.clone());
-        supervisor.spawn("runner-status", follow_runner(url, target, token));
-        cell
-    });
-    let health_section: StatusSection = {
-        let health = Arc::clone(&health);
-        Arc::new(move || lambda_serving::remote::health_section(&health))
-    };
-    let compare = log.as_ref().map(|log| {
-        crate::compare::CompareState::new(crate::compare::CompareSources {
-            log: Arc::clone(log),
-            lake: lambda.then(|| lake.clone()),
-            allowed_lateness_ms: shared.allowed_lateness_ms,
-        })
-    });
-    let state = ServingState {
-        alerts,
-        requests: Arc::default(),
-        cache: Arc::default(),
-        speed,
-        batch: batch_views,
-        status: StatusSources {
-            log,
-            batch: None,
-            remote_batch,
-            sections: crate::kappa::status_sections(shared.architecture, None)
-                .into_iter()
-                .chain([("speed_instances".to_string(), health_section)])
-                .collect(),
-            metrics: Vec::new(),
+    let mut supervisor = Supervisor::new(log.clone());
+    let sources = lambda_serving::Sources {
+        speed: SpeedSource::Remote(peers.speed_urls.clone()),
+        lake: lambda.then(|| lake.clone()),
+        runner: match &peers.batch_url {
+            Some(url) => BatchRunner::Remote(url.clone()),
+            None => BatchRunner::Absent,
         },
+        log: log.clone(),
+        sections: crate::kappa::status_sections(shared.architecture, None),
+        metrics: Vec::new(),
     };
-    let runner = match &peers.batch_url {
-        Some(url) => lambda_serving::admin::BatchRunner::Remote(url.clone()),
-        None => lambda_serving::admin::BatchRunner::Absent,
-    };
-    let admin = lambda_serving::admin::AdminState::new(shared.admin_token.clone(), runner);
-    let mut app = lambda_serving::router(state).merge(lambda_serving::admin::router(admin));
-    if let Some(compare) = compare {
+    let serving =
+        lambda_serving::start(shared.serving_config(), sources, &supervisor.shutdown).await;
+    supervisor.spawn_all(serving.tasks);
+    let mut app = serving.router;
+    if let Some(log) = log {
+        let compare = crate::compare::CompareState::new(crate::compare::CompareSources {
+            log,
+            lake: lambda.then_some(lake),
+            allowed_lateness_ms: shared.allowed_lateness_ms,
+        });
         app = app.merge(crate::compare::router(compare));
     }
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, speed = ?peers.speed_urls, "serve started");
     Ok(Running { addr, supervisor })
-}
-
-/// Keeps `target` equal to the batch runner's status.
-async fn follow_runner(
-    url: String,
-    target: Arc<RwLock<Option<Value>>>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .context("building the HTTP client")?;
-    let url = format!("{}{RUNNER_STATUS_PATH}", url.trim_end_matches('/'));
-    let mut interval = tokio::time::interval(RUNNER_POLL_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = interval.tick() => {}
-        }
-        let fetched = async {
-            client
-                .get(&url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<Value>()
-                .await
-        }
-        .await;
-        match fetched {
-            Ok(value) => *target.write() = Some(value),
-            Err(error) => tracing::debug!(%error, %url, "batch runner status unavailable"),
-        }
-    }
 }

@@ -12,10 +12,9 @@ const T0: i64 = 1_767_225_600_000;
 const PATH: &str = "/api/v1/admin/batch/run";
 
 fn config(dir: &std::path::Path, token: Option<&str>) -> DemoConfig {
-    DemoConfig {
-        admin_token: token.map(str::to_string),
-        ..demo_config(dir)
-    }
+    let mut config = demo_config(dir);
+    config.shared.admin_token = token.map(str::to_string);
+    config
 }
 
 async fn post(

@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lambda_testkit::eventually_blocking;
 use serde_json::Value;
 
 const GUIDE: &str = include_str!("../docs/lambda-vs-kappa.md");
@@ -101,14 +102,14 @@ impl Runner {
             .spawn()
             .unwrap();
         self.background.push(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if healthy(self.port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{code} did not start serving: {}", self.log());
+        eventually_blocking(
+            &format!("{code} serving"),
+            Duration::from_secs(60),
+            || match healthy(self.port) {
+                true => Ok(()),
+                false => Err(self.log()),
+            },
+        );
     }
 
     fn log(&self) -> String {
@@ -119,12 +120,15 @@ impl Runner {
     /// Runs a command that stops the background process, and waits for it to exit.
     fn kill(&mut self, code: &str) {
         self.run(code);
-        let deadline = Instant::now() + Duration::from_secs(30);
         for child in &mut self.background {
-            while child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "{code} did not stop the demo");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            eventually_blocking(
+                &format!("{code} stopping the demo"),
+                Duration::from_secs(30),
+                || match child.try_wait() {
+                    Ok(Some(_)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            );
         }
         self.background.clear();
     }
@@ -295,18 +299,17 @@ fn the_lambda_vs_kappa_guide_runs_as_written() {
                 let id = attribute(directive, "id").expect("run blocks have an id");
                 let out = match attribute(directive, "wait-for") {
                     None => runner.run(&block.code),
-                    Some(wanted) => {
-                        let deadline = Instant::now() + Duration::from_secs(60);
-                        loop {
+                    Some(wanted) => eventually_blocking(
+                        &format!("{id}: {wanted}"),
+                        Duration::from_secs(60),
+                        || {
                             let out = runner.run(&block.code);
-                            if out.contains(wanted) {
-                                break out;
+                            match out.contains(wanted) {
+                                true => Ok(out),
+                                false => Err(out.chars().take(2000).collect()),
                             }
-                            let shown: String = out.chars().take(2000).collect();
-                            assert!(Instant::now() < deadline, "{id}: never {wanted}: {shown}");
-                            std::thread::sleep(Duration::from_millis(250));
-                        }
-                    }
+                        },
+                    ),
                 };
                 check(id, &out);
                 checked.push(id.to_string());

@@ -9,6 +9,7 @@ use std::time::Duration;
 use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
 use lambda_pipeline::demo::{Demo, DemoConfig};
 use lambda_pipeline::kappa::Architecture;
+use lambda_testkit::eventually_every;
 use serde_json::Value;
 
 use crate::common::{
@@ -20,11 +21,10 @@ const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const TOKEN: &str = "kappa-token";
 
 fn config(dir: &std::path::Path) -> DemoConfig {
-    DemoConfig {
-        architecture: Architecture::Kappa,
-        admin_token: Some(TOKEN.into()),
-        ..demo_config(dir)
-    }
+    let mut config = demo_config(dir);
+    config.shared.architecture = Architecture::Kappa;
+    config.shared.admin_token = Some(TOKEN.into());
+    config
 }
 
 fn lines() -> (Vec<Vec<u8>>, usize) {
@@ -195,20 +195,29 @@ async fn kappa_views_come_from_the_fold_and_a_replay_switches_atomically() {
         .await
         .unwrap();
     let conflict = again.status();
-    let mut seen = HashSet::new();
-    loop {
-        let (funnel, _, _) = answers(&client, &base).await;
-        seen.insert(funnel["buckets"].to_string());
-        let kappa = kappa_status(&client, &base).await;
-        if kappa["version"] == 2 {
-            assert_eq!(kappa["replay"]["state"], "switched");
-            assert_eq!(kappa["allowed_lateness_ms"], 900_000);
-            assert_eq!(kappa["replay"]["records"], kappa["replay"]["target"]);
-            break;
-        }
-        assert_ne!(kappa["replay"]["state"], "failed", "{kappa}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let seen = std::cell::RefCell::new(HashSet::new());
+    // Sampled every 20 ms: every answer on the way is one version's or the other's.
+    let every = Duration::from_millis(20);
+    let kappa = eventually_every(
+        "version 2 switched to",
+        Duration::from_secs(120),
+        every,
+        || async {
+            let (funnel, _, _) = answers(&client, &base).await;
+            seen.borrow_mut().insert(funnel["buckets"].to_string());
+            let kappa = kappa_status(&client, &base).await;
+            assert_ne!(kappa["replay"]["state"], "failed", "{kappa}");
+            match kappa["version"] == 2 {
+                true => Ok(kappa),
+                false => Err(kappa.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(kappa["replay"]["state"], "switched");
+    assert_eq!(kappa["allowed_lateness_ms"], 900_000);
+    assert_eq!(kappa["replay"]["records"], kappa["replay"]["target"]);
+    let seen = seen.into_inner();
     assert!(
         conflict == 409 || conflict == 202,
         "a second replay while one runs is refused (or queued after it switched): {conflict}"

@@ -213,12 +213,9 @@ async fn the_openapi_document_matches_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Demo::start(lambda_pipeline::demo::DemoConfig {
-        admin_token: Some("schemathesis-token".into()),
-        ..demo_config(dir.path())
-    })
-    .await
-    .unwrap();
+    let mut config = demo_config(dir.path());
+    config.shared.admin_token = Some("schemathesis-token".into());
+    let demo = Demo::start(config).await.unwrap();
     let venv = lambda_testkit::venv();
     let schemathesis = venv.join("bin/schemathesis");
     let report = dir.path().join("schemathesis");

@@ -14,12 +14,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lambda_events::Event;
 use lambda_ingest::generator::{Generator, GeneratorConfig};
 use lambda_log::{EventLog, KafkaConfig, KafkaLog, Record};
-use lambda_testkit::{KillOnDrop, Tansu, free_port, wait_for_port};
+use lambda_testkit::{KillOnDrop, Tansu, eventually, free_port, wait_for_port};
 use serde_json::Value;
 
 const LINES: usize = 12_000;
@@ -65,10 +65,7 @@ fn start_speed(log_url: &str, dir: &Path, port: u16) -> Child {
         .stderr(log)
         .spawn()
         .expect("starting lambda speed");
-    assert!(
-        wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(30)),
-        "lambda speed did not listen on {port}"
-    );
+    wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(30));
     child
 }
 
@@ -193,27 +190,26 @@ async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
     }
     assert_eq!(total, LINES as u64);
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let (a, b) = loop {
-        let (a, b) = (
-            snapshot(&client, port_a).await,
-            snapshot(&client, port_b).await,
-        );
-        if let (Some(a), Some(b)) = (&a, &b)
-            && consumed(a) == total
-            && consumed(b) == total
-        {
-            break (a.clone(), b.clone());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not catch up: killed {:?}, steady {:?}\nsteady's log:\n{}",
-            a.as_ref().map(consumed),
-            b.as_ref().map(consumed),
-            tail(&dir_b.join("speed.log"))
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (a, b) = eventually(
+        "both instances caught up",
+        Duration::from_secs(90),
+        || async {
+            let (a, b) = (
+                snapshot(&client, port_a).await,
+                snapshot(&client, port_b).await,
+            );
+            match (a, b) {
+                (Some(a), Some(b)) if consumed(&a) == total && consumed(&b) == total => Ok((a, b)),
+                (a, b) => Err(format!(
+                    "killed {:?}, steady {:?}\nsteady's log:\n{}",
+                    a.as_ref().map(consumed),
+                    b.as_ref().map(consumed),
+                    tail(&dir_b.join("speed.log"))
+                )),
+            }
+        },
+    )
+    .await;
     drop(killed);
 
     assert_eq!(

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use lambda_lake::LakeError;
 pub use lambda_lake::store::Lake;
 
 /// The result of a conditional create.
@@ -38,7 +39,7 @@ impl std::ops::Deref for LakeWriter {
 
 impl LakeWriter {
     /// Opens the lake at `url` for writing (see [`Lake::open`]).
-    pub fn open(url: &str, cache_dir: impl Into<PathBuf>) -> anyhow::Result<LakeWriter> {
+    pub fn open(url: &str, cache_dir: impl Into<PathBuf>) -> Result<LakeWriter, LakeError> {
         LakeWriter::open_with_options(url, Vec::new(), cache_dir)
     }
 
@@ -47,7 +48,7 @@ impl LakeWriter {
         url: &str,
         options: Vec<(String, String)>,
         cache_dir: impl Into<PathBuf>,
-    ) -> anyhow::Result<LakeWriter> {
+    ) -> Result<LakeWriter, LakeError> {
         Lake::open_with_options(url, options, cache_dir).map(|lake| LakeWriter { lake })
     }
 

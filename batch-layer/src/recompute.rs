@@ -68,7 +68,8 @@ pub async fn recompute(
                 master::to_parquet(schema, &batches)
             })
             .with_context(|| format!("view {} of {key}", view.name))?;
-            apply_view_file(view.name, bytes, &mut out.buckets)?;
+            let label = format!("{key} (recomputed)");
+            apply_view_file(&label, view.name, bytes, &mut out.buckets)?;
         }
         let starts: Vec<(u32, u64)> = retained_from
             .iter()

@@ -15,13 +15,13 @@ use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use lambda_events::{DdSketch, Hll, Topic};
 
-pub use lambda_lake::views::{BatchViews, apply_view_file};
+pub use lambda_lake::views::{BatchViews, ViewName, apply_view_file};
 
 /// A batch view: its name, the topic it reads and its SQL.
 #[derive(Debug, Clone, Copy)]
 pub struct ViewDef {
     /// Name (also the file name of its SQL and the directory of its files).
-    pub name: &'static str,
+    pub name: ViewName,
     /// The topic whose events it reads.
     pub topic: Topic,
     /// The query, over a relation `events`.
@@ -31,22 +31,22 @@ pub struct ViewDef {
 /// Every batch view.
 pub const VIEWS: [ViewDef; 4] = [
     ViewDef {
-        name: "funnel",
+        name: ViewName::Funnel,
         topic: Topic::Funnel,
         sql: include_str!("../sql/funnel.sql"),
     },
     ViewDef {
-        name: "pages",
+        name: ViewName::Pages,
         topic: Topic::Funnel,
         sql: include_str!("../sql/pages.sql"),
     },
     ViewDef {
-        name: "iot_sensors",
+        name: ViewName::IotSensors,
         topic: Topic::Iot,
         sql: include_str!("../sql/iot_sensors.sql"),
     },
     ViewDef {
-        name: "iot_devices",
+        name: ViewName::IotDevices,
         topic: Topic::Iot,
         sql: include_str!("../sql/iot_devices.sql"),
     },

@@ -90,9 +90,9 @@ fn speed_views(events: &[Event]) -> BTreeMap<i64, BucketViews> {
         state.apply(event);
     }
     state
-        .windows
-        .into_iter()
-        .map(|(start, w)| (start, w.views))
+        .windows()
+        .iter()
+        .map(|(start, w)| (*start, w.views.clone()))
         .collect()
 }
 

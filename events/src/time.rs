@@ -28,6 +28,36 @@ pub fn parse_instant(text: &str) -> Result<i64, String> {
     })
 }
 
+/// [`parse_instant`], within [`QUERY_TIME_RANGE`] (1970 to the end of 9999):
+/// query parameters and CLI flags.
+///
+/// [`QUERY_TIME_RANGE`]: crate::limits::QUERY_TIME_RANGE
+pub fn parse_bounded_instant(text: &str) -> Result<i64, String> {
+    let ms = parse_instant(text)?;
+    let (earliest, latest) = crate::limits::QUERY_TIME_RANGE;
+    if (earliest..=latest).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "{ms} is outside the bounds {earliest}..={latest} (1970 to the end of 9999)"
+        ))
+    }
+}
+
+/// A point in time on the command line, relative to `now_ms`: `now`, a
+/// duration before now (`-30m`, `now-30m`), or [`parse_bounded_instant`].
+pub fn parse_when(text: &str, now_ms: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if text == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(ago) = text.strip_prefix("now-").or_else(|| text.strip_prefix('-')) {
+        return parse_duration_millis(ago).map(|ago| now_ms.saturating_sub(ago));
+    }
+    parse_bounded_instant(text)
+        .map_err(|e| format!("{e}; or `now`, or a time before now such as -30m"))
+}
+
 /// `ms` as RFC 3339 in UTC to the second (`2026-01-01T00:00:00Z`); the raw
 /// number if it is past what chrono can show.
 pub fn format_rfc3339(ms: i64) -> String {
@@ -80,6 +110,33 @@ pub fn parse_duration_millis(text: &str) -> Result<i64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instants_are_bounded_and_relative_ones_count_back_from_now() {
+        use super::{parse_bounded_instant, parse_when};
+        let (earliest, latest) = crate::limits::QUERY_TIME_RANGE;
+        assert_eq!(parse_bounded_instant(&earliest.to_string()), Ok(earliest));
+        assert_eq!(parse_bounded_instant(&latest.to_string()), Ok(latest));
+        for outside in [earliest - 1, latest + 1] {
+            let error = parse_bounded_instant(&outside.to_string()).unwrap_err();
+            assert!(error.contains("outside the bounds"), "{error}");
+        }
+        let now = 1_767_225_600_000;
+        assert_eq!(parse_when("now", now), Ok(now));
+        assert_eq!(parse_when("-30m", now), Ok(now - 1_800_000));
+        assert_eq!(parse_when("now-2h", now), Ok(now - 7_200_000));
+        assert_eq!(parse_when("2026-01-01T00:00:00Z", now), Ok(now));
+        assert!(
+            parse_when("-5x", now)
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
+        assert!(
+            parse_when("soon", now)
+                .unwrap_err()
+                .contains("a time before now")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -353,7 +353,7 @@ fn judge(
         }
     }
     let mut starts: Vec<i64> = batch.buckets.keys().copied().collect();
-    starts.extend(kappa.state.windows.range(from_ms..to_ms).map(|(s, _)| *s));
+    starts.extend(kappa.state.windows().range(from_ms..to_ms).map(|(s, _)| *s));
     starts.sort_unstable();
     starts.dedup();
     let mut summary: BTreeMap<String, ViewSummary> = BTreeMap::new();
@@ -363,7 +363,11 @@ fn judge(
         let entry = summary.entry(view.to_string()).or_default();
         for &start in &starts {
             let lambda_side = batch.buckets.get(&start).unwrap_or(&empty);
-            let kappa_side = kappa.state.windows.get(&start).map_or(&empty, |w| &w.views);
+            let kappa_side = kappa
+                .state
+                .windows()
+                .get(&start)
+                .map_or(&empty, |w| &w.views);
             let (lambda_events, kappa_events) =
                 (events_in(view, lambda_side), events_in(view, kappa_side));
             if lambda_events == 0 && kappa_events == 0 {

@@ -31,24 +31,23 @@
 //! A crash before step 4 leaves `current.json` at N: the restart serves N and
 //! the half-built N+1 is wiped by the next replay. A crash after it resumes N+1.
 
+pub mod client;
 pub mod compare;
+mod http;
+mod start;
+
+pub use http::{KappaRoutes, router};
+pub use start::{BOUNDARY_POLL_INTERVAL, Boundary, SpeedStart, start_speed, status_sections};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use lambda_events::limits::{BODY_READ_TIMEOUT_SECS, MAX_ADMIN_BODY_BYTES};
 use lambda_log::EventLog;
 use lambda_speed::{SpeedConfig, SpeedState, SpeedViews};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -226,7 +225,7 @@ fn now_ms() -> i64 {
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).expect("plain data serializes");
-    lambda_speed::checkpoint::write(path, &bytes)
+    Ok(lambda_speed::checkpoint::write(path, &bytes)?)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
@@ -286,7 +285,7 @@ impl Kappa {
             receiver: Mutex::new(Some(receiver)),
         };
         let config = kappa.config(&meta);
-        *kappa.live.write() = fresh_state(&config);
+        *kappa.live.write() = lambda_speed::empty_state(&config);
         lambda_speed::restore(&config, &kappa.live)
             .await
             .with_context(|| format!("restoring kappa version {version}"))?;
@@ -502,7 +501,7 @@ impl Kappa {
             replayed = lambda_speed::replay::replay(
                 self.log.as_ref(),
                 &spans,
-                fresh_state(&config),
+                lambda_speed::empty_state(&config),
                 0..0,
                 |records| self.set_replay(|r| r.records = records),
             ) => replayed?,
@@ -516,9 +515,9 @@ impl Kappa {
         loop {
             let caught_up = {
                 let (new, live) = (views.read(), self.live.read());
-                live.offsets
+                live.offsets()
                     .iter()
-                    .all(|(key, offset)| new.offsets.get(key).is_some_and(|o| o >= offset))
+                    .all(|(key, offset)| new.offsets().get(key).is_some_and(|o| o >= offset))
             };
             if caught_up {
                 return Ok(Some((views, job)));
@@ -556,13 +555,6 @@ impl Kappa {
     }
 }
 
-/// An empty state with the version's settings and alert rules.
-fn fresh_state(config: &SpeedConfig) -> SpeedState {
-    let mut state = SpeedState::new(config.allowed_lateness_ms, config.horizon_ms);
-    state.alerts = lambda_speed::alerts::AlertEngine::new(config.alert_rules.clone());
-    state
-}
-
 /// A running live loop of one version.
 #[derive(Debug)]
 struct Job {
@@ -575,209 +567,5 @@ impl Job {
     async fn stop(self) -> anyhow::Result<()> {
         self.token.cancel();
         self.handle.await.context("kappa job")?
-    }
-}
-
-/// The speed side of a process, started: the views serving reads, the kappa
-/// views (kappa mode), and the one task that runs it, for the caller's
-/// supervisor.
-pub struct SpeedStart {
-    /// The views serving reads.
-    pub views: SpeedViews,
-    /// The kappa views and their replays (kappa mode only).
-    pub kappa: Option<Arc<Kappa>>,
-    /// The task's name (`speed` or `kappa`).
-    pub task_name: &'static str,
-    /// The task: the speed layer's fetch loop, or the kappa views' live job
-    /// and replays. It ends when `shutdown` is cancelled.
-    pub task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
-}
-
-impl std::fmt::Debug for SpeedStart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpeedStart")
-            .field("task_name", &self.task_name)
-            .field("kappa", &self.kappa.is_some())
-            .finish()
-    }
-}
-
-/// Starts the speed side of a process: in lambda mode the speed layer on
-/// `config` (restored from its checkpoint), in kappa mode the kappa views
-/// under `kappa_dir`. The returned task runs until `shutdown`.
-pub async fn start_speed(
-    architecture: Architecture,
-    kappa_dir: PathBuf,
-    config: SpeedConfig,
-    log: &Arc<dyn EventLog>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<SpeedStart> {
-    match architecture {
-        Architecture::Kappa => {
-            let kappa = Kappa::open(kappa_dir, config, Arc::clone(log))
-                .await
-                .context("opening the kappa views")?;
-            Ok(SpeedStart {
-                views: Arc::clone(&kappa.live),
-                task_name: "kappa",
-                task: Box::pin(Arc::clone(&kappa).run(shutdown)),
-                kappa: Some(kappa),
-            })
-        }
-        Architecture::Lambda => {
-            let views = lambda_speed::new_views(&config);
-            lambda_speed::restore(&config, &views)
-                .await
-                .context("restoring the speed layer")?;
-            let run = lambda_speed::run(config, Arc::clone(log), Arc::clone(&views), shutdown);
-            Ok(SpeedStart {
-                views,
-                kappa: None,
-                task_name: "speed",
-                task: Box::pin(run),
-            })
-        }
-    }
-}
-
-/// The status sections a process of `architecture` adds to `/api/v1/status`:
-/// `architecture`, and in kappa mode `batch: null` and (where the kappa views
-/// live) `kappa` (version, lateness, replay).
-pub fn status_sections(
-    architecture: Architecture,
-    kappa: Option<&Arc<Kappa>>,
-) -> Vec<(String, lambda_serving::status::StatusSection)> {
-    let mut sections: Vec<(String, lambda_serving::status::StatusSection)> = vec![(
-        "architecture".into(),
-        Arc::new(move || json!(architecture.as_str())),
-    )];
-    if architecture == Architecture::Kappa {
-        // Named sections replace the built-in ones: there is no batch layer.
-        sections.push(("batch".into(), Arc::new(|| serde_json::Value::Null)));
-    }
-    if let Some(kappa) = kappa {
-        let kappa = Arc::clone(kappa);
-        sections.push((
-            "kappa".into(),
-            Arc::new(move || serde_json::to_value(kappa.status()).expect("plain data")),
-        ));
-    }
-    sections
-}
-
-/// State of the kappa routes.
-#[derive(Debug, Clone)]
-pub struct KappaRoutes {
-    /// The kappa views (`None`: this process runs the lambda architecture).
-    pub kappa: Option<Arc<Kappa>>,
-    /// Checks the bearer token of the replay request.
-    pub admin: lambda_serving::admin::AdminState,
-}
-
-/// `POST /api/v1/admin/kappa/replay` and `GET /api/v1/kappa`.
-pub fn router(state: KappaRoutes) -> Router {
-    Router::new()
-        .route(REPLAY_PATH, post(replay_route))
-        .route(STATUS_PATH, get(status_route))
-        .with_state(state)
-}
-
-fn not_kappa() -> Response {
-    (
-        StatusCode::CONFLICT,
-        axum::Json(json!({
-            "error": "this process runs the lambda architecture: start it with --architecture kappa to replay"
-        })),
-    )
-        .into_response()
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ReplayBody {
-    allowed_lateness: Option<String>,
-}
-
-fn refusal(status: StatusCode, error: String) -> Response {
-    (
-        status,
-        axum::Json(json!({ "error": error, "parameter": "body" })),
-    )
-        .into_response()
-}
-
-/// The token is checked before a byte of the body is read; the body is then
-/// bounded in size ([`MAX_ADMIN_BODY_BYTES`]) and in time ([`BODY_READ_TIMEOUT_SECS`]).
-async fn replay_route(
-    State(state): State<KappaRoutes>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    if let Some(refusal) = state.admin.authorize(&headers) {
-        return refusal;
-    }
-    let Some(kappa) = &state.kappa else {
-        return not_kappa();
-    };
-    let read = axum::body::to_bytes(body, MAX_ADMIN_BODY_BYTES);
-    let body = match tokio::time::timeout(Duration::from_secs(BODY_READ_TIMEOUT_SECS), read).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            return refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body exceeds the limit of {MAX_ADMIN_BODY_BYTES} bytes"),
-            );
-        }
-        Err(_) => {
-            return refusal(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("body did not arrive within {BODY_READ_TIMEOUT_SECS} s"),
-            );
-        }
-    };
-    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(body) => body,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    axum::Json(json!({ "error": format!("body: {e}"), "parameter": "body" })),
-                )
-                    .into_response();
-            }
-        }
-    };
-    let lateness = match body
-        .allowed_lateness
-        .as_deref()
-        .map(lambda_events::time::parse_duration_millis)
-    {
-        None => None,
-        Some(Ok(ms)) => Some(ms),
-        Some(Err(e)) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": e, "parameter": "allowed_lateness" })),
-            )
-                .into_response();
-        }
-    };
-    match kappa.request_replay(lateness) {
-        Ok(version) => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({ "version": version, "status": STATUS_PATH })),
-        )
-            .into_response(),
-        Err(reason) => {
-            (StatusCode::CONFLICT, axum::Json(json!({ "error": reason }))).into_response()
-        }
-    }
-}
-
-async fn status_route(State(state): State<KappaRoutes>) -> Response {
-    match &state.kappa {
-        Some(kappa) => axum::Json(kappa.status()).into_response(),
-        None => not_kappa(),
     }
 }

@@ -5,10 +5,12 @@
 //! layer: DuckDB and the lake's write side stay in `lambda-batch`.
 
 pub mod control;
+pub mod error;
 pub mod manifest;
 pub mod store;
 pub mod views;
 
 pub use control::{BatchHandle, BatchStatus, RunReport};
+pub use error::LakeError;
 pub use store::Lake;
-pub use views::BatchViews;
+pub use views::{BatchViews, ViewName};

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
+use crate::error::LakeError;
 use crate::store::Lake;
 
 /// An hour, in ms: the master dataset and its views are partitioned by hour.
@@ -104,7 +104,7 @@ pub fn manifest_path(version: u64) -> Path {
 }
 
 /// The newest committed manifest, if any run has committed.
-pub async fn latest(lake: &Lake) -> anyhow::Result<Option<Manifest>> {
+pub async fn latest(lake: &Lake) -> Result<Option<Manifest>, LakeError> {
     let newest = lake
         .list(&Path::from(MANIFEST_DIR))
         .await?
@@ -118,21 +118,21 @@ pub async fn latest(lake: &Lake) -> anyhow::Result<Option<Manifest>> {
     let Some(version) = newest else {
         return Ok(None);
     };
-    let bytes = lake.get(&manifest_path(version)).await?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .with_context(|| format!("parsing manifest version {version}"))?;
-    Ok(Some(manifest))
+    read(lake, version).await
 }
 
 /// The manifest of `version`, if it was committed.
-pub async fn read(lake: &Lake, version: u64) -> anyhow::Result<Option<Manifest>> {
-    let path = manifest_path(version);
-    if !lake.exists(&path).await? {
-        return Ok(None);
-    }
-    let bytes = lake.get(&path).await?;
-    let manifest = serde_json::from_slice(&bytes)
-        .with_context(|| format!("parsing manifest version {version}"))?;
+pub async fn read(lake: &Lake, version: u64) -> Result<Option<Manifest>, LakeError> {
+    let bytes = match lake.get(&manifest_path(version)).await {
+        Ok(bytes) => bytes,
+        Err(LakeError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let manifest =
+        serde_json::from_slice(&bytes).map_err(|source| LakeError::Manifest { version, source })?;
     Ok(Some(manifest))
 }
 

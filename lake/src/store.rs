@@ -8,11 +8,39 @@
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::error::LakeError;
+
+/// Object store options for an `s3://` lake in `region`, on `endpoint`
+/// when it is not AWS (MinIO, moto: `http://` is allowed then), with
+/// conditional puts (manifests are committed with one), and the standard
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`.
+pub fn s3_options(region: &str, endpoint: Option<&str>) -> Vec<(String, String)> {
+    let mut options = vec![
+        ("aws_region".to_string(), region.to_string()),
+        ("aws_conditional_put".to_string(), "etag".to_string()),
+    ];
+    if let Some(endpoint) = endpoint {
+        options.push(("aws_endpoint".into(), endpoint.to_string()));
+        if endpoint.starts_with("http://") {
+            options.push(("aws_allow_http".into(), "true".into()));
+        }
+    }
+    for (var, key) in [
+        ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+        ("AWS_SESSION_TOKEN", "aws_session_token"),
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            options.push((key.to_string(), value));
+        }
+    }
+    options
+}
 
 /// Object storage for the master dataset, batch views and manifests.
 #[derive(Debug, Clone)]
@@ -25,7 +53,7 @@ pub struct Lake {
 
 impl Lake {
     /// Opens the lake at `url`; `cache_dir` holds local copies of remote objects for DuckDB.
-    pub fn open(url: &str, cache_dir: impl Into<PathBuf>) -> anyhow::Result<Lake> {
+    pub fn open(url: &str, cache_dir: impl Into<PathBuf>) -> Result<Lake, LakeError> {
         Lake::open_with_options(url, Vec::new(), cache_dir)
     }
 
@@ -37,17 +65,20 @@ impl Lake {
         url: &str,
         options: Vec<(String, String)>,
         cache_dir: impl Into<PathBuf>,
-    ) -> anyhow::Result<Lake> {
+    ) -> Result<Lake, LakeError> {
         let cache_dir = cache_dir.into();
+        let open = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Open {
+            url: url.to_string(),
+            source,
+        };
         if let Some(path) = url.strip_prefix("file://") {
             let root = PathBuf::from(path);
             std::fs::create_dir_all(&root)
-                .with_context(|| format!("creating lake directory {path}"))?;
-            let root = root
-                .canonicalize()
-                .with_context(|| format!("resolving {path}"))?;
+                .map_err(|e| LakeError::local("creating the lake directory", &root, e))?;
+            let root = (root.canonicalize())
+                .map_err(|e| LakeError::local("resolving the lake directory", &root, e))?;
             let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-                .with_context(|| format!("opening lake {url}"))?;
+                .map_err(|e| open(e.into()))?;
             return Ok(Lake {
                 store: Arc::new(store),
                 url: url.into(),
@@ -65,9 +96,9 @@ impl Lake {
             });
         }
         if url.starts_with("s3://") {
-            let parsed = url::Url::parse(url).with_context(|| format!("parsing lake url {url}"))?;
-            let (store, prefix) = object_store::parse_url_opts(&parsed, options)
-                .with_context(|| format!("opening lake {url}"))?;
+            let parsed = url::Url::parse(url).map_err(|e| open(e.into()))?;
+            let (store, prefix) =
+                object_store::parse_url_opts(&parsed, options).map_err(|e| open(e.into()))?;
             let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
                 Arc::from(store)
             } else {
@@ -80,7 +111,7 @@ impl Lake {
                 cache_dir,
             });
         }
-        bail!("unsupported lake url {url:?}: expected file://DIR, memory:// or s3://BUCKET/PREFIX")
+        Err(LakeError::UnsupportedUrl(url.to_string()))
     }
 
     /// The object store under the lake, for the batch layer's `LakeWriter`:
@@ -106,40 +137,39 @@ impl Lake {
     }
 
     /// Reads an object whole.
-    pub async fn get(&self, path: &Path) -> anyhow::Result<Bytes> {
-        let result = self
-            .store
+    pub async fn get(&self, path: &Path) -> Result<Bytes, LakeError> {
+        let reading = |e| LakeError::store("reading", path, e);
+        self.store
             .get(path)
             .await
-            .with_context(|| format!("reading {path}"))?;
-        result
+            .map_err(reading)?
             .bytes()
             .await
-            .with_context(|| format!("reading {path}"))
+            .map_err(reading)
     }
 
     /// Whether an object exists at `path`.
-    pub async fn exists(&self, path: &Path) -> anyhow::Result<bool> {
+    pub async fn exists(&self, path: &Path) -> Result<bool, LakeError> {
         match self.store.head(path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("looking for {path}")),
+            Err(e) => Err(LakeError::store("looking for", path, e)),
         }
     }
 
     /// Lists the objects under `prefix`.
-    pub async fn list(&self, prefix: &Path) -> anyhow::Result<Vec<Path>> {
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<Path>, LakeError> {
         let metas: Vec<_> = self
             .store
             .list(Some(prefix))
             .try_collect()
             .await
-            .with_context(|| format!("listing {prefix}"))?;
+            .map_err(|e| LakeError::store("listing", prefix, e))?;
         Ok(metas.into_iter().map(|m| m.location).collect())
     }
 
     /// A local file DuckDB can read holding the object at `path`.
-    pub async fn local_path(&self, path: &Path) -> anyhow::Result<PathBuf> {
+    pub async fn local_path(&self, path: &Path) -> Result<PathBuf, LakeError> {
         if let Some(root) = &self.local_root {
             return Ok(root.join(path.as_ref()));
         }
@@ -152,10 +182,11 @@ impl Lake {
     }
 }
 
-fn write_cache_file(local: &FsPath, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = local.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+fn write_cache_file(local: &FsPath, bytes: &[u8]) -> Result<(), LakeError> {
+    if let Some(dir) = local.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| LakeError::local("creating", dir, e))?;
+    }
     let tmp = local.with_extension("part");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, local).with_context(|| format!("renaming {}", tmp.display()))
+    std::fs::write(&tmp, bytes).map_err(|e| LakeError::local("writing", &tmp, e))?;
+    std::fs::rename(&tmp, local).map_err(|e| LakeError::local("renaming", &tmp, e))
 }

@@ -17,8 +17,58 @@ use lambda_events::{BucketViews, DdSketch, Hll};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::error::LakeError;
 use crate::manifest::{self, HOUR_MS, Manifest};
 use crate::store::Lake;
+
+/// The batch views, by the name their files and manifests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViewName {
+    /// Funnel counts, revenue and distinct users per campaign.
+    Funnel,
+    /// Page views, errors and render times per page and device.
+    Pages,
+    /// Sensor statistics per device and sensor.
+    IotSensors,
+    /// Device status and alarms per device.
+    IotDevices,
+}
+
+impl ViewName {
+    /// Every view.
+    pub const ALL: [ViewName; 4] = [
+        ViewName::Funnel,
+        ViewName::Pages,
+        ViewName::IotSensors,
+        ViewName::IotDevices,
+    ];
+
+    /// The name files and manifests use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewName::Funnel => "funnel",
+            ViewName::Pages => "pages",
+            ViewName::IotSensors => "iot_sensors",
+            ViewName::IotDevices => "iot_devices",
+        }
+    }
+}
+
+impl std::fmt::Display for ViewName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ViewName {
+    type Err = LakeError;
+
+    fn from_str(name: &str) -> Result<ViewName, LakeError> {
+        (ViewName::ALL.into_iter())
+            .find(|view| view.as_str() == name)
+            .ok_or_else(|| LakeError::UnknownView(name.to_string()))
+    }
+}
 
 fn binaries(batch: &RecordBatch, name: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let array = column(batch, name)?;
@@ -65,9 +115,22 @@ fn texts(batch: &RecordBatch, name: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Folds the rows of one view file into `buckets`.
+/// Folds the rows of the view file at `path`, which holds `view`, into `buckets`.
 pub fn apply_view_file(
-    view: &str,
+    path: &str,
+    view: ViewName,
+    bytes: Bytes,
+    buckets: &mut BTreeMap<i64, BucketViews>,
+) -> Result<(), LakeError> {
+    fold_view_file(view, bytes, buckets).map_err(|e| LakeError::ViewFile {
+        path: path.to_string(),
+        view,
+        reason: format!("{e:#}"),
+    })
+}
+
+fn fold_view_file(
+    view: ViewName,
     bytes: Bytes,
     buckets: &mut BTreeMap<i64, BucketViews>,
 ) -> anyhow::Result<()> {
@@ -76,7 +139,7 @@ pub fn apply_view_file(
         let batch = batch?;
         let starts = ints(&batch, "bucket_start")?;
         match view {
-            "funnel" => {
+            ViewName::Funnel => {
                 let (campaign, imp, clk, cart, buy, rev, ss, sc) = (
                     texts(&batch, "campaign_id")?,
                     ints(&batch, "impressions")?,
@@ -111,7 +174,7 @@ pub fn apply_view_file(
                     }
                 }
             }
-            "pages" => {
+            ViewName::Pages => {
                 let (page, device, views, errors) = (
                     texts(&batch, "page")?,
                     texts(&batch, "device")?,
@@ -139,7 +202,7 @@ pub fn apply_view_file(
                     }
                 }
             }
-            "iot_sensors" => {
+            ViewName::IotSensors => {
                 let (device, sensor, count, min, max, sum, last_ts, last_id, last) = (
                     texts(&batch, "device_id")?,
                     texts(&batch, "sensor")?,
@@ -168,7 +231,7 @@ pub fn apply_view_file(
                         .insert((device[i].clone(), sensor[i].clone()), stats);
                 }
             }
-            "iot_devices" => {
+            ViewName::IotDevices => {
                 let (device, on, off, low, medium, high, critical) = (
                     texts(&batch, "device_id")?,
                     ints(&batch, "online")?,
@@ -194,25 +257,24 @@ pub fn apply_view_file(
                         .insert(device[i].clone(), counts);
                 }
             }
-            other => anyhow::bail!("unknown view {other}"),
         }
     }
     Ok(())
 }
 
-fn clear_view(view: &str, hour_start_ms: i64, buckets: &mut BTreeMap<i64, BucketViews>) {
+fn clear_view(view: ViewName, hour_start_ms: i64, buckets: &mut BTreeMap<i64, BucketViews>) {
     for (_, bucket) in buckets.range_mut(hour_start_ms..hour_start_ms + HOUR_MS) {
         match view {
-            "funnel" => {
+            ViewName::Funnel => {
                 bucket.funnel.clear();
                 bucket.users.clear();
             }
-            "pages" => {
+            ViewName::Pages => {
                 bucket.pages.clear();
                 bucket.render.clear();
             }
-            "iot_sensors" => bucket.sensors.clear(),
-            _ => bucket.devices.clear(),
+            ViewName::IotSensors => bucket.sensors.clear(),
+            ViewName::IotDevices => bucket.devices.clear(),
         }
     }
 }
@@ -241,7 +303,7 @@ impl BatchViews {
 
     /// Loads the newest manifest if it is newer than the one held, reading
     /// only view files that changed. Returns whether anything changed.
-    pub async fn refresh(&mut self, lake: &Lake) -> anyhow::Result<bool> {
+    pub async fn refresh(&mut self, lake: &Lake) -> Result<bool, LakeError> {
         match manifest::latest(lake).await? {
             Some(latest) if latest.version > self.version() => {
                 self.load(lake, latest).await?;
@@ -252,17 +314,17 @@ impl BatchViews {
     }
 
     /// Moves to `latest`, reading only the view files that differ from the ones held.
-    pub async fn load(&mut self, lake: &Lake, latest: Manifest) -> anyhow::Result<()> {
+    pub async fn load(&mut self, lake: &Lake, latest: Manifest) -> Result<(), LakeError> {
         for (key, partition) in &latest.partitions {
-            for (view, path) in &partition.views {
-                let slot = format!("{key}/{view}");
+            for (name, path) in &partition.views {
+                let slot = format!("{key}/{name}");
                 if self.loaded.get(&slot) == Some(path) {
                     continue;
                 }
+                let view: ViewName = name.parse()?;
                 let bytes = lake.get(&Path::from(path.as_str())).await?;
                 clear_view(view, partition.hour_start_ms, &mut self.buckets);
-                apply_view_file(view, bytes, &mut self.buckets)
-                    .with_context(|| format!("loading view file {path}"))?;
+                apply_view_file(path, view, bytes, &mut self.buckets)?;
                 self.loaded.insert(slot, path.clone());
             }
         }

@@ -218,13 +218,13 @@ pub async fn run_local_source(
         };
         let (epoch, fresh) = {
             let speed = speed.read();
-            let since = if known_epoch == Some(speed.epoch) {
+            let since = if known_epoch == Some(speed.epoch()) {
                 cursor
             } else {
                 0
             };
-            let fresh: Vec<Alert> = speed.alerts.since(since).cloned().collect();
-            (speed.epoch, fresh)
+            let fresh: Vec<Alert> = speed.alerts().since(since).cloned().collect();
+            (speed.epoch(), fresh)
         };
         if !fresh.is_empty() || known_epoch != Some(epoch) {
             feed.write().push(0, epoch, fresh);

@@ -122,12 +122,12 @@ fn respond<A: Default>(
                 step: range.step,
             };
             if let Some((_, layer, acc)) =
-                merge(&one, boundary, &batch.buckets, &speed.windows, &mut fold).pop()
+                merge(&one, boundary, &batch.buckets, speed.windows(), &mut fold).pop()
             {
                 folded.push(Part::Folded(start, layer, acc, cacheable));
             }
         }
-        (folded, speed.watermark(), speed.max_event_ts)
+        (folded, speed.watermark(), speed.max_event_ts())
     };
     let mut parts: Vec<Arc<str>> = Vec::with_capacity(folded.len());
     for part in folded {
@@ -347,15 +347,7 @@ async fn status(State(state): State<ServingState>) -> Response {
 }
 
 async fn metrics(State(state): State<ServingState>) -> Response {
-    let body = crate::metrics::render(&state).await;
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-        .into_response()
+    crate::metrics::text(crate::metrics::render(&state).await)
 }
 
 /// `200 ok`, or `503` naming what fails: the speed layer's checkpoints, the
@@ -366,7 +358,7 @@ async fn healthz(State(state): State<ServingState>) -> Response {
         .batch
         .as_ref()
         .and_then(|b| b.status.read().unhealthy());
-    let problems: Vec<String> = lambda_speed::http::problem(&state.speed)
+    let problems: Vec<String> = lambda_speed::http::problem(&state.speed.read())
         .into_iter()
         .chain(batch)
         .collect();

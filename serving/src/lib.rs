@@ -15,18 +15,22 @@ pub mod openapi;
 pub mod query;
 pub mod remote;
 pub mod server;
+pub mod start;
 pub mod status;
+pub mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_lake::{BatchViews, Lake};
-use lambda_speed::SpeedViews;
+use lambda_speed::{SpeedReader, SpeedViews};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 pub use api::router;
+pub use start::{Sources, SpeedSource, start};
 pub use status::StatusSources;
+pub use supervisor::{Supervisor, Task};
 
 /// The batch views serving answers from; replaced whole when a new manifest is loaded.
 pub type SharedBatchViews = Arc<RwLock<Arc<BatchViews>>>;
@@ -34,8 +38,8 @@ pub type SharedBatchViews = Arc<RwLock<Arc<BatchViews>>>;
 /// What the handlers read.
 #[derive(Debug, Clone)]
 pub struct ServingState {
-    /// The speed layer's live views.
-    pub speed: SpeedViews,
+    /// The speed layer's live views, read-only.
+    pub speed: SpeedReader,
     /// The batch views of the newest loaded manifest.
     pub batch: SharedBatchViews,
     /// Where `/api/v1/status` gets the rest.
@@ -60,10 +64,7 @@ pub async fn start_batch_views(
     lake: Lake,
     speed: Option<SpeedViews>,
     shutdown: CancellationToken,
-) -> (
-    SharedBatchViews,
-    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
-) {
+) -> (SharedBatchViews, Task) {
     let views: SharedBatchViews = Arc::default();
     if let Err(error) = refresh_batch_views(&lake, &views, speed.as_ref()).await {
         tracing::warn!(

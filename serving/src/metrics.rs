@@ -266,3 +266,16 @@ pub fn runner_metrics(s: &lambda_lake::BatchStatus, out: &mut String) {
         );
     }
 }
+
+/// `body` as a Prometheus text exposition answer.
+pub fn text(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}

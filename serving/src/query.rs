@@ -55,15 +55,7 @@ pub const PAGES_FILTERS: &[&str] = &["device", "page"];
 pub const IOT_FILTERS: &[&str] = &["device_id", "sensor"];
 
 fn parse_time(name: &str, text: &str) -> Result<i64, BadParameter> {
-    let ms = lambda_events::time::parse_instant(text).map_err(|e| BadParameter::new(name, e))?;
-    let (earliest, latest) = QUERY_TIME_RANGE;
-    if !(earliest..=latest).contains(&ms) {
-        return Err(BadParameter::new(
-            name,
-            format!("{ms} is outside the bounds {earliest}..={latest} (1970 to the end of 9999)"),
-        ));
-    }
-    Ok(ms)
+    lambda_events::time::parse_bounded_instant(text).map_err(|e| BadParameter::new(name, e))
 }
 
 /// Checks the parameters of a query: only `allowed` names, plus `from`, `to`, `step`.

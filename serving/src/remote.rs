@@ -18,6 +18,14 @@ pub const SPEED_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How long one poll may take.
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The client of every poll, each bounded by [`POLL_TIMEOUT`].
+fn poll_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(POLL_TIMEOUT)
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))
+}
+
 /// How each instance answered, for `/api/v1/status`.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceHealth {
@@ -56,10 +64,7 @@ pub async fn run_speed_mirror(
     horizon_ms: i64,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(POLL_TIMEOUT)
-        .build()
-        .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
+    let client = poll_client()?;
     let mut mirrors = vec![Mirror::default(); urls.len()];
     *health.write() = urls
         .iter()
@@ -150,4 +155,40 @@ async fn poll(
         .json::<Snapshot>()
         .await
         .map_err(|e| format!("decoding the snapshot: {e}"))
+}
+
+/// Path of the batch runner's status (`lambda batch` serves it).
+pub const RUNNER_STATUS_PATH: &str = "/internal/v1/batch";
+/// How often serving fetches the batch runner's status.
+pub const RUNNER_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps `target` equal to the batch runner's status at `url`, until `shutdown`.
+pub async fn follow_runner(
+    url: String,
+    target: Arc<RwLock<Option<Value>>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = poll_client()?;
+    let url = format!("{}{RUNNER_STATUS_PATH}", url.trim_end_matches('/'));
+    let mut interval = tokio::time::interval(RUNNER_POLL_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let fetched = async {
+            client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<Value>()
+                .await
+        }
+        .await;
+        match fetched {
+            Ok(value) => *target.write() = Some(value),
+            Err(error) => tracing::debug!(%error, %url, "batch runner status unavailable"),
+        }
+    }
 }

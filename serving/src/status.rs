@@ -97,7 +97,7 @@ pub async fn snapshot(state: &ServingState) -> Value {
     let speed = {
         let s = state.speed.read();
         let partitions: Vec<Value> = s
-            .offsets
+            .offsets()
             .iter()
             .map(|((topic, partition), offset)| {
                 let end = end_of(topic, *partition);
@@ -112,24 +112,24 @@ pub async fn snapshot(state: &ServingState) -> Value {
             .collect();
         json!({
             "watermark": s.watermark(),
-            "partition_clocks": s.clocks.iter().map(|c| json!({
+            "partition_clocks": s.clocks().iter().map(|c| json!({
                 "topic": c.topic, "partition": c.partition, "max_event_ts": (c.max_ts != i64::MIN).then_some(c.max_ts), "idle": c.idle,
             })).collect::<Vec<_>>(),
-            "max_event_ts": s.max_event_ts,
-            "allowed_lateness_ms": s.allowed_lateness_ms,
-            "windows": s.windows.len(),
-            "events_counted": s.counters.counted,
-            "duplicates": s.counters.duplicates,
-            "late": s.counters.late,
-            "invalid": s.counters.invalid,
+            "max_event_ts": s.max_event_ts(),
+            "allowed_lateness_ms": s.allowed_lateness_ms(),
+            "windows": s.windows().len(),
+            "events_counted": s.counters().counted,
+            "duplicates": s.counters().duplicates,
+            "late": s.counters().late,
+            "invalid": s.counters().invalid,
             "late_ledger": ledger,
             // The newest windows with late events: (topic, window start, count).
             "late_ledger_windows": s.ledger_list().iter().rev().take(LEDGER_WINDOWS_SHOWN)
                 .map(|(t, start, n)| json!({ "topic": t.name(), "window_start": start, "late": n }))
                 .collect::<Vec<_>>(),
-            "last_checkpoint_ms": s.last_checkpoint_ms,
-            "checkpoint_age_ms": s.last_checkpoint_ms.map(|t| now - t),
-            "checkpoint_error": s.checkpoint_error,
+            "last_checkpoint_ms": s.last_checkpoint_ms(),
+            "checkpoint_age_ms": s.last_checkpoint_ms().map(|t| now - t),
+            "checkpoint_error": s.checkpoint_error(),
             "partitions": partitions,
         })
     };
@@ -181,4 +181,62 @@ pub async fn snapshot(state: &ServingState) -> Value {
             .insert(name.clone(), section());
     }
     doc
+}
+
+/// What a process without the query API (`lambda ingest`, `lambda batch`)
+/// says about itself.
+pub struct ProcessTelemetry {
+    /// Problems `/healthz` names (none: `200 ok`).
+    pub problems: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// The sections of `/api/v1/status`.
+    pub sections: Vec<(String, StatusSection)>,
+    /// The families of `/metrics`.
+    pub metrics: Vec<MetricsSection>,
+}
+
+impl std::fmt::Debug for ProcessTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&String> = self.sections.iter().map(|(name, _)| name).collect();
+        f.debug_struct("ProcessTelemetry")
+            .field("sections", &names)
+            .finish()
+    }
+}
+
+/// `/healthz`, `/api/v1/status` and `/metrics` from `telemetry`.
+pub fn process_router(telemetry: ProcessTelemetry) -> axum::Router {
+    use axum::routing::get;
+    let ProcessTelemetry {
+        problems,
+        sections,
+        metrics,
+    } = telemetry;
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let problems = problems();
+                async move { lambda_speed::http::health(&problems) }
+            }),
+        )
+        .route(
+            "/api/v1/status",
+            get(move || {
+                let status: serde_json::Map<String, Value> = sections
+                    .iter()
+                    .map(|(name, section)| (name.clone(), section()))
+                    .collect();
+                async move { axum::Json(Value::Object(status)) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let mut out = String::new();
+                for family in &metrics {
+                    family(&mut out);
+                }
+                async move { crate::metrics::text(out) }
+            }),
+        )
 }

@@ -140,7 +140,51 @@ pub struct AlertRules {
     pub page_error_rate: Option<PageErrorRate>,
 }
 
+/// Rules set one by one (by CLI flags), each replacing that rule of a set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertOverrides {
+    /// Replaces every sensor range, when not empty.
+    pub sensor_range: Vec<SensorRange>,
+    /// Replaces the device-offline threshold.
+    pub offline_after_ms: Option<i64>,
+    /// Replaces the alarm severities (the clearing time is kept).
+    pub severities: Vec<Severity>,
+    /// Replaces the page error-rate threshold (the minimum views is kept).
+    pub error_rate: Option<f64>,
+}
+
 impl AlertRules {
+    /// These rules with the ones `overrides` sets replaced. A rule that is
+    /// off here takes what `overrides` leaves unset from the defaults.
+    pub fn with_overrides(mut self, overrides: &AlertOverrides) -> AlertRules {
+        let defaults = AlertRules::defaults();
+        if !overrides.sensor_range.is_empty() {
+            self.sensor_range = overrides.sensor_range.clone();
+        }
+        if let Some(after_ms) = overrides.offline_after_ms {
+            self.device_offline = Some(DeviceOffline { after_ms });
+        }
+        if !overrides.severities.is_empty() {
+            let clear_after_ms = (self.alarm.as_ref())
+                .or(defaults.alarm.as_ref())
+                .map_or(600_000, |a| a.clear_after_ms);
+            self.alarm = Some(AlarmRule {
+                severities: overrides.severities.clone(),
+                clear_after_ms,
+            });
+        }
+        if let Some(threshold) = overrides.error_rate {
+            let min_views = (self.page_error_rate.as_ref())
+                .or(defaults.page_error_rate.as_ref())
+                .map_or(20, |r| r.min_views);
+            self.page_error_rate = Some(PageErrorRate {
+                threshold,
+                min_views,
+            });
+        }
+        self
+    }
+
     /// The rules `lambda demo` runs with when none are configured: ranges
     /// around the generator's sensors, devices offline over 5 minutes, high
     /// and critical alarms, pages with more than 10% errors.

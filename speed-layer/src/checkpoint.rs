@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
 use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use serde::{Deserialize, Serialize};
@@ -16,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::AlertEngine;
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
-const FORMAT_VERSION: u32 = 1;
+/// The checkpoint format this version writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct CheckpointFile {
@@ -157,18 +157,62 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
     serde_json::to_vec(&file).expect("checkpoint serializes")
 }
 
+/// Why a checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A file operation failed (a full disk, a missing permission).
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a checkpoint this version reads.
+    #[error("the checkpoint does not parse")]
+    Parse(#[source] serde_json::Error),
+    /// A checkpoint of another format version.
+    #[error("checkpoint format {found} is not {FORMAT_VERSION}")]
+    Format {
+        /// The file's format version.
+        found: u32,
+    },
+    /// A checkpoint file that could not be read back ([`load`]).
+    #[error("checkpoint {}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<CheckpointError>,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    let path = path.to_path_buf();
+    move |source| CheckpointError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 /// Restores a state from [`encode`]'s bytes.
 pub fn decode(
     bytes: &[u8],
     allowed_lateness_ms: i64,
     horizon_ms: i64,
-) -> anyhow::Result<SpeedState> {
-    let file: CheckpointFile = serde_json::from_slice(bytes).context("parsing the checkpoint")?;
-    anyhow::ensure!(
-        file.format_version == FORMAT_VERSION,
-        "checkpoint format {} is not {FORMAT_VERSION}",
-        file.format_version
-    );
+) -> Result<SpeedState, CheckpointError> {
+    let file: CheckpointFile = serde_json::from_slice(bytes).map_err(CheckpointError::Parse)?;
+    if file.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::Format {
+            found: file.format_version,
+        });
+    }
     let mut state = SpeedState::new(allowed_lateness_ms, horizon_ms);
     state.max_event_ts = file.max_event_ts;
     state.offsets = file
@@ -226,19 +270,17 @@ pub fn decode(
 }
 
 /// Writes `bytes` to `path` atomically.
-pub fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("checkpoint path has no directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    let mut file = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+    file.write_all(bytes).map_err(io("writing", &tmp))?;
+    file.sync_all().map_err(io("syncing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+        .map_err(io("syncing", dir))
 }
 
 /// Reads the checkpoint at `path`, if there is one.
@@ -246,13 +288,16 @@ pub fn load(
     path: &Path,
     allowed_lateness_ms: i64,
     horizon_ms: i64,
-) -> anyhow::Result<Option<SpeedState>> {
+) -> Result<Option<SpeedState>, CheckpointError> {
     match fs::read(path) {
         Ok(bytes) => decode(&bytes, allowed_lateness_ms, horizon_ms)
-            .with_context(|| format!("checkpoint {}", path.display()))
+            .map_err(|source| CheckpointError::File {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })
             .map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(io("reading", path)(e)),
     }
 }
 

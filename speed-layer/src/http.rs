@@ -14,8 +14,8 @@ use lambda_events::Topic;
 use lambda_log::EventLog;
 use serde_json::json;
 
-use crate::SpeedViews;
 use crate::export::snapshot;
+use crate::{SpeedState, SpeedViews};
 
 /// Path serving polls.
 pub const SNAPSHOT_PATH: &str = "/internal/v1/speed";
@@ -34,7 +34,7 @@ pub fn router(views: SpeedViews, log: Arc<dyn EventLog>) -> Router {
         .route(
             "/healthz",
             get(|State(state): State<HttpState>| async move {
-                health(&problem(&state.views).into_iter().collect::<Vec<_>>())
+                health(&problem(&state.views.read()).into_iter().collect::<Vec<_>>())
             }),
         )
         .route("/metrics", get(metrics))
@@ -87,12 +87,8 @@ async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response 
 
 /// What is wrong with the speed layer, if anything: its checkpoints fail
 /// (it keeps folding and serving reads meanwhile, and recovers by itself).
-pub fn problem(views: &SpeedViews) -> Option<String> {
-    views
-        .read()
-        .checkpoint_error
-        .as_ref()
-        .map(|error| format!("speed layer checkpoint failing: {error}"))
+pub fn problem(state: &SpeedState) -> Option<String> {
+    (state.checkpoint_error()).map(|error| format!("speed layer checkpoint failing: {error}"))
 }
 
 /// `/healthz` of a process: `200 ok`, or `503` naming every problem.

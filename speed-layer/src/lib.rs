@@ -68,7 +68,7 @@ impl SpeedConfig {
     pub fn with_data_dir(data_dir: &std::path::Path) -> SpeedConfig {
         SpeedConfig {
             allowed_lateness_ms: 60_000,
-            horizon_ms: 2 * 3_600_000,
+            horizon_ms: DEFAULT_HORIZON_MS,
             checkpoint_path: data_dir.join("speed").join("checkpoint.json"),
             checkpoint_interval: Duration::from_secs(5),
             instance: (0, 1),
@@ -83,9 +83,36 @@ impl SpeedConfig {
 /// The speed layer's live state, shared with serving (read) and the consumer (write).
 pub type SpeedViews = Arc<RwLock<SpeedState>>;
 
-/// Fresh, empty shared state.
-pub fn new_views(config: &SpeedConfig) -> SpeedViews {
+/// A read-only handle on the speed views: what serving's query handlers
+/// hold. It reads under the read lock and cannot write, so "serving does not
+/// change the speed layer's state" holds by type.
+#[derive(Debug, Clone)]
+pub struct SpeedReader(SpeedViews);
+
+impl SpeedReader {
+    /// A reader of `views`.
+    pub fn new(views: &SpeedViews) -> SpeedReader {
+        SpeedReader(Arc::clone(views))
+    }
+
+    /// The state, under the read lock: hold it only while copying out what
+    /// an answer needs.
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, SpeedState> {
+        self.0.read()
+    }
+}
+
+/// How long the speed layer keeps windows behind its watermark by default.
+pub const DEFAULT_HORIZON_MS: i64 = 2 * 3_600_000;
+
+/// An empty state with `config`'s lateness, horizon and alert rules.
+pub fn empty_state(config: &SpeedConfig) -> SpeedState {
     let mut state = SpeedState::new(config.allowed_lateness_ms, config.horizon_ms);
     state.alerts = alerts::AlertEngine::new(config.alert_rules.clone());
-    Arc::new(RwLock::new(state))
+    state
+}
+
+/// The speed layer's views, empty, with `config`'s lateness, horizon and alert rules.
+pub fn new_views(config: &SpeedConfig) -> SpeedViews {
+    Arc::new(RwLock::new(empty_state(config)))
 }

@@ -100,31 +100,33 @@ impl SpeedCounters {
     }
 }
 
-/// The whole state: windows, watermark, ledger, consumed offsets.
+/// The whole state: windows, watermark, ledger, consumed offsets. Only this
+/// crate changes it (the fold, the checkpoint, B); others read it through
+/// the accessors, or replace it whole (a kappa switch, serving's mirror).
 #[derive(Debug, Clone)]
 pub struct SpeedState {
     /// Allowed lateness in ms.
-    pub allowed_lateness_ms: i64,
+    pub(crate) allowed_lateness_ms: i64,
     /// Eviction horizon behind the watermark, in ms.
-    pub horizon_ms: i64,
+    pub(crate) horizon_ms: i64,
     /// Windows by start time.
-    pub windows: BTreeMap<i64, Window>,
+    pub(crate) windows: BTreeMap<i64, Window>,
     /// Greatest event time seen.
-    pub max_event_ts: Option<i64>,
+    pub(crate) max_event_ts: Option<i64>,
     /// Late events by (topic, window start).
     pub(crate) late_ledger: BTreeMap<(Topic, i64), u64>,
     /// Next offset to consume, by (topic, partition).
-    pub offsets: BTreeMap<(String, u32), u64>,
+    pub(crate) offsets: BTreeMap<(String, u32), u64>,
     /// What has been done.
-    pub counters: SpeedCounters,
+    pub(crate) counters: SpeedCounters,
     /// Wall time of the last checkpoint written (ms).
-    pub last_checkpoint_ms: Option<i64>,
+    pub(crate) last_checkpoint_ms: Option<i64>,
     /// Why the last checkpoint attempt failed, while it keeps failing (a
     /// full disk): the layer goes on folding and retries with backoff, and
     /// `/healthz` and `/api/v1/status` say so.
-    pub checkpoint_error: Option<String>,
+    pub(crate) checkpoint_error: Option<String>,
     /// Checkpoint attempts that failed since the process started.
-    pub checkpoint_failures: u64,
+    pub(crate) checkpoint_failures: u64,
     /// The batch layer's boundary B, when known: windows well before it are
     /// answered by the batch views and need not be kept
     /// ([`SpeedState::set_batch_boundary`]).
@@ -135,13 +137,13 @@ pub struct SpeedState {
     pub(crate) seq: u64,
     /// Identifies this state's lineage: a restored or replaced state gets a
     /// new one, so a reader holding windows by seq knows to start over.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// Event-time progress per partition.
-    pub clocks: Vec<PartitionClock>,
+    pub(crate) clocks: Vec<PartitionClock>,
     /// The current watermark (see [`SpeedState::watermark`]).
     pub(crate) watermark: Watermark,
     /// Alert rules and their state.
-    pub alerts: AlertEngine,
+    pub(crate) alerts: AlertEngine,
     /// Windows starting before this have dropped their id sets (they are
     /// closed: an event for them is late before its id is looked at).
     pub(crate) ids_dropped_before: i64,
@@ -164,6 +166,65 @@ pub struct PartitionClock {
 }
 
 impl SpeedState {
+    /// Allowed lateness in ms.
+    pub fn allowed_lateness_ms(&self) -> i64 {
+        self.allowed_lateness_ms
+    }
+
+    /// Eviction horizon behind the watermark, in ms.
+    pub fn horizon_ms(&self) -> i64 {
+        self.horizon_ms
+    }
+
+    /// Windows by start time.
+    pub fn windows(&self) -> &BTreeMap<i64, Window> {
+        &self.windows
+    }
+
+    /// Greatest event time seen.
+    pub fn max_event_ts(&self) -> Option<i64> {
+        self.max_event_ts
+    }
+
+    /// Next offset to consume, by (topic, partition).
+    pub fn offsets(&self) -> &BTreeMap<(String, u32), u64> {
+        &self.offsets
+    }
+
+    /// What has been done.
+    pub fn counters(&self) -> &SpeedCounters {
+        &self.counters
+    }
+
+    /// Wall time of the last checkpoint written (ms).
+    pub fn last_checkpoint_ms(&self) -> Option<i64> {
+        self.last_checkpoint_ms
+    }
+
+    /// Why the last checkpoint attempt failed, while it keeps failing.
+    pub fn checkpoint_error(&self) -> Option<&str> {
+        self.checkpoint_error.as_deref()
+    }
+
+    /// Checkpoint attempts that failed since the process started.
+    pub fn checkpoint_failures(&self) -> u64 {
+        self.checkpoint_failures
+    }
+
+    /// This state's lineage (see the field).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Event-time progress per partition.
+    pub fn clocks(&self) -> &[PartitionClock] {
+        &self.clocks
+    }
+
+    /// Alert rules and their state.
+    pub fn alerts(&self) -> &AlertEngine {
+        &self.alerts
+    }
     /// An empty state.
     pub fn new(allowed_lateness_ms: i64, horizon_ms: i64) -> SpeedState {
         SpeedState {

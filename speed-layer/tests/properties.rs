@@ -95,7 +95,7 @@ proptest! {
         let mut e = Event::bare("x", EventType::Click, ts);
         e.user_id = Some("u".into());
         state.apply(&e);
-        prop_assert_eq!(state.windows.keys().copied().collect::<Vec<_>>(), vec![start]);
+        prop_assert_eq!(state.windows().keys().copied().collect::<Vec<_>>(), vec![start]);
         for step in [Step::FiveMinutes, Step::Hour, Step::Day] {
             let bucket = floor_to(ts, step.millis());
             prop_assert!(bucket <= start && start + MINUTE_MS <= bucket + step.millis());
@@ -118,11 +118,11 @@ proptest! {
             shuffled.swap(i, (x % (i as u64 + 1)) as usize);
         }
         let other = fold(&shuffled);
-        prop_assert_eq!(other.counters, in_order.counters);
-        prop_assert_eq!(other.counters.late, 0);
-        prop_assert_eq!(other.windows.len(), in_order.windows.len());
-        for (start, window) in &in_order.windows {
-            prop_assert_eq!(&other.windows[start].views, &window.views, "window {}", start);
+        prop_assert_eq!(other.counters(), in_order.counters());
+        prop_assert_eq!(other.counters().late, 0);
+        prop_assert_eq!(other.windows().len(), in_order.windows().len());
+        for (start, window) in in_order.windows() {
+            prop_assert_eq!(&other.windows()[start].views, &window.views, "window {}", start);
         }
         prop_assert_eq!(other.watermark(), in_order.watermark());
     }
@@ -152,8 +152,8 @@ proptest! {
         for e in &events {
             replayed.apply(e);
         }
-        for (start, window) in &whole.windows {
-            prop_assert_eq!(&replayed.windows[start].views, &window.views);
+        for (start, window) in whole.windows() {
+            prop_assert_eq!(&replayed.windows()[start].views, &window.views);
         }
     }
 }

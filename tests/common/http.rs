@@ -2,29 +2,7 @@
 
 use serde_json::Value;
 
-/// Waits for `check` to see what it waits for: calls it every 100 ms until
-/// it returns `Ok`, and returns that value; after `within`, fails the test
-/// naming `what` and the last thing `check` saw (its `Err`).
-pub(crate) async fn eventually<T, F, Fut>(
-    what: &str,
-    within: std::time::Duration,
-    mut check: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(seen) if std::time::Instant::now() >= deadline => {
-                panic!("{what}: not within {within:?}; last seen: {seen}")
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-        }
-    }
-}
+pub(crate) use lambda_testkit::eventually;
 
 /// Waits until the speed layer has read everything in the log (every
 /// partition's lag 0 in `/api/v1/status`); returns that status.

@@ -10,7 +10,11 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod wait;
+
+pub use wait::{POLL_INTERVAL, eventually, eventually_blocking, eventually_every, wait_for_port};
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
 pub fn free_port() -> u16 {
@@ -18,18 +22,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("binding an ephemeral port")
         .port()
-}
-
-/// Waits until something accepts connections on `address`.
-pub fn wait_for_port(address: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if TcpStream::connect(address).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// The tests' Python virtualenv (docker-compose, confluent-kafka, pyarrow),
@@ -87,11 +79,7 @@ impl Tansu {
             _process: KillOnDrop(child),
             address: format!("127.0.0.1:{port}"),
         };
-        assert!(
-            wait_for_port(&tansu.address, Duration::from_secs(30)),
-            "tansu did not listen on {}",
-            tansu.address
-        );
+        wait_for_port(&tansu.address, Duration::from_secs(30));
         tansu
     }
 
@@ -142,14 +130,15 @@ impl Moto {
             bucket: bucket.to_string(),
         };
         let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if put_bucket(&address, bucket).is_some_and(|status| (200..300).contains(&status)) {
-                return moto;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("moto_server did not come up on port {port}");
+        eventually_blocking(
+            &format!("moto_server creating bucket {bucket} on port {port}"),
+            Duration::from_secs(30),
+            || match put_bucket(&address, bucket) {
+                Some(status) if (200..300).contains(&status) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        moto
     }
 }
 

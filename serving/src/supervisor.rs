@@ -1,7 +1,8 @@
 //! Named tasks under one root `CancellationToken`: a signal or any task's
 //! error cancels the rest, they drain within [`SHUTDOWN_GRACE`], then the log
 //! (if the process has one) is closed. Every process — the demo and each
-//! role — runs its work through one.
+//! role — runs its work through one; each layer's start function returns
+//! its tasks as named [`Task`]s for it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often log retention is applied.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A layer's long-running task, as its start function returns it: it ends
+/// when the process's shutdown token is cancelled.
+pub type Task = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
@@ -48,6 +53,38 @@ impl Supervisor {
         self.tasks.spawn(async move { (name, task.await) });
     }
 
+    /// Runs every named task.
+    pub fn spawn_all(&mut self, tasks: impl IntoIterator<Item = (&'static str, Task)>) {
+        for (name, task) in tasks {
+            self.spawn(name, task);
+        }
+    }
+
+    /// Cancels every task on Ctrl-C or SIGTERM.
+    pub fn cancel_on_signal(&self) {
+        let token = self.shutdown.clone();
+        tokio::spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            let terminate = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let terminate = std::future::pending::<()>();
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate => {}
+            }
+            tracing::info!("shutdown requested");
+            token.cancel();
+        });
+    }
+
     /// Binds `listen` and serves `app` on it until shutdown; returns the bound address.
     pub async fn serve_http(
         &mut self,
@@ -60,7 +97,7 @@ impl Supervisor {
         let addr = listener.local_addr().context("reading the bound address")?;
         let token = self.shutdown.clone();
         self.spawn("http", async move {
-            lambda_serving::server::serve(listener, app, Default::default(), token).await;
+            crate::server::serve(listener, app, Default::default(), token).await;
             Ok(())
         });
         Ok(addr)

@@ -1,0 +1,156 @@
+//! `lambda bench batch`: the master dataset's Parquet writer beside DuckDB.
+
+use anyhow::Context;
+use lambda_events::{Event, Topic};
+use lambda_ingest::generator::{Generator, GeneratorConfig};
+
+use crate::measure::{Measured, measure, spinner};
+
+/// Settings of the batch benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchBench {
+    /// Events to generate, e.g. 1000000.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Small files per topic that compaction merges.
+    #[arg(long, default_value_t = 8)]
+    pub files: usize,
+}
+
+/// One writer's figures.
+#[derive(Default)]
+struct Written {
+    rows: u64,
+    bytes: u64,
+    measured: Measured,
+}
+
+impl Written {
+    fn rate(&self) -> f64 {
+        let cpu = if self.measured.cpu.is_zero() {
+            self.measured.wall
+        } else {
+            self.measured.cpu
+        };
+        self.rows as f64 / cpu.as_secs_f64().max(1e-9)
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!(
+            "  {name:<34} {:>10.0} rows/s per core  {:>8.2} MB  (cpu {:.2} s, wall {:.2} s)",
+            self.rate(),
+            self.bytes as f64 / 1e6,
+            self.measured.cpu.as_secs_f64(),
+            self.measured.wall.as_secs_f64()
+        )
+    }
+}
+
+/// `lambda bench batch`: the master dataset's Parquet writer (sorting and
+/// writing a run's events; compacting small files into one) beside DuckDB's
+/// `COPY … TO … (FORMAT parquet, COMPRESSION zstd)` of the same rows, in
+/// the same process and run.
+pub async fn run(bench: BatchBench) -> anyhow::Result<()> {
+    use lambda_batch::baseline::DuckTable;
+    use lambda_batch::master::{self, LoggedEvent};
+
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let bar = spinner("generating events");
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: 1,
+        start_ms: 1_767_225_600_000,
+        rate: 200.0,
+        late_fraction: 0.0,
+        duplicate_fraction: 0.0,
+        malformed_fraction: 0.0,
+        ..GeneratorConfig::default()
+    });
+    let mut by_topic: std::collections::BTreeMap<Topic, Vec<LoggedEvent>> = Default::default();
+    for offset in 0..bench.events {
+        let event = Event::from_json(&generator.next_line().bytes)
+            .context("the generator made an invalid line")?;
+        by_topic
+            .entry(event.topic())
+            .or_default()
+            .push(LoggedEvent {
+                event,
+                partition: 0,
+                offset: offset as u64,
+            });
+    }
+    bar.finish_and_clear();
+
+    let mut ours = Written::default();
+    let mut compacted = Written::default();
+    let mut duck = Written::default();
+    for (topic, events) in &mut by_topic {
+        let topic = *topic;
+        // Ours, a run's write: sort the events, encode them as one file.
+        let bar = spinner(&format!("{topic}: ours"));
+        let (bytes, m) = measure(|| {
+            events.sort_by(|a, b| {
+                (a.event.ts, &a.event.event_id).cmp(&(b.event.ts, &b.event.event_id))
+            });
+            master::encode(topic, events)
+        });
+        let bytes = bytes?;
+        bar.finish_and_clear();
+        add(&mut ours, events.len() as u64, bytes.len() as u64, &m);
+        let whole = dir.path().join(format!("{topic}-ours.parquet"));
+        std::fs::write(&whole, &bytes)?;
+
+        // Compaction's input: the same rows as small files, as runs leave them.
+        let chunk = events.len().div_ceil(bench.files.max(1));
+        let mut small = Vec::new();
+        for (i, part) in events.chunks(chunk.max(1)).enumerate() {
+            let path = dir.path().join(format!("{topic}-small-{i}.parquet"));
+            std::fs::write(&path, master::encode(topic, part)?)?;
+            small.push(path);
+        }
+        let bar = spinner(&format!("{topic}: compaction"));
+        let (merged, m) = measure(|| master::compact(topic, &small));
+        let merged = merged?;
+        bar.finish_and_clear();
+        add(&mut compacted, events.len() as u64, merged.len() as u64, &m);
+
+        // DuckDB: the same rows in a table (not timed), then COPY.
+        let bar = spinner(&format!("{topic}: duckdb copy"));
+        let table = DuckTable::load(std::slice::from_ref(&whole))?;
+        anyhow::ensure!(
+            table.rows() == events.len() as u64,
+            "duckdb loaded {} of {} rows",
+            table.rows(),
+            events.len()
+        );
+        let out = dir.path().join(format!("{topic}-duckdb.parquet"));
+        let (copied, m) = measure(|| table.copy_to(&out));
+        copied?;
+        bar.finish_and_clear();
+        add(&mut duck, table.rows(), std::fs::metadata(&out)?.len(), &m);
+    }
+    println!(
+        "lambda bench batch: {} events, compaction input {} files per topic",
+        bench.events, bench.files
+    );
+    println!("{}", duck.line("duckdb COPY (baseline)"));
+    println!("{}", ours.line("ours: sort + write a run's file"));
+    println!("{}", compacted.line("ours: compact small files"));
+    println!(
+        "  speed vs duckdb: write {:.2}x, compaction {:.2}x (aim: at least 1.00)",
+        ours.rate() / duck.rate(),
+        compacted.rate() / duck.rate()
+    );
+    println!(
+        "  size vs duckdb:  write {:.3}x, compaction {:.3}x (aim: at most 1.10)",
+        ours.bytes as f64 / duck.bytes as f64,
+        compacted.bytes as f64 / duck.bytes as f64
+    );
+    Ok(())
+}
+
+fn add(total: &mut Written, rows: u64, bytes: u64, m: &Measured) {
+    total.rows += rows;
+    total.bytes += bytes;
+    total.measured.cpu += m.cpu;
+    total.measured.wall += m.wall;
+}

@@ -1,0 +1,60 @@
+//! What every benchmark measures with: CPU and wall time of a step, the
+//! process's memory, a spinner while a step runs.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// CPU time of this process so far (user + system), from `/proc/self/stat`.
+pub(crate) fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// `VmRSS` and `VmHWM` of this process, in bytes.
+pub(crate) fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+#[derive(Default)]
+pub(crate) struct Measured {
+    pub(crate) cpu: Duration,
+    pub(crate) wall: Duration,
+}
+
+pub(crate) fn measure<T>(f: impl FnOnce() -> T) -> (T, Measured) {
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let out = f();
+    let measured = Measured {
+        cpu: cpu_time().saturating_sub(cpu0),
+        wall: wall0.elapsed(),
+    };
+    (out, measured)
+}
+
+pub(crate) fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("a template"));
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}

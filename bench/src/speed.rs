@@ -1,0 +1,200 @@
+//! `lambda bench speed`: how fast the speed layer turns log records into
+//! views, per core, beside a parse-only baseline on the same bytes in the
+//! same run, plus the state's size and the process's memory.
+//!
+//! 1. N seeded generator lines are appended to an embedded log in a
+//!    temporary directory (not timed).
+//! 2. Baseline: `Event::from_record` over the same record values, nothing else.
+//! 3. Log → views: fetch from the log in the speed layer's batch size, decode,
+//!    fold into windows (dedup, sketches, late ledger), as `lambda speed` does.
+//!
+//! Rates are events per CPU-second of this process (user + system), so they
+//! are per core; wall rates are printed beside them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use lambda_events::{Event, Topic};
+use lambda_ingest::generator::{Generator, GeneratorConfig};
+use lambda_log::{EmbeddedConfig, EventLog, FetchPosition, Record};
+use lambda_speed::SpeedConfig;
+
+use crate::measure::{Measured, cpu_time, measure, memory, spinner};
+
+/// Settings of the speed benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpeedBench {
+    /// Events to generate, e.g. 500000.
+    #[arg(long, default_value_t = 500_000)]
+    pub events: usize,
+    /// Size of the user population.
+    #[arg(long, default_value_t = 5_000)]
+    pub users: u32,
+    /// Number of IoT devices.
+    #[arg(long, default_value_t = 50)]
+    pub devices: u32,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(bench: SpeedBench) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let log: Arc<dyn EventLog> = lambda_log::open(
+        &format!("embedded://{}", dir.path().join("log").display()),
+        EmbeddedConfig::default(),
+    )
+    .await?;
+    lambda_ingest::ensure_topics(&log, bench.partitions).await?;
+
+    // 1. Generate and append (not timed).
+    let bar = ProgressBar::new(bench.events as u64);
+    bar.set_style(
+        ProgressStyle::with_template("appending {pos}/{len} events to a log {bar:30} {elapsed}")
+            .expect("a template"),
+    );
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: 1,
+        start_ms: 1_767_225_600_000,
+        rate: 200.0,
+        users: bench.users,
+        devices: bench.devices,
+        late_fraction: 0.01,
+        duplicate_fraction: 0.01,
+        malformed_fraction: 0.0,
+        ..GeneratorConfig::default()
+    });
+    let mut values: Vec<(String, Vec<u8>)> = Vec::with_capacity(bench.events);
+    let mut pending: Vec<(String, Record)> = Vec::new();
+    for _ in 0..bench.events {
+        let line = generator.next_line().bytes;
+        let event = Event::from_json(&line).context("the generator made an invalid line")?;
+        let topic = event.topic().name().to_string();
+        let key = event
+            .user_id
+            .clone()
+            .or_else(|| event.device_id.clone())
+            .unwrap_or_default();
+        pending.push((topic.clone(), Record::keyed(key, line.clone(), event.ts)));
+        values.push((topic, line));
+        if pending.len() == 10_000 {
+            append(&log, &mut pending).await?;
+            bar.set_position(values.len() as u64);
+        }
+    }
+    append(&log, &mut pending).await?;
+    bar.finish_and_clear();
+
+    // 2. Baseline: parse only, the same bytes.
+    let bar = spinner("parse-only baseline");
+    let (parsed, base) = measure(|| {
+        values
+            .iter()
+            .filter(|(topic, bytes)| Event::from_record(bytes, topic).is_ok())
+            .count()
+    });
+    bar.finish_and_clear();
+    anyhow::ensure!(
+        parsed == values.len(),
+        "the baseline parsed {parsed} of {}",
+        values.len()
+    );
+    drop(values);
+
+    // 3. From the log into views.
+    let bar = spinner("log → views");
+    let config = SpeedConfig::with_data_dir(dir.path());
+    let views = lambda_speed::new_views(&config);
+    let mut positions = Vec::new();
+    for topic in Topic::ALL {
+        for partition in 0..bench.partitions {
+            positions.push(FetchPosition {
+                topic: topic.name().to_string(),
+                partition,
+                offset: 0,
+            });
+        }
+    }
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let mut read = 0usize;
+    while read < bench.events {
+        let records = log
+            .fetch(&positions, 4096, Duration::from_millis(100))
+            .await?;
+        anyhow::ensure!(!records.is_empty(), "the log ended after {read} records");
+        read += records.len();
+        lambda_speed::consumer::apply(&views, &mut positions, records);
+    }
+    let full = Measured {
+        cpu: cpu_time().saturating_sub(cpu0),
+        wall: wall0.elapsed(),
+    };
+    bar.finish_and_clear();
+
+    let state = views.read();
+    let checkpoint = lambda_speed::checkpoint::encode(&state);
+    let (rss, peak) = memory();
+    let per_sec = |d: Duration| bench.events as f64 / d.as_secs_f64().max(1e-9);
+    // Per core: over CPU time (the wall time if the clock ticks are too coarse to see).
+    let per_core = |m: &Measured| per_sec(if m.cpu.is_zero() { m.wall } else { m.cpu });
+    let base_rate = per_core(&base);
+    let full_rate = per_core(&full);
+    println!(
+        "lambda bench speed: {} events ({} users, {} devices, {} partitions per topic)",
+        bench.events, bench.users, bench.devices, bench.partitions
+    );
+    println!(
+        "  parse only (baseline): {:>10.0} events/s per core   (cpu {:.2} s, wall {:.2} s)",
+        base_rate,
+        base.cpu.as_secs_f64(),
+        base.wall.as_secs_f64()
+    );
+    println!(
+        "  log -> views:          {:>10.0} events/s per core   (cpu {:.2} s, wall {:.2} s, {:.0} events/s wall)",
+        full_rate,
+        full.cpu.as_secs_f64(),
+        full.wall.as_secs_f64(),
+        per_sec(full.wall)
+    );
+    println!(
+        "  ratio log->views / parse-only: {:.2} (aim: at least 0.50)",
+        full_rate / base_rate
+    );
+    println!(
+        "  state: {} windows, {} counted, {} duplicates, {} late; checkpoint {:.1} MB",
+        state.windows().len(),
+        state.counters().counted,
+        state.counters().duplicates,
+        state.counters().late,
+        checkpoint.len() as f64 / 1e6
+    );
+    println!(
+        "  memory: RSS {:.0} MB now, peak {:.0} MB (the whole benchmark process, generated bytes included)",
+        rss as f64 / 1e6,
+        peak as f64 / 1e6
+    );
+    drop(state);
+    log.close().await?;
+    Ok(())
+}
+
+async fn append(
+    log: &Arc<dyn EventLog>,
+    pending: &mut Vec<(String, Record)>,
+) -> anyhow::Result<()> {
+    for topic in Topic::ALL {
+        let records: Vec<Record> = pending
+            .iter()
+            .filter(|(t, _)| t == topic.name())
+            .map(|(_, r)| r.clone())
+            .collect();
+        if !records.is_empty() {
+            log.append(topic.name(), records).await?;
+        }
+    }
+    pending.clear();
+    Ok(())
+}

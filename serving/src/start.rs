@@ -1,0 +1,175 @@
+//! Serving, started from its sources. `lambda demo` passes the layers
+//! running in its own process; `lambda serve` passes other processes' URLs.
+//! Either way the routes, the view loader and the status are the same code:
+//! only where the views come from differs.
+
+use std::sync::Arc;
+
+use axum::Router;
+use lambda_lake::Lake;
+use lambda_log::EventLog;
+use lambda_speed::{SpeedReader, SpeedState, SpeedViews};
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{AdminState, BatchRunner};
+use crate::status::{MetricsSection, StatusSection};
+use crate::supervisor::Task;
+use crate::{SharedBatchViews, StatusSources};
+
+/// Where serving reads the speed layer's views.
+#[derive(Debug, Clone)]
+pub enum SpeedSource {
+    /// The speed layer (or kappa's live views) in this process. Serving's
+    /// view loader moves its boundary B when it loads new batch views, so
+    /// both sides of B change together.
+    Local(SpeedViews),
+    /// Speed instances by base URL (`http://speed:8082`), mirrored by
+    /// polling `GET /internal/v1/speed`; each learns B from the lake itself.
+    Remote(Vec<String>),
+}
+
+/// What serving answers from.
+pub struct Sources {
+    /// The speed layer's views.
+    pub speed: SpeedSource,
+    /// The lake whose batch views serving merges below B (`None`: kappa
+    /// mode, no batch views).
+    pub lake: Option<Lake>,
+    /// The batch runner, for the status and the admin routes.
+    pub runner: BatchRunner,
+    /// The log, for end offsets and lag in the status.
+    pub log: Option<Arc<dyn EventLog>>,
+    /// Extra named sections of `/api/v1/status` (they replace built-in ones
+    /// of the same name).
+    pub sections: Vec<(String, StatusSection)>,
+    /// Extra metric families of `/metrics`.
+    pub metrics: Vec<MetricsSection>,
+}
+
+/// Serving's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The speed layer's allowed lateness (mirrored views are kept with it).
+    pub allowed_lateness_ms: i64,
+    /// Bearer token of the admin endpoints (`None`: they are off).
+    pub admin_token: Option<String>,
+}
+
+/// Serving, started: its routes, the views they read, and the tasks that
+/// keep those views current (for the caller's supervisor).
+pub struct Started {
+    /// The query API, status, health, metrics, dashboard and admin routes.
+    pub router: Router,
+    /// The speed views the routes read (the mirror's, for remote sources).
+    pub speed: SpeedViews,
+    /// The batch views the routes read.
+    pub batch: SharedBatchViews,
+    /// The admin routes' state (other layers' admin routes share its token).
+    pub admin: AdminState,
+    /// View loader, alert feed, speed mirror, runner status follower.
+    pub tasks: Vec<(&'static str, Task)>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sections: Vec<&String> = self.sections.iter().map(|(name, _)| name).collect();
+        f.debug_struct("Sources")
+            .field("speed", &self.speed)
+            .field("lake", &self.lake)
+            .field("runner", &self.runner)
+            .field("log", &self.log)
+            .field("sections", &sections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tasks: Vec<&str> = self.tasks.iter().map(|(name, _)| *name).collect();
+        f.debug_struct("Started")
+            .field("tasks", &tasks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts serving on `sources`; its tasks end when `shutdown` is cancelled.
+pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToken) -> Started {
+    let mut tasks: Vec<(&'static str, Task)> = Vec::new();
+    let alerts: crate::alerts::SharedFeed = Arc::default();
+    let mut sections = Vec::new();
+    let (speed, local_speed) = match sources.speed {
+        SpeedSource::Local(views) => {
+            let task = crate::alerts::run_local_source(
+                Arc::clone(&views),
+                Arc::clone(&alerts),
+                shutdown.clone(),
+            );
+            tasks.push(("alerts", Box::pin(task)));
+            (Arc::clone(&views), Some(views))
+        }
+        SpeedSource::Remote(urls) => {
+            let views: SpeedViews = Arc::new(RwLock::new(SpeedState::new(
+                config.allowed_lateness_ms,
+                lambda_speed::DEFAULT_HORIZON_MS,
+            )));
+            let health: crate::remote::SpeedHealth = Arc::default();
+            let mirror = crate::remote::run_speed_mirror(
+                urls,
+                Arc::clone(&views),
+                Arc::clone(&alerts),
+                Arc::clone(&health),
+                lambda_speed::DEFAULT_HORIZON_MS,
+                shutdown.clone(),
+            );
+            tasks.push(("speed-mirror", Box::pin(mirror)));
+            let section: StatusSection = Arc::new(move || crate::remote::health_section(&health));
+            sections.push(("speed_instances".to_string(), section));
+            (views, None)
+        }
+    };
+    let batch = match sources.lake {
+        Some(lake) => {
+            let (views, loader) =
+                crate::start_batch_views(lake, local_speed, shutdown.clone()).await;
+            tasks.push(("view-loader", loader));
+            views
+        }
+        None => SharedBatchViews::default(),
+    };
+    let (local_batch, remote_batch) = match &sources.runner {
+        BatchRunner::Local(handle) => (Some(handle.clone()), None),
+        BatchRunner::Remote(url) => {
+            let cell: Arc<RwLock<Option<serde_json::Value>>> = Arc::default();
+            let follow =
+                crate::remote::follow_runner(url.clone(), Arc::clone(&cell), shutdown.clone());
+            tasks.push(("runner-status", Box::pin(follow)));
+            (None, Some(cell))
+        }
+        BatchRunner::Absent => (None, None),
+    };
+    sections.extend(sources.sections);
+    let state = crate::ServingState {
+        alerts,
+        requests: Arc::default(),
+        cache: Arc::default(),
+        speed: SpeedReader::new(&speed),
+        batch: Arc::clone(&batch),
+        status: StatusSources {
+            log: sources.log,
+            batch: local_batch,
+            remote_batch,
+            sections,
+            metrics: sources.metrics,
+        },
+    };
+    let admin = AdminState::new(config.admin_token, sources.runner);
+    let router = crate::router(state).merge(crate::admin::router(admin.clone()));
+    Started {
+        router,
+        speed,
+        batch,
+        admin,
+        tasks,
+    }
+}
