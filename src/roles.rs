@@ -17,12 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::routing::get;
 use lambda_batch::{Lake, LakeWriter, RunContext};
 use lambda_ingest::{IngestConfig, IngestState};
 use lambda_log::{EmbeddedConfig, EventLog};
 use lambda_serving::admin::{AdminState, BatchRunner};
-use lambda_serving::remote::RUNNER_STATUS_PATH;
 use lambda_serving::status::{MetricsSection, ProcessTelemetry, StatusSection, process_router};
 use lambda_serving::{SpeedSource, Supervisor};
 use lambda_speed::SpeedConfig;
@@ -287,33 +285,7 @@ pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyho
     let ctx = shared.run_context(log, lake);
     let started = lambda_batch::start(schedule, ctx, supervisor.shutdown.clone());
     supervisor.spawn("batch", started.task);
-    let handle = started.handle;
-    let (status, section, health, metrics) = (
-        handle.clone(),
-        handle.clone(),
-        handle.clone(),
-        handle.clone(),
-    );
-    let telemetry = ProcessTelemetry {
-        problems: Arc::new(move || health.status.read().unhealthy().into_iter().collect()),
-        sections: vec![(
-            "batch".to_string(),
-            Arc::new(move || lambda_serving::status::runner_status(&section.status.read())),
-        )],
-        metrics: vec![Arc::new(move |out: &mut String| {
-            lambda_serving::metrics::runner_metrics(&metrics.status.read(), out)
-        })],
-    };
-    let admin = AdminState::new(shared.admin_token.clone(), BatchRunner::Local(handle));
-    let app = process_router(telemetry)
-        .route(
-            RUNNER_STATUS_PATH,
-            get(move || {
-                let s = status.status.read().clone();
-                async move { axum::Json(lambda_serving::status::runner_status(&s)) }
-            }),
-        )
-        .merge(lambda_serving::admin::router(admin));
+    let app = lambda_serving::remote::runner_router(started.handle, shared.admin_token.clone());
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, %schedule, "batch started");
     Ok(Running { addr, supervisor })

@@ -192,3 +192,40 @@ pub async fn follow_runner(
         }
     }
 }
+
+/// The batch runner's own HTTP surface (`lambda batch`): `/healthz`,
+/// `/api/v1/status` and `/metrics` about its runs, [`RUNNER_STATUS_PATH`]
+/// for [`follow_runner`], and the admin routes that start a run.
+pub fn runner_router(
+    handle: lambda_lake::BatchHandle,
+    admin_token: Option<String>,
+) -> axum::Router {
+    use crate::status::{ProcessTelemetry, process_router, runner_status};
+    let (status, section, health, metrics) = (
+        handle.clone(),
+        handle.clone(),
+        handle.clone(),
+        handle.clone(),
+    );
+    let telemetry = ProcessTelemetry {
+        problems: Arc::new(move || health.status.read().unhealthy().into_iter().collect()),
+        sections: vec![(
+            "batch".to_string(),
+            Arc::new(move || runner_status(&section.status.read())),
+        )],
+        metrics: vec![Arc::new(move |out: &mut String| {
+            crate::metrics::runner_metrics(&metrics.status.read(), out)
+        })],
+    };
+    let admin =
+        crate::admin::AdminState::new(admin_token, crate::admin::BatchRunner::Local(handle));
+    process_router(telemetry)
+        .route(
+            RUNNER_STATUS_PATH,
+            axum::routing::get(move || {
+                let s = status.status.read().clone();
+                async move { axum::Json(runner_status(&s)) }
+            }),
+        )
+        .merge(crate::admin::router(admin))
+}
