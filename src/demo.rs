@@ -12,17 +12,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lambda_batch::{BatchHandle, Lake, RunReport};
+use lambda_ingest::IngestConfig;
 use lambda_ingest::generator::GeneratorConfig;
 use lambda_ingest::sender::SenderConfig;
-use lambda_ingest::{IngestConfig, IngestState};
 use lambda_log::EventLog;
 use lambda_serving::admin::BatchRunner;
 use lambda_serving::{SharedBatchViews, Sources, SpeedSource, Supervisor};
-use lambda_speed::SpeedViews;
+use lambda_speed::{SpeedBoundary, SpeedReader};
 use tokio_util::sync::CancellationToken;
 
-use crate::kappa::{Architecture, Boundary, Kappa, KappaRoutes};
-use crate::roles::{Shared, ingest_telemetry};
+use crate::roles::Shared;
+use lambda_kappa::{Architecture, Boundary, Kappa, KappaRoutes};
 
 /// Traffic the built-in generator sends.
 #[derive(Debug, Clone)]
@@ -99,7 +99,8 @@ pub struct Demo {
     /// The batch views serving answers from.
     pub batch_views: SharedBatchViews,
     /// The speed layer's views (in kappa mode, the current version's).
-    pub speed: SpeedViews,
+    pub speed: SpeedReader,
+    boundary: Option<SpeedBoundary>,
     /// The kappa views and their replays (kappa mode only).
     pub kappa: Option<Arc<Kappa>>,
     supervisor: Supervisor,
@@ -122,7 +123,7 @@ impl Demo {
         // Speed layer (in kappa mode, the current view version and its
         // replays); serving below moves its B. The collector already
         // dead-letters invalid lines.
-        let speed = crate::kappa::start_speed(
+        let speed = lambda_kappa::start_speed(
             shared.architecture,
             shared.data_dir.join("kappa"),
             shared.speed_config(),
@@ -146,37 +147,41 @@ impl Demo {
         };
 
         // Ingest and serving, on one port.
-        let ingest = IngestState::new(Arc::clone(&log), IngestConfig::default());
-        let (ingest_section, ingest_metrics) = ingest_telemetry(&ingest);
+        let ingest = lambda_ingest::start(Arc::clone(&log), IngestConfig::default());
         let sources = Sources {
-            speed: SpeedSource::Local(speed.views),
+            speed: SpeedSource::Local(
+                SpeedReader::new(&speed.views),
+                SpeedBoundary::new(&speed.views),
+            ),
             lake: lambda.then(|| lake.clone()),
             runner: match lambda {
                 true => BatchRunner::Local(batch.clone()),
                 false => BatchRunner::Absent,
             },
             log: Some(Arc::clone(&log)),
-            sections: crate::kappa::status_sections(shared.architecture, kappa.as_ref())
+            sections: lambda_kappa::status_sections(shared.architecture, kappa.as_ref())
                 .into_iter()
-                .chain([("ingest".to_string(), ingest_section)])
+                .chain([("ingest".to_string(), ingest.status)])
                 .collect(),
-            metrics: vec![ingest_metrics],
+            metrics: vec![ingest.metrics],
         };
         let serving = lambda_serving::start(shared.serving_config(), sources, &shutdown).await;
         supervisor.spawn_all(serving.tasks);
-        let compare = crate::compare::CompareState::new(crate::compare::CompareSources {
-            log: Arc::clone(&log),
-            lake: lambda.then(|| lake.clone()),
-            allowed_lateness_ms: shared.allowed_lateness_ms,
-        });
+        let compare =
+            lambda_kappa::compare::CompareState::new(lambda_kappa::compare::CompareSources {
+                log: Arc::clone(&log),
+                lake: lambda.then(|| lake.clone()),
+                allowed_lateness_ms: shared.allowed_lateness_ms,
+            });
         let kappa_routes = KappaRoutes {
             kappa: kappa.clone(),
             admin: serving.admin,
         };
-        let app = lambda_ingest::router(ingest)
+        let app = ingest
+            .router
             .merge(serving.router)
-            .merge(crate::compare::router(compare))
-            .merge(crate::kappa::router(kappa_routes));
+            .merge(lambda_kappa::compare::router(compare))
+            .merge(lambda_kappa::router(kappa_routes));
         let addr = supervisor.serve_http(config.listen, app).await?;
         supervisor.spawn_retention(Arc::clone(&log));
 
@@ -194,6 +199,7 @@ impl Demo {
             batch,
             batch_views: serving.batch,
             speed: serving.speed,
+            boundary: serving.boundary,
             kappa,
             supervisor,
         })
@@ -202,7 +208,7 @@ impl Demo {
     /// Runs a batch now and makes serving load its views before returning.
     pub async fn run_batch(&self) -> anyhow::Result<RunReport> {
         let report = self.batch.run_now().await?;
-        lambda_serving::refresh_batch_views(&self.lake, &self.batch_views, Some(&self.speed))
+        lambda_serving::refresh_batch_views(&self.lake, &self.batch_views, self.boundary.as_ref())
             .await?;
         Ok(report)
     }

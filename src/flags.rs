@@ -9,8 +9,8 @@ use clap::Args;
 use clap::builder::TypedValueParser;
 use lambda_events::Severity;
 use lambda_events::time::parse_duration;
+use lambda_kappa::Architecture;
 use lambda_pipeline::demo::GeneratorSettings;
-use lambda_pipeline::kappa::Architecture;
 use lambda_pipeline::roles::Shared;
 use lambda_speed::alerts::{AlertOverrides, AlertRules, SensorRange};
 

@@ -278,21 +278,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Generate(args) => generate(args).await,
         Command::Compare(args) => {
             let (json, comparison) =
-                lambda_pipeline::kappa::client::compare(&args.url, args.from, args.to).await?;
+                lambda_kappa::client::compare(&args.url, args.from, args.to).await?;
             match args.json {
                 true => println!("{json}"),
-                false => print!("{}", lambda_pipeline::compare::render(&comparison)),
+                false => print!("{}", lambda_kappa::compare::render(&comparison)),
             }
             Ok(())
         }
         Command::Kappa(KappaCommand::Replay(args)) => {
-            let request = lambda_pipeline::kappa::client::ReplayRequest {
+            let request = lambda_kappa::client::ReplayRequest {
                 url: args.url,
                 admin_token: args.admin_token,
                 allowed_lateness: args.allowed_lateness,
                 progress: !args.no_progress,
             };
-            println!("{}", lambda_pipeline::kappa::client::replay(request).await?);
+            println!("{}", lambda_kappa::client::replay(request).await?);
             Ok(())
         }
         Command::Bench(BenchCommand::Speed(bench)) => lambda_bench::speed::run(bench).await,

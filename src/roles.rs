@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lambda_batch::{Lake, LakeWriter, RunContext};
-use lambda_ingest::{IngestConfig, IngestState};
+use lambda_ingest::IngestConfig;
 use lambda_log::{EmbeddedConfig, EventLog};
 use lambda_serving::admin::{AdminState, BatchRunner};
-use lambda_serving::status::{MetricsSection, ProcessTelemetry, StatusSection, process_router};
+use lambda_serving::status::{ProcessTelemetry, process_router};
 use lambda_serving::{SpeedSource, Supervisor};
 use lambda_speed::SpeedConfig;
 
-use crate::kappa::{Architecture, Boundary, KappaRoutes};
+use lambda_kappa::{Architecture, Boundary, KappaRoutes};
 
 /// Settings every role shares.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ pub struct Shared {
     pub alert_rules: lambda_speed::alerts::AlertRules,
     /// Bearer token of the admin endpoints (`None`: they are off).
     pub admin_token: Option<String>,
-    /// Lambda, or kappa (no batch layer; see [`crate::kappa`]).
+    /// Lambda, or kappa (no batch layer; see [`lambda_kappa`]).
     pub architecture: Architecture,
 }
 
@@ -96,17 +96,22 @@ impl Shared {
 
     /// Opens the lake, read-only (serving, the speed layer's boundary).
     pub fn open_lake(&self) -> anyhow::Result<Lake> {
-        self.open_lake_writer().map(|writer| writer.lake().clone())
+        let url = self.lake_url();
+        Lake::open_with_options(&url, self.lake_options.clone(), self.data_dir.join("cache"))
+            .with_context(|| format!("opening the lake {url}"))
     }
 
     /// Opens the lake for writing: the batch layer only.
     pub fn open_lake_writer(&self) -> anyhow::Result<LakeWriter> {
-        let url = self
-            .lake_url
-            .clone()
-            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()));
+        let url = self.lake_url();
         LakeWriter::open_with_options(&url, self.lake_options.clone(), self.data_dir.join("cache"))
             .with_context(|| format!("opening the lake {url}"))
+    }
+
+    fn lake_url(&self) -> String {
+        self.lake_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()))
     }
 
     /// The speed layer's settings with these.
@@ -166,30 +171,16 @@ pub struct Running {
     pub supervisor: Supervisor,
 }
 
-/// The collector's status section and metric families.
-pub fn ingest_telemetry(ingest: &IngestState) -> (StatusSection, MetricsSection) {
-    let counters = Arc::clone(&ingest.counters);
-    let section: StatusSection = Arc::new(move || counters.status());
-    let counters = Arc::clone(&ingest.counters);
-    let metrics: MetricsSection = Arc::new(move |out: &mut String| {
-        for (name, kind, help, samples) in counters.metric_families() {
-            lambda_serving::metrics::family(out, name, kind, help, &samples);
-        }
-    });
-    (section, metrics)
-}
-
 /// `lambda ingest`: the collector, writing to the shared log.
 pub async fn ingest(shared: &Shared, listen: SocketAddr) -> anyhow::Result<Running> {
     shared.require_shared_log("ingest")?;
     let log = shared.open_log().await?;
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
-    let state = IngestState::new(log, IngestConfig::default());
-    let (section, metrics) = ingest_telemetry(&state);
-    let app = lambda_ingest::router(state).merge(process_router(ProcessTelemetry {
+    let ingest = lambda_ingest::start(log, IngestConfig::default());
+    let app = ingest.router.merge(process_router(ProcessTelemetry {
         problems: Arc::new(Vec::new),
-        sections: vec![("ingest".to_string(), section)],
-        metrics: vec![metrics],
+        sections: vec![("ingest".to_string(), ingest.status)],
+        metrics: vec![ingest.metrics],
     }));
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, "ingest started");
@@ -254,7 +245,7 @@ pub async fn speed(
     }
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
     // Each instance keeps its own kappa view versions.
-    let started = crate::kappa::start_speed(
+    let started = lambda_kappa::start_speed(
         shared.architecture,
         shared.data_dir.join(format!("kappa{suffix}")),
         config,
@@ -269,7 +260,7 @@ pub async fn speed(
         kappa: started.kappa,
         admin,
     };
-    let app = lambda_speed::http::router(started.views, log).merge(crate::kappa::router(kappa));
+    let app = lambda_speed::http::router(started.views, log).merge(lambda_kappa::router(kappa));
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, instance = instance.index, instances = instance.count, "speed started");
     Ok(Running { addr, supervisor })
@@ -335,7 +326,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
             None => BatchRunner::Absent,
         },
         log: log.clone(),
-        sections: crate::kappa::status_sections(shared.architecture, None),
+        sections: lambda_kappa::status_sections(shared.architecture, None),
         metrics: Vec::new(),
     };
     let serving =
@@ -343,12 +334,13 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
     supervisor.spawn_all(serving.tasks);
     let mut app = serving.router;
     if let Some(log) = log {
-        let compare = crate::compare::CompareState::new(crate::compare::CompareSources {
-            log,
-            lake: lambda.then_some(lake),
-            allowed_lateness_ms: shared.allowed_lateness_ms,
-        });
-        app = app.merge(crate::compare::router(compare));
+        let compare =
+            lambda_kappa::compare::CompareState::new(lambda_kappa::compare::CompareSources {
+                log,
+                lake: lambda.then_some(lake),
+                allowed_lateness_ms: shared.allowed_lateness_ms,
+            });
+        app = app.merge(lambda_kappa::compare::router(compare));
     }
     let addr = supervisor.serve_http(listen, app).await?;
     tracing::info!(%addr, speed = ?peers.speed_urls, "serve started");

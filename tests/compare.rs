@@ -11,8 +11,8 @@ use lambda_batch::{LakeWriter, RunContext};
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts};
 use lambda_events::{Event, EventType, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
+use lambda_kappa::compare::{self, CompareSources, Comparison};
 use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, Record};
-use lambda_pipeline::compare::{self, CompareSources, Comparison};
 use lambda_pipeline::demo::Demo;
 use serde_json::Value;
 
@@ -128,8 +128,8 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("paced"), "{body}");
 
-    for view in compare::VIEWS.map(compare::View::as_str) {
-        let s = comparison.summary[view];
+    for view in compare::VIEWS {
+        let s = comparison.summary[&view];
         assert_eq!(s.unexplained, 0, "{view}: {s:?}");
         assert!(s.buckets >= 10, "{view}: {s:?}");
         assert!(s.equal >= 1, "{view}: some buckets agree: {s:?}");
@@ -139,12 +139,12 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         );
         assert_eq!(s.lost_events, 0, "{view}: nothing is past retention");
         // The batch side is exact: every distinct event sent.
-        assert_eq!(s.lambda_events, sent.distinct[view], "{view}");
+        assert_eq!(s.lambda_events, sent.distinct[view.as_str()], "{view}");
         // The kappa side lacks exactly the late ones it names...
         assert_eq!(s.kappa_events + s.late_events, s.lambda_events, "{view}");
         // ... and those are the generator's late events (minutes behind; a
         // few may still have been in time while a partition held the watermark back).
-        let generated_late = sent.late[view];
+        let generated_late = sent.late[view.as_str()];
         assert!(
             s.late_events <= generated_late && s.late_events * 10 >= generated_late * 8,
             "{view}: {} late of {generated_late} sent late",
@@ -155,10 +155,15 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         assert!(d.explained, "{d:?}");
         let named: u64 = d.reasons.iter().map(|r| r.events).sum();
         assert_eq!(d.lambda_events - d.kappa_events, named, "{d:?}");
-        assert!(d.reasons.iter().all(|r| r.reason == "late"), "{d:?}");
+        assert!(
+            d.reasons
+                .iter()
+                .all(|r| r.reason == compare::ReasonKind::Late),
+            "{d:?}"
+        );
     }
-    let lambda = &comparison.cost["lambda"];
-    let kappa = &comparison.cost["kappa"];
+    let lambda = &comparison.cost.lambda;
+    let kappa = &comparison.cost.kappa;
     let rows: u64 = sent.distinct.values().sum();
     assert_eq!(lambda.events_processed, rows, "one row per distinct event");
     assert_eq!(kappa.events_processed, comparison.log_records);
@@ -193,7 +198,7 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let funnel = comparison.summary["funnel"];
+    let funnel = comparison.summary[&compare::View::Funnel];
     let row = format!(
         "  {:<8} {:>8} {:>8} {:>10} {:>12}",
         "funnel", funnel.buckets, funnel.equal, funnel.explained, 0
@@ -325,13 +330,14 @@ async fn events_past_log_retention_are_named_as_what_a_replay_cannot_see() {
         );
     }
     assert!(
-        c.differences
+        c.differences.iter().any(|d| d
+            .reasons
             .iter()
-            .any(|d| d.reasons.iter().any(|r| r.reason == "retention")),
+            .any(|r| r.reason == compare::ReasonKind::Retention)),
         "some bucket names retention"
     );
     assert_eq!(
-        c.cost["kappa"].events_processed + gone,
+        c.cost.kappa.events_processed + gone,
         c.log_records,
         "the replay read what the log still holds"
     );

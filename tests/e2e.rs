@@ -112,7 +112,10 @@ async fn check_pipeline(config: DemoConfig) {
     };
     // A 5-minute roll-up that spans B is mixed and sums its minutes.
     let rollup = get(&client, format!("{base}/api/v1/funnel?{range}&step=5m")).await;
-    for bucket in rollup["buckets"].as_array().unwrap() {
+    let mut mixed = 0usize;
+    let rollup_buckets = rollup["buckets"].as_array().unwrap();
+    assert!(!rollup_buckets.is_empty(), "no 5m buckets: {rollup}");
+    for bucket in rollup_buckets {
         let start = bucket["start"].as_i64().unwrap();
         let impressions = five_minutes(start);
         assert_eq!(
@@ -125,10 +128,17 @@ async fn check_pipeline(config: DemoConfig) {
         } else if start >= boundary {
             "speed"
         } else {
+            mixed += 1;
             "mixed"
         };
         assert_eq!(bucket["layer"], expected_layer, "5m bucket {start}");
     }
+    let spans_b = boundary.rem_euclid(5 * MINUTE) != 0;
+    assert_eq!(
+        mixed,
+        usize::from(spans_b),
+        "one 5m bucket spans B unless B is on a 5m edge"
+    );
     // A `to` in the middle of a bucket: the last bucket still sums all its
     // minutes, in both layers (a snapshot cut at `to` once lost the rest).
     let last_start = max_ts.div_euclid(5 * MINUTE) * 5 * MINUTE;

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
+use lambda_kappa::Architecture;
 use lambda_pipeline::demo::{Demo, DemoConfig};
-use lambda_pipeline::kappa::Architecture;
 use lambda_testkit::eventually_every;
 use serde_json::Value;
 

@@ -19,7 +19,7 @@ pub mod views;
 pub use backfill::{BackfillReport, backfill};
 pub use lake::{Lake, LakeWriter};
 pub use run::{RunContext, RunReport, run_once};
-pub use schedule::{BatchHandle, BatchStatus, Started, control, run, start};
+pub use schedule::{BatchHandle, BatchStatus, Started, control, start};
 pub use views::BatchViews;
 
 /// The demo's default schedule: every minute, on the minute.

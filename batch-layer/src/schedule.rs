@@ -68,7 +68,7 @@ pub fn start(schedule: &str, ctx: RunContext, shutdown: CancellationToken) -> St
 
 /// Runs batches on `schedule` (cron with seconds, e.g. `0 * * * * *`) and on trigger until `shutdown`.
 #[tracing::instrument(name = "batch", skip_all, fields(schedule = %schedule))]
-pub async fn run(
+async fn run(
     schedule: String,
     ctx: RunContext,
     handle: BatchHandle,

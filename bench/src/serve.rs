@@ -12,7 +12,7 @@ use lambda_batch::{LakeWriter, RunContext};
 use lambda_kappa::{Architecture, Boundary};
 use lambda_log::EmbeddedConfig;
 use lambda_serving::{SharedBatchViews, SpeedSource, Supervisor};
-use lambda_speed::{SpeedConfig, SpeedViews};
+use lambda_speed::{SpeedBoundary, SpeedConfig, SpeedReader};
 
 use crate::measure::spinner;
 
@@ -214,7 +214,8 @@ pub async fn run(bench: ServeBench) -> anyhow::Result<()> {
 /// collector and serving on one server (as `lambda demo` runs them), beside
 /// a static handler of a small fixed answer.
 struct Pipeline {
-    speed: SpeedViews,
+    speed: SpeedReader,
+    boundary: Option<SpeedBoundary>,
     batch_views: SharedBatchViews,
     lake: lambda_batch::Lake,
     ctx: RunContext,
@@ -246,7 +247,10 @@ impl Pipeline {
         .await?;
         supervisor.spawn_all(speed.tasks);
         let sources = lambda_serving::Sources {
-            speed: SpeedSource::Local(speed.views),
+            speed: SpeedSource::Local(
+                SpeedReader::new(&speed.views),
+                SpeedBoundary::new(&speed.views),
+            ),
             lake: Some(lake.clone()),
             runner: lambda_serving::admin::BatchRunner::Absent,
             log: None,
@@ -260,8 +264,8 @@ impl Pipeline {
         let serving = lambda_serving::start(serving_config, sources, &shutdown).await;
         supervisor.spawn_all(serving.tasks);
         let fixed = serde_json::json!({ "status": "ok", "buckets": [] }).to_string();
-        let ingest = lambda_ingest::IngestState::new(Arc::clone(&log), Default::default());
-        let app = lambda_ingest::router(ingest).merge(serving.router).route(
+        let ingest = lambda_ingest::start(Arc::clone(&log), Default::default());
+        let app = ingest.router.merge(serving.router).route(
             "/bench/static",
             get(move || {
                 let fixed = fixed.clone();
@@ -278,6 +282,7 @@ impl Pipeline {
         };
         let pipeline = Pipeline {
             speed: serving.speed,
+            boundary: serving.boundary,
             batch_views: serving.batch,
             lake,
             ctx,
@@ -289,7 +294,7 @@ impl Pipeline {
     /// One batch run, whose views serving then answers from.
     async fn run_batch(&self) -> anyhow::Result<()> {
         lambda_batch::run_once(&self.ctx).await?;
-        lambda_serving::refresh_batch_views(&self.lake, &self.batch_views, Some(&self.speed))
+        lambda_serving::refresh_batch_views(&self.lake, &self.batch_views, self.boundary.as_ref())
             .await?;
         Ok(())
     }

@@ -81,9 +81,6 @@ pub struct IngestCounters {
     pub unavailable: AtomicU64,
 }
 
-/// One metric family: name, type, help, and samples as (labels, value).
-pub type MetricFamily = (&'static str, &'static str, &'static str, Vec<(String, f64)>);
-
 impl IngestCounters {
     /// The counters as the `ingest` section of `/api/v1/status`.
     pub fn status(&self) -> serde_json::Value {
@@ -95,31 +92,60 @@ impl IngestCounters {
         })
     }
 
-    /// The counters as Prometheus metric families.
-    pub fn metric_families(&self) -> Vec<MetricFamily> {
+    /// Appends the counters as Prometheus metric families.
+    pub fn render_metrics(&self, out: &mut String) {
         let sample = |labels: &str, counter: &AtomicU64| {
             (labels.to_string(), counter.load(Ordering::Relaxed) as f64)
         };
-        vec![
-            (
-                "lambda_ingest_lines_total",
-                "counter",
-                "Lines received, by outcome.",
-                vec![
-                    sample("outcome=\"accepted\"", &self.accepted),
-                    sample("outcome=\"rejected\"", &self.rejected),
-                ],
-            ),
-            (
-                "lambda_ingest_requests_refused_total",
-                "counter",
-                "Requests refused for backpressure, by status.",
-                vec![
-                    sample("status=\"429\"", &self.throttled),
-                    sample("status=\"503\"", &self.unavailable),
-                ],
-            ),
-        ]
+        lambda_events::prometheus::family(
+            out,
+            "lambda_ingest_lines_total",
+            "counter",
+            "Lines received, by outcome.",
+            &[
+                sample("outcome=\"accepted\"", &self.accepted),
+                sample("outcome=\"rejected\"", &self.rejected),
+            ],
+        );
+        lambda_events::prometheus::family(
+            out,
+            "lambda_ingest_requests_refused_total",
+            "counter",
+            "Requests refused for backpressure, by status.",
+            &[
+                sample("status=\"429\"", &self.throttled),
+                sample("status=\"503\"", &self.unavailable),
+            ],
+        );
+    }
+}
+
+/// The collector, started: its routes, and its `ingest` status section and
+/// metric families for the `/api/v1/status` and `/metrics` of the process
+/// it runs in. `lambda demo` and `lambda ingest` both start it this way.
+pub struct Started {
+    /// `POST /v1/events` and the events' schema.
+    pub router: Router,
+    /// The `ingest` section of `/api/v1/status`.
+    pub status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// The collector's metric families.
+    pub metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").finish_non_exhaustive()
+    }
+}
+
+/// Starts the collector writing to `log`.
+pub fn start(log: Arc<dyn EventLog>, config: IngestConfig) -> Started {
+    let state = IngestState::new(log, config);
+    let (status, metrics) = (Arc::clone(&state.counters), Arc::clone(&state.counters));
+    Started {
+        router: router(state),
+        status: Arc::new(move || status.status()),
+        metrics: Arc::new(move |out: &mut String| metrics.render_metrics(out)),
     }
 }
 

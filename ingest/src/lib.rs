@@ -15,7 +15,7 @@ use std::sync::Arc;
 use lambda_events::{Topic, limits};
 use lambda_log::{EventLog, LogError, TopicRetention};
 
-pub use collector::{IngestConfig, IngestState, router};
+pub use collector::{IngestConfig, IngestState, Started, router, start};
 
 /// Partitions of each event topic when the pipeline creates them.
 pub const DEFAULT_PARTITIONS: u32 = 4;

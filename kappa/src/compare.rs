@@ -42,7 +42,8 @@ use serde_json::json;
 pub const COMPARE_PATH: &str = "/api/v1/compare";
 
 /// A view compared, as the query API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum View {
     /// `/api/v1/funnel`.
     Funnel,
@@ -65,18 +66,37 @@ impl View {
 
 impl std::fmt::Display for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
 /// The views compared.
 pub const VIEWS: [View; 3] = [View::Funnel, View::Pages, View::Iot];
 
+/// What accounts for (part of) a difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasonKind {
+    /// Events the replay's fold dropped as late; the batch layer counted them.
+    Late,
+    /// Events in the master dataset whose log records are past retention.
+    Retention,
+}
+
+impl std::fmt::Display for ReasonKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            ReasonKind::Late => "late",
+            ReasonKind::Retention => "retention",
+        })
+    }
+}
+
 /// Why a bucket differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reason {
-    /// `late` or `retention`.
-    pub reason: String,
+    /// Late events or lost log records.
+    pub reason: ReasonKind,
     /// Events of this view the reason covers.
     pub events: u64,
     /// In words.
@@ -86,8 +106,8 @@ pub struct Reason {
 /// One view's bucket that differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Difference {
-    /// `funnel`, `pages` or `iot`.
-    pub view: String,
+    /// The view.
+    pub view: View,
     /// Bucket start (RFC 3339).
     pub bucket: String,
     /// Bucket start (ms).
@@ -124,7 +144,7 @@ pub struct ViewSummary {
 }
 
 /// What one side cost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
     /// What it did, in words.
     pub what: String,
@@ -134,6 +154,15 @@ pub struct Cost {
     pub bytes_read: u64,
     /// Rows or records processed.
     pub events_processed: u64,
+}
+
+/// What each side of a comparison cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Costs {
+    /// The batch views: DuckDB over the master dataset.
+    pub lambda: Cost,
+    /// The replay of the log through the speed layer's fold.
+    pub kappa: Cost,
 }
 
 /// A whole comparison.
@@ -150,9 +179,9 @@ pub struct Comparison {
     /// The lateness both the replay and the batch boundary use.
     pub allowed_lateness_ms: i64,
     /// Per view.
-    pub summary: BTreeMap<String, ViewSummary>,
-    /// Cost of each side: `lambda` and `kappa`.
-    pub cost: BTreeMap<String, Cost>,
+    pub summary: BTreeMap<View, ViewSummary>,
+    /// Cost of each side.
+    pub cost: Costs,
     /// Every bucket that differs, by view then time.
     pub differences: Vec<Difference>,
 }
@@ -215,7 +244,7 @@ pub async fn compare(
     let kappa = replay::replay(
         sources.log.as_ref(),
         &spans,
-        lambda_speed::SpeedState::new(sources.allowed_lateness_ms, i64::MAX / 4),
+        lambda_speed::SpeedState::new(sources.allowed_lateness_ms, crate::KAPPA_HORIZON_MS),
         from_ms..to_ms,
         |_| {},
     )
@@ -228,31 +257,25 @@ pub async fn compare(
     comparison.log_records = log_records;
     let partitions = spans.len();
     let lost: u64 = spans.iter().map(|s| s.start).sum();
-    comparison.cost = BTreeMap::from([
-        (
-            "lambda".to_string(),
-            Cost {
-                what: format!(
-                    "DuckDB ran the view SQL over {} Parquet files of {} hour partitions of the master dataset",
-                    batch.files, batch.hours
-                ),
-                wall_ms: batch.elapsed.as_millis() as u64,
-                bytes_read: batch.bytes,
-                events_processed: batch.rows,
-            },
-        ),
-        (
-            "kappa".to_string(),
-            Cost {
-                what: format!(
-                    "replayed {partitions} log partitions from their earliest retained offsets ({lost} records already gone) through the speed layer's fold"
-                ),
-                wall_ms: kappa.elapsed.as_millis() as u64,
-                bytes_read: kappa.bytes,
-                events_processed: kappa.records,
-            },
-        ),
-    ]);
+    comparison.cost = Costs {
+        lambda: Cost {
+            what: format!(
+                "DuckDB ran the view SQL over {} Parquet files of {} hour partitions of the master dataset",
+                batch.files, batch.hours
+            ),
+            wall_ms: batch.elapsed.as_millis() as u64,
+            bytes_read: batch.bytes,
+            events_processed: batch.rows,
+        },
+        kappa: Cost {
+            what: format!(
+                "replayed {partitions} log partitions from their earliest retained offsets ({lost} records already gone) through the speed layer's fold"
+            ),
+            wall_ms: kappa.elapsed.as_millis() as u64,
+            bytes_read: kappa.bytes,
+            events_processed: kappa.records,
+        },
+    };
     Ok(comparison)
 }
 
@@ -356,11 +379,11 @@ fn judge(
     starts.extend(kappa.state.windows().range(from_ms..to_ms).map(|(s, _)| *s));
     starts.sort_unstable();
     starts.dedup();
-    let mut summary: BTreeMap<String, ViewSummary> = BTreeMap::new();
+    let mut summary: BTreeMap<View, ViewSummary> = BTreeMap::new();
     let mut differences = Vec::new();
     let no_late: Vec<Event> = Vec::new();
     for view in VIEWS {
-        let entry = summary.entry(view.to_string()).or_default();
+        let entry = summary.entry(view).or_default();
         for &start in &starts {
             let lambda_side = batch.buckets.get(&start).unwrap_or(&empty);
             let kappa_side = kappa
@@ -393,7 +416,7 @@ fn judge(
             let mut reasons = Vec::new();
             if !late.is_empty() {
                 reasons.push(Reason {
-                    reason: "late".into(),
+                    reason: ReasonKind::Late,
                     events: late.len() as u64,
                     detail: format!(
                         "{} events reached the log after the watermark (newest event time minus {} s) had closed this minute; the speed layer's fold dropped them, the batch layer counted them",
@@ -404,7 +427,7 @@ fn judge(
             }
             if gone > 0 {
                 reasons.push(Reason {
-                    reason: "retention".into(),
+                    reason: ReasonKind::Retention,
                     events: gone,
                     detail: format!(
                         "{gone} events are in the master dataset but their log records are past retention, so a replay cannot read them"
@@ -428,7 +451,7 @@ fn judge(
                 entry.unexplained += 1;
             }
             differences.push(Difference {
-                view: view.to_string(),
+                view,
                 bucket: format_rfc3339(start),
                 bucket_ms: start,
                 lambda_events,
@@ -445,7 +468,7 @@ fn judge(
         log_records: 0,
         allowed_lateness_ms,
         summary,
-        cost: BTreeMap::new(),
+        cost: Costs::default(),
         differences,
     }
 }
@@ -672,13 +695,7 @@ pub fn render(c: &Comparison) -> String {
         "  {:<18} {:>16} {:>16}",
         "cost", "lambda (batch)", "kappa (replay)"
     );
-    let (l, k) = (c.cost.get("lambda"), c.cost.get("kappa"));
-    let row = |f: fn(&Cost) -> u64| {
-        (
-            l.map_or("-".to_string(), |x| f(x).to_string()),
-            k.map_or("-".to_string(), |x| f(x).to_string()),
-        )
-    };
+    let row = |f: fn(&Cost) -> u64| (f(&c.cost.lambda), f(&c.cost.kappa));
     for (name, (a, b)) in [
         ("wall time (ms)", row(|x| x.wall_ms)),
         ("bytes read", row(|x| x.bytes_read)),

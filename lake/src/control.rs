@@ -79,6 +79,20 @@ pub struct LastRun {
 /// Where a triggered run sends its outcome.
 pub type Reply = oneshot::Sender<Result<RunReport, String>>;
 
+/// Why a run asked for with [`BatchHandle::run_now`] gave no report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunNowError {
+    /// No batch runner is running (kappa mode, or it has stopped).
+    #[error("batch layer is not running")]
+    NotRunning,
+    /// The runner stopped (shutdown) before the run finished.
+    #[error("batch layer stopped before the run finished")]
+    Stopped,
+    /// The run failed; the runner's error, in words.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A handle to ask for a run now and to read the status.
 #[derive(Debug, Clone)]
 pub struct BatchHandle {
@@ -89,19 +103,19 @@ pub struct BatchHandle {
 
 impl BatchHandle {
     /// Runs a batch now (after any run in progress) and returns its report.
-    pub async fn run_now(&self) -> anyhow::Result<RunReport> {
+    pub async fn run_now(&self) -> Result<RunReport, RunNowError> {
         let (reply, rx) = oneshot::channel();
         self.trigger
             .send(reply)
             .await
-            .map_err(|_| anyhow::anyhow!("batch layer is not running"))?;
+            .map_err(|_| RunNowError::NotRunning)?;
         rx.await
-            .map_err(|_| anyhow::anyhow!("batch layer stopped before the run finished"))?
-            .map_err(anyhow::Error::msg)
+            .map_err(|_| RunNowError::Stopped)?
+            .map_err(RunNowError::Failed)
     }
 }
 
-/// The scheduler's receiving side; pass it to `lambda_batch::run`.
+/// The scheduler's receiving side (`lambda_batch::start` makes and keeps it).
 #[derive(Debug)]
 pub struct BatchTriggers(mpsc::Receiver<Reply>);
 

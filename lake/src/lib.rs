@@ -10,7 +10,7 @@ pub mod manifest;
 pub mod store;
 pub mod views;
 
-pub use control::{BatchHandle, BatchStatus, RunReport};
+pub use control::{BatchHandle, BatchStatus, RunNowError, RunReport};
 pub use error::LakeError;
 pub use store::Lake;
 pub use views::{BatchViews, ViewName};

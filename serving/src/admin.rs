@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use lambda_lake::{BatchHandle, RunReport};
+use lambda_lake::{BatchHandle, RunNowError, RunReport};
 use serde_json::{Value, json};
 
 /// Where the route is.
@@ -152,9 +152,13 @@ async fn run_batch(State(state): State<AdminState>, headers: HeaderMap) -> Respo
                 );
                 axum::Json(report_json(&report)).into_response()
             }
-            Err(e) => error(
+            Err(e @ RunNowError::Failed(_)) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("batch run failed: {e:#}"),
+                format!("batch run failed: {e}"),
+            ),
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("batch run failed: {e}"),
             ),
         },
         BatchRunner::Remote(base) => {

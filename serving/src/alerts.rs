@@ -15,8 +15,8 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use lambda_speed::SpeedViews;
-use lambda_speed::alerts::{Alert, AlertState};
+use lambda_speed::SpeedReader;
+use lambda_speed::alerts::{Alert, AlertState, RuleName};
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -101,18 +101,11 @@ impl AlertFeed {
             .insert(source, epoch)
             .is_some_and(|e| e != epoch);
         let mut cursor = if renewed { 0 } else { self.cursor(source) };
-        let known: std::collections::HashSet<(String, String, AlertState, i64)> = if renewed {
+        let known: std::collections::HashSet<(RuleName, String, AlertState, i64)> = if renewed {
             self.log
                 .iter()
                 .filter(|a| a.source == source)
-                .map(|a| {
-                    (
-                        a.alert.rule.clone(),
-                        a.alert.key.clone(),
-                        a.alert.state,
-                        a.alert.ts,
-                    )
-                })
+                .map(|a| (a.alert.rule, a.alert.key.clone(), a.alert.state, a.alert.ts))
                 .collect()
         } else {
             Default::default()
@@ -123,7 +116,7 @@ impl AlertFeed {
                 continue;
             }
             cursor = alert.seq;
-            let identity = (alert.rule.clone(), alert.key.clone(), alert.state, alert.ts);
+            let identity = (alert.rule, alert.key.clone(), alert.state, alert.ts);
             if known.contains(&identity) {
                 continue;
             }
@@ -161,9 +154,9 @@ impl AlertFeed {
 
     /// Alerts raised and not cleared, by (source, rule, key), as far as the feed remembers.
     pub fn active(&self) -> Vec<FedAlert> {
-        let mut last: BTreeMap<(usize, &str, &str), &FedAlert> = BTreeMap::new();
+        let mut last: BTreeMap<(usize, RuleName, &str), &FedAlert> = BTreeMap::new();
         for a in &self.log {
-            last.insert((a.source, &a.alert.rule, &a.alert.key), a);
+            last.insert((a.source, a.alert.rule, &a.alert.key), a);
         }
         last.into_values()
             .filter(|a| a.alert.state == AlertState::Raised)
@@ -199,7 +192,7 @@ pub fn to_json(a: &FedAlert) -> Value {
 
 /// Feeds the alerts of a speed layer in this process into `feed` until `shutdown`.
 pub async fn run_local_source(
-    speed: SpeedViews,
+    speed: SpeedReader,
     feed: SharedFeed,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -383,7 +376,7 @@ mod tests {
     fn alert(seq: u64, key: &str, state: AlertState, ts: i64) -> Alert {
         Alert {
             seq,
-            rule: "sensor_range".into(),
+            rule: RuleName::SensorRange,
             key: key.into(),
             state,
             ts,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_lake::{BatchViews, Lake};
-use lambda_speed::{SpeedReader, SpeedViews};
+use lambda_speed::{SpeedBoundary, SpeedReader};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +62,7 @@ pub const MANIFEST_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// both start it this way.
 pub async fn start_batch_views(
     lake: Lake,
-    speed: Option<SpeedViews>,
+    speed: Option<SpeedBoundary>,
     shutdown: CancellationToken,
 ) -> (SharedBatchViews, Task) {
     let views: SharedBatchViews = Arc::default();
@@ -82,7 +82,7 @@ pub async fn start_batch_views(
 pub async fn refresh_batch_views(
     lake: &Lake,
     shared: &SharedBatchViews,
-    speed: Option<&SpeedViews>,
+    speed: Option<&SpeedBoundary>,
 ) -> anyhow::Result<bool> {
     // Cheap check first: the held views are cloned only when a newer manifest exists.
     let held = shared.read().version();
@@ -95,7 +95,7 @@ pub async fn refresh_batch_views(
     let boundary = next.boundary_ms();
     *shared.write() = Arc::new(next);
     if let Some(speed) = speed {
-        speed.write().set_batch_boundary(boundary);
+        speed.set(boundary);
     }
     Ok(true)
 }
@@ -105,7 +105,7 @@ pub async fn refresh_batch_views(
 pub async fn run_view_loader(
     lake: Lake,
     shared: SharedBatchViews,
-    speed: Option<SpeedViews>,
+    speed: Option<SpeedBoundary>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut interval = tokio::time::interval(MANIFEST_POLL_INTERVAL);

@@ -153,7 +153,7 @@ pub async fn render(state: &ServingState) -> String {
             .map(|(t, p, e)| (labels(t, *p), *e as f64))
             .collect::<Vec<_>>(),
     );
-    lambda_speed::metrics::render(&state.speed.read(), &end_offsets, &mut out);
+    lambda_speed::metrics::render(&state.speed.summary(), &end_offsets, &mut out);
 
     let batch = state.batch.read().clone();
     if let Some(boundary) = batch.boundary_ms() {

@@ -252,6 +252,7 @@ pub fn document() -> Value {
                     "401": { "description": "Missing or wrong bearer token.", "content": { "application/json": { "schema": error } } },
                     "403": { "description": "Admin endpoints are off (no --admin-token).", "content": { "application/json": { "schema": error } } },
                     "500": { "description": "The run failed.", "content": { "application/json": { "schema": error } } },
+                    "503": { "description": "No batch runner is running (kappa mode, or it is stopping).", "content": { "application/json": { "schema": error } } },
                 },
             } },
             "/metrics": { "get": simple("getMetrics", "Prometheus metrics of every layer.", "operations", "text/plain", "The text exposition format.") },

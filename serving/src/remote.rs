@@ -1,8 +1,11 @@
-//! Serving in its own process (`lambda serve`): it keeps a copy of each
-//! speed-layer instance's views by polling `GET /internal/v1/speed` (only the
-//! windows that changed since its last poll travel), and combines the copies
-//! into the [`SpeedViews`] the query handlers read, as if the speed layer ran
-//! in this process. See ARCHITECTURE.md, "Speed views across processes".
+//! The roles in other processes. Serving in its own process (`lambda serve`)
+//! keeps a copy of each speed-layer instance's views by polling `GET
+//! /internal/v1/speed` (only the windows that changed since its last poll
+//! travel), and combines the copies into the [`SpeedViews`] the query
+//! handlers read, as if the speed layer ran in this process (see
+//! ARCHITECTURE.md, "Speed views across processes"). The batch runner's
+//! status travels the same way: [`runner_router`] is what `lambda batch`
+//! serves, [`follow_runner`] is serving polling it.
 
 use std::sync::Arc;
 use std::time::Duration;

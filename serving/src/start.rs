@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use lambda_lake::Lake;
 use lambda_log::EventLog;
-use lambda_speed::{SpeedReader, SpeedState, SpeedViews};
+use lambda_speed::{SpeedBoundary, SpeedReader, SpeedState, SpeedViews};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -20,10 +20,10 @@ use crate::{SharedBatchViews, StatusSources};
 /// Where serving reads the speed layer's views.
 #[derive(Debug, Clone)]
 pub enum SpeedSource {
-    /// The speed layer (or kappa's live views) in this process. Serving's
-    /// view loader moves its boundary B when it loads new batch views, so
-    /// both sides of B change together.
-    Local(SpeedViews),
+    /// The speed layer (or kappa's live views) in this process: serving
+    /// reads it, and its view loader moves the boundary B when it loads new
+    /// batch views, so both sides of B change together.
+    Local(SpeedReader, SpeedBoundary),
     /// Speed instances by base URL (`http://speed:8082`), mirrored by
     /// polling `GET /internal/v1/speed`; each learns B from the lake itself.
     Remote(Vec<String>),
@@ -62,7 +62,9 @@ pub struct Started {
     /// The query API, status, health, metrics, dashboard and admin routes.
     pub router: Router,
     /// The speed views the routes read (the mirror's, for remote sources).
-    pub speed: SpeedViews,
+    pub speed: SpeedReader,
+    /// What moves the in-process speed layer's B (`None` for remote sources).
+    pub boundary: Option<SpeedBoundary>,
     /// The batch views the routes read.
     pub batch: SharedBatchViews,
     /// The admin routes' state (other layers' admin routes share its token).
@@ -98,15 +100,15 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
     let mut tasks: Vec<(&'static str, Task)> = Vec::new();
     let alerts: crate::alerts::SharedFeed = Arc::default();
     let mut sections = Vec::new();
-    let (speed, local_speed) = match sources.speed {
-        SpeedSource::Local(views) => {
+    let (speed, boundary) = match sources.speed {
+        SpeedSource::Local(reader, boundary) => {
             let task = crate::alerts::run_local_source(
-                Arc::clone(&views),
+                reader.clone(),
                 Arc::clone(&alerts),
                 shutdown.clone(),
             );
             tasks.push(("alerts", Box::pin(task)));
-            (Arc::clone(&views), Some(views))
+            (reader, Some(boundary))
         }
         SpeedSource::Remote(urls) => {
             let views: SpeedViews = Arc::new(RwLock::new(SpeedState::new(
@@ -125,13 +127,13 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
             tasks.push(("speed-mirror", Box::pin(mirror)));
             let section: StatusSection = Arc::new(move || crate::remote::health_section(&health));
             sections.push(("speed_instances".to_string(), section));
-            (views, None)
+            (SpeedReader::new(&views), None)
         }
     };
     let batch = match sources.lake {
         Some(lake) => {
             let (views, loader) =
-                crate::start_batch_views(lake, local_speed, shutdown.clone()).await;
+                crate::start_batch_views(lake, boundary.clone(), shutdown.clone()).await;
             tasks.push(("view-loader", loader));
             views
         }
@@ -153,7 +155,7 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
         alerts,
         requests: Arc::default(),
         cache: Arc::default(),
-        speed: SpeedReader::new(&speed),
+        speed: speed.clone(),
         batch: Arc::clone(&batch),
         status: StatusSources {
             log: sources.log,
@@ -168,6 +170,7 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
     Started {
         router,
         speed,
+        boundary,
         batch,
         admin,
         tasks,

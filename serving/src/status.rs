@@ -95,41 +95,41 @@ pub async fn snapshot(state: &ServingState) -> Value {
     };
     let batch_views = state.batch.read().clone();
     let speed = {
-        let s = state.speed.read();
+        let s = state.speed.summary();
         let partitions: Vec<Value> = s
-            .offsets()
+            .offsets
             .iter()
-            .map(|((topic, partition), offset)| {
+            .map(|(topic, partition, offset)| {
                 let end = end_of(topic, *partition);
                 json!({ "topic": topic, "partition": partition, "offset": offset, "end": end,
                         "lag": end.map(|e| e.saturating_sub(*offset)) })
             })
             .collect();
         let ledger: serde_json::Map<String, Value> = s
-            .late_by_topic()
-            .into_iter()
+            .late_by_topic
+            .iter()
             .map(|(t, n)| (t.name().to_string(), json!(n)))
             .collect();
         json!({
-            "watermark": s.watermark(),
-            "partition_clocks": s.clocks().iter().map(|c| json!({
+            "watermark": s.watermark,
+            "partition_clocks": s.clocks.iter().map(|c| json!({
                 "topic": c.topic, "partition": c.partition, "max_event_ts": (c.max_ts != i64::MIN).then_some(c.max_ts), "idle": c.idle,
             })).collect::<Vec<_>>(),
-            "max_event_ts": s.max_event_ts(),
-            "allowed_lateness_ms": s.allowed_lateness_ms(),
-            "windows": s.windows().len(),
-            "events_counted": s.counters().counted,
-            "duplicates": s.counters().duplicates,
-            "late": s.counters().late,
-            "invalid": s.counters().invalid,
+            "max_event_ts": s.max_event_ts,
+            "allowed_lateness_ms": s.allowed_lateness_ms,
+            "windows": s.windows,
+            "events_counted": s.counters.counted,
+            "duplicates": s.counters.duplicates,
+            "late": s.counters.late,
+            "invalid": s.counters.invalid,
             "late_ledger": ledger,
             // The newest windows with late events: (topic, window start, count).
-            "late_ledger_windows": s.ledger_list().iter().rev().take(LEDGER_WINDOWS_SHOWN)
+            "late_ledger_windows": s.ledger.iter().rev().take(LEDGER_WINDOWS_SHOWN)
                 .map(|(t, start, n)| json!({ "topic": t.name(), "window_start": start, "late": n }))
                 .collect::<Vec<_>>(),
-            "last_checkpoint_ms": s.last_checkpoint_ms(),
-            "checkpoint_age_ms": s.last_checkpoint_ms().map(|t| now - t),
-            "checkpoint_error": s.checkpoint_error(),
+            "last_checkpoint_ms": s.last_checkpoint_ms,
+            "checkpoint_age_ms": s.last_checkpoint_ms.map(|t| now - t),
+            "checkpoint_error": s.checkpoint_error,
             "partitions": partitions,
         })
     };

@@ -219,6 +219,38 @@ impl AlertRules {
     }
 }
 
+/// Which rule an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleName {
+    /// [`SensorRange`].
+    SensorRange,
+    /// [`DeviceOffline`].
+    DeviceOffline,
+    /// [`AlarmRule`].
+    Alarm,
+    /// [`PageErrorRate`].
+    PageErrorRate,
+}
+
+impl RuleName {
+    /// `sensor_range`, `device_offline`, `alarm` or `page_error_rate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleName::SensorRange => "sensor_range",
+            RuleName::DeviceOffline => "device_offline",
+            RuleName::Alarm => "alarm",
+            RuleName::PageErrorRate => "page_error_rate",
+        }
+    }
+}
+
+impl std::fmt::Display for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Raised or cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -234,8 +266,8 @@ pub enum AlertState {
 pub struct Alert {
     /// Order of transitions in this speed instance (1, 2, …).
     pub seq: u64,
-    /// `sensor_range`, `device_offline`, `alarm` or `page_error_rate`.
-    pub rule: String,
+    /// The rule.
+    pub rule: RuleName,
     /// What it is about, e.g. `dev-0007/temperature`, `/checkout`.
     pub key: String,
     /// Raised or cleared.
@@ -268,7 +300,7 @@ pub struct AlertEngine {
     pub rules: AlertRules,
     /// Active alerts: (rule, key) → event time raised.
     #[serde(with = "pairs")]
-    active: BTreeMap<(String, String), i64>,
+    active: BTreeMap<(RuleName, String), i64>,
     /// Out-of-range readings in a row, by `device/sensor`.
     out_of_range: BTreeMap<String, u32>,
     /// Devices whose last status is offline and whose alert is not raised yet, and since when.
@@ -283,7 +315,7 @@ pub struct AlertEngine {
     recent: VecDeque<Alert>,
     /// Transitions by (rule, state), for metrics.
     #[serde(with = "pairs")]
-    totals: BTreeMap<(String, AlertState), u64>,
+    totals: BTreeMap<(RuleName, AlertState), u64>,
     /// Keys not tracked because a map was at [`MAX_ALERT_KEYS`].
     #[serde(default)]
     dropped_keys: u64,
@@ -326,27 +358,27 @@ impl AlertEngine {
     }
 
     /// Active alerts: (rule, key, raised at).
-    pub fn active(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+    pub fn active(&self) -> impl Iterator<Item = (RuleName, &str, i64)> {
         self.active
             .iter()
-            .map(|((rule, key), ts)| (rule.as_str(), key.as_str(), *ts))
+            .map(|((rule, key), ts)| (*rule, key.as_str(), *ts))
     }
 
     /// Transitions so far by (rule, state).
-    pub fn totals(&self) -> &BTreeMap<(String, AlertState), u64> {
+    pub fn totals(&self) -> &BTreeMap<(RuleName, AlertState), u64> {
         &self.totals
     }
 
     fn transition(
         &mut self,
-        rule: &str,
+        rule: RuleName,
         key: &str,
         state: AlertState,
         ts: i64,
         message: String,
         value: Option<f64>,
     ) {
-        let slot = (rule.to_string(), key.to_string());
+        let slot = (rule, key.to_string());
         match state {
             AlertState::Raised if self.active.contains_key(&slot) => return,
             AlertState::Raised if self.active.len() >= MAX_ALERT_KEYS => {
@@ -360,10 +392,10 @@ impl AlertEngine {
             AlertState::Cleared => {}
         }
         self.seq += 1;
-        *self.totals.entry((rule.to_string(), state)).or_default() += 1;
+        *self.totals.entry((rule, state)).or_default() += 1;
         self.recent.push_back(Alert {
             seq: self.seq,
-            rule: rule.to_string(),
+            rule,
             key: key.to_string(),
             state,
             ts,
@@ -400,7 +432,7 @@ impl AlertEngine {
                             "{sensor} of {device} outside [{min}, {max}] for {needed} readings: {value}"
                         );
                         self.transition(
-                            "sensor_range",
+                            RuleName::SensorRange,
                             &key,
                             AlertState::Raised,
                             event.ts,
@@ -412,7 +444,7 @@ impl AlertEngine {
                     self.out_of_range.remove(&key);
                     let message = format!("{sensor} of {device} back in range: {value}");
                     self.transition(
-                        "sensor_range",
+                        RuleName::SensorRange,
                         &key,
                         AlertState::Cleared,
                         event.ts,
@@ -432,7 +464,7 @@ impl AlertEngine {
                 Some(DeviceStatus::Online) => {
                     self.offline_since.remove(device);
                     self.transition(
-                        "device_offline",
+                        RuleName::DeviceOffline,
                         device,
                         AlertState::Cleared,
                         event.ts,
@@ -443,13 +475,13 @@ impl AlertEngine {
                     let alarms: Vec<String> = self
                         .active
                         .keys()
-                        .filter(|(rule, key)| rule == "alarm" && key.starts_with(&prefix))
+                        .filter(|(rule, key)| *rule == RuleName::Alarm && key.starts_with(&prefix))
                         .map(|(_, key)| key.clone())
                         .collect();
                     for key in alarms {
                         self.last_alarm.remove(&key);
                         self.transition(
-                            "alarm",
+                            RuleName::Alarm,
                             &key,
                             AlertState::Cleared,
                             event.ts,
@@ -483,7 +515,14 @@ impl AlertEngine {
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default()
                 );
-                self.transition("alarm", &key, AlertState::Raised, event.ts, message, None);
+                self.transition(
+                    RuleName::Alarm,
+                    &key,
+                    AlertState::Raised,
+                    event.ts,
+                    message,
+                    None,
+                );
             }
             _ => {}
         }
@@ -503,7 +542,7 @@ impl AlertEngine {
         watermark: i64,
         windows: impl IntoIterator<Item = (i64, &'a BucketViews)>,
     ) {
-        let expired: Vec<((String, String), i64)> = self
+        let expired: Vec<((RuleName, String), i64)> = self
             .active
             .iter()
             .filter(|(_, raised)| raised.saturating_add(ALERT_TTL_MS) <= watermark)
@@ -513,7 +552,7 @@ impl AlertEngine {
             self.out_of_range.remove(&key);
             self.last_alarm.remove(&key);
             self.transition(
-                &rule,
+                rule,
                 &key,
                 AlertState::Cleared,
                 raised + ALERT_TTL_MS,
@@ -534,7 +573,7 @@ impl AlertEngine {
                 self.offline_since.remove(&device);
                 let minutes = rule.after_ms as f64 / MINUTE_MS as f64;
                 self.transition(
-                    "device_offline",
+                    RuleName::DeviceOffline,
                     &device,
                     AlertState::Raised,
                     since + rule.after_ms,
@@ -553,7 +592,7 @@ impl AlertEngine {
             for (key, last) in quiet {
                 self.last_alarm.remove(&key);
                 self.transition(
-                    "alarm",
+                    RuleName::Alarm,
                     &key,
                     AlertState::Cleared,
                     last + rule.clear_after_ms,
@@ -590,7 +629,7 @@ impl AlertEngine {
                         rule.threshold * 100.0
                     );
                     self.transition(
-                        "page_error_rate",
+                        RuleName::PageErrorRate,
                         page,
                         state,
                         start + MINUTE_MS,
@@ -683,11 +722,8 @@ mod tests {
         s
     }
 
-    fn rules_fired(s: &SpeedState) -> Vec<(String, AlertState)> {
-        s.alerts
-            .since(0)
-            .map(|a| (a.rule.clone(), a.state))
-            .collect()
+    fn rules_fired(s: &SpeedState) -> Vec<(RuleName, AlertState)> {
+        s.alerts.since(0).map(|a| (a.rule, a.state)).collect()
     }
 
     #[test]
@@ -732,8 +768,8 @@ mod tests {
         assert_eq!(
             rules_fired(&s),
             vec![
-                ("sensor_range".into(), AlertState::Raised),
-                ("sensor_range".into(), AlertState::Cleared)
+                (RuleName::SensorRange, AlertState::Raised),
+                (RuleName::SensorRange, AlertState::Cleared)
             ]
         );
         let raised = s.alerts.since(0).next().unwrap();
@@ -798,10 +834,13 @@ mod tests {
         let mut engine = AlertEngine::new(AlertRules::defaults());
         engine.on_event(&alarm("a1", "pump/7", "leak", T0));
         engine.on_event(&alarm("a2", "pump", "7/leak", T0 + 1));
-        let active: Vec<(&str, &str)> = engine.active().map(|(r, k, _)| (r, k)).collect();
+        let active: Vec<(RuleName, &str)> = engine.active().map(|(r, k, _)| (r, k)).collect();
         assert_eq!(
             active,
-            vec![("alarm", "pump%2F7/leak"), ("alarm", "pump/7%2Fleak")]
+            vec![
+                (RuleName::Alarm, "pump%2F7/leak"),
+                (RuleName::Alarm, "pump/7%2Fleak")
+            ]
         );
         let mut on = offline("pump/7", T0 + 2);
         on.status = Some(DeviceStatus::Online);
@@ -840,17 +879,17 @@ mod tests {
             e.error_code = Some("500".into());
             s.apply(&e);
         }
-        assert_eq!(rules_fired(&s), vec![("alarm".into(), AlertState::Raised)]);
+        assert_eq!(rules_fired(&s), vec![(RuleName::Alarm, AlertState::Raised)]);
         // Event time moves on 7 minutes (a reading elsewhere): the watermark passes
         // the offline timer and closes the minute of the errors.
         s.apply(&reading("late-1", T0 + 7 * MINUTE_MS, 21.0));
         let fired = rules_fired(&s);
         assert!(
-            fired.contains(&("device_offline".into(), AlertState::Raised)),
+            fired.contains(&(RuleName::DeviceOffline, AlertState::Raised)),
             "{fired:?}"
         );
         assert!(
-            fired.contains(&("page_error_rate".into(), AlertState::Raised)),
+            fired.contains(&(RuleName::PageErrorRate, AlertState::Raised)),
             "{fired:?}"
         );
         // The device comes back: cleared.
@@ -860,11 +899,15 @@ mod tests {
         on.status = Some(DeviceStatus::Online);
         s.apply(&on);
         assert_eq!(
-            s.alerts.since(0).last().map(|a| (a.rule.as_str(), a.state)),
-            Some(("device_offline", AlertState::Cleared))
+            s.alerts.since(0).last().map(|a| (a.rule, a.state)),
+            Some((RuleName::DeviceOffline, AlertState::Cleared))
         );
         // 10 more minutes without alarms: the alarm clears.
         s.apply(&reading("later", T0 + 18 * MINUTE_MS, 21.0));
-        assert!(s.alerts.active().all(|(rule, _, _)| rule != "alarm"));
+        assert!(
+            s.alerts
+                .active()
+                .all(|(rule, _, _)| rule != RuleName::Alarm)
+        );
     }
 }

@@ -73,8 +73,9 @@ async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response 
     }
     let end_offsets: Vec<(&str, u32, u64)> =
         ends.iter().map(|(t, p, e)| (t.as_str(), *p, *e)).collect();
+    let summary = views.read().summary();
     let mut out = String::new();
-    crate::metrics::render(&views.read(), &end_offsets, &mut out);
+    crate::metrics::render(&summary, &end_offsets, &mut out);
     (
         [(
             axum::http::header::CONTENT_TYPE,

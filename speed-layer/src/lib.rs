@@ -12,6 +12,7 @@ pub mod export;
 pub mod http;
 pub mod metrics;
 pub mod replay;
+pub mod summary;
 pub mod window;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 pub use consumer::{restore, run};
+pub use summary::SpeedSummary;
 pub use window::{Applied, SpeedState};
 
 impl SpeedConfig {
@@ -99,6 +101,30 @@ impl SpeedReader {
     /// an answer needs.
     pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, SpeedState> {
         self.0.read()
+    }
+
+    /// A copy of the progress, counters and health, taken under the read
+    /// lock and rendered without it.
+    pub fn summary(&self) -> SpeedSummary {
+        self.0.read().summary()
+    }
+}
+
+/// The one write serving makes to a speed layer in its own process: the
+/// boundary B, moved when it loads newer batch views (so both sides of B
+/// change together). It can do nothing else to the state.
+#[derive(Debug, Clone)]
+pub struct SpeedBoundary(SpeedViews);
+
+impl SpeedBoundary {
+    /// The boundary of `views`.
+    pub fn new(views: &SpeedViews) -> SpeedBoundary {
+        SpeedBoundary(Arc::clone(views))
+    }
+
+    /// Sets B (see [`SpeedState::set_batch_boundary`]).
+    pub fn set(&self, boundary: Option<i64>) {
+        self.0.write().set_batch_boundary(boundary);
     }
 }
 

@@ -1,17 +1,18 @@
-//! The speed layer's metric families, rendered from its state (by
-//! `lambda speed` itself, and by serving from its copy of the state).
+//! The speed layer's metric families, rendered from a [`SpeedSummary`] of
+//! its state (by `lambda speed` itself, and by serving from its copy of the
+//! state), without the state's lock.
 
 use lambda_events::prometheus::{family, one, partition_labels};
 
-use crate::SpeedState;
+use crate::SpeedSummary;
 
 /// Appends the speed layer's families; `end_offsets` (topic, partition,
 /// end) gives the consumer lag where known.
-pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut String) {
+pub fn render(speed: &SpeedSummary, end_offsets: &[(&str, u32, u64)], out: &mut String) {
     let lag: Vec<(String, f64)> = speed
         .offsets
         .iter()
-        .filter_map(|((topic, partition), offset)| {
+        .filter_map(|(topic, partition, offset)| {
             let end = end_offsets
                 .iter()
                 .find(|(t, p, _)| t == topic && p == partition)?
@@ -43,7 +44,7 @@ pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut St
         "Events the speed layer consumed, by outcome.",
         &events,
     );
-    if let Some(watermark) = speed.watermark() {
+    if let Some(watermark) = speed.watermark {
         family(
             out,
             "lambda_speed_watermark_ms",
@@ -53,9 +54,9 @@ pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut St
         );
     }
     let ledger: Vec<(String, f64)> = speed
-        .late_by_topic()
-        .into_iter()
-        .map(|(t, n)| (format!("topic=\"{t}\""), n as f64))
+        .late_by_topic
+        .iter()
+        .map(|(t, n)| (format!("topic=\"{t}\""), *n as f64))
         .collect();
     family(
         out,
@@ -65,8 +66,7 @@ pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut St
         &ledger,
     );
     let transitions: Vec<(String, f64)> = speed
-        .alerts
-        .totals()
+        .alert_totals
         .iter()
         .map(|((rule, state), n)| {
             let state = match state {
@@ -88,14 +88,14 @@ pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut St
         "lambda_speed_alerts_active",
         "gauge",
         "Alerts raised and not cleared.",
-        &one(speed.alerts.active().count() as f64),
+        &one(speed.alerts_active as f64),
     );
     family(
         out,
         "lambda_speed_alert_keys_dropped_total",
         "counter",
         "Alert keys not tracked because the alert state was at its cap.",
-        &one(speed.alerts.dropped_keys() as f64),
+        &one(speed.alert_keys_dropped as f64),
     );
     family(
         out,
@@ -116,6 +116,6 @@ pub fn render(speed: &SpeedState, end_offsets: &[(&str, u32, u64)], out: &mut St
         "lambda_speed_windows",
         "gauge",
         "Windows held in memory.",
-        &one(speed.windows.len() as f64),
+        &one(speed.windows as f64),
     );
 }
