@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -60,12 +59,12 @@ impl LakeWriter {
 
     /// Writes (or replaces) an object; on a local lake it is on disk
     /// (fsynced, with its directory) when this returns.
-    pub async fn put(&self, path: &Path, bytes: Bytes) -> anyhow::Result<()> {
+    pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), LakeError> {
         self.lake
             .object_store()
             .put(path, PutPayload::from(bytes))
             .await
-            .with_context(|| format!("writing {path}"))?;
+            .map_err(|e| LakeError::store("writing", path, e))?;
         self.sync_local(path).await
     }
 
@@ -73,25 +72,30 @@ impl LakeWriter {
     /// stores make a put durable before answering, and the batch layer
     /// relies on it (log retention trusts a committed manifest), but the
     /// local file store only renames a written file into place.
-    async fn sync_local(&self, path: &Path) -> anyhow::Result<()> {
+    async fn sync_local(&self, path: &Path) -> Result<(), LakeError> {
         let Some(root) = self.lake.local_root() else {
             return Ok(());
         };
         let file = root.join(path.as_ref());
+        let synced = file.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&file)?.sync_all()?;
-            if let Some(dir) = file.parent() {
+            std::fs::File::open(&synced)?.sync_all()?;
+            if let Some(dir) = synced.parent() {
                 std::fs::File::open(dir)?.sync_all()?;
             }
             Ok(())
         })
         .await
-        .context("fsync task")?
-        .with_context(|| format!("syncing {path}"))
+        .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+        .map_err(|source| LakeError::Local {
+            action: "syncing",
+            path: file,
+            source,
+        })
     }
 
     /// Writes an object only if none exists at `path` (a conditional put).
-    pub async fn create(&self, path: &Path, bytes: Bytes) -> anyhow::Result<Created> {
+    pub async fn create(&self, path: &Path, bytes: Bytes) -> Result<Created, LakeError> {
         let options = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -106,15 +110,15 @@ impl LakeWriter {
                 Ok(Created::Written)
             }
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExists),
-            Err(e) => Err(e).with_context(|| format!("creating {path}")),
+            Err(e) => Err(LakeError::store("creating", path, e)),
         }
     }
 
     /// Deletes an object (and its cached copy); a missing one is not an error.
-    pub async fn delete(&self, path: &Path) -> anyhow::Result<()> {
+    pub async fn delete(&self, path: &Path) -> Result<(), LakeError> {
         match self.lake.object_store().delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e).with_context(|| format!("deleting {path}")),
+            Err(e) => return Err(LakeError::store("deleting", path, e)),
         }
         if self.lake.local_root().is_none() {
             let _ = std::fs::remove_file(self.lake.cache_dir().join(path.as_ref()));

@@ -50,7 +50,7 @@ pub enum CommitError {
     Conflict(u64),
     /// Storage failed.
     #[error(transparent)]
-    Storage(#[from] anyhow::Error),
+    Storage(#[from] lambda_lake::LakeError),
 }
 
 /// Commits `manifest` (its version must be the latest + 1).

@@ -68,7 +68,7 @@ pub enum LakeError {
 
 impl LakeError {
     /// A failed object store call.
-    pub(crate) fn store(
+    pub fn store(
         action: &'static str,
         path: impl ToString,
         source: object_store::Error,

@@ -83,7 +83,7 @@ pub async fn refresh_batch_views(
     lake: &Lake,
     shared: &SharedBatchViews,
     speed: Option<&SpeedBoundary>,
-) -> anyhow::Result<bool> {
+) -> Result<bool, lambda_lake::LakeError> {
     // Cheap check first: the held views are cloned only when a newer manifest exists.
     let held = shared.read().version();
     let latest = match lambda_lake::manifest::latest(lake).await? {

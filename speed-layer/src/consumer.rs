@@ -22,12 +22,23 @@ const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Loads the checkpoint, if there is one, into `views`. Call it before
 /// [`run`] and before serving reads `views`, so no answer is given from an
 /// empty state that is about to be replaced.
-pub async fn restore(config: &SpeedConfig, views: &SpeedViews) -> anyhow::Result<()> {
+pub async fn restore(
+    config: &SpeedConfig,
+    views: &SpeedViews,
+) -> Result<(), checkpoint::CheckpointError> {
     let path = config.checkpoint_path.clone();
     let (lateness, horizon) = (config.allowed_lateness_ms, config.horizon_ms);
-    let restored = tokio::task::spawn_blocking(move || checkpoint::load(&path, lateness, horizon))
-        .await
-        .context("checkpoint load task")??;
+    let loading = path.clone();
+    let restored =
+        tokio::task::spawn_blocking(move || checkpoint::load(&loading, lateness, horizon))
+            .await
+            .unwrap_or_else(|join| {
+                Err(checkpoint::CheckpointError::Io {
+                    action: "loading",
+                    path,
+                    source: std::io::Error::other(join),
+                })
+            })?;
     if let Some(state) = restored {
         tracing::info!(
             windows = state.windows.len(),
