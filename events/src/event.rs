@@ -11,6 +11,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::event_ref::EventRef;
+
 use crate::limits::{MAX_ABS_VALUE, MAX_AMOUNT_CENTS, MAX_BATTERY_PCT, MAX_RENDER_MS, MAX_TS_MS};
 pub use crate::limits::{MAX_EVENT_ID_LEN, MAX_STRING_LEN};
 
@@ -164,7 +166,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn allows(&self, field: Field) -> bool {
+    pub(crate) fn allows(&self, field: Field) -> bool {
         self.required.contains(&field) || self.optional.contains(&field)
     }
 }
@@ -239,7 +241,7 @@ impl Field {
         }
     }
 
-    fn from_name(name: &str) -> Option<Field> {
+    pub(crate) fn from_name(name: &str) -> Option<Field> {
         Field::ALL.iter().copied().find(|f| f.name() == name)
     }
 }
@@ -306,7 +308,7 @@ pub struct EventError {
 }
 
 impl EventError {
-    fn field(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
         EventError {
             field: Some(field.to_string()),
             message: message.into(),
@@ -336,19 +338,7 @@ impl Event {
     /// type belongs on another topic is invalid here (a producer other than
     /// the collector wrote it to the wrong place).
     pub fn from_record(bytes: &[u8], topic: &str) -> Result<Event, EventError> {
-        let event = Event::from_json(bytes)?;
-        let home = event.topic();
-        if home.name() != topic {
-            return Err(EventError::field(
-                "event_type",
-                format!(
-                    "{} events belong on topic {}, not {topic}",
-                    event.event_type.as_str(),
-                    home.name()
-                ),
-            ));
-        }
-        Ok(event)
+        EventRef::from_record(bytes, topic).map(EventRef::into_owned)
     }
 
     /// Parses and validates a record read from the log: [`Event::from_record`]
@@ -362,15 +352,20 @@ impl Event {
         topic: &str,
         record_ts_ms: i64,
     ) -> Result<Event, EventError> {
-        let event = Event::from_record(bytes, topic)?;
-        if record_ts_ms > 0 {
-            event.check_not_ahead(record_ts_ms, crate::limits::DEFAULT_MAX_TS_AHEAD_MS)?;
-        }
-        Ok(event)
+        EventRef::from_log_record(bytes, topic, record_ts_ms).map(EventRef::into_owned)
     }
 
-    /// Parses and validates one JSON object.
+    /// Parses and validates one JSON object. A well-formed event takes the
+    /// typed fast path ([`crate::decode`]); anything else is decided, and its
+    /// error written, by [`Event::from_json_reference`].
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        EventRef::from_json(bytes).map(EventRef::into_owned)
+    }
+
+    /// The reference decoder: parses into a `serde_json::Value` and applies
+    /// [`Event::from_value`]. Slower than [`Event::from_json`], and what it
+    /// is checked against; it decides every input the fast path gives up on.
+    pub fn from_json_reference(bytes: &[u8]) -> Result<Event, EventError> {
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| EventError::record(format!("invalid json: {e}")))?;
         Event::from_value(&value)
@@ -455,17 +450,7 @@ impl Event {
     /// event from a broken clock would otherwise drag the watermark and the
     /// boundary into the future and make every later event late.
     pub fn check_not_ahead(&self, now_ms: i64, max_ahead_ms: i64) -> Result<(), EventError> {
-        let ahead = self.ts.saturating_sub(now_ms);
-        if ahead > max_ahead_ms {
-            return Err(EventError::field(
-                "ts",
-                format!(
-                    "{} is {ahead} ms ahead of the receiver's clock (at most {max_ahead_ms} allowed)",
-                    self.ts
-                ),
-            ));
-        }
-        Ok(())
+        check_not_ahead(self.ts, now_ms, max_ahead_ms)
     }
 
     /// Rejects an event time more than `max_behind_ms` before `now_ms`.
@@ -528,6 +513,20 @@ impl Event {
             message: None,
         }
     }
+}
+
+/// See [`Event::check_not_ahead`].
+pub(crate) fn check_not_ahead(ts: i64, now_ms: i64, max_ahead_ms: i64) -> Result<(), EventError> {
+    let ahead = ts.saturating_sub(now_ms);
+    if ahead > max_ahead_ms {
+        return Err(EventError::field(
+            "ts",
+            format!(
+                "{ts} is {ahead} ms ahead of the receiver's clock (at most {max_ahead_ms} allowed)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The time an event read from the log moves event-time clocks to (the

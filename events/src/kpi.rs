@@ -5,11 +5,11 @@
 //! the same columns in DuckDB SQL (`batch-layer/sql/*.sql`) and maps its rows
 //! into them; serving merges them. One definition, two implementations.
 
-use std::collections::HashMap;
-
+use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{DeviceStatus, Event, EventType, Severity};
+use crate::event::{DeviceStatus, EventType, Severity};
+use crate::event_ref::EventRef;
 use crate::sketch::{DdSketch, Hll};
 
 /// Funnel counters for one bucket (and one campaign).
@@ -33,7 +33,7 @@ pub struct FunnelCounts {
 
 impl FunnelCounts {
     /// Counts one funnel event (other event types are ignored).
-    pub fn add(&mut self, event: &Event) {
+    pub fn add(&mut self, event: &EventRef<'_>) {
         match event.event_type {
             EventType::Impression => self.impressions += 1,
             EventType::Click => self.clicks += 1,
@@ -102,7 +102,7 @@ pub struct PageCounts {
 
 impl PageCounts {
     /// Counts one event (page views and errors; others are ignored).
-    pub fn add(&mut self, event: &Event) {
+    pub fn add(&mut self, event: &EventRef<'_>) {
         match event.event_type {
             EventType::PageView => self.page_views += 1,
             EventType::Error => self.errors += 1,
@@ -216,7 +216,7 @@ pub struct DeviceCounts {
 
 impl DeviceCounts {
     /// Counts one status or alarm event (others are ignored).
-    pub fn add(&mut self, event: &Event) {
+    pub fn add(&mut self, event: &EventRef<'_>) {
         match (event.event_type, event.status, event.severity) {
             (EventType::DeviceStatus, Some(DeviceStatus::Online), _) => self.online += 1,
             (EventType::DeviceStatus, Some(DeviceStatus::Offline), _) => self.offline += 1,
@@ -248,8 +248,8 @@ impl DeviceCounts {
 mod tests {
     use super::*;
 
-    fn event(json: &str) -> Event {
-        Event::from_json(json.as_bytes()).unwrap()
+    fn event(json: &str) -> EventRef<'_> {
+        EventRef::from_json(json.as_bytes()).unwrap()
     }
 
     #[test]
@@ -312,12 +312,23 @@ mod tests {
     }
 }
 
-/// The value under `key`, inserted as the default first (allocating the key only then).
-fn entry<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), V::default());
+/// A two-part key (`(page, device)`, `(device_id, sensor)`) borrowed from
+/// an event: it hashes as the `(String, String)` it stands for, so a bucket's
+/// maps are looked up without allocating, and a key is copied only the first
+/// time the bucket sees it.
+#[derive(Debug, Hash)]
+struct Pair<'a>(&'a str, &'a str);
+
+impl Equivalent<(String, String)> for Pair<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
     }
-    map.get_mut(key).expect("just inserted")
+}
+
+impl From<&Pair<'_>> for (String, String) {
+    fn from(pair: &Pair<'_>) -> (String, String) {
+        (pair.0.to_owned(), pair.1.to_owned())
+    }
 }
 
 /// Everything both layers keep for one 1-minute bucket, keyed as the API filters:
@@ -341,43 +352,48 @@ pub struct BucketViews {
 }
 
 impl BucketViews {
-    /// Folds one event into the bucket (the caller has already checked the bucket and dedup).
-    pub fn add(&mut self, event: &Event) {
+    /// Folds one event into the bucket (the caller has already checked the
+    /// bucket and dedup). It allocates only for a key the bucket has not seen.
+    pub fn add(&mut self, event: &EventRef<'_>) {
         let t = event.event_type;
         if FunnelCounts::counts(t) {
             let campaign = event.campaign_id.as_deref().unwrap_or("");
             if let Some(user) = &event.user_id {
-                entry(&mut self.users, campaign).add(user.as_bytes());
+                self.users
+                    .entry_ref(campaign)
+                    .or_default()
+                    .add(user.as_bytes());
             }
-            entry(&mut self.funnel, campaign).add(event);
+            self.funnel.entry_ref(campaign).or_default().add(event);
         }
         if PageCounts::counts(t) {
-            let key = (
-                event.page.clone().unwrap_or_default(),
-                event.device.map(|d| d.as_str()).unwrap_or("").to_string(),
+            let key = Pair(
+                event.page.as_deref().unwrap_or(""),
+                event.device.map_or("", |d| d.as_str()),
             );
             if t == EventType::PageView
                 && let Some(render_ms) = event.render_ms
             {
-                self.render.entry(key.clone()).or_default().add(render_ms);
+                self.render.entry_ref(&key).or_default().add(render_ms);
             }
-            self.pages.entry(key).or_default().add(event);
+            self.pages.entry_ref(&key).or_default().add(event);
         }
         if t == EventType::SensorReading
             && let (Some(device_id), Some(sensor), Some(value)) =
                 (&event.device_id, &event.sensor, event.value)
         {
-            match self.sensors.entry((device_id.clone(), sensor.clone())) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    e.get_mut().add(event.ts, &event.event_id, value)
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(SensorStats::of(event.ts, &event.event_id, value));
+            match self.sensors.get_mut(&Pair(device_id, sensor)) {
+                Some(stats) => stats.add(event.ts, &event.event_id, value),
+                None => {
+                    let stats = SensorStats::of(event.ts, &event.event_id, value);
+                    self.sensors
+                        .insert((device_id.to_string(), sensor.to_string()), stats);
                 }
             }
         }
         if DeviceCounts::counts(t) {
-            entry(&mut self.devices, event.device_id.as_deref().unwrap_or("")).add(event);
+            let device = event.device_id.as_deref().unwrap_or("");
+            self.devices.entry_ref(device).or_default().add(event);
         }
     }
 

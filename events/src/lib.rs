@@ -6,7 +6,9 @@
 
 pub mod bucket;
 pub mod codec;
+pub mod decode;
 pub mod event;
+pub mod event_ref;
 pub mod float;
 pub mod kpi;
 pub mod limits;
@@ -17,5 +19,6 @@ pub mod time;
 pub use bucket::{Step, floor_to};
 pub use codec::{BodyError, ParsedLine, parse_body};
 pub use event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};
+pub use event_ref::EventRef;
 pub use kpi::BucketViews;
 pub use sketch::{DdSketch, Hll};

@@ -3,14 +3,19 @@
 //! - arbitrary bytes and arbitrary JSON never panic, and whatever the decoder
 //!   accepts is within every bound of the limits table and round-trips
 //!   through its canonical form;
+//! - the fast decoder and the reference decoder (`Event::from_json` and
+//!   `Event::from_json_reference`) agree on every input: the same event, or
+//!   the same error;
 //! - a body's lines are reported in order, each once, and never more than
 //!   the per-request limit.
 
+use lambda_events::decode::WireEvent;
+use lambda_events::event::Field;
 use lambda_events::limits::{
     MAX_ABS_VALUE, MAX_AMOUNT_CENTS, MAX_EVENT_ID_LEN, MAX_LINES_PER_REQUEST, MAX_RENDER_MS,
     MAX_STRING_LEN, MAX_TS_MS,
 };
-use lambda_events::{Event, parse_body};
+use lambda_events::{Event, EventType, parse_body};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Value, json};
@@ -146,7 +151,9 @@ fn event_like() -> impl Strategy<Value = Value> {
 fn arbitrary_bytes_never_panic_the_decoder() {
     runner(2048)
         .run(&prop::collection::vec(any::<u8>(), 0..512), |bytes| {
-            if let Ok(event) = Event::from_json(&bytes) {
+            let decoded = Event::from_json(&bytes);
+            assert_eq!(decoded, Event::from_json_reference(&bytes));
+            if let Ok(event) = decoded {
                 assert_within_bounds(&event);
             }
             Ok(())
@@ -160,6 +167,7 @@ fn event_shaped_json_is_accepted_only_within_bounds() {
     runner(4096)
         .run(&event_like(), |value| {
             let bytes = serde_json::to_vec(&value).unwrap();
+            assert_eq!(Event::from_json(&bytes), Event::from_json_reference(&bytes));
             match Event::from_json(&bytes) {
                 Ok(event) => {
                     assert_within_bounds(&event);
@@ -178,6 +186,130 @@ fn event_shaped_json_is_accepted_only_within_bounds() {
     // Random fields rarely make a valid event; the bounds checks above ran
     // on whatever did (the count is printed for whoever tunes the generator).
     println!("accepted {} of 4096 generated objects", accepted.get());
+}
+
+/// A valid value for `field`, picked by `n`.
+fn valid_value(field: Field, n: u64) -> Value {
+    let text = [
+        "a",
+        "ü-é",
+        "with \"quote\"",
+        "back\\slash",
+        "/checkout",
+        "x",
+    ];
+    match field {
+        Field::Device => json!(["desktop", "mobile", "tablet"][n as usize % 3]),
+        Field::Status => json!(["online", "offline"][n as usize % 2]),
+        Field::Severity => json!(["low", "medium", "high", "critical"][n as usize % 4]),
+        Field::RenderMs => json!((n % 1_000_000) as f64 / 7.0),
+        Field::Value => json!((n % 2_000_001) as f64 / 3.0 - 333_333.0),
+        Field::BatteryPct => json!((n % 1001) as f64 / 10.0),
+        Field::AmountCents => json!(n as i64 % (MAX_AMOUNT_CENTS + 1)),
+        Field::ErrorCode if n % 2 == 0 => json!(n % 1000),
+        _ => json!(format!("{}{}", text[n as usize % text.len()], n % 97)),
+    }
+}
+
+/// Events as a producer writes them, most valid, some with one thing wrong
+/// (a null, a key twice, an unknown key, an escaped key, a float `ts`, a
+/// bound crossed, an empty string), as JSON text.
+fn near_valid_event() -> impl Strategy<Value = (String, u8, usize)> {
+    (
+        prop::sample::select(EventType::ALL.to_vec()),
+        "[a-z0-9-]{1,66}",
+        0..=MAX_TS_MS,
+        any::<bool>(),
+        prop::collection::vec(any::<u64>(), Field::ALL.len()),
+        0u8..16,
+    )
+        .prop_map(|(event_type, id, ts, rfc3339, picks, mutation)| {
+            let id_len = id.len();
+            let mut pairs: Vec<(String, Value)> = vec![
+                ("event_id".into(), json!(id)),
+                ("event_type".into(), json!(event_type.as_str())),
+                (
+                    "ts".into(),
+                    match rfc3339 {
+                        true => json!(lambda_events::time::format_rfc3339(ts)),
+                        false => json!(ts),
+                    },
+                ),
+            ];
+            let rule = event_type.rule();
+            for (field, pick) in Field::ALL.iter().zip(&picks) {
+                let optional = rule.optional.contains(field) && pick % 3 != 0;
+                if rule.required.contains(field) || optional {
+                    pairs.push((field.name().into(), valid_value(*field, pick / 3)));
+                }
+            }
+            let at = picks[0] as usize % pairs.len();
+            let mut escaped_key = None;
+            match mutation {
+                0 => pairs[at].1 = Value::Null,
+                1 => pairs.push(pairs[at].clone()),
+                2 => pairs.push(("extra".into(), json!(1))),
+                3 => escaped_key = Some(at),
+                4 => pairs[2].1 = json!(ts as f64 + 0.5),
+                5 => pairs[at].1 = json!(1e300),
+                6 => pairs[at].1 = json!(""),
+                7 => pairs[at].1 = json!("x".repeat(MAX_STRING_LEN + 1)),
+                _ => {}
+            }
+            let body: Vec<String> = pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (key, value))| {
+                    let key = match escaped_key == Some(i) {
+                        // `\u0065` is `e`: the same key, spelled with an escape.
+                        true => format!("\"{}\"", key.replacen('e', "\\u0065", 1)),
+                        false => serde_json::to_string(key).unwrap(),
+                    };
+                    format!("{key}:{value}")
+                })
+                .collect();
+            (format!("{{{}}}", body.join(",")), mutation, id_len)
+        })
+}
+
+#[test]
+fn the_fast_decoder_agrees_with_the_reference_one() {
+    let (accepted, rejected) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    let fast_path = std::cell::Cell::new(0u32);
+    runner(8192)
+        .run(&near_valid_event(), |(text, mutation, id_len)| {
+            let fast = Event::from_json(text.as_bytes());
+            let reference = Event::from_json_reference(text.as_bytes());
+            assert_eq!(fast, reference, "{text}");
+            // The fast path alone, where it says yes: the reference's event.
+            if let Some(event) = WireEvent::decode(text.as_bytes())
+                .ok()
+                .and_then(WireEvent::validate)
+            {
+                assert_eq!(Ok(event.into_owned()), reference, "{text}");
+                fast_path.set(fast_path.get() + 1);
+            }
+            match fast {
+                Ok(event) => {
+                    assert_within_bounds(&event);
+                    accepted.set(accepted.get() + 1);
+                }
+                Err(_) => rejected.set(rejected.get() + 1),
+            }
+            if mutation >= 8 && id_len <= MAX_EVENT_ID_LEN {
+                assert!(reference.is_ok(), "an unmutated event is valid: {text}");
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Both sides of the fast path ran many times.
+    assert!(accepted.get() > 4096, "accepted {}", accepted.get());
+    assert!(
+        fast_path.get() > 4096,
+        "the fast path took {}",
+        fast_path.get()
+    );
+    assert!(rejected.get() > 1024, "rejected {}", rejected.get());
 }
 
 #[test]

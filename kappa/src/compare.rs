@@ -438,7 +438,7 @@ fn judge(
                 // Exact: the kappa bucket plus exactly the late events is the batch bucket.
                 let mut healed = kappa_side.clone();
                 for event in &late {
-                    healed.add(event);
+                    healed.add(&event.to_ref());
                 }
                 !late.is_empty() && same(view, lambda_side, &healed)
             } else {

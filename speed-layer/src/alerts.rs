@@ -17,9 +17,10 @@
 //! the speed layer's checkpoint, so a restart neither repeats nor forgets one.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 
 use lambda_events::bucket::MINUTE_MS;
-use lambda_events::{BucketViews, DeviceStatus, Event, EventType, Severity};
+use lambda_events::{BucketViews, DeviceStatus, EventRef, EventType, Severity};
 use serde::{Deserialize, Serialize};
 
 /// Alerts kept for readers (the newest).
@@ -298,9 +299,8 @@ pub struct AlertEngine {
     /// The rules (configuration, not checkpointed).
     #[serde(skip)]
     pub rules: AlertRules,
-    /// Active alerts: (rule, key) → event time raised.
-    #[serde(with = "pairs")]
-    active: BTreeMap<(RuleName, String), i64>,
+    /// Active alerts and when they were raised.
+    active: ActiveAlerts,
     /// Out-of-range readings in a row, by `device/sensor`.
     out_of_range: BTreeMap<String, u32>,
     /// Devices whose last status is offline and whose alert is not raised yet, and since when.
@@ -319,6 +319,85 @@ pub struct AlertEngine {
     /// Keys not tracked because a map was at [`MAX_ALERT_KEYS`].
     #[serde(default)]
     dropped_keys: u64,
+    /// Where an event's alert key is written, so that asking about it
+    /// allocates nothing.
+    #[serde(skip)]
+    key_buf: String,
+}
+
+/// Active alerts: event time raised, by rule and then key. Kept per rule so
+/// that an event asks about its own key as a `&str`, without building a
+/// `(rule, key)` pair; a checkpoint holds it as the list of
+/// `[[rule, key], raised]` pairs, sorted by rule and key.
+#[derive(Debug, Clone, Default)]
+struct ActiveAlerts {
+    by_rule: BTreeMap<RuleName, BTreeMap<String, i64>>,
+    len: usize,
+}
+
+impl ActiveAlerts {
+    fn contains(&self, rule: RuleName, key: &str) -> bool {
+        self.by_rule
+            .get(&rule)
+            .is_some_and(|keys| keys.contains_key(key))
+    }
+
+    /// Adds `key` (not already there).
+    fn insert(&mut self, rule: RuleName, key: &str, raised: i64) {
+        if self
+            .by_rule
+            .entry(rule)
+            .or_default()
+            .insert(key.to_owned(), raised)
+            .is_none()
+        {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, rule: RuleName, key: &str) -> Option<i64> {
+        let removed = self.by_rule.get_mut(&rule)?.remove(key)?;
+        self.len -= 1;
+        Some(removed)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `(rule, key, raised)`, sorted by rule and key.
+    fn iter(&self) -> impl Iterator<Item = (RuleName, &str, i64)> {
+        self.by_rule.iter().flat_map(|(rule, keys)| {
+            keys.iter()
+                .map(|(key, raised)| (*rule, key.as_str(), *raised))
+        })
+    }
+
+    /// The keys of `rule` starting with `prefix`.
+    fn with_prefix<'a>(&'a self, rule: RuleName, prefix: &'a str) -> impl Iterator<Item = &'a str> {
+        self.by_rule
+            .get(&rule)
+            .into_iter()
+            .flat_map(move |keys| keys.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)))
+            .map(|(key, _)| key.as_str())
+            .take_while(move |key| key.starts_with(prefix))
+    }
+}
+
+impl Serialize for ActiveAlerts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(|(rule, key, raised)| ((rule, key), raised)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ActiveAlerts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ActiveAlerts, D::Error> {
+        let mut active = ActiveAlerts::default();
+        for ((rule, key), raised) in Vec::<((RuleName, String), i64)>::deserialize(d)? {
+            active.insert(rule, &key, raised);
+        }
+        Ok(active)
+    }
 }
 
 impl AlertEngine {
@@ -359,9 +438,7 @@ impl AlertEngine {
 
     /// Active alerts: (rule, key, raised at).
     pub fn active(&self) -> impl Iterator<Item = (RuleName, &str, i64)> {
-        self.active
-            .iter()
-            .map(|((rule, key), ts)| (*rule, key.as_str(), *ts))
+        self.active.iter()
     }
 
     /// Transitions so far by (rule, state).
@@ -375,20 +452,17 @@ impl AlertEngine {
         key: &str,
         state: AlertState,
         ts: i64,
-        message: String,
+        message: impl FnOnce() -> String,
         value: Option<f64>,
     ) {
-        let slot = (rule, key.to_string());
         match state {
-            AlertState::Raised if self.active.contains_key(&slot) => return,
+            AlertState::Raised if self.active.contains(rule, key) => return,
             AlertState::Raised if self.active.len() >= MAX_ALERT_KEYS => {
                 self.dropped_keys += 1;
                 return;
             }
-            AlertState::Raised => {
-                self.active.insert(slot, ts);
-            }
-            AlertState::Cleared if self.active.remove(&slot).is_none() => return,
+            AlertState::Raised => self.active.insert(rule, key, ts),
+            AlertState::Cleared if self.active.remove(rule, key).is_none() => return,
             AlertState::Cleared => {}
         }
         self.seq += 1;
@@ -399,7 +473,7 @@ impl AlertEngine {
             key: key.to_string(),
             state,
             ts,
-            message,
+            message: message(),
             value,
         });
         while self.recent.len() > RECENT_ALERTS {
@@ -407,8 +481,16 @@ impl AlertEngine {
         }
     }
 
-    /// Applies the per-event rules to a counted event.
-    pub fn on_event(&mut self, event: &Event) {
+    /// Applies the per-event rules to a counted event. Allocates nothing
+    /// unless the event changes the alert state.
+    pub fn on_event(&mut self, event: &EventRef<'_>) {
+        let mut key = std::mem::take(&mut self.key_buf);
+        self.on_event_keyed(event, &mut key);
+        self.key_buf = key;
+    }
+
+    /// [`AlertEngine::on_event`], writing alert keys into `key`.
+    fn on_event_keyed(&mut self, event: &EventRef<'_>, key: &mut String) {
         let device = event.device_id.as_deref().unwrap_or("");
         match event.event_type {
             EventType::SensorReading => {
@@ -420,45 +502,41 @@ impl AlertEngine {
                     return;
                 };
                 let (min, max, needed) = (range.min, range.max, range.consecutive.max(1));
-                let key = alert_key(device, sensor);
+                write_alert_key(key, device, sensor);
                 if value < min || value > max {
-                    if !Self::room_for(&self.out_of_range, &key, &mut self.dropped_keys) {
+                    if !Self::room_for(&self.out_of_range, key, &mut self.dropped_keys) {
                         return;
                     }
                     let n = self.out_of_range.entry(key.clone()).or_default();
                     *n += 1;
                     if *n >= needed {
-                        let message = format!(
-                            "{sensor} of {device} outside [{min}, {max}] for {needed} readings: {value}"
-                        );
                         self.transition(
                             RuleName::SensorRange,
-                            &key,
+                            key,
                             AlertState::Raised,
                             event.ts,
-                            message,
+                            || format!("{sensor} of {device} outside [{min}, {max}] for {needed} readings: {value}"),
                             Some(value),
                         );
                     }
                 } else {
-                    self.out_of_range.remove(&key);
-                    let message = format!("{sensor} of {device} back in range: {value}");
+                    self.out_of_range.remove(key.as_str());
                     self.transition(
                         RuleName::SensorRange,
-                        &key,
+                        key,
                         AlertState::Cleared,
                         event.ts,
-                        message,
+                        || format!("{sensor} of {device} back in range: {value}"),
                         Some(value),
                     );
                 }
             }
             EventType::DeviceStatus => match event.status {
                 Some(DeviceStatus::Offline) => {
-                    if Self::room_for(&self.offline_since, device, &mut self.dropped_keys) {
-                        self.offline_since
-                            .entry(device.to_string())
-                            .or_insert(event.ts);
+                    if !self.offline_since.contains_key(device)
+                        && Self::room_for(&self.offline_since, device, &mut self.dropped_keys)
+                    {
+                        self.offline_since.insert(device.to_string(), event.ts);
                     }
                 }
                 Some(DeviceStatus::Online) => {
@@ -468,15 +546,14 @@ impl AlertEngine {
                         device,
                         AlertState::Cleared,
                         event.ts,
-                        format!("{device} is online again"),
+                        || format!("{device} is online again"),
                         None,
                     );
-                    let prefix = alert_key(device, "");
+                    write_alert_key(key, device, "");
                     let alarms: Vec<String> = self
                         .active
-                        .keys()
-                        .filter(|(rule, key)| *rule == RuleName::Alarm && key.starts_with(&prefix))
-                        .map(|(_, key)| key.clone())
+                        .with_prefix(RuleName::Alarm, key)
+                        .map(str::to_owned)
                         .collect();
                     for key in alarms {
                         self.last_alarm.remove(&key);
@@ -485,7 +562,7 @@ impl AlertEngine {
                             &key,
                             AlertState::Cleared,
                             event.ts,
-                            format!("{device} is online again"),
+                            || format!("{device} is online again"),
                             None,
                         );
                     }
@@ -500,27 +577,22 @@ impl AlertEngine {
                     return;
                 }
                 let name = event.alarm.as_deref().unwrap_or("");
-                let key = alert_key(device, name);
-                if !Self::room_for(&self.last_alarm, &key, &mut self.dropped_keys) {
+                write_alert_key(key, device, name);
+                if !Self::room_for(&self.last_alarm, key, &mut self.dropped_keys) {
                     return;
                 }
                 let last = self.last_alarm.entry(key.clone()).or_insert(event.ts);
                 *last = (*last).max(event.ts);
-                let message = format!(
-                    "{} alarm {name} on {device}{}",
-                    severity.as_str(),
-                    event
-                        .message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                );
+                let detail = event.message.as_deref();
                 self.transition(
                     RuleName::Alarm,
-                    &key,
+                    key,
                     AlertState::Raised,
                     event.ts,
-                    message,
+                    || {
+                        let detail = detail.map(|m| format!(": {m}")).unwrap_or_default();
+                        format!("{} alarm {name} on {device}{detail}", severity.as_str())
+                    },
                     None,
                 );
             }
@@ -545,8 +617,8 @@ impl AlertEngine {
         let expired: Vec<((RuleName, String), i64)> = self
             .active
             .iter()
-            .filter(|(_, raised)| raised.saturating_add(ALERT_TTL_MS) <= watermark)
-            .map(|(slot, raised)| (slot.clone(), *raised))
+            .filter(|(_, _, raised)| raised.saturating_add(ALERT_TTL_MS) <= watermark)
+            .map(|(rule, key, raised)| ((rule, key.to_owned()), raised))
             .collect();
         for ((rule, key), raised) in expired {
             self.out_of_range.remove(&key);
@@ -556,7 +628,7 @@ impl AlertEngine {
                 &key,
                 AlertState::Cleared,
                 raised + ALERT_TTL_MS,
-                format!("expired: no change for {} h", ALERT_TTL_MS / 3_600_000),
+                || format!("expired: no change for {} h", ALERT_TTL_MS / 3_600_000),
                 None,
             );
         }
@@ -577,7 +649,7 @@ impl AlertEngine {
                     &device,
                     AlertState::Raised,
                     since + rule.after_ms,
-                    format!("{device} offline for more than {minutes} min"),
+                    || format!("{device} offline for more than {minutes} min"),
                     None,
                 );
             }
@@ -596,7 +668,7 @@ impl AlertEngine {
                     &key,
                     AlertState::Cleared,
                     last + rule.clear_after_ms,
-                    format!("no further alarm {key}"),
+                    || format!("no further alarm {key}"),
                     None,
                 );
             }
@@ -633,7 +705,7 @@ impl AlertEngine {
                         page,
                         state,
                         start + MINUTE_MS,
-                        message,
+                        || message,
                         Some(rate),
                     );
                 }
@@ -651,6 +723,13 @@ impl AlertEngine {
 /// a device's alerts are exactly the keys starting with `alert_key(device, "")`.
 /// Ordinary ids read as they are: `dev-1/temperature`.
 pub fn alert_key(device: &str, name: &str) -> String {
+    let mut key = String::with_capacity(device.len() + name.len() + 1);
+    write_alert_key(&mut key, device, name);
+    key
+}
+
+/// Writes [`alert_key`] into `key` (cleared first).
+fn write_alert_key(key: &mut String, device: &str, name: &str) {
     fn escaped(part: &str, out: &mut String) {
         for c in part.chars() {
             match c {
@@ -660,11 +739,10 @@ pub fn alert_key(device: &str, name: &str) -> String {
             }
         }
     }
-    let mut key = String::with_capacity(device.len() + name.len() + 1);
-    escaped(device, &mut key);
+    key.clear();
+    escaped(device, key);
     key.push('/');
-    escaped(name, &mut key);
-    key
+    escaped(name, key);
 }
 
 /// Maps with tuple keys as JSON lists of `[key, value]` pairs (JSON object keys are strings).
@@ -705,6 +783,7 @@ fn per_page(views: &BucketViews) -> BTreeMap<String, (u64, u64)> {
 mod tests {
     use super::*;
     use crate::SpeedState;
+    use lambda_events::Event;
 
     const T0: i64 = 1_767_225_600_000;
 
@@ -792,12 +871,12 @@ mod tests {
     fn alert_state_is_bounded_by_a_key_cap_and_a_ttl() {
         let mut engine = AlertEngine::new(AlertRules::defaults());
         for i in 0..MAX_ALERT_KEYS + 10 {
-            engine.on_event(&offline(&format!("d{i}"), T0));
+            engine.on_event(&offline(&format!("d{i}"), T0).to_ref());
         }
         assert_eq!(engine.offline_since.len(), MAX_ALERT_KEYS);
         assert_eq!(engine.dropped_keys(), 10);
         // A device already pending still updates in place at the cap.
-        engine.on_event(&offline("d0", T0 + 1));
+        engine.on_event(&offline("d0", T0 + 1).to_ref());
         assert_eq!(engine.dropped_keys(), 10);
         let windows = || std::iter::empty::<(i64, &BucketViews)>();
         engine.on_watermark(T0 + 6 * MINUTE_MS, windows());
@@ -832,8 +911,8 @@ mod tests {
         assert_eq!(alert_key("pump", "7/leak"), "pump/7%2Fleak");
         assert_eq!(alert_key("a%2Fb", "x"), "a%252Fb/x");
         let mut engine = AlertEngine::new(AlertRules::defaults());
-        engine.on_event(&alarm("a1", "pump/7", "leak", T0));
-        engine.on_event(&alarm("a2", "pump", "7/leak", T0 + 1));
+        engine.on_event(&alarm("a1", "pump/7", "leak", T0).to_ref());
+        engine.on_event(&alarm("a2", "pump", "7/leak", T0 + 1).to_ref());
         let active: Vec<(RuleName, &str)> = engine.active().map(|(r, k, _)| (r, k)).collect();
         assert_eq!(
             active,
@@ -844,7 +923,7 @@ mod tests {
         );
         let mut on = offline("pump/7", T0 + 2);
         on.status = Some(DeviceStatus::Online);
-        engine.on_event(&on);
+        engine.on_event(&on.to_ref());
         let active: Vec<&str> = engine.active().map(|(_, k, _)| k).collect();
         assert_eq!(active, vec!["pump/7%2Fleak"], "only pump/7's alarm cleared");
     }

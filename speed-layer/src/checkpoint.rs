@@ -129,7 +129,7 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
         .windows
         .iter()
         .map(|(start, window)| {
-            let mut seen: Vec<_> = window.seen.iter().cloned().collect();
+            let mut seen: Vec<String> = window.seen.iter().map(str::to_owned).collect();
             seen.sort();
             WindowFile {
                 start: *start,

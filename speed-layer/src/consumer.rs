@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
-use lambda_events::{Event, Topic};
+use lambda_events::{EventRef, Topic};
 use lambda_log::{EventLog, FetchPosition, LogError, Record};
 use tokio_util::sync::CancellationToken;
 
@@ -289,7 +289,7 @@ pub fn apply(
     let mut state = views.write();
     for stored in records {
         let record_ts = stored.record.timestamp_ms;
-        match Event::from_log_record(&stored.record.value, &stored.topic, record_ts) {
+        match EventRef::from_log_record(&stored.record.value, &stored.topic, record_ts) {
             Ok(event) => {
                 let clock = lambda_events::event::clock_ts(event.ts, record_ts);
                 state.apply_at(&stored.topic, stored.partition, &event, clock);

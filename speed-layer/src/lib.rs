@@ -12,6 +12,7 @@ pub mod export;
 pub mod http;
 pub mod metrics;
 pub mod replay;
+pub mod seen;
 pub mod summary;
 pub mod window;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::bucket::MINUTE_MS;
-use lambda_events::{Event, Topic, floor_to};
+use lambda_events::{Event, EventRef, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition, LogError, StoredRecord};
 
 use crate::window::{Applied, SpeedState};
@@ -298,7 +298,7 @@ impl Folded {
         self.bytes +=
             (stored.record.value.len() + stored.record.key.as_ref().map_or(0, |k| k.len())) as u64;
         let record_ts = stored.record.timestamp_ms;
-        let Ok(event) = Event::from_log_record(&stored.record.value, &stored.topic, record_ts)
+        let Ok(event) = EventRef::from_log_record(&stored.record.value, &stored.topic, record_ts)
         else {
             state.counters.invalid += 1;
             return;
@@ -307,10 +307,13 @@ impl Folded {
         let clock = lambda_events::event::clock_ts(event.ts, record_ts);
         match state.apply_at(&stored.topic, stored.partition, &event, clock) {
             Applied::Counted if keep.contains(&minute) => {
-                self.counted_in_keep.insert(event.event_id.clone());
+                self.counted_in_keep.insert(event.event_id.into_owned());
             }
             Applied::Late if keep.contains(&minute) => {
-                self.late.entry(minute).or_default().push(event);
+                self.late
+                    .entry(minute)
+                    .or_default()
+                    .push(event.into_owned());
             }
             _ => {}
         }

@@ -6,12 +6,13 @@
 //! late: it is counted in the ledger (per topic and window) and left for the
 //! batch layer, which will heal that bucket.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use lambda_events::bucket::MINUTE_MS;
-use lambda_events::{BucketViews, Event, Topic, floor_to};
+use lambda_events::{BucketViews, Event, EventRef, Topic, floor_to};
 
 use crate::alerts::{AlertEngine, AlertRules};
+use crate::seen::{IdHash, SeenIds};
 
 /// One window: its views and the ids already counted in it.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +20,7 @@ pub struct Window {
     /// The aggregates.
     pub views: BucketViews,
     /// `event_id`s folded in (a resend of one of them is a duplicate).
-    pub seen: HashSet<String>,
+    pub seen: SeenIds,
     /// The state's [`SpeedState::seq`] when this window last changed
     /// (readers in other processes ask for what changed since a seq).
     pub version: u64,
@@ -335,7 +336,7 @@ impl SpeedState {
     /// Folds one event read from `topic`/`partition` in, unless it is late
     /// or a duplicate; the partition's clock moves either way.
     pub fn apply_from(&mut self, topic: &str, partition: u32, event: &Event) -> Applied {
-        self.apply_at(topic, partition, event, event.ts)
+        self.apply_at(topic, partition, &event.to_ref(), event.ts)
     }
 
     /// Folds one event read from the log in, moving its partition's clock to
@@ -346,7 +347,7 @@ impl SpeedState {
         &mut self,
         topic: &str,
         partition: u32,
-        event: &Event,
+        event: &EventRef<'_>,
         clock_ts: i64,
     ) -> Applied {
         let applied = self.fold(event);
@@ -376,7 +377,7 @@ impl SpeedState {
         applied
     }
 
-    fn fold(&mut self, event: &Event) -> Applied {
+    fn fold(&mut self, event: &EventRef<'_>) -> Applied {
         let start = floor_to(event.ts, MINUTE_MS);
         if start < self.evicted_before || self.watermark().is_some_and(|w| start + MINUTE_MS <= w) {
             *self.late_ledger.entry((event.topic(), start)).or_default() += 1;
@@ -386,16 +387,18 @@ impl SpeedState {
         // One id is one event (DESIGN §3), whatever its `ts`: a resend
         // stamped into another open window is a duplicate too. (Closed
         // windows have dropped their ids; see `evict`.)
+        let id = &*event.event_id;
+        let hash = IdHash::of(id);
         let seen_elsewhere = self
             .windows
             .range(self.ids_dropped_before..)
-            .any(|(other, w)| *other != start && w.seen.contains(&event.event_id));
+            .any(|(other, w)| *other != start && w.seen.contains(id, hash));
         if seen_elsewhere {
             self.counters.duplicates += 1;
             return Applied::Duplicate;
         }
         let window = self.windows.entry(start).or_default();
-        if !window.seen.insert(event.event_id.clone()) {
+        if !window.seen.insert(id, hash) {
             self.counters.duplicates += 1;
             return Applied::Duplicate;
         }
@@ -421,7 +424,7 @@ impl SpeedState {
         if closed_before > self.ids_dropped_before {
             let from = self.ids_dropped_before;
             for window in self.windows.range_mut(from..closed_before).map(|(_, w)| w) {
-                window.seen = HashSet::new();
+                window.seen = SeenIds::default();
             }
             self.ids_dropped_before = closed_before;
         }
@@ -581,16 +584,19 @@ mod tests {
     fn events_stamped_ahead_of_the_log_do_not_drag_the_watermark() {
         let mut state = SpeedState::new(60_000, 3_600_000);
         let now = 1_700_000_000_000;
-        state.apply_at("t", 0, &click("first", now), now);
+        state.apply_at("t", 0, &click("first", now).to_ref(), now);
         for i in 0..128 {
             let ahead = click(&format!("ahead-{i}"), now + 4 * MINUTE_MS);
             let clock = lambda_events::event::clock_ts(ahead.ts, now + i);
-            assert_eq!(state.apply_at("t", 0, &ahead, clock), Applied::Counted);
+            assert_eq!(
+                state.apply_at("t", 0, &ahead.to_ref(), clock),
+                Applied::Counted
+            );
         }
         assert_eq!(state.watermark(), Some(now + 127 - 60_000));
         let on_time = click("on-time", now + 1_000);
         assert_eq!(
-            state.apply_at("t", 0, &on_time, now + 2_000),
+            state.apply_at("t", 0, &on_time.to_ref(), now + 2_000),
             Applied::Counted,
             "an on-time event after the ones stamped ahead is not late"
         );

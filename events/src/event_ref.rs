@@ -1,0 +1,205 @@
+//! [`EventRef`]: a valid event whose strings borrow from the record it was
+//! decoded from, so that the speed layer's hot path decodes and folds a
+//! record without allocating. It holds the same fields as [`Event`], passed
+//! the same rule table; [`EventRef::into_owned`] and [`Event::to_ref`]
+//! convert without checking again.
+
+use std::borrow::Cow;
+
+use crate::decode::WireEvent;
+use crate::event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};
+
+/// A valid event, its strings borrowed where the input had no escapes (see
+/// [`Event`] for what each field means).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef<'a> {
+    pub event_id: Cow<'a, str>,
+    pub event_type: EventType,
+    pub ts: i64,
+    pub user_id: Option<Cow<'a, str>>,
+    pub session_id: Option<Cow<'a, str>>,
+    pub device: Option<Device>,
+    pub page: Option<Cow<'a, str>>,
+    pub render_ms: Option<f64>,
+    pub campaign_id: Option<Cow<'a, str>>,
+    pub product_id: Option<Cow<'a, str>>,
+    pub amount_cents: Option<i64>,
+    pub error_code: Option<Cow<'a, str>>,
+    pub device_id: Option<Cow<'a, str>>,
+    pub sensor: Option<Cow<'a, str>>,
+    pub value: Option<f64>,
+    pub unit: Option<Cow<'a, str>>,
+    pub status: Option<DeviceStatus>,
+    pub battery_pct: Option<f64>,
+    pub alarm: Option<Cow<'a, str>>,
+    pub severity: Option<Severity>,
+    pub message: Option<Cow<'a, str>>,
+}
+
+impl<'a> EventRef<'a> {
+    /// Parses and validates one JSON object, as [`Event::from_json`] does
+    /// (same rules, same errors), borrowing its strings from `bytes`.
+    pub fn from_json(bytes: &'a [u8]) -> Result<EventRef<'a>, EventError> {
+        if let Some(event) = WireEvent::decode(bytes).ok().and_then(WireEvent::validate) {
+            return Ok(event);
+        }
+        Event::from_json_reference(bytes).map(EventRef::from)
+    }
+
+    /// [`EventRef::from_json`] for a record read from `topic`: an event
+    /// whose type belongs on the other topic is invalid here.
+    pub fn from_record(bytes: &'a [u8], topic: &str) -> Result<EventRef<'a>, EventError> {
+        let event = EventRef::from_json(bytes)?;
+        let home = event.event_type.topic();
+        if home.name() != topic {
+            return Err(EventError::field(
+                "event_type",
+                format!(
+                    "{} events belong on topic {}, not {topic}",
+                    event.event_type.as_str(),
+                    home.name()
+                ),
+            ));
+        }
+        Ok(event)
+    }
+
+    /// [`EventRef::from_record`] plus the bound on how far `ts` may be ahead
+    /// of the record's own timestamp (see [`Event::from_log_record`]).
+    pub fn from_log_record(
+        bytes: &'a [u8],
+        topic: &str,
+        record_ts_ms: i64,
+    ) -> Result<EventRef<'a>, EventError> {
+        let event = EventRef::from_record(bytes, topic)?;
+        if record_ts_ms > 0 {
+            crate::event::check_not_ahead(
+                event.ts,
+                record_ts_ms,
+                crate::limits::DEFAULT_MAX_TS_AHEAD_MS,
+            )?;
+        }
+        Ok(event)
+    }
+
+    /// The topic the event belongs to.
+    pub fn topic(&self) -> Topic {
+        self.event_type.topic()
+    }
+
+    /// The event with owned strings (no validation again: it passed).
+    pub fn into_owned(self) -> Event {
+        Event {
+            event_id: self.event_id.into_owned(),
+            event_type: self.event_type,
+            ts: self.ts,
+            user_id: self.user_id.map(Cow::into_owned),
+            session_id: self.session_id.map(Cow::into_owned),
+            device: self.device,
+            page: self.page.map(Cow::into_owned),
+            render_ms: self.render_ms,
+            campaign_id: self.campaign_id.map(Cow::into_owned),
+            product_id: self.product_id.map(Cow::into_owned),
+            amount_cents: self.amount_cents,
+            error_code: self.error_code.map(Cow::into_owned),
+            device_id: self.device_id.map(Cow::into_owned),
+            sensor: self.sensor.map(Cow::into_owned),
+            value: self.value,
+            unit: self.unit.map(Cow::into_owned),
+            status: self.status,
+            battery_pct: self.battery_pct,
+            alarm: self.alarm.map(Cow::into_owned),
+            severity: self.severity,
+            message: self.message.map(Cow::into_owned),
+        }
+    }
+
+    /// An event of `event_type` at `ts` with no optional field set.
+    pub(crate) fn bare(event_id: Cow<'a, str>, event_type: EventType, ts: i64) -> EventRef<'a> {
+        EventRef {
+            event_id,
+            event_type,
+            ts,
+            user_id: None,
+            session_id: None,
+            device: None,
+            page: None,
+            render_ms: None,
+            campaign_id: None,
+            product_id: None,
+            amount_cents: None,
+            error_code: None,
+            device_id: None,
+            sensor: None,
+            value: None,
+            unit: None,
+            status: None,
+            battery_pct: None,
+            alarm: None,
+            severity: None,
+            message: None,
+        }
+    }
+}
+
+impl From<Event> for EventRef<'static> {
+    fn from(event: Event) -> EventRef<'static> {
+        EventRef {
+            event_id: Cow::Owned(event.event_id),
+            event_type: event.event_type,
+            ts: event.ts,
+            user_id: event.user_id.map(Cow::Owned),
+            session_id: event.session_id.map(Cow::Owned),
+            device: event.device,
+            page: event.page.map(Cow::Owned),
+            render_ms: event.render_ms,
+            campaign_id: event.campaign_id.map(Cow::Owned),
+            product_id: event.product_id.map(Cow::Owned),
+            amount_cents: event.amount_cents,
+            error_code: event.error_code.map(Cow::Owned),
+            device_id: event.device_id.map(Cow::Owned),
+            sensor: event.sensor.map(Cow::Owned),
+            value: event.value,
+            unit: event.unit.map(Cow::Owned),
+            status: event.status,
+            battery_pct: event.battery_pct,
+            alarm: event.alarm.map(Cow::Owned),
+            severity: event.severity,
+            message: event.message.map(Cow::Owned),
+        }
+    }
+}
+
+/// A string field, borrowed.
+fn text(s: &Option<String>) -> Option<Cow<'_, str>> {
+    s.as_deref().map(Cow::Borrowed)
+}
+
+impl Event {
+    /// The event as an [`EventRef`] borrowing this one's strings.
+    pub fn to_ref(&self) -> EventRef<'_> {
+        EventRef {
+            event_id: Cow::Borrowed(&self.event_id),
+            event_type: self.event_type,
+            ts: self.ts,
+            user_id: text(&self.user_id),
+            session_id: text(&self.session_id),
+            device: self.device,
+            page: text(&self.page),
+            render_ms: self.render_ms,
+            campaign_id: text(&self.campaign_id),
+            product_id: text(&self.product_id),
+            amount_cents: self.amount_cents,
+            error_code: text(&self.error_code),
+            device_id: text(&self.device_id),
+            sensor: text(&self.sensor),
+            value: self.value,
+            unit: text(&self.unit),
+            status: self.status,
+            battery_pct: self.battery_pct,
+            alarm: text(&self.alarm),
+            severity: self.severity,
+            message: text(&self.message),
+        }
+    }
+}

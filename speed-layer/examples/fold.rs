@@ -1,0 +1,107 @@
+//! The speed layer's per-record path — decode, fold, offsets, eviction — over
+//! records already in memory, with no log and no runtime around it: what to
+//! point a profiler at. `lambda bench speed` is the benchmark (the log
+//! included, beside a decode ceiling measured in the same run); this harness
+//! exists so that a profile shows the fold and nothing else:
+//!
+//! ```text
+//! cargo build --release -p lambda-speed --example fold
+//! valgrind --tool=callgrind --callgrind-out-file=fold.out \
+//!     $CARGO_TARGET_DIR/release/examples/fold 100000
+//! callgrind_annotate --inclusive=yes fold.out | head -60
+//! ```
+
+use std::time::Instant;
+
+use lambda_events::decode::WireEvent;
+use lambda_events::{Event, Topic};
+use lambda_ingest::generator::{Generator, GeneratorConfig};
+use lambda_log::{FetchPosition, Record, StoredRecord};
+use lambda_speed::SpeedConfig;
+
+/// Records per call of `apply`, as the speed layer fetches them.
+const BATCH: usize = 4096;
+const PARTITIONS: u32 = 4;
+
+fn main() {
+    let events: usize = std::env::args().nth(1).map_or(100_000, |n| {
+        n.parse().expect("the first argument: how many events")
+    });
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: 1,
+        start_ms: 1_767_225_600_000,
+        rate: 200.0,
+        users: 5_000,
+        devices: 50,
+        late_fraction: 0.01,
+        duplicate_fraction: 0.01,
+        malformed_fraction: 0.0,
+        ..GeneratorConfig::default()
+    });
+    let mut next_offset = [[0u64; PARTITIONS as usize]; 2];
+    let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
+    for i in 0..events {
+        let line = generator.next_line().bytes;
+        let event = Event::from_json(&line).expect("the generator makes valid lines");
+        let topic = event.topic();
+        let partition = (i as u32) % PARTITIONS;
+        let offset = &mut next_offset[topic as usize][partition as usize];
+        let key = event
+            .user_id
+            .clone()
+            .or(event.device_id.clone())
+            .unwrap_or_default();
+        if batches.last().is_none_or(|b| b.len() == BATCH) {
+            batches.push(Vec::with_capacity(BATCH));
+        }
+        batches.last_mut().expect("pushed").push(StoredRecord {
+            topic: topic.name().to_string(),
+            partition,
+            offset: *offset,
+            record: Record::keyed(key, line, event.ts),
+        });
+        *offset += 1;
+    }
+    let mut positions: Vec<FetchPosition> = Topic::ALL
+        .iter()
+        .flat_map(|topic| {
+            (0..PARTITIONS).map(|partition| FetchPosition {
+                topic: topic.name().to_string(),
+                partition,
+                offset: 0,
+            })
+        })
+        .collect();
+
+    // The typed-decode ceiling over the same bytes (see `lambda bench speed`).
+    let started = Instant::now();
+    let decoded = batches
+        .iter()
+        .flatten()
+        .filter(|stored| WireEvent::decode(&stored.record.value).is_ok())
+        .count();
+    let ceiling = started.elapsed();
+    assert_eq!(decoded, events);
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let views = lambda_speed::new_views(&SpeedConfig::with_data_dir(dir.path()));
+    let started = Instant::now();
+    for batch in batches {
+        let invalid = lambda_speed::consumer::apply(&views, &mut positions, batch);
+        assert!(invalid.is_empty(), "the generator makes valid lines");
+    }
+    let elapsed = started.elapsed();
+    let state = views.read();
+    let counters = state.counters();
+    println!(
+        "typed decode (ceiling): {:.0} records/s; fold: {events} records in {:.3} s: {:.0} records/s ({:.2}x the ceiling); counted {}, late {}, duplicates {}, windows {}",
+        events as f64 / ceiling.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        ceiling.as_secs_f64() / elapsed.as_secs_f64(),
+        counters.counted,
+        counters.late,
+        counters.duplicates,
+        state.windows().len()
+    );
+}
