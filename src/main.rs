@@ -52,14 +52,23 @@ enum Command {
     Kappa(KappaCommand),
     /// Compute an interval's views both ways — batch (lambda) and log replay (kappa) — and show where and why they differ.
     Compare(CompareArgs),
-    /// Benchmarks: `lambda bench speed`.
+    /// Benchmarks, each beside a baseline measured in the same run: `lambda bench` runs them all and prints one table.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// One benchmark with its own settings; without one, all of them with their defaults.
     #[command(subcommand)]
-    Bench(BenchCommand),
+    command: Option<BenchCommand>,
+    /// Where the figures are written as JSON (the table is printed too).
+    #[arg(long, default_value = "bench.json")]
+    json: std::path::PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Events per second per core from the log into the speed layer's views, beside a parse-only baseline.
+    /// Events per second per core from the log into the speed layer's views, beside a typed-decode ceiling.
     Speed(lambda_bench::SpeedBench),
     /// Rows per second per core and bytes of the master dataset's Parquet writer and compaction, beside DuckDB's COPY.
     Batch(lambda_bench::BatchBench),
@@ -295,9 +304,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", lambda_kappa::client::replay(request).await?);
             Ok(())
         }
-        Command::Bench(BenchCommand::Speed(bench)) => lambda_bench::speed::run(bench).await,
-        Command::Bench(BenchCommand::Batch(bench)) => lambda_bench::batch::run(bench).await,
-        Command::Bench(BenchCommand::Serve(bench)) => lambda_bench::serve::run(bench).await,
+        Command::Bench(args) => {
+            let figures = match args.command {
+                None => return lambda_bench::all(&args.json).await.map(drop),
+                Some(BenchCommand::Speed(bench)) => lambda_bench::speed::run(bench).await?,
+                Some(BenchCommand::Batch(bench)) => lambda_bench::batch::run(bench).await?,
+                Some(BenchCommand::Serve(bench)) => lambda_bench::serve::run(bench).await?,
+            };
+            let report = lambda_bench::Report::new(figures);
+            println!("\n{}", report.table());
+            report.write_json(&args.json)
+        }
     }
 }
 

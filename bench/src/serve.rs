@@ -15,9 +15,10 @@ use lambda_serving::{SharedBatchViews, SpeedSource, Supervisor};
 use lambda_speed::{SpeedBoundary, SpeedConfig, SpeedReader};
 
 use crate::measure::spinner;
+use crate::report::{Aim, Figure};
 
 /// Settings of the serving benchmark.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Parser)]
 pub struct ServeBench {
     /// Requests per second offered to each endpoint (open loop: sent on schedule, answered or not), e.g. 1000.
     #[arg(long, default_value_t = 1_000)]
@@ -25,6 +26,13 @@ pub struct ServeBench {
     /// Seconds of load per endpoint.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+}
+
+impl Default for ServeBench {
+    /// The flags' defaults (what `lambda bench` runs).
+    fn default() -> ServeBench {
+        <ServeBench as clap::Parser>::parse_from(["serve"])
+    }
 }
 
 /// Latencies of one endpoint under load.
@@ -106,7 +114,7 @@ async fn offer(client: &reqwest::Client, url: &str, rate: u32, seconds: u64) -> 
 /// steps (1 440 buckets, batch views before B and speed windows after),
 /// beside a static JSON handler on the same server, each at the same fixed
 /// request rate in the same run.
-pub async fn run(bench: ServeBench) -> anyhow::Result<()> {
+pub async fn run(bench: ServeBench) -> anyhow::Result<Vec<Figure>> {
     const T0: i64 = 1_767_225_600_000;
     const DAY_MINUTES: i64 = 24 * 60;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -207,7 +215,29 @@ pub async fn run(bench: ServeBench) -> anyhow::Result<()> {
         ratio(0.50),
         ratio(0.99)
     );
-    Ok(())
+    let ms = |load: &Load, q: f64| load.percentile(q).as_secs_f64() * 1e3;
+    let name = |q: &str| format!("merged funnel 24 h at 1m, {q} at {} requests/s", bench.rate);
+    let baseline_name = "static handler, the same bytes";
+    Ok(vec![
+        Figure::new(
+            "serve",
+            name("p50"),
+            "ms",
+            ms(&funnel, 0.50),
+            baseline_name,
+            ms(&baseline, 0.50),
+            Aim::None,
+        ),
+        Figure::new(
+            "serve",
+            name("p99"),
+            "ms",
+            ms(&funnel, 0.99),
+            baseline_name,
+            ms(&baseline, 0.99),
+            Aim::None,
+        ),
+    ])
 }
 
 /// The layers the benchmark loads and queries, in this process: the
