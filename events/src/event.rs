@@ -169,6 +169,14 @@ impl Rule {
     pub(crate) fn allows(&self, field: Field) -> bool {
         self.required.contains(&field) || self.optional.contains(&field)
     }
+
+    /// `(required, allowed)` as [`Field::bit`] masks: the rule in two words,
+    /// for the decoder's fast path.
+    pub(crate) fn masks(&self) -> (u32, u32) {
+        let mask = |fields: &[Field]| fields.iter().fold(0, |m, f| m | f.bit());
+        let required = mask(self.required);
+        (required, required | mask(self.optional))
+    }
 }
 
 /// Every type-specific field an event can carry.
@@ -241,8 +249,35 @@ impl Field {
         }
     }
 
+    /// The field named `name` (a `match`, so one length check and a compare
+    /// or two, not a walk over every name).
     pub(crate) fn from_name(name: &str) -> Option<Field> {
-        Field::ALL.iter().copied().find(|f| f.name() == name)
+        Some(match name {
+            "user_id" => Field::UserId,
+            "session_id" => Field::SessionId,
+            "device" => Field::Device,
+            "page" => Field::Page,
+            "render_ms" => Field::RenderMs,
+            "campaign_id" => Field::CampaignId,
+            "product_id" => Field::ProductId,
+            "amount_cents" => Field::AmountCents,
+            "error_code" => Field::ErrorCode,
+            "device_id" => Field::DeviceId,
+            "sensor" => Field::Sensor,
+            "value" => Field::Value,
+            "unit" => Field::Unit,
+            "status" => Field::Status,
+            "battery_pct" => Field::BatteryPct,
+            "alarm" => Field::Alarm,
+            "severity" => Field::Severity,
+            "message" => Field::Message,
+            _ => return None,
+        })
+    }
+
+    /// The field's bit in a set of fields.
+    pub(crate) fn bit(self) -> u32 {
+        1 << self as u32
     }
 }
 
@@ -705,6 +740,18 @@ fn check_ts_bounds(ms: i64, shown: &str) -> Result<i64, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_is_found_by_its_name_and_has_its_own_bit() {
+        let mut bits = 0;
+        for field in Field::ALL {
+            assert_eq!(Field::from_name(field.name()), Some(*field));
+            assert_eq!(bits & field.bit(), 0, "{field:?}");
+            bits |= field.bit();
+        }
+        assert_eq!(Field::from_name("user_i"), None);
+        assert_eq!(Field::from_name("event_id"), None);
+    }
 
     /// Validates `input`; `expected` is `Ok(event_type)` or `Err((field, message fragment))`.
     fn check(input: &str, expected: Result<EventType, (&str, &str)>) {

@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use lambda_events::decode::WireEvent;
+use lambda_events::decode::TypedBaseline;
 use lambda_events::{Event, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig};
 use lambda_log::{FetchPosition, Record, StoredRecord};
@@ -78,7 +78,7 @@ fn main() {
     let decoded = batches
         .iter()
         .flatten()
-        .filter(|stored| WireEvent::decode(&stored.record.value).is_ok())
+        .filter(|stored| TypedBaseline::decode(&stored.record.value).is_ok())
         .count();
     let ceiling = started.elapsed();
     assert_eq!(decoded, events);
