@@ -62,7 +62,7 @@ struct BenchArgs {
     #[command(subcommand)]
     command: Option<BenchCommand>,
     /// Where the figures are written as JSON (the table is printed too).
-    #[arg(long, default_value = "bench.json")]
+    #[arg(long, global = true, default_value = "bench.json")]
     json: std::path::PathBuf,
 }
 

@@ -8,21 +8,23 @@ use serde::Deserializer;
 use serde::de::{SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::event::{Event, EventError};
+use crate::event::EventError;
+use crate::event_ref::EventRef;
 use crate::limits::{DEAD_LETTER_EXCERPT_BYTES, MAX_LINE_BYTES, MAX_LINES_PER_REQUEST};
 
 /// One line (or array element) of a request body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParsedLine {
+pub struct ParsedLine<'a> {
     /// 1-based line number in the body (element number for a JSON array).
     pub line: usize,
     /// The original bytes of the line, without its line terminator; for a
     /// line over [`MAX_LINE_BYTES`], its first [`DEAD_LETTER_EXCERPT_BYTES`].
-    pub raw: Vec<u8>,
+    pub raw: &'a [u8],
     /// The line's length in bytes (more than `raw` holds when it was cut).
     pub len: usize,
-    /// The validated event, or why the line is invalid.
-    pub result: Result<Event, EventError>,
+    /// The validated event (its strings borrowed from the body), or why
+    /// the line is invalid.
+    pub result: Result<EventRef<'a>, EventError>,
 }
 
 /// A body that is refused whole: nothing in it is accepted or dead-lettered.
@@ -44,7 +46,7 @@ pub enum BodyError {
 /// refused whole (counted before anything is parsed, so a huge array of tiny
 /// elements costs no more memory than its bytes); a line or element over
 /// [`MAX_LINE_BYTES`] is rejected on its own.
-pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
+pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedLine<'_>>, BodyError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         return parse_array(body);
@@ -60,21 +62,21 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
                 max: MAX_LINES_PER_REQUEST,
             });
         }
-        lines.push(parse_line(idx + 1, line, || Event::from_json(line)));
+        lines.push(parse_line(idx + 1, line, || EventRef::from_json(line)));
     }
     Ok(lines)
 }
 
 /// One line, unless it is too long to be an event.
-fn parse_line(
+fn parse_line<'a>(
     line: usize,
-    raw: &[u8],
-    parse: impl FnOnce() -> Result<Event, EventError>,
-) -> ParsedLine {
+    raw: &'a [u8],
+    parse: impl FnOnce() -> Result<EventRef<'a>, EventError>,
+) -> ParsedLine<'a> {
     if raw.len() > MAX_LINE_BYTES {
         return ParsedLine {
             line,
-            raw: raw[..DEAD_LETTER_EXCERPT_BYTES.min(raw.len())].to_vec(),
+            raw: &raw[..DEAD_LETTER_EXCERPT_BYTES.min(raw.len())],
             len: raw.len(),
             result: Err(EventError::record(format!(
                 "line of {} bytes exceeds the limit of {MAX_LINE_BYTES} bytes",
@@ -84,13 +86,13 @@ fn parse_line(
     }
     ParsedLine {
         line,
-        raw: raw.to_vec(),
+        raw,
         len: raw.len(),
         result: parse(),
     }
 }
 
-fn parse_array(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
+fn parse_array(body: &[u8]) -> Result<Vec<ParsedLine<'_>>, BodyError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let parsed = deserializer
         .deserialize_seq(BoundedElements)
@@ -105,7 +107,7 @@ fn parse_array(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
             .enumerate()
             .map(|(idx, element)| {
                 let raw = element.get().as_bytes();
-                parse_line(idx + 1, raw, || Event::from_json(raw))
+                parse_line(idx + 1, raw, || EventRef::from_json(raw))
             })
             .collect()),
         Err(e) if e.to_string().starts_with(TOO_MANY) => Err(BodyError::TooManyLines {
@@ -115,7 +117,7 @@ fn parse_array(body: &[u8]) -> Result<Vec<ParsedLine>, BodyError> {
         // bad line, kept (cut to the excerpt) for the dead-letter topic.
         Err(e) => Ok(vec![ParsedLine {
             line: 1,
-            raw: body[..body.len().min(DEAD_LETTER_EXCERPT_BYTES)].to_vec(),
+            raw: &body[..body.len().min(DEAD_LETTER_EXCERPT_BYTES)],
             len: body.len(),
             result: Err(EventError::record(format!("invalid json array: {e}"))),
         }]),
@@ -128,15 +130,15 @@ const TOO_MANY: &str = "too many elements";
 struct BoundedElements;
 
 impl<'de> Visitor<'de> for BoundedElements {
-    type Value = Vec<Box<RawValue>>;
+    type Value = Vec<&'de RawValue>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a json array of events")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Box<RawValue>>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<&'de RawValue>, A::Error> {
         let mut elements = Vec::new();
-        while let Some(element) = seq.next_element::<Box<RawValue>>()? {
+        while let Some(element) = seq.next_element::<&'de RawValue>()? {
             if elements.len() == MAX_LINES_PER_REQUEST {
                 return Err(serde::de::Error::custom(TOO_MANY));
             }
@@ -157,7 +159,9 @@ mod tests {
             .map(|p| {
                 (
                     p.line,
-                    p.result.map(|e| e.event_id).map_err(|e| e.to_string()),
+                    p.result
+                        .map(|e| e.event_id.into_owned())
+                        .map_err(|e| e.to_string()),
                 )
             })
             .collect()

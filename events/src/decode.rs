@@ -1,7 +1,8 @@
-//! The fast path of [`Event::from_json`](crate::Event::from_json): serde_json decodes one object
-//! straight into [`WireEvent`] (strings borrowed from the input where they
-//! have no escapes, numbers as numbers, no `Value` tree, no map), and
-//! [`WireEvent::validate`] applies the rule table to it.
+//! The fast path of [`Event::from_json`](crate::Event::from_json): serde_json
+//! decodes one object straight into the [`EventRef`] it becomes (strings
+//! borrowed from the input where they have no escapes, each value checked
+//! against its bound as it is read, no `Value` tree, no map), and
+//! [`WireEvent::validate`] applies the rule of its type: two bit masks.
 //!
 //! The fast path only ever says yes: on anything unusual — a syntax error, a
 //! `null`, a key given twice, a key it does not know, a value of another
@@ -11,8 +12,8 @@
 //! error messages have one source. `tests/decoder_properties.rs` checks that
 //! they agree on generated events, near-events and arbitrary bytes.
 //!
-//! [`WireEvent`]'s decode alone, without validation, is also the
-//! typed-decode ceiling `lambda bench speed` measures our decoder against.
+//! [`TypedBaseline`] is the ceiling `lambda bench speed` measures our decoder
+//! against: serde's derive into a borrowed struct, no rule applied.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -64,78 +65,87 @@ pub enum DecodeError {
     Json(serde_json::Error),
 }
 
-/// A field's value as decoded, before the rule table looks at it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WireValue<'a> {
-    /// A string.
-    Text(Cow<'a, str>),
-    /// A number read as a float (`render_ms`, `value`, `battery_pct`).
-    Float(f64),
-    /// An integer (`amount_cents`, an integer `error_code`, `ts`).
-    Int(i64),
-}
+/// `ts` as given: integer milliseconds or an RFC 3339 string.
+struct Ts(i64);
 
-/// Decodes a number field as a float, an integer, or (for `error_code` and
-/// `ts`) an integer or a string; anything else is an error (the caller then
-/// takes the reference path).
-struct Slot<'a>(WireValue<'a>);
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Float,
-    Int,
-    IntOrText,
-}
-
-struct SlotSeed(Kind);
-
-impl<'de> de::DeserializeSeed<'de> for SlotSeed {
-    type Value = Slot<'de>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Slot<'de>, D::Error> {
-        match self.0 {
-            Kind::Float => f64::deserialize(deserializer).map(|v| Slot(WireValue::Float(v))),
-            Kind::Int => i64::deserialize(deserializer).map(|v| Slot(WireValue::Int(v))),
-            Kind::IntOrText => deserializer.deserialize_any(IntOrText),
-        }
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Ts, D::Error> {
+        deserializer
+            .deserialize_any(IntOrText)
+            .and_then(|value| match value {
+                IntOrTextValue::Int(ms) => Ok(Ts(ms)),
+                IntOrTextValue::Text(text) => crate::time::rfc3339_millis(&text)
+                    .map(Ts)
+                    .map_err(|_| de::Error::custom("not a time")),
+            })
     }
+}
+
+/// An `error_code`: a string, or an integer written as one.
+struct ErrorCode<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for ErrorCode<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(ErrorCode(
+            match deserializer.deserialize_any(IntOrText)? {
+                IntOrTextValue::Int(code) => Cow::Owned(code.to_string()),
+                IntOrTextValue::Text(text) => text,
+            },
+        ))
+    }
+}
+
+enum IntOrTextValue<'a> {
+    Int(i64),
+    Text(Cow<'a, str>),
 }
 
 struct IntOrText;
 
 impl<'de> Visitor<'de> for IntOrText {
-    type Value = Slot<'de>;
+    type Value = IntOrTextValue<'de>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an integer or a string")
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Slot<'de>, E> {
-        Ok(Slot(WireValue::Int(v)))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(IntOrTextValue::Int(v))
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Slot<'de>, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
         i64::try_from(v)
-            .map(|v| Slot(WireValue::Int(v)))
+            .map(IntOrTextValue::Int)
             .map_err(|_| E::custom("integer beyond i64"))
     }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Slot<'de>, E> {
-        Ok(Slot(WireValue::Text(Cow::Borrowed(v))))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(IntOrTextValue::Text(Cow::Borrowed(v)))
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Slot<'de>, E> {
-        Ok(Slot(WireValue::Text(Cow::Owned(v.to_owned()))))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(IntOrTextValue::Text(Cow::Owned(v.to_owned())))
     }
 }
 
-/// One event object as decoded, unvalidated: `event_id`, `event_type`, `ts`
-/// and one slot per [`Field`], each set at most once.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A key of an event object.
+#[derive(Clone, Copy)]
+enum Key {
+    EventId,
+    EventType,
+    Ts,
+    Field(Field),
+}
+
+/// Bits of `WireEvent::present` past the fields' own ([`Field::bit`]).
+const EVENT_ID: u32 = 1 << 29;
+const EVENT_TYPE: u32 = 1 << 30;
+const TS: u32 = 1 << 31;
+
+/// One event object as decoded: every value already checked on its own
+/// (a string's length, a number's bound, a label's spelling), written
+/// straight into the [`EventRef`] it becomes, and which keys were given.
+/// [`WireEvent::validate`] then applies the rule of its type.
+#[derive(Debug, Clone, PartialEq)]
 pub struct WireEvent<'a> {
-    /// `event_id`.
-    pub event_id: Option<Cow<'a, str>>,
-    /// `event_type`, as spelled.
-    pub event_type: Option<Cow<'a, str>>,
-    /// `ts`: integer milliseconds or an RFC 3339 string.
-    pub ts: Option<WireValue<'a>>,
-    /// The type-specific fields, indexed by `Field as usize`.
-    pub fields: [Option<WireValue<'a>>; Field::ALL.len()],
+    event: EventRef<'a>,
+    /// [`Field::bit`]s of the fields given, and `event_id`, `event_type`, `ts`.
+    present: u32,
 }
 
 impl<'de> Deserialize<'de> for WireEvent<'de> {
@@ -154,53 +164,113 @@ impl<'de> Visitor<'de> for WireVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireEvent<'de>, A::Error> {
-        let mut wire = WireEvent::default();
-        let twice = || de::Error::custom("a key given twice");
+        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        let mut present = 0u32;
         while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-            match key.as_ref() {
-                "event_id" => {
-                    let Text(v) = map.next_value()?;
-                    if wire.event_id.replace(v).is_some() {
-                        return Err(twice());
+            let key = match key.as_ref() {
+                "event_id" => Key::EventId,
+                "event_type" => Key::EventType,
+                "ts" => Key::Ts,
+                name => Key::Field(
+                    Field::from_name(name)
+                        .ok_or_else(|| de::Error::custom("a key that is not a field"))?,
+                ),
+            };
+            let bit = match key {
+                Key::EventId => EVENT_ID,
+                Key::EventType => EVENT_TYPE,
+                Key::Ts => TS,
+                Key::Field(field) => field.bit(),
+            };
+            if present & bit != 0 {
+                return Err(de::Error::custom("a key given twice"));
+            }
+            present |= bit;
+            let e = &mut event;
+            match key {
+                Key::EventId => {
+                    let Text(id) = map.next_value()?;
+                    if id.is_empty() || id.len() > MAX_EVENT_ID_LEN {
+                        return Err(de::Error::custom("an event_id out of bounds"));
                     }
+                    e.event_id = id;
                 }
-                "event_type" => {
-                    let Text(v) = map.next_value()?;
-                    if wire.event_type.replace(v).is_some() {
-                        return Err(twice());
+                Key::EventType => e.event_type = label(&mut map, EventType::parse)?,
+                Key::Ts => {
+                    let Ts(ms) = map.next_value()?;
+                    if !(0..=MAX_TS_MS).contains(&ms) {
+                        return Err(de::Error::custom("a ts out of bounds"));
                     }
+                    e.ts = ms;
                 }
-                "ts" => {
-                    let Slot(v) = map.next_value_seed(SlotSeed(Kind::IntOrText))?;
-                    if wire.ts.replace(v).is_some() {
-                        return Err(twice());
+                Key::Field(Field::UserId) => e.user_id = Some(text(&mut map)?),
+                Key::Field(Field::SessionId) => e.session_id = Some(text(&mut map)?),
+                Key::Field(Field::Device) => e.device = Some(label(&mut map, Device::parse)?),
+                Key::Field(Field::Page) => e.page = Some(text(&mut map)?),
+                Key::Field(Field::RenderMs) => {
+                    e.render_ms = Some(float(&mut map, 0.0, MAX_RENDER_MS)?)
+                }
+                Key::Field(Field::CampaignId) => e.campaign_id = Some(text(&mut map)?),
+                Key::Field(Field::ProductId) => e.product_id = Some(text(&mut map)?),
+                Key::Field(Field::AmountCents) => {
+                    let cents: i64 = map.next_value()?;
+                    if !(0..=MAX_AMOUNT_CENTS).contains(&cents) {
+                        return Err(de::Error::custom("an amount out of bounds"));
                     }
+                    e.amount_cents = Some(cents);
                 }
-                name => {
-                    let field = Field::from_name(name)
-                        .ok_or_else(|| de::Error::custom("a key that is not a field"))?;
-                    let value = match kind(field) {
-                        Some(kind) => map.next_value_seed(SlotSeed(kind))?.0,
-                        None => WireValue::Text(map.next_value::<Text<'de>>()?.0),
-                    };
-                    if wire.fields[field as usize].replace(value).is_some() {
-                        return Err(twice());
-                    }
+                Key::Field(Field::ErrorCode) => {
+                    let ErrorCode(code) = map.next_value()?;
+                    e.error_code = Some(bounded(code)?);
                 }
+                Key::Field(Field::DeviceId) => e.device_id = Some(text(&mut map)?),
+                Key::Field(Field::Sensor) => e.sensor = Some(text(&mut map)?),
+                Key::Field(Field::Value) => {
+                    e.value = Some(float(&mut map, -MAX_ABS_VALUE, MAX_ABS_VALUE)?)
+                }
+                Key::Field(Field::Unit) => e.unit = Some(text(&mut map)?),
+                Key::Field(Field::Status) => e.status = Some(label(&mut map, DeviceStatus::parse)?),
+                Key::Field(Field::BatteryPct) => {
+                    e.battery_pct = Some(float(&mut map, 0.0, MAX_BATTERY_PCT)?)
+                }
+                Key::Field(Field::Alarm) => e.alarm = Some(text(&mut map)?),
+                Key::Field(Field::Severity) => e.severity = Some(label(&mut map, Severity::parse)?),
+                Key::Field(Field::Message) => e.message = Some(text(&mut map)?),
             }
         }
-        Ok(wire)
+        Ok(WireEvent { event, present })
     }
 }
 
-/// How a field's value is decoded (`None`: a string).
-fn kind(field: Field) -> Option<Kind> {
-    match field {
-        Field::RenderMs | Field::Value | Field::BatteryPct => Some(Kind::Float),
-        Field::AmountCents => Some(Kind::Int),
-        Field::ErrorCode => Some(Kind::IntOrText),
-        _ => None,
+/// A string field's value: 1..=[`MAX_STRING_LEN`] bytes.
+fn text<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Cow<'de, str>, A::Error> {
+    let Text(text) = map.next_value()?;
+    bounded(text)
+}
+
+fn bounded<E: de::Error>(text: Cow<'_, str>) -> Result<Cow<'_, str>, E> {
+    if text.is_empty() || text.len() > MAX_STRING_LEN {
+        return Err(E::custom("a string out of bounds"));
     }
+    Ok(text)
+}
+
+/// An enumerated string field's value.
+fn label<'de, A: MapAccess<'de>, T>(
+    map: &mut A,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, A::Error> {
+    let Text(text) = map.next_value()?;
+    parse(&text).ok_or_else(|| de::Error::custom("not one of the labels"))
+}
+
+/// A number field's value within `low..=high` (an integer is read as a float).
+fn float<'de, A: MapAccess<'de>>(map: &mut A, low: f64, high: f64) -> Result<f64, A::Error> {
+    let value: f64 = map.next_value()?;
+    if !(value.is_finite() && (low..=high).contains(&value)) {
+        return Err(de::Error::custom("a number out of bounds"));
+    }
+    Ok(value)
 }
 
 impl<'a> WireEvent<'a> {
@@ -215,105 +285,17 @@ impl<'a> WireEvent<'a> {
         Ok(wire)
     }
 
-    /// The event, if it satisfies every rule exactly as
-    /// [`Event::from_json_reference`](crate::Event::from_json_reference) would accept it; `None` for anything
-    /// else (the caller then asks the reference decoder, which also says why).
+    /// The event, if it has `event_id`, `event_type` and `ts` and the
+    /// fields its type's rule requires and allows, exactly as
+    /// [`Event::from_json_reference`](crate::Event::from_json_reference)
+    /// would accept it; `None` for anything else (the caller then asks the
+    /// reference decoder, which also says why).
     pub fn validate(self) -> Option<EventRef<'a>> {
-        let event_id = self.event_id?;
-        if event_id.is_empty() || event_id.len() > MAX_EVENT_ID_LEN {
-            return None;
-        }
-        let event_type = EventType::parse(self.event_type.as_deref()?)?;
-        let ts = match self.ts? {
-            WireValue::Int(ms) => ms,
-            WireValue::Text(text) => crate::time::rfc3339_millis(&text).ok()?,
-            WireValue::Float(_) => return None,
-        };
-        if !(0..=MAX_TS_MS).contains(&ts) {
-            return None;
-        }
-        let (required, allowed) = event_type.rule().masks();
-        let present = (self.fields.iter())
-            .zip(Field::ALL)
-            .filter(|(value, _)| value.is_some())
-            .fold(0, |mask, (_, field)| mask | field.bit());
-        if present & !allowed != 0 || required & !present != 0 {
-            return None;
-        }
-        let mut event = EventRef::bare(event_id, event_type, ts);
-        let [
-            user_id,
-            session_id,
-            device,
-            page,
-            render_ms,
-            campaign_id,
-            product_id,
-            amount_cents,
-            error_code,
-            device_id,
-            sensor,
-            value,
-            unit,
-            status,
-            battery_pct,
-            alarm,
-            severity,
-            message,
-        ] = self.fields;
-        event.user_id = text(user_id)?;
-        event.session_id = text(session_id)?;
-        event.device = label(device, Device::parse)?;
-        event.page = text(page)?;
-        event.render_ms = float(render_ms, 0.0, MAX_RENDER_MS)?;
-        event.campaign_id = text(campaign_id)?;
-        event.product_id = text(product_id)?;
-        event.amount_cents = match amount_cents {
-            None => None,
-            Some(WireValue::Int(v)) if (0..=MAX_AMOUNT_CENTS).contains(&v) => Some(v),
-            Some(_) => return None,
-        };
-        event.error_code = match error_code {
-            Some(WireValue::Int(v)) => Some(Cow::Owned(v.to_string())),
-            other => text(other)?,
-        };
-        event.device_id = text(device_id)?;
-        event.sensor = text(sensor)?;
-        event.value = float(value, -MAX_ABS_VALUE, MAX_ABS_VALUE)?;
-        event.unit = text(unit)?;
-        event.status = label(status, DeviceStatus::parse)?;
-        event.battery_pct = float(battery_pct, 0.0, MAX_BATTERY_PCT)?;
-        event.alarm = text(alarm)?;
-        event.severity = label(severity, Severity::parse)?;
-        event.message = text(message)?;
-        Some(event)
-    }
-}
-
-/// A string field: absent, or 1..=MAX_STRING_LEN bytes (`None`: give up).
-fn text(value: Option<WireValue<'_>>) -> Option<Option<Cow<'_, str>>> {
-    match value {
-        None => Some(None),
-        Some(WireValue::Text(t)) if !t.is_empty() && t.len() <= MAX_STRING_LEN => Some(Some(t)),
-        Some(_) => None,
-    }
-}
-
-/// An enumerated string field (`None`: give up).
-fn label<T>(value: Option<WireValue<'_>>, parse: fn(&str) -> Option<T>) -> Option<Option<T>> {
-    match value {
-        None => Some(None),
-        Some(WireValue::Text(t)) => parse(&t).map(Some),
-        Some(_) => None,
-    }
-}
-
-/// A number field within `low..=high` (`None`: give up).
-fn float(value: Option<WireValue<'_>>, low: f64, high: f64) -> Option<Option<f64>> {
-    match value {
-        None => Some(None),
-        Some(WireValue::Float(v)) if v.is_finite() && (low..=high).contains(&v) => Some(Some(v)),
-        Some(_) => None,
+        let common = EVENT_ID | EVENT_TYPE | TS;
+        let (required, allowed) = self.event.event_type.rule().masks();
+        let fields = self.present & !common;
+        let complete = self.present & common == common;
+        (complete && fields & !allowed == 0 && required & !fields == 0).then_some(self.event)
     }
 }
 

@@ -490,17 +490,7 @@ impl Event {
 
     /// Rejects an event time more than `max_behind_ms` before `now_ms`.
     pub fn check_not_behind(&self, now_ms: i64, max_behind_ms: i64) -> Result<(), EventError> {
-        let behind = now_ms.saturating_sub(self.ts);
-        if behind > max_behind_ms {
-            return Err(EventError::field(
-                "ts",
-                format!(
-                    "{} is {behind} ms behind the receiver's clock (at most {max_behind_ms} allowed)",
-                    self.ts
-                ),
-            ));
-        }
-        Ok(())
+        check_not_behind(self.ts, now_ms, max_behind_ms)
     }
 
     /// The topic this event is written to.
@@ -558,6 +548,20 @@ pub(crate) fn check_not_ahead(ts: i64, now_ms: i64, max_ahead_ms: i64) -> Result
             "ts",
             format!(
                 "{ts} is {ahead} ms ahead of the receiver's clock (at most {max_ahead_ms} allowed)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// See [`Event::check_not_behind`].
+pub(crate) fn check_not_behind(ts: i64, now_ms: i64, max_behind_ms: i64) -> Result<(), EventError> {
+    let behind = now_ms.saturating_sub(ts);
+    if behind > max_behind_ms {
+        return Err(EventError::field(
+            "ts",
+            format!(
+                "{ts} is {behind} ms behind the receiver's clock (at most {max_behind_ms} allowed)"
             ),
         ));
     }

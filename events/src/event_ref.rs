@@ -6,33 +6,54 @@
 
 use std::borrow::Cow;
 
+use serde::Serialize;
+
 use crate::decode::WireEvent;
 use crate::event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};
 
 /// A valid event, its strings borrowed where the input had no escapes (see
-/// [`Event`] for what each field means).
-#[derive(Debug, Clone, PartialEq)]
+/// [`Event`] for what each field means). It serializes exactly as the
+/// [`Event`] it stands for (the canonical JSON written to the log).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRef<'a> {
     pub event_id: Cow<'a, str>,
     pub event_type: EventType,
     pub ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<Device>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub render_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub campaign_id: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub product_id: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub amount_cents: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sensor: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<DeviceStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub battery_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<Severity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<Cow<'a, str>>,
 }
 
@@ -85,6 +106,30 @@ impl<'a> EventRef<'a> {
     /// The topic the event belongs to.
     pub fn topic(&self) -> Topic {
         self.event_type.topic()
+    }
+
+    /// The partitioning key (see [`Event::key`]).
+    pub fn key(&self) -> &str {
+        let key = match self.topic() {
+            Topic::Funnel => self.user_id.as_deref(),
+            Topic::Iot => self.device_id.as_deref(),
+        };
+        key.expect("validation guarantees the key field of every event type")
+    }
+
+    /// The canonical JSON encoding, the same bytes as [`Event::to_json`].
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serializes")
+    }
+
+    /// See [`Event::check_not_ahead`].
+    pub fn check_not_ahead(&self, now_ms: i64, max_ahead_ms: i64) -> Result<(), EventError> {
+        crate::event::check_not_ahead(self.ts, now_ms, max_ahead_ms)
+    }
+
+    /// See [`Event::check_not_behind`].
+    pub fn check_not_behind(&self, now_ms: i64, max_behind_ms: i64) -> Result<(), EventError> {
+        crate::event::check_not_behind(self.ts, now_ms, max_behind_ms)
     }
 
     /// The event with owned strings (no validation again: it passed).

@@ -28,7 +28,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use lambda_events::limits::{DEFAULT_MAX_TS_AHEAD_MS, MAX_BODY_BYTES, MAX_REJECTIONS_LISTED};
-use lambda_events::{BodyError, ParsedLine, Topic, parse_body};
+use lambda_events::{BodyError, EventRef, ParsedLine, Topic, parse_body};
 use lambda_log::{EventLog, LogError, Record};
 use serde::Serialize;
 use serde_json::json;
@@ -251,11 +251,17 @@ async fn post_events(
             Some(1),
         );
     };
-    // Parsing up to 8 MiB is CPU work: off the async workers, so that one
-    // large body does not stall every other request on this core.
-    let parsed = tokio::task::spawn_blocking(move || parse_body(&bytes)).await;
-    let lines = match parsed {
-        Ok(Ok(lines)) => lines,
+    // Parsing up to 8 MiB and encoding its records is CPU work: off the
+    // async workers, so that one large body does not stall every other
+    // request on this core. The lines borrow the body until they are records.
+    let now = chrono::Utc::now().timestamp_millis();
+    let window = TimeWindow::around(now, &state.config);
+    let parsed = tokio::task::spawn_blocking(move || {
+        parse_body(&bytes).map(|lines| RecordBatch::from_lines(lines, now, window))
+    })
+    .await;
+    let batch = match parsed {
+        Ok(Ok(batch)) => batch,
         Ok(Err(error @ BodyError::TooManyLines { .. })) => {
             return error_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_string(), None);
         }
@@ -268,16 +274,13 @@ async fn post_events(
             );
         }
     };
-    if lines.is_empty() {
+    if batch.lines == 0 {
         return error_response(
             StatusCode::BAD_REQUEST,
             "request body has no events".into(),
             None,
         );
     }
-    let now = chrono::Utc::now().timestamp_millis();
-    let window = TimeWindow::around(now, &state.config);
-    let batch = RecordBatch::from_lines(lines, now, window);
     let accepted = batch.funnel.len() + batch.iot.len();
     match tokio::time::timeout(
         state.config.append_timeout,
@@ -359,7 +362,7 @@ impl TimeWindow {
         }
     }
 
-    fn check(&self, event: &lambda_events::Event) -> Result<(), lambda_events::EventError> {
+    fn check(&self, event: &EventRef<'_>) -> Result<(), lambda_events::EventError> {
         event.check_not_ahead(self.now_ms, self.max_ahead_ms)?;
         if let Some(max_behind_ms) = self.max_behind_ms {
             event.check_not_behind(self.now_ms, max_behind_ms)?;
@@ -370,6 +373,8 @@ impl TimeWindow {
 
 /// One request's lines sorted into the records each topic gets.
 struct RecordBatch {
+    /// Lines (or array elements) in the body.
+    lines: usize,
     funnel: Vec<Record>,
     iot: Vec<Record>,
     dead_letter: Vec<Record>,
@@ -377,8 +382,9 @@ struct RecordBatch {
 }
 
 impl RecordBatch {
-    fn from_lines(lines: Vec<ParsedLine>, now_ms: i64, window: TimeWindow) -> RecordBatch {
+    fn from_lines(lines: Vec<ParsedLine<'_>>, now_ms: i64, window: TimeWindow) -> RecordBatch {
         let mut batch = RecordBatch {
+            lines: lines.len(),
             funnel: Vec::new(),
             iot: Vec::new(),
             dead_letter: Vec::new(),
@@ -398,9 +404,13 @@ impl RecordBatch {
                 }
                 Err(error) => {
                     // An oversized line keeps only its first bytes: say how long it was.
-                    let record =
-                        dead_letter_record(line.raw, &error.to_string(), line.line, now_ms)
-                            .noting_original_len(line.len);
+                    let record = dead_letter_record(
+                        line.raw.to_vec(),
+                        &error.to_string(),
+                        line.line,
+                        now_ms,
+                    )
+                    .noting_original_len(line.len);
                     batch.dead_letter.push(record);
                     batch.rejected.push(Rejection {
                         line: line.line,

@@ -322,20 +322,20 @@ impl Inner {
             let mut reader = BufReader::with_capacity(256 * 1024, file);
             reader
                 .seek(SeekFrom::Start(start_pos))
-                .map_err(LogError::io(context()))?;
+                .map_err(|e| LogError::io(context())(e))?;
             let mut pos = start_pos;
             let mut frame = Vec::new();
             while pos < len && records.len() < limit {
                 frame.resize(FRAME_HEADER, 0);
                 reader
                     .read_exact(&mut frame)
-                    .map_err(LogError::io(context()))?;
+                    .map_err(|e| LogError::io(context())(e))?;
                 let payload_len =
                     u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes")) as usize;
                 frame.resize(FRAME_HEADER + payload_len, 0);
                 reader
                     .read_exact(&mut frame[FRAME_HEADER..])
-                    .map_err(LogError::io(context()))?;
+                    .map_err(|e| LogError::io(context())(e))?;
                 let decoded = segment::decode(&frame).map_err(|e| LogError::Corrupt {
                     path: path.display().to_string(),
                     position: pos,
