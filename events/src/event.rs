@@ -514,29 +514,7 @@ impl Event {
 
     /// An event of the given type with every optional field empty; for tests and generators.
     pub fn bare(event_id: impl Into<String>, event_type: EventType, ts: i64) -> Event {
-        Event {
-            event_id: event_id.into(),
-            event_type,
-            ts,
-            user_id: None,
-            session_id: None,
-            device: None,
-            page: None,
-            render_ms: None,
-            campaign_id: None,
-            product_id: None,
-            amount_cents: None,
-            error_code: None,
-            device_id: None,
-            sensor: None,
-            value: None,
-            unit: None,
-            status: None,
-            battery_pct: None,
-            alarm: None,
-            severity: None,
-            message: None,
-        }
+        EventRef::bare(std::borrow::Cow::Owned(event_id.into()), event_type, ts).into_owned()
     }
 }
 
