@@ -166,7 +166,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub(crate) fn allows(&self, field: Field) -> bool {
+    fn allows(&self, field: Field) -> bool {
         self.required.contains(&field) || self.optional.contains(&field)
     }
 
@@ -403,6 +403,11 @@ impl Event {
     pub fn from_json_reference(bytes: &[u8]) -> Result<Event, EventError> {
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| EventError::record(format!("invalid json: {e}")))?;
+        // A `Value` map keeps the last of two values under one key without a
+        // word: a key given twice is refused here, before the map hides it.
+        if let Some(key) = first_repeated_key(bytes) {
+            return Err(EventError::field(&key, "given more than once"));
+        }
         Event::from_value(&value)
     }
 
@@ -500,22 +505,63 @@ impl Event {
 
     /// The partitioning key: `user_id` for funnel events, `device_id` for IoT events.
     pub fn key(&self) -> &str {
-        let key = match self.topic() {
-            Topic::Funnel => self.user_id.as_deref(),
-            Topic::Iot => self.device_id.as_deref(),
-        };
-        key.expect("validation guarantees the key field of every event type")
+        partition_key(
+            self.event_type,
+            self.user_id.as_deref(),
+            self.device_id.as_deref(),
+        )
     }
 
-    /// The canonical JSON encoding (what is written to the log).
+    /// The canonical JSON encoding (what is written to the log; the same
+    /// bytes as [`EventRef::to_json`]).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an event always serializes")
+        self.to_ref().to_json()
     }
 
     /// An event of the given type with every optional field empty; for tests and generators.
     pub fn bare(event_id: impl Into<String>, event_type: EventType, ts: i64) -> Event {
         EventRef::bare(std::borrow::Cow::Owned(event_id.into()), event_type, ts).into_owned()
     }
+}
+
+/// The first key of a JSON object (`bytes`, already known to parse) that
+/// appears twice, however it is spelled (`\u` escapes are decoded first).
+fn first_repeated_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if let Some(key) = seen.replace(key) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    serde_json::Deserializer::from_slice(bytes)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
+}
+
+/// See [`Event::key`].
+pub(crate) fn partition_key<'s>(
+    event_type: EventType,
+    user_id: Option<&'s str>,
+    device_id: Option<&'s str>,
+) -> &'s str {
+    let key = match event_type.topic() {
+        Topic::Funnel => user_id,
+        Topic::Iot => device_id,
+    };
+    key.expect("validation guarantees the key field of every event type")
 }
 
 /// See [`Event::check_not_ahead`].
@@ -722,6 +768,34 @@ fn check_ts_bounds(ms: i64, shown: &str) -> Result<i64, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_is_refused_however_it_is_spelled() {
+        for (input, field) in [
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","user_id":"u1","user_id":"u2"}"#,
+                "user_id",
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","user_id":"u1","user\u005fid":"u2"}"#,
+                "user_id",
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"purchase","user_id":"u","amount_cents":1,"event_type":"click"}"#,
+                "event_type",
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","user_id":"u","ts":2}"#,
+                "ts",
+            ),
+        ] {
+            check(input, Err((field, "given more than once")));
+            assert_eq!(
+                Event::from_json_reference(input.as_bytes()),
+                Event::from_json(input.as_bytes())
+            );
+        }
+    }
 
     #[test]
     fn every_field_is_found_by_its_name_and_has_its_own_bit() {

@@ -110,11 +110,11 @@ impl<'a> EventRef<'a> {
 
     /// The partitioning key (see [`Event::key`]).
     pub fn key(&self) -> &str {
-        let key = match self.topic() {
-            Topic::Funnel => self.user_id.as_deref(),
-            Topic::Iot => self.device_id.as_deref(),
-        };
-        key.expect("validation guarantees the key field of every event type")
+        crate::event::partition_key(
+            self.event_type,
+            self.user_id.as_deref(),
+            self.device_id.as_deref(),
+        )
     }
 
     /// The canonical JSON encoding, the same bytes as [`Event::to_json`].
