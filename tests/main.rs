@@ -7,6 +7,7 @@
 
 mod alert_rules;
 mod alerts;
+mod answers;
 mod batch_ops;
 mod common;
 mod compare;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
@@ -16,6 +17,8 @@ use serde_json::{Value, json};
 
 use crate::ServingState;
 use crate::boundary::{Layer, merge};
+use crate::cache::{Answer, AnswerKey, Stamp};
+use crate::encoding;
 use crate::query::{self, BadParameter, FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS, Range};
 
 /// Serving's routes.
@@ -87,19 +90,84 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Runs a merged query and wraps the buckets in the response envelope.
-/// `shape` names the query apart from its range (endpoint, filters, step):
-/// buckets wholly before B are cached under it (see [`crate::cache`]).
+/// Answers a merged query: from the answer cache when the views have not
+/// changed since it was last computed (see [`crate::cache::AnswerCache`]),
+/// else folded and rendered, then kept. The body is sent in the coding the
+/// request's `Accept-Encoding` asks for.
+/// `shape` names the query apart from its range (endpoint, filters, step).
 fn respond<A: Default>(
     state: &ServingState,
+    headers: &HeaderMap,
     range: Range,
     shape: String,
-    mut fold: impl FnMut(&mut A, &BucketViews),
+    fold: impl FnMut(&mut A, &BucketViews),
     render: impl Fn(&A) -> Value,
 ) -> Response {
     let batch = state.batch.read().clone();
+    let key = AnswerKey {
+        shape: Arc::from(shape),
+        from: range.from,
+        to: range.to,
+    };
+    let stamp = |speed: &lambda_speed::SpeedState| Stamp {
+        version: batch.version(),
+        boundary: batch.boundary_ms(),
+        speed: speed.views_stamp(),
+    };
+    let now = stamp(&state.speed.read());
+    let (answer, hit) = match state.answers.get(&key, &now) {
+        Some(answer) => (answer, true),
+        None => {
+            let (computed_under, answer) = compute(state, &batch, &key, range, stamp, fold, render);
+            let answer = Arc::new(answer);
+            state.answers.put(key, computed_under, Arc::clone(&answer));
+            (answer, false)
+        }
+    };
+    let (coding, body) = answer.encoded(encoding::negotiate(headers));
+    let mut response = Response::new(axum::body::Body::from(body));
+    let out = response.headers_mut();
+    out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(coding) = coding.header() {
+        out.insert(CONTENT_ENCODING, HeaderValue::from_static(coding));
+    }
+    out.insert(
+        "x-cache",
+        HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+    );
+    // Freshness, for caches and dashboards that only read headers.
+    let header = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+    for (name, value) in [
+        ("x-lambda-boundary", header(answer.boundary)),
+        ("x-lambda-watermark", header(answer.watermark)),
+        // Never negative: an event stamped ahead of the clock (within the bound) is not from the future.
+        (
+            "x-lambda-data-age-ms",
+            header(answer.newest.map(|t| (now_ms() - t).max(0))),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(name, value);
+        }
+    }
+    response
+}
+
+/// Folds and renders one answer; returns it with the stamp of the views it
+/// was computed from (taken under the same read lock as the fold).
+/// Buckets wholly before B come from the bucket cache when it has them.
+fn compute<A: Default>(
+    state: &ServingState,
+    batch: &lambda_lake::BatchViews,
+    key: &AnswerKey,
+    range: Range,
+    stamp: impl Fn(&lambda_speed::SpeedState) -> Stamp,
+    mut fold: impl FnMut(&mut A, &BucketViews),
+    render: impl Fn(&A) -> Value,
+) -> (Stamp, Answer) {
     let (boundary, version) = (batch.boundary_ms(), batch.version());
-    let shape: Arc<str> = Arc::from(shape);
+    let shape = &key.shape;
     let width = range.step.millis();
     // Under the speed layer's read lock: fold each bucket (cheap, nothing
     // copied but the accumulators); let the lock go; then render.
@@ -107,12 +175,12 @@ fn respond<A: Default>(
         Cached(Arc<str>),
         Folded(i64, Layer, A, bool),
     }
-    let (folded, watermark, newest) = {
+    let (folded, watermark, newest, computed_under) = {
         let speed = state.speed.read();
         let mut folded = Vec::new();
         for start in range.bucket_starts() {
             let cacheable = version > 0 && boundary.is_some_and(|b| start + width <= b);
-            if cacheable && let Some(hit) = state.cache.get(version, &shape, start) {
+            if cacheable && let Some(hit) = state.cache.get(version, shape, start) {
                 folded.push(Part::Cached(hit));
                 continue;
             }
@@ -127,7 +195,12 @@ fn respond<A: Default>(
                 folded.push(Part::Folded(start, layer, acc, cacheable));
             }
         }
-        (folded, speed.watermark(), speed.max_event_ts())
+        (
+            folded,
+            speed.watermark(),
+            speed.max_event_ts(),
+            stamp(&speed),
+        )
     };
     let mut parts: Vec<Arc<str>> = Vec::with_capacity(folded.len());
     for part in folded {
@@ -146,7 +219,7 @@ fn respond<A: Default>(
         if cacheable {
             state
                 .cache
-                .put(version, &shape, start, Arc::clone(&rendered));
+                .put(version, shape, start, Arc::clone(&rendered));
         }
         parts.push(rendered);
     }
@@ -167,31 +240,17 @@ fn respond<A: Default>(
         body.push_str(part);
     }
     body.push_str("]}");
-    let mut response = (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
+    (
+        computed_under,
+        Answer::new(body, boundary, watermark, newest),
     )
-        .into_response();
-    // Freshness, for caches and dashboards that only read headers.
-    let header = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
-    let headers = response.headers_mut();
-    for (name, value) in [
-        ("x-lambda-boundary", header(boundary)),
-        ("x-lambda-watermark", header(watermark)),
-        // Never negative: an event stamped ahead of the clock (within the bound) is not from the future.
-        (
-            "x-lambda-data-age-ms",
-            header(newest.map(|t| (now_ms() - t).max(0))),
-        ),
-    ] {
-        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
-    response
 }
 
-async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Response {
+async fn funnel(
+    State(state): State<ServingState>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
     let (range, campaign) = match query::parse(&params, FUNNEL_FILTERS, now_ms())
         .and_then(|r| Ok((r, query::filter(&params, "campaign_id")?)))
     {
@@ -201,6 +260,7 @@ async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Res
     let shape = format!("funnel {} {campaign:?}", range.step.as_str());
     respond(
         &state,
+        &headers,
         range,
         shape,
         |acc: &mut FunnelAcc, views| {
@@ -231,7 +291,11 @@ async fn funnel(State(state): State<ServingState>, Query(params): Params) -> Res
     )
 }
 
-async fn pages(State(state): State<ServingState>, Query(params): Params) -> Response {
+async fn pages(
+    State(state): State<ServingState>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
     let parsed = query::parse(&params, PAGES_FILTERS, now_ms()).and_then(|r| {
         Ok((
             r,
@@ -246,6 +310,7 @@ async fn pages(State(state): State<ServingState>, Query(params): Params) -> Resp
     let shape = format!("pages {} {device:?} {page:?}", range.step.as_str());
     respond(
         &state,
+        &headers,
         range,
         shape,
         |acc: &mut PagesAcc, views| {
@@ -290,7 +355,11 @@ struct IotAcc {
     devices: DeviceCounts,
 }
 
-async fn iot(State(state): State<ServingState>, Query(params): Params) -> Response {
+async fn iot(
+    State(state): State<ServingState>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
     let parsed = query::parse(&params, IOT_FILTERS, now_ms()).and_then(|r| {
         Ok((
             r,
@@ -305,6 +374,7 @@ async fn iot(State(state): State<ServingState>, Query(params): Params) -> Respon
     let shape = format!("iot {} {device_id:?} {sensor:?}", range.step.as_str());
     respond(
         &state,
+        &headers,
         range,
         shape,
         |acc: &mut IotAcc, views| {

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod api;
 pub mod boundary;
 pub mod cache;
+pub mod encoding;
 pub mod metrics;
 pub mod openapi;
 pub mod query;
@@ -50,6 +51,8 @@ pub struct ServingState {
     pub requests: Arc<metrics::RequestMetrics>,
     /// Rendered batch buckets of the loaded manifest.
     pub cache: Arc<cache::BucketCache>,
+    /// Whole encoded answers, by query and the views' stamp.
+    pub answers: Arc<cache::AnswerCache>,
 }
 
 /// How often serving looks for a newer manifest.

@@ -220,6 +220,32 @@ pub async fn render(state: &ServingState) -> String {
             ("result=\"miss\"".to_string(), misses as f64),
         ],
     );
+    let (hits, misses) = state.answers.counts();
+    family(
+        &mut out,
+        "lambda_serving_answer_cache_total",
+        "counter",
+        "Queries answered from the answer cache (the views unchanged since the same query), by result.",
+        &[
+            ("result=\"hit\"".to_string(), hits as f64),
+            ("result=\"miss\"".to_string(), misses as f64),
+        ],
+    );
+    let (answers, bytes) = state.answers.size();
+    family(
+        &mut out,
+        "lambda_serving_answer_cache_answers",
+        "gauge",
+        "Answers held in the answer cache.",
+        &one(answers as f64),
+    );
+    family(
+        &mut out,
+        "lambda_serving_answer_cache_bytes",
+        "gauge",
+        "Bytes the answer cache counts against its bound (each body three times: as is, gzip, zstd).",
+        &one(bytes as f64),
+    );
     if let Some(handle) = &state.status.batch {
         runner_metrics(&handle.status.read(), &mut out);
     }

@@ -67,6 +67,8 @@ pub struct Started {
     pub boundary: Option<SpeedBoundary>,
     /// The batch views the routes read.
     pub batch: SharedBatchViews,
+    /// The routes' answer cache (for its counts).
+    pub answers: Arc<crate::cache::AnswerCache>,
     /// The admin routes' state (other layers' admin routes share its token).
     pub admin: AdminState,
     /// View loader, alert feed, speed mirror, runner status follower.
@@ -151,10 +153,12 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
         BatchRunner::Absent => (None, None),
     };
     sections.extend(sources.sections);
+    let answers: Arc<crate::cache::AnswerCache> = Arc::default();
     let state = crate::ServingState {
         alerts,
         requests: Arc::default(),
         cache: Arc::default(),
+        answers: Arc::clone(&answers),
         speed: speed.clone(),
         batch: Arc::clone(&batch),
         status: StatusSources {
@@ -172,6 +176,7 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
         speed,
         boundary,
         batch,
+        answers,
         admin,
         tasks,
     }

@@ -24,7 +24,7 @@ use parking_lot::RwLock;
 
 pub use consumer::{restore, run};
 pub use summary::SpeedSummary;
-pub use window::{Applied, SpeedState};
+pub use window::{Applied, SpeedState, ViewsStamp};
 
 impl SpeedConfig {
     /// Whether this instance consumes `partition`.

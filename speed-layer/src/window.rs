@@ -155,6 +155,15 @@ pub struct SpeedState {
     pub(crate) slowest: Option<i64>,
 }
 
+/// See [`SpeedState::views_stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ViewsStamp {
+    epoch: u64,
+    seq: u64,
+    evicted_before: i64,
+    watermark: Option<i64>,
+}
+
 /// The clock of an expected partition that has not delivered yet.
 const NOT_YET: i64 = i64::MIN;
 
@@ -220,6 +229,21 @@ impl SpeedState {
     /// This state's lineage (see the field).
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// What a query's answer depends on in this state: two states with
+    /// the same stamp answer every query alike, so serving may keep an
+    /// encoded answer under it. A window changes only with `seq` (the fold
+    /// bumps it), windows leave only by eviction (which raises
+    /// `evicted_before`), and a restored, replaced or combined state has a
+    /// new `epoch`; the watermark is in every answer.
+    pub fn views_stamp(&self) -> ViewsStamp {
+        ViewsStamp {
+            epoch: self.epoch,
+            seq: self.seq,
+            evicted_before: self.evicted_before,
+            watermark: self.watermark(),
+        }
     }
 
     /// Event-time progress per partition.
