@@ -72,6 +72,8 @@ enum BenchCommand {
     Speed(lambda_bench::SpeedBench),
     /// Rows per second per core and bytes of the master dataset's Parquet writer and compaction, beside DuckDB's COPY.
     Batch(lambda_bench::BatchBench),
+    /// NDJSON over HTTP into the embedded log beside the HTTP ceiling; freshness from 202 to a query.
+    Ingest(lambda_bench::IngestBench),
     /// Latency of the merged funnel over 24 hours at 1-minute steps at a fixed request rate, beside a static handler.
     Serve(lambda_bench::ServeBench),
 }
@@ -309,6 +311,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 None => return lambda_bench::all(&args.json).await.map(drop),
                 Some(BenchCommand::Speed(bench)) => lambda_bench::speed::run(bench).await?,
                 Some(BenchCommand::Batch(bench)) => lambda_bench::batch::run(bench).await?,
+                Some(BenchCommand::Ingest(bench)) => lambda_bench::ingest::run(bench).await?,
                 Some(BenchCommand::Serve(bench)) => lambda_bench::serve::run(bench).await?,
             };
             let report = lambda_bench::Report::new(figures);

@@ -1,12 +1,13 @@
 //! `lambda bench …`: how fast each layer is, always beside a baseline
 //! measured in the same run, so that figures are ratios that hold on noisy
-//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|serve`)
+//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve`)
 //! only parses flags and calls [`all`] or one of these; each hands back its
 //! figures ([`report::Figure`]) and prints its own details.
 
 mod measure;
 
 pub mod batch;
+pub mod ingest;
 pub mod report;
 pub mod serve;
 pub mod speed;
@@ -20,6 +21,7 @@ pub use report::{Figure, Report};
 pub async fn all(json: &Path) -> anyhow::Result<Report> {
     let mut figures = speed::run(SpeedBench::default()).await?;
     figures.extend(batch::run(BatchBench::default()).await?);
+    figures.extend(ingest::run(IngestBench::default()).await?);
     figures.extend(serve::run(ServeBench::default()).await?);
     let report = Report::new(figures);
     println!("\n{}\n{}", report.machine, report.table());
@@ -29,5 +31,6 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
 }
 
 pub use batch::BatchBench;
+pub use ingest::IngestBench;
 pub use serve::ServeBench;
 pub use speed::SpeedBench;

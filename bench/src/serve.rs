@@ -267,10 +267,12 @@ pub async fn run(bench: ServeBench) -> anyhow::Result<Vec<Figure>> {
     bar.finish_and_clear();
     let bar = step("the last hour at 1m, open loop, events arriving");
     let (hits_before, misses_before) = pipeline.answers.counts();
+    // Into the last minute, at or after the watermark: each batch is
+    // counted (not late), so the views change ten times a second.
     let trickle = tokio::spawn(trickle(
         client.clone(),
         base.clone(),
-        T0 + (DAY_MINUTES - 60) * 60_000,
+        T0 + DAY_MINUTES * 60_000 - 30_000,
         bench.ingest_rate,
     ));
     let hour = offer(&client, &hour_url, bench.dashboard_rate, bench.seconds).await;
@@ -372,8 +374,8 @@ pub async fn run(bench: ServeBench) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
-/// Sends `rate` clicks a second into the hour from `from`, ten batches a
-/// second, until aborted: the speed views change under the queries.
+/// Sends `rate` clicks a second stamped in the 30 s from `from`, ten
+/// batches a second, until aborted: the speed views change under the queries.
 async fn trickle(client: reqwest::Client, base: String, from: i64, rate: u32) {
     let per_batch = (rate / 10).max(1) as i64;
     let mut interval = tokio::time::interval(Duration::from_millis(100));
@@ -383,7 +385,7 @@ async fn trickle(client: reqwest::Client, base: String, from: i64, rate: u32) {
         for i in 0..per_batch {
             let n = batch * per_batch + i;
             let line = serde_json::json!({
-                "event_id": format!("t{n}"), "ts": from + (n * 997) % 3_600_000,
+                "event_id": format!("t{n}"), "ts": from + (n * 997) % 30_000,
                 "event_type": "click", "user_id": format!("u{}", n % 97), "campaign_id": "c1",
             });
             body.extend(line.to_string().into_bytes());
@@ -403,7 +405,7 @@ async fn trickle(client: reqwest::Client, base: String, from: i64, rate: u32) {
 /// The layers the benchmark loads and queries, in this process: the
 /// collector and serving on one server (as `lambda demo` runs them), beside
 /// a static handler of a small fixed answer.
-struct Pipeline {
+pub(crate) struct Pipeline {
     /// What the static handler answers.
     fixed: Arc<RwLock<Bytes>>,
     /// Serving's answer cache (hits and misses under load).
@@ -413,11 +415,11 @@ struct Pipeline {
     batch_views: SharedBatchViews,
     lake: lambda_batch::Lake,
     ctx: RunContext,
-    supervisor: Supervisor,
+    pub(crate) supervisor: Supervisor,
 }
 
 impl Pipeline {
-    async fn start(dir: &Path) -> anyhow::Result<(SocketAddr, Pipeline)> {
+    pub(crate) async fn start(dir: &Path) -> anyhow::Result<(SocketAddr, Pipeline)> {
         let log = lambda_log::open(
             &format!("embedded://{}", dir.join("log").display()),
             EmbeddedConfig::default(),

@@ -41,6 +41,24 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
+/// Bytes the frame of `record` takes ([`encode`] appends exactly this many).
+pub(crate) fn frame_len(record: &Record) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| 2 + name.len() + 4 + value.len())
+        .sum();
+    FRAME_HEADER
+        + 8
+        + 8
+        + 4
+        + record.key.as_ref().map_or(0, Vec::len)
+        + 2
+        + headers
+        + 4
+        + record.value.len()
+}
+
 /// Appends the frame of `record` at `offset` to `out`.
 pub(crate) fn encode(offset: u64, record: &Record, out: &mut Vec<u8>) {
     let start = out.len();
@@ -568,6 +586,11 @@ mod tests {
             base in 0..1_000_000u64,
         ) {
             let (mut bytes, at) = frames(base, &records);
+            // The writer checks a segment's size by `frame_len` before it
+            // frames a record in place: the two must agree.
+            for (i, record) in records.iter().enumerate() {
+                prop_assert_eq!(frame_len(record), at[i + 1] - at[i]);
+            }
             for change in &changes {
                 apply(&mut bytes, change);
             }
