@@ -260,7 +260,7 @@ async fn post_events(
         parse_body(&bytes).map(|lines| RecordBatch::from_lines(lines, now, window))
     })
     .await;
-    let batch = match parsed {
+    let mut batch = match parsed {
         Ok(Ok(batch)) => batch,
         Ok(Err(error @ BodyError::TooManyLines { .. })) => {
             return error_response(StatusCode::PAYLOAD_TOO_LARGE, error.to_string(), None);
@@ -423,22 +423,20 @@ impl RecordBatch {
         batch
     }
 
-    /// Appends every topic's records concurrently; all must be durable.
-    async fn append(&self, log: &dyn EventLog) -> Result<(), LogError> {
-        let append = |topic: &'static str, records: &Vec<Record>| {
-            let records = records.clone();
-            async move {
-                if records.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    log.append(topic, records).await
-                }
+    /// Appends every topic's records concurrently (moved to the log, not
+    /// copied); all must be durable.
+    async fn append(&mut self, log: &dyn EventLog) -> Result<(), LogError> {
+        let append = |topic: &'static str, records: Vec<Record>| async move {
+            if records.is_empty() {
+                Ok(Vec::new())
+            } else {
+                log.append(topic, records).await
             }
         };
         let (funnel, iot, dead) = tokio::join!(
-            append(Topic::FUNNEL, &self.funnel),
-            append(Topic::IOT, &self.iot),
-            append(Topic::DEAD_LETTER, &self.dead_letter),
+            append(Topic::FUNNEL, std::mem::take(&mut self.funnel)),
+            append(Topic::IOT, std::mem::take(&mut self.iot)),
+            append(Topic::DEAD_LETTER, std::mem::take(&mut self.dead_letter)),
         );
         funnel?;
         iot?;

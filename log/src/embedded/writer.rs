@@ -93,9 +93,15 @@ impl Writer {
                 }
             }
             let n_records: usize = group.iter().map(|r| r.records.len()).sum();
+            let started = std::time::Instant::now();
             match self.commit_group(&group) {
                 Ok(positions) => {
-                    tracing::trace!(n_requests = group.len(), n_records, "group committed");
+                    tracing::trace!(
+                        n_requests = group.len(),
+                        n_records,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "group committed"
+                    );
                     for (request, positions) in group.into_iter().zip(positions) {
                         let _ = request.reply.send(Ok(positions));
                     }
@@ -170,7 +176,13 @@ impl Writer {
             for entry in &pending {
                 self.write(entry)?;
             }
+            let syncing = std::time::Instant::now();
             self.sync_all(&pending)?;
+            tracing::trace!(
+                partitions = pending.len(),
+                sync_us = syncing.elapsed().as_micros() as u64,
+                "group synced"
+            );
             for entry in &mut pending {
                 publish(entry);
             }
