@@ -57,6 +57,14 @@ pub const FRESHNESS_HEADERS: &[(&str, &str)] = &[
         "x-lambda-data-age-ms",
         "Now minus the newest event time the speed layer has seen, or `none`.",
     ),
+    (
+        "x-cache",
+        "`hit`: the same bytes as the last answer to this very query, the views unchanged since; `miss`: computed now.",
+    ),
+    (
+        "vary",
+        "`accept-encoding`: the body is zstd or gzip (`Content-Encoding`) when `Accept-Encoding` asks for it and it is 1 KiB or more.",
+    ),
 ];
 
 fn schema_of(json_type: &str) -> Value {
