@@ -21,6 +21,9 @@ use crate::encoding::{Encoding, MIN_COMPRESS_BYTES};
 /// Entries kept at most; past it the cache starts over (a query shape
 /// that many buckets long is not worth more memory).
 pub const MAX_ENTRIES: usize = 200_000;
+/// Bytes of rendered buckets kept at most (an IoT bucket with many sensors
+/// renders long); past it the cache starts over.
+pub const MAX_BUCKET_BYTES: usize = 64 << 20;
 
 /// The cache, shared by the handlers.
 #[derive(Debug, Default)]
@@ -34,6 +37,8 @@ struct Inner {
     version: u64,
     /// Rendered bucket JSON by (query shape, bucket start).
     entries: HashMap<(Arc<str>, i64), Arc<str>>,
+    /// Bytes of the rendered buckets held.
+    bytes: usize,
     hits: u64,
     misses: u64,
 }
@@ -57,11 +62,27 @@ impl BucketCache {
     /// Keeps a rendered bucket; entries of another version are dropped first.
     pub fn put(&self, version: u64, query: &Arc<str>, start: i64, rendered: Arc<str>) {
         let mut inner = self.inner.lock();
-        if inner.version != version || inner.entries.len() >= MAX_ENTRIES {
+        let key = (Arc::clone(query), start);
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.bytes -= old.len();
+        }
+        let size = rendered.len();
+        if inner.version != version
+            || inner.entries.len() >= MAX_ENTRIES
+            || inner.bytes + size > MAX_BUCKET_BYTES
+        {
             inner.entries.clear();
+            inner.bytes = 0;
             inner.version = version;
         }
-        inner.entries.insert((Arc::clone(query), start), rendered);
+        inner.entries.insert(key, rendered);
+        inner.bytes += size;
+    }
+
+    /// `(buckets, bytes)` held now.
+    pub fn size(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.entries.len(), inner.bytes)
     }
 
     /// `(hits, misses)` so far.
@@ -318,6 +339,31 @@ mod tests {
             (1, 300),
             "at the bound alone: kept, the rest let go"
         );
+    }
+
+    #[test]
+    fn the_bucket_cache_is_bounded_by_bytes_as_well_as_entries() {
+        let cache = BucketCache::default();
+        let shape: Arc<str> = Arc::from("iot 1m None None");
+        let big: Arc<str> = Arc::from("x".repeat(MAX_BUCKET_BYTES / 4));
+        for start in 0..4 {
+            cache.put(1, &shape, start, Arc::clone(&big));
+        }
+        assert_eq!(
+            cache.size(),
+            (4, MAX_BUCKET_BYTES),
+            "exactly at the bound: kept"
+        );
+        cache.put(1, &shape, 2, Arc::clone(&big));
+        assert_eq!(
+            cache.size(),
+            (4, MAX_BUCKET_BYTES),
+            "the same bucket again adds nothing"
+        );
+        cache.put(1, &shape, 4, Arc::from("y"));
+        assert_eq!(cache.size(), (1, 1), "one byte over: started over");
+        assert!(cache.get(1, &shape, 4).is_some());
+        assert!(cache.get(1, &shape, 0).is_none());
     }
 
     #[test]
