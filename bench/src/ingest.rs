@@ -34,6 +34,9 @@ pub struct IngestBench {
     /// Seconds of load per step.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// A Kafka broker (HOST:PORT): also the collector writing to it, beside a bare rdkafka producer sending the same records to it.
+    #[arg(long)]
+    pub brokers: Option<String>,
 }
 
 impl Default for IngestBench {
@@ -174,6 +177,102 @@ async fn collector(dir: &std::path::Path) -> anyhow::Result<(SocketAddr, Supervi
     Ok((addr, supervisor))
 }
 
+/// The records the collector makes of `bodies`, by topic: what the bare
+/// producer sends.
+fn records_of(bodies: &[Bytes]) -> anyhow::Result<Vec<Vec<(&'static str, String, Vec<u8>)>>> {
+    bodies
+        .iter()
+        .map(|body| {
+            body.split(|b| *b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(|line| {
+                    let event = lambda_events::EventRef::from_json(line)
+                        .map_err(|e| anyhow::anyhow!("a generated line is invalid: {e}"))?;
+                    Ok((
+                        event.topic().name(),
+                        event.key().to_string(),
+                        event.to_json(),
+                    ))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A bare rdkafka producer, set as the Kafka log's (idempotent, `acks=all`,
+/// `linger.ms=5`), sending the records of one body at a time on each of
+/// `connections` tasks and waiting for every delivery (as a request waits to
+/// be durable) back to back for `seconds`: events/s.
+async fn bare_producer(
+    brokers: &str,
+    bodies: &[Vec<(&'static str, String, Vec<u8>)>],
+    partitions: u32,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("creating the bare producer")?;
+    let bodies = Arc::new(bodies.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (producer, bodies, next) = (producer.clone(), Arc::clone(&bodies), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                let body = &bodies[next.fetch_add(1, Ordering::Relaxed) % bodies.len()];
+                let mut deliveries = Vec::with_capacity(body.len());
+                for (topic, key, value) in body {
+                    let partition =
+                        lambda_log::partitioner::partition_for_key(key.as_bytes(), partitions);
+                    let record = FutureRecord::to(topic)
+                        .partition(partition as i32)
+                        .key(key.as_bytes())
+                        .payload(value.as_slice());
+                    match producer.send_result(record) {
+                        Ok(delivery) => deliveries.push(delivery),
+                        Err((e, _)) => anyhow::bail!("producing: {e}"),
+                    }
+                }
+                for delivery in deliveries {
+                    match delivery.await {
+                        Ok(Ok(_)) => sent += 1,
+                        Ok(Err((e, _))) => anyhow::bail!("delivery: {e}"),
+                        Err(_) => anyhow::bail!("the producer went away"),
+                    }
+                }
+            }
+            anyhow::Ok(sent)
+        });
+    }
+    let mut sent = 0;
+    while let Some(joined) = tasks.join_next().await {
+        sent += joined??;
+    }
+    Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The collector alone on the Kafka log at `brokers`.
+async fn kafka_collector(brokers: &str) -> anyhow::Result<(SocketAddr, Supervisor)> {
+    let log = lambda_log::open(&format!("kafka://{brokers}"), EmbeddedConfig::default()).await?;
+    lambda_ingest::ensure_topics(&log, lambda_ingest::DEFAULT_PARTITIONS).await?;
+    let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
+    let ingest = lambda_ingest::start(log, Default::default());
+    let addr = supervisor
+        .serve_http(SocketAddr::from(([127, 0, 0, 1], 0)), ingest.router)
+        .await?;
+    Ok((addr, supervisor))
+}
+
 /// Freshness: while `rate` events a second are offered in bodies of
 /// `per_body`, a probe event every 20 ms with a campaign of its own; the time
 /// from its `202` to the first query that counts it.
@@ -279,6 +378,37 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
     bar.finish_and_clear();
     supervisor.stop().await?;
 
+    let kafka = match &bench.brokers {
+        None => None,
+        Some(brokers) => {
+            let records = records_of(&bodies)?;
+            // The collector first: it creates the topics both write to.
+            let (addr, supervisor) = kafka_collector(brokers).await?;
+            let bar = spinner("Kafka: a bare rdkafka producer, the same records");
+            let bare = bare_producer(
+                brokers,
+                &records,
+                lambda_ingest::DEFAULT_PARTITIONS,
+                bench.connections,
+                bench.seconds,
+            )
+            .await?;
+            bar.finish_and_clear();
+            let bar = spinner("Kafka: the collector");
+            let ours = post_back_to_back(
+                &format!("http://{addr}/api/v1/events"),
+                &bodies,
+                bench.events_per_body,
+                bench.connections,
+                bench.seconds,
+            )
+            .await?;
+            supervisor.stop().await?;
+            bar.finish_and_clear();
+            Some((bare, ours))
+        }
+    };
+
     let bar = spinner("freshness: 202 to visible in a query, under load");
     let fresh = freshness(&bench, &bodies).await?;
     bar.finish_and_clear();
@@ -308,11 +438,20 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
         ms(fresh.last().copied().unwrap_or_default()),
         fresh.len()
     );
+    if let Some((bare, ours)) = &kafka {
+        println!(
+            "  Kafka at {}: bare rdkafka producer {bare:.0} events/s; collector {:.0} events/s, p99 {:.2} ms ({:.2}x)",
+            bench.brokers.as_deref().unwrap_or_default(),
+            ours.rate(),
+            ms(ours.percentile(0.99)),
+            ours.rate() / bare
+        );
+    }
     let into_log = format!(
         "HTTP into the embedded log ({} connections, {}-event bodies)",
         bench.connections, bench.events_per_body
     );
-    Ok(vec![
+    let mut figures = vec![
         Figure::new(
             "ingest",
             into_log.clone(),
@@ -352,5 +491,20 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
             25.0,
             Aim::AtMost(1.0),
         ),
-    ])
+    ];
+    if let Some((bare, ours)) = kafka {
+        figures.push(Figure::new(
+            "ingest",
+            format!(
+                "HTTP into Kafka ({} connections, {}-event bodies)",
+                bench.connections, bench.events_per_body
+            ),
+            "events/s",
+            ours.rate(),
+            "a bare rdkafka producer, the same records and broker",
+            bare,
+            Aim::AtLeast(0.8),
+        ));
+    }
+    Ok(figures)
 }

@@ -711,18 +711,22 @@ impl EventLog for KafkaLog {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let partition = self.partitioner.partition(record, n_partitions)?;
-            let mut headers = OwnedHeaders::new();
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
             let mut future_record = FutureRecord::<[u8], [u8]>::to(topic)
                 .partition(partition as i32)
                 .payload(&record.value)
-                .timestamp(record.timestamp_ms)
-                .headers(headers);
+                .timestamp(record.timestamp_ms);
+            // Events carry no headers (dead letters do): build none for them,
+            // librdkafka's header list is an allocation of its own.
+            if !record.headers.is_empty() {
+                let mut headers = OwnedHeaders::new();
+                for (name, value) in &record.headers {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
+                }
+                future_record = future_record.headers(headers);
+            }
             if let Some(key) = &record.key {
                 future_record = future_record.key(key.as_slice());
             }
