@@ -76,6 +76,8 @@ enum BenchCommand {
     Ingest(lambda_bench::IngestBench),
     /// Latency of the merged funnel over 24 hours at 1-minute steps at a fixed request rate, beside a static handler.
     Serve(lambda_bench::ServeBench),
+    /// The speed layer's resident memory against key cardinality (10 k to 1 M users and devices), each in its own process.
+    Memory(lambda_bench::MemoryBench),
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +314,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(BenchCommand::Speed(bench)) => lambda_bench::speed::run(bench).await?,
                 Some(BenchCommand::Batch(bench)) => lambda_bench::batch::run(bench).await?,
                 Some(BenchCommand::Ingest(bench)) => lambda_bench::ingest::run(bench).await?,
+                Some(BenchCommand::Memory(bench)) => lambda_bench::memory::run(bench).await?,
                 Some(BenchCommand::Serve(bench)) => lambda_bench::serve::run(bench).await?,
             };
             let report = lambda_bench::Report::new(figures);

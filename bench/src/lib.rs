@@ -1,6 +1,6 @@
 //! `lambda bench …`: how fast each layer is, always beside a baseline
 //! measured in the same run, so that figures are ratios that hold on noisy
-//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve`)
+//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve|memory`)
 //! only parses flags and calls [`all`] or one of these; each hands back its
 //! figures ([`report::Figure`]) and prints its own details.
 
@@ -8,6 +8,7 @@ mod measure;
 
 pub mod batch;
 pub mod ingest;
+pub mod memory;
 pub mod report;
 pub mod serve;
 pub mod speed;
@@ -23,6 +24,7 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
     figures.extend(batch::run(BatchBench::default()).await?);
     figures.extend(ingest::run(IngestBench::default()).await?);
     figures.extend(serve::run(ServeBench::default()).await?);
+    figures.extend(memory::run(MemoryBench::default()).await?);
     let report = Report::new(figures);
     println!("\n{}\n{}", report.machine, report.table());
     report.write_json(json)?;
@@ -32,5 +34,6 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
 
 pub use batch::BatchBench;
 pub use ingest::IngestBench;
+pub use memory::MemoryBench;
 pub use serve::ServeBench;
 pub use speed::SpeedBench;
