@@ -234,7 +234,8 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
     let replayed = lambda_speed::replay::replay(
         log.as_ref(),
         &spans,
-        lambda_speed::SpeedState::new(config.allowed_lateness_ms, config.horizon_ms),
+        // The live fold's state and alert rules, as `lambda kappa replay` starts.
+        lambda_speed::empty_state(&config),
         0..0,
         |_| {},
     )

@@ -355,6 +355,41 @@ async fn a_topic_with_its_own_retention_is_trimmed_without_the_guard() {
     log.close().await.unwrap();
 }
 
+/// A segment left full at close rolls on the first append after a reopen:
+/// that group has no frames of its own for the full segment, whose file the
+/// new writer has not opened (it used to panic there, and every later
+/// append, and every restart, failed with it; found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_segment_rolls_on_the_first_append_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        segment_bytes: 1024,
+        ..EmbeddedConfig::default()
+    };
+    let log = EmbeddedLog::open(dir.path(), config.clone()).await.unwrap();
+    log.create_topic("t", 1).await.unwrap();
+    log.append("t", vec![record("k", "x".repeat(1000), 0)])
+        .await
+        .unwrap();
+    log.close().await.unwrap();
+    assert_eq!(segment_files(&dir.path().join("t/0")).len(), 1);
+
+    let log = EmbeddedLog::open(dir.path(), config.clone()).await.unwrap();
+    let positions = log
+        .append("t", vec![record("k", "second".into(), 0)])
+        .await
+        .unwrap();
+    assert_eq!(positions[0].offset, 1);
+    assert_eq!(segment_files(&dir.path().join("t/0")).len(), 2, "rolled");
+    log.append("t", vec![record("k", "third".into(), 0)])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&log, "t").await.len(), 3);
+    log.close().await.unwrap();
+    let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
+    assert_eq!(read_all(&log, "t").await.len(), 3);
+}
+
 /// Appends `n` records with one key (so one partition) in group commits of 50.
 async fn append_records(log: &EmbeddedLog, topic: &str, n: usize) -> Vec<String> {
     let values: Vec<String> = (0..n)

@@ -22,7 +22,8 @@ use crate::encoding::{Encoding, MIN_COMPRESS_BYTES};
 /// that many buckets long is not worth more memory).
 pub const MAX_ENTRIES: usize = 200_000;
 /// Bytes of rendered buckets kept at most (an IoT bucket with many sensors
-/// renders long); past it the cache starts over.
+/// renders long); past it the cache starts over, and a bucket alone past it
+/// is not kept.
 pub const MAX_BUCKET_BYTES: usize = 64 << 20;
 
 /// The cache, shared by the handlers.
@@ -61,6 +62,9 @@ impl BucketCache {
 
     /// Keeps a rendered bucket; entries of another version are dropped first.
     pub fn put(&self, version: u64, query: &Arc<str>, start: i64, rendered: Arc<str>) {
+        if rendered.len() > MAX_BUCKET_BYTES {
+            return;
+        }
         let mut inner = self.inner.lock();
         let key = (Arc::clone(query), start);
         if let Some(old) = inner.entries.remove(&key) {
@@ -364,6 +368,9 @@ mod tests {
         assert_eq!(cache.size(), (1, 1), "one byte over: started over");
         assert!(cache.get(1, &shape, 4).is_some());
         assert!(cache.get(1, &shape, 0).is_none());
+        // One bucket past the bound alone is not kept.
+        cache.put(1, &shape, 5, Arc::from("z".repeat(MAX_BUCKET_BYTES + 1)));
+        assert_eq!(cache.size(), (1, 1));
     }
 
     #[test]

@@ -143,11 +143,16 @@ impl Writer {
                     let frame_len = segment::frame_len(record) as u64;
                     let written = entry.durable_len + entry.buf.len() as u64;
                     if written > 0 && written + frame_len > self.inner.config.segment_bytes {
-                        self.write(entry)?;
-                        self.file_of(entry)
-                            .sync_data()
-                            .map_err(LogError::io(entry.context()))?;
-                        publish(entry);
+                        // This group's frames so far (none, when the segment
+                        // was already full before it: then it only rolls, and
+                        // the file may not even be open yet after a restart).
+                        if !entry.buf.is_empty() {
+                            self.write(entry)?;
+                            self.file_of(entry)
+                                .sync_data()
+                                .map_err(LogError::io(entry.context()))?;
+                            publish(entry);
+                        }
                         self.roll(entry)?;
                     }
                     let position_in_segment = entry.durable_len + entry.buf.len() as u64;
@@ -311,7 +316,11 @@ impl Writer {
             .lock()
             .active()
             .len;
-        if let Some((_, file)) = self.files.get(&key)
+        // Only the active segment's file holds unpublished bytes: one held
+        // for an older segment (the partition rolled in this group) is
+        // published whole and must not be cut to the new segment's length.
+        if let Some((base, file)) = self.files.get(&key)
+            && *base == entry.base_offset
             && let Err(error) = file.set_len(durable)
         {
             tracing::error!(%error, topic = %entry.topic.name, partition = entry.partition, "could not cut unpublished bytes");
