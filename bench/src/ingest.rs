@@ -76,7 +76,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 /// `count` NDJSON bodies of `events` generated events each (every event id
 /// its own), stamped around now (within the collector's bounds), funnel and
 /// IoT mixed.
-fn bodies(count: usize, events: usize) -> Vec<Bytes> {
+fn make_bodies(count: usize, events: usize) -> Vec<Bytes> {
     let mut generator = Generator::new(GeneratorConfig {
         seed: 7,
         start_ms: chrono::Utc::now().timestamp_millis() - 60_000,
@@ -357,7 +357,7 @@ async fn freshness(bench: &IngestBench, bodies: &[Bytes]) -> anyhow::Result<Vec<
 /// `lambda bench ingest`.
 pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
     let bar = spinner("generating bodies");
-    let bodies = bodies(BODIES, bench.events_per_body);
+    let bodies = make_bodies(BODIES, bench.events_per_body);
     let body_kb =
         bodies.iter().map(Bytes::len).sum::<usize>() as f64 / bodies.len() as f64 / 1024.0;
     bar.finish_and_clear();
@@ -421,7 +421,7 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
     // twice would be folded as duplicates: no change to the views).
     let bar = spinner("generating the freshness load");
     let offered = (bench.freshness_rate as u64 * bench.seconds) as usize;
-    let fresh_bodies = bodies(
+    let fresh_bodies = make_bodies(
         offered.div_ceil(bench.events_per_body.max(1)) + 1,
         bench.events_per_body,
     );
