@@ -112,9 +112,7 @@ async fn post_back_to_back(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .build()?;
+        let client = crate::measure::one_connection_client()?;
         let (url, bodies, next) = (url.to_string(), bodies.to_vec(), Arc::clone(&next));
         tasks.spawn(async move {
             let mut latencies: Vec<Duration> = Vec::new();
@@ -364,25 +362,26 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let (addr, supervisor) = collector(dir.path()).await?;
+    // Every step posts the same bodies the same way; only the URL changes.
+    let post = |url: String| {
+        let bodies = &bodies;
+        let bench = &bench;
+        async move {
+            post_back_to_back(
+                &url,
+                bodies,
+                bench.events_per_body,
+                bench.connections,
+                bench.seconds,
+            )
+            .await
+        }
+    };
     let bar = spinner("the HTTP ceiling: bodies read and answered, nothing done");
-    let ceiling = post_back_to_back(
-        &format!("http://{addr}/bench/null"),
-        &bodies,
-        bench.events_per_body,
-        bench.connections,
-        bench.seconds,
-    )
-    .await?;
+    let ceiling = post(format!("http://{addr}/bench/null")).await?;
     bar.finish_and_clear();
     let bar = spinner("the collector into the embedded log");
-    let ours = post_back_to_back(
-        &format!("http://{addr}/api/v1/events"),
-        &bodies,
-        bench.events_per_body,
-        bench.connections,
-        bench.seconds,
-    )
-    .await?;
+    let ours = post(format!("http://{addr}/api/v1/events")).await?;
     bar.finish_and_clear();
     supervisor.stop().await?;
 
@@ -403,14 +402,7 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
             .await?;
             bar.finish_and_clear();
             let bar = spinner("Kafka: the collector");
-            let ours = post_back_to_back(
-                &format!("http://{addr}/api/v1/events"),
-                &bodies,
-                bench.events_per_body,
-                bench.connections,
-                bench.seconds,
-            )
-            .await?;
+            let ours = post(format!("http://{addr}/api/v1/events")).await?;
             supervisor.stop().await?;
             bar.finish_and_clear();
             Some((bare, ours))

@@ -58,3 +58,11 @@ pub(crate) fn spinner(message: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
+
+/// An HTTP client that keeps one pooled connection: a load generator's
+/// "connection" (one client per task, as `wrk -c N` opens N).
+pub(crate) fn one_connection_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?)
+}

@@ -129,10 +129,7 @@ async fn saturate(url: &str, connections: usize, seconds: u64) -> anyhow::Result
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
-        // One client each: one pooled connection each.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .build()?;
+        let client = crate::measure::one_connection_client()?;
         let url = url.to_string();
         tasks.spawn(async move {
             let mut answered = 0u64;
