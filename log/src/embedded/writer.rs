@@ -148,9 +148,7 @@ impl Writer {
                         // the file may not even be open yet after a restart).
                         if !entry.buf.is_empty() {
                             self.write(entry)?;
-                            self.file_of(entry)
-                                .sync_data()
-                                .map_err(LogError::io(entry.context()))?;
+                            self.sync(entry)?;
                             publish(entry);
                         }
                         self.roll(entry)?;
@@ -207,11 +205,7 @@ impl Writer {
     /// concurrently; the first failure is the result.
     fn sync_all(&self, pending: &[Pending]) -> Result<(), LogError> {
         let touched: Vec<&Pending> = pending.iter().filter(|e| !e.buf.is_empty()).collect();
-        let sync = |entry: &Pending| {
-            self.file_of(entry)
-                .sync_data()
-                .map_err(LogError::io(entry.context()))
-        };
+        let sync = |entry: &Pending| self.sync(entry);
         match touched.as_slice() {
             [] => Ok(()),
             [one] => sync(one),
@@ -271,13 +265,19 @@ impl Writer {
         Ok(&mut self.files.get_mut(&key).expect("inserted above").1)
     }
 
-    /// The open file of `entry`'s active segment ([`Writer::write`] opened it).
-    fn file_of(&self, entry: &Pending) -> &File {
-        &self
-            .files
-            .get(&(entry.topic.name.clone(), entry.partition))
-            .expect("opened by write")
-            .1
+    /// `fsync`s `entry`'s active segment, which [`Writer::write`] opened:
+    /// a file not open is an error of the group, never a panic of the writer
+    /// thread (that would close the log for every later append).
+    fn sync(&self, entry: &Pending) -> Result<(), LogError> {
+        match self.files.get(&(entry.topic.name.clone(), entry.partition)) {
+            Some((base, file)) if *base == entry.base_offset => {
+                file.sync_data().map_err(LogError::io(entry.context()))
+            }
+            _ => Err(LogError::Unavailable(format!(
+                "{}: the active segment is not open",
+                entry.context()
+            ))),
+        }
     }
 
     /// Writes the pending frames (not yet durable, not yet published).
