@@ -16,7 +16,7 @@ use lambda_ingest::generator::{Generator, GeneratorConfig};
 use lambda_log::EmbeddedConfig;
 use lambda_serving::Supervisor;
 
-use crate::measure::spinner;
+use crate::measure::{percentile, spinner};
 use crate::report::{Aim, Figure};
 
 /// Settings of the ingest benchmark.
@@ -64,13 +64,6 @@ impl Posted {
     fn percentile(&self, q: f64) -> Duration {
         percentile(&self.latencies, q)
     }
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// `count` NDJSON bodies of `events` generated events each (every event id

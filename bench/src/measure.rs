@@ -66,3 +66,11 @@ pub(crate) fn one_connection_client() -> anyhow::Result<reqwest::Client> {
         .pool_max_idle_per_host(1)
         .build()?)
 }
+
+/// The `q` quantile (0 to 1) of `sorted` latencies, nearest rank; zero when empty.
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}

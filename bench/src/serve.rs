@@ -56,11 +56,7 @@ struct Load {
 
 impl Load {
     fn percentile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
-        self.latencies[i]
+        crate::measure::percentile(&self.latencies, q)
     }
 
     fn line(&self, name: &str) -> String {

@@ -209,27 +209,17 @@ pub async fn render(state: &ServingState) -> String {
         );
     }
     state.requests.render(&mut out);
-    let (hits, misses) = state.cache.counts();
-    family(
+    cache_lookups(
         &mut out,
         "lambda_serving_bucket_cache_total",
-        "counter",
         "Batch buckets looked up in the rendered-bucket cache, by result.",
-        &[
-            ("result=\"hit\"".to_string(), hits as f64),
-            ("result=\"miss\"".to_string(), misses as f64),
-        ],
+        state.cache.counts(),
     );
-    let (hits, misses) = state.answers.counts();
-    family(
+    cache_lookups(
         &mut out,
         "lambda_serving_answer_cache_total",
-        "counter",
         "Queries answered from the answer cache (the views unchanged since the same query), by result.",
-        &[
-            ("result=\"hit\"".to_string(), hits as f64),
-            ("result=\"miss\"".to_string(), misses as f64),
-        ],
+        state.answers.counts(),
     );
     let (answers, bytes) = state.answers.size();
     family(
@@ -253,6 +243,20 @@ pub async fn render(state: &ServingState) -> String {
         render_extra(&mut out);
     }
     out
+}
+
+/// A cache's lookups as a counter family by `result` (`hit`, `miss`).
+fn cache_lookups(out: &mut String, name: &str, help: &str, (hits, misses): (u64, u64)) {
+    family(
+        out,
+        name,
+        "counter",
+        help,
+        &[
+            ("result=\"hit\"".to_string(), hits as f64),
+            ("result=\"miss\"".to_string(), misses as f64),
+        ],
+    );
 }
 
 /// The batch runner's families: runs by outcome, skipped ticks, last duration.
