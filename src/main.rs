@@ -78,6 +78,8 @@ enum BenchCommand {
     Serve(lambda_bench::ServeBench),
     /// The speed layer's resident memory against key cardinality (10 k to 1 M users and devices), each in its own process.
     Memory(lambda_bench::MemoryBench),
+    /// What a speed layer checkpoint costs: only the changed windows against the whole state, at the same moments.
+    Checkpoint(lambda_bench::CheckpointBench),
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +317,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(BenchCommand::Batch(bench)) => lambda_bench::batch::run(bench).await?,
                 Some(BenchCommand::Ingest(bench)) => lambda_bench::ingest::run(bench).await?,
                 Some(BenchCommand::Memory(bench)) => lambda_bench::memory::run(bench).await?,
+                Some(BenchCommand::Checkpoint(bench)) => {
+                    lambda_bench::checkpoint::run(bench).await?
+                }
                 Some(BenchCommand::Serve(bench)) => lambda_bench::serve::run(bench).await?,
             };
             let report = lambda_bench::Report::new(figures);

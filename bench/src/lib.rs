@@ -1,12 +1,13 @@
 //! `lambda bench …`: how fast each layer is, always beside a baseline
 //! measured in the same run, so that figures are ratios that hold on noisy
-//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve|memory`)
+//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve|memory|checkpoint`)
 //! only parses flags and calls [`all`] or one of these; each hands back its
 //! figures ([`report::Figure`]) and prints its own details.
 
 mod measure;
 
 pub mod batch;
+pub mod checkpoint;
 pub mod ingest;
 pub mod memory;
 pub mod report;
@@ -25,6 +26,7 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
     figures.extend(ingest::run(IngestBench::default()).await?);
     figures.extend(serve::run(ServeBench::default()).await?);
     figures.extend(memory::run(MemoryBench::default()).await?);
+    figures.extend(checkpoint::run(CheckpointBench::default()).await?);
     let report = Report::new(figures);
     println!("\n{}\n{}", report.machine, report.table());
     report.write_json(json)?;
@@ -33,6 +35,7 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
 }
 
 pub use batch::BatchBench;
+pub use checkpoint::CheckpointBench;
 pub use ingest::IngestBench;
 pub use memory::MemoryBench;
 pub use serve::ServeBench;

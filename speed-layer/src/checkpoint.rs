@@ -1,7 +1,23 @@
 //! Checkpoints: the speed layer's windows, watermark, ledger and consumed
-//! offsets written together, atomically (temporary file, fsync, rename), so a
-//! restart resumes from a state and the offsets that produced it — nothing
-//! lost, nothing counted twice.
+//! offsets written together, atomically, so a restart resumes from a state
+//! and the offsets that produced it — nothing lost, nothing counted twice.
+//!
+//! A checkpoint is a small *manifest* (offsets, clocks, watermark, ledger,
+//! counters, alert state, and the list of window files) plus one file per
+//! window, in a directory beside it (`checkpoint.json` →
+//! `checkpoint.windows/`). A window's file is named by the window's start,
+//! the state's epoch and the window's version, so a file once written never
+//! changes: a checkpoint writes only the windows that changed since the last
+//! one ([`Checkpointer`]). A closed window stops changing, so it is written
+//! once more when it closes (without its ids, which it drops) and then only
+//! referred to. The cost of a checkpoint follows what changed, not the
+//! whole state. Order on disk: window files (fsynced), then the manifest
+//! (temporary file, fsync, rename, directory fsync), then the files no
+//! manifest refers to any more are deleted; a crash at any point leaves the
+//! previous manifest and every file it names.
+//!
+//! [`encode`]/[`decode`] are the self-contained form of the same manifest,
+//! windows inline (format 1 wrote only that; it still loads).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,16 +25,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
+use lambda_events::limits::MAX_EVENT_ID_LEN;
 use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertEngine;
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
-/// The checkpoint format this version writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The checkpoint format this version writes: 2 (windows inline or in
+/// window files). It also reads format 1 (windows inline only).
+pub const FORMAT_VERSION: u32 = 2;
 
-#[derive(Serialize, Deserialize)]
+/// The formats [`load`] and [`decode`] read.
+const READS: [u32; 2] = [1, 2];
+
+#[derive(Debug, Serialize, Deserialize)]
 struct CheckpointFile {
     format_version: u32,
     max_event_ts: Option<i64>,
@@ -26,7 +47,12 @@ struct CheckpointFile {
     late_ledger: Vec<(Topic, i64, u64)>,
     counters: (u64, u64, u64, u64),
     evicted_before: i64,
+    /// Windows written inline ([`encode`], and every format-1 file).
+    #[serde(default)]
     windows: Vec<WindowFile>,
+    /// Windows in files of their own (format 2).
+    #[serde(default)]
+    window_files: Vec<WindowEntry>,
     /// `(topic, partition, max event time)`.
     #[serde(default)]
     clocks: Vec<(String, u32, i64)>,
@@ -36,12 +62,25 @@ struct CheckpointFile {
     alerts: Option<AlertEngine>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct WindowFile {
     start: i64,
     #[serde(flatten)]
     views: ViewsWire,
+    /// Inline ids ([`encode`]; a window file's ids are in its id files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     seen: Vec<String>,
+}
+
+/// One window of a format-2 manifest: the file of its views, and the files
+/// of its ids (pieces of [`crate::seen::SeenIds`]'s encoded form, in order;
+/// none once the window has closed and dropped them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WindowEntry {
+    start: i64,
+    file: String,
+    #[serde(default)]
+    ids: Vec<String>,
 }
 
 /// One bucket's views as JSON: sorted lists, so the same views give the same bytes.
@@ -123,29 +162,17 @@ impl ViewsWire {
     }
 }
 
-/// Serializes the state (sorted, so the same state gives the same bytes).
-pub fn encode(state: &SpeedState) -> Vec<u8> {
-    let windows = state
-        .windows
-        .iter()
-        .map(|(start, window)| {
-            let mut seen: Vec<String> = window.seen.iter().map(str::to_owned).collect();
-            seen.sort();
-            WindowFile {
-                start: *start,
-                views: ViewsWire::from_views(&window.views),
-                seen,
-            }
-        })
-        .collect();
-    let file = CheckpointFile {
+/// The manifest of `state`: everything but the windows.
+fn manifest(state: &SpeedState) -> CheckpointFile {
+    CheckpointFile {
         format_version: FORMAT_VERSION,
         max_event_ts: state.max_event_ts,
         offsets: state.offsets_list(),
         late_ledger: state.ledger_list(),
         counters: state.counters.as_tuple(),
         evicted_before: state.evicted_before,
-        windows,
+        windows: Vec::new(),
+        window_files: Vec::new(),
         clocks: state
             .clocks
             .iter()
@@ -153,7 +180,40 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
             .collect(),
         watermark: state.watermark(),
         alerts: Some(state.alerts.clone()),
-    };
+    }
+}
+
+impl WindowFile {
+    /// One window as written (ids sorted, so the same window gives the same bytes).
+    fn of(start: i64, window: &Window) -> WindowFile {
+        let mut seen: Vec<String> = window.seen.iter().map(str::to_owned).collect();
+        seen.sort_unstable();
+        WindowFile {
+            start,
+            views: ViewsWire::from_views(&window.views),
+            seen,
+        }
+    }
+
+    fn into_window(self) -> (i64, Window) {
+        let window = Window {
+            views: self.views.into_views(),
+            seen: self.seen.into_iter().collect(),
+            version: 0,
+        };
+        (self.start, window)
+    }
+}
+
+/// Serializes the whole state in one self-contained file, windows inline
+/// (sorted, so the same state gives the same bytes).
+pub fn encode(state: &SpeedState) -> Vec<u8> {
+    let mut file = manifest(state);
+    file.windows = state
+        .windows
+        .iter()
+        .map(|(start, window)| WindowFile::of(*start, window))
+        .collect();
     serde_json::to_vec(&file).expect("checkpoint serializes")
 }
 
@@ -176,10 +236,19 @@ pub enum CheckpointError {
     #[error("the checkpoint does not parse")]
     Parse(#[source] serde_json::Error),
     /// A checkpoint of another format version.
-    #[error("checkpoint format {found} is not {FORMAT_VERSION}")]
+    #[error("checkpoint format {found} is not one this version reads (1 or {FORMAT_VERSION})")]
     Format {
         /// The file's format version.
         found: u32,
+    },
+    /// The manifest names a window file that is not a plain file name, or
+    /// whose window is not the one named.
+    #[error("window file {name:?}: {problem}")]
+    WindowFile {
+        /// The name in the manifest.
+        name: String,
+        /// What is wrong.
+        problem: String,
     },
     /// A checkpoint file that could not be read back ([`load`]).
     #[error("checkpoint {}", path.display())]
@@ -201,14 +270,29 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Check
     }
 }
 
-/// Restores a state from [`encode`]'s bytes.
+/// Restores a state from [`encode`]'s bytes (windows inline).
 pub fn decode(
     bytes: &[u8],
     allowed_lateness_ms: i64,
     horizon_ms: i64,
 ) -> Result<SpeedState, CheckpointError> {
+    decode_with(bytes, allowed_lateness_ms, horizon_ms, &mut |name| {
+        Err(CheckpointError::WindowFile {
+            name: name.to_string(),
+            problem: "a self-contained checkpoint names no window files".into(),
+        })
+    })
+}
+
+/// Restores a state from a manifest, reading its window files with `read`.
+fn decode_with(
+    bytes: &[u8],
+    allowed_lateness_ms: i64,
+    horizon_ms: i64,
+    read: &mut dyn FnMut(&str) -> Result<Vec<u8>, CheckpointError>,
+) -> Result<SpeedState, CheckpointError> {
     let file: CheckpointFile = serde_json::from_slice(bytes).map_err(CheckpointError::Parse)?;
-    if file.format_version != FORMAT_VERSION {
+    if !READS.contains(&file.format_version) {
         return Err(CheckpointError::Format {
             found: file.format_version,
         });
@@ -254,19 +338,75 @@ pub fn decode(
     state.windows = file
         .windows
         .into_iter()
-        .map(|w| {
-            let views = w.views.into_views();
-            (
-                w.start,
-                Window {
-                    views,
-                    seen: w.seen.into_iter().collect(),
-                    version: 0,
-                },
-            )
-        })
+        .map(WindowFile::into_window)
         .collect::<BTreeMap<_, _>>();
+    for entry in file.window_files {
+        let (start, window) = read_window(&entry, read)?;
+        state.restored_files.insert(
+            start,
+            Written {
+                version: window.version,
+                name: entry.file,
+                ids_mark: window.seen.mark(),
+                ids: entry.ids,
+            },
+        );
+        if state.windows.insert(start, window).is_some() {
+            return Err(CheckpointError::WindowFile {
+                name: state.restored_files[&start].name.clone(),
+                problem: format!("a second window at {start}"),
+            });
+        }
+    }
     Ok(state)
+}
+
+/// Reads one window of a manifest: its views file, then its id files.
+fn read_window(
+    entry: &WindowEntry,
+    read: &mut dyn FnMut(&str) -> Result<Vec<u8>, CheckpointError>,
+) -> Result<(i64, Window), CheckpointError> {
+    let bad = |name: &str, problem: String| CheckpointError::WindowFile {
+        name: name.to_string(),
+        problem,
+    };
+    for name in std::iter::once(&entry.file).chain(&entry.ids) {
+        if !is_plain_name(name) {
+            return Err(bad(name, "not a plain file name".into()));
+        }
+    }
+    let bytes = read(&entry.file)?;
+    let file: WindowFile = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(&entry.file, format!("does not parse: {e}")))?;
+    if file.start != entry.start {
+        return Err(bad(
+            &entry.file,
+            format!(
+                "holds the window at {}, not the one at {}",
+                file.start, entry.start
+            ),
+        ));
+    }
+    let (start, mut window) = file.into_window();
+    for name in &entry.ids {
+        let bytes = read(name)?;
+        window
+            .seen
+            .extend_encoded(&bytes, MAX_EVENT_ID_LEN)
+            .map_err(|e| bad(name, e.to_string()))?;
+    }
+    Ok((start, window))
+}
+
+/// A window file's name as this module makes them: ASCII letters, digits,
+/// `-` and `.`, not starting with `.` (nothing that leaves the directory).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -278,19 +418,33 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     file.write_all(bytes).map_err(io("writing", &tmp))?;
     file.sync_all().map_err(io("syncing", &tmp))?;
     fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("syncing", dir))
 }
 
-/// Reads the checkpoint at `path`, if there is one.
+/// The directory of the window files of the checkpoint at `path`.
+pub fn windows_dir(path: &Path) -> PathBuf {
+    path.with_extension("windows")
+}
+
+/// Reads the checkpoint at `path` (and its window files), if there is one.
 pub fn load(
     path: &Path,
     allowed_lateness_ms: i64,
     horizon_ms: i64,
 ) -> Result<Option<SpeedState>, CheckpointError> {
+    let dir = windows_dir(path);
+    let mut read = |name: &str| {
+        let file = dir.join(name);
+        fs::read(&file).map_err(io("reading", &file))
+    };
     match fs::read(path) {
-        Ok(bytes) => decode(&bytes, allowed_lateness_ms, horizon_ms)
+        Ok(bytes) => decode_with(&bytes, allowed_lateness_ms, horizon_ms, &mut read)
             .map_err(|source| CheckpointError::File {
                 path: path.to_path_buf(),
                 source: Box::new(source),
@@ -298,6 +452,207 @@ pub fn load(
             .map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io("reading", path)(e)),
+    }
+}
+
+/// A window's files that a durable manifest names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// The window's version when its views were written (in the state's epoch).
+    version: u64,
+    /// The file of its views.
+    name: String,
+    /// The files of its ids, in order.
+    ids: Vec<String>,
+    /// How far into the ids' encoded form those files go.
+    ids_mark: usize,
+}
+
+/// Writes checkpoints of one state to one place, each writing only the
+/// windows that changed since the last durable one (see the module's
+/// documentation). Take a [`Checkpointer::snapshot`] under the state's lock
+/// (it copies only what changed), write it without the lock
+/// ([`Snapshot::write`]), then hand the result back
+/// ([`Checkpointer::written`]).
+#[derive(Debug)]
+pub struct Checkpointer {
+    path: PathBuf,
+    /// The state epoch `written` belongs to: versions mean nothing in another.
+    epoch: u64,
+    /// Window start → its file in the last durable manifest.
+    written: BTreeMap<i64, Written>,
+}
+
+/// What one checkpoint writes: the manifest, and copies of the windows
+/// whose files do not exist yet.
+#[derive(Debug)]
+pub struct Snapshot {
+    path: PathBuf,
+    epoch: u64,
+    manifest: CheckpointFile,
+    /// `(start, file name, views)` to write.
+    fresh: Vec<(i64, String, BucketViews)>,
+    /// `(file name, encoded ids)` to write: the ids added since the last one.
+    fresh_ids: Vec<(String, Vec<u8>)>,
+    /// Every window's file once this checkpoint is durable.
+    written: BTreeMap<i64, Written>,
+    offsets: BTreeMap<(String, u32), u64>,
+}
+
+/// A checkpoint made durable by [`Snapshot::write`].
+#[derive(Debug)]
+pub struct Durable {
+    epoch: u64,
+    written: BTreeMap<i64, Written>,
+    /// The consumed offsets it holds (safe to commit to the log now).
+    pub offsets: BTreeMap<(String, u32), u64>,
+    /// Bytes written: the manifest and the window files.
+    pub bytes: u64,
+    /// Files written besides the manifest (views and ids).
+    pub files: usize,
+}
+
+impl Checkpointer {
+    /// A checkpointer for `state` at `path`, knowing the window files the
+    /// state was restored from (if it was restored from this path).
+    pub fn new(path: &Path, state: &mut SpeedState) -> Checkpointer {
+        Checkpointer {
+            path: path.to_path_buf(),
+            epoch: state.epoch,
+            written: std::mem::take(&mut state.restored_files),
+        }
+    }
+
+    /// What to write to checkpoint `state` now. Cheap: only windows
+    /// without a current file are copied.
+    pub fn snapshot(&self, state: &SpeedState) -> Snapshot {
+        let same_epoch = state.epoch == self.epoch;
+        let mut manifest = manifest(state);
+        let mut fresh = Vec::new();
+        let mut fresh_ids = Vec::new();
+        let mut written = BTreeMap::new();
+        for (start, window) in &state.windows {
+            let before = self.written.get(start).filter(|_| same_epoch);
+            let name = match before.filter(|w| w.version == window.version) {
+                Some(before) => before.name.clone(),
+                None => {
+                    let name = format!("{start}-{:016x}-{}.json", state.epoch, window.version);
+                    fresh.push((*start, name.clone(), window.views.clone()));
+                    name
+                }
+            };
+            // Ids: none once closed; else the files so far and one more for
+            // the ids added since (all of them if the files do not fit).
+            let mark = window.seen.mark();
+            let (mut ids, from) = match before {
+                Some(w) if !window.seen.is_empty() && w.ids_mark <= mark => {
+                    (w.ids.clone(), w.ids_mark)
+                }
+                _ => (Vec::new(), 0),
+            };
+            if mark > from
+                && let Some(added) = window.seen.encoded_since(from)
+            {
+                let name = format!("{start}-{:016x}-{from}.ids", state.epoch);
+                fresh_ids.push((name.clone(), added.to_vec()));
+                ids.push(name);
+            }
+            manifest.window_files.push(WindowEntry {
+                start: *start,
+                file: name.clone(),
+                ids: ids.clone(),
+            });
+            written.insert(
+                *start,
+                Written {
+                    version: window.version,
+                    name,
+                    ids,
+                    ids_mark: if window.seen.is_empty() { 0 } else { mark },
+                },
+            );
+        }
+        Snapshot {
+            path: self.path.clone(),
+            epoch: state.epoch,
+            manifest,
+            fresh,
+            fresh_ids,
+            written,
+            offsets: state.offsets.clone(),
+        }
+    }
+
+    /// Notes that `durable` is on disk: its window files are the ones the
+    /// next snapshot need not write again.
+    pub fn written(&mut self, durable: &Durable) {
+        self.epoch = durable.epoch;
+        self.written = durable.written.clone();
+    }
+}
+
+impl Snapshot {
+    /// Files this checkpoint writes, views and ids (the rest exist already).
+    pub fn fresh_files(&self) -> usize {
+        self.fresh.len() + self.fresh_ids.len()
+    }
+
+    /// Writes the new window files, then the manifest naming them, then
+    /// deletes the window files no manifest names any more.
+    pub fn write(self) -> Result<Durable, CheckpointError> {
+        let dir = windows_dir(&self.path);
+        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let mut bytes = 0u64;
+        let views = self.fresh.iter().map(|(start, name, views)| {
+            let file = WindowFile {
+                start: *start,
+                views: ViewsWire::from_views(views),
+                seen: Vec::new(),
+            };
+            (
+                name,
+                serde_json::to_vec(&file).expect("a window serializes"),
+            )
+        });
+        let ids = self.fresh_ids.iter().map(|(name, ids)| (name, ids.clone()));
+        for (name, encoded) in views.chain(ids) {
+            let path = dir.join(name);
+            let mut file = fs::File::create(&path).map_err(io("creating", &path))?;
+            file.write_all(&encoded).map_err(io("writing", &path))?;
+            file.sync_all().map_err(io("syncing", &path))?;
+            bytes += encoded.len() as u64;
+        }
+        if self.fresh_files() > 0 {
+            sync_dir(&dir)?;
+        }
+        let manifest = serde_json::to_vec(&self.manifest).expect("checkpoint serializes");
+        write(&self.path, &manifest)?;
+        bytes += manifest.len() as u64;
+        // Files no manifest names: superseded or evicted windows, and any a
+        // failed checkpoint left. Not deleting one costs only space.
+        if let Ok(entries) = fs::read_dir(&dir) {
+            let named: std::collections::HashSet<&str> = self
+                .written
+                .values()
+                .flat_map(|w| std::iter::once(&w.name).chain(&w.ids))
+                .map(String::as_str)
+                .collect();
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if name.to_str().is_none_or(|n| !named.contains(n))
+                    && let Err(error) = fs::remove_file(entry.path())
+                {
+                    tracing::debug!(%error, file = %entry.path().display(), "removing an unused window file");
+                }
+            }
+        }
+        Ok(Durable {
+            epoch: self.epoch,
+            files: self.fresh_files(),
+            written: self.written,
+            offsets: self.offsets,
+            bytes,
+        })
     }
 }
 
@@ -389,5 +744,202 @@ mod float_tests {
         assert_eq!(back.min, f64::NEG_INFINITY);
         assert!(back.last.is_nan());
         assert_eq!(encode(&restored), bytes);
+    }
+}
+
+#[cfg(test)]
+mod incremental_tests {
+    use super::*;
+    use lambda_events::Event;
+    use lambda_events::bucket::MINUTE_MS;
+
+    const T0: i64 = 1_700_000_040_000 - 1_700_000_040_000 % MINUTE_MS;
+
+    fn click(state: &mut SpeedState, id: &str, ts: i64) {
+        let json = format!(
+            r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"u-{id}","campaign_id":"c"}}"#
+        );
+        state.apply(&Event::from_json(json.as_bytes()).unwrap());
+        state.evict();
+    }
+
+    fn files(path: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(windows_dir(path))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn checkpoint(checkpointer: &mut Checkpointer, state: &SpeedState) -> usize {
+        let durable = checkpointer.snapshot(state).write().unwrap();
+        checkpointer.written(&durable);
+        durable.files
+    }
+
+    #[test]
+    fn a_checkpoint_writes_only_the_windows_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        for minute in 0..10 {
+            click(&mut state, &format!("a{minute}"), T0 + minute * MINUTE_MS);
+        }
+        let mut checkpointer = Checkpointer::new(&path, &mut state);
+        // The watermark is at minute 7: minutes 0-6 closed (and dropped
+        // their ids), 7-9 open. Every window is new: ten views files, and
+        // the ids of the three open ones.
+        assert_eq!(checkpoint(&mut checkpointer, &state), 13);
+        assert_eq!(checkpoint(&mut checkpointer, &state), 0, "nothing changed");
+        // One event in an open window: its views, and one id.
+        click(&mut state, "b", T0 + 8 * MINUTE_MS);
+        let snapshot = checkpointer.snapshot(&state);
+        assert_eq!(snapshot.fresh_ids.len(), 1);
+        assert_eq!(snapshot.fresh_ids[0].1, b"\x01b", "only the id added since");
+        drop(snapshot);
+        assert_eq!(checkpoint(&mut checkpointer, &state), 2);
+        // The watermark moves two minutes: windows 7 and 8 close and drop
+        // their ids (their views are not written again), 11 is new.
+        click(&mut state, "c", T0 + 11 * MINUTE_MS + 1);
+        assert_eq!(checkpoint(&mut checkpointer, &state), 2);
+        assert_eq!(checkpoint(&mut checkpointer, &state), 0);
+        // On disk: one views file per window, the ids of the open ones
+        // (9: one file; 11: one), the superseded ones deleted.
+        let names = files(&path);
+        assert_eq!(names.iter().filter(|n| n.ends_with(".json")).count(), 11);
+        assert_eq!(names.iter().filter(|n| n.ends_with(".ids")).count(), 2);
+
+        // What loads is the state, and the checkpointer of the loaded state
+        // writes nothing it already has.
+        let mut loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), encode(&state));
+        let mut again = Checkpointer::new(&path, &mut loaded);
+        assert_eq!(checkpoint(&mut again, &loaded), 0);
+        click(&mut loaded, "d", T0 + 11 * MINUTE_MS + 2);
+        assert_eq!(checkpoint(&mut again, &loaded), 2);
+        let reloaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&reloaded), encode(&loaded));
+        // Window 11's ids are now in two files, read back in order.
+        assert_eq!(files(&path).len(), 11 + 3);
+        let mut resent = reloaded.clone();
+        for id in ["a9", "c", "d"] {
+            let json = format!(
+                r#"{{"event_id":"{id}","ts":{},"event_type":"click","user_id":"u"}}"#,
+                T0 + 11 * MINUTE_MS
+            );
+            assert_eq!(
+                resent.apply(&Event::from_json(json.as_bytes()).unwrap()),
+                crate::Applied::Duplicate,
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_of_another_epoch_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        for minute in 0..3 {
+            click(&mut state, &format!("a{minute}"), T0 + minute * MINUTE_MS);
+        }
+        let mut checkpointer = Checkpointer::new(&path, &mut state);
+        assert_eq!(checkpoint(&mut checkpointer, &state), 6);
+        // A replaced state (a kappa switch): versions start over, so its
+        // windows may carry the same versions as different contents.
+        let mut other = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        for minute in 0..3 {
+            click(&mut other, &format!("z{minute}"), T0 + minute * MINUTE_MS);
+        }
+        assert_eq!(checkpoint(&mut checkpointer, &other), 6);
+        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), encode(&other));
+        assert_eq!(files(&path).len(), 6);
+    }
+
+    #[test]
+    fn a_checkpoint_that_fails_before_its_manifest_leaves_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        click(&mut state, "a", T0);
+        let mut checkpointer = Checkpointer::new(&path, &mut state);
+        checkpoint(&mut checkpointer, &state);
+        let first = encode(&state);
+        click(&mut state, "b", T0 + 1);
+        click(&mut state, "c", T0 + MINUTE_MS);
+        // The manifest's temporary file cannot be created: the new window
+        // files are written, the manifest is not.
+        fs::create_dir(path.with_extension("tmp")).unwrap();
+        let snapshot = checkpointer.snapshot(&state);
+        assert_eq!(snapshot.fresh_files(), 4);
+        assert!(snapshot.write().is_err());
+        assert_eq!(files(&path).len(), 6, "the old files and four orphans");
+        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), first, "the previous checkpoint, whole");
+        // The next checkpoint writes both again (the failed one was never
+        // durable) and removes what no manifest names.
+        fs::remove_dir(path.with_extension("tmp")).unwrap();
+        assert_eq!(checkpoint(&mut checkpointer, &state), 4);
+        // Two windows' views; window 0's ids in two files ("a", then "b"),
+        // window 1's in one.
+        assert_eq!(files(&path).len(), 5);
+        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), encode(&state));
+    }
+
+    #[test]
+    fn a_format_1_checkpoint_still_loads() {
+        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        click(&mut state, "a", T0);
+        let bytes = String::from_utf8(encode(&state)).unwrap();
+        let old = bytes.replacen(r#""format_version":2"#, r#""format_version":1"#, 1);
+        assert_ne!(old, bytes);
+        let restored = decode(old.as_bytes(), 2 * MINUTE_MS, 3_600_000).unwrap();
+        assert_eq!(encode(&restored), bytes.as_bytes());
+        let future = bytes.replacen(r#""format_version":2"#, r#""format_version":3"#, 1);
+        let error = decode(future.as_bytes(), 2 * MINUTE_MS, 3_600_000).unwrap_err();
+        assert!(error.to_string().contains("format 3"), "{error}");
+    }
+
+    #[test]
+    fn a_manifest_naming_a_bad_window_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        click(&mut state, "a", T0);
+        let mut checkpointer = Checkpointer::new(&path, &mut state);
+        checkpoint(&mut checkpointer, &state);
+        let manifest = fs::read_to_string(&path).unwrap();
+        let name = files(&path)
+            .into_iter()
+            .find(|n| n.ends_with(".json"))
+            .unwrap();
+        let ids = files(&path)
+            .into_iter()
+            .find(|n| n.ends_with(".ids"))
+            .unwrap();
+        fs::write(windows_dir(&path).join("damaged.ids"), [5, b'a']).unwrap();
+        for (from, to, problem) in [
+            (
+                name.clone(),
+                "../../etc/passwd".to_string(),
+                "not a plain file name",
+            ),
+            (name.clone(), "missing.json".to_string(), "reading"),
+            (
+                format!(r#""start":{T0}"#),
+                format!(r#""start":{}"#, T0 + MINUTE_MS),
+                "not the one at",
+            ),
+            (ids.clone(), "damaged.ids".to_string(), "an id cut short"),
+            (ids, "../x.ids".to_string(), "not a plain file name"),
+        ] {
+            fs::write(&path, manifest.replace(&from, &to)).unwrap();
+            let error = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap_err();
+            let chain = format!("{:?}", anyhow::Error::from(error));
+            assert!(chain.contains(problem), "{to}: {chain}");
+        }
     }
 }

@@ -12,7 +12,8 @@ use lambda_events::{EventRef, Topic};
 use lambda_log::{EventLog, FetchPosition, LogError, Record};
 use tokio_util::sync::CancellationToken;
 
-use crate::{SpeedConfig, SpeedViews, checkpoint};
+use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
+use crate::{SpeedConfig, SpeedViews};
 
 /// Records asked for per fetch.
 const FETCH_MAX_RECORDS: usize = 4096;
@@ -78,13 +79,21 @@ pub async fn run(
         .map(|p| ((p.topic.clone(), p.partition), Instant::now()))
         .collect();
     let mut checkpoints = CheckpointRetry::new(config.checkpoint_interval);
+    let mut checkpointer = Checkpointer::new(&config.checkpoint_path, &mut views.write());
+    // The checkpoint being written: folding goes on meanwhile (the snapshot
+    // was taken under the lock; its offsets are committed once it is durable).
+    let mut writing: Option<Writing> = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(checkpoints.next_at) => {
-                let result = write_checkpoint(&config, log.as_ref(), &views).await;
+            done = async { writing.as_mut().expect("guarded by the branch's condition").await }, if writing.is_some() => {
+                writing = None;
+                let result = finish_checkpoint(done, &mut checkpointer, &config, log.as_ref(), &views).await;
                 checkpoints.after(result, &views);
+            }
+            _ = tokio::time::sleep_until(checkpoints.next_at), if writing.is_none() => {
+                writing = Some(start_checkpoint(&checkpointer, &views));
             }
             fetched = log.fetch(&positions, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
                 match fetched {
@@ -118,7 +127,15 @@ pub async fn run(
             }
         }
     }
-    if let Err(error) = write_checkpoint(&config, log.as_ref(), &views).await {
+    if let Some(pending) = writing.take() {
+        let done = pending.await;
+        // A failure here is retried just below, with everything folded since.
+        let _ = finish_checkpoint(done, &mut checkpointer, &config, log.as_ref(), &views).await;
+    }
+    let done = start_checkpoint(&checkpointer, &views).await;
+    if let Err(error) =
+        finish_checkpoint(done, &mut checkpointer, &config, log.as_ref(), &views).await
+    {
         // Not a crash: the previous checkpoint and the log still hold
         // everything, and the next start resumes from them.
         tracing::error!(
@@ -323,20 +340,36 @@ pub fn apply(
     invalid
 }
 
-async fn write_checkpoint(
+/// A checkpoint being written on a blocking thread.
+type Writing = tokio::task::JoinHandle<Result<Durable, CheckpointError>>;
+
+/// Takes a snapshot of what changed since the last checkpoint (under the
+/// read lock: a copy of the changed windows, not their encoding) and writes
+/// it on a blocking thread.
+fn start_checkpoint(checkpointer: &Checkpointer, views: &SpeedViews) -> Writing {
+    let snapshot = checkpointer.snapshot(&views.read());
+    tokio::task::spawn_blocking(move || snapshot.write())
+}
+
+/// Once a checkpoint is durable: remembers its files, notes its time and
+/// commits its offsets to the log (for lag reporting: the checkpoint is the
+/// source of truth).
+async fn finish_checkpoint(
+    done: Result<Result<Durable, CheckpointError>, tokio::task::JoinError>,
+    checkpointer: &mut Checkpointer,
     config: &SpeedConfig,
     log: &dyn EventLog,
     views: &SpeedViews,
 ) -> anyhow::Result<()> {
-    let (bytes, offsets) = {
-        let state = views.read();
-        (checkpoint::encode(&state), state.offsets.clone())
-    };
-    let path = config.checkpoint_path.clone();
-    tokio::task::spawn_blocking(move || checkpoint::write(&path, &bytes))
-        .await
-        .context("checkpoint task")??;
+    let durable = done.context("checkpoint task")??;
+    checkpointer.written(&durable);
+    tracing::debug!(
+        bytes = durable.bytes,
+        files = durable.files,
+        "speed layer checkpoint written"
+    );
     views.write().last_checkpoint_ms = Some(chrono::Utc::now().timestamp_millis());
+    let offsets = &durable.offsets;
     for topic in Topic::ALL {
         let topic_offsets: Vec<(u32, u64)> = offsets
             .iter()

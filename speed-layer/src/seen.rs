@@ -1,6 +1,7 @@
 //! The `event_id`s one window has counted, kept so that a resend is
-//! recognised as a duplicate. The ids' bytes sit back to back in one buffer
-//! and a hash table holds their spans: remembering an id costs no allocation
+//! recognised as a duplicate. The ids sit back to back in one buffer, each
+//! after its length (so the buffer is also the set's serialized form, and
+//! grows only at its end), and a hash table holds their spans: remembering an id costs no allocation
 //! of its own (the buffer grows by doubling), and an id is hashed once per
 //! event however many open windows are asked about it ([`IdHash`]).
 
@@ -13,6 +14,11 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 /// random at start), so one [`IdHash`] serves all of them.
 static HASHER: LazyLock<DefaultHashBuilder> = LazyLock::new(DefaultHashBuilder::default);
 
+/// The hash of an id's bytes (the one hash every table entry is made with).
+fn hash_bytes(id: &[u8]) -> u64 {
+    HASHER.hash_one(id)
+}
+
 /// The hash of one `event_id` under this process's seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdHash(u64);
@@ -20,46 +26,80 @@ pub struct IdHash(u64);
 impl IdHash {
     /// Hashes `id`.
     pub fn of(id: &str) -> IdHash {
-        IdHash(HASHER.hash_one(id))
+        IdHash(hash_bytes(id.as_bytes()))
     }
 }
 
 /// A set of ids (see the module's documentation).
+///
+/// The buffer holds each id after its length (LEB128: one byte for any id
+/// up to 127 bytes), in the order they were added, so it is also the set's
+/// own serialized form and grows only at its end: the ids added since a
+/// [`SeenIds::mark`] are one slice ([`SeenIds::encoded_since`]), which is
+/// what an incremental checkpoint writes.
 #[derive(Debug, Clone, Default)]
 pub struct SeenIds {
-    bytes: String,
-    /// `(start, end)` of each id in `bytes`.
+    bytes: Vec<u8>,
+    /// `(start, end)` of each id's bytes in `bytes`.
     spans: HashTable<(usize, usize)>,
+}
+
+/// Why encoded ids could not be read back ([`SeenIds::extend_encoded`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("encoded ids, at byte {at}: {problem}")]
+pub struct EncodedIdsError {
+    /// Where in the bytes.
+    pub at: usize,
+    /// What is wrong.
+    pub problem: &'static str,
 }
 
 impl SeenIds {
     /// Whether `id` (whose hash is `hash`) is in the set.
     pub fn contains(&self, id: &str, hash: IdHash) -> bool {
+        self.find(id.as_bytes(), hash.0)
+    }
+
+    fn find(&self, id: &[u8], hash: u64) -> bool {
         self.spans
-            .find(hash.0, |&(start, end)| &self.bytes[start..end] == id)
+            .find(hash, |&(start, end)| &self.bytes[start..end] == id)
             .is_some()
     }
 
     /// Adds `id`; `false` if it was already there.
     pub fn insert(&mut self, id: &str, hash: IdHash) -> bool {
-        if self.contains(id, hash) {
+        self.insert_bytes(id.as_bytes(), hash.0)
+    }
+
+    fn insert_bytes(&mut self, id: &[u8], hash: u64) -> bool {
+        if self.find(id, hash) {
             return false;
         }
+        let mut len = id.len();
+        while len >= 0x80 {
+            self.bytes.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        self.bytes.push(len as u8);
         let start = self.bytes.len();
-        self.bytes.push_str(id);
+        self.bytes.extend_from_slice(id);
         let bytes = &self.bytes;
         self.spans
-            .insert_unique(hash.0, (start, bytes.len()), |&(s, e)| {
-                HASHER.hash_one(&bytes[s..e])
+            .insert_unique(hash, (start, bytes.len()), |&(s, e)| {
+                hash_bytes(&bytes[s..e])
             });
         true
     }
 
-    /// The ids, in no particular order.
+    /// The ids, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.spans
-            .iter()
-            .map(|&(start, end)| &self.bytes[start..end])
+        // Every id went in as a `&str` or was checked to be UTF-8.
+        Decoded {
+            bytes: &self.bytes,
+            at: 0,
+        }
+        .map_while(Result::ok)
+        .map(|(_, id)| std::str::from_utf8(id).unwrap_or_default())
     }
 
     /// How many ids the set holds.
@@ -70,6 +110,97 @@ impl SeenIds {
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
+    }
+
+    /// Where the set's encoded form ends now: what [`SeenIds::encoded_since`]
+    /// counts from.
+    pub fn mark(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The encoded form of the ids added since `mark` (all of them from 0);
+    /// `None` if `mark` is not one this set has passed.
+    pub fn encoded_since(&self, mark: usize) -> Option<&[u8]> {
+        self.bytes.get(mark..)
+    }
+
+    /// Adds the ids of an encoded form (pieces of [`SeenIds::encoded_since`],
+    /// in order), each at most `max_id_len` bytes of UTF-8. An id already in
+    /// the set is skipped.
+    pub fn extend_encoded(
+        &mut self,
+        encoded: &[u8],
+        max_id_len: usize,
+    ) -> Result<(), EncodedIdsError> {
+        for item in (Decoded {
+            bytes: encoded,
+            at: 0,
+        }) {
+            let (at, id) = item?;
+            let problem = if id.len() > max_id_len {
+                Some("an id longer than an event id may be")
+            } else if std::str::from_utf8(id).is_err() {
+                Some("an id that is not UTF-8")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(EncodedIdsError { at, problem });
+            }
+            self.insert_bytes(id, hash_bytes(id));
+        }
+        Ok(())
+    }
+}
+
+/// Walks an encoded form: `(offset, id bytes)` of each id.
+struct Decoded<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Decoded<'a> {
+    type Item = Result<(usize, &'a [u8]), EncodedIdsError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.bytes.len() {
+            return None;
+        }
+        let item_at = self.at;
+        let fail = |problem| {
+            Some(Err(EncodedIdsError {
+                at: item_at,
+                problem,
+            }))
+        };
+        let mut len = 0usize;
+        let mut shift = 0u32;
+        loop {
+            let Some(&byte) = self.bytes.get(self.at) else {
+                self.at = self.bytes.len();
+                return fail("a length cut short");
+            };
+            self.at += 1;
+            if shift > 21 {
+                self.at = self.bytes.len();
+                return fail("a length over 4 bytes");
+            }
+            len |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let Some(id) = self
+            .at
+            .checked_add(len)
+            .and_then(|end| self.bytes.get(self.at..end))
+        else {
+            self.at = self.bytes.len();
+            return fail("an id cut short");
+        };
+        self.at += len;
+        Some(Ok((item_at, id)))
     }
 }
 
@@ -115,5 +246,58 @@ mod tests {
         assert_eq!(back, expected);
         let rebuilt: SeenIds = back.iter().collect();
         assert!(ids.iter().all(|id| rebuilt.contains(id, IdHash::of(id))));
+    }
+
+    #[test]
+    fn the_encoded_form_grows_at_its_end_and_reads_back_in_pieces() {
+        let mut seen = SeenIds::default();
+        let long = "x".repeat(200);
+        let ids = ["a", "", "ü-€", long.as_str(), "b"];
+        let mut marks = vec![seen.mark()];
+        for id in ids {
+            seen.insert(id, IdHash::of(id));
+            marks.push(seen.mark());
+        }
+        assert_eq!(seen.iter().collect::<Vec<_>>(), ids, "in the order added");
+        // Read back piece by piece: the same set, the same bytes.
+        let mut back = SeenIds::default();
+        for pair in marks.windows(2) {
+            let piece = &seen.encoded_since(pair[0]).unwrap()[..pair[1] - pair[0]];
+            back.extend_encoded(piece, 200).unwrap();
+        }
+        assert_eq!(back.encoded_since(0), seen.encoded_since(0));
+        assert!(ids.iter().all(|id| back.contains(id, IdHash::of(id))));
+        assert_eq!(seen.encoded_since(seen.mark()), Some(&[][..]));
+        assert_eq!(seen.encoded_since(seen.mark() + 1), None);
+        // A piece read twice adds nothing.
+        back.extend_encoded(seen.encoded_since(0).unwrap(), 200)
+            .unwrap();
+        assert_eq!(back.len(), ids.len());
+    }
+
+    #[test]
+    fn damaged_encoded_ids_are_errors() {
+        let mut seen = SeenIds::default();
+        for id in ["abc", "def"] {
+            seen.insert(id, IdHash::of(id));
+        }
+        let good = seen.encoded_since(0).unwrap().to_vec();
+        let too_long = SeenIds::default().extend_encoded(&good, 2).unwrap_err();
+        assert_eq!(too_long.problem, "an id longer than an event id may be");
+        SeenIds::default().extend_encoded(&good, 3).unwrap();
+        let cut = SeenIds::default()
+            .extend_encoded(&good[..good.len() - 1], 64)
+            .unwrap_err();
+        assert_eq!((cut.at, cut.problem), (4, "an id cut short"));
+        let not_utf8 = SeenIds::default()
+            .extend_encoded(&[2, 0xff, 0xfe], 64)
+            .unwrap_err();
+        assert_eq!(not_utf8.problem, "an id that is not UTF-8");
+        let endless = SeenIds::default()
+            .extend_encoded(&[0x80; 9], 64)
+            .unwrap_err();
+        assert_eq!(endless.problem, "a length over 4 bytes");
+        let unfinished = SeenIds::default().extend_encoded(&[0x80], 64).unwrap_err();
+        assert_eq!(unfinished.problem, "a length cut short");
     }
 }

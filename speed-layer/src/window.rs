@@ -153,6 +153,10 @@ pub struct SpeedState {
     /// clock moving on, or a change in which clocks are active, can move
     /// the watermark.
     pub(crate) slowest: Option<i64>,
+    /// The window files this state was restored from, until a
+    /// [`crate::checkpoint::Checkpointer`] takes them over (empty unless
+    /// [`crate::checkpoint::load`] made the state).
+    pub(crate) restored_files: BTreeMap<i64, crate::checkpoint::Written>,
 }
 
 /// See [`SpeedState::views_stamp`].
@@ -277,6 +281,7 @@ impl SpeedState {
             alerts: AlertEngine::new(AlertRules::default()),
             ids_dropped_before: i64::MIN,
             slowest: None,
+            restored_files: BTreeMap::new(),
         }
     }
 

@@ -4,12 +4,14 @@
 //! - any arrival order of events within the allowed lateness gives the same
 //!   views (sketches and sums included);
 //! - restoring a checkpoint taken at any point and replaying the rest gives
-//!   the same state as never stopping, and doing it twice changes nothing.
+//!   the same state as never stopping, and doing it twice changes nothing;
+//! - incremental checkpoints taken at any points load back as the state of
+//!   the last one.
 
 use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{Device, DeviceStatus, Event, EventType, Severity, Step, floor_to};
 use lambda_speed::SpeedState;
-use lambda_speed::checkpoint::{decode, encode};
+use lambda_speed::checkpoint::{Checkpointer, decode, encode, load};
 use proptest::prelude::*;
 
 const T0: i64 = 1_767_225_600_000;
@@ -155,6 +157,59 @@ proptest! {
         for (start, window) in whole.windows() {
             prop_assert_eq!(&replayed.windows()[start].views, &window.views);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Events over 20 minutes (so windows close, drop their ids, and get
+    /// evicted), checkpointed incrementally at any points: what loads is
+    /// the state of the last checkpoint, ids included.
+    #[test]
+    fn incremental_checkpoints_load_back_as_the_state(
+        specs in prop::collection::vec((0u8..8, 0..20 * MINUTE_MS, any::<u8>(), any::<i16>()), 1..150),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..6),
+    ) {
+        let mut events: Vec<Event> = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, offset, who, value))| event(i as u32, kind, offset, who, value))
+            .collect();
+        events.sort_by_key(|e| e.ts);
+        let resends: Vec<Event> = events.iter().step_by(5).cloned().collect();
+        events.extend(resends);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(events.len() + 1)).collect();
+        cuts.sort_unstable();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let mut state = SpeedState::new(2 * MINUTE_MS, 10 * MINUTE_MS);
+        let mut checkpointer = Checkpointer::new(&path, &mut state);
+        let mut folded = 0;
+        for cut in cuts {
+            for e in &events[folded..cut] {
+                state.apply(e);
+                state.evict();
+            }
+            folded = cut;
+            let durable = checkpointer.snapshot(&state).write().unwrap();
+            checkpointer.written(&durable);
+            let loaded = load(&path, 2 * MINUTE_MS, 10 * MINUTE_MS).unwrap().unwrap();
+            prop_assert_eq!(encode(&loaded), encode(&state));
+        }
+        // Resuming from the last one and folding the rest ends where never
+        // stopping ends.
+        let mut resumed = load(&path, 2 * MINUTE_MS, 10 * MINUTE_MS).unwrap().unwrap();
+        let mut whole = SpeedState::new(2 * MINUTE_MS, 10 * MINUTE_MS);
+        for e in &events {
+            whole.apply(e);
+            whole.evict();
+        }
+        for e in &events[folded..] {
+            resumed.apply(e);
+            resumed.evict();
+        }
+        prop_assert_eq!(encode(&resumed), encode(&whole));
     }
 }
 
