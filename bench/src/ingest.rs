@@ -303,7 +303,8 @@ async fn freshness(bench: &IngestBench, bodies: &[Bytes]) -> anyhow::Result<Vec<
         })
     };
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(bench.seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(bench.seconds);
     let mut probe = 0u64;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -330,6 +331,14 @@ async fn freshness(bench: &IngestBench, bodies: &[Bytes]) -> anyhow::Result<Vec<
             let answer: serde_json::Value = client.get(&url).send().await?.json().await?;
             if answer["buckets"][0]["impressions"].as_u64() == Some(1) {
                 seen.push(acknowledged.elapsed());
+                // `RUST_LOG=lambda_bench=debug`: when the slow ones came
+                // (how the tail was found to follow the id tables' growth).
+                tracing::debug!(
+                    probe,
+                    since_start_ms = (started.elapsed().as_secs_f64() * 1e3) as u64,
+                    visible_after_us = acknowledged.elapsed().as_micros() as u64,
+                    "freshness probe"
+                );
                 break;
             }
             anyhow::ensure!(

@@ -3,6 +3,7 @@
 //! at shutdown; offsets are committed to the log only after the checkpoint
 //! holding them is durable.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,14 +84,24 @@ pub async fn run(
     // The checkpoint being written: folding goes on meanwhile (the snapshot
     // was taken under the lock; its offsets are committed once it is durable).
     let mut writing: Option<Writing> = None;
+    let mut committing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             done = async { writing.as_mut().expect("guarded by the branch's condition").await }, if writing.is_some() => {
                 writing = None;
-                let result = finish_checkpoint(done, &mut checkpointer, &config, log.as_ref(), &views).await;
-                checkpoints.after(result, &views);
+                let result = finish_checkpoint(done, &mut checkpointer, &views);
+                // Committed on a task of its own: the fold does not wait for
+                // the log's fsync. One at a time; a commit skipped while the
+                // last is still running is made by the next checkpoint's.
+                if let Ok(offsets) = &result
+                    && committing.as_ref().is_none_or(|c| c.is_finished())
+                {
+                    let (log, group, offsets) = (Arc::clone(&log), config.group.clone(), offsets.clone());
+                    committing = Some(tokio::spawn(async move { commit_offsets(log.as_ref(), &group, &offsets).await }));
+                }
+                checkpoints.after(result.map(drop), &views);
             }
             _ = tokio::time::sleep_until(checkpoints.next_at), if writing.is_none() => {
                 writing = Some(start_checkpoint(&checkpointer, &views));
@@ -99,7 +110,18 @@ pub async fn run(
                 match fetched {
                     Ok(records) => {
                         mark_idleness(&views, &mut last_record, &records, config.idle_timeout);
-                        let invalid = apply(&views, &mut positions, records);
+                        // The fold is CPU work of milliseconds per fetch: on a
+                        // blocking thread, so the runtime's workers go on
+                        // answering queries and taking events meanwhile.
+                        let folding = Arc::clone(&views);
+                        let (moved, invalid) = tokio::task::spawn_blocking(move || {
+                            let mut positions = positions;
+                            let invalid = apply(&folding, &mut positions, records);
+                            (positions, invalid)
+                        })
+                        .await
+                        .context("the fold task")?;
+                        positions = moved;
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
                         }
@@ -130,12 +152,17 @@ pub async fn run(
     if let Some(pending) = writing.take() {
         let done = pending.await;
         // A failure here is retried just below, with everything folded since.
-        let _ = finish_checkpoint(done, &mut checkpointer, &config, log.as_ref(), &views).await;
+        let _ = finish_checkpoint(done, &mut checkpointer, &views);
+    }
+    if let Some(commit) = committing.take() {
+        let _ = commit.await;
     }
     let done = start_checkpoint(&checkpointer, &views).await;
-    if let Err(error) =
-        finish_checkpoint(done, &mut checkpointer, &config, log.as_ref(), &views).await
-    {
+    let result = finish_checkpoint(done, &mut checkpointer, &views);
+    if let Ok(offsets) = &result {
+        commit_offsets(log.as_ref(), &config.group, offsets).await;
+    }
+    if let Err(error) = result {
         // Not a crash: the previous checkpoint and the log still hold
         // everything, and the next start resumes from them.
         tracing::error!(
@@ -291,8 +318,15 @@ async fn initial_positions(
     Ok(positions)
 }
 
+/// Records folded per hold of the state's write lock: a fetch brings up to
+/// [`FETCH_MAX_RECORDS`], and queries (and the checkpoint's snapshot) get
+/// the lock between chunks instead of waiting for the whole batch.
+const FOLD_CHUNK: usize = 256;
+
 /// Folds records in, advances `positions` past them, and returns
 /// dead-letter records for the invalid ones. (Public for `lambda bench speed`.)
+/// Records are decoded before the state's lock is taken, and folded a chunk
+/// per hold of it.
 pub fn apply(
     views: &SpeedViews,
     positions: &mut [FetchPosition],
@@ -303,25 +337,24 @@ pub fn apply(
         return invalid;
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut state = views.write();
-    for stored in records {
-        let record_ts = stored.record.timestamp_ms;
-        match EventRef::from_log_record(&stored.record.value, &stored.topic, record_ts) {
-            Ok(event) => {
-                let clock = lambda_events::event::clock_ts(event.ts, record_ts);
-                state.apply_at(&stored.topic, stored.partition, &event, clock);
-            }
-            Err(error) => {
-                state.counters.invalid += 1;
-                tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "invalid record");
-                let source = format!("{}/{}/{}", stored.topic, stored.partition, stored.offset);
-                invalid.push(dead_letter_record(
-                    &stored.record.value,
-                    &error.to_string(),
-                    &source,
-                    now_ms,
-                ));
-            }
+    let decoded: Vec<_> = records
+        .iter()
+        .map(|stored| {
+            let record_ts = stored.record.timestamp_ms;
+            EventRef::from_log_record(&stored.record.value, &stored.topic, record_ts)
+                .map(|event| (lambda_events::event::clock_ts(event.ts, record_ts), event))
+        })
+        .collect();
+    for (stored, event) in records.iter().zip(&decoded) {
+        if let Err(error) = event {
+            tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "invalid record");
+            let source = format!("{}/{}/{}", stored.topic, stored.partition, stored.offset);
+            invalid.push(dead_letter_record(
+                &stored.record.value,
+                &error.to_string(),
+                &source,
+                now_ms,
+            ));
         }
         if let Some(position) = positions
             .iter_mut()
@@ -330,6 +363,18 @@ pub fn apply(
             position.offset = stored.offset + 1;
         }
     }
+    for (records, decoded) in records.chunks(FOLD_CHUNK).zip(decoded.chunks(FOLD_CHUNK)) {
+        let mut state = views.write();
+        for (stored, event) in records.iter().zip(decoded) {
+            match event {
+                Ok((clock, event)) => {
+                    state.apply_at(&stored.topic, stored.partition, event, *clock);
+                }
+                Err(_) => state.counters.invalid += 1,
+            }
+        }
+    }
+    let mut state = views.write();
     for position in positions.iter() {
         let key = (position.topic.clone(), position.partition);
         if state.offsets.get(&key) != Some(&position.offset) {
@@ -351,16 +396,13 @@ fn start_checkpoint(checkpointer: &Checkpointer, views: &SpeedViews) -> Writing 
     tokio::task::spawn_blocking(move || snapshot.write())
 }
 
-/// Once a checkpoint is durable: remembers its files, notes its time and
-/// commits its offsets to the log (for lag reporting: the checkpoint is the
-/// source of truth).
-async fn finish_checkpoint(
+/// Once a checkpoint is durable: remembers its files and notes its time.
+/// Returns the offsets it holds, now safe to commit to the log.
+fn finish_checkpoint(
     done: Result<Result<Durable, CheckpointError>, tokio::task::JoinError>,
     checkpointer: &mut Checkpointer,
-    config: &SpeedConfig,
-    log: &dyn EventLog,
     views: &SpeedViews,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BTreeMap<(String, u32), u64>> {
     let durable = done.context("checkpoint task")??;
     checkpointer.written(&durable);
     tracing::debug!(
@@ -369,7 +411,12 @@ async fn finish_checkpoint(
         "speed layer checkpoint written"
     );
     views.write().last_checkpoint_ms = Some(chrono::Utc::now().timestamp_millis());
-    let offsets = &durable.offsets;
+    Ok(durable.offsets)
+}
+
+/// Commits the offsets of a durable checkpoint to the log's group (for lag
+/// reporting: the checkpoint is the source of truth, so a failure is logged).
+async fn commit_offsets(log: &dyn EventLog, group: &str, offsets: &BTreeMap<(String, u32), u64>) {
     for topic in Topic::ALL {
         let topic_offsets: Vec<(u32, u64)> = offsets
             .iter()
@@ -377,15 +424,11 @@ async fn finish_checkpoint(
             .map(|((_, p), o)| (*p, *o))
             .collect();
         if !topic_offsets.is_empty()
-            && let Err(error) = log
-                .commit(&config.group, topic.name(), &topic_offsets)
-                .await
+            && let Err(error) = log.commit(group, topic.name(), &topic_offsets).await
         {
-            // The checkpoint is the source of truth; the group offsets are for lag reporting.
             tracing::warn!(%error, %topic, "committing speed layer offsets failed");
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,16 @@
 //! The `event_id`s one window has counted, kept so that a resend is
 //! recognised as a duplicate. The ids sit back to back in one buffer, each
 //! after its length (so the buffer is also the set's serialized form, and
-//! grows only at its end), and a hash table holds their spans: remembering an id costs no allocation
-//! of its own (the buffer grows by doubling), and an id is hashed once per
-//! event however many open windows are asked about it ([`IdHash`]).
+//! grows only at its end), and hash tables hold their hashes and places:
+//! remembering an id costs no allocation of its own (the buffer grows by
+//! doubling), and an id is hashed once per event however many open windows
+//! are asked about it ([`IdHash`]).
+//!
+//! The tables are [`SHARDS`] small ones picked by bits of the hash, each
+//! entry keeping its hash: a table that grows moves its entries without
+//! reading an id again, and only one shard's worth at a time. One table of
+//! a window's 500 000 ids used to hold the fold for tens of milliseconds
+//! while it rehashed every id (the freshness tail of `lambda bench ingest`).
 
 use std::hash::BuildHasher;
 use std::sync::LazyLock;
@@ -37,11 +44,31 @@ impl IdHash {
 /// own serialized form and grows only at its end: the ids added since a
 /// [`SeenIds::mark`] are one slice ([`SeenIds::encoded_since`]), which is
 /// what an incremental checkpoint writes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SeenIds {
     bytes: Vec<u8>,
-    /// `(start, end)` of each id's bytes in `bytes`.
-    spans: HashTable<(usize, usize)>,
+    /// `(hash, where its length starts in bytes)` of each id, by shard.
+    shards: Box<[HashTable<(u64, usize)>; SHARDS]>,
+    len: usize,
+}
+
+/// How many tables a set's ids are spread over.
+pub const SHARDS: usize = 32;
+
+/// The shard of a hash: bits the tables use for neither the slot (the low
+/// bits, for tables under 2^32 slots) nor the tag (the top 7 bits).
+fn shard(hash: u64) -> usize {
+    (hash >> 32) as usize % SHARDS
+}
+
+impl Default for SeenIds {
+    fn default() -> SeenIds {
+        SeenIds {
+            bytes: Vec::new(),
+            shards: Box::new(std::array::from_fn(|_| HashTable::new())),
+            len: 0,
+        }
+    }
 }
 
 /// Why encoded ids could not be read back ([`SeenIds::extend_encoded`]).
@@ -61,9 +88,21 @@ impl SeenIds {
     }
 
     fn find(&self, id: &[u8], hash: u64) -> bool {
-        self.spans
-            .find(hash, |&(start, end)| &self.bytes[start..end] == id)
+        self.shards[shard(hash)]
+            .find(hash, |&(h, at)| h == hash && self.id_at(at) == id)
             .is_some()
+    }
+
+    /// The id whose length starts at `at` (a place this set recorded).
+    fn id_at(&self, at: usize) -> &[u8] {
+        let mut decoded = Decoded {
+            bytes: &self.bytes,
+            at,
+        };
+        match decoded.next() {
+            Some(Ok((_, id))) => id,
+            _ => &[],
+        }
     }
 
     /// Adds `id`; `false` if it was already there.
@@ -75,19 +114,16 @@ impl SeenIds {
         if self.find(id, hash) {
             return false;
         }
+        let at = self.bytes.len();
         let mut len = id.len();
         while len >= 0x80 {
             self.bytes.push((len as u8 & 0x7f) | 0x80);
             len >>= 7;
         }
         self.bytes.push(len as u8);
-        let start = self.bytes.len();
         self.bytes.extend_from_slice(id);
-        let bytes = &self.bytes;
-        self.spans
-            .insert_unique(hash, (start, bytes.len()), |&(s, e)| {
-                hash_bytes(&bytes[s..e])
-            });
+        self.shards[shard(hash)].insert_unique(hash, (hash, at), |&(h, _)| h);
+        self.len += 1;
         true
     }
 
@@ -104,12 +140,12 @@ impl SeenIds {
 
     /// How many ids the set holds.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.len
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.len == 0
     }
 
     /// Where the set's encoded form ends now: what [`SeenIds::encoded_since`]
