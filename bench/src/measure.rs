@@ -35,7 +35,7 @@ pub(crate) fn memory() -> (u64, u64) {
     (kb("VmRSS:"), kb("VmHWM:"))
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Measured {
     pub(crate) cpu: Duration,
     pub(crate) wall: Duration,
@@ -49,6 +49,13 @@ pub(crate) fn measure<T>(f: impl FnOnce() -> T) -> (T, Measured) {
         wall: wall0.elapsed(),
     };
     (out, measured)
+}
+
+/// The measurement with the median CPU time (of an odd count; the upper
+/// middle one of an even count).
+pub(crate) fn median(mut rounds: Vec<Measured>) -> Measured {
+    rounds.sort_by_key(|m| m.cpu);
+    rounds[rounds.len() / 2]
 }
 
 pub(crate) fn spinner(message: &str) -> ProgressBar {

@@ -652,3 +652,60 @@ async fn a_group_offset_past_the_end_is_an_error() {
     );
     log.close().await.unwrap();
 }
+
+/// A read starts where the last one ended (the segment remembers it), and a
+/// read from any other offset — before it, after it, in another segment —
+/// still gets exactly the records from that offset on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_any_offset_after_a_read_get_exactly_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        segment_bytes: 16 * 1024,
+        ..EmbeddedConfig::default()
+    };
+    let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
+    log.create_topic("t", 1).await.unwrap();
+    let records = (0..1000)
+        .map(|i| record("k", format!("value-{i:04}"), i))
+        .collect();
+    log.append("t", records).await.unwrap();
+    let fetch = |offset: u64, max: usize| {
+        let log = &log;
+        async move {
+            let position = FetchPosition {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            };
+            log.fetch(&[position], max, Duration::from_millis(10))
+                .await
+                .unwrap()
+        }
+    };
+    for (offset, max) in [
+        (0, 100),
+        (100, 100),
+        (37, 10),
+        (200, 1),
+        (201, 300),
+        (150, 5),
+        (999, 10),
+        (501, 499),
+        (64, 64),
+        (128, 1),
+    ] {
+        let got = fetch(offset, max).await;
+        let expected: Vec<u64> = (offset..(offset + max as u64).min(1000)).collect();
+        assert_eq!(
+            got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            expected,
+            "from {offset}"
+        );
+        for r in &got {
+            assert_eq!(
+                r.record.value,
+                format!("value-{:04}", r.offset).into_bytes()
+            );
+        }
+    }
+}

@@ -479,6 +479,13 @@ pub struct Checkpointer {
     path: PathBuf,
     /// The state epoch `written` belongs to: versions mean nothing in another.
     epoch: u64,
+    /// In the name of every file this checkpointer writes, with the epoch:
+    /// new for each checkpointer and after each failed write, so that a
+    /// name it writes was never written before — by another checkpointer
+    /// of the same state (a kappa switch hands a state to a new job), by
+    /// an earlier process, or by an attempt whose manifest may or may not
+    /// have become visible. A file is never overwritten.
+    nonce: u64,
     /// Window start → its file in the last durable manifest.
     written: BTreeMap<i64, Written>,
 }
@@ -519,6 +526,7 @@ impl Checkpointer {
         Checkpointer {
             path: path.to_path_buf(),
             epoch: state.epoch,
+            nonce: crate::window::new_epoch(),
             written: std::mem::take(&mut state.restored_files),
         }
     }
@@ -536,7 +544,10 @@ impl Checkpointer {
             let name = match before.filter(|w| w.version == window.version) {
                 Some(before) => before.name.clone(),
                 None => {
-                    let name = format!("{start}-{:016x}-{}.json", state.epoch, window.version);
+                    let name = format!(
+                        "{start}-{:016x}-{:016x}-{}.json",
+                        state.epoch, self.nonce, window.version
+                    );
                     fresh.push((*start, name.clone(), window.views.clone()));
                     name
                 }
@@ -553,7 +564,10 @@ impl Checkpointer {
             if mark > from
                 && let Some(added) = window.seen.encoded_since(from)
             {
-                let name = format!("{start}-{:016x}-{from}.ids", state.epoch);
+                let name = format!(
+                    "{start}-{:016x}-{:016x}-{from}.ids",
+                    state.epoch, self.nonce
+                );
                 fresh_ids.push((name.clone(), added.to_vec()));
                 ids.push(name);
             }
@@ -589,6 +603,14 @@ impl Checkpointer {
         self.epoch = durable.epoch;
         self.written = durable.written.clone();
     }
+
+    /// Notes that a snapshot's write failed. Its manifest may still have
+    /// become visible (a failure after the rename), naming files the next
+    /// snapshot would otherwise write again under the same names: it gets
+    /// names of its own instead.
+    pub fn failed(&mut self) {
+        self.nonce = crate::window::new_epoch();
+    }
 }
 
 impl Snapshot {
@@ -617,7 +639,13 @@ impl Snapshot {
         let ids = self.fresh_ids.iter().map(|(name, ids)| (name, ids.clone()));
         for (name, encoded) in views.chain(ids) {
             let path = dir.join(name);
-            let mut file = fs::File::create(&path).map_err(io("creating", &path))?;
+            // A new name each time (see `Checkpointer::nonce`): an existing
+            // file is an error, never overwritten.
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io("creating", &path))?;
             file.write_all(&encoded).map_err(io("writing", &path))?;
             file.sync_all().map_err(io("syncing", &path))?;
             bytes += encoded.len() as u64;
@@ -879,12 +907,87 @@ mod incremental_tests {
         let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
         assert_eq!(encode(&loaded), first, "the previous checkpoint, whole");
         // The next checkpoint writes both again (the failed one was never
-        // durable) and removes what no manifest names.
+        // durable), under names of its own, and removes what no manifest names.
         fs::remove_dir(path.with_extension("tmp")).unwrap();
+        checkpointer.failed();
         assert_eq!(checkpoint(&mut checkpointer, &state), 4);
         // Two windows' views; window 0's ids in two files ("a", then "b"),
         // window 1's in one.
         assert_eq!(files(&path).len(), 5);
+        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), encode(&state));
+    }
+
+    /// Every file in the windows directory and its bytes.
+    fn contents(path: &Path) -> BTreeMap<String, Vec<u8>> {
+        files(path)
+            .into_iter()
+            .map(|n| {
+                let bytes = fs::read(windows_dir(path).join(&n)).unwrap();
+                (n, bytes)
+            })
+            .collect()
+    }
+
+    /// A kappa switch hands a running state to a new job: a new
+    /// checkpointer of the same state and path, knowing none of the files.
+    /// It writes none of their names, so the last manifest stays whole
+    /// until its own replaces it.
+    #[test]
+    fn a_new_checkpointer_of_the_same_state_leaves_the_last_ones_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        click(&mut state, "a", T0);
+        let mut first = Checkpointer::new(&path, &mut state);
+        checkpoint(&mut first, &state);
+        let (durable, before) = (encode(&state), contents(&path));
+        click(&mut state, "b", T0 + 1);
+        let mut second = Checkpointer::new(&path, &mut state);
+        fs::create_dir(path.with_extension("tmp")).unwrap();
+        assert!(second.snapshot(&state).write().is_err());
+        for (name, bytes) in &before {
+            assert_eq!(&contents(&path)[name], bytes, "{name} untouched");
+        }
+        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), durable);
+        fs::remove_dir(path.with_extension("tmp")).unwrap();
+        second.failed();
+        checkpoint(&mut second, &state);
+        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), encode(&state));
+    }
+
+    /// A write that fails after its manifest became visible (the directory
+    /// fsync after the rename): the checkpointer does not know it is
+    /// durable. The next snapshot must not write the files that manifest
+    /// names again (a crash mid-way would leave it naming ids of records
+    /// past its offsets).
+    #[test]
+    fn a_write_that_fails_after_its_manifest_is_visible_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        click(&mut state, "a", T0);
+        let mut checkpointer = Checkpointer::new(&path, &mut state);
+        checkpoint(&mut checkpointer, &state);
+        click(&mut state, "b", T0 + 1);
+        // Durable, but reported as failed.
+        let visible = checkpointer.snapshot(&state).write().unwrap();
+        drop(visible);
+        checkpointer.failed();
+        let (durable, before) = (encode(&state), contents(&path));
+        click(&mut state, "c", T0 + 2);
+        fs::create_dir(path.with_extension("tmp")).unwrap();
+        assert!(checkpointer.snapshot(&state).write().is_err());
+        for (name, bytes) in &before {
+            assert_eq!(&contents(&path)[name], bytes, "{name} untouched");
+        }
+        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        assert_eq!(encode(&loaded), durable, "the visible manifest, whole");
+        fs::remove_dir(path.with_extension("tmp")).unwrap();
+        checkpointer.failed();
+        checkpoint(&mut checkpointer, &state);
         let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
         assert_eq!(encode(&loaded), encode(&state));
     }

@@ -319,8 +319,8 @@ async fn initial_positions(
 }
 
 /// Records folded per hold of the state's write lock: a fetch brings up to
-/// [`FETCH_MAX_RECORDS`], and queries (and the checkpoint's snapshot) get
-/// the lock between chunks instead of waiting for the whole batch.
+/// [`FETCH_MAX_RECORDS`], and queries get the lock between chunks instead
+/// of waiting for the whole batch.
 const FOLD_CHUNK: usize = 256;
 
 /// Folds records in, advances `positions` past them, and returns
@@ -403,7 +403,13 @@ fn finish_checkpoint(
     checkpointer: &mut Checkpointer,
     views: &SpeedViews,
 ) -> anyhow::Result<BTreeMap<(String, u32), u64>> {
-    let durable = done.context("checkpoint task")??;
+    let durable = match done.context("checkpoint task").and_then(|r| Ok(r?)) {
+        Ok(durable) => durable,
+        Err(error) => {
+            checkpointer.failed();
+            return Err(error);
+        }
+    };
     checkpointer.written(&durable);
     tracing::debug!(
         bytes = durable.bytes,

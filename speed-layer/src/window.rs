@@ -83,7 +83,7 @@ pub struct SpeedCounters {
 }
 
 /// A number unlikely to repeat across states and processes (clock nanos mixed with a counter).
-fn new_epoch() -> u64 {
+pub(crate) fn new_epoch() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()

@@ -5,8 +5,8 @@
 //!   views (sketches and sums included);
 //! - restoring a checkpoint taken at any point and replaying the rest gives
 //!   the same state as never stopping, and doing it twice changes nothing;
-//! - incremental checkpoints taken at any points load back as the state of
-//!   the last one.
+//! - incremental checkpoints taken at any points, across restarts and new
+//!   checkpointers of the same state, load back as the state of the last one.
 
 use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{Device, DeviceStatus, Event, EventType, Severity, Step, floor_to};
@@ -169,7 +169,7 @@ proptest! {
     #[test]
     fn incremental_checkpoints_load_back_as_the_state(
         specs in prop::collection::vec((0u8..8, 0..20 * MINUTE_MS, any::<u8>(), any::<i16>()), 1..150),
-        cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..6),
+        cuts in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
     ) {
         let mut events: Vec<Event> = specs
             .into_iter()
@@ -179,21 +179,39 @@ proptest! {
         events.sort_by_key(|e| e.ts);
         let resends: Vec<Event> = events.iter().step_by(5).cloned().collect();
         events.extend(resends);
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(events.len() + 1)).collect();
+        let mut cuts: Vec<(usize, u8)> = cuts.iter().map(|(c, how)| (c.index(events.len() + 1), *how)).collect();
         cuts.sort_unstable();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoint.json");
         let mut state = SpeedState::new(2 * MINUTE_MS, 10 * MINUTE_MS);
         let mut checkpointer = Checkpointer::new(&path, &mut state);
-        let mut folded = 0;
-        for cut in cuts {
+        let (mut folded, mut checkpointed) = (0, 0);
+        for (cut, how) in cuts {
             for e in &events[folded..cut] {
                 state.apply(e);
                 state.evict();
             }
             folded = cut;
+            match how % 3 {
+                // A restart: the last checkpoint, and what came after it
+                // folded again (the log replayed from its offsets).
+                0 => {
+                    state = load(&path, 2 * MINUTE_MS, 10 * MINUTE_MS)
+                        .unwrap()
+                        .unwrap_or_else(|| SpeedState::new(2 * MINUTE_MS, 10 * MINUTE_MS));
+                    for e in &events[checkpointed..cut] {
+                        state.apply(e);
+                        state.evict();
+                    }
+                    checkpointer = Checkpointer::new(&path, &mut state);
+                }
+                // A new job on the same state (a kappa switch).
+                1 => checkpointer = Checkpointer::new(&path, &mut state),
+                _ => {}
+            }
             let durable = checkpointer.snapshot(&state).write().unwrap();
             checkpointer.written(&durable);
+            checkpointed = cut;
             let loaded = load(&path, 2 * MINUTE_MS, 10 * MINUTE_MS).unwrap().unwrap();
             prop_assert_eq!(encode(&loaded), encode(&state));
         }

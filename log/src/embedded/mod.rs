@@ -111,6 +111,29 @@ struct Segment {
     max_timestamp: Option<i64>,
     /// (offset, byte position) every `segment::INDEX_INTERVAL` records.
     index: Vec<(u64, u64)>,
+    /// (offset, byte position) where the last read of this segment ended:
+    /// a consumer reading on from there (the speed layer, every fetch)
+    /// starts at its record instead of scanning from an index entry.
+    read_to: (u64, u64),
+}
+
+impl Segment {
+    /// The byte position to start reading `offset` from: the nearest
+    /// known record at or before it.
+    fn start_of(&self, offset: u64) -> u64 {
+        let idx = self.index.partition_point(|(o, _)| *o <= offset);
+        let (indexed, pos) = if idx == 0 {
+            (self.base_offset, 0)
+        } else {
+            self.index[idx - 1]
+        };
+        let (hint, hint_pos) = self.read_to;
+        if hint <= offset && hint > indexed && hint_pos <= self.len {
+            hint_pos
+        } else {
+            pos
+        }
+    }
 }
 
 impl PartitionState {
@@ -282,7 +305,7 @@ impl Inner {
             end: range.end,
         };
         // Snapshot what to read under the lock, read without it.
-        let plan: Vec<(PathBuf, u64, u64)> = {
+        let plan: Vec<(u64, PathBuf, u64, u64)> = {
             let state = Inner::partition(topic, partition)?.lock();
             let range = state.range();
             if offset < range.start || offset > range.end {
@@ -297,18 +320,15 @@ impl Inner {
                 .enumerate()
                 .filter(|(_, s)| s.next_offset > s.base_offset)
                 .map(|(i, s)| {
-                    let start_pos = if i == 0 {
-                        let idx = s.index.partition_point(|(o, _)| *o <= offset);
-                        if idx == 0 { 0 } else { s.index[idx - 1].1 }
-                    } else {
-                        0
-                    };
-                    (s.path.clone(), start_pos, s.len)
+                    let start_pos = if i == 0 { s.start_of(offset) } else { 0 };
+                    (s.base_offset, s.path.clone(), start_pos, s.len)
                 })
                 .collect()
         };
         let mut records = Vec::new();
-        for (path, start_pos, len) in plan {
+        // (segment base, next offset, its byte position) where reading stopped.
+        let mut stopped = None;
+        for (base, path, start_pos, len) in plan {
             let file = match File::open(&path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -319,7 +339,10 @@ impl Inner {
                 Err(e) => return Err(LogError::io(format!("opening {}", path.display()))(e)),
             };
             let context = || format!("reading {}", path.display());
-            let mut reader = BufReader::with_capacity(256 * 1024, file);
+            // Reads of what is left of the segment, at most 64 KiB at a time
+            // (a fetch takes a few hundred records of a partition).
+            let capacity = (len - start_pos).clamp(1, 64 * 1024) as usize;
+            let mut reader = BufReader::with_capacity(capacity, file);
             reader
                 .seek(SeekFrom::Start(start_pos))
                 .map_err(|e| LogError::io(context())(e))?;
@@ -342,6 +365,7 @@ impl Inner {
                     reason: e.to_string(),
                 })?;
                 pos += decoded.len as u64;
+                stopped = Some((base, decoded.offset + 1, pos));
                 if decoded.offset >= offset {
                     records.push(StoredRecord {
                         topic: topic.name.clone(),
@@ -353,6 +377,12 @@ impl Inner {
             }
             if records.len() >= limit {
                 break;
+            }
+        }
+        if let Some((base, next, pos)) = stopped {
+            let mut state = Inner::partition(topic, partition)?.lock();
+            if let Some(segment) = state.segments.iter_mut().find(|s| s.base_offset == base) {
+                segment.read_to = (next, pos);
             }
         }
         Ok(records)
@@ -488,6 +518,7 @@ fn recover_partition(dir: &Path) -> Result<PartitionState, LogError> {
             next_offset: scan.next_offset,
             max_timestamp: scan.max_timestamp,
             index: scan.index,
+            read_to: (0, 0),
         });
     }
     if segments.is_empty() {
@@ -501,6 +532,7 @@ fn recover_partition(dir: &Path) -> Result<PartitionState, LogError> {
             next_offset: 0,
             max_timestamp: None,
             index: Vec::new(),
+            read_to: (0, 0),
         });
     }
     Ok(PartitionState {

@@ -303,6 +303,7 @@ impl Writer {
             next_offset: entry.next_offset,
             max_timestamp: None,
             index: Vec::new(),
+            read_to: (0, 0),
         });
         entry.base_offset = entry.next_offset;
         entry.durable_len = 0;
