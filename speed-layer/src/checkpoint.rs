@@ -800,6 +800,21 @@ mod incremental_tests {
         names
     }
 
+    /// A directory for a checkpoint, its path, and an empty state (the
+    /// tests' lateness, two minutes, and horizon, an hour).
+    fn fixture() -> (tempfile::TempDir, PathBuf, SpeedState) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        (dir, path, SpeedState::new(2 * MINUTE_MS, 3_600_000))
+    }
+
+    /// One click per minute for `minutes` minutes from T0, ids `{prefix}{minute}`.
+    fn clicks(state: &mut SpeedState, prefix: &str, minutes: i64) {
+        for minute in 0..minutes {
+            click(state, &format!("{prefix}{minute}"), T0 + minute * MINUTE_MS);
+        }
+    }
+
     fn checkpoint(checkpointer: &mut Checkpointer, state: &SpeedState) -> usize {
         let durable = checkpointer.snapshot(state).write().unwrap();
         checkpointer.written(&durable);
@@ -808,12 +823,8 @@ mod incremental_tests {
 
     #[test]
     fn a_checkpoint_writes_only_the_windows_that_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("checkpoint.json");
-        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
-        for minute in 0..10 {
-            click(&mut state, &format!("a{minute}"), T0 + minute * MINUTE_MS);
-        }
+        let (_dir, path, mut state) = fixture();
+        clicks(&mut state, "a", 10);
         let mut checkpointer = Checkpointer::new(&path, &mut state);
         // The watermark is at minute 7: minutes 0-6 closed (and dropped
         // their ids), 7-9 open. Every window is new: ten views files, and
@@ -840,13 +851,13 @@ mod incremental_tests {
 
         // What loads is the state, and the checkpointer of the loaded state
         // writes nothing it already has.
-        let mut loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        let mut loaded = load_back(&path);
         assert_eq!(encode(&loaded), encode(&state));
         let mut again = Checkpointer::new(&path, &mut loaded);
         assert_eq!(checkpoint(&mut again, &loaded), 0);
         click(&mut loaded, "d", T0 + 11 * MINUTE_MS + 2);
         assert_eq!(checkpoint(&mut again, &loaded), 2);
-        let reloaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        let reloaded = load_back(&path);
         assert_eq!(encode(&reloaded), encode(&loaded));
         // Window 11's ids are now in two files, read back in order.
         assert_eq!(files(&path).len(), 11 + 3);
@@ -866,31 +877,23 @@ mod incremental_tests {
 
     #[test]
     fn a_state_of_another_epoch_is_written_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("checkpoint.json");
-        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
-        for minute in 0..3 {
-            click(&mut state, &format!("a{minute}"), T0 + minute * MINUTE_MS);
-        }
+        let (_dir, path, mut state) = fixture();
+        clicks(&mut state, "a", 3);
         let mut checkpointer = Checkpointer::new(&path, &mut state);
         assert_eq!(checkpoint(&mut checkpointer, &state), 6);
         // A replaced state (a kappa switch): versions start over, so its
         // windows may carry the same versions as different contents.
-        let mut other = SpeedState::new(2 * MINUTE_MS, 3_600_000);
-        for minute in 0..3 {
-            click(&mut other, &format!("z{minute}"), T0 + minute * MINUTE_MS);
-        }
+        let mut other = fixture().2;
+        clicks(&mut other, "z", 3);
         assert_eq!(checkpoint(&mut checkpointer, &other), 6);
-        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        let loaded = load_back(&path);
         assert_eq!(encode(&loaded), encode(&other));
         assert_eq!(files(&path).len(), 6);
     }
 
     #[test]
     fn a_checkpoint_that_fails_before_its_manifest_leaves_the_previous_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("checkpoint.json");
-        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        let (_dir, path, mut state) = fixture();
         click(&mut state, "a", T0);
         let mut checkpointer = Checkpointer::new(&path, &mut state);
         checkpoint(&mut checkpointer, &state);
@@ -904,7 +907,7 @@ mod incremental_tests {
         assert_eq!(snapshot.fresh_files(), 4);
         assert!(snapshot.write().is_err());
         assert_eq!(files(&path).len(), 6, "the old files and four orphans");
-        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        let loaded = load_back(&path);
         assert_eq!(encode(&loaded), first, "the previous checkpoint, whole");
         // The next checkpoint writes both again (the failed one was never
         // durable), under names of its own, and removes what no manifest names.
@@ -914,7 +917,7 @@ mod incremental_tests {
         // Two windows' views; window 0's ids in two files ("a", then "b"),
         // window 1's in one.
         assert_eq!(files(&path).len(), 5);
-        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
+        let loaded = load_back(&path);
         assert_eq!(encode(&loaded), encode(&state));
     }
 
@@ -929,33 +932,51 @@ mod incremental_tests {
             .collect()
     }
 
+    /// What loads from `path` (the tests' lateness and horizon).
+    fn load_back(path: &Path) -> SpeedState {
+        load(path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap()
+    }
+
+    /// A write of `state` that fails before its manifest (the temporary
+    /// file cannot be made) changes no file and leaves `durable` loading;
+    /// after `failed`, the next write succeeds and loads as `state`.
+    fn a_failed_write_keeps(
+        path: &Path,
+        checkpointer: &mut Checkpointer,
+        state: &SpeedState,
+        durable: &[u8],
+    ) {
+        let before = contents(path);
+        fs::create_dir(path.with_extension("tmp")).unwrap();
+        assert!(checkpointer.snapshot(state).write().is_err());
+        for (name, bytes) in &before {
+            assert_eq!(&contents(path)[name], bytes, "{name} untouched");
+        }
+        assert_eq!(
+            encode(&load_back(path)),
+            durable,
+            "the durable checkpoint, whole"
+        );
+        fs::remove_dir(path.with_extension("tmp")).unwrap();
+        checkpointer.failed();
+        checkpoint(checkpointer, state);
+        assert_eq!(encode(&load_back(path)), encode(state));
+    }
+
     /// A kappa switch hands a running state to a new job: a new
     /// checkpointer of the same state and path, knowing none of the files.
     /// It writes none of their names, so the last manifest stays whole
     /// until its own replaces it.
     #[test]
     fn a_new_checkpointer_of_the_same_state_leaves_the_last_ones_files_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("checkpoint.json");
-        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        let (_dir, path, mut state) = fixture();
         click(&mut state, "a", T0);
         let mut first = Checkpointer::new(&path, &mut state);
         checkpoint(&mut first, &state);
-        let (durable, before) = (encode(&state), contents(&path));
+        let durable = encode(&state);
         click(&mut state, "b", T0 + 1);
         let mut second = Checkpointer::new(&path, &mut state);
-        fs::create_dir(path.with_extension("tmp")).unwrap();
-        assert!(second.snapshot(&state).write().is_err());
-        for (name, bytes) in &before {
-            assert_eq!(&contents(&path)[name], bytes, "{name} untouched");
-        }
-        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
-        assert_eq!(encode(&loaded), durable);
-        fs::remove_dir(path.with_extension("tmp")).unwrap();
-        second.failed();
-        checkpoint(&mut second, &state);
-        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
-        assert_eq!(encode(&loaded), encode(&state));
+        a_failed_write_keeps(&path, &mut second, &state, &durable);
     }
 
     /// A write that fails after its manifest became visible (the directory
@@ -965,9 +986,7 @@ mod incremental_tests {
     /// past its offsets).
     #[test]
     fn a_write_that_fails_after_its_manifest_is_visible_is_not_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("checkpoint.json");
-        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        let (_dir, path, mut state) = fixture();
         click(&mut state, "a", T0);
         let mut checkpointer = Checkpointer::new(&path, &mut state);
         checkpoint(&mut checkpointer, &state);
@@ -976,20 +995,9 @@ mod incremental_tests {
         let visible = checkpointer.snapshot(&state).write().unwrap();
         drop(visible);
         checkpointer.failed();
-        let (durable, before) = (encode(&state), contents(&path));
+        let durable = encode(&state);
         click(&mut state, "c", T0 + 2);
-        fs::create_dir(path.with_extension("tmp")).unwrap();
-        assert!(checkpointer.snapshot(&state).write().is_err());
-        for (name, bytes) in &before {
-            assert_eq!(&contents(&path)[name], bytes, "{name} untouched");
-        }
-        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
-        assert_eq!(encode(&loaded), durable, "the visible manifest, whole");
-        fs::remove_dir(path.with_extension("tmp")).unwrap();
-        checkpointer.failed();
-        checkpoint(&mut checkpointer, &state);
-        let loaded = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap().unwrap();
-        assert_eq!(encode(&loaded), encode(&state));
+        a_failed_write_keeps(&path, &mut checkpointer, &state, &durable);
     }
 
     #[test]
@@ -1008,9 +1016,7 @@ mod incremental_tests {
 
     #[test]
     fn a_manifest_naming_a_bad_window_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("checkpoint.json");
-        let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
+        let (_dir, path, mut state) = fixture();
         click(&mut state, "a", T0);
         let mut checkpointer = Checkpointer::new(&path, &mut state);
         checkpoint(&mut checkpointer, &state);
