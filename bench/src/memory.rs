@@ -81,7 +81,7 @@ fn fold_one(keys: u32) -> anyhow::Result<Point> {
     let mut positions: Vec<FetchPosition> = Topic::ALL
         .iter()
         .map(|topic| FetchPosition {
-            topic: topic.name().to_string(),
+            topic: topic.name().into(),
             partition: 0,
             offset: 0,
         })
@@ -94,7 +94,7 @@ fn fold_one(keys: u32) -> anyhow::Result<Point> {
         let (topic, record) = record(i, keys);
         let offset = &mut offsets[topic as usize];
         batch.push(StoredRecord {
-            topic: topic.name().to_string(),
+            topic: topic.name().into(),
             partition: 0,
             offset: *offset,
             record,

@@ -128,7 +128,7 @@ pub async fn append_and_read_back(log: &dyn EventLog, topic: &str) {
         assert_eq!(&found.record.value, &record.value);
         assert_eq!(&found.record.key, &record.key);
         assert_eq!(&found.record.headers, &record.headers);
-        assert_eq!(found.topic, topic);
+        assert_eq!(&*found.topic, topic);
     }
 }
 

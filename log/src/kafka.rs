@@ -582,7 +582,7 @@ impl Reader {
                 .or_insert((0, 0));
             w.1 = w.1.max(offset + 1);
             out.push(StoredRecord {
-                topic,
+                topic: topic.into(),
                 partition,
                 offset,
                 record,
@@ -597,7 +597,7 @@ impl Reader {
                 .iter()
                 .filter(|a| {
                     !out.iter()
-                        .any(|r| r.partition == a.partition && r.topic == a.topic)
+                        .any(|r| r.partition == a.partition && *r.topic == *a.topic)
                 })
                 .filter(|a| {
                     self.watermarks

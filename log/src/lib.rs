@@ -97,8 +97,9 @@ impl fmt::Debug for Record {
 /// A record as read back, with its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
-    /// The topic it was read from.
-    pub topic: String,
+    /// The topic it was read from (shared by every record of a fetch: no
+    /// allocation per record).
+    pub topic: std::sync::Arc<str>,
     /// Partition index.
     pub partition: u32,
     /// Offset within the partition.

@@ -55,7 +55,7 @@ fn main() {
             batches.push(Vec::with_capacity(BATCH));
         }
         batches.last_mut().expect("pushed").push(StoredRecord {
-            topic: topic.name().to_string(),
+            topic: topic.name().into(),
             partition,
             offset: *offset,
             record: Record::keyed(key, line, event.ts),

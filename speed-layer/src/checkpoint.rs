@@ -1015,6 +1015,17 @@ mod incremental_tests {
     }
 
     #[test]
+    fn a_window_file_name_is_plain_and_at_most_128_bytes() {
+        let longest = "w".repeat(128);
+        assert!(is_plain_name(&longest));
+        assert!(!is_plain_name(&format!("{longest}w")));
+        assert!(is_plain_name("1700000040000-00ab-00cd-7.json"));
+        for bad in ["", ".hidden", "a/b", "..", "a\\b", "é.json", "a b"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_manifest_naming_a_bad_window_file_is_refused() {
         let (_dir, path, mut state) = fixture();
         click(&mut state, "a", T0);

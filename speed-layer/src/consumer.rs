@@ -231,7 +231,7 @@ fn mark_idleness(
     for ((topic, partition), at) in last_record.iter_mut() {
         if records
             .iter()
-            .any(|r| r.partition == *partition && r.topic == *topic)
+            .any(|r| r.partition == *partition && *r.topic == **topic)
         {
             *at = now;
         } else if now.duration_since(*at) >= timeout {
@@ -358,7 +358,7 @@ pub fn apply(
         }
         if let Some(position) = positions
             .iter_mut()
-            .find(|p| p.partition == stored.partition && p.topic == stored.topic)
+            .find(|p| p.partition == stored.partition && *p.topic == *stored.topic)
         {
             position.offset = stored.offset + 1;
         }

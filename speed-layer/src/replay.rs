@@ -230,7 +230,7 @@ impl Lanes {
         let mut useful = 0;
         for stored in fetched {
             let Some(lane) = self.lanes.iter_mut().find(|l| {
-                l.position.partition == stored.partition && l.position.topic == stored.topic
+                l.position.partition == stored.partition && *l.position.topic == *stored.topic
             }) else {
                 continue;
             };

@@ -326,6 +326,7 @@ impl Inner {
                 .collect()
         };
         let mut records = Vec::new();
+        let topic_name: Arc<str> = Arc::from(topic.name.as_str());
         // (segment base, next offset, its byte position) where reading stopped.
         let mut stopped = None;
         for (base, path, start_pos, len) in plan {
@@ -368,7 +369,7 @@ impl Inner {
                 stopped = Some((base, decoded.offset + 1, pos));
                 if decoded.offset >= offset {
                     records.push(StoredRecord {
-                        topic: topic.name.clone(),
+                        topic: Arc::clone(&topic_name),
                         partition,
                         offset: decoded.offset,
                         record: decoded.record,
