@@ -275,6 +275,9 @@ async fn kafka_collector(brokers: &str) -> anyhow::Result<(SocketAddr, Superviso
 /// Freshness: while `rate` events a second are offered in bodies of
 /// `per_body`, a probe event every 20 ms with a campaign of its own; the time
 /// from its `202` to the first query that counts it.
+/// How long the offered load runs before freshness probes start.
+const FRESHNESS_WARMUP: Duration = Duration::from_secs(1);
+
 async fn freshness(bench: &IngestBench, bodies: &[Bytes]) -> anyhow::Result<Vec<Duration>> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let (addr, pipeline) = crate::serve::Pipeline::start(dir.path()).await?;
@@ -302,6 +305,10 @@ async fn freshness(bench: &IngestBench, bodies: &[Bytes]) -> anyhow::Result<Vec<
             }
         })
     };
+    // Probes start once the load has run for a while: the first second's
+    // are the runtime and the client warming up (threads spawned,
+    // connections opened, the first window's tables growing from empty).
+    tokio::time::sleep(FRESHNESS_WARMUP).await;
     let mut seen = Vec::new();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(bench.seconds);
@@ -414,7 +421,8 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
     // Every event of the offered load new to the speed layer (a body sent
     // twice would be folded as duplicates: no change to the views).
     let bar = spinner("generating the freshness load");
-    let offered = (bench.freshness_rate as u64 * bench.seconds) as usize;
+    let offered = (bench.freshness_rate as f64
+        * (bench.seconds as f64 + FRESHNESS_WARMUP.as_secs_f64())) as usize;
     let fresh_bodies = make_bodies(
         offered.div_ceil(bench.events_per_body.max(1)) + 1,
         bench.events_per_body,

@@ -8,7 +8,10 @@
 //!
 //! The tables are [`SHARDS`] small ones picked by bits of the hash, each
 //! entry keeping its hash: a table that grows moves its entries without
-//! reading an id again, and only one shard's worth at a time. One table of
+//! reading an id again, and only one shard's worth at a time. A set starts
+//! with one table and spreads over the shards once it holds
+//! [`SPREAD_AT`] ids (most windows of a quiet stream never do, and an empty
+//! table per shard would cost them memory). One table of
 //! a window's 500 000 ids used to hold the fold for tens of milliseconds
 //! while it rehashed every id (the freshness tail of `lambda bench ingest`).
 
@@ -47,13 +50,17 @@ impl IdHash {
 #[derive(Debug, Clone)]
 pub struct SeenIds {
     bytes: Vec<u8>,
-    /// `(hash, where its length starts in bytes)` of each id, by shard.
-    shards: Box<[HashTable<(u64, usize)>; SHARDS]>,
+    /// `(hash, where its length starts in bytes)` of each id: one table,
+    /// or [`SHARDS`] of them picked by [`shard`].
+    shards: Vec<HashTable<(u64, usize)>>,
     len: usize,
 }
 
-/// How many tables a set's ids are spread over.
+/// How many tables a set's ids are spread over, once it has many.
 pub const SHARDS: usize = 32;
+
+/// How many ids a set holds in one table before it spreads them over [`SHARDS`].
+pub const SPREAD_AT: usize = 4096;
 
 /// The shard of a hash: bits the tables use for neither the slot (the low
 /// bits, for tables under 2^32 slots) nor the tag (the top 7 bits).
@@ -65,7 +72,7 @@ impl Default for SeenIds {
     fn default() -> SeenIds {
         SeenIds {
             bytes: Vec::new(),
-            shards: Box::new(std::array::from_fn(|_| HashTable::new())),
+            shards: vec![HashTable::new()],
             len: 0,
         }
     }
@@ -88,9 +95,18 @@ impl SeenIds {
     }
 
     fn find(&self, id: &[u8], hash: u64) -> bool {
-        self.shards[shard(hash)]
+        self.shards[self.shard_of(hash)]
             .find(hash, |&(h, at)| h == hash && self.id_at(at) == id)
             .is_some()
+    }
+
+    /// The table `hash` belongs in.
+    fn shard_of(&self, hash: u64) -> usize {
+        if self.shards.len() == 1 {
+            0
+        } else {
+            shard(hash)
+        }
     }
 
     /// The id whose length starts at `at` (a place this set recorded).
@@ -122,7 +138,15 @@ impl SeenIds {
         }
         self.bytes.push(len as u8);
         self.bytes.extend_from_slice(id);
-        self.shards[shard(hash)].insert_unique(hash, (hash, at), |&(h, _)| h);
+        if self.len == SPREAD_AT && self.shards.len() == 1 {
+            let one = std::mem::take(&mut self.shards);
+            self.shards = (0..SHARDS).map(|_| HashTable::new()).collect();
+            for &(h, at) in one.iter().flatten() {
+                self.shards[shard(h)].insert_unique(h, (h, at), |&(h, _)| h);
+            }
+        }
+        let i = self.shard_of(hash);
+        self.shards[i].insert_unique(hash, (hash, at), |&(h, _)| h);
         self.len += 1;
         true
     }
@@ -259,9 +283,12 @@ mod tests {
     fn an_id_is_found_once_inserted_and_only_then() {
         let mut seen = SeenIds::default();
         let ids: Vec<String> = (0..10_000).map(|i| format!("event-{i}")).collect();
-        for id in &ids {
+        for (i, id) in ids.iter().enumerate() {
             assert!(!seen.contains(id, IdHash::of(id)));
             assert!(seen.insert(id, IdHash::of(id)));
+            // One table up to SPREAD_AT ids, the shards from the next one on.
+            let tables = if i < SPREAD_AT { 1 } else { SHARDS };
+            assert_eq!(seen.shards.len(), tables, "after {} ids", i + 1);
         }
         for id in &ids {
             assert!(
