@@ -10,6 +10,14 @@ use lambda_log::{
     EmbeddedConfig, EmbeddedLog, EventLog, FetchPosition, LogError, Record, TopicRetention,
 };
 
+/// The default settings with segments of `bytes` (small, so tests roll them).
+fn with_segments_of(bytes: u64) -> EmbeddedConfig {
+    EmbeddedConfig {
+        segment_bytes: bytes,
+        ..EmbeddedConfig::default()
+    }
+}
+
 fn record(key: &str, value: String, timestamp_ms: i64) -> Record {
     Record::keyed(key, value, timestamp_ms)
 }
@@ -136,10 +144,7 @@ async fn recovery_after_a_torn_write_keeps_exactly_the_complete_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_roll_and_reads_cross_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EmbeddedConfig {
-        segment_bytes: 1024,
-        ..EmbeddedConfig::default()
-    };
+    let config = with_segments_of(1024);
     let log = EmbeddedLog::open(dir.path(), config.clone()).await.unwrap();
     log.create_topic("t", 1).await.unwrap();
     for chunk in 0..10 {
@@ -362,10 +367,7 @@ async fn a_topic_with_its_own_retention_is_trimmed_without_the_guard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_segment_rolls_on_the_first_append_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EmbeddedConfig {
-        segment_bytes: 1024,
-        ..EmbeddedConfig::default()
-    };
+    let config = with_segments_of(1024);
     let log = EmbeddedLog::open(dir.path(), config.clone()).await.unwrap();
     log.create_topic("t", 1).await.unwrap();
     log.append("t", vec![record("k", "x".repeat(1000), 0)])
@@ -659,10 +661,7 @@ async fn a_group_offset_past_the_end_is_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_from_any_offset_after_a_read_get_exactly_their_records() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EmbeddedConfig {
-        segment_bytes: 16 * 1024,
-        ..EmbeddedConfig::default()
-    };
+    let config = with_segments_of(16 * 1024);
     let log = EmbeddedLog::open(dir.path(), config).await.unwrap();
     log.create_topic("t", 1).await.unwrap();
     let records = (0..1000)
