@@ -1,24 +1,32 @@
-//! The fast path of [`Event::from_json`](crate::Event::from_json): serde_json
-//! decodes one object straight into the [`EventRef`] it becomes (strings
-//! borrowed from the input where they have no escapes, each value checked
-//! against its bound as it is read, no `Value` tree, no map), and
-//! [`WireEvent::validate`] applies the rule of its type: two bit masks.
+//! The fast path of [`Event::from_json`](crate::Event::from_json): a
+//! scanner made for one flat event object reads the bytes once, straight
+//! into the [`EventRef`] they become — strings borrowed from the input, each
+//! value checked against its bound as it is read, no `Value` tree, no map,
+//! no allocation — and [`WireEvent::validate`] applies the rule of its type:
+//! two bit masks.
 //!
-//! The fast path only ever says yes: on anything unusual — a syntax error, a
-//! `null`, a key given twice, a key it does not know, a value of another
-//! type, a bound crossed, a rule broken — it gives up, and
-//! [`Event::from_json_reference`](crate::Event::from_json_reference) (the `Value`-based decoder) decides and
-//! writes the error. So the two cannot disagree on what is valid, and the
-//! error messages have one source. `tests/decoder_properties.rs` checks that
-//! they agree on generated events, near-events and arbitrary bytes.
+//! The fast path only ever says yes: on anything unusual — an escape in a
+//! string, a `null`, a nested value, a syntax error, a key given twice, a
+//! key it does not know, a value of another type, a bound crossed, a rule
+//! broken — it gives up, and
+//! [`Event::from_json_reference`](crate::Event::from_json_reference) (the
+//! `Value`-based decoder, serde_json) decides and writes the error. So the
+//! two cannot disagree on what is valid, and the error messages have one
+//! source. `tests/decoder_properties.rs` checks that they agree on generated
+//! events, near-events and arbitrary bytes; `fuzz/fuzz_targets/event_body.rs`
+//! goes on from there.
+//!
+//! Numbers: an integer field (`ts`, `amount_cents`, an integer
+//! `error_code`) takes JSON's integer form only, within `i64`; a number
+//! field takes either form, read as serde_json reads it with
+//! `float_roundtrip` (an integer converted, anything else correctly
+//! rounded by `str::parse`, which is correctly rounded too). `-0` gives up
+//! (serde_json reads it as the float `-0.0`, not an integer).
 //!
 //! [`TypedBaseline`] is the ceiling `lambda bench speed` measures our decoder
 //! against: serde's derive into a borrowed struct, no rule applied.
 
 use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::event::{EventType, Field};
 use crate::event_ref::EventRef;
@@ -28,99 +36,22 @@ use crate::limits::{
 };
 use crate::{Device, DeviceStatus, Severity};
 
-/// A JSON string, borrowed from the input when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(TextVisitor)
-    }
-}
-
 /// Why [`WireEvent::decode`] gave up (the reference decoder words the
 /// error a client sees).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The bytes are not UTF-8.
     #[error("not utf-8")]
     NotUtf8,
-    /// Not one event object as the fast path reads it.
-    #[error(transparent)]
-    Json(serde_json::Error),
+    /// Not one event object as the fast path reads it: what it met.
+    #[error("the fast path does not read {0}")]
+    Unread(&'static str),
 }
 
-/// `ts` as given: integer milliseconds or an RFC 3339 string.
-struct Ts(i64);
+type Step<T> = Result<T, DecodeError>;
 
-impl<'de> Deserialize<'de> for Ts {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Ts, D::Error> {
-        deserializer
-            .deserialize_any(IntOrText)
-            .and_then(|value| match value {
-                IntOrTextValue::Int(ms) => Ok(Ts(ms)),
-                IntOrTextValue::Text(text) => crate::time::rfc3339_millis(&text)
-                    .map(Ts)
-                    .map_err(|_| de::Error::custom("not a time")),
-            })
-    }
-}
-
-/// An `error_code`: a string, or an integer written as one.
-struct ErrorCode<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for ErrorCode<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(ErrorCode(
-            match deserializer.deserialize_any(IntOrText)? {
-                IntOrTextValue::Int(code) => Cow::Owned(code.to_string()),
-                IntOrTextValue::Text(text) => text,
-            },
-        ))
-    }
-}
-
-enum IntOrTextValue<'a> {
-    Int(i64),
-    Text(Cow<'a, str>),
-}
-
-struct IntOrText;
-
-impl<'de> Visitor<'de> for IntOrText {
-    type Value = IntOrTextValue<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an integer or a string")
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(IntOrTextValue::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        i64::try_from(v)
-            .map(IntOrTextValue::Int)
-            .map_err(|_| E::custom("integer beyond i64"))
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(IntOrTextValue::Text(Cow::Borrowed(v)))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(IntOrTextValue::Text(Cow::Owned(v.to_owned())))
-    }
+fn give_up<T>(what: &'static str) -> Step<T> {
+    Err(DecodeError::Unread(what))
 }
 
 /// A key of an event object.
@@ -148,141 +79,308 @@ pub struct WireEvent<'a> {
     present: u32,
 }
 
-impl<'de> Deserialize<'de> for WireEvent<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(WireVisitor)
-    }
+/// Where the scanner is in one object's text.
+struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
 }
 
-struct WireVisitor;
-
-impl<'de> Visitor<'de> for WireVisitor {
-    type Value = WireEvent<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event object")
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireEvent<'de>, A::Error> {
-        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
-        let mut present = 0u32;
-        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-            let key = match key.as_ref() {
-                "event_id" => Key::EventId,
-                "event_type" => Key::EventType,
-                "ts" => Key::Ts,
-                name => Key::Field(
-                    Field::from_name(name)
-                        .ok_or_else(|| de::Error::custom("a key that is not a field"))?,
-                ),
-            };
-            let bit = match key {
-                Key::EventId => EVENT_ID,
-                Key::EventType => EVENT_TYPE,
-                Key::Ts => TS,
-                Key::Field(field) => field.bit(),
-            };
-            if present & bit != 0 {
-                return Err(de::Error::custom("a key given twice"));
+    /// Skips JSON's whitespace and returns the byte after it.
+    fn next_token(&mut self) -> Option<u8> {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+        self.peek()
+    }
+
+    /// Steps over `byte`, after whitespace.
+    fn expect(&mut self, byte: u8, what: &'static str) -> Step<()> {
+        if self.next_token() != Some(byte) {
+            return give_up(what);
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    /// A string (the cursor is on its opening quote): borrowed from the
+    /// input, or unescaped into a `String` if it has an escape.
+    fn string(&mut self) -> Step<Cow<'a, str>> {
+        let start = self.at + 1;
+        let end = self.plain_run(start);
+        match self.text.as_bytes().get(end) {
+            Some(b'"') => {
+                self.at = end + 1;
+                // Both ends are at ASCII bytes: on char boundaries.
+                Ok(Cow::Borrowed(&self.text[start..end]))
             }
-            present |= bit;
-            let e = &mut event;
-            match key {
-                Key::EventId => {
-                    let Text(id) = map.next_value()?;
-                    if id.is_empty() || id.len() > MAX_EVENT_ID_LEN {
-                        return Err(de::Error::custom("an event_id out of bounds"));
+            Some(b'\\') => self.unescape(start, end).map(Cow::Owned),
+            Some(_) => give_up("a control character in a string"),
+            None => give_up("an unterminated string"),
+        }
+    }
+
+    /// Where the run of bytes from `from` that are neither a quote, a
+    /// backslash nor a control character ends: eight bytes at a time.
+    fn plain_run(&self, from: usize) -> usize {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+        let bytes = self.text.as_bytes();
+        let mut end = from;
+        while let Some(chunk) = bytes.get(end..).and_then(<[u8]>::first_chunk::<8>) {
+            let word = u64::from_le_bytes(*chunk);
+            let quote = word ^ (ONES * u64::from(b'"'));
+            let backslash = word ^ (ONES * u64::from(b'\\'));
+            // `x - ONES & !x` sets the high bit of x's zero bytes, and
+            // `word - 0x20 * ONES & !word` of its bytes below 0x20; exactly
+            // for the lowest such byte (a borrow only runs upwards), which
+            // is the only one that counts.
+            let special = ((quote.wrapping_sub(ONES) & !quote)
+                | (backslash.wrapping_sub(ONES) & !backslash)
+                | (word.wrapping_sub(ONES * 0x20) & !word))
+                & HIGH_BITS;
+            if special != 0 {
+                return end + (special.trailing_zeros() / 8) as usize;
+            }
+            end += 8;
+        }
+        while let Some(&byte) = bytes.get(end) {
+            if byte == b'"' || byte == b'\\' || byte < 0x20 {
+                break;
+            }
+            end += 1;
+        }
+        end
+    }
+
+    /// The rest of a string from its first escape at `escape`, unescaped
+    /// as JSON defines it (a lone surrogate gives up).
+    fn unescape(&mut self, start: usize, mut escape: usize) -> Step<String> {
+        let bytes = self.text.as_bytes();
+        let mut out = String::with_capacity(escape - start + 16);
+        out.push_str(&self.text[start..escape]);
+        loop {
+            let (c, len) = match bytes.get(escape + 1) {
+                Some(b'"') => ('"', 2),
+                Some(b'\\') => ('\\', 2),
+                Some(b'/') => ('/', 2),
+                Some(b'b') => ('\u{8}', 2),
+                Some(b'f') => ('\u{c}', 2),
+                Some(b'n') => ('\n', 2),
+                Some(b'r') => ('\r', 2),
+                Some(b't') => ('\t', 2),
+                Some(b'u') => match self.hex4(escape + 2)? {
+                    high @ 0xD800..=0xDBFF => {
+                        if bytes.get(escape + 6..escape + 8) != Some(b"\\u") {
+                            return give_up("a lone surrogate");
+                        }
+                        let low = self.hex4(escape + 8)?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return give_up("a lone surrogate");
+                        }
+                        let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                        (
+                            char::from_u32(code).map_or_else(|| give_up("a bad escape"), Ok)?,
+                            12,
+                        )
                     }
-                    e.event_id = id;
+                    code => (
+                        char::from_u32(code).map_or_else(|| give_up("a lone surrogate"), Ok)?,
+                        6,
+                    ),
+                },
+                _ => return give_up("a bad escape"),
+            };
+            out.push(c);
+            let from = escape + len;
+            let end = self.plain_run(from);
+            out.push_str(&self.text[from..end]);
+            match bytes.get(end) {
+                Some(b'"') => {
+                    self.at = end + 1;
+                    return Ok(out);
                 }
-                Key::EventType => e.event_type = label(&mut map, EventType::parse)?,
-                Key::Ts => {
-                    let Ts(ms) = map.next_value()?;
-                    if !(0..=MAX_TS_MS).contains(&ms) {
-                        return Err(de::Error::custom("a ts out of bounds"));
-                    }
-                    e.ts = ms;
-                }
-                Key::Field(Field::UserId) => e.user_id = Some(text(&mut map)?),
-                Key::Field(Field::SessionId) => e.session_id = Some(text(&mut map)?),
-                Key::Field(Field::Device) => e.device = Some(label(&mut map, Device::parse)?),
-                Key::Field(Field::Page) => e.page = Some(text(&mut map)?),
-                Key::Field(Field::RenderMs) => {
-                    e.render_ms = Some(float(&mut map, 0.0, MAX_RENDER_MS)?)
-                }
-                Key::Field(Field::CampaignId) => e.campaign_id = Some(text(&mut map)?),
-                Key::Field(Field::ProductId) => e.product_id = Some(text(&mut map)?),
-                Key::Field(Field::AmountCents) => {
-                    let cents: i64 = map.next_value()?;
-                    if !(0..=MAX_AMOUNT_CENTS).contains(&cents) {
-                        return Err(de::Error::custom("an amount out of bounds"));
-                    }
-                    e.amount_cents = Some(cents);
-                }
-                Key::Field(Field::ErrorCode) => {
-                    let ErrorCode(code) = map.next_value()?;
-                    e.error_code = Some(bounded(code)?);
-                }
-                Key::Field(Field::DeviceId) => e.device_id = Some(text(&mut map)?),
-                Key::Field(Field::Sensor) => e.sensor = Some(text(&mut map)?),
-                Key::Field(Field::Value) => {
-                    e.value = Some(float(&mut map, -MAX_ABS_VALUE, MAX_ABS_VALUE)?)
-                }
-                Key::Field(Field::Unit) => e.unit = Some(text(&mut map)?),
-                Key::Field(Field::Status) => e.status = Some(label(&mut map, DeviceStatus::parse)?),
-                Key::Field(Field::BatteryPct) => {
-                    e.battery_pct = Some(float(&mut map, 0.0, MAX_BATTERY_PCT)?)
-                }
-                Key::Field(Field::Alarm) => e.alarm = Some(text(&mut map)?),
-                Key::Field(Field::Severity) => e.severity = Some(label(&mut map, Severity::parse)?),
-                Key::Field(Field::Message) => e.message = Some(text(&mut map)?),
+                Some(b'\\') => escape = end,
+                Some(_) => return give_up("a control character in a string"),
+                None => return give_up("an unterminated string"),
             }
         }
-        Ok(WireEvent { event, present })
+    }
+
+    /// The four hex digits of a `\u` escape at `at`.
+    fn hex4(&self, at: usize) -> Step<u32> {
+        let digits = self
+            .text
+            .as_bytes()
+            .get(at..at + 4)
+            .map_or_else(|| give_up("a short \\u escape"), Ok)?;
+        digits.iter().try_fold(0u32, |code, &digit| {
+            let value = (digit as char)
+                .to_digit(16)
+                .map_or_else(|| give_up("a bad \\u escape"), Ok)?;
+            Ok(code * 16 + value)
+        })
+    }
+
+    /// A string value, after whitespace.
+    fn text(&mut self) -> Step<Cow<'a, str>> {
+        match self.next_token() {
+            Some(b'"') => self.string(),
+            _ => give_up("a value that is not a string"),
+        }
+    }
+
+    /// A number as JSON writes it (its grammar checked, after whitespace):
+    /// its text, and whether it is in integer form.
+    fn number(&mut self) -> Step<(&'a str, bool)> {
+        self.next_token();
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.at += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return give_up("a value that is not a number"),
+        }
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            integer = false;
+            self.at += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            integer = false;
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok((&self.text[start..self.at], integer))
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Step<()> {
+        let from = self.at;
+        self.digits();
+        if self.at == from {
+            return give_up("a number without digits");
+        }
+        Ok(())
+    }
+
+    /// An integer in JSON's integer form within `i64`.
+    fn integer(&mut self) -> Step<i64> {
+        match self.number()? {
+            (text, true) => integer(text),
+            _ => give_up("a fraction where an integer goes"),
+        }
+    }
+
+    /// A number within `low..=high`.
+    fn float(&mut self, low: f64, high: f64) -> Step<f64> {
+        let value = match self.number()? {
+            // As serde_json reads an integer into an f64: converted.
+            (text, true) => integer(text)? as f64,
+            (text, false) => text
+                .parse::<f64>()
+                .or_else(|_| give_up("a number it cannot read"))?,
+        };
+        if !(value.is_finite() && (low..=high).contains(&value)) {
+            return give_up("a number out of bounds");
+        }
+        Ok(value)
+    }
+
+    /// A string field's value: 1..=[`MAX_STRING_LEN`] bytes.
+    fn bounded(&mut self) -> Step<Cow<'a, str>> {
+        bounded(self.text()?)
+    }
+
+    /// An enumerated string field's value.
+    fn label<T>(&mut self, parse: fn(&str) -> Option<T>) -> Step<T> {
+        parse(&self.text()?).map_or_else(|| give_up("not one of the labels"), Ok)
     }
 }
 
-/// A string field's value: 1..=[`MAX_STRING_LEN`] bytes.
-fn text<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Cow<'de, str>, A::Error> {
-    let Text(text) = map.next_value()?;
-    bounded(text)
+/// An integer's text (JSON's integer form) as an `i64`; `-0` is not one.
+fn integer(text: &str) -> Step<i64> {
+    if text == "-0" {
+        return give_up("-0");
+    }
+    text.parse::<i64>()
+        .or_else(|_| give_up("an integer beyond i64"))
 }
 
-fn bounded<E: de::Error>(text: Cow<'_, str>) -> Result<Cow<'_, str>, E> {
+fn bounded(text: Cow<'_, str>) -> Step<Cow<'_, str>> {
     if text.is_empty() || text.len() > MAX_STRING_LEN {
-        return Err(E::custom("a string out of bounds"));
+        return give_up("a string out of bounds");
     }
     Ok(text)
 }
 
-/// An enumerated string field's value.
-fn label<'de, A: MapAccess<'de>, T>(
-    map: &mut A,
-    parse: fn(&str) -> Option<T>,
-) -> Result<T, A::Error> {
-    let Text(text) = map.next_value()?;
-    parse(&text).ok_or_else(|| de::Error::custom("not one of the labels"))
-}
-
-/// A number field's value within `low..=high` (an integer is read as a float).
-fn float<'de, A: MapAccess<'de>>(map: &mut A, low: f64, high: f64) -> Result<f64, A::Error> {
-    let value: f64 = map.next_value()?;
-    if !(value.is_finite() && (low..=high).contains(&value)) {
-        return Err(de::Error::custom("a number out of bounds"));
-    }
-    Ok(value)
-}
-
 impl<'a> WireEvent<'a> {
     /// Decodes one JSON object (nothing but whitespace after it). The bytes
-    /// are checked as UTF-8 once, whole, so that serde_json does not check
-    /// each string again (its `&str` reader skips that).
+    /// are checked as UTF-8 once, whole.
     pub fn decode(bytes: &'a [u8]) -> Result<WireEvent<'a>, DecodeError> {
         let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let wire = WireEvent::deserialize(&mut deserializer).map_err(DecodeError::Json)?;
-        deserializer.end().map_err(DecodeError::Json)?;
-        Ok(wire)
+        let mut cursor = Cursor { text, at: 0 };
+        let c = &mut cursor;
+        c.expect(b'{', "a value that is not an object")?;
+        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        let mut present = 0u32;
+        if c.next_token() == Some(b'}') {
+            c.at += 1;
+        } else {
+            loop {
+                let Cow::Borrowed(name) = c.text()? else {
+                    return give_up("an escape in a key");
+                };
+                let key = match name {
+                    "event_id" => Key::EventId,
+                    "event_type" => Key::EventType,
+                    "ts" => Key::Ts,
+                    name => Key::Field(
+                        Field::from_name(name)
+                            .map_or_else(|| give_up("a key that is not a field"), Ok)?,
+                    ),
+                };
+                let bit = match key {
+                    Key::EventId => EVENT_ID,
+                    Key::EventType => EVENT_TYPE,
+                    Key::Ts => TS,
+                    Key::Field(field) => field.bit(),
+                };
+                if present & bit != 0 {
+                    return give_up("a key given twice");
+                }
+                present |= bit;
+                c.expect(b':', "a key without a value")?;
+                read_value(c, key, &mut event)?;
+                match c.next_token() {
+                    Some(b',') => c.at += 1,
+                    Some(b'}') => {
+                        c.at += 1;
+                        break;
+                    }
+                    _ => return give_up("a member not followed by , or }"),
+                }
+            }
+        }
+        if c.next_token().is_some() {
+            return give_up("more after the object");
+        }
+        Ok(WireEvent { event, present })
     }
 
     /// The event, if it has `event_id`, `event_type` and `ts` and the
@@ -297,6 +395,63 @@ impl<'a> WireEvent<'a> {
         let complete = self.present & common == common;
         (complete && fields & !allowed == 0 && required & !fields == 0).then_some(self.event)
     }
+}
+
+/// Reads the value of `key` into `e`, checked against its bound.
+fn read_value<'a>(c: &mut Cursor<'a>, key: Key, e: &mut EventRef<'a>) -> Step<()> {
+    match key {
+        Key::EventId => {
+            let id = c.text()?;
+            if id.is_empty() || id.len() > MAX_EVENT_ID_LEN {
+                return give_up("an event_id out of bounds");
+            }
+            e.event_id = id;
+        }
+        Key::EventType => e.event_type = c.label(EventType::parse)?,
+        Key::Ts => {
+            // Integer milliseconds, or an RFC 3339 string.
+            let ms = match c.next_token() {
+                Some(b'"') => crate::time::rfc3339_millis(&c.string()?)
+                    .map_or_else(|_| give_up("not a time"), Ok)?,
+                _ => c.integer()?,
+            };
+            if !(0..=MAX_TS_MS).contains(&ms) {
+                return give_up("a ts out of bounds");
+            }
+            e.ts = ms;
+        }
+        Key::Field(Field::UserId) => e.user_id = Some(c.bounded()?),
+        Key::Field(Field::SessionId) => e.session_id = Some(c.bounded()?),
+        Key::Field(Field::Device) => e.device = Some(c.label(Device::parse)?),
+        Key::Field(Field::Page) => e.page = Some(c.bounded()?),
+        Key::Field(Field::RenderMs) => e.render_ms = Some(c.float(0.0, MAX_RENDER_MS)?),
+        Key::Field(Field::CampaignId) => e.campaign_id = Some(c.bounded()?),
+        Key::Field(Field::ProductId) => e.product_id = Some(c.bounded()?),
+        Key::Field(Field::AmountCents) => {
+            let cents = c.integer()?;
+            if !(0..=MAX_AMOUNT_CENTS).contains(&cents) {
+                return give_up("an amount out of bounds");
+            }
+            e.amount_cents = Some(cents);
+        }
+        Key::Field(Field::ErrorCode) => {
+            // A string, or an integer written as one.
+            e.error_code = Some(match c.next_token() {
+                Some(b'"') => bounded(c.string()?)?,
+                _ => Cow::Owned(c.integer()?.to_string()),
+            });
+        }
+        Key::Field(Field::DeviceId) => e.device_id = Some(c.bounded()?),
+        Key::Field(Field::Sensor) => e.sensor = Some(c.bounded()?),
+        Key::Field(Field::Value) => e.value = Some(c.float(-MAX_ABS_VALUE, MAX_ABS_VALUE)?),
+        Key::Field(Field::Unit) => e.unit = Some(c.bounded()?),
+        Key::Field(Field::Status) => e.status = Some(c.label(DeviceStatus::parse)?),
+        Key::Field(Field::BatteryPct) => e.battery_pct = Some(c.float(0.0, MAX_BATTERY_PCT)?),
+        Key::Field(Field::Alarm) => e.alarm = Some(c.bounded()?),
+        Key::Field(Field::Severity) => e.severity = Some(c.label(Severity::parse)?),
+        Key::Field(Field::Message) => e.message = Some(c.bounded()?),
+    }
+    Ok(())
 }
 
 /// What serde's derive makes of the same object: every field typed and
@@ -353,5 +508,44 @@ impl<'a> TypedBaseline<'a> {
     /// `serde_json::from_slice`, as a program that has bytes would call it.
     pub fn decode(bytes: &'a [u8]) -> Result<TypedBaseline<'a>, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-at-a-time run finds the first quote, backslash or control
+    /// byte wherever it falls in a word, and passes every other byte
+    /// (multi-byte UTF-8 included).
+    #[test]
+    fn a_plain_run_ends_at_the_first_special_byte_wherever_it_falls() {
+        let naive = |text: &str, from: usize| {
+            text.as_bytes()[from..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .map_or(text.len(), |i| from + i)
+        };
+        let fillers = ["a", " ", "~", "\u{7f}", "é", "€", "😀"];
+        let specials = ["\"", "\\", "\u{0}", "\u{1f}", "\n"];
+        for filler in fillers {
+            for len in 0..20 {
+                let plain = filler.repeat(len);
+                for from in [0, filler.len().min(plain.len())] {
+                    let cursor = Cursor {
+                        text: &plain,
+                        at: 0,
+                    };
+                    assert_eq!(cursor.plain_run(from), plain.len(), "{plain:?}");
+                    for special in specials {
+                        for later in ["", "\"", "\u{1}"] {
+                            let text = format!("{plain}{special}{filler}{later}");
+                            let cursor = Cursor { text: &text, at: 0 };
+                            assert_eq!(cursor.plain_run(from), naive(&text, from), "{text:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

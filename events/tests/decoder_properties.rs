@@ -347,3 +347,123 @@ fn bodies_report_each_line_once_in_order() {
         })
         .unwrap();
 }
+
+/// Every spelling of a value the scanner of the fast path must read as
+/// serde_json does (numbers, escapes, surrogates, whitespace) or leave to
+/// the reference decoder: where the fast path says yes, it is the
+/// reference's event, to the byte of its canonical form (`-0.0` is not
+/// `0.0` there); and it says yes to every spelling marked so.
+#[test]
+fn the_fast_path_reads_each_spelling_as_the_reference_does() {
+    let sensor = |ts: &str, device: &str, value: &str| {
+        format!(
+            r#"{{"event_id":"e1","event_type":"sensor_reading","ts":{ts},"device_id":{device},"sensor":"t","value":{value}}}"#
+        )
+    };
+    // (text, whether the fast path must read it itself)
+    let mut cases: Vec<(String, bool)> = Vec::new();
+    for (value, fast) in [
+        ("1", true),
+        ("-1", true),
+        ("0", true),
+        ("-0", false),
+        ("-0.0", true),
+        ("0.5", true),
+        ("-12.25", true),
+        ("1e3", true),
+        ("1E+3", true),
+        ("1e-3", true),
+        ("2.5e-400", true),
+        ("0.1000000000000000055511151231257827", true),
+        ("1e15", true),
+        ("1000000000000000", true),
+        ("1000000000000001", false),
+        ("123456789012345678901234567890", false),
+        ("1.5e400", false),
+        ("1.", false),
+        (".5", false),
+        ("01", false),
+        ("-", false),
+        ("+1", false),
+        ("1e", false),
+        ("1e+", false),
+        ("NaN", false),
+        ("Infinity", false),
+        ("true", false),
+        ("null", false),
+        ("[1]", false),
+        ("{}", false),
+        ("\"1\"", false),
+        (" \t\r\n2 \n", true),
+    ] {
+        cases.push((sensor("1", "\"d\"", value), fast));
+    }
+    for (device, fast) in [
+        (r#""d\u00e9""#, true),
+        (r#""\ud83d\ude00""#, true),
+        (r#""\uD83D\uDE00x""#, true),
+        (r#""a\/b\\c\"d\b\f\n\r\t""#, true),
+        (r#""\ud83d""#, false),
+        (r#""\ude00""#, false),
+        (r#""\ud83dx""#, false),
+        (r#""\ud83d\u0041""#, false),
+        (r#""\x""#, false),
+        (r#""\u12""#, false),
+        (r#""\u00G0""#, false),
+        ("\"raw\ttab\"", false),
+        ("\"unterminated", false),
+        (r#""ü-é""#, true),
+        (r#""""#, false),
+        (r#""\u0000""#, true),
+    ] {
+        cases.push((sensor("1", device, "1"), fast));
+    }
+    for (ts, fast) in [
+        ("1767225600000", true),
+        (r#""2026-01-01T00:00:00Z""#, true),
+        (r#""2026-01-01T00:00:00.123+02:00""#, true),
+        (r#""2026-01-01T00:00:00\u005a""#, true),
+        ("1.0", false),
+        ("1e3", false),
+        ("-0", false),
+        ("-1", false),
+        ("01", false),
+        ("9223372036854775808", false),
+        (r#""yesterday""#, false),
+    ] {
+        cases.push((sensor(ts, "\"d\"", "1"), fast));
+    }
+    let valid = sensor("1", "\"d\"", "1");
+    for (text, fast) in [
+        (format!(" \n{valid}\n "), true),
+        (valid.replace(',', " , ").replace(':', " : "), true),
+        (valid.replace('}', ",}"), false),
+        (valid.replace("\"ts\":", "\"ts\""), false),
+        (format!("{valid}x"), false),
+        (format!("{valid}{{}}"), false),
+        (format!("\u{feff}{valid}"), false),
+        (valid.replace("\"ts\"", "\"t\\u0073\""), false),
+        (valid.replace("\"sensor\":\"t\",", ""), false),
+        ("{}".to_string(), false),
+        ("".to_string(), false),
+        ("[]".to_string(), false),
+    ] {
+        cases.push((text, fast));
+    }
+    for (text, must_be_fast) in &cases {
+        let reference = Event::from_json_reference(text.as_bytes());
+        assert_eq!(Event::from_json(text.as_bytes()), reference, "{text}");
+        let fast = WireEvent::decode(text.as_bytes())
+            .ok()
+            .and_then(WireEvent::validate);
+        match &fast {
+            Some(event) => {
+                let event = event.clone().into_owned();
+                assert_eq!(Ok(&event), reference.as_ref(), "{text}");
+                let canonical = reference.as_ref().unwrap().to_json();
+                assert_eq!(event.to_json(), canonical, "{text}");
+            }
+            None => assert!(!must_be_fast, "the fast path gave up on {text}"),
+        }
+    }
+}

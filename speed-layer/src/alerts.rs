@@ -296,7 +296,9 @@ pub const ALERT_TTL_MS: i64 = 24 * 3_600_000;
 /// The rules' running state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlertEngine {
-    /// The rules (configuration, not checkpointed).
+    /// The rules (configuration, not checkpointed). Set them before the
+    /// first event or on a restored engine: when things fall due is noted
+    /// under the rules in force.
     #[serde(skip)]
     pub rules: AlertRules,
     /// Active alerts and when they were raised.
@@ -323,6 +325,11 @@ pub struct AlertEngine {
     /// allocates nothing.
     #[serde(skip)]
     key_buf: String,
+    /// No expiry, offline alert or alarm clearing falls due before this
+    /// event time (`None`: not known, look at every key). Lowered as keys
+    /// come in, so that a watermark before it costs no walk over the keys.
+    #[serde(skip)]
+    due_from: Option<i64>,
 }
 
 /// Active alerts: event time raised, by rule and then key. Kept per rule so
@@ -461,7 +468,10 @@ impl AlertEngine {
                 self.dropped_keys += 1;
                 return;
             }
-            AlertState::Raised => self.active.insert(rule, key, ts),
+            AlertState::Raised => {
+                self.active.insert(rule, key, ts);
+                self.due_at(ts.saturating_add(ALERT_TTL_MS));
+            }
             AlertState::Cleared if self.active.remove(rule, key).is_none() => return,
             AlertState::Cleared => {}
         }
@@ -537,6 +547,9 @@ impl AlertEngine {
                         && Self::room_for(&self.offline_since, device, &mut self.dropped_keys)
                     {
                         self.offline_since.insert(device.to_string(), event.ts);
+                        if let Some(rule) = &self.rules.device_offline {
+                            self.due_at(event.ts.saturating_add(rule.after_ms));
+                        }
                     }
                 }
                 Some(DeviceStatus::Online) => {
@@ -583,6 +596,7 @@ impl AlertEngine {
                 }
                 let last = self.last_alarm.entry(key.clone()).or_insert(event.ts);
                 *last = (*last).max(event.ts);
+                self.due_at(event.ts.saturating_add(rule.clear_after_ms));
                 let detail = event.message.as_deref();
                 self.transition(
                     RuleName::Alarm,
@@ -614,6 +628,22 @@ impl AlertEngine {
         watermark: i64,
         windows: impl IntoIterator<Item = (i64, &'a BucketViews)>,
     ) {
+        if self.due_from.is_none_or(|due| due <= watermark) {
+            self.on_due(watermark);
+        }
+        self.judge_error_rates(watermark, windows);
+    }
+
+    /// Lowers [`AlertEngine::due_from`] to `due`.
+    fn due_at(&mut self, due: i64) {
+        if let Some(from) = &mut self.due_from {
+            *from = (*from).min(due);
+        }
+    }
+
+    /// Expires, raises and clears what falls due by `watermark`, and
+    /// notes when the next thing does.
+    fn on_due(&mut self, watermark: i64) {
         let expired: Vec<((RuleName, String), i64)> = self
             .active
             .iter()
@@ -673,6 +703,26 @@ impl AlertEngine {
                 );
             }
         }
+        let offline_after = self.rules.device_offline.as_ref().map(|r| r.after_ms);
+        let clear_after = self.rules.alarm.as_ref().map(|r| r.clear_after_ms);
+        let next = (self.active.iter())
+            .map(|(_, _, raised)| raised.saturating_add(ALERT_TTL_MS))
+            .chain(offline_after.into_iter().flat_map(|after| {
+                (self.offline_since.values()).map(move |since| since.saturating_add(after))
+            }))
+            .chain(clear_after.into_iter().flat_map(|after| {
+                (self.last_alarm.values()).map(move |last| last.saturating_add(after))
+            }))
+            .min();
+        self.due_from = Some(next.unwrap_or(i64::MAX));
+    }
+
+    /// Judges the windows closed by `watermark` for page error rates.
+    fn judge_error_rates<'a>(
+        &mut self,
+        watermark: i64,
+        windows: impl IntoIterator<Item = (i64, &'a BucketViews)>,
+    ) {
         if let Some(rule) = self.rules.page_error_rate.clone() {
             // Windows that closed since the last look: end at or before the watermark.
             let from = self.judged_before;
@@ -731,6 +781,10 @@ pub fn alert_key(device: &str, name: &str) -> String {
 /// Writes [`alert_key`] into `key` (cleared first).
 fn write_alert_key(key: &mut String, device: &str, name: &str) {
     fn escaped(part: &str, out: &mut String) {
+        if !part.contains(['%', '/']) {
+            out.push_str(part);
+            return;
+        }
         for c in part.chars() {
             match c {
                 '%' => out.push_str("%25"),
@@ -891,6 +945,42 @@ mod tests {
         let last = engine.since(engine.seq() - 1).next().unwrap();
         assert_eq!(last.state, AlertState::Cleared);
         assert!(last.message.starts_with("expired"), "{}", last.message);
+    }
+
+    /// A watermark that found nothing due notes that nothing is; a key that
+    /// comes in after it still falls due on time (offline alert, alarm
+    /// clearing, expiry), not a millisecond early.
+    #[test]
+    fn keys_that_come_after_a_quiet_watermark_still_fall_due() {
+        let rules = AlertRules::defaults();
+        let after = rules.device_offline.as_ref().unwrap().after_ms;
+        let clear_after = rules.alarm.as_ref().unwrap().clear_after_ms;
+        let mut engine = AlertEngine::new(rules);
+        let windows = || std::iter::empty::<(i64, &BucketViews)>();
+        engine.on_watermark(T0, windows());
+        assert_eq!(engine.due_from, Some(i64::MAX));
+        engine.on_event(&offline("d1", T0).to_ref());
+        engine.on_event(&alarm("a1", "d2", "leak", T0).to_ref());
+        let active = |e: &AlertEngine| -> Vec<(RuleName, String)> {
+            e.active().map(|(r, k, _)| (r, k.to_owned())).collect()
+        };
+        assert_eq!(active(&engine), vec![(RuleName::Alarm, "d2/leak".into())]);
+        engine.on_watermark(T0 + after - 1, windows());
+        assert_eq!(active(&engine).len(), 1);
+        engine.on_watermark(T0 + after, windows());
+        assert!(active(&engine).contains(&(RuleName::DeviceOffline, "d1".into())));
+        engine.on_watermark(T0 + clear_after - 1, windows());
+        assert!(active(&engine).contains(&(RuleName::Alarm, "d2/leak".into())));
+        engine.on_watermark(T0 + clear_after, windows());
+        assert_eq!(
+            active(&engine),
+            vec![(RuleName::DeviceOffline, "d1".into())]
+        );
+        engine.on_watermark(T0 + after + ALERT_TTL_MS - 1, windows());
+        assert_eq!(active(&engine).len(), 1);
+        engine.on_watermark(T0 + after + ALERT_TTL_MS, windows());
+        assert!(active(&engine).is_empty());
+        assert_eq!(engine.due_from, Some(i64::MAX));
     }
 
     fn alarm(id: &str, device: &str, name: &str, ts: i64) -> Event {
