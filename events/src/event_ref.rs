@@ -60,6 +60,7 @@ pub struct EventRef<'a> {
 impl<'a> EventRef<'a> {
     /// Parses and validates one JSON object, as [`Event::from_json`] does
     /// (same rules, same errors), borrowing its strings from `bytes`.
+    #[inline]
     pub fn from_json(bytes: &'a [u8]) -> Result<EventRef<'a>, EventError> {
         if let Some(event) = WireEvent::decode(bytes).ok().and_then(WireEvent::validate) {
             return Ok(event);
@@ -69,6 +70,7 @@ impl<'a> EventRef<'a> {
 
     /// [`EventRef::from_json`] for a record read from `topic`: an event
     /// whose type belongs on the other topic is invalid here.
+    #[inline]
     pub fn from_record(bytes: &'a [u8], topic: &str) -> Result<EventRef<'a>, EventError> {
         let event = EventRef::from_json(bytes)?;
         let home = event.event_type.topic();
@@ -87,6 +89,7 @@ impl<'a> EventRef<'a> {
 
     /// [`EventRef::from_record`] plus the bound on how far `ts` may be ahead
     /// of the record's own timestamp (see [`Event::from_log_record`]).
+    #[inline]
     pub fn from_log_record(
         bytes: &'a [u8],
         topic: &str,

@@ -33,6 +33,7 @@ pub struct FunnelCounts {
 
 impl FunnelCounts {
     /// Counts one funnel event (other event types are ignored).
+    #[inline]
     pub fn add(&mut self, event: &EventRef<'_>) {
         match event.event_type {
             EventType::Impression => self.impressions += 1,
@@ -102,6 +103,7 @@ pub struct PageCounts {
 
 impl PageCounts {
     /// Counts one event (page views and errors; others are ignored).
+    #[inline]
     pub fn add(&mut self, event: &EventRef<'_>) {
         match event.event_type {
             EventType::PageView => self.page_views += 1,
@@ -163,6 +165,7 @@ impl SensorStats {
     }
 
     /// Adds one reading (as merging [`SensorStats::of`] it would, without allocating).
+    #[inline]
     pub fn add(&mut self, ts: i64, event_id: &str, value: f64) {
         self.count += 1;
         self.min = self.min.min(value);
@@ -216,6 +219,7 @@ pub struct DeviceCounts {
 
 impl DeviceCounts {
     /// Counts one status or alarm event (others are ignored).
+    #[inline]
     pub fn add(&mut self, event: &EventRef<'_>) {
         match (event.event_type, event.status, event.severity) {
             (EventType::DeviceStatus, Some(DeviceStatus::Online), _) => self.online += 1,
@@ -354,6 +358,7 @@ pub struct BucketViews {
 impl BucketViews {
     /// Folds one event into the bucket (the caller has already checked the
     /// bucket and dedup). It allocates only for a key the bucket has not seen.
+    #[inline]
     pub fn add(&mut self, event: &EventRef<'_>) {
         let t = event.event_type;
         if FunnelCounts::counts(t) {

@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A stable 64-bit hash of bytes: FNV-1a, then MurmurHash3's 64-bit finalizer
 /// for avalanche. Stable across processes, platforms and versions (the batch
 /// layer's stored sketches depend on it).
+#[inline]
 pub fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -84,6 +85,7 @@ impl Hll {
     }
 
     /// Adds one item.
+    #[inline]
     pub fn add(&mut self, item: &[u8]) {
         let h = hash64(item);
         let index = (h >> (64 - HLL_PRECISION)) as u16;
@@ -297,6 +299,7 @@ impl DdSketch {
     }
 
     /// Adds one value (negative values and NaN are ignored: render times are ≥ 0).
+    #[inline]
     pub fn add(&mut self, value: f64) {
         if !(value >= 0.0) || !value.is_finite() {
             return;

@@ -198,9 +198,6 @@ impl KafkaLog {
             let mut c = ClientConfig::new();
             c.set("bootstrap.servers", &config.bootstrap_servers);
             c.set("allow.auto.create.topics", "false");
-            // No transactions are used, so the end of a partition is its high
-            // watermark, not the last stable offset (some brokers lag on the latter).
-            c.set("isolation.level", "read_uncommitted");
             set_reconnect_backoff(&mut c);
             for (k, v) in &config.client_options {
                 c.set(k, v);
@@ -223,7 +220,10 @@ impl KafkaLog {
         let admin = base(&[])
             .create()
             .map_err(config_error("creating the kafka admin client"))?;
-        let meta = base(&[])
+        // No transactions are used, so the end of a partition is its high
+        // watermark, not the last stable offset (some brokers lag on the
+        // latter). A consumer's setting: the producer would warn about it.
+        let meta = base(&[("isolation.level", "read_uncommitted")])
             .create()
             .map_err(config_error("creating the kafka metadata client"))?;
         let probe = if config.probe_end {

@@ -35,6 +35,10 @@ use writer::{AppendRequest, Writer};
 /// Append requests the writer queue holds before `append` waits (backpressure).
 pub const WRITER_QUEUE_CAPACITY: usize = 1024;
 
+/// The most records a fetch's buffer is sized for up front (a caller may
+/// ask for more; the buffer then grows).
+const MAX_FETCH_CAPACITY: usize = 16 * 1024;
+
 /// Settings of the embedded log.
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
@@ -296,7 +300,8 @@ impl Inner {
         partition: u32,
         offset: u64,
         limit: usize,
-    ) -> Result<Vec<StoredRecord>, LogError> {
+        records: &mut Vec<StoredRecord>,
+    ) -> Result<(), LogError> {
         let out_of_range = |range: PartitionRange| LogError::OffsetOutOfRange {
             topic: topic.name.clone(),
             partition,
@@ -312,7 +317,7 @@ impl Inner {
                 return Err(out_of_range(range));
             }
             if offset == range.end {
-                return Ok(Vec::new());
+                return Ok(());
             }
             let first = state.segments.partition_point(|s| s.base_offset <= offset) - 1;
             state.segments[first..]
@@ -325,7 +330,7 @@ impl Inner {
                 })
                 .collect()
         };
-        let mut records = Vec::new();
+        let limit = records.len().saturating_add(limit);
         let topic_name: Arc<str> = Arc::from(topic.name.as_str());
         // (segment base, next offset, its byte position) where reading stopped.
         let mut stopped = None;
@@ -386,7 +391,7 @@ impl Inner {
                 segment.read_to = (next, pos);
             }
         }
-        Ok(records)
+        Ok(())
     }
 
     fn read_available(
@@ -395,14 +400,21 @@ impl Inner {
         max_records: usize,
     ) -> Result<Vec<StoredRecord>, LogError> {
         let per_position = (max_records / positions.len().max(1)).max(1);
-        let mut out = Vec::new();
+        // Sized once: records are pushed straight in, never copied to grow.
+        let mut out = Vec::with_capacity(max_records.min(MAX_FETCH_CAPACITY));
         for position in positions {
             let budget = per_position.min(max_records - out.len());
             if budget == 0 {
                 break;
             }
             let topic = self.topic(&position.topic)?;
-            out.extend(self.read_partition(&topic, position.partition, position.offset, budget)?);
+            self.read_partition(
+                &topic,
+                position.partition,
+                position.offset,
+                budget,
+                &mut out,
+            )?;
         }
         Ok(out)
     }
