@@ -396,7 +396,7 @@ impl RecordBatch {
                 .and_then(|event| window.check(&event).map(|()| event));
             match result {
                 Ok(event) => {
-                    let record = Record::keyed(event.key().as_bytes(), event.to_json(), now_ms);
+                    let record = Record::keyed(event.key(), event.to_json(), now_ms);
                     match event.topic() {
                         Topic::Funnel => batch.funnel.push(record),
                         Topic::Iot => batch.iot.push(record),

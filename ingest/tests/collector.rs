@@ -93,14 +93,14 @@ async fn accepts_valid_lines_and_dead_letters_the_rest() {
     assert_eq!(dead.len(), 2);
     assert_eq!(
         dead[0].record.value,
-        br#"{"event_id":"b","ts":1700000000000,"event_type":"purchase","user_id":"u1"}"#
+        &br#"{"event_id":"b","ts":1700000000000,"event_type":"purchase","user_id":"u1"}"#[..]
     );
     assert_eq!(
         dead[0].record.header("reason").unwrap(),
         b"field amount_cents: required for event_type purchase"
     );
     assert_eq!(dead[0].record.header("line").unwrap(), b"2");
-    assert_eq!(dead[1].record.value, b"{oops");
+    assert_eq!(dead[1].record.value, &b"{oops"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{EventLog, FetchPosition, LogError, Record, StoredRecord};
+use crate::{Bytes, EventLog, FetchPosition, LogError, Record, StoredRecord};
 
 /// The topics [`run_all`] creates, as (suffix, partitions): a backend whose
 /// test broker cannot create topics through the API creates these first.
@@ -36,8 +36,8 @@ pub async fn run_all(log: Arc<dyn EventLog>, prefix: &str) {
 
 fn record(key: Option<&str>, value: &str) -> Record {
     Record {
-        key: key.map(|k| k.as_bytes().to_vec()),
-        value: value.as_bytes().to_vec(),
+        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+        value: Bytes::copy_from_slice(value.as_bytes()),
         timestamp_ms: 1_700_000_000_000,
         headers: Vec::new(),
     }
@@ -143,13 +143,13 @@ pub async fn keys_keep_partition_and_order(log: &dyn EventLog, topic: &str) {
     }
     let stored = read_all(log, topic).await;
     assert_eq!(stored.len(), 40);
-    let mut partition_of: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
-    let mut rounds_seen: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
+    let mut partition_of: BTreeMap<Bytes, u32> = BTreeMap::new();
+    let mut rounds_seen: BTreeMap<Bytes, Vec<String>> = BTreeMap::new();
     for s in &stored {
         let key = s.record.key.clone().expect("keyed");
         let partition = *partition_of.entry(key.clone()).or_insert(s.partition);
         assert_eq!(partition, s.partition, "one key, one partition");
-        let value = String::from_utf8(s.record.value.clone()).expect("utf-8");
+        let value = String::from_utf8(s.record.value.to_vec()).expect("utf-8");
         rounds_seen
             .entry(key)
             .or_default()
@@ -203,7 +203,7 @@ pub async fn fetch_waits_for_appends(log: Arc<dyn EventLog>, topic: &str) {
         1,
         "the fetch returns the record appended while it waited"
     );
-    assert_eq!(got[0].record.value, b"late arrival");
+    assert_eq!(got[0].record.value, &b"late arrival"[..]);
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "woken by the append, not the timeout"

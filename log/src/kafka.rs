@@ -25,7 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::partitioner::Partitioner;
 use crate::{
-    EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,
+    Bytes, EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,
     StoredRecord, TopicRetention,
 };
 
@@ -544,8 +544,8 @@ impl Reader {
                 })
                 .unwrap_or_default();
             let record = Record {
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().unwrap_or_default().to_vec(),
+                key: message.key().map(Bytes::copy_from_slice),
+                value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                 timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
                 headers,
             };
@@ -728,7 +728,7 @@ impl EventLog for KafkaLog {
                 future_record = future_record.headers(headers);
             }
             if let Some(key) = &record.key {
-                future_record = future_record.key(key.as_slice());
+                future_record = future_record.key(&key[..]);
             }
             loop {
                 match self.producer.send_result(future_record) {

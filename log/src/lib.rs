@@ -5,6 +5,8 @@
 //! the records are durable; consumer groups track offsets per partition;
 //! retention by time and size. This is the only crate that may link rdkafka.
 
+pub use bytes::Bytes;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -23,13 +25,15 @@ pub use kafka::{KafkaConfig, KafkaLog};
 /// Largest record value accepted by any backend (Kafka's default `message.max.bytes` is ~1 MB).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// A record to append: what a Kafka producer sends.
+/// A record to append: what a Kafka producer sends. Key and value are
+/// [`Bytes`]: records read back share the buffer they were read into (no
+/// allocation per record), and a clone shares the bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     /// Partitioning key; records with one key land in one partition, in order.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// The payload.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// Producer time in milliseconds since the epoch; retention by time uses it.
     pub timestamp_ms: i64,
     /// Named metadata (the dead-letter topic carries its reason here).
@@ -37,10 +41,10 @@ pub struct Record {
 }
 
 impl Record {
-    /// A keyed record without headers.
-    pub fn keyed(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, timestamp_ms: i64) -> Record {
+    /// A keyed record without headers (the key is copied: keys are short).
+    pub fn keyed(key: impl AsRef<[u8]>, value: impl Into<Bytes>, timestamp_ms: i64) -> Record {
         Record {
-            key: Some(key.into()),
+            key: Some(Bytes::copy_from_slice(key.as_ref())),
             value: value.into(),
             timestamp_ms,
             headers: Vec::new(),
@@ -49,10 +53,15 @@ impl Record {
 
     /// A record for the `dead-letter` topic: the original bytes as the
     /// value, `reason` and `source` (where it came from) as headers.
-    pub fn dead_letter(original: Vec<u8>, reason: &str, source: &str, now_ms: i64) -> Record {
+    pub fn dead_letter(
+        original: impl Into<Bytes>,
+        reason: &str,
+        source: &str,
+        now_ms: i64,
+    ) -> Record {
         Record {
             key: None,
-            value: original,
+            value: original.into(),
             timestamp_ms: now_ms,
             headers: vec![
                 ("reason".into(), reason.as_bytes().to_vec()),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use lambda_log::conformance::{self, read_all};
 use lambda_log::{
-    EmbeddedConfig, EmbeddedLog, EventLog, FetchPosition, LogError, Record, TopicRetention,
+    EmbeddedConfig, EmbeddedLog, EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, Record,
+    TopicRetention,
 };
 
 /// The default settings with segments of `bytes` (small, so tests roll them).
@@ -109,7 +110,7 @@ async fn recovery_after_a_torn_write_keeps_exactly_the_complete_records() {
             let read: Vec<String> = read_all(&log, "t")
                 .await
                 .into_iter()
-                .map(|s| String::from_utf8(s.record.value).unwrap())
+                .map(|s| String::from_utf8(s.record.value.to_vec()).unwrap())
                 .collect();
             assert_eq!(
                 read,
@@ -705,6 +706,67 @@ async fn reads_from_any_offset_after_a_read_get_exactly_their_records() {
                 r.record.value,
                 format!("value-{:04}", r.offset).into_bytes()
             );
+        }
+    }
+}
+
+/// A fetch reads a segment in chunks of at most 64 KiB, and a record read
+/// shares its chunk: records of every size up to the limit — some far
+/// longer than a chunk, some cut by a chunk's end — read back whole and
+/// in order, however many a fetch asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_longer_than_a_read_and_cut_by_one_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), with_segments_of(4 * 1024 * 1024))
+        .await
+        .unwrap();
+    log.create_topic("t", 1).await.unwrap();
+    let sizes = [
+        1,
+        5_000,
+        70_000,
+        200_000,
+        63_000,
+        65_536,
+        10,
+        // The largest a record may be, its one-byte key included.
+        MAX_RECORD_BYTES - 1,
+        3,
+    ];
+    let values: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            let size = sizes[i % sizes.len()];
+            let mut value = format!("{i}:").into_bytes();
+            value.resize(size.max(value.len()), b'a' + (i % 26) as u8);
+            value.truncate(size.max(1));
+            value
+        })
+        .collect();
+    for value in &values {
+        let record = Record::keyed("k", value.clone(), 0);
+        log.append("t", vec![record]).await.unwrap();
+    }
+    for max in [1, 3, 1000] {
+        let mut offset = 0;
+        while offset < values.len() as u64 {
+            let position = FetchPosition {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            };
+            let got = log
+                .fetch(&[position], max, Duration::from_millis(10))
+                .await
+                .unwrap();
+            assert!(!got.is_empty() && got.len() <= max, "max {max} at {offset}");
+            for r in got {
+                assert_eq!(r.offset, offset, "max {max}");
+                assert_eq!(
+                    r.record.value, values[offset as usize],
+                    "offset {offset}, max {max}"
+                );
+                offset += 1;
+            }
         }
     }
 }

@@ -465,7 +465,7 @@ mod tests {
     #[test]
     fn dead_letter_records_fit_the_log_whatever_was_read() {
         let small = dead_letter_record(b"nope", "invalid json", "funnel-events/0/7", 1);
-        assert_eq!(small.value, b"nope");
+        assert_eq!(small.value, &b"nope"[..]);
         assert!(small.header("original_bytes").is_none());
         let big = vec![b'x'; lambda_log::MAX_RECORD_BYTES];
         let cut = dead_letter_record(&big, "invalid json", "funnel-events/0/8", 1);

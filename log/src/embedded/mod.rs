@@ -15,7 +15,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +26,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::partitioner::Partitioner;
 use crate::{
-    EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord,
+    Bytes, EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord,
     TopicRetention,
 };
-use segment::{Damage, FRAME_HEADER};
+use segment::{Damage, FRAME_HEADER, FrameError};
 use writer::{AppendRequest, Writer};
 
 /// Append requests the writer queue holds before `append` waits (backpressure).
@@ -38,6 +38,9 @@ pub const WRITER_QUEUE_CAPACITY: usize = 1024;
 /// The most records a fetch's buffer is sized for up front (a caller may
 /// ask for more; the buffer then grows).
 const MAX_FETCH_CAPACITY: usize = 16 * 1024;
+
+/// The most bytes of a segment one read takes (unless one frame is longer).
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Settings of the embedded log.
 #[derive(Debug, Clone)]
@@ -345,41 +348,51 @@ impl Inner {
                 Err(e) => return Err(LogError::io(format!("opening {}", path.display()))(e)),
             };
             let context = || format!("reading {}", path.display());
-            // Reads of what is left of the segment, at most 64 KiB at a time
-            // (a fetch takes a few hundred records of a partition).
-            let capacity = (len - start_pos).clamp(1, 64 * 1024) as usize;
-            let mut reader = BufReader::with_capacity(capacity, file);
-            reader
-                .seek(SeekFrom::Start(start_pos))
-                .map_err(|e| LogError::io(context())(e))?;
+            let corrupt = |position: u64, e: FrameError| LogError::Corrupt {
+                path: path.display().to_string(),
+                position,
+                reason: e.to_string(),
+            };
             let mut pos = start_pos;
-            let mut frame = Vec::new();
             while pos < len && records.len() < limit {
-                frame.resize(FRAME_HEADER, 0);
-                reader
-                    .read_exact(&mut frame)
+                // One read of what is left of the segment, as much as the
+                // records still wanted take (guessed generously), at most
+                // READ_CHUNK bytes, or the next frame whole if it is longer.
+                let wanted = (limit - records.len()).saturating_mul(512).max(4096);
+                let mut chunk = vec![0u8; (len - pos).min(READ_CHUNK.min(wanted) as u64) as usize];
+                file.read_exact_at(&mut chunk, pos)
                     .map_err(|e| LogError::io(context())(e))?;
-                let payload_len =
-                    u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes")) as usize;
-                frame.resize(FRAME_HEADER + payload_len, 0);
-                reader
-                    .read_exact(&mut frame[FRAME_HEADER..])
-                    .map_err(|e| LogError::io(context())(e))?;
-                let decoded = segment::decode(&frame).map_err(|e| LogError::Corrupt {
-                    path: path.display().to_string(),
-                    position: pos,
-                    reason: e.to_string(),
-                })?;
-                pos += decoded.len as u64;
-                stopped = Some((base, decoded.offset + 1, pos));
-                if decoded.offset >= offset {
-                    records.push(StoredRecord {
-                        topic: Arc::clone(&topic_name),
-                        partition,
-                        offset: decoded.offset,
-                        record: decoded.record,
-                    });
+                if let Some(header) = chunk.first_chunk::<4>() {
+                    let frame_len = FRAME_HEADER as u64 + u64::from(u32::from_le_bytes(*header));
+                    let read = chunk.len();
+                    if frame_len > read as u64 && frame_len <= len - pos {
+                        chunk.resize(frame_len as usize, 0);
+                        file.read_exact_at(&mut chunk[read..], pos + read as u64)
+                            .map_err(|e| LogError::io(context())(e))?;
+                    }
                 }
+                // Records read share the chunk: no allocation per record.
+                let chunk = Bytes::from(chunk);
+                let mut at = 0;
+                while at < chunk.len() && records.len() < limit {
+                    let decoded = match segment::decode_shared(&chunk, at) {
+                        Ok(frame) => frame,
+                        // The frame goes on past the chunk: the next read starts at it.
+                        Err(FrameError::Incomplete) if at > 0 => break,
+                        Err(e) => return Err(corrupt(pos + at as u64, e)),
+                    };
+                    at += decoded.len;
+                    stopped = Some((base, decoded.offset + 1, pos + at as u64));
+                    if decoded.offset >= offset {
+                        records.push(StoredRecord {
+                            topic: Arc::clone(&topic_name),
+                            partition,
+                            offset: decoded.offset,
+                            record: decoded.record,
+                        });
+                    }
+                }
+                pos += at as u64;
             }
             if records.len() >= limit {
                 break;

@@ -19,9 +19,10 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::Record;
+use crate::{Bytes, Record};
 
 /// Bytes before the payload: length and checksum.
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -52,7 +53,7 @@ pub(crate) fn frame_len(record: &Record) -> usize {
         + 8
         + 8
         + 4
-        + record.key.as_ref().map_or(0, Vec::len)
+        + record.key.as_ref().map_or(0, |key| key.len())
         + 2
         + headers
         + 4
@@ -118,8 +119,46 @@ impl fmt::Display for FrameError {
 /// count and value length, with no key, headers or value.
 const MIN_PAYLOAD: usize = 8 + 8 + 4 + 2 + 4;
 
-/// Decodes the frame at the start of `buf`.
+/// Decodes the frame at the start of `buf`, copying its key and value.
 pub(crate) fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
+    let parts = parse(buf)?;
+    let bytes = |range: Range<usize>| Bytes::copy_from_slice(&buf[range]);
+    Ok(parts.into_frame(bytes))
+}
+
+/// Decodes the frame at `at` in `buf`: its key and value share `buf`.
+pub(crate) fn decode_shared(buf: &Bytes, at: usize) -> Result<Frame, FrameError> {
+    let parts = parse(buf.get(at..).ok_or(FrameError::Incomplete)?)?;
+    Ok(parts.into_frame(|range| buf.slice(at + range.start..at + range.end)))
+}
+
+/// A frame as parsed: where its key and value are in the bytes it was
+/// parsed from.
+struct Parts {
+    offset: u64,
+    timestamp_ms: i64,
+    key: Option<Range<usize>>,
+    headers: Vec<(String, Vec<u8>)>,
+    value: Range<usize>,
+    len: usize,
+}
+
+impl Parts {
+    fn into_frame(self, bytes: impl Fn(Range<usize>) -> Bytes) -> Frame {
+        Frame {
+            offset: self.offset,
+            record: Record {
+                key: self.key.map(&bytes),
+                value: bytes(self.value),
+                timestamp_ms: self.timestamp_ms,
+                headers: self.headers,
+            },
+            len: self.len,
+        }
+    }
+}
+
+fn parse(buf: &[u8]) -> Result<Parts, FrameError> {
     if buf.len() < FRAME_HEADER {
         return Err(FrameError::Incomplete);
     }
@@ -142,18 +181,18 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
         pos: 0,
     };
     let bad = |what: &str| FrameError::Invalid(format!("{what} runs past the frame"));
+    // Where the next `n` bytes of the payload are in `buf`.
+    let range = |cursor: &mut Cursor<'_>, n: usize, what: &str| {
+        let from = cursor.pos;
+        cursor.bytes(n).ok_or_else(|| bad(what))?;
+        Ok::<_, FrameError>(FRAME_HEADER + from..FRAME_HEADER + cursor.pos)
+    };
     let offset = cursor.u64().ok_or_else(|| bad("offset"))?;
     let timestamp_ms = cursor.u64().ok_or_else(|| bad("timestamp"))? as i64;
     let key_len = cursor.u32().ok_or_else(|| bad("key length"))? as i32;
-    let key = if key_len < 0 {
-        None
-    } else {
-        Some(
-            cursor
-                .bytes(key_len as usize)
-                .ok_or_else(|| bad("key"))?
-                .to_vec(),
-        )
+    let key = match key_len < 0 {
+        true => None,
+        false => Some(range(&mut cursor, key_len as usize, "key")?),
     };
     let n_headers = cursor.u16().ok_or_else(|| bad("header count"))?;
     let mut headers = Vec::with_capacity(n_headers as usize);
@@ -171,21 +210,16 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
         headers.push((name, value.to_vec()));
     }
     let value_len = cursor.u32().ok_or_else(|| bad("value length"))?;
-    let value = cursor
-        .bytes(value_len as usize)
-        .ok_or_else(|| bad("value"))?
-        .to_vec();
+    let value = range(&mut cursor, value_len as usize, "value")?;
     if cursor.pos != payload.len() {
         return Err(FrameError::Invalid("trailing bytes in frame".into()));
     }
-    Ok(Frame {
+    Ok(Parts {
         offset,
-        record: Record {
-            key,
-            value,
-            timestamp_ms,
-            headers,
-        },
+        timestamp_ms,
+        key,
+        headers,
+        value,
         len: FRAME_HEADER + payload_len,
     })
 }
@@ -361,8 +395,8 @@ mod tests {
 
     fn record(i: usize) -> Record {
         Record {
-            key: i.is_multiple_of(2).then(|| format!("k{i}").into_bytes()),
-            value: format!("value-{i}").into_bytes(),
+            key: i.is_multiple_of(2).then(|| format!("k{i}").into()),
+            value: format!("value-{i}").into(),
             timestamp_ms: 1000 + i as i64,
             headers: if i.is_multiple_of(3) {
                 vec![("reason".into(), b"bad".to_vec())]
@@ -515,8 +549,8 @@ mod tests {
             ),
         )
             .prop_map(|(key, value, timestamp_ms, headers)| Record {
-                key,
-                value,
+                key: key.map(Bytes::from),
+                value: value.into(),
                 timestamp_ms,
                 headers,
             })
