@@ -15,7 +15,7 @@ use lambda_events::limits::{
     MAX_ABS_VALUE, MAX_AMOUNT_CENTS, MAX_EVENT_ID_LEN, MAX_LINES_PER_REQUEST, MAX_RENDER_MS,
     MAX_STRING_LEN, MAX_TS_MS,
 };
-use lambda_events::{Event, EventType, parse_body};
+use lambda_events::{Event, EventRef, EventType, parse_body};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Value, json};
@@ -197,6 +197,7 @@ fn valid_value(field: Field, n: u64) -> Value {
         "back\\slash",
         "/checkout",
         "x",
+        "past the BMP: 😀",
     ];
     match field {
         Field::Device => json!(["desktop", "mobile", "tablet"][n as usize % 3]),
@@ -466,4 +467,102 @@ fn the_fast_path_reads_each_spelling_as_the_reference_does() {
             None => assert!(!must_be_fast, "the fast path gave up on {text}"),
         }
     }
+}
+
+/// The same valid event spelled another way JSON allows — whitespace
+/// between any two tokens, any character of a string value escaped (`\u`
+/// with surrogate pairs past the BMP, or its short escape), a fraction
+/// written with an exponent — is the same event, and the fast path reads
+/// it itself (only an escaped key and a `null` are left to the reference).
+#[test]
+fn every_spelling_of_a_valid_event_is_read_by_the_fast_path_alike() {
+    fn space(rng: &mut TestRng, out: &mut String) {
+        for _ in 0..rng.random_range(0..3u8) {
+            out.push([' ', '\t', '\n', '\r'][rng.random_range(0..4usize)]);
+        }
+    }
+    fn string(rng: &mut TestRng, text: &str, out: &mut String) {
+        out.push('"');
+        for c in text.chars() {
+            let short = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '\n' => Some("\\n"),
+                '/' if rng.random_bool(0.5) => Some("\\/"),
+                _ => None,
+            };
+            match short {
+                Some(escape) => out.push_str(escape),
+                None if (c as u32) < 0x20 || rng.random_bool(0.3) => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                None => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    let rng = std::cell::RefCell::new(TestRng::from_seed(RngAlgorithm::ChaCha, &[11; 32]));
+    let (checked, respelled_numbers) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    runner(4096)
+        .run(&near_valid_event(), |(text, _, _)| {
+            let Ok(reference) = Event::from_json_reference(text.as_bytes()) else {
+                return Ok(());
+            };
+            let rng = &mut *rng.borrow_mut();
+            let Value::Object(members) = serde_json::from_str::<Value>(&text).unwrap() else {
+                unreachable!("an accepted event is an object")
+            };
+            // A `null` (an optional field left out) is the reference's to read.
+            if members.values().any(Value::is_null) {
+                return Ok(());
+            }
+            let mut out = String::new();
+            space(rng, &mut out);
+            out.push('{');
+            for (i, (key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                space(rng, &mut out);
+                out.push_str(&serde_json::to_string(key).unwrap());
+                space(rng, &mut out);
+                out.push(':');
+                space(rng, &mut out);
+                match value {
+                    Value::String(text) => string(rng, text, &mut out),
+                    Value::Number(n) if n.is_f64() => {
+                        // The shortest exponent form that reads back to the same f64.
+                        out.push_str(&format!("{:e}", n.as_f64().unwrap()));
+                        respelled_numbers.set(respelled_numbers.get() + 1);
+                    }
+                    other => out.push_str(&other.to_string()),
+                }
+                space(rng, &mut out);
+            }
+            out.push('}');
+            space(rng, &mut out);
+            assert_eq!(
+                Event::from_json(out.as_bytes()),
+                Ok(reference.clone()),
+                "{out}"
+            );
+            let fast = WireEvent::decode(out.as_bytes())
+                .ok()
+                .and_then(WireEvent::validate)
+                .map(EventRef::into_owned);
+            assert_eq!(fast.as_ref(), Some(&reference), "the fast path: {out}");
+            assert_eq!(fast.unwrap().to_json(), reference.to_json(), "{out}");
+            checked.set(checked.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+    assert!(checked.get() > 1024, "checked {}", checked.get());
+    assert!(
+        respelled_numbers.get() > 256,
+        "numbers {}",
+        respelled_numbers.get()
+    );
 }
