@@ -434,6 +434,79 @@ fn the_fast_path_reads_each_spelling_as_the_reference_does() {
     ] {
         cases.push((sensor(ts, "\"d\"", "1"), fast));
     }
+    // Found by a hostile review: numbers on the halfway point between two
+    // doubles at a bound (one ulp flips accepted to refused), and at the
+    // edge of the subnormals, where serde_json's parser and `str::parse`
+    // must round alike.
+    let half_min = "2.4703282292062327208828439643411068618252990130716238221279284125033775363510437593264991818081799618989828234772285886546332835517796989819938739800539093906315035659515570226392290858392449105184435931802849936536152500319370457678249219365623669863658480757001585769269903706311928279558551332927834338409351978015531246597263579574622766465272827220056374006485499977096599470454020828166226237857393450736339007967761930577506740176324673600968951340535537458516661134223766678604162159680461914467291840300530057530849048765391711386591646239524912623653881879636239373280423891018672348497668235089863388587925628302755995657524455507255189313690836254779186948667994968324049705821028513185451396213837722826145437693412532098591327667236328125e-324";
+    let mantissa = half_min.split('e').next().unwrap();
+    let three_half_min = format!("{}e-324", 3.0 * 2.470_328_229_206_232_7);
+    let numbers = [
+        ("value", "1000000000000000.0625".to_string()),
+        ("value", "1000000000000000.0625000001".to_string()),
+        ("value", "999999999999999.9375".to_string()),
+        ("value", half_min.to_string()),
+        ("value", format!("-{half_min}")),
+        ("value", format!("{mantissa}1e-324")),
+        ("value", three_half_min),
+        (
+            "value",
+            format!("0.{}12345678901234567890123e60010", "0".repeat(60_000)),
+        ),
+        ("value", "1234567890123456789012345e-2147483647".to_string()),
+        ("value", "-0e99999999999".to_string()),
+        ("value", "0e2147483647".to_string()),
+        ("value", "1e-2147483648".to_string()),
+        ("value", "1e2147483648".to_string()),
+        ("value", "-1e-400".to_string()),
+        (
+            "battery_pct",
+            "100.00000000000000710542735760100185871124267578125".to_string(),
+        ),
+        (
+            "battery_pct",
+            "100.00000000000000710542735760100185871124267578125000001".to_string(),
+        ),
+        (
+            "render_ms",
+            "3600000.00000000023283064365386962890625".to_string(),
+        ),
+        (
+            "render_ms",
+            "3600000.00000000023283064365386962890625000001".to_string(),
+        ),
+    ];
+    for (field, number) in numbers {
+        let text = match field {
+            "value" => sensor("1", "\"d\"", &number),
+            "battery_pct" => format!(
+                r#"{{"event_id":"e1","event_type":"device_status","ts":1,"device_id":"d","status":"online","battery_pct":{number}}}"#
+            ),
+            _ => format!(
+                r#"{{"event_id":"e1","event_type":"page_view","ts":1,"user_id":"u","page":"/","render_ms":{number}}}"#
+            ),
+        };
+        cases.push((text, false));
+    }
+    for (device, fast) in [
+        (r#""\ud83d\ud83d\ude00""#, false),
+        (r#""\uDBFF\uDFFF""#, true),
+        ("\"del \u{7f}\"", true),
+        ("\"é\"\\", false),
+    ] {
+        cases.push((sensor("1", device, "1"), fast));
+    }
+    for (spelling, fast) in [
+        (r#""error_code":-0"#, false),
+        (r#""error_code":18446744073709551615"#, false),
+        (r#""error_code":1.0"#, false),
+        (r#""error_code":404"#, true),
+    ] {
+        cases.push((
+            format!(r#"{{"event_id":"e1","event_type":"error","ts":1,"user_id":"u",{spelling}}}"#),
+            fast,
+        ));
+    }
     let valid = sensor("1", "\"d\"", "1");
     for (text, fast) in [
         (format!(" \n{valid}\n "), true),
