@@ -122,7 +122,10 @@ impl<'a> EventRef<'a> {
 
     /// The canonical JSON encoding, the same bytes as [`Event::to_json`].
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an event always serializes")
+        // Most events fit: one allocation, no growing.
+        let mut out = Vec::with_capacity(256);
+        serde_json::to_writer(&mut out, self).expect("an event always serializes");
+        out
     }
 
     /// See [`Event::check_not_ahead`].

@@ -383,10 +383,11 @@ struct RecordBatch {
 
 impl RecordBatch {
     fn from_lines(lines: Vec<ParsedLine<'_>>, now_ms: i64, window: TimeWindow) -> RecordBatch {
+        // Sized once: a body's events usually share a topic.
         let mut batch = RecordBatch {
             lines: lines.len(),
-            funnel: Vec::new(),
-            iot: Vec::new(),
+            funnel: Vec::with_capacity(lines.len()),
+            iot: Vec::with_capacity(lines.len()),
             dead_letter: Vec::new(),
             rejected: Vec::new(),
         };
