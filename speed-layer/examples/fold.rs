@@ -16,7 +16,7 @@ use std::time::Instant;
 use lambda_events::decode::TypedBaseline;
 use lambda_events::{Event, EventRef, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig};
-use lambda_log::{FetchPosition, Record, StoredRecord};
+use lambda_log::{Bytes, FetchPosition, Record, StoredRecord};
 use lambda_speed::SpeedConfig;
 
 /// Records per call of `apply`, as the speed layer fetches them.
@@ -39,10 +39,20 @@ fn main() {
         ..GeneratorConfig::default()
     });
     let mut next_offset = [[0u64; PARTITIONS as usize]; 2];
-    let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
-    for i in 0..events {
+    // Every line in one buffer, and each record a slice of it: as records
+    // read from the embedded log share the chunk they were read into.
+    let mut all = Vec::new();
+    let mut made = Vec::with_capacity(events);
+    for _ in 0..events {
         let line = generator.next_line().bytes;
         let event = Event::from_json(&line).expect("the generator makes valid lines");
+        made.push((event, all.len()..all.len() + line.len()));
+        all.extend_from_slice(&line);
+    }
+    let all = Bytes::from(all);
+    let mut batches: Vec<Vec<StoredRecord>> = Vec::new();
+    let topics = Topic::ALL.map(|topic| std::sync::Arc::<str>::from(topic.name()));
+    for (i, (event, range)) in made.into_iter().enumerate() {
         let topic = event.topic();
         let partition = (i as u32) % PARTITIONS;
         let offset = &mut next_offset[topic as usize][partition as usize];
@@ -55,10 +65,10 @@ fn main() {
             batches.push(Vec::with_capacity(BATCH));
         }
         batches.last_mut().expect("pushed").push(StoredRecord {
-            topic: topic.name().into(),
+            topic: std::sync::Arc::clone(&topics[topic as usize]),
             partition,
             offset: *offset,
-            record: Record::keyed(key, line, event.ts),
+            record: Record::keyed(key, all.slice(range), event.ts),
         });
         *offset += 1;
     }
