@@ -321,7 +321,7 @@ async fn initial_positions(
 /// Records folded per hold of the state's write lock: a fetch brings up to
 /// [`FETCH_MAX_RECORDS`], and queries get the lock between chunks instead
 /// of waiting for the whole batch.
-const FOLD_CHUNK: usize = 256;
+pub(crate) const FOLD_CHUNK: usize = 256;
 
 /// Folds records in, advances `positions` past them, and returns
 /// dead-letter records for the invalid ones. (Public for `lambda bench speed`.)

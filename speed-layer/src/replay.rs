@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::bucket::MINUTE_MS;
-use lambda_events::{Event, EventRef, Topic, floor_to};
+use lambda_events::{Event, EventError, EventRef, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition, LogError, StoredRecord};
 
+use crate::consumer::FOLD_CHUNK;
 use crate::window::{Applied, SpeedState};
 
 /// Records asked for per fetch.
@@ -117,11 +118,22 @@ pub async fn replay(
         state.expect_partition(&lane.position.topic, lane.position.partition);
     }
     let mut folded = Folded::default();
+    let mut chunk = Vec::with_capacity(FOLD_CHUNK);
     while !lanes.finished() {
         lanes.refill(log).await?;
         let before = folded.records;
-        while let Some(stored) = lanes.next_in_append_order() {
-            folded.fold(&mut state, stored, &keep);
+        loop {
+            chunk.clear();
+            while chunk.len() < FOLD_CHUNK {
+                match lanes.next_in_append_order() {
+                    Some(stored) => chunk.push(stored),
+                    None => break,
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            folded.fold(&mut state, &chunk, &keep);
         }
         if folded.records > before {
             state.evict();
@@ -291,15 +303,34 @@ struct Folded {
 }
 
 impl Folded {
-    /// Folds one record into `state`, keeping late and counted ids whose
-    /// minute is in `keep`.
-    fn fold(&mut self, state: &mut SpeedState, stored: StoredRecord, keep: &Range<i64>) {
+    /// Folds records into `state` in order, keeping late and counted ids
+    /// whose minute is in `keep`. Decoded first, then folded, as the live
+    /// loop does (the decoder's work and the fold's each stay in cache).
+    fn fold(&mut self, state: &mut SpeedState, chunk: &[StoredRecord], keep: &Range<i64>) {
+        let decoded: Vec<_> = chunk
+            .iter()
+            .map(|stored| {
+                let value = &stored.record.value;
+                EventRef::from_log_record(value, &stored.topic, stored.record.timestamp_ms)
+            })
+            .collect();
+        for (stored, event) in chunk.iter().zip(decoded) {
+            self.fold_one(state, stored, event, keep);
+        }
+    }
+
+    fn fold_one(
+        &mut self,
+        state: &mut SpeedState,
+        stored: &StoredRecord,
+        event: Result<EventRef<'_>, EventError>,
+        keep: &Range<i64>,
+    ) {
         self.records += 1;
         self.bytes +=
             (stored.record.value.len() + stored.record.key.as_ref().map_or(0, |k| k.len())) as u64;
         let record_ts = stored.record.timestamp_ms;
-        let Ok(event) = EventRef::from_log_record(&stored.record.value, &stored.topic, record_ts)
-        else {
+        let Ok(event) = event else {
             state.counters.invalid += 1;
             return;
         };
