@@ -12,10 +12,10 @@
 //!    from the record), and the reference decoder it
 //!    falls back to (`Value` tree, then the rule table).
 //! 3. Log → views: fetch from the log in the speed layer's batch size, decode,
-//!    fold into windows (dedup, sketches, late ledger), as `lambda speed` does;
-//!    three rounds, each into new views, and the median.
+//!    fold into windows (dedup, sketches, late ledger), as `lambda speed` does.
 //! 4. Kappa: the same log replayed through the same fold (`replay::replay`,
-//!    records in append order across partitions); three rounds, the median.
+//!    records in append order across partitions). Three rounds of 3 and 4
+//!    taken in turn, each into new views, and the median of each.
 //!
 //! Rates are events per CPU-second of this process (user + system), so they
 //! are per core; wall rates are printed beside them. The two decode-only
@@ -152,12 +152,15 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
     }
     drop(values);
 
-    // 3. From the log into views: three rounds, each into new views from
-    // offset 0, and the median round (one round swings with the machine).
-    let bar = spinner("log → views");
+    // 3. From the log into views, and 4. the kappa replay of the same log:
+    // three rounds of each, taken in turn (a round swings with the
+    // machine; the two compared are measured side by side), each into new
+    // views from offset 0, and the median round of each.
+    let bar = spinner("log → views, kappa replay");
     let config = SpeedConfig::with_data_dir(dir.path());
-    let mut rounds = Vec::new();
-    let mut last = None;
+    let spans = lambda_speed::replay::spans_to(log.as_ref(), |_, _, end| Some(end)).await?;
+    let (mut rounds, mut kappa_rounds) = (Vec::new(), Vec::new());
+    let (mut last, mut replayed) = (None, None);
     for _ in 0..3 {
         let views = lambda_speed::new_views(&config);
         let mut positions = Vec::new();
@@ -185,9 +188,29 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
             wall: wall0.elapsed(),
         });
         last = Some(views);
+        // The same log replayed through the same fold, as `lambda kappa
+        // replay` and `lambda compare` do it (records folded in append
+        // order across partitions).
+        let (cpu0, wall0) = (cpu_time(), Instant::now());
+        let round = lambda_speed::replay::replay(
+            log.as_ref(),
+            &spans,
+            // The live fold's state and alert rules, as `lambda kappa replay` starts.
+            lambda_speed::empty_state(&config),
+            0..0,
+            |_| {},
+        )
+        .await?;
+        kappa_rounds.push(Measured {
+            cpu: cpu_time().saturating_sub(cpu0),
+            wall: wall0.elapsed(),
+        });
+        replayed = Some(round);
     }
     let views = last.context("no round ran")?;
+    let replayed = replayed.context("no round ran")?;
     let full = median(rounds);
+    let kappa = median(kappa_rounds);
     bar.finish_and_clear();
 
     let state = views.read();
@@ -248,33 +271,6 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
     let live_counted = state.counters().counted;
     drop(state);
 
-    // 4. Kappa: the same log replayed through the same fold, as
-    // `lambda kappa replay` and `lambda compare` do it (records folded in
-    // append order across partitions).
-    let bar = spinner("kappa replay");
-    let spans = lambda_speed::replay::spans_to(log.as_ref(), |_, _, end| Some(end)).await?;
-    // Three rounds and the median, as log -> views.
-    let (mut rounds, mut replayed) = (Vec::new(), None);
-    for _ in 0..3 {
-        let (cpu0, wall0) = (cpu_time(), Instant::now());
-        let round = lambda_speed::replay::replay(
-            log.as_ref(),
-            &spans,
-            // The live fold's state and alert rules, as `lambda kappa replay` starts.
-            lambda_speed::empty_state(&config),
-            0..0,
-            |_| {},
-        )
-        .await?;
-        rounds.push(Measured {
-            cpu: cpu_time().saturating_sub(cpu0),
-            wall: wall0.elapsed(),
-        });
-        replayed = Some(round);
-    }
-    let replayed = replayed.context("no round ran")?;
-    let kappa = median(rounds);
-    bar.finish_and_clear();
     let kappa_rate = per_core(&kappa);
     anyhow::ensure!(
         replayed.records == bench.events as u64,
