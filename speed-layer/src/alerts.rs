@@ -296,11 +296,9 @@ pub const ALERT_TTL_MS: i64 = 24 * 3_600_000;
 /// The rules' running state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlertEngine {
-    /// The rules (configuration, not checkpointed). Set them before the
-    /// first event or on a restored engine: when things fall due is noted
-    /// under the rules in force.
+    /// The rules (configuration, not checkpointed; [`AlertEngine::set_rules`]).
     #[serde(skip)]
-    pub rules: AlertRules,
+    rules: AlertRules,
     /// Active alerts and when they were raised.
     active: ActiveAlerts,
     /// Out-of-range readings in a row, by `device/sensor`.
@@ -415,6 +413,18 @@ impl AlertEngine {
             judged_before: i64::MIN,
             ..AlertEngine::default()
         }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &AlertRules {
+        &self.rules
+    }
+
+    /// Puts `rules` in force (on a restored engine, say): when things fall
+    /// due is worked out again under them at the next watermark.
+    pub fn set_rules(&mut self, rules: AlertRules) {
+        self.rules = rules;
+        self.due_from = None;
     }
 
     /// Transitions after `seq`, oldest first.
@@ -981,6 +991,9 @@ mod tests {
         engine.on_watermark(T0 + after + ALERT_TTL_MS, windows());
         assert!(active(&engine).is_empty());
         assert_eq!(engine.due_from, Some(i64::MAX));
+        // New rules: when things fall due is worked out again under them.
+        engine.set_rules(AlertRules::defaults());
+        assert_eq!(engine.due_from, None);
     }
 
     fn alarm(id: &str, device: &str, name: &str, ts: i64) -> Event {

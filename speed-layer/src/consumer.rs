@@ -50,10 +50,10 @@ pub async fn restore(
         let mut current = views.write();
         // Serving may already have told us B.
         let batch_boundary = current.batch_boundary;
-        let rules = current.alerts.rules.clone();
+        let rules = current.alerts.rules().clone();
         *current = state;
         current.batch_boundary = batch_boundary;
-        current.alerts.rules = rules;
+        current.alerts.set_rules(rules);
     }
     Ok(())
 }

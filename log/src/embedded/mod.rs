@@ -366,6 +366,8 @@ impl Inner {
                     let frame_len = FRAME_HEADER as u64 + u64::from(u32::from_le_bytes(*header));
                     let read = chunk.len();
                     if frame_len > read as u64 && frame_len <= len - pos {
+                        // Exactly the frame: records keep their chunk alive.
+                        chunk.reserve_exact(frame_len as usize - read);
                         chunk.resize(frame_len as usize, 0);
                         file.read_exact_at(&mut chunk[read..], pos + read as u64)
                             .map_err(|e| LogError::io(context())(e))?;
