@@ -120,7 +120,8 @@ impl fmt::Display for FrameError {
 const MIN_PAYLOAD: usize = 8 + 8 + 4 + 2 + 4;
 
 /// Decodes the frame at the start of `buf`, copying its key and value.
-pub(crate) fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
+#[cfg(test)]
+fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
     let parts = parse(buf)?;
     let bytes = |range: Range<usize>| Bytes::copy_from_slice(&buf[range]);
     Ok(parts.into_frame(bytes))
@@ -306,15 +307,18 @@ pub(crate) fn scan_bytes(bytes: &[u8], base_offset: u64) -> ScanResult {
     };
     let mut pos = 0usize;
     while pos < bytes.len() {
-        let reason = match decode(&bytes[pos..]) {
+        // Parsed, not decoded: recovery needs each frame's place and time,
+        // not a copy of its key and value.
+        let reason = match parse(&bytes[pos..]) {
             Ok(frame) if frame.offset == result.next_offset => {
                 if (frame.offset - base_offset).is_multiple_of(INDEX_INTERVAL) {
                     result.index.push((frame.offset, pos as u64));
                 }
-                result.max_timestamp =
-                    Some(result.max_timestamp.map_or(frame.record.timestamp_ms, |m| {
-                        m.max(frame.record.timestamp_ms)
-                    }));
+                result.max_timestamp = Some(
+                    result
+                        .max_timestamp
+                        .map_or(frame.timestamp_ms, |m| m.max(frame.timestamp_ms)),
+                );
                 result.next_offset += 1;
                 pos += frame.len;
                 continue;
@@ -379,7 +383,7 @@ fn find_next_frame(bytes: &[u8], bad_pos: usize, next_offset: u64) -> Option<(us
         let plausible = payload_len >= MIN_PAYLOAD
             && payload_len <= rest.len() - FRAME_HEADER
             && (next_offset..=max_offset).contains(&offset);
-        if plausible && let Ok(frame) = decode(rest) {
+        if plausible && let Ok(frame) = parse(rest) {
             return Some((pos, frame.offset));
         }
         pos += 1;
