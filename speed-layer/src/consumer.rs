@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
-use lambda_events::{EventRef, Topic};
+use lambda_events::{EventError, EventRef, Topic};
 use lambda_log::{EventLog, FetchPosition, LogError, Record};
 use tokio_util::sync::CancellationToken;
 
@@ -326,6 +326,16 @@ async fn initial_positions(
 /// harness: 49 → 26 L1 data misses per record, the same instructions).
 pub(crate) const FOLD_CHUNK: usize = 16;
 
+/// A record read from the log as the event it holds (strings borrowed
+/// from it), checked as the live fold and the replay both check it.
+pub(crate) fn decode(stored: &lambda_log::StoredRecord) -> Result<EventRef<'_>, EventError> {
+    EventRef::from_log_record(
+        &stored.record.value,
+        &stored.topic,
+        stored.record.timestamp_ms,
+    )
+}
+
 /// Folds records in, advances `positions` past them, and returns
 /// dead-letter records for the invalid ones. (Public for `lambda bench speed`.)
 /// Records are decoded before the state's lock is taken, and folded a chunk
@@ -350,9 +360,10 @@ pub fn apply(
     for chunk in records.chunks(FOLD_CHUNK) {
         decoded.clear();
         decoded.extend(chunk.iter().map(|stored| {
-            let record_ts = stored.record.timestamp_ms;
-            EventRef::from_log_record(&stored.record.value, &stored.topic, record_ts)
-                .map(|event| (lambda_events::event::clock_ts(event.ts, record_ts), event))
+            decode(stored).map(|event| {
+                let clock = lambda_events::event::clock_ts(event.ts, stored.record.timestamp_ms);
+                (clock, event)
+            })
         }));
         for (stored, event) in chunk.iter().zip(&decoded) {
             if let Err(error) = event {

@@ -307,13 +307,7 @@ impl Folded {
     /// whose minute is in `keep`. Decoded first, then folded, as the live
     /// loop does (the decoder's work and the fold's each stay in cache).
     fn fold(&mut self, state: &mut SpeedState, chunk: &[StoredRecord], keep: &Range<i64>) {
-        let decoded: Vec<_> = chunk
-            .iter()
-            .map(|stored| {
-                let value = &stored.record.value;
-                EventRef::from_log_record(value, &stored.topic, stored.record.timestamp_ms)
-            })
-            .collect();
+        let decoded: Vec<_> = chunk.iter().map(crate::consumer::decode).collect();
         for (stored, event) in chunk.iter().zip(decoded) {
             self.fold_one(state, stored, event, keep);
         }
