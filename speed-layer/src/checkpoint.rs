@@ -30,6 +30,7 @@ use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertEngine;
+use crate::seen::{IdHash, SeenIds, WindowIds};
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
 /// The checkpoint format this version writes: 2 (windows inline or in
@@ -185,8 +186,12 @@ fn manifest(state: &SpeedState) -> CheckpointFile {
 
 impl WindowFile {
     /// One window as written (ids sorted, so the same window gives the same bytes).
-    fn of(start: i64, window: &Window) -> WindowFile {
-        let mut seen: Vec<String> = window.seen.iter().map(str::to_owned).collect();
+    fn of(start: i64, window: &Window, ids: Option<&WindowIds>) -> WindowFile {
+        let mut seen: Vec<String> = ids
+            .into_iter()
+            .flat_map(WindowIds::iter)
+            .map(str::to_owned)
+            .collect();
         seen.sort_unstable();
         WindowFile {
             start,
@@ -195,13 +200,13 @@ impl WindowFile {
         }
     }
 
-    fn into_window(self) -> (i64, Window) {
+    /// The window, and the ids written inline (older checkpoints).
+    fn into_window(self) -> (i64, Window, Vec<String>) {
         let window = Window {
             views: self.views.into_views(),
-            seen: self.seen.into_iter().collect(),
             version: 0,
         };
-        (self.start, window)
+        (self.start, window, self.seen)
     }
 }
 
@@ -212,7 +217,7 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
     file.windows = state
         .windows
         .iter()
-        .map(|(start, window)| WindowFile::of(*start, window))
+        .map(|(start, window)| WindowFile::of(*start, window, state.seen.window(*start)))
         .collect();
     serde_json::to_vec(&file).expect("checkpoint serializes")
 }
@@ -335,36 +340,40 @@ fn decode_with(
         file.watermark
             .or_else(|| file.max_event_ts.map(|ts| ts - allowed_lateness_ms)),
     );
-    state.windows = file
-        .windows
-        .into_iter()
-        .map(WindowFile::into_window)
-        .collect::<BTreeMap<_, _>>();
+    for (start, window, ids) in file.windows.into_iter().map(WindowFile::into_window) {
+        for id in &ids {
+            state.seen.insert(start, id, IdHash::of(id));
+        }
+        state.windows.insert(start, window);
+    }
     for entry in file.window_files {
-        let (start, window) = read_window(&entry, read)?;
+        if state.windows.contains_key(&entry.start) {
+            return Err(CheckpointError::WindowFile {
+                name: entry.file.clone(),
+                problem: format!("a second window at {}", entry.start),
+            });
+        }
+        let (start, window) = read_window(&entry, read, &mut state.seen)?;
         state.restored_files.insert(
             start,
             Written {
                 version: window.version,
                 name: entry.file,
-                ids_mark: window.seen.mark(),
+                ids_mark: state.seen.window(start).map_or(0, WindowIds::mark),
                 ids: entry.ids,
             },
         );
-        if state.windows.insert(start, window).is_some() {
-            return Err(CheckpointError::WindowFile {
-                name: state.restored_files[&start].name.clone(),
-                problem: format!("a second window at {start}"),
-            });
-        }
+        state.windows.insert(start, window);
     }
     Ok(state)
 }
 
-/// Reads one window of a manifest: its views file, then its id files.
+/// Reads one window of a manifest: its views file, then its id files
+/// (into `seen`).
 fn read_window(
     entry: &WindowEntry,
     read: &mut dyn FnMut(&str) -> Result<Vec<u8>, CheckpointError>,
+    seen: &mut SeenIds,
 ) -> Result<(i64, Window), CheckpointError> {
     let bad = |name: &str, problem: String| CheckpointError::WindowFile {
         name: name.to_string(),
@@ -387,12 +396,13 @@ fn read_window(
             ),
         ));
     }
-    let (start, mut window) = file.into_window();
+    let (start, window, inline) = file.into_window();
+    for id in &inline {
+        seen.insert(start, id, IdHash::of(id));
+    }
     for name in &entry.ids {
         let bytes = read(name)?;
-        window
-            .seen
-            .extend_encoded(&bytes, MAX_EVENT_ID_LEN)
+        seen.extend_encoded(start, &bytes, MAX_EVENT_ID_LEN)
             .map_err(|e| bad(name, e.to_string()))?;
     }
     Ok((start, window))
@@ -580,15 +590,14 @@ impl Checkpointer {
             };
             // Ids: none once closed; else the files so far and one more for
             // the ids added since (all of them if the files do not fit).
-            let mark = window.seen.mark();
+            let seen = state.seen.window(*start).filter(|ids| !ids.is_empty());
+            let mark = seen.map_or(0, WindowIds::mark);
             let (mut ids, from) = match before {
-                Some(w) if !window.seen.is_empty() && w.ids_mark <= mark => {
-                    (w.ids.clone(), w.ids_mark)
-                }
+                Some(w) if seen.is_some() && w.ids_mark <= mark => (w.ids.clone(), w.ids_mark),
                 _ => (Vec::new(), 0),
             };
             if mark > from
-                && let Some(added) = window.seen.encoded_since(from)
+                && let Some(added) = seen.and_then(|ids| ids.encoded_since(from))
             {
                 let name = format!(
                     "{start}-{:016x}-{:016x}-{from}.ids",
@@ -617,7 +626,7 @@ impl Checkpointer {
                     version: window.version,
                     name,
                     ids,
-                    ids_mark: if window.seen.is_empty() { 0 } else { mark },
+                    ids_mark: mark,
                 },
             );
         }
@@ -713,8 +722,7 @@ impl Snapshot {
                             let seen = state
                                 .as_ref()
                                 .filter(|s| s.epoch == self.epoch)
-                                .and_then(|s| s.windows.get(window))
-                                .map(|w| &w.seen)
+                                .and_then(|s| s.seen.window(*window))
                                 .filter(|seen| seen.mark() >= *to)
                                 .and_then(|seen| seen.encoded_since(at));
                             let Some(bytes) = seen else {

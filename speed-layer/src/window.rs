@@ -14,13 +14,12 @@ use lambda_events::{BucketViews, Event, EventRef, Topic, floor_to};
 use crate::alerts::{AlertEngine, AlertRules};
 use crate::seen::{IdHash, SeenIds};
 
-/// One window: its views and the ids already counted in it.
+/// One window: its views. (The ids counted in it are kept beside all the
+/// open windows' others, in [`SpeedState`]'s one [`SeenIds`].)
 #[derive(Debug, Clone, Default)]
 pub struct Window {
     /// The aggregates.
     pub views: BucketViews,
-    /// `event_id`s folded in (a resend of one of them is a duplicate).
-    pub seen: SeenIds,
     /// The state's [`SpeedState::seq`] when this window last changed
     /// (readers in other processes ask for what changed since a seq).
     pub version: u64,
@@ -145,9 +144,11 @@ pub struct SpeedState {
     pub(crate) watermark: Watermark,
     /// Alert rules and their state.
     pub(crate) alerts: AlertEngine,
-    /// Windows starting before this have dropped their id sets (they are
-    /// closed: an event for them is late before its id is looked at).
-    pub(crate) ids_dropped_before: i64,
+    /// The `event_id`s counted in the open windows (a resend of one is a
+    /// duplicate). Windows before its [`SeenIds::dropped_before`] have
+    /// dropped their ids: they are closed, and an event for them is late
+    /// before its id is looked at.
+    pub(crate) seen: SeenIds,
     /// The slowest active clock when the watermark was last worked out
     /// (`None`: not since this state was made or restored): only that
     /// clock moving on, or a change in which clocks are active, can move
@@ -279,7 +280,7 @@ impl SpeedState {
             clocks: Vec::new(),
             watermark: Watermark::default(),
             alerts: AlertEngine::new(AlertRules::default()),
-            ids_dropped_before: i64::MIN,
+            seen: SeenIds::default(),
             slowest: None,
             restored_files: BTreeMap::new(),
         }
@@ -430,20 +431,11 @@ impl SpeedState {
         // stamped into another open window is a duplicate too. (Closed
         // windows have dropped their ids; see `evict`.)
         let id = &*event.event_id;
-        let hash = IdHash::of(id);
-        let seen_elsewhere = self
-            .windows
-            .range(self.ids_dropped_before..)
-            .any(|(other, w)| *other != start && w.seen.contains(id, hash));
-        if seen_elsewhere {
+        if !self.seen.insert(start, id, IdHash::of(id)) {
             self.counters.duplicates += 1;
             return Applied::Duplicate;
         }
         let window = self.windows.entry(start).or_default();
-        if !window.seen.insert(id, hash) {
-            self.counters.duplicates += 1;
-            return Applied::Duplicate;
-        }
         window.views.add(event);
         self.alerts.on_event(event);
         self.seq += 1;
@@ -463,19 +455,14 @@ impl SpeedState {
             return 0;
         };
         let closed_before = floor_to(watermark, MINUTE_MS);
-        if closed_before > self.ids_dropped_before {
-            let from = self.ids_dropped_before;
-            for window in self.windows.range_mut(from..closed_before).map(|(_, w)| w) {
-                window.seen = SeenIds::default();
-            }
-            self.ids_dropped_before = closed_before;
-        }
         let by_horizon = floor_to(watermark - self.horizon_ms, MINUTE_MS);
         let by_boundary = self
             .batch_boundary
             .map_or(i64::MIN, |b| b - BOUNDARY_MARGIN_MS);
         let keep_from = by_horizon.max(by_boundary);
         self.evicted_before = self.evicted_before.max(keep_from);
+        self.seen.drop_before(closed_before.max(keep_from));
+        self.seen.tidy();
         let kept = self.windows.split_off(&keep_from);
         let evicted = std::mem::replace(&mut self.windows, kept).len();
         self.late_ledger.retain(|(_, start), _| *start >= keep_from);
@@ -774,9 +761,9 @@ mod tests {
         assert_eq!(state.evict(), 0);
         // The watermark is t0 + 8 min: windows up to t0 + 7 min are closed.
         let with_ids: Vec<i64> = state
-            .windows
-            .iter()
-            .filter(|(_, w)| !w.seen.is_empty())
+            .seen
+            .windows()
+            .filter(|(_, ids)| !ids.is_empty())
             .map(|(s, _)| (s - t0) / MINUTE_MS)
             .collect();
         assert_eq!(with_ids, vec![8, 9]);
