@@ -30,7 +30,7 @@ use lambda_events::{BucketViews, DdSketch, Hll, Topic};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertEngine;
-use crate::seen::{IdHash, SeenIds, WindowIds};
+use crate::seen::{SeenIds, WindowIds};
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
 /// The checkpoint format this version writes: 2 (windows inline or in
@@ -341,9 +341,7 @@ fn decode_with(
             .or_else(|| file.max_event_ts.map(|ts| ts - allowed_lateness_ms)),
     );
     for (start, window, ids) in file.windows.into_iter().map(WindowFile::into_window) {
-        for id in &ids {
-            state.seen.insert(start, id, IdHash::of(id));
-        }
+        state.seen.extend(start, ids.iter().map(String::as_str));
         state.windows.insert(start, window);
     }
     for entry in file.window_files {
@@ -397,9 +395,7 @@ fn read_window(
         ));
     }
     let (start, window, inline) = file.into_window();
-    for id in &inline {
-        seen.insert(start, id, IdHash::of(id));
-    }
+    seen.extend(start, inline.iter().map(String::as_str));
     for name in &entry.ids {
         let bytes = read(name)?;
         seen.extend_encoded(start, &bytes, MAX_EVENT_ID_LEN)

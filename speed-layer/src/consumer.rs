@@ -336,6 +336,22 @@ pub(crate) fn decode(stored: &lambda_log::StoredRecord) -> Result<EventRef<'_>, 
     )
 }
 
+/// Moves `at` to the first item that `is` (staying put if the item at `at`
+/// already is): records come in runs of one partition, so its entry is
+/// looked up once per run. `false` if none is.
+pub(crate) fn find_from<T>(items: &[T], at: &mut usize, is: impl Fn(&T) -> bool) -> bool {
+    if items.get(*at).is_some_and(&is) {
+        return true;
+    }
+    match items.iter().position(is) {
+        Some(found) => {
+            *at = found;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Folds records in, advances `positions` past them, and returns
 /// dead-letter records for the invalid ones. (Public for `lambda bench speed`.)
 /// Records are decoded before the state's lock is taken, and folded a chunk
@@ -378,11 +394,8 @@ pub fn apply(
             }
             let is =
                 |p: &FetchPosition| p.partition == stored.partition && *p.topic == *stored.topic;
-            if !positions.get(at).is_some_and(is) {
-                match positions.iter().position(is) {
-                    Some(found) => at = found,
-                    None => continue,
-                }
+            if !find_from(positions, &mut at, is) {
+                continue;
             }
             positions[at].offset = stored.offset + 1;
         }

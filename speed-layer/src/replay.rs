@@ -279,11 +279,8 @@ impl Lanes {
             let is = |l: &Lane| {
                 l.position.partition == stored.partition && *l.position.topic == *stored.topic
             };
-            if !self.lanes.get(at).is_some_and(is) {
-                match self.lanes.iter().position(is) {
-                    Some(found) => at = found,
-                    None => continue,
-                }
+            if !crate::consumer::find_from(&self.lanes, &mut at, is) {
+                continue;
             }
             let lane = &mut self.lanes[at];
             if stored.offset < lane.position.offset || stored.offset >= lane.end {

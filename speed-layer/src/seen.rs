@@ -232,6 +232,13 @@ impl SeenIds {
         }
     }
 
+    /// Adds each of `ids` to the window at `window`, as [`SeenIds::insert`].
+    pub fn extend<'a>(&mut self, window: i64, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            self.insert(window, id, IdHash::of(id));
+        }
+    }
+
     /// Drops the ids of the windows before `before` (they have closed, or
     /// left the state). Their entries in the index go stale at once; they
     /// are swept later.
