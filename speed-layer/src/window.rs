@@ -107,7 +107,7 @@ impl SpeedCounters {
 pub struct SpeedState {
     /// Allowed lateness in ms.
     pub(crate) allowed_lateness_ms: i64,
-    /// Eviction horizon behind the watermark, in ms.
+    /// Eviction horizon behind the newest partition clock's watermark, in ms.
     pub(crate) horizon_ms: i64,
     /// Windows by start time.
     pub(crate) windows: BTreeMap<i64, Window>,
@@ -345,6 +345,11 @@ impl SpeedState {
         if let Some(reached) = reached.filter(|r| *r != NOT_YET) {
             let candidate = reached - self.allowed_lateness_ms;
             if self.watermark.advance(candidate) {
+                // A window the watermark closes forgets its ids at once, at
+                // this event, not at the end of the fetch: whether a later
+                // event with one of them counts must not depend on where
+                // fetches (or a restart) cut the log.
+                self.seen.drop_before(floor_to(candidate, MINUTE_MS));
                 let from = self.alerts.judged_before();
                 let windows = self.windows.range(from..).map(|(s, w)| (*s, &w.views));
                 self.alerts.on_watermark(candidate, windows);
@@ -428,8 +433,9 @@ impl SpeedState {
             return Applied::Late;
         }
         // One id is one event (DESIGN §3), whatever its `ts`: a resend
-        // stamped into another open window is a duplicate too. (Closed
-        // windows have dropped their ids; see `evict`.)
+        // stamped into another open window is a duplicate too. (A window
+        // drops its ids as the watermark closes it; see
+        // `recompute_watermark`.)
         let id = &*event.event_id;
         if !self.seen.insert(start, id, IdHash::of(id)) {
             self.counters.duplicates += 1;
@@ -446,16 +452,30 @@ impl SpeedState {
     }
 
     /// Drops windows (and ledger entries) that start more than the horizon
-    /// before the watermark, or more than [`BOUNDARY_MARGIN_MS`] before the
-    /// batch boundary B (those buckets are the batch layer's). Windows the
-    /// watermark has closed but that are kept drop their id sets: an event for
-    /// a closed window is late before its id is looked at.
+    /// before the watermark the newest partition clock would give, or more
+    /// than [`BOUNDARY_MARGIN_MS`] before the batch boundary B (those buckets
+    /// are the batch layer's). The horizon is measured from the newest clock,
+    /// not from the watermark (the slowest active clock): one partition stuck
+    /// in the past holds the watermark, and with it every window, but not
+    /// memory — the state stays within the horizon of the newest event time.
+    /// Windows the watermark has closed but that are kept have dropped their
+    /// id sets: an event for a closed window is late before its id is looked
+    /// at.
     pub fn evict(&mut self) -> usize {
         let Some(watermark) = self.watermark() else {
             return 0;
         };
         let closed_before = floor_to(watermark, MINUTE_MS);
-        let by_horizon = floor_to(watermark - self.horizon_ms, MINUTE_MS);
+        let newest = self
+            .clocks
+            .iter()
+            .map(|c| c.max_ts)
+            .filter(|ts| *ts != NOT_YET)
+            .max()
+            .map_or(watermark, |ts| {
+                watermark.max(ts.saturating_sub(self.allowed_lateness_ms))
+            });
+        let by_horizon = floor_to(newest.saturating_sub(self.horizon_ms), MINUTE_MS);
         let by_boundary = self
             .batch_boundary
             .map_or(i64::MIN, |b| b - BOUNDARY_MARGIN_MS);
@@ -559,6 +579,46 @@ mod tests {
         assert!(!state.windows.contains_key(&(t0 - MINUTE_MS)));
     }
 
+    /// A window's ids go when the watermark closes it, at that event: an id
+    /// met again after that counts (in an open window) whether or not a
+    /// fetch — where `evict` runs — ended in between, so a restart, which
+    /// re-reads the log in other fetches, gives the same views.
+    #[test]
+    fn whether_an_id_counts_again_does_not_depend_on_where_fetches_end() {
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        let events = [
+            click("a", t0 + 10_000),
+            // The watermark moves to t0 + 2 min: the windows at t0 and
+            // t0 + 1 min close.
+            click("b", t0 + 3 * MINUTE_MS),
+            click("a", t0 + 150_000),
+        ];
+        let mut outcomes = Vec::new();
+        for evict_after_each in [false, true] {
+            let mut state = SpeedState::new(MINUTE_MS, 3_600_000);
+            let mut applied = Vec::new();
+            for event in &events {
+                applied.push(state.apply(event));
+                if evict_after_each {
+                    state.evict();
+                }
+            }
+            state.evict();
+            let clicks: u64 = state
+                .windows
+                .values()
+                .map(|w| w.views.funnel.get("").map_or(0, |f| f.clicks))
+                .sum();
+            outcomes.push((applied, clicks));
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+        assert_eq!(
+            outcomes[0],
+            (vec![Applied::Counted; 3], 3),
+            "its first window had closed: the id is not known any more"
+        );
+    }
+
     /// The watermark only moves forward, whatever it is told; B follows
     /// the batch layer (it may go back), and `None` keeps the last one.
     #[test]
@@ -602,6 +662,29 @@ mod tests {
         // Events for evicted windows are late, even if the watermark alone would allow them.
         assert_eq!(
             state.apply(&click("old", t0 + 18 * MINUTE_MS)),
+            Applied::Late
+        );
+    }
+
+    /// A partition that keeps sending old events holds the watermark (and
+    /// the windows open), but the state still keeps only the horizon of the
+    /// newest partition's time: memory does not grow with history.
+    #[test]
+    fn a_partition_stuck_in_the_past_does_not_hold_memory() {
+        let mut state = SpeedState::new(0, 10 * MINUTE_MS);
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        for i in 0..60 {
+            state.apply_from("clicks", 0, &click(&format!("e{i}"), t0 + i * MINUTE_MS));
+            state.apply_from("clicks", 1, &click(&format!("stuck{i}"), t0));
+            state.evict();
+        }
+        assert_eq!(state.watermark(), Some(t0), "the stuck partition holds it");
+        assert_eq!(state.windows.len(), 11, "the horizon of the newest clock");
+        assert_eq!(*state.windows.keys().next().unwrap(), t0 + 49 * MINUTE_MS);
+        assert!(state.seen.len() <= 11, "ids of the kept windows only");
+        // What the horizon dropped is late, as it is for a moving watermark.
+        assert_eq!(
+            state.apply_from("clicks", 1, &click("x", t0)),
             Applied::Late
         );
     }
