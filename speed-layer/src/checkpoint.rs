@@ -16,8 +16,14 @@
 //! manifest refers to any more are deleted; a crash at any point leaves the
 //! previous manifest and every file it names.
 //!
+//! Nothing damaged loads silently (format 3): the manifest names each window
+//! file with its length and CRC-32, and ends with a line holding the CRC-32
+//! of the rest of it, so a cut, flipped or edited file — even one that still
+//! parses — is an error naming it, never a state that counts wrong.
+//!
 //! [`encode`]/[`decode`] are the self-contained form of the same manifest,
-//! windows inline (format 1 wrote only that; it still loads).
+//! windows inline (format 1 wrote only that; formats 1 and 2, which carried
+//! no sums, still load).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -33,12 +39,14 @@ use crate::alerts::AlertEngine;
 use crate::seen::{SeenIds, WindowIds};
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
-/// The checkpoint format this version writes: 2 (windows inline or in
-/// window files). It also reads format 1 (windows inline only).
-pub const FORMAT_VERSION: u32 = 2;
+/// The checkpoint format this version writes: 3 (windows inline or in
+/// window files; every file's length and CRC-32 in the manifest, and the
+/// manifest's own in its last line). It also reads format 2 (the same
+/// without sums) and 1 (windows inline only).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The formats [`load`] and [`decode`] read.
-const READS: [u32; 2] = [1, 2];
+const READS: [u32; 3] = [1, 2, 3];
 
 #[derive(Debug, Serialize, Deserialize)]
 struct CheckpointFile {
@@ -79,9 +87,86 @@ struct WindowFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct WindowEntry {
     start: i64,
-    file: String,
+    file: FileRef,
     #[serde(default)]
-    ids: Vec<String>,
+    ids: Vec<FileRef>,
+}
+
+/// A window file as a manifest names it: `[name, length, CRC-32]` (format
+/// 3), or its name alone (format 2, and a file of a snapshot not written yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum FileRef {
+    /// Written, with its length and CRC-32.
+    Summed(String, u64, u32),
+    /// A name only.
+    Named(String),
+}
+
+impl FileRef {
+    fn name(&self) -> &str {
+        match self {
+            FileRef::Summed(name, ..) | FileRef::Named(name) => name,
+        }
+    }
+
+    /// `bytes` read from the file, if they are what the manifest says.
+    fn check(&self, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let FileRef::Summed(name, len, crc) = self else {
+            return Ok(());
+        };
+        let problem = if bytes.len() as u64 != *len {
+            format!(
+                "{} bytes long, where the manifest says {len}: cut short or damaged",
+                bytes.len()
+            )
+        } else if crc32fast::hash(bytes) != *crc {
+            format!(
+                "its CRC-32 is {:08x}, where the manifest says {crc:08x}: damaged",
+                crc32fast::hash(bytes)
+            )
+        } else {
+            return Ok(());
+        };
+        Err(CheckpointError::WindowFile {
+            name: name.clone(),
+            problem,
+        })
+    }
+}
+
+/// The last line of a format-3 manifest: the CRC-32 of everything before it.
+const SEAL: &[u8] = b"\ncrc32 ";
+
+/// `json` with its seal line.
+fn seal(mut json: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&json);
+    json.extend_from_slice(SEAL);
+    json.extend_from_slice(format!("{crc:08x}\n").as_bytes());
+    json
+}
+
+/// The manifest's JSON, and whether it was sealed (and the seal matched).
+fn unseal(bytes: &[u8]) -> Result<(&[u8], bool), CheckpointError> {
+    let Some(body) = bytes.strip_suffix(b"\n") else {
+        return Ok((bytes, false));
+    };
+    let Some(at) = body.windows(SEAL.len()).rposition(|w| w == SEAL) else {
+        return Ok((bytes, false));
+    };
+    let (json, line) = (&body[..at], &body[at + SEAL.len()..]);
+    let written = std::str::from_utf8(line)
+        .ok()
+        .filter(|hex| hex.len() == 8)
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+    let computed = crc32fast::hash(json);
+    match written {
+        Some(written) if written == computed => Ok((json, true)),
+        _ => Err(CheckpointError::Sum {
+            written: String::from_utf8_lossy(line).into_owned(),
+            computed,
+        }),
+    }
 }
 
 /// One bucket's views as JSON: sorted lists, so the same views give the same bytes.
@@ -219,7 +304,7 @@ pub fn encode(state: &SpeedState) -> Vec<u8> {
         .iter()
         .map(|(start, window)| WindowFile::of(*start, window, state.seen.window(*start)))
         .collect();
-    serde_json::to_vec(&file).expect("checkpoint serializes")
+    seal(serde_json::to_vec(&file).expect("checkpoint serializes"))
 }
 
 /// Why a checkpoint could not be read or written.
@@ -255,6 +340,21 @@ pub enum CheckpointError {
         /// What is wrong.
         problem: String,
     },
+    /// The manifest's last line does not hold the CRC-32 of the rest: it was
+    /// damaged or edited after it was written.
+    #[error(
+        "the checkpoint's checksum line says {written:?}, its bytes give {computed:08x}: damaged or edited after it was written"
+    )]
+    Sum {
+        /// What the last line holds.
+        written: String,
+        /// The CRC-32 of the rest.
+        computed: u32,
+    },
+    /// A format-3 manifest without its checksum line, or naming a window
+    /// file without its length and checksum.
+    #[error("a format-3 checkpoint without {0}: cut short or edited")]
+    Unsummed(&'static str),
     /// A checkpoint file that could not be read back ([`load`]).
     #[error("checkpoint {}", path.display())]
     File {
@@ -296,11 +396,16 @@ fn decode_with(
     horizon_ms: i64,
     read: &mut dyn FnMut(&str) -> Result<Vec<u8>, CheckpointError>,
 ) -> Result<SpeedState, CheckpointError> {
+    let (bytes, sealed) = unseal(bytes)?;
     let file: CheckpointFile = serde_json::from_slice(bytes).map_err(CheckpointError::Parse)?;
     if !READS.contains(&file.format_version) {
         return Err(CheckpointError::Format {
             found: file.format_version,
         });
+    }
+    let summed = file.format_version >= 3;
+    if summed && !sealed {
+        return Err(CheckpointError::Unsummed("its checksum line"));
     }
     let mut state = SpeedState::new(allowed_lateness_ms, horizon_ms);
     state.max_event_ts = file.max_event_ts;
@@ -345,22 +450,33 @@ fn decode_with(
         state.windows.insert(start, window);
     }
     for entry in file.window_files {
+        let refs = || std::iter::once(&entry.file).chain(&entry.ids);
+        let all_summed = refs().all(|r| matches!(r, FileRef::Summed(..)));
+        if summed && !all_summed {
+            return Err(CheckpointError::Unsummed(
+                "the length and checksum of a window file",
+            ));
+        }
         if state.windows.contains_key(&entry.start) {
             return Err(CheckpointError::WindowFile {
-                name: entry.file.clone(),
+                name: entry.file.name().to_string(),
                 problem: format!("a second window at {}", entry.start),
             });
         }
         let (start, window) = read_window(&entry, read, &mut state.seen)?;
-        state.restored_files.insert(
-            start,
-            Written {
-                version: window.version,
-                name: entry.file,
-                ids_mark: state.seen.window(start).map_or(0, WindowIds::mark),
-                ids: entry.ids,
-            },
-        );
+        // Files without sums (format 2) are not named again: the window is
+        // written anew, with them, by the next checkpoint.
+        if all_summed {
+            state.restored_files.insert(
+                start,
+                Written {
+                    version: window.version,
+                    name: entry.file,
+                    ids_mark: state.seen.window(start).map_or(0, WindowIds::mark),
+                    ids: entry.ids,
+                },
+            );
+        }
         state.windows.insert(start, window);
     }
     Ok(state)
@@ -378,16 +494,18 @@ fn read_window(
         problem,
     };
     for name in std::iter::once(&entry.file).chain(&entry.ids) {
-        if !is_plain_name(name) {
-            return Err(bad(name, "not a plain file name".into()));
+        if !is_plain_name(name.name()) {
+            return Err(bad(name.name(), "not a plain file name".into()));
         }
     }
-    let bytes = read(&entry.file)?;
-    let file: WindowFile = serde_json::from_slice(&bytes)
-        .map_err(|e| bad(&entry.file, format!("does not parse: {e}")))?;
+    let views = entry.file.name();
+    let bytes = read(views)?;
+    entry.file.check(&bytes)?;
+    let file: WindowFile =
+        serde_json::from_slice(&bytes).map_err(|e| bad(views, format!("does not parse: {e}")))?;
     if file.start != entry.start {
         return Err(bad(
-            &entry.file,
+            views,
             format!(
                 "holds the window at {}, not the one at {}",
                 file.start, entry.start
@@ -396,10 +514,11 @@ fn read_window(
     }
     let (start, window, inline) = file.into_window();
     seen.extend(start, inline.iter().map(String::as_str));
-    for name in &entry.ids {
-        let bytes = read(name)?;
+    for ids in &entry.ids {
+        let bytes = read(ids.name())?;
+        ids.check(&bytes)?;
         seen.extend_encoded(start, &bytes, MAX_EVENT_ID_LEN)
-            .map_err(|e| bad(name, e.to_string()))?;
+            .map_err(|e| bad(ids.name(), e.to_string()))?;
     }
     Ok((start, window))
 }
@@ -467,9 +586,9 @@ pub(crate) struct Written {
     /// The window's version when its views were written (in the state's epoch).
     version: u64,
     /// The file of its views.
-    name: String,
+    name: FileRef,
     /// The files of its ids, in order.
-    ids: Vec<String>,
+    ids: Vec<FileRef>,
     /// How far into the ids' encoded form those files go.
     ids_mark: usize,
 }
@@ -581,7 +700,7 @@ impl Checkpointer {
                         state.epoch, self.nonce, window.version
                     );
                     fresh.push((*start, name.clone(), window.views.clone()));
-                    name
+                    FileRef::Named(name)
                 }
             };
             // Ids: none once closed; else the files so far and one more for
@@ -609,7 +728,7 @@ impl Checkpointer {
                     }
                 };
                 fresh_ids.push((name.clone(), added));
-                ids.push(name);
+                ids.push(FileRef::Named(name));
             }
             manifest.window_files.push(WindowEntry {
                 start: *start,
@@ -669,10 +788,15 @@ impl Snapshot {
     /// left in the state from `live` (that state, still being folded into).
     /// A window whose ids went in the meantime (it closed, or the state was
     /// replaced) fails this checkpoint; the next one no longer needs them.
-    pub fn write_from(self, live: Option<&crate::SpeedViews>) -> Result<Durable, CheckpointError> {
+    pub fn write_from(
+        mut self,
+        live: Option<&crate::SpeedViews>,
+    ) -> Result<Durable, CheckpointError> {
         let dir = windows_dir(&self.path);
         fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         let mut bytes = 0u64;
+        // Name → (length, CRC-32) of each file written, for the manifest.
+        let mut sums = std::collections::HashMap::new();
         let views = self.fresh.iter().map(|(start, name, views)| {
             let file = WindowFile {
                 start: *start,
@@ -699,14 +823,20 @@ impl Snapshot {
             file.write_all(&encoded).map_err(io("writing", &path))?;
             file.sync_all().map_err(io("syncing", &path))?;
             bytes += encoded.len() as u64;
+            sums.insert(
+                name.clone(),
+                (encoded.len() as u64, crc32fast::hash(&encoded)),
+            );
         }
         for (name, ids) in &self.fresh_ids {
             let path = dir.join(name);
             let mut file = create(&path)?;
-            match ids {
+            let mut crc = crc32fast::Hasher::new();
+            let len = match ids {
                 Ids::Copied(encoded) => {
                     file.write_all(encoded).map_err(io("writing", &path))?;
-                    bytes += encoded.len() as u64;
+                    crc.update(encoded);
+                    encoded.len()
                 }
                 Ids::Later { window, from, to } => {
                     let mut piece = Vec::with_capacity(IDS_PIECE.min(to - from));
@@ -733,17 +863,36 @@ impl Snapshot {
                             piece.extend_from_slice(&bytes[..end]);
                         }
                         file.write_all(&piece).map_err(io("writing", &path))?;
+                        crc.update(&piece);
                         at += piece.len();
                     }
-                    bytes += (to - from) as u64;
+                    to - from
                 }
-            }
+            };
             file.sync_all().map_err(io("syncing", &path))?;
+            bytes += len as u64;
+            sums.insert(name.clone(), (len as u64, crc.finalize()));
+        }
+        // The files just written, named with their sums.
+        let sum = |r: &mut FileRef| {
+            if let FileRef::Named(name) = r
+                && let Some((len, crc)) = sums.get(name.as_str())
+            {
+                *r = FileRef::Summed(std::mem::take(name), *len, *crc);
+            }
+        };
+        for entry in &mut self.manifest.window_files {
+            sum(&mut entry.file);
+            entry.ids.iter_mut().for_each(sum);
+        }
+        for written in self.written.values_mut() {
+            sum(&mut written.name);
+            written.ids.iter_mut().for_each(sum);
         }
         if self.fresh_files() > 0 {
             sync_dir(&dir)?;
         }
-        let manifest = serde_json::to_vec(&self.manifest).expect("checkpoint serializes");
+        let manifest = seal(serde_json::to_vec(&self.manifest).expect("checkpoint serializes"));
         write(&self.path, &manifest)?;
         bytes += manifest.len() as u64;
         // Files no manifest names: superseded or evicted windows, and any a
@@ -753,7 +902,7 @@ impl Snapshot {
                 .written
                 .values()
                 .flat_map(|w| std::iter::once(&w.name).chain(&w.ids))
-                .map(String::as_str)
+                .map(FileRef::name)
                 .collect();
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -1125,18 +1274,120 @@ mod incremental_tests {
         assert_eq!(encode(&load_back(&path)), encode(&live.read()));
     }
 
+    /// `manifest` (sealed or not) edited, and sealed again.
+    fn edited(manifest: &[u8], edit: impl Fn(&str) -> String) -> Vec<u8> {
+        let (json, _) = unseal(manifest).unwrap();
+        seal(edit(std::str::from_utf8(json).unwrap()).into_bytes())
+    }
+
     #[test]
-    fn a_format_1_checkpoint_still_loads() {
+    fn format_1_and_2_checkpoints_still_load() {
         let mut state = SpeedState::new(2 * MINUTE_MS, 3_600_000);
         click(&mut state, "a", T0);
-        let bytes = String::from_utf8(encode(&state)).unwrap();
-        let old = bytes.replacen(r#""format_version":2"#, r#""format_version":1"#, 1);
-        assert_ne!(old, bytes);
-        let restored = decode(old.as_bytes(), 2 * MINUTE_MS, 3_600_000).unwrap();
-        assert_eq!(encode(&restored), bytes.as_bytes());
-        let future = bytes.replacen(r#""format_version":2"#, r#""format_version":3"#, 1);
-        let error = decode(future.as_bytes(), 2 * MINUTE_MS, 3_600_000).unwrap_err();
-        assert!(error.to_string().contains("format 3"), "{error}");
+        let bytes = encode(&state);
+        let (json, sealed) = unseal(&bytes).unwrap();
+        assert!(sealed);
+        let json = std::str::from_utf8(json).unwrap();
+        for old in [1, 2] {
+            // Written before sums: no seal line.
+            let old = json.replacen(
+                r#""format_version":3"#,
+                &format!(r#""format_version":{old}"#),
+                1,
+            );
+            assert_ne!(old, json);
+            let restored = decode(old.as_bytes(), 2 * MINUTE_MS, 3_600_000).unwrap();
+            assert_eq!(encode(&restored), bytes);
+        }
+        let future = edited(&bytes, |j| {
+            j.replacen(r#""format_version":3"#, r#""format_version":4"#, 1)
+        });
+        let error = decode(&future, 2 * MINUTE_MS, 3_600_000).unwrap_err();
+        assert!(error.to_string().contains("format 4"), "{error}");
+    }
+
+    /// The damage a hostile test found loading silently before sums (each
+    /// file still parsed, and the state counted wrong): now each is an
+    /// error naming what is wrong.
+    #[test]
+    fn damage_that_still_parses_is_an_error() {
+        let (_dir, path, mut state) = fixture();
+        clicks(&mut state, "a", 3);
+        let mut checkpointer = Checkpointer::new(&path, &mut state);
+        checkpoint(&mut checkpointer, &state);
+        let dir = windows_dir(&path);
+        let manifest = fs::read(&path).unwrap();
+        let pristine = contents(&path);
+        let ids = files(&path)
+            .into_iter()
+            .find(|n| n.ends_with(".ids"))
+            .unwrap();
+        let views = files(&path)
+            .into_iter()
+            .find(|n| n.ends_with(".json"))
+            .unwrap();
+        let ids_bytes = fs::read(dir.join(&ids)).unwrap();
+        let views_text = fs::read_to_string(dir.join(&views)).unwrap();
+        assert!(views_text.contains(r#""clicks":1"#), "{views_text}");
+        let mut flipped = ids_bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+            (
+                "ids emptied",
+                Box::new(|| fs::write(dir.join(&ids), b"").unwrap()),
+                "0 bytes long",
+            ),
+            (
+                "ids cut at an id's end",
+                Box::new(|| fs::write(dir.join(&ids), &ids_bytes[..2]).unwrap()),
+                "cut short",
+            ),
+            (
+                "a byte of an id flipped",
+                Box::new(|| fs::write(dir.join(&ids), &flipped).unwrap()),
+                "damaged",
+            ),
+            (
+                "a count edited",
+                Box::new(|| {
+                    let edited = views_text.replace(r#""clicks":1"#, r#""clicks":9"#);
+                    fs::write(dir.join(&views), edited).unwrap()
+                }),
+                "damaged",
+            ),
+            (
+                "the manifest edited",
+                Box::new(|| {
+                    let (json, _) = unseal(&manifest).unwrap();
+                    let mut edited = std::str::from_utf8(json).unwrap().replacen(&ids, "", 1);
+                    edited.push_str("\ncrc32 00000000\n");
+                    fs::write(&path, edited).unwrap()
+                }),
+                "damaged or edited",
+            ),
+            (
+                "the manifest's seal line cut off",
+                Box::new(|| {
+                    let (json, _) = unseal(&manifest).unwrap();
+                    fs::write(&path, json).unwrap()
+                }),
+                "without its checksum line",
+            ),
+        ];
+        for (what, damage, problem) in cases {
+            for (name, bytes) in &pristine {
+                fs::write(dir.join(name), bytes).unwrap();
+            }
+            fs::write(&path, &manifest).unwrap();
+            assert!(
+                load(&path, 2 * MINUTE_MS, 3_600_000).is_ok(),
+                "{what}: pristine"
+            );
+            damage();
+            let error = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap_err();
+            let chain = format!("{:?}", anyhow::Error::from(error));
+            assert!(chain.contains(problem), "{what}: {chain}");
+        }
     }
 
     #[test]
@@ -1166,6 +1417,7 @@ mod incremental_tests {
             .find(|n| n.ends_with(".ids"))
             .unwrap();
         fs::write(windows_dir(&path).join("damaged.ids"), [5, b'a']).unwrap();
+        let manifest = edited(manifest.as_bytes(), str::to_string);
         for (from, to, problem) in [
             (
                 name.clone(),
@@ -1178,10 +1430,10 @@ mod incremental_tests {
                 format!(r#""start":{}"#, T0 + MINUTE_MS),
                 "not the one at",
             ),
-            (ids.clone(), "damaged.ids".to_string(), "an id cut short"),
+            (ids.clone(), "damaged.ids".to_string(), "damaged"),
             (ids, "../x.ids".to_string(), "not a plain file name"),
         ] {
-            fs::write(&path, manifest.replace(&from, &to)).unwrap();
+            fs::write(&path, edited(&manifest, |j| j.replace(&from, &to))).unwrap();
             let error = load(&path, 2 * MINUTE_MS, 3_600_000).unwrap_err();
             let chain = format!("{:?}", anyhow::Error::from(error));
             assert!(chain.contains(problem), "{to}: {chain}");
