@@ -69,6 +69,10 @@ struct CheckpointFile {
     watermark: Option<i64>,
     #[serde(default)]
     alerts: Option<AlertEngine>,
+    /// `(topic, partition)` of the clocks idle (left out of the watermark
+    /// until they send again): a restart must not let them hold it anew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    idle: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -266,6 +270,12 @@ fn manifest(state: &SpeedState) -> CheckpointFile {
             .collect(),
         watermark: state.watermark(),
         alerts: Some(state.alerts.clone()),
+        idle: state
+            .clocks
+            .iter()
+            .filter(|c| c.idle)
+            .map(|c| (c.topic.clone(), c.partition))
+            .collect(),
     }
 }
 
@@ -431,12 +441,21 @@ fn decode_with(
         .clocks
         .into_iter()
         .map(|(topic, partition, max_ts)| PartitionClock {
+            idle: file
+                .idle
+                .iter()
+                .any(|(t, p)| *t == topic && *p == partition),
             topic,
             partition,
             max_ts,
-            idle: false,
         })
         .collect();
+    state.newest = state
+        .clocks
+        .iter()
+        .map(|c| c.max_ts)
+        .max()
+        .unwrap_or(i64::MIN);
     if let Some(alerts) = file.alerts {
         state.alerts = alerts;
     }
@@ -948,9 +967,19 @@ mod tests {
         }
         state.offsets.insert(("funnel-events".into(), 3), 77);
         state.evicted_before = 1_699_999_920_000;
+        // A partition gone idle stays out of the watermark after a restart.
+        state.expect_partition("iot-events", 1);
+        state.set_idle("iot-events", 1, true);
         let bytes = encode(&state);
         let restored = decode(&bytes, 60_000, 3_600_000).unwrap();
         assert_eq!(encode(&restored), bytes);
+        let idle: Vec<_> = restored.clocks.iter().filter(|c| c.idle).collect();
+        assert_eq!(idle.len(), 1);
+        assert_eq!(
+            (idle[0].topic.as_str(), idle[0].partition),
+            ("iot-events", 1)
+        );
+        assert_eq!(restored.newest, state.newest);
         let key = ("d".to_string(), "p".to_string());
         let window = floor_to(1700000061000, MINUTE_MS);
         assert_eq!(

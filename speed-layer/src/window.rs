@@ -154,6 +154,9 @@ pub struct SpeedState {
     /// clock moving on, or a change in which clocks are active, can move
     /// the watermark.
     pub(crate) slowest: Option<i64>,
+    /// The newest partition clock (`i64::MIN` before any): the horizon is
+    /// kept from it ([`SpeedState::evict`]).
+    pub(crate) newest: i64,
     /// The window files this state was restored from, until a
     /// [`crate::checkpoint::Checkpointer`] takes them over (empty unless
     /// [`crate::checkpoint::load`] made the state).
@@ -282,6 +285,7 @@ impl SpeedState {
             alerts: AlertEngine::new(AlertRules::default()),
             seen: SeenIds::default(),
             slowest: None,
+            newest: NOT_YET,
             restored_files: BTreeMap::new(),
         }
     }
@@ -422,7 +426,33 @@ impl SpeedState {
                 self.recompute_watermark();
             }
         }
+        if clock_ts > self.newest {
+            self.newest = clock_ts;
+            self.keep_horizon();
+        }
         applied
+    }
+
+    /// Where the horizon starts: a window more than the horizon before the
+    /// watermark the newest partition clock would give is out of the state.
+    fn horizon_start(&self) -> Option<i64> {
+        (self.newest != NOT_YET).then(|| {
+            let newest = self.newest.saturating_sub(self.allowed_lateness_ms);
+            floor_to(newest.saturating_sub(self.horizon_ms), MINUTE_MS)
+        })
+    }
+
+    /// Moves the horizon on at this event, as the watermark closes windows
+    /// at the event that moves it: what falls behind is late from here on
+    /// and forgets its ids now (its views go at the next [`SpeedState::evict`]),
+    /// so where fetches end changes nothing.
+    fn keep_horizon(&mut self) {
+        if let Some(start) = self.horizon_start()
+            && start > self.evicted_before
+        {
+            self.evicted_before = start;
+            self.seen.drop_before(start);
+        }
     }
 
     fn fold(&mut self, event: &EventRef<'_>) -> Applied {
@@ -466,16 +496,10 @@ impl SpeedState {
             return 0;
         };
         let closed_before = floor_to(watermark, MINUTE_MS);
-        let newest = self
-            .clocks
-            .iter()
-            .map(|c| c.max_ts)
-            .filter(|ts| *ts != NOT_YET)
-            .max()
-            .map_or(watermark, |ts| {
-                watermark.max(ts.saturating_sub(self.allowed_lateness_ms))
-            });
-        let by_horizon = floor_to(newest.saturating_sub(self.horizon_ms), MINUTE_MS);
+        let by_watermark = floor_to(watermark.saturating_sub(self.horizon_ms), MINUTE_MS);
+        let by_horizon = self
+            .horizon_start()
+            .map_or(by_watermark, |start| start.max(by_watermark));
         let by_boundary = self
             .batch_boundary
             .map_or(i64::MIN, |b| b - BOUNDARY_MARGIN_MS);
@@ -686,6 +710,47 @@ mod tests {
         assert_eq!(
             state.apply_from("clicks", 1, &click("x", t0)),
             Applied::Late
+        );
+    }
+
+    /// The horizon moves at the event that moves the newest clock, as the
+    /// watermark closes windows: with a partition stuck in the past, whether
+    /// an id met again still counts as a duplicate does not depend on where
+    /// fetches (where `evict` runs) ended.
+    #[test]
+    fn what_the_horizon_drops_does_not_depend_on_where_fetches_end() {
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        let mut outcomes = Vec::new();
+        for evict_after_each in [false, true] {
+            let mut state = SpeedState::new(0, 2 * 60 * MINUTE_MS);
+            let mut applied = Vec::new();
+            for (partition, id, ts) in [
+                (1, "stuck", t0),
+                (0, "x", t0 + 10 * MINUTE_MS),
+                // The newest clock moves to t0 + 3 h: the horizon starts at
+                // t0 + 1 h, and x's first window is out of it.
+                (0, "y", t0 + 180 * MINUTE_MS),
+                (0, "x", t0 + 90 * MINUTE_MS),
+                (1, "stuck-again", t0),
+            ] {
+                applied.push(state.apply_from("clicks", partition, &click(id, ts)));
+                if evict_after_each {
+                    state.evict();
+                }
+            }
+            state.evict();
+            outcomes.push((applied, state.windows.keys().copied().collect::<Vec<_>>()));
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+        assert_eq!(
+            outcomes[0].0,
+            [
+                Applied::Counted,
+                Applied::Counted,
+                Applied::Counted,
+                Applied::Counted,
+                Applied::Late
+            ]
         );
     }
 
