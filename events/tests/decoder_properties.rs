@@ -57,7 +57,13 @@ fn assert_within_bounds(event: &Event) {
     {
         assert!(!text.is_empty() && text.len() <= MAX_STRING_LEN);
     }
-    let again = Event::from_json(&event.to_json()).expect("the canonical form is valid");
+    let canonical = event.to_json();
+    assert_eq!(
+        canonical,
+        serde_json::to_vec(&event.to_ref()).unwrap(),
+        "the canonical writer writes what serde_json does"
+    );
+    let again = Event::from_json(&canonical).expect("the canonical form is valid");
     assert_eq!(&again, event);
 }
 

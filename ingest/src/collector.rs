@@ -27,7 +27,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use lambda_events::limits::{DEFAULT_MAX_TS_AHEAD_MS, MAX_BODY_BYTES, MAX_REJECTIONS_LISTED};
 use lambda_events::{BodyError, EventRef, ParsedLine, Topic, parse_body};
 use lambda_log::{EventLog, LogError, Record};
@@ -406,8 +406,7 @@ impl RecordBatch {
                 Ok(event) => {
                     buf.extend_from_slice(event.key().as_bytes());
                     let key = buf.split().freeze();
-                    serde_json::to_writer((&mut buf).writer(), &event)
-                        .expect("an event always serializes");
+                    event.write_json(&mut buf);
                     let record = Record {
                         key: Some(key),
                         value: buf.split().freeze(),
