@@ -139,52 +139,39 @@ impl<'a> EventRef<'a> {
     pub fn write_json(&self, out: &mut impl BufMut) {
         out.put_slice(b"{\"event_id\":");
         json_string(out, &self.event_id);
-        out.put_slice(b",\"event_type\":\"");
-        out.put_slice(self.event_type.as_str().as_bytes());
-        out.put_slice(b"\",\"ts\":");
+        out.put_slice(b",\"event_type\":");
+        label(out, self.event_type.as_str());
+        out.put_slice(b",\"ts\":");
         json_integer(out, self.ts);
         // In the struct's order, as serde writes them; absent ones skipped.
         macro_rules! put {
-            ($key:literal, $value:expr, $write:expr) => {
-                if let Some(value) = &$value {
-                    out.put_slice(concat!(",\"", $key, "\":").as_bytes());
-                    $write(&mut *out, value);
+            ($($key:ident),+) => {$(
+                if let Some(value) = &self.$key {
+                    out.put_slice(concat!(",\"", stringify!($key), "\":").as_bytes());
+                    value.write_json(&mut *out);
                 }
-            };
+            )+};
         }
-        let text = |out: &mut _, v: &Cow<'_, str>| json_string(out, v);
-        let number = |out: &mut _, v: &f64| json_number(out, *v);
-        put!("user_id", self.user_id, text);
-        put!("session_id", self.session_id, text);
-        put!("device", self.device, |out: &mut _, v: &Device| label(
-            out,
-            v.as_str()
-        ));
-        put!("page", self.page, text);
-        put!("render_ms", self.render_ms, number);
-        put!("campaign_id", self.campaign_id, text);
-        put!("product_id", self.product_id, text);
-        put!("amount_cents", self.amount_cents, |out: &mut _, v: &i64| {
-            json_integer(out, *v)
-        });
-        put!("error_code", self.error_code, text);
-        put!("device_id", self.device_id, text);
-        put!("sensor", self.sensor, text);
-        put!("value", self.value, number);
-        put!("unit", self.unit, text);
         put!(
-            "status",
-            self.status,
-            |out: &mut _, v: &DeviceStatus| label(out, v.as_str())
+            user_id,
+            session_id,
+            device,
+            page,
+            render_ms,
+            campaign_id,
+            product_id,
+            amount_cents,
+            error_code,
+            device_id,
+            sensor,
+            value,
+            unit,
+            status,
+            battery_pct,
+            alarm,
+            severity,
+            message
         );
-        put!("battery_pct", self.battery_pct, number);
-        put!("alarm", self.alarm, text);
-        put!(
-            "severity",
-            self.severity,
-            |out: &mut _, v: &Severity| label(out, v.as_str())
-        );
-        put!("message", self.message, text);
         out.put_u8(b'}');
     }
 
@@ -252,6 +239,40 @@ impl<'a> EventRef<'a> {
         }
     }
 }
+
+/// A field's value as its canonical JSON.
+trait JsonValue {
+    fn write_json(&self, out: &mut impl BufMut);
+}
+
+impl JsonValue for Cow<'_, str> {
+    fn write_json(&self, out: &mut impl BufMut) {
+        json_string(out, self);
+    }
+}
+
+impl JsonValue for f64 {
+    fn write_json(&self, out: &mut impl BufMut) {
+        json_number(out, *self);
+    }
+}
+
+impl JsonValue for i64 {
+    fn write_json(&self, out: &mut impl BufMut) {
+        json_integer(out, *self);
+    }
+}
+
+macro_rules! label_value {
+    ($($t:ty),+) => {$(
+        impl JsonValue for $t {
+            fn write_json(&self, out: &mut impl BufMut) {
+                label(out, self.as_str());
+            }
+        }
+    )+};
+}
+label_value!(Device, DeviceStatus, Severity);
 
 /// A label (an enum's spelling: plain ASCII, nothing to escape) in quotes.
 fn label(out: &mut impl BufMut, text: &str) {
