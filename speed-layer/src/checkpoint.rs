@@ -1193,6 +1193,14 @@ mod incremental_tests {
     }
 
     /// Every file in the windows directory and its bytes.
+    /// The name of the first window file of `path` ending in `suffix`.
+    fn first_file(path: &Path, suffix: &str) -> String {
+        files(path)
+            .into_iter()
+            .find(|n| n.ends_with(suffix))
+            .unwrap()
+    }
+
     fn contents(path: &Path) -> BTreeMap<String, Vec<u8>> {
         files(path)
             .into_iter()
@@ -1347,14 +1355,8 @@ mod incremental_tests {
         let dir = windows_dir(&path);
         let manifest = fs::read(&path).unwrap();
         let pristine = contents(&path);
-        let ids = files(&path)
-            .into_iter()
-            .find(|n| n.ends_with(".ids"))
-            .unwrap();
-        let views = files(&path)
-            .into_iter()
-            .find(|n| n.ends_with(".json"))
-            .unwrap();
+        let ids = first_file(&path, ".ids");
+        let views = first_file(&path, ".json");
         let ids_bytes = fs::read(dir.join(&ids)).unwrap();
         let views_text = fs::read_to_string(dir.join(&views)).unwrap();
         assert!(views_text.contains(r#""clicks":1"#), "{views_text}");
@@ -1437,14 +1439,8 @@ mod incremental_tests {
         let mut checkpointer = Checkpointer::new(&path, &mut state);
         checkpoint(&mut checkpointer, &state);
         let manifest = fs::read_to_string(&path).unwrap();
-        let name = files(&path)
-            .into_iter()
-            .find(|n| n.ends_with(".json"))
-            .unwrap();
-        let ids = files(&path)
-            .into_iter()
-            .find(|n| n.ends_with(".ids"))
-            .unwrap();
+        let name = first_file(&path, ".json");
+        let ids = first_file(&path, ".ids");
         fs::write(windows_dir(&path).join("damaged.ids"), [5, b'a']).unwrap();
         let manifest = edited(manifest.as_bytes(), str::to_string);
         for (from, to, problem) in [
