@@ -53,11 +53,11 @@ impl Syncers {
             let started = std::thread::Builder::new()
                 .name("log-fsync".into())
                 .spawn(move || {
-                    // Until the writer (and with it the sender) is gone.
-                    while let Ok((file, reply)) = {
-                        let next = queue.lock().recv();
-                        next
-                    } {
+                    loop {
+                        // The queue's lock is let go before the fsync.
+                        let job = queue.lock().recv();
+                        // Until the writer (and with it the sender) is gone.
+                        let Ok((file, reply)) = job else { break };
                         let _ = reply.send(file.sync_data());
                     }
                 });
@@ -66,16 +66,19 @@ impl Syncers {
             }
             self.threads += 1;
         }
+        if self.threads == 0 {
+            // No thread could be started: one file after the other, here.
+            return files
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, file)| file.sync_data().map_err(|e| (i, e)));
+        }
+        // The queue's receiver is held here too: a send cannot fail.
         let replies: Vec<_> = files
             .into_iter()
             .map(|file| {
                 let (reply, result) = std::sync::mpsc::channel();
-                // With no thread at all, fsync here.
-                if self.threads == 0 || self.jobs.send((Arc::clone(&file), reply)).is_err() {
-                    let (reply, result) = std::sync::mpsc::channel();
-                    let _ = reply.send(file.sync_data());
-                    return result;
-                }
+                let _ = self.jobs.send((file, reply));
                 result
             })
             .collect();
