@@ -154,58 +154,29 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
 
     // 3. From the log into views, and 4. the kappa replay of the same log:
     // three rounds of each, taken in turn (a round swings with the
-    // machine; the two compared are measured side by side), each into new
-    // views from offset 0, and the median round of each.
+    // machine; the two compared are measured side by side), which of the
+    // two goes first alternating from round to round (neither is always
+    // the one run on a machine warmed or crowded by the other), each into
+    // new views from offset 0, and the median round of each.
     let bar = spinner("log → views, kappa replay");
     let config = SpeedConfig::with_data_dir(dir.path());
     let spans = lambda_speed::replay::spans_to(log.as_ref(), |_, _, end| Some(end)).await?;
     let (mut rounds, mut kappa_rounds) = (Vec::new(), Vec::new());
     let (mut last, mut replayed) = (None, None);
-    for _ in 0..3 {
-        let views = lambda_speed::new_views(&config);
-        let mut positions = Vec::new();
-        for topic in Topic::ALL {
-            for partition in 0..bench.partitions {
-                positions.push(FetchPosition {
-                    topic: topic.name().to_string(),
-                    partition,
-                    offset: 0,
-                });
-            }
+    for round in 0..3 {
+        if round % 2 == 0 {
+            let (m, views) = live_round(&log, &config, &bench).await?;
+            rounds.push(m);
+            last = Some(views);
         }
-        let (cpu0, wall0) = (cpu_time(), Instant::now());
-        let mut read = 0usize;
-        while read < bench.events {
-            let records = log
-                .fetch(&positions, 4096, Duration::from_millis(100))
-                .await?;
-            anyhow::ensure!(!records.is_empty(), "the log ended after {read} records");
-            read += records.len();
-            lambda_speed::consumer::apply(&views, &mut positions, records);
+        let (m, state) = kappa_round(&log, &config, &spans).await?;
+        kappa_rounds.push(m);
+        replayed = Some(state);
+        if round % 2 == 1 {
+            let (m, views) = live_round(&log, &config, &bench).await?;
+            rounds.push(m);
+            last = Some(views);
         }
-        rounds.push(Measured {
-            cpu: cpu_time().saturating_sub(cpu0),
-            wall: wall0.elapsed(),
-        });
-        last = Some(views);
-        // The same log replayed through the same fold, as `lambda kappa
-        // replay` and `lambda compare` do it (records folded in append
-        // order across partitions).
-        let (cpu0, wall0) = (cpu_time(), Instant::now());
-        let round = lambda_speed::replay::replay(
-            log.as_ref(),
-            &spans,
-            // The live fold's state and alert rules, as `lambda kappa replay` starts.
-            lambda_speed::empty_state(&config),
-            0..0,
-            |_| {},
-        )
-        .await?;
-        kappa_rounds.push(Measured {
-            cpu: cpu_time().saturating_sub(cpu0),
-            wall: wall0.elapsed(),
-        });
-        replayed = Some(round);
     }
     let views = last.context("no round ran")?;
     let replayed = replayed.context("no round ran")?;
@@ -325,6 +296,66 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
             Aim::AtLeast(1.0),
         ),
     ])
+}
+
+/// One round from the log into new views, as the speed layer's loop does
+/// it (fetches of all partitions in its batch size, each folded in).
+async fn live_round(
+    log: &Arc<dyn EventLog>,
+    config: &SpeedConfig,
+    bench: &SpeedBench,
+) -> anyhow::Result<(Measured, lambda_speed::SpeedViews)> {
+    let views = lambda_speed::new_views(config);
+    let mut positions = Vec::new();
+    for topic in Topic::ALL {
+        for partition in 0..bench.partitions {
+            positions.push(FetchPosition {
+                topic: topic.name().to_string(),
+                partition,
+                offset: 0,
+            });
+        }
+    }
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let mut read = 0usize;
+    while read < bench.events {
+        let records = log
+            .fetch(&positions, 4096, Duration::from_millis(100))
+            .await?;
+        anyhow::ensure!(!records.is_empty(), "the log ended after {read} records");
+        read += records.len();
+        lambda_speed::consumer::apply(&views, &mut positions, records);
+    }
+    let measured = Measured {
+        cpu: cpu_time().saturating_sub(cpu0),
+        wall: wall0.elapsed(),
+    };
+    Ok((measured, views))
+}
+
+/// The same log replayed through the same fold, as `lambda kappa replay`
+/// and `lambda compare` do it (records folded in append order across
+/// partitions).
+async fn kappa_round(
+    log: &Arc<dyn EventLog>,
+    config: &SpeedConfig,
+    spans: &[lambda_speed::replay::ReplaySpan],
+) -> anyhow::Result<(Measured, lambda_speed::replay::Replayed)> {
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let replayed = lambda_speed::replay::replay(
+        log.as_ref(),
+        spans,
+        // The live fold's state and alert rules, as `lambda kappa replay` starts.
+        lambda_speed::empty_state(config),
+        0..0,
+        |_| {},
+    )
+    .await?;
+    let measured = Measured {
+        cpu: cpu_time().saturating_sub(cpu0),
+        wall: wall0.elapsed(),
+    };
+    Ok((measured, replayed))
 }
 
 async fn append(

@@ -6,7 +6,6 @@
 //! events the fold dropped as late.
 
 use std::cmp::Reverse;
-use std::collections::binary_heap::PeekMut;
 use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -94,17 +93,29 @@ fn append_key(record: &StoredRecord) -> AppendKey {
 }
 
 /// One partition being read: where the next fetch starts, and records
-/// fetched but not folded yet.
+/// fetched: `buffer[taken..]` not taken by the merge yet (those before are
+/// being folded, read where they are, and let go at the next refill).
 struct Lane {
     position: FetchPosition,
     end: u64,
     buffer: VecDeque<StoredRecord>,
+    taken: usize,
 }
 
 impl Lane {
+    /// Records fetched and not taken yet.
+    fn pending(&self) -> usize {
+        self.buffer.len() - self.taken
+    }
+
+    /// The next record not taken.
+    fn front(&self) -> Option<&StoredRecord> {
+        self.buffer.get(self.taken)
+    }
+
     /// Records still due and none fetched: the merge waits for this lane.
     fn dry(&self) -> bool {
-        self.buffer.is_empty() && self.position.offset < self.end
+        self.pending() == 0 && self.position.offset < self.end
     }
 }
 
@@ -128,22 +139,19 @@ pub async fn replay(
         state.expect_partition(&lane.position.topic, lane.position.partition);
     }
     let mut folded = Folded::default();
-    let mut chunk = Vec::with_capacity(FOLD_CHUNK);
+    // (lane, index in its buffer) of the records folded next.
+    let mut picks = Vec::with_capacity(FOLD_CHUNK);
     while !lanes.finished() {
         lanes.refill(log).await?;
         let before = folded.records;
         loop {
-            chunk.clear();
-            while chunk.len() < FOLD_CHUNK {
-                match lanes.next_in_append_order() {
-                    Some(stored) => chunk.push(stored),
-                    None => break,
-                }
-            }
-            if chunk.is_empty() {
+            picks.clear();
+            while picks.len() < FOLD_CHUNK && lanes.take_in_append_order(&mut picks, FOLD_CHUNK) {}
+            if picks.is_empty() {
                 break;
             }
-            folded.fold(&mut state, &chunk, &keep);
+            let records = picks.iter().map(|&(lane, i)| &lanes.lanes[lane].buffer[i]);
+            folded.fold(&mut state, records, &keep);
         }
         if folded.records > before {
             state.evict();
@@ -206,6 +214,7 @@ impl Lanes {
                 },
                 end: s.end,
                 buffer: VecDeque::new(),
+                taken: 0,
             })
             .collect();
         Lanes {
@@ -230,6 +239,11 @@ impl Lanes {
     /// transient error waits a little; a log that keeps answering nothing
     /// below the end offsets is an error.
     async fn refill(&mut self, log: &dyn EventLog) -> anyhow::Result<()> {
+        // What was taken has been folded.
+        for lane in &mut self.lanes {
+            lane.buffer.drain(..lane.taken);
+            lane.taken = 0;
+        }
         let reading = self
             .lanes
             .iter()
@@ -239,7 +253,7 @@ impl Lanes {
         let asked: Vec<FetchPosition> = self
             .lanes
             .iter()
-            .filter(|l| l.position.offset < l.end && l.buffer.len() <= share / 2)
+            .filter(|l| l.position.offset < l.end && l.pending() <= share / 2)
             .map(|l| l.position.clone())
             .collect();
         if asked.is_empty() {
@@ -287,7 +301,7 @@ impl Lanes {
                 continue;
             }
             lane.position.offset = stored.offset + 1;
-            if lane.buffer.is_empty() {
+            if lane.pending() == 0 {
                 self.heads.push(Reverse((append_key(&stored), at)));
             }
             lane.buffer.push_back(stored);
@@ -303,7 +317,7 @@ impl Lanes {
             let missing: Vec<String> = self
                 .lanes
                 .iter()
-                .filter(|l| l.buffer.is_empty())
+                .filter(|l| l.pending() == 0)
                 .map(|l| {
                     let p = &l.position;
                     format!("{}/{} at {} of {}", p.topic, p.partition, p.offset, l.end)
@@ -317,28 +331,39 @@ impl Lanes {
         Ok(())
     }
 
-    /// The next record in append order (record timestamp, then partition and
-    /// offset), while every unfinished lane has a record to compare.
-    fn next_in_append_order(&mut self) -> Option<StoredRecord> {
-        if self.dry > 0 {
-            return None;
+    /// Takes the next records in append order (record timestamp, then
+    /// partition and offset) into `out` as (lane, index in its buffer), up
+    /// to `limit` in all, while every unfinished lane has a record to
+    /// compare: the head lane's run, as long as it stays ahead of every
+    /// other lane's head (one heap operation per run, not per record).
+    /// `false` when nothing could be taken.
+    fn take_in_append_order(&mut self, out: &mut Vec<(usize, usize)>, limit: usize) -> bool {
+        if self.dry > 0 || out.len() >= limit {
+            return false;
         }
-        let mut head = self.heads.peek_mut()?;
-        let Reverse((_, i)) = *head;
+        let Some(Reverse((_, i))) = self.heads.pop() else {
+            return false;
+        };
+        // The head it must stay ahead of: the merge's order is by key, then
+        // lane index (keys do not name the topic).
+        let bound = self.heads.peek().map(|Reverse(head)| *head);
         let lane = &mut self.lanes[i];
-        let record = lane.buffer.pop_front();
-        match lane.buffer.front() {
-            // The lane's next record takes its place (sifted down as the
-            // head is let go).
-            Some(next) => *head = Reverse((append_key(next), i)),
-            None => {
-                PeekMut::pop(head);
-                if lane.dry() {
-                    self.dry += 1;
-                }
+        while lane.taken < lane.buffer.len() {
+            out.push((i, lane.taken));
+            lane.taken += 1;
+            let Some(next) = lane.front() else {
+                break;
+            };
+            let next = (append_key(next), i);
+            if out.len() >= limit || bound.is_some_and(|bound| next > bound) {
+                self.heads.push(Reverse(next));
+                return true;
             }
         }
-        record
+        if lane.dry() {
+            self.dry += 1;
+        }
+        true
     }
 }
 
@@ -355,10 +380,15 @@ impl Folded {
     /// Folds records into `state` in order, keeping late and counted ids
     /// whose minute is in `keep`. Decoded first, then folded, as the live
     /// loop does (the decoder's work and the fold's each stay in cache).
-    fn fold(&mut self, state: &mut SpeedState, chunk: &[StoredRecord], keep: &Range<i64>) {
-        let decoded: Vec<_> = chunk.iter().map(crate::consumer::decode).collect();
+    fn fold<'a>(
+        &mut self,
+        state: &mut SpeedState,
+        chunk: impl Iterator<Item = &'a StoredRecord> + Clone,
+        keep: &Range<i64>,
+    ) {
+        let decoded: Vec<_> = chunk.clone().map(crate::consumer::decode).collect();
         // By reference: an event is ~0.5 KB, and only a kept one is copied.
-        for (stored, event) in chunk.iter().zip(&decoded) {
+        for (stored, event) in chunk.zip(&decoded) {
             self.fold_one(state, stored, event, keep);
         }
     }
@@ -391,6 +421,93 @@ impl Folded {
                     .push(event.clone().into_owned());
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lanes_of(partitions: &[Vec<i64>]) -> Lanes {
+        let topic: std::sync::Arc<str> = "funnel-events".into();
+        let lanes = partitions
+            .iter()
+            .enumerate()
+            .map(|(p, stamps)| Lane {
+                position: FetchPosition {
+                    topic: topic.to_string(),
+                    partition: p as u32,
+                    offset: stamps.len() as u64,
+                },
+                end: stamps.len() as u64,
+                buffer: stamps
+                    .iter()
+                    .enumerate()
+                    .map(|(offset, &ts)| StoredRecord {
+                        topic: topic.clone(),
+                        partition: p as u32,
+                        offset: offset as u64,
+                        record: lambda_log::Record {
+                            key: None,
+                            value: Default::default(),
+                            timestamp_ms: ts,
+                            headers: Vec::new(),
+                        },
+                    })
+                    .collect(),
+                taken: 0,
+            })
+            .collect::<Vec<_>>();
+        let mut heads = BinaryHeap::new();
+        for (i, lane) in lanes.iter().enumerate() {
+            if let Some(front) = lane.buffer.front() {
+                heads.push(Reverse((append_key(front), i)));
+            }
+        }
+        Lanes {
+            lanes,
+            heads,
+            dry: 0,
+            empty_in_a_row: 0,
+        }
+    }
+
+    proptest! {
+        /// Taking runs gives what a merge taking one record at a time does:
+        /// the least (key, lane) head each time, whatever order the
+        /// timestamps within a partition come in.
+        #[test]
+        fn runs_are_taken_in_the_one_at_a_time_order(
+            partitions in proptest::collection::vec(proptest::collection::vec(0i64..20, 0..40), 1..6),
+            limit in 1usize..20,
+        ) {
+            let mut reference = Vec::new();
+            let mut fronts: Vec<usize> = vec![0; partitions.len()];
+            loop {
+                let next = (0..partitions.len())
+                    .filter(|&p| fronts[p] < partitions[p].len())
+                    .min_by_key(|&p| ((partitions[p][fronts[p]], p as u32, fronts[p] as u64), p));
+                let Some(p) = next else { break };
+                reference.push((p as u32, fronts[p] as u64));
+                fronts[p] += 1;
+            }
+            let mut lanes = lanes_of(&partitions);
+            let mut taken = Vec::new();
+            let mut out = Vec::new();
+            loop {
+                out.clear();
+                while out.len() < limit && lanes.take_in_append_order(&mut out, limit) {}
+                prop_assert!(out.len() <= limit);
+                if out.is_empty() {
+                    break;
+                }
+                let records = out.iter().map(|&(lane, i)| &lanes.lanes[lane].buffer[i]);
+                taken.extend(records.map(|r| (r.partition, r.offset)));
+            }
+            prop_assert_eq!(taken, reference);
+            prop_assert!(lanes.finished());
         }
     }
 }
