@@ -1,7 +1,8 @@
 -- Device view: per 1-minute bucket and device, lambda_events::kpi::DeviceCounts.
--- Input: `events`, the deduplicated iot-events of one hour of the master dataset.
+-- Input: `events`, the deduplicated iot-events of one hour of the master dataset, with ts_ms.
+-- Written for both batch engines: see batch-layer/src/dialect.rs.
 SELECT
-    CAST((epoch_ms(ts) // 60000) * 60000 AS BIGINT)                                          AS bucket_start,
+    CAST(ts_ms - ts_ms % 60000 AS BIGINT)                                                     AS bucket_start,
     device_id,
     CAST(count(*) FILTER (WHERE event_type = 'device_status' AND status = 'online') AS BIGINT)  AS online,
     CAST(count(*) FILTER (WHERE event_type = 'device_status' AND status = 'offline') AS BIGINT) AS offline,

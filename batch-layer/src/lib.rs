@@ -7,6 +7,7 @@
 
 pub mod backfill;
 pub mod baseline;
+pub mod dialect;
 pub mod index;
 pub mod lake;
 pub mod manifest;

@@ -15,6 +15,8 @@ use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use lambda_events::{DdSketch, Hll, Topic};
 
+use crate::dialect::{self, Dialect};
+
 pub use lambda_lake::views::{BatchViews, ViewName, apply_view_file};
 
 /// A batch view: its name, the topic it reads and its SQL.
@@ -24,7 +26,8 @@ pub struct ViewDef {
     pub name: ViewName,
     /// The topic whose events it reads.
     pub topic: Topic,
-    /// The query, over a relation `events`.
+    /// The query, over a relation `events` (with `ts_ms`), in both
+    /// engines' SQL with [`crate::dialect`] placeholders.
     pub sql: &'static str,
 }
 
@@ -92,10 +95,13 @@ impl ViewEngine {
     }
 
     fn define_events(&self, files: &[PathBuf]) -> anyhow::Result<()> {
-        let list = parquet_list(files);
+        let files: Vec<String> = files
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect();
         let sql = format!(
-            "CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM read_parquet([{}])",
-            list
+            "CREATE OR REPLACE TEMP VIEW events AS {}",
+            Dialect::DuckDb.events_relation(&files)?
         );
         self.conn
             .execute_batch(&sql)
@@ -114,9 +120,10 @@ impl ViewEngine {
         files: &[PathBuf],
     ) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
         self.define_events(files)?;
+        let sql = dialect::expand(view.sql, Dialect::DuckDb)?;
         let mut stmt = self
             .conn
-            .prepare(view.sql)
+            .prepare(&sql)
             .with_context(|| format!("preparing view {}", view.name))?;
         let arrow = stmt
             .query_arrow([])
