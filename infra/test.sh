@@ -30,6 +30,13 @@ if ! need pkg-config || ! pkg-config --exists openssl; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
 fi
 
+# Spark Connect's Rust client (apache-spark-connect) compiles its gRPC protocol
+# with protoc at build time.
+if ! need protoc; then
+  echo "installing protobuf-compiler (the Spark Connect client's build runs protoc)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+
 # Headless Chromium for the dashboard's browser test (Debian's package).
 # The lesson's commands (tests/guide.rs) use curl and pkill.
 if ! command -v curl >/dev/null || ! command -v pkill >/dev/null; then
@@ -82,6 +89,13 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   echo "installing schemathesis into $venv from PyPI"
   "$venv/bin/pip" install -q 'schemathesis==4.32.5'
 fi
+# A real Spark standalone cluster for the Spark batch engine's tests
+# (batch-layer/tests/spark.rs starts a master, two workers and a Connect server
+# from this distribution: pyspark 4.x ships all of Spark's jars and scripts).
+if ! "$venv/bin/python" -c 'import pyspark, grpc' 2>/dev/null; then
+  echo "installing pyspark[connect] (the Spark distribution, ~450 MB) into $venv from PyPI"
+  "$venv/bin/pip" install -q 'pyspark[connect]==4.3.0'
+fi
 export LAMBDA_TEST_VENV="$venv"
 
 # Keep the cached target dir from growing without bound: test executables
@@ -99,11 +113,12 @@ cargo fmt --all -- --check
 
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
 # Always the whole workspace: building a subset resolves DuckDB's features
-# differently and recompiles its C++.
+# differently and recompiles its C++. `spark`: the Spark batch engine (and
+# its tests on a real cluster).
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+cargo test --workspace --features spark --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 

@@ -47,6 +47,20 @@ pub(crate) struct SharedArgs {
           value_parser = clap::builder::PossibleValuesParser::new(["lambda", "kappa"])
               .map(|s| s.parse::<Architecture>().expect("one of the possible values")))]
     architecture: Architecture,
+    #[command(flatten)]
+    batch_engine: BatchEngineArgs,
+}
+
+/// Which engine computes the batch views.
+#[derive(Debug, Args)]
+struct BatchEngineArgs {
+    /// duckdb: in the batch process, one machine; spark: on a Spark cluster through Spark Connect (needs --spark-url).
+    #[arg(long = "batch-engine", env = "LAMBDA_BATCH_ENGINE", default_value = "duckdb",
+          value_parser = ["duckdb", "spark"])]
+    name: String,
+    /// The Spark Connect server of --batch-engine spark, e.g. sc://spark-connect:15002.
+    #[arg(long = "spark-url", env = "LAMBDA_SPARK_URL")]
+    spark_url: Option<String>,
 }
 
 /// Alert rules set by flags: each one given replaces that rule of the file
@@ -134,6 +148,10 @@ impl SharedArgs {
             allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
             idle_timeout: self.idle_timeout,
             architecture: self.architecture,
+            batch_engine: lambda_batch::BatchEngine::from_flags(
+                &self.batch_engine.name,
+                self.batch_engine.spark_url.as_deref(),
+            )?,
         })
     }
 }

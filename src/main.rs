@@ -72,6 +72,8 @@ enum BenchCommand {
     Speed(lambda_bench::SpeedBench),
     /// Rows per second per core and bytes of the master dataset's Parquet writer and compaction, beside DuckDB's COPY.
     Batch(lambda_bench::BatchBench),
+    /// Backfill of a large master dataset on Spark (two workers) beside DuckDB, and each engine's scheduled-run latency (starts a local Spark cluster without --spark-url; not part of `lambda bench`).
+    Backfill(lambda_bench::BackfillBench),
     /// NDJSON over HTTP into the embedded log beside the HTTP ceiling; freshness from 202 to a query.
     Ingest(lambda_bench::IngestBench),
     /// Latency of the merged funnel over 24 hours at 1-minute steps at a fixed request rate, beside a static handler.
@@ -315,6 +317,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 None => return lambda_bench::all(&args.json).await.map(drop),
                 Some(BenchCommand::Speed(bench)) => lambda_bench::speed::run(bench).await?,
                 Some(BenchCommand::Batch(bench)) => lambda_bench::batch::run(bench).await?,
+                Some(BenchCommand::Backfill(bench)) => lambda_bench::backfill::run(bench).await?,
                 Some(BenchCommand::Ingest(bench)) => lambda_bench::ingest::run(bench).await?,
                 Some(BenchCommand::Memory(bench)) => lambda_bench::memory::run(bench).await?,
                 Some(BenchCommand::Checkpoint(bench)) => {
@@ -342,16 +345,23 @@ async fn run_role(name: &str, running: roles::Running) -> anyhow::Result<()> {
 }
 
 async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
-    let lake = args.shared.shared()?.open_lake_writer()?;
+    let shared = args.shared.shared()?;
+    let lake = shared.open_lake_writer()?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("backfill {pos}/{len} hours {bar:30} {elapsed}")
             .expect("a template"),
     );
-    let report = lambda_batch::backfill(&lake, args.from, args.to, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
+    let report = lambda_batch::backfill(
+        &lake,
+        &shared.batch_engine,
+        args.from,
+        args.to,
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
     .await?;
     bar.finish_and_clear();
     let report = serde_json::json!({ "version": report.version, "hours_recomputed": report.hours });

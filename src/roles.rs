@@ -50,6 +50,8 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// Lambda, or kappa (no batch layer; see [`lambda_kappa`]).
     pub architecture: Architecture,
+    /// The engine that computes batch views (DuckDB in the process, or Spark).
+    pub batch_engine: lambda_batch::BatchEngine,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
             alert_rules: lambda_speed::alerts::AlertRules::defaults(),
             admin_token: None,
             architecture: Architecture::Lambda,
+            batch_engine: lambda_batch::BatchEngine::DuckDb,
         }
     }
 
@@ -138,6 +141,7 @@ impl Shared {
             log,
             lake,
             allowed_lateness_ms: self.allowed_lateness_ms,
+            engine: self.batch_engine.clone(),
         }
     }
 
@@ -339,6 +343,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
                 log,
                 lake: lambda.then_some(lake),
                 allowed_lateness_ms: shared.allowed_lateness_ms,
+                engine: shared.batch_engine.clone(),
             });
         app = app.merge(lambda_kappa::compare::router(compare));
     }

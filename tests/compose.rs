@@ -56,15 +56,21 @@ fn venv() -> PathBuf {
 
 /// `docker-compose config`: validated, resolved, as JSON.
 fn compose_config(venv: &Path) -> Value {
+    compose_config_with(venv, &[], &[])
+}
+
+/// `docker-compose config` with `--profile`s and variables set.
+fn compose_config_with(venv: &Path, profiles: &[&str], vars: &[(&str, &str)]) -> Value {
     let mut command = Command::new(venv.join("bin/docker-compose"));
+    command.args(["--project-directory", ".", "-f", "docker-compose.yml"]);
+    for profile in profiles {
+        command.args(["--profile", profile]);
+    }
     command
-        .args([
-            "--project-directory",
-            ".",
-            "-f",
-            "docker-compose.yml",
-            "config",
-        ])
+        .arg("config")
+        .env_remove("LAMBDA_BATCH_ENGINE")
+        .env_remove("COMPOSE_PROFILES")
+        .envs(vars.iter().copied())
         .current_dir(manifest_dir());
     let output = command.output().expect("running docker-compose config");
     assert!(
@@ -716,6 +722,79 @@ fn the_compose_file_keeps_kafkas_log_and_restarts_long_running_services() {
             );
         }
     }
+}
+
+/// `--profile spark` adds a Spark master, two workers and a Connect server
+/// (the official image) wired to each other and to MinIO, which the default
+/// stack leaves out; the batch service keeps DuckDB unless
+/// `LAMBDA_BATCH_ENGINE=spark`, and then reaches the profile's Connect
+/// server, with settings `lambda batch` accepts.
+#[test]
+fn the_spark_profile_adds_a_cluster_the_batch_service_uses_when_asked() {
+    let venv = venv();
+    let spark_services = [
+        "spark-master",
+        "spark-worker-1",
+        "spark-worker-2",
+        "spark-connect",
+    ];
+    let plain = compose_config(&venv);
+    for name in spark_services {
+        assert!(
+            plain["services"].get(name).is_none(),
+            "{name} runs without the profile"
+        );
+    }
+    assert_eq!(
+        plain["services"]["batch"]["environment"]["LAMBDA_BATCH_ENGINE"],
+        "duckdb"
+    );
+
+    let config = compose_config_with(&venv, &["spark"], &[("LAMBDA_BATCH_ENGINE", "spark")]);
+    let services = config["services"].as_object().expect("services");
+    for name in spark_services {
+        let image = services[name]["image"].as_str().unwrap_or_default();
+        assert!(
+            image.starts_with("apache/spark:4."),
+            "{name}: image {image}"
+        );
+    }
+    let command = |name: &str| strings(&services[name]["command"]).join(" ");
+    assert!(command("spark-master").contains("org.apache.spark.deploy.master.Master"));
+    for worker in ["spark-worker-1", "spark-worker-2"] {
+        assert!(
+            command(worker).contains("deploy.worker.Worker")
+                && command(worker).ends_with("spark://spark-master:7077"),
+            "{worker}: {}",
+            command(worker)
+        );
+    }
+    let connect = command("spark-connect");
+    for part in [
+        "org.apache.spark.sql.connect.service.SparkConnectServer",
+        "--master spark://spark-master:7077",
+        "spark.connect.grpc.binding.port=15002",
+        "org.apache.hadoop:hadoop-aws:",
+        "spark.hadoop.fs.s3a.endpoint=http://minio:9000",
+        "spark.hadoop.fs.s3a.path.style.access=true",
+    ] {
+        assert!(
+            connect.contains(part),
+            "spark-connect lacks {part}: {connect}"
+        );
+    }
+    let env = &services["batch"]["environment"];
+    assert_eq!(env["LAMBDA_BATCH_ENGINE"], "spark");
+    let url = env["LAMBDA_SPARK_URL"].as_str().expect("LAMBDA_SPARK_URL");
+    assert_eq!(url, "sc://spark-connect:15002");
+    // The batch service's settings are ones the batch layer accepts, and
+    // its lake is one Spark reads (s3:// as s3a://).
+    assert_eq!(
+        lambda_batch::BatchEngine::from_flags("spark", Some(url)).unwrap(),
+        lambda_batch::BatchEngine::Spark(lambda_batch::spark::SparkConfig::new(url))
+    );
+    let lake = env["LAMBDA_LAKE_URL"].as_str().expect("LAMBDA_LAKE_URL");
+    assert!(lake.starts_with("s3://"), "{lake}");
 }
 
 /// The topics the compose stack creates before the pipeline starts carry

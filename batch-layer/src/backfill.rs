@@ -3,17 +3,20 @@
 //! them in atomically — one manifest commit, like a run. The log is not
 //! read; offsets, the id index and B stay as they are.
 //!
+//! On Spark, each view of a topic is one job over all the interval's hours
+//! (up to [`crate::engine::SPARK_HOURS_PER_JOB`]), spread over the
+//! executors; on DuckDB, hour by hour.
+//!
 //! A scheduled run that commits first makes the backfill's commit a
 //! conflict (conditional put): nothing of the backfill becomes visible, and
 //! running it again recomputes on top of that run.
 
 use anyhow::Context;
 
+use crate::engine::{BatchEngine, Engines, recompute_views};
 use crate::lake::LakeWriter;
 use crate::manifest::{self, Manifest};
 use crate::master::HOUR_MS;
-use crate::run::write_views;
-use crate::views::ViewEngine;
 
 /// What a backfill did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +28,15 @@ pub struct BackfillReport {
 }
 
 /// Recomputes the views of every hour partition overlapping `[from_ms,
-/// to_ms)` and commits them as a new manifest version. `progress` is told
-/// `(done, total)` after each hour.
+/// to_ms)` with `engine` and commits them as a new manifest version.
+/// `progress` is told `(done, total)` hours as they are done. An hour whose
+/// views cannot be computed fails the backfill: nothing is committed.
 pub async fn backfill(
     lake: &LakeWriter,
+    engine: &BatchEngine,
     from_ms: i64,
     to_ms: i64,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64, u64) + Send,
 ) -> anyhow::Result<BackfillReport> {
     anyhow::ensure!(
         from_ms < to_ms,
@@ -48,14 +53,27 @@ pub async fn backfill(
         .map(|(key, _)| key.clone())
         .collect();
     let total = keys.len() as u64;
-    let mut engine = tokio::task::block_in_place(ViewEngine::new)?;
+    let engine = engine.clone();
+    let mut engines = tokio::task::spawn_blocking(move || Engines::open(&engine))
+        .await
+        .context("opening the batch engines")??;
     let mut partitions = previous.partitions.clone();
-    for (done, key) in keys.iter().enumerate() {
-        let partition = partitions.get_mut(key).expect("listed above");
-        write_views(lake, &mut engine, key, partition, version, false)
-            .await
-            .with_context(|| format!("backfill of {key}"))?;
-        progress(done as u64 + 1, total);
+    recompute_views(
+        lake,
+        &mut engines,
+        &mut partitions,
+        &keys,
+        version,
+        None,
+        &mut |done| progress(done, total),
+    )
+    .await
+    .context("backfill")?;
+    if let Some((key, reason)) = keys
+        .iter()
+        .find_map(|k| Some((k, partitions[k].quarantined.as_ref()?)))
+    {
+        anyhow::bail!("backfill of {key}: {reason}; nothing committed");
     }
     let manifest = Manifest {
         version,

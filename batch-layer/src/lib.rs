@@ -8,6 +8,7 @@
 pub mod backfill;
 pub mod baseline;
 pub mod dialect;
+pub mod engine;
 pub mod index;
 pub mod lake;
 pub mod manifest;
@@ -15,9 +16,11 @@ pub mod master;
 pub mod recompute;
 pub mod run;
 pub mod schedule;
+pub mod spark;
 pub mod views;
 
 pub use backfill::{BackfillReport, backfill};
+pub use engine::BatchEngine;
 pub use lake::{Lake, LakeWriter};
 pub use run::{RunContext, RunReport, run_once};
 pub use schedule::{BatchHandle, BatchStatus, Started, control, start};

@@ -1,5 +1,5 @@
-//! Views recomputed from the master dataset for an interval, without
-//! committing anything — the batch layer's side of `lambda compare`, with
+//! Views recomputed from the master dataset for an interval, with the
+//! chosen [`BatchEngine`], without committing anything — the batch layer's side of `lambda compare`, with
 //! what it cost (files and bytes read, rows, wall time). Also counts the
 //! rows a replay of the log can no longer see: those below a partition's
 //! earliest retained offset.
@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::{BucketViews, Topic};
 
+use crate::engine::{BatchEngine, SPARK_HOURS_PER_JOB};
 use crate::lake::Lake;
 use crate::manifest::Manifest;
 use crate::master::{self, HOUR_MS};
 use crate::run::local_paths;
+use crate::spark::{SparkEngine, spark_uri};
 use crate::views::{ViewEngine, apply_view_file, parquet_list, views_of};
 
 /// The batch views of an interval and their cost.
@@ -37,39 +39,65 @@ pub struct Recomputed {
     pub before_retention: BTreeMap<i64, Vec<(String, String)>>,
 }
 
-/// Runs every view's SQL over the data files of each hour partition of
-/// `manifest` overlapping `[from_ms, to_ms)`, keeping the buckets inside it.
-/// `retained_from` gives each `(topic, partition)`'s earliest offset the log
-/// still holds; rows below it are counted in `before_retention`.
+/// Runs every view's SQL (with `engine`) over the data files of each hour
+/// partition of `manifest` overlapping `[from_ms, to_ms)`, keeping the
+/// buckets inside it. `retained_from` gives each `(topic, partition)`'s
+/// earliest offset the log still holds; rows below it are counted in
+/// `before_retention` (by DuckDB in this process, whatever the engine).
 pub async fn recompute(
     lake: &Lake,
     manifest: &Manifest,
     from_ms: i64,
     to_ms: i64,
     retained_from: &BTreeMap<(String, u32), u64>,
+    engine: &BatchEngine,
 ) -> anyhow::Result<Recomputed> {
     let started = Instant::now();
-    let engine = tokio::task::block_in_place(ViewEngine::new)?;
+    let spark = match engine {
+        BatchEngine::DuckDb => None,
+        BatchEngine::Spark(config) => {
+            let config = config.clone();
+            Some(
+                tokio::task::spawn_blocking(move || SparkEngine::shared(&config))
+                    .await
+                    .context("connecting to Spark")??,
+            )
+        }
+    };
+    let duckdb = tokio::task::block_in_place(ViewEngine::new)?;
     let mut out = Recomputed::default();
+    let mut by_topic: BTreeMap<Topic, Vec<(String, Vec<String>)>> = BTreeMap::new();
     for (key, partition) in &manifest.partitions {
         if partition.hour_start_ms >= to_ms || partition.hour_start_ms + HOUR_MS <= from_ms {
             continue;
         }
         let topic = Topic::from_name(&partition.topic)
             .with_context(|| format!("partition {key}: unknown topic {}", partition.topic))?;
-        let paths = local_paths(lake, &partition.data_files).await?;
         out.hours += 1;
         out.files += partition.data_files.len() as u64;
         out.bytes += partition.data_files.iter().map(|f| f.bytes).sum::<u64>();
         out.rows += partition.data_files.iter().map(|f| f.rows).sum::<u64>();
-        for view in views_of(topic) {
-            let bytes = tokio::task::block_in_place(|| {
-                let (schema, batches) = engine.compute(view, &paths)?;
-                master::to_parquet(schema, &batches)
-            })
-            .with_context(|| format!("view {} of {key}", view.name))?;
-            let label = format!("{key} (recomputed)");
-            apply_view_file(&label, view.name, bytes, &mut out.buckets)?;
+        let label = format!("{key} (recomputed)");
+        match &spark {
+            None => {
+                let paths = local_paths(lake, &partition.data_files).await?;
+                for view in views_of(topic) {
+                    let bytes = tokio::task::block_in_place(|| {
+                        let (schema, batches) = duckdb.compute(view, &paths)?;
+                        master::to_parquet(schema, &batches)
+                    })
+                    .with_context(|| format!("view {} of {key}", view.name))?;
+                    apply_view_file(&label, view.name, bytes, &mut out.buckets)?;
+                }
+            }
+            Some(_) => {
+                let uris = partition
+                    .data_files
+                    .iter()
+                    .map(|f| spark_uri(lake, &object_store::path::Path::from(f.path.as_str())))
+                    .collect::<anyhow::Result<Vec<String>>>()?;
+                by_topic.entry(topic).or_default().push((key.clone(), uris));
+            }
         }
         let starts: Vec<(u32, u64)> = retained_from
             .iter()
@@ -77,12 +105,37 @@ pub async fn recompute(
             .map(|((_, p), start)| (*p, *start))
             .collect();
         if !starts.is_empty() {
-            let rows = tokio::task::block_in_place(|| rows_below(&engine, &paths, &starts))?;
+            let paths = local_paths(lake, &partition.data_files).await?;
+            let rows = tokio::task::block_in_place(|| rows_below(&duckdb, &paths, &starts))?;
             for (bucket, id, event_type) in rows {
                 out.before_retention
                     .entry(bucket)
                     .or_default()
                     .push((id, event_type));
+            }
+        }
+    }
+    if let Some(spark) = spark {
+        for (topic, hours) in by_topic {
+            for chunk in hours.chunks(SPARK_HOURS_PER_JOB) {
+                for view in views_of(topic) {
+                    let (job, chunk) = (spark.clone(), chunk.to_vec());
+                    let by_hour = tokio::task::spawn_blocking(move || {
+                        job.compute_hours(view, &chunk)?
+                            .into_iter()
+                            .map(|(key, (schema, batches))| {
+                                Ok((key, master::to_parquet(schema, &batches)?))
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()
+                    })
+                    .await
+                    .context("a Spark job's thread panicked")?
+                    .with_context(|| format!("view {} of {topic} on Spark", view.name))?;
+                    for (key, bytes) in by_hour {
+                        let label = format!("{key} (recomputed on Spark)");
+                        apply_view_file(&label, view.name, bytes, &mut out.buckets)?;
+                    }
+                }
             }
         }
     }

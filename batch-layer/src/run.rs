@@ -18,11 +18,11 @@ use lambda_events::{Event, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition};
 use object_store::path::Path;
 
+use crate::engine::{BatchEngine, Engines, recompute_views};
 use crate::index;
 use crate::lake::{Lake, LakeWriter};
 use crate::manifest::{self, DataFile, HourPartition, Manifest, RunStats};
 use crate::master::{self, HOUR_MS, LoggedEvent};
-use crate::views::{ViewEngine, views_of};
 
 /// Consumer group the batch layer commits its covered offsets under (for lag reporting).
 pub const CONSUMER_GROUP: &str = "batch-layer";
@@ -39,6 +39,8 @@ pub struct RunContext {
     pub lake: LakeWriter,
     /// Allowed lateness used for the boundary B.
     pub allowed_lateness_ms: i64,
+    /// The engine that computes the views.
+    pub engine: BatchEngine,
 }
 
 /// Where a run may be made to fail, for crash-injection tests.
@@ -104,7 +106,12 @@ pub async fn run_with_fail_point(
         ctx,
         fail_point,
         version: previous.version + 1,
-        engine: tokio::task::block_in_place(ViewEngine::new)?,
+        engines: {
+            let engine = ctx.engine.clone();
+            tokio::task::spawn_blocking(move || Engines::open(&engine))
+                .await
+                .context("opening the batch engines")??
+        },
         stats,
         written: Vec::new(),
         partitions: previous.partitions.clone(),
@@ -278,7 +285,7 @@ struct Writing<'a> {
     fail_point: Option<FailPoint>,
     /// The version this run commits.
     version: u64,
-    engine: ViewEngine,
+    engines: Engines,
     stats: RunStats,
     /// Every file this run writes (a file it replaced itself is deleted after the commit).
     written: Vec<String>,
@@ -304,7 +311,8 @@ impl Writing<'_> {
             let sources = index_sources(previous, topic);
             if !previous.id_index.contains_key(topic.name()) && !sources.is_empty() {
                 let local = local_paths(&self.ctx.lake, &sources).await?;
-                let bytes = tokio::task::block_in_place(|| self.engine.merge_index(&local))?;
+                let bytes =
+                    tokio::task::block_in_place(|| self.engines.duckdb.merge_index(&local))?;
                 let rows = sources.iter().map(|f| f.rows).sum();
                 let merged = self
                     .put(index::path(topic, self.version, true), bytes, rows)
@@ -318,7 +326,8 @@ impl Writing<'_> {
             let local = local_paths(&self.ctx.lake, &sources).await?;
             let candidates =
                 in_topic().flat_map(|(_, events)| events.iter().map(|e| e.event.event_id.as_str()));
-            let known = tokio::task::block_in_place(|| self.engine.known_ids(&local, candidates))?;
+            let known =
+                tokio::task::block_in_place(|| self.engines.duckdb.known_ids(&local, candidates))?;
             if known.is_empty() {
                 continue;
             }
@@ -367,21 +376,13 @@ impl Writing<'_> {
             }
             written_any = true;
             written_by_topic.entry(topic).or_default().extend(events);
-
-            let poisoned = self.fail_point == Some(FailPoint::PoisonHour(hour_start));
-            write_views(
-                &self.ctx.lake,
-                &mut self.engine,
-                &key,
-                &mut partition,
-                version,
-                poisoned,
-            )
-            .await?;
-            self.stats.hours_recomputed += 1;
             recomputed.insert(key.clone());
             self.partitions.insert(key, partition);
         }
+        // Then every changed hour's views, with the run's engine.
+        let mut keys: Vec<String> = recomputed.iter().cloned().collect();
+        keys.sort();
+        self.recompute(&keys).await?;
         Ok((written_by_topic, recomputed))
     }
 
@@ -394,20 +395,26 @@ impl Writing<'_> {
             .filter(|(key, p)| p.quarantined.is_some() && !recomputed.contains(*key))
             .map(|(key, _)| key.clone())
             .collect();
-        for key in retry {
-            let partition = self.partitions.get_mut(&key).expect("listed above");
-            let poisoned = self.fail_point == Some(FailPoint::PoisonHour(partition.hour_start_ms));
-            write_views(
-                &self.ctx.lake,
-                &mut self.engine,
-                &key,
-                partition,
-                self.version,
-                poisoned,
-            )
-            .await?;
-            self.stats.hours_recomputed += 1;
-        }
+        self.recompute(&retry).await
+    }
+
+    /// Recomputes the views of the hours `keys` as this run's version.
+    async fn recompute(&mut self, keys: &[String]) -> anyhow::Result<()> {
+        let poisoned = match self.fail_point {
+            Some(FailPoint::PoisonHour(hour)) => Some(hour),
+            _ => None,
+        };
+        recompute_views(
+            &self.ctx.lake,
+            &mut self.engines,
+            &mut self.partitions,
+            keys,
+            self.version,
+            poisoned,
+            &mut |_| {},
+        )
+        .await?;
+        self.stats.hours_recomputed += keys.len() as u64;
         Ok(())
     }
 
@@ -426,7 +433,8 @@ impl Writing<'_> {
             if files.len() > index::COMPACT_AT {
                 let files = files.clone();
                 let local = local_paths(&self.ctx.lake, &files).await?;
-                let bytes = tokio::task::block_in_place(|| self.engine.merge_index(&local))?;
+                let bytes =
+                    tokio::task::block_in_place(|| self.engines.duckdb.merge_index(&local))?;
                 let rows = files.iter().map(|f| f.rows).sum();
                 let merged = self
                     .put(index::path(*topic, self.version, true), bytes, rows)
@@ -483,60 +491,6 @@ async fn delete_replaced(ctx: &RunContext, manifest: &Manifest, written: &[Strin
         }
     }
     deleted
-}
-
-/// Recomputes every view of `partition` (an hour of its topic) from its
-/// data files with DuckDB, writes them as version `version`'s view files and
-/// points `partition` at them.
-pub(crate) async fn write_views(
-    lake: &LakeWriter,
-    engine: &mut ViewEngine,
-    key: &str,
-    partition: &mut HourPartition,
-    version: u64,
-    poisoned: bool,
-) -> anyhow::Result<()> {
-    let topic = Topic::from_name(&partition.topic)
-        .with_context(|| format!("partition {key}: unknown topic {}", partition.topic))?;
-    let all_paths = local_paths(lake, &partition.data_files).await?;
-    // Compute every view first: a failure here is about the hour's data (a
-    // poisoned hour), and quarantines it; a failure to store is the lake's,
-    // and fails the run (the next one retries).
-    let mut computed = Vec::new();
-    for view in views_of(topic) {
-        let result = if poisoned {
-            Err(anyhow::anyhow!(
-                "injected failure computing the views of {key}"
-            ))
-        } else {
-            tokio::task::block_in_place(|| {
-                let (schema, batches) = engine.compute(view, &all_paths)?;
-                master::to_parquet(schema, &batches)
-            })
-        };
-        match result {
-            Ok(bytes) => computed.push((view, bytes)),
-            Err(error) => {
-                let reason = format!("view {}: {error:#}", view.name);
-                tracing::error!(partition = %key, %reason, "hour quarantined: its views keep their last good computation");
-                partition.quarantined = Some(reason);
-                return Ok(());
-            }
-        }
-    }
-    for (view, bytes) in computed {
-        let view_path = format!(
-            "views/{}/{}/v{version:010}.parquet",
-            view.name,
-            key.split_once('/').map_or("", |(_, rest)| rest)
-        );
-        lake.put(&Path::from(view_path.as_str()), bytes).await?;
-        partition.views.insert(view.name.to_string(), view_path);
-    }
-    if partition.quarantined.take().is_some() {
-        tracing::info!(partition = %key, "quarantined hour recomputed");
-    }
-    Ok(())
 }
 
 /// Hours whose files one run merges, at most (bounds a run's extra work).

@@ -113,8 +113,31 @@ impl ViewEngine {
         &self.conn
     }
 
-    /// Runs `view` over `files` and returns its rows.
+    /// Runs `view` over `files` and returns its rows, sketches folded: what
+    /// its view file holds.
     pub fn compute(
+        &self,
+        view: &ViewDef,
+        files: &[PathBuf],
+    ) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
+        let (schema, batches) = self.compute_lists(view, files)?;
+        fold_sketches(schema, batches)
+    }
+
+    /// The columns and types `view`'s SQL gives on DuckDB, before its value
+    /// lists are folded into sketches: what another engine's answer is cast
+    /// to (run over an empty file of the view's topic).
+    pub fn lists_schema(&self, view: &ViewDef) -> anyhow::Result<SchemaRef> {
+        let dir = tempfile::tempdir().context("a temporary directory for an empty master file")?;
+        let file = dir.path().join("empty.parquet");
+        let bytes = crate::master::encode(view.topic, &[])?;
+        std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+        let (schema, _) = self.compute_lists(view, &[file])?;
+        Ok(schema)
+    }
+
+    /// Runs `view` over `files`: its rows with the value lists unfolded.
+    fn compute_lists(
         &self,
         view: &ViewDef,
         files: &[PathBuf],
@@ -130,7 +153,7 @@ impl ViewEngine {
             .with_context(|| format!("running view {}", view.name))?;
         let schema = arrow.get_schema();
         let batches: Vec<RecordBatch> = arrow.collect();
-        fold_sketches(schema, batches)
+        Ok((schema, batches))
     }
 }
 
@@ -140,7 +163,7 @@ const SKETCH_COLUMNS: [(&str, &str); 2] =
 
 /// Replaces each list column of [`SKETCH_COLUMNS`] by its sketch's bytes
 /// (the same form the speed layer keeps), so view files hold sketches, not lists.
-fn fold_sketches(
+pub(crate) fn fold_sketches(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {

@@ -40,6 +40,7 @@ async fn fixture() -> Fixture {
         log: Arc::clone(&log),
         lake,
         allowed_lateness_ms: 60_000,
+        engine: Default::default(),
     };
     Fixture {
         _dir: dir,
@@ -735,6 +736,7 @@ async fn a_backfill_recomputes_an_interval_and_swaps_it_in_at_once() {
     let mut calls = Vec::new();
     let report = lambda_batch::backfill(
         &f.ctx.lake,
+        &f.ctx.engine,
         broken_hour,
         broken_hour + 3_600_000,
         |done, total| calls.push((done, total)),
@@ -781,7 +783,7 @@ async fn a_backfill_recomputes_an_interval_and_swaps_it_in_at_once() {
     );
     assert_same_views(&loaded(&f.ctx.lake).await.buckets, &expected);
 
-    let error = lambda_batch::backfill(&f.ctx.lake, 10, 10, |_, _| {})
+    let error = lambda_batch::backfill(&f.ctx.lake, &f.ctx.engine, 10, 10, |_, _| {})
         .await
         .unwrap_err();
     assert!(error.to_string().contains("--from"), "{error}");

@@ -1,11 +1,13 @@
 //! `lambda bench …`: how fast each layer is, always beside a baseline
 //! measured in the same run, so that figures are ratios that hold on noisy
-//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve|memory|checkpoint`)
+//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve|memory|checkpoint`;
+//! `lambda bench backfill`, which needs a Spark cluster, runs only on its own)
 //! only parses flags and calls [`all`] or one of these; each hands back its
 //! figures ([`report::Figure`]) and prints its own details.
 
 mod measure;
 
+pub mod backfill;
 pub mod batch;
 pub mod checkpoint;
 pub mod ingest;
@@ -34,6 +36,7 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+pub use backfill::BackfillBench;
 pub use batch::BatchBench;
 pub use checkpoint::CheckpointBench;
 pub use ingest::IngestBench;

@@ -470,6 +470,7 @@ impl Pipeline {
             log,
             lake: writer,
             allowed_lateness_ms: config.allowed_lateness_ms,
+            engine: Default::default(),
         };
         let pipeline = Pipeline {
             fixed,

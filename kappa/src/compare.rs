@@ -159,7 +159,7 @@ pub struct Cost {
 /// What each side of a comparison cost.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Costs {
-    /// The batch views: DuckDB over the master dataset.
+    /// The batch views: DuckDB (or Spark) over the master dataset.
     pub lambda: Cost,
     /// The replay of the log through the speed layer's fold.
     pub kappa: Cost,
@@ -195,6 +195,8 @@ pub struct CompareSources {
     pub lake: Option<Lake>,
     /// Allowed lateness of the speed layer's fold.
     pub allowed_lateness_ms: i64,
+    /// The engine that recomputes the batch side.
+    pub engine: lambda_batch::BatchEngine,
 }
 
 /// Why a comparison could not be made.
@@ -249,8 +251,15 @@ pub async fn compare(
         |_| {},
     )
     .await?;
-    let batch =
-        lambda_batch::recompute::recompute(lake, &manifest, from_ms, to_ms, &retained_from).await?;
+    let batch = lambda_batch::recompute::recompute(
+        lake,
+        &manifest,
+        from_ms,
+        to_ms,
+        &retained_from,
+        &sources.engine,
+    )
+    .await?;
     let log_records = ends.values().sum();
     let mut comparison = judge(&batch, &kappa, sources.allowed_lateness_ms, from_ms, to_ms);
     comparison.manifest_version = manifest.version;
@@ -260,8 +269,13 @@ pub async fn compare(
     comparison.cost = Costs {
         lambda: Cost {
             what: format!(
-                "DuckDB ran the view SQL over {} Parquet files of {} hour partitions of the master dataset",
-                batch.files, batch.hours
+                "{} ran the view SQL over {} Parquet files of {} hour partitions of the master dataset",
+                match sources.engine {
+                    lambda_batch::BatchEngine::DuckDb => "DuckDB",
+                    lambda_batch::BatchEngine::Spark(_) => "Spark",
+                },
+                batch.files,
+                batch.hours
             ),
             wall_ms: batch.elapsed.as_millis() as u64,
             bytes_read: batch.bytes,

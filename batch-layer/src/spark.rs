@@ -1,0 +1,173 @@
+//! Batch views on Apache Spark, through Spark Connect.
+//!
+//! Spark computes; the batch layer writes. [`SparkEngine`] sends a view's
+//! SQL ([`crate::dialect`], the same file DuckDB runs) over the manifest's
+//! explicit file list to a Spark Connect server, takes the rows back as
+//! Arrow IPC bytes (the client's own arrow version stays inside it), gives
+//! them DuckDB's column types, and folds the value lists into the
+//! project's sketches as the DuckDB path does. Writing view files and
+//! committing the manifest stay with the batch layer, so a Spark job that
+//! fails leaves nothing visible.
+//!
+//! The Spark Connect client is the `spark` cargo feature (its build runs
+//! `protoc`): without it, choosing Spark is an error that says so.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use object_store::path::Path;
+
+use crate::lake::Lake;
+
+#[cfg(feature = "spark")]
+mod session;
+#[cfg(feature = "spark")]
+pub use session::SparkEngine;
+
+/// Without the `spark` feature: no session can be made
+/// ([`SparkEngine::connect`] says how to get one), so none exists.
+#[cfg(not(feature = "spark"))]
+#[derive(Debug, Clone)]
+pub struct SparkEngine {
+    never: std::convert::Infallible,
+}
+
+#[cfg(not(feature = "spark"))]
+impl SparkEngine {
+    /// Always an error: this build has no Spark Connect client.
+    pub fn connect(config: &SparkConfig) -> anyhow::Result<SparkEngine> {
+        anyhow::bail!(
+            "--batch-engine spark ({}): this lambda was built without Spark support; build it with `cargo build --release --features spark` (needs protoc: apt-get install protobuf-compiler)",
+            config.url
+        )
+    }
+
+    /// Always an error, as [`SparkEngine::connect`].
+    pub fn shared(config: &SparkConfig) -> anyhow::Result<SparkEngine> {
+        SparkEngine::connect(config)
+    }
+
+    /// Never called: there is no engine to call it on.
+    pub fn compute_hours(
+        &self,
+        _view: &crate::views::ViewDef,
+        _hours: &[(String, Vec<String>)],
+    ) -> anyhow::Result<
+        std::collections::BTreeMap<
+            String,
+            (arrow_schema::SchemaRef, Vec<arrow_array::RecordBatch>),
+        >,
+    > {
+        match self.never {}
+    }
+}
+
+/// How to reach Spark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparkConfig {
+    /// `sc://host:port` of a Spark Connect server (port 15002 if none).
+    pub url: String,
+    /// Longest a connection or one query may take before it is an error.
+    pub timeout: Duration,
+}
+
+impl SparkConfig {
+    /// `url` with the default timeout (10 minutes: a backfill's query over
+    /// many hours is one job).
+    pub fn new(url: impl Into<String>) -> SparkConfig {
+        SparkConfig {
+            url: url.into(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The `host:port` of an `sc://host:port[/;params]` URL.
+pub fn connect_address(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("sc://").with_context(|| {
+        format!("--spark-url {url:?}: a Spark Connect URL starts with sc:// (sc://host:15002)")
+    })?;
+    let authority = rest.split(['/', ';']).next().unwrap_or("");
+    anyhow::ensure!(
+        !authority.is_empty(),
+        "--spark-url {url:?}: no host (sc://host:15002)"
+    );
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.contains(']'))
+    {
+        let (host, port) = authority.rsplit_once(':').expect("checked");
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .with_context(|| format!("--spark-url {url:?}: port {port:?} is not 1-65535"))?;
+        anyhow::ensure!(!host.is_empty(), "--spark-url {url:?}: no host");
+        Ok(authority.to_string())
+    } else {
+        Ok(format!("{authority}:15002"))
+    }
+}
+
+/// The URI Spark reads a lake file at: the file itself for a local lake
+/// (`file:///…`, which must be the same path on every Spark worker), `s3a://`
+/// for an S3 lake (Spark needs `hadoop-aws`; see the README). A
+/// `memory://` lake lives in this process only.
+pub fn spark_uri(lake: &Lake, path: &Path) -> anyhow::Result<String> {
+    if let Some(root) = lake.local_root() {
+        return Ok(format!("file://{}", root.join(path.as_ref()).display()));
+    }
+    let url = lake.url();
+    if let Some(rest) = url.strip_prefix("s3://") {
+        return Ok(format!(
+            "s3a://{}/{}",
+            rest.trim_end_matches('/'),
+            path.as_ref()
+        ));
+    }
+    anyhow::bail!(
+        "lake {url}: Spark reads a file:// or s3:// lake only (a memory:// lake is in this process alone)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_addresses() {
+        assert_eq!(connect_address("sc://spark:15002").unwrap(), "spark:15002");
+        assert_eq!(connect_address("sc://spark").unwrap(), "spark:15002");
+        assert_eq!(
+            connect_address("sc://127.0.0.1:7/;user_id=x").unwrap(),
+            "127.0.0.1:7"
+        );
+        for bad in [
+            "http://spark:15002",
+            "sc://",
+            "sc://spark:0",
+            "sc://spark:99999",
+            "sc://:15002",
+            "spark",
+        ] {
+            let error = connect_address(bad).unwrap_err().to_string();
+            assert!(error.contains(bad), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn lake_files_as_spark_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let lake = Lake::open(&url, dir.path().join("cache")).unwrap();
+        let uri = spark_uri(&lake, &Path::from("master/a.parquet")).unwrap();
+        assert!(
+            uri.starts_with("file:///") && uri.ends_with("/master/a.parquet"),
+            "{uri}"
+        );
+        let memory = Lake::open("memory://", dir.path().join("cache")).unwrap();
+        let error = spark_uri(&memory, &Path::from("a"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("memory://"), "{error}");
+    }
+}

@@ -1,0 +1,311 @@
+//! Batch views on a real Spark standalone cluster (a master, two workers and
+//! a Spark Connect server, started from the `pyspark` distribution): for
+//! generated traffic with late events and resends, every view of every hour
+//! computed by Spark equals DuckDB's, column by column; scheduled runs and a
+//! backfill on Spark write the same view files, byte for byte (sketches
+//! included), as runs on DuckDB; the work ran on both workers; an
+//! unreachable Connect URL and a worker killed mid-job leave nothing
+//! half-done, and the next run converges.
+//!
+//! One cluster for the whole file (about a minute to start and ~2 GB): the
+//! checks are steps of one test.
+
+use std::sync::Arc;
+
+use arrow::compute::concat_batches;
+use lambda_batch::manifest;
+use lambda_batch::run::RunContext;
+use lambda_batch::spark::{SparkConfig, SparkEngine, spark_uri};
+use lambda_batch::views::{ViewEngine, views_of};
+use lambda_batch::{BatchEngine, LakeWriter, run_once};
+use lambda_events::{Event, Topic};
+use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
+use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, Record};
+use lambda_testkit::Spark;
+use object_store::path::Path;
+
+const START_MS: i64 = 1_767_225_600_000;
+
+fn events(seed: u64, n: usize) -> Vec<Event> {
+    let mut generator = Generator::new(GeneratorConfig {
+        seed,
+        start_ms: START_MS,
+        rate: 2.0,
+        late_fraction: 0.05,
+        duplicate_fraction: 0.05,
+        malformed_fraction: 0.0,
+        ..GeneratorConfig::default()
+    });
+    (0..n)
+        .map(|_| generator.next_line())
+        .filter(|l| l.kind != LineKind::Malformed)
+        .map(|l| Event::from_json(&l.bytes).unwrap())
+        .collect()
+}
+
+async fn append(log: &Arc<dyn EventLog>, events: &[Event]) {
+    for topic in Topic::ALL {
+        let records: Vec<Record> = events
+            .iter()
+            .filter(|e| e.topic() == topic)
+            .map(|e| Record::keyed(e.key().as_bytes(), e.to_json(), 0))
+            .collect();
+        log.append(topic.name(), records).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
+    let mut spark = tokio::task::spawn_blocking(Spark::start).await.unwrap();
+
+    // A lake of several hours, written by two runs (the second brings late
+    // events into hours the first had closed, and resends).
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(
+        EmbeddedLog::open(dir.path().join("log"), EmbeddedConfig::default())
+            .await
+            .unwrap(),
+    );
+    lambda_ingest::ensure_topics(&log, 3).await.unwrap();
+    let open_lake = |name: &str| {
+        LakeWriter::open(
+            &format!("file://{}", dir.path().join(name).display()),
+            dir.path().join(format!("{name}-cache")),
+        )
+        .unwrap()
+    };
+    let spark_engine = BatchEngine::Spark(SparkConfig::new(&spark.connect_url));
+    // The same log into two lakes: views by DuckDB, and by Spark.
+    let ctx = RunContext {
+        log: Arc::clone(&log),
+        lake: open_lake("lake"),
+        allowed_lateness_ms: 60_000,
+        engine: BatchEngine::DuckDb,
+    };
+    let on_spark = RunContext {
+        lake: open_lake("lake-spark"),
+        engine: spark_engine.clone(),
+        ..ctx.clone()
+    };
+    let all = events(7, 24_000);
+    let (first, second) = all.split_at(16_000);
+    append(&log, first).await;
+    assert!(run_once(&ctx).await.unwrap().committed);
+    assert!(run_once(&on_spark).await.unwrap().committed);
+    append(&log, second).await;
+    assert!(run_once(&ctx).await.unwrap().committed);
+    assert!(run_once(&on_spark).await.unwrap().committed);
+    let manifest = manifest::latest(&ctx.lake).await.unwrap().unwrap();
+    assert!(
+        manifest.partitions.len() >= 4,
+        "{:?}",
+        manifest.partitions.keys()
+    );
+
+    // Each view of each hour, by each engine, column by column.
+    let config = SparkConfig::new(&spark.connect_url);
+    let engine = tokio::task::spawn_blocking(move || SparkEngine::connect(&config))
+        .await
+        .unwrap()
+        .unwrap();
+    let duckdb = ViewEngine::new().unwrap();
+    let root = ctx.lake.local_root().unwrap().to_path_buf();
+    let mut compared = 0;
+    let mut rows = std::collections::BTreeMap::new();
+    for (key, partition) in &manifest.partitions {
+        let topic = Topic::from_name(&partition.topic).unwrap();
+        let local: Vec<_> = partition
+            .data_files
+            .iter()
+            .map(|f| root.join(&f.path))
+            .collect();
+        let uris: Vec<String> = partition
+            .data_files
+            .iter()
+            .map(|f| spark_uri(&ctx.lake, &Path::from(f.path.as_str())).unwrap())
+            .collect();
+        for view in views_of(topic) {
+            let (d_schema, d_batches) = duckdb.compute(view, &local).unwrap();
+            let (engine, view_def, uris) = (engine.clone(), *view, uris.clone());
+            let (s_schema, s_batches) =
+                tokio::task::spawn_blocking(move || engine.compute(&view_def, &uris))
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{key} {}: {e:#}", view.name));
+            assert_eq!(
+                s_schema, d_schema,
+                "{key} {}: the schemas differ",
+                view.name
+            );
+            let d = concat_batches(&d_schema, &d_batches).unwrap();
+            let s = concat_batches(&s_schema, &s_batches).unwrap();
+            *rows.entry(view.name.to_string()).or_insert(0) += d.num_rows();
+            assert_eq!(
+                s.num_rows(),
+                d.num_rows(),
+                "{key} {}: row counts",
+                view.name
+            );
+            for (i, field) in d_schema.fields().iter().enumerate() {
+                assert_eq!(
+                    s.column(i).as_ref(),
+                    d.column(i).as_ref(),
+                    "{key} {}: column {} differs",
+                    view.name,
+                    field.name()
+                );
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared >= 8, "{compared} views compared");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(
+        rows.values().all(|n| *n > 100),
+        "rows compared per view: {rows:?}"
+    );
+
+    // The work ran on both workers: each has an executor of the Connect
+    // server's application, and the master granted it both cores.
+    let master = spark.master_json();
+    assert!(master.contains("Spark Connect server"), "{master}");
+    for ui in &spark.worker_uis {
+        let address = ui.trim_start_matches("http://");
+        let state = lambda_testkit::http_get(address, "/json/").unwrap_or_default();
+        assert!(
+            state.contains("\"executors\" : [ {") || state.contains("\"executors\":[{"),
+            "worker {ui} ran no executor: {state}"
+        );
+    }
+
+    // The runs on Spark wrote the same view files as the runs on DuckDB.
+    assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+
+    // A backfill of every hour on Spark (one job per view over all of
+    // them) writes the same view files again.
+    let (from, to) = interval(&manifest);
+    let report = lambda_batch::backfill(&on_spark.lake, &spark_engine, from, to, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.hours, manifest.partitions.len() as u64);
+    assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+
+    // An unreachable Connect server: the run fails at once naming it, and
+    // commits nothing; the next run on Spark converges.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let dead_url = format!("sc://127.0.0.1:{dead_port}");
+    let unreachable = RunContext {
+        engine: BatchEngine::Spark(SparkConfig::new(&dead_url)),
+        ..on_spark.clone()
+    };
+    append(&log, &events(8, 3_000)).await;
+    let before = manifest::latest(&on_spark.lake).await.unwrap().unwrap();
+    let error = format!("{:#}", run_once(&unreachable).await.unwrap_err());
+    assert!(
+        error.contains(&dead_url) && error.contains("unreachable"),
+        "{error}"
+    );
+    assert_eq!(
+        manifest::latest(&on_spark.lake)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        before.version,
+        "a failed run committed"
+    );
+    assert!(run_once(&ctx).await.unwrap().committed);
+    assert!(run_once(&on_spark).await.unwrap().committed);
+    assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+
+    // A worker killed while a backfill's job runs: the backfill either
+    // finishes on the other worker (Spark runs the lost tasks again) with
+    // the right views, or fails and commits nothing; the next one converges.
+    let manifest = manifest::latest(&on_spark.lake).await.unwrap().unwrap();
+    let (from, to) = interval(&manifest);
+    let mut killed = false;
+    for _ in 0..5 {
+        let before = manifest::latest(&on_spark.lake)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
+        let (lake, engine) = (on_spark.lake.clone(), spark_engine.clone());
+        let backfill = tokio::spawn(async move {
+            lambda_batch::backfill(&lake, &engine, from, to, |_, _| {}).await
+        });
+        while !backfill.is_finished() && !killed {
+            if spark.job_running() {
+                spark.kill_worker(2);
+                killed = true;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        let outcome = backfill.await.unwrap();
+        let after = manifest::latest(&on_spark.lake)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
+        match outcome {
+            Ok(report) => assert_eq!(report.version, after),
+            Err(error) => assert_eq!(after, before, "a failed backfill committed: {error:#}"),
+        }
+        assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+        if killed {
+            break;
+        }
+    }
+    assert!(
+        killed,
+        "no backfill job was seen running to kill a worker under"
+    );
+    let report = lambda_batch::backfill(&on_spark.lake, &spark_engine, from, to, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.hours, manifest.partitions.len() as u64);
+    assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+}
+
+/// The hours a manifest's partitions span: `[first start, last end)`.
+fn interval(manifest: &manifest::Manifest) -> (i64, i64) {
+    let starts = manifest.partitions.values().map(|p| p.hour_start_ms);
+    (
+        starts.clone().min().unwrap(),
+        starts.max().unwrap() + 3_600_000,
+    )
+}
+
+/// Both lakes' latest manifests hold the same partitions, none quarantined,
+/// and each view file of one has the same bytes as the other's.
+async fn assert_same_view_files(a: &LakeWriter, b: &LakeWriter) {
+    let (ma, mb) = (
+        manifest::latest(a).await.unwrap().unwrap(),
+        manifest::latest(b).await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        ma.partitions.keys().collect::<Vec<_>>(),
+        mb.partitions.keys().collect::<Vec<_>>()
+    );
+    for (key, pa) in &ma.partitions {
+        let pb = &mb.partitions[key];
+        assert!(
+            pa.quarantined.is_none() && pb.quarantined.is_none(),
+            "{key} quarantined"
+        );
+        assert_eq!(
+            pa.views.keys().collect::<Vec<_>>(),
+            pb.views.keys().collect::<Vec<_>>(),
+            "{key}"
+        );
+        for (view, path) in &pa.views {
+            let bytes_a = a.get(&Path::from(path.as_str())).await.unwrap();
+            let bytes_b = b.get(&Path::from(pb.views[view].as_str())).await.unwrap();
+            assert!(bytes_a == bytes_b, "{key} {view}: the view files differ");
+        }
+    }
+}
