@@ -61,6 +61,9 @@ struct BatchEngineArgs {
     /// The Spark Connect server of --batch-engine spark, e.g. sc://spark-connect:15002.
     #[arg(long = "spark-url", env = "LAMBDA_SPARK_URL")]
     spark_url: Option<String>,
+    /// Longest a Spark call (connecting, one job over up to 168 hours of a view) may take, e.g. 10m.
+    #[arg(long = "spark-timeout", env = "LAMBDA_SPARK_TIMEOUT", default_value = "10m", value_parser = parse_timeout)]
+    spark_timeout: Duration,
 }
 
 /// Alert rules set by flags: each one given replaces that rule of the file
@@ -83,6 +86,16 @@ struct AlertArgs {
     /// A page's errors per page view in a closed minute above this raises, e.g. 0.1.
     #[arg(long = "alert-error-rate", env = "LAMBDA_ALERT_ERROR_RATE", value_parser = parse_rate)]
     error_rate: Option<f64>,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| {
+        if d.is_zero() {
+            Err("a timeout of 0 would fail every call: give one above 0, e.g. 10m".to_string())
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 fn parse_severity(text: &str) -> Result<Severity, String> {
@@ -151,7 +164,8 @@ impl SharedArgs {
             batch_engine: lambda_batch::BatchEngine::from_flags(
                 &self.batch_engine.name,
                 self.batch_engine.spark_url.as_deref(),
-            )?,
+            )?
+            .with_spark_timeout(self.batch_engine.spark_timeout),
         })
     }
 }
@@ -258,5 +272,51 @@ mod tests {
         let file = dir.path().join("alerts.toml");
         std::fs::write(&file, "[alarm]\nseverity = [\"high\"]\n").unwrap();
         check(&["--alerts-file", file.to_str().unwrap()], "severity");
+    }
+
+    #[test]
+    fn the_batch_engine_flags() {
+        #[derive(Debug, clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            shared: SharedArgs,
+        }
+        let engine = |args: &[&str]| -> Result<lambda_batch::BatchEngine, String> {
+            let flags = <Flags as clap::Parser>::try_parse_from(["lambda"].iter().chain(args))
+                .map_err(|e| e.to_string())?;
+            flags
+                .shared
+                .shared()
+                .map(|s| s.batch_engine)
+                .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(engine(&[]).unwrap(), lambda_batch::BatchEngine::DuckDb);
+        assert_eq!(
+            engine(&["--batch-engine", "spark", "--spark-url", "sc://spark:15002"]).unwrap(),
+            lambda_batch::BatchEngine::Spark(lambda_batch::spark::SparkConfig::new(
+                "sc://spark:15002"
+            ))
+        );
+        let slow = engine(&[
+            "--batch-engine",
+            "spark",
+            "--spark-url",
+            "sc://spark",
+            "--spark-timeout",
+            "30m",
+        ])
+        .unwrap();
+        assert!(matches!(slow, lambda_batch::BatchEngine::Spark(c) if c.timeout.as_secs() == 1800));
+        let error = engine(&["--spark-timeout", "0s"]).unwrap_err();
+        assert!(error.contains("above 0"), "{error}");
+        let error = engine(&["--batch-engine", "spark"]).unwrap_err();
+        assert!(error.contains("needs --spark-url"), "{error}");
+        let error = engine(&["--batch-engine", "flink"]).unwrap_err();
+        assert!(
+            error.contains("flink") && error.contains("duckdb"),
+            "{error}"
+        );
+        let error = engine(&["--batch-engine", "spark", "--spark-url", "http://x"]).unwrap_err();
+        assert!(error.contains("sc://"), "{error}");
     }
 }

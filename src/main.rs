@@ -364,7 +364,11 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     )
     .await?;
     bar.finish_and_clear();
-    let report = serde_json::json!({ "version": report.version, "hours_recomputed": report.hours });
+    let report = serde_json::json!({
+        "version": report.version,
+        "hours_recomputed": report.hours,
+        "hours_quarantined": report.quarantined,
+    });
     println!("{report}");
     Ok(())
 }

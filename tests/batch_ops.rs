@@ -164,7 +164,10 @@ async fn lambda_batch_backfill_swaps_in_recomputed_views() {
         String::from_utf8_lossy(&output.stderr)
     );
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(printed, json!({"version": 2, "hours_recomputed": 1}));
+    assert_eq!(
+        printed,
+        json!({"version": 2, "hours_recomputed": 1, "hours_quarantined": []})
+    );
 
     let demo = Demo::start(config(dir.path(), None)).await.unwrap();
     let base = format!("http://{}", demo.addr);

@@ -25,12 +25,18 @@ pub struct BackfillReport {
     pub version: u64,
     /// Hour partitions (of every topic) whose views it recomputed.
     pub hours: u64,
+    /// Those whose views could not be computed from their data: they are
+    /// quarantined (their views keep their last good computation; every
+    /// later run tries them again).
+    pub quarantined: Vec<String>,
 }
 
 /// Recomputes the views of every hour partition overlapping `[from_ms,
 /// to_ms)` with `engine` and commits them as a new manifest version.
 /// `progress` is told `(done, total)` hours as they are done. An hour whose
-/// views cannot be computed fails the backfill: nothing is committed.
+/// views cannot be computed from its data is quarantined, as in a run, and
+/// named in the report; a Spark cluster that stops answering fails the
+/// backfill, and nothing is committed.
 pub async fn backfill(
     lake: &LakeWriter,
     engine: &BatchEngine,
@@ -64,17 +70,17 @@ pub async fn backfill(
         &mut partitions,
         &keys,
         version,
+        "-backfill",
         None,
         &mut |done| progress(done, total),
     )
     .await
     .context("backfill")?;
-    if let Some((key, reason)) = keys
+    let quarantined: Vec<String> = keys
         .iter()
-        .find_map(|k| Some((k, partitions[k].quarantined.as_ref()?)))
-    {
-        anyhow::bail!("backfill of {key}: {reason}; nothing committed");
-    }
+        .filter(|k| partitions[*k].quarantined.is_some())
+        .cloned()
+        .collect();
     let manifest = Manifest {
         version,
         created_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -91,9 +97,17 @@ pub async fn backfill(
     if let Err(error) = manifest::vacuum(lake, &manifest, crate::run::KEEP_MANIFESTS).await {
         tracing::warn!(%error, version, "deleting files no manifest needs failed");
     }
-    tracing::info!(version, hours = total, from_ms, to_ms, "backfill committed");
+    tracing::info!(
+        version,
+        hours = total,
+        quarantined = quarantined.len(),
+        from_ms,
+        to_ms,
+        "backfill committed"
+    );
     Ok(BackfillReport {
         version,
         hours: total,
+        quarantined,
     })
 }

@@ -49,6 +49,15 @@ impl BatchEngine {
         }
     }
 
+    /// The engine with Spark's calls (a connection, one job) given at most
+    /// `timeout` each (DuckDB has none).
+    pub fn with_spark_timeout(self, timeout: std::time::Duration) -> BatchEngine {
+        match self {
+            BatchEngine::Spark(config) => BatchEngine::Spark(SparkConfig { timeout, ..config }),
+            other => other,
+        }
+    }
+
     /// `duckdb` or `spark`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -72,7 +81,7 @@ impl Engines {
     pub(crate) fn open(engine: &BatchEngine) -> anyhow::Result<Engines> {
         let spark = match engine {
             BatchEngine::DuckDb => None,
-            BatchEngine::Spark(config) => Some(SparkEngine::shared(config)?),
+            BatchEngine::Spark(config) => Some(SparkEngine::shared(config, "batch")?),
         };
         Ok(Engines {
             duckdb: ViewEngine::new()?,
@@ -86,109 +95,182 @@ impl Engines {
 pub const SPARK_HOURS_PER_JOB: usize = 168;
 
 /// Recomputes every view of the hour partitions `keys` from their data
-/// files, writes them as version `version`'s view files and points each
-/// partition at them. `progress` is told how many hours are done after each
-/// step.
+/// files, writes them as version `version`'s view files (`tag` is added
+/// to their names: see [`view_path`]) and points each partition at them.
+/// `progress` is told how many hours are done after each step.
 ///
-/// On DuckDB, hour by hour: an hour whose views fail to compute (its data,
-/// or `poisoned`, a crash-injection hook) is quarantined — its views keep
-/// their last good computation — and the rest goes on. On Spark, one job
-/// per view over many hours; a failed job is an error (the cluster's, as
-/// often as the data's), and the caller commits nothing: the next run
+/// On DuckDB, hour by hour. On Spark, one job per view over many hours
+/// (chunks of at most [`SPARK_HOURS_PER_JOB`] hours and
+/// [`SPARK_FILES_PER_JOB`] files); if a job fails and the session still
+/// answers, each of its hours is tried alone. Either way, an hour whose
+/// views cannot be computed from its data (or `poisoned`, a
+/// crash-injection hook) is quarantined — its views keep their last good
+/// computation — and the rest goes on. A Spark cluster that no longer
+/// answers is an error: the caller commits nothing, and the next run
 /// computes it all again.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn recompute_views(
     lake: &LakeWriter,
     engines: &mut Engines,
     partitions: &mut BTreeMap<String, HourPartition>,
     keys: &[String],
     version: u64,
+    tag: &str,
     poisoned: Option<i64>,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> anyhow::Result<()> {
     let is_poisoned = |p: &HourPartition| poisoned == Some(p.hour_start_ms);
     let mut done = 0u64;
-    match engines.spark.clone() {
-        None => {
-            for key in keys {
-                let partition = partitions
-                    .get_mut(key)
-                    .with_context(|| format!("no partition {key}"))?;
-                let computed = if is_poisoned(partition) {
-                    Err(format!("injected failure computing the views of {key}"))
-                } else {
-                    duckdb_views(lake, &mut engines.duckdb, key, partition).await?
-                };
-                store_views(lake, key, partition, version, computed).await?;
-                done += 1;
-                progress(done);
-            }
+    let Some(spark) = engines.spark.clone() else {
+        for key in keys {
+            let partition = partitions
+                .get_mut(key)
+                .with_context(|| format!("no partition {key}"))?;
+            let computed = if is_poisoned(partition) {
+                Err(format!("injected failure computing the views of {key}"))
+            } else {
+                duckdb_views(lake, &mut engines.duckdb, key, partition).await?
+            };
+            store_views(lake, key, partition, version, tag, computed).await?;
+            done += 1;
+            progress(done);
         }
-        Some(spark) => {
-            let mut by_topic: BTreeMap<Topic, Vec<String>> = BTreeMap::new();
-            for key in keys {
-                let partition = partitions
-                    .get_mut(key)
-                    .with_context(|| format!("no partition {key}"))?;
-                if is_poisoned(partition) {
-                    let reason = Err(format!("injected failure computing the views of {key}"));
-                    store_views(lake, key, partition, version, reason).await?;
-                    done += 1;
-                    continue;
-                }
-                let topic = partition_topic(key, partition)?;
-                by_topic.entry(topic).or_default().push(key.clone());
-            }
-            for (topic, keys) in by_topic {
-                for chunk in keys.chunks(SPARK_HOURS_PER_JOB) {
-                    let mut hours = Vec::with_capacity(chunk.len());
-                    for key in chunk {
-                        let files = partitions[key]
-                            .data_files
-                            .iter()
-                            .map(|f| {
-                                spark_uri(lake, &object_store::path::Path::from(f.path.as_str()))
-                            })
-                            .collect::<anyhow::Result<Vec<String>>>()?;
-                        hours.push((key.clone(), files));
-                    }
-                    let mut computed: BTreeMap<String, Vec<(&'static ViewDef, Bytes)>> =
-                        BTreeMap::new();
-                    for view in views_of(topic) {
-                        let job = spark.clone();
-                        let hours = hours.clone();
-                        let by_hour = tokio::task::spawn_blocking(move || {
-                            let by_hour = job.compute_hours(view, &hours)?;
-                            by_hour
-                                .into_iter()
-                                .map(|(key, (schema, batches))| {
-                                    Ok((key, master::to_parquet(schema, &batches)?))
-                                })
-                                .collect::<anyhow::Result<Vec<(String, Bytes)>>>()
-                        })
-                        .await
-                        .context("a Spark job's thread panicked")?
-                        .with_context(|| {
-                            format!(
-                                "view {} of {} hours of {topic} on Spark",
-                                view.name,
-                                chunk.len()
-                            )
-                        })?;
+        return Ok(());
+    };
+    let mut by_topic: BTreeMap<Topic, Vec<(String, Vec<String>)>> = BTreeMap::new();
+    for key in keys {
+        let partition = partitions
+            .get_mut(key)
+            .with_context(|| format!("no partition {key}"))?;
+        if is_poisoned(partition) {
+            let reason = Err(format!("injected failure computing the views of {key}"));
+            store_views(lake, key, partition, version, tag, reason).await?;
+            done += 1;
+            continue;
+        }
+        let topic = partition_topic(key, partition)?;
+        let files = partition
+            .data_files
+            .iter()
+            .map(|f| spark_uri(lake, &object_store::path::Path::from(f.path.as_str())))
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        by_topic
+            .entry(topic)
+            .or_default()
+            .push((key.clone(), files));
+    }
+    for (topic, hours) in by_topic {
+        for chunk in spark_jobs(&hours) {
+            let mut computed: BTreeMap<String, Vec<(&'static ViewDef, Bytes)>> = BTreeMap::new();
+            let mut failed: BTreeMap<String, String> = BTreeMap::new();
+            for view in views_of(topic) {
+                let asked: Vec<(String, Vec<String>)> = chunk
+                    .iter()
+                    .filter(|(key, _)| !failed.contains_key(key))
+                    .cloned()
+                    .collect();
+                match spark_job(&spark, view, asked.clone()).await {
+                    Ok(by_hour) => {
                         for (key, bytes) in by_hour {
                             computed.entry(key).or_default().push((view, bytes));
                         }
                     }
-                    for (key, views) in computed {
-                        let partition = partitions.get_mut(&key).expect("asked for");
-                        store_views(lake, &key, partition, version, Ok(views)).await?;
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        tracing::warn!(view = %view.name, hours = asked.len(), %error, "a Spark job failed; trying its hours one by one");
+                        for hour in asked {
+                            let key = hour.0.clone();
+                            match spark_job(&spark, view, vec![hour]).await {
+                                Ok(by_hour) => {
+                                    for (key, bytes) in by_hour {
+                                        computed.entry(key).or_default().push((view, bytes));
+                                    }
+                                }
+                                Err(error) => {
+                                    failed.insert(key, format!("view {}: {error:#}", view.name));
+                                }
+                            }
+                        }
                     }
-                    done += chunk.len() as u64;
-                    progress(done);
                 }
             }
+            if !failed.is_empty() {
+                let alive = spark.clone();
+                let answers = tokio::task::spawn_blocking(move || alive.answers())
+                    .await
+                    .unwrap_or(false);
+                anyhow::ensure!(
+                    answers,
+                    "Spark no longer answers, computing the views of {} hours of {topic}: {}",
+                    failed.len(),
+                    failed.values().next().map_or("", String::as_str)
+                );
+            }
+            for (key, _) in chunk {
+                let partition = partitions.get_mut(key).expect("asked for");
+                let result = match failed.remove(key) {
+                    Some(reason) => Err(reason),
+                    None => Ok(computed.remove(key).unwrap_or_default()),
+                };
+                store_views(lake, key, partition, version, tag, result).await?;
+            }
+            done += chunk.len() as u64;
+            progress(done);
         }
     }
     Ok(())
+}
+
+/// Files one Spark job reads, at most (its query names each file).
+pub const SPARK_FILES_PER_JOB: usize = 512;
+
+/// `hours` in chunks of at most [`SPARK_HOURS_PER_JOB`] hours and
+/// [`SPARK_FILES_PER_JOB`] files (an hour with more files is a chunk alone).
+fn spark_jobs(hours: &[(String, Vec<String>)]) -> Vec<&[(String, Vec<String>)]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut files) = (0, 0);
+    for (i, (_, hour_files)) in hours.iter().enumerate() {
+        let full =
+            i - start == SPARK_HOURS_PER_JOB || files + hour_files.len() > SPARK_FILES_PER_JOB;
+        if i > start && full {
+            chunks.push(&hours[start..i]);
+            (start, files) = (i, 0);
+        }
+        files += hour_files.len();
+    }
+    if start < hours.len() {
+        chunks.push(&hours[start..]);
+    }
+    chunks
+}
+
+/// One Spark job: `view` over `hours`, each hour's answer as its view file.
+async fn spark_job(
+    spark: &SparkEngine,
+    view: &'static ViewDef,
+    hours: Vec<(String, Vec<String>)>,
+) -> anyhow::Result<Vec<(String, Bytes)>> {
+    let (job, count) = (spark.clone(), hours.len());
+    tokio::task::spawn_blocking(move || {
+        job.compute_hours(view, &hours)?
+            .into_iter()
+            .map(|(key, (schema, batches))| Ok((key, view_file(schema, &batches)?)))
+            .collect::<anyhow::Result<Vec<(String, Bytes)>>>()
+    })
+    .await
+    .context("a Spark job's thread panicked")?
+    .with_context(|| format!("view {} of {count} hours on Spark", view.name))
+}
+
+/// A view's rows as its file: one batch, so that the file's pages do not
+/// depend on how an engine happened to cut its answer into batches (both
+/// engines write the same bytes).
+pub(crate) fn view_file(
+    schema: arrow_schema::SchemaRef,
+    batches: &[arrow_array::RecordBatch],
+) -> anyhow::Result<Bytes> {
+    let one = arrow::compute::concat_batches(&schema, batches)?;
+    master::to_parquet(schema, &[one])
 }
 
 fn partition_topic(key: &str, partition: &HourPartition) -> anyhow::Result<Topic> {
@@ -211,7 +293,7 @@ async fn duckdb_views(
     for view in views_of(topic) {
         let result = tokio::task::block_in_place(|| {
             let (schema, batches) = engine.compute(view, &paths)?;
-            master::to_parquet(schema, &batches)
+            view_file(schema, &batches)
         });
         match result {
             Ok(bytes) => computed.push((view, bytes)),
@@ -230,6 +312,7 @@ async fn store_views(
     key: &str,
     partition: &mut HourPartition,
     version: u64,
+    tag: &str,
     computed: Result<Vec<(&'static ViewDef, Bytes)>, String>,
 ) -> anyhow::Result<()> {
     let computed = match computed {
@@ -241,11 +324,7 @@ async fn store_views(
         }
     };
     for (view, bytes) in computed {
-        let view_path = format!(
-            "views/{}/{}/v{version:010}.parquet",
-            view.name,
-            key.split_once('/').map_or("", |(_, rest)| rest)
-        );
+        let view_path = view_path(view, key, version, tag);
         lake.put(&object_store::path::Path::from(view_path.as_str()), bytes)
             .await?;
         partition.views.insert(view.name.to_string(), view_path);
@@ -256,9 +335,42 @@ async fn store_views(
     Ok(())
 }
 
+/// Where version `version` writes `view` of the hour partition `key`:
+/// `views/<view>/<date>/<hour>/v<version><tag>.parquet`. A backfill tags
+/// its files (`-backfill`): it may race a scheduled run for the same
+/// version, and the loser's files must not overwrite the winner's.
+pub(crate) fn view_path(view: &ViewDef, key: &str, version: u64, tag: &str) -> String {
+    format!(
+        "views/{}/{}/v{version:010}{tag}.parquet",
+        view.name,
+        key.split_once('/').map_or("", |(_, rest)| rest)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spark_jobs_hold_at_most_so_many_hours_and_files() {
+        let hours = |files: &[usize]| -> Vec<(String, Vec<String>)> {
+            files
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("h{i}"), vec![String::new(); *n]))
+                .collect()
+        };
+        let shape = |hours: &[(String, Vec<String>)]| -> Vec<usize> {
+            spark_jobs(hours).iter().map(|c| c.len()).collect()
+        };
+        assert_eq!(shape(&hours(&[])), Vec::<usize>::new());
+        assert_eq!(shape(&hours(&[1; 168])), vec![168]);
+        assert_eq!(shape(&hours(&[1; 169])), vec![168, 1]);
+        assert_eq!(shape(&hours(&[256, 256, 1])), vec![2, 1]);
+        assert_eq!(shape(&hours(&[1, 600, 1])), vec![1, 1, 1]);
+        let all: usize = shape(&hours(&[3; 500])).iter().sum();
+        assert_eq!(all, 500);
+    }
 
     #[test]
     fn engine_flags() {

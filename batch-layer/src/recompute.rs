@@ -58,7 +58,7 @@ pub async fn recompute(
         BatchEngine::Spark(config) => {
             let config = config.clone();
             Some(
-                tokio::task::spawn_blocking(move || SparkEngine::shared(&config))
+                tokio::task::spawn_blocking(move || SparkEngine::shared(&config, "compare"))
                     .await
                     .context("connecting to Spark")??,
             )

@@ -410,6 +410,7 @@ impl Writing<'_> {
             &mut self.partitions,
             keys,
             self.version,
+            "",
             poisoned,
             &mut |_| {},
         )

@@ -43,8 +43,13 @@ impl SparkEngine {
     }
 
     /// Always an error, as [`SparkEngine::connect`].
-    pub fn shared(config: &SparkConfig) -> anyhow::Result<SparkEngine> {
+    pub fn shared(config: &SparkConfig, _purpose: &'static str) -> anyhow::Result<SparkEngine> {
         SparkEngine::connect(config)
+    }
+
+    /// Never called: there is no engine to call it on.
+    pub fn answers(&self) -> bool {
+        match self.never {}
     }
 
     /// Never called: there is no engine to call it on.

@@ -761,7 +761,7 @@ async fn a_backfill_recomputes_an_interval_and_swaps_it_in_at_once() {
         let recomputed = partition.hour_start_ms == broken_hour;
         for (view, path) in &partition.views {
             assert_eq!(
-                path.ends_with(&format!("v{:010}.parquet", report.version)),
+                path.ends_with(&format!("v{:010}-backfill.parquet", report.version)),
                 recomputed,
                 "{key} {view}: {path}"
             );

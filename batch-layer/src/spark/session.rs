@@ -58,6 +58,15 @@ fn preflight(config: &SparkConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Spark call given up on after its timeout (its thread is left to end
+/// when the client does).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: no answer from Spark within {timeout:?} (--spark-timeout)")]
+struct TimedOut {
+    what: String,
+    timeout: Duration,
+}
+
 /// Runs `f` on its own thread and waits at most `timeout` for it: the
 /// client's calls can retry for many minutes.
 fn within<T: Send + 'static>(
@@ -74,9 +83,10 @@ fn within<T: Send + 'static>(
         .context("starting a thread for a Spark call")?;
     match rx.recv_timeout(timeout) {
         Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            anyhow::bail!("{what}: no answer from Spark within {timeout:?}")
-        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(anyhow::Error::new(TimedOut {
+            what: what.to_string(),
+            timeout,
+        })),
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             anyhow::bail!("{what}: the Spark call panicked")
         }
@@ -114,19 +124,22 @@ impl SparkEngine {
         })
     }
 
-    /// The process's session with the server at `config.url`, made by
-    /// [`SparkEngine::connect`] the first time and whenever the one kept
-    /// no longer answers (a restarted server forgets its sessions): each
-    /// batch run reuses it rather than opening a session of its own.
-    /// Blocking.
-    pub fn shared(config: &SparkConfig) -> anyhow::Result<SparkEngine> {
-        static SESSIONS: OnceLock<Mutex<HashMap<String, SparkEngine>>> = OnceLock::new();
+    /// The process's session with the server at `config.url` for
+    /// `purpose` (`"batch"`, `"compare"`: one session each, so that
+    /// interrupting one's query never cancels the other's), made by
+    /// [`SparkEngine::connect`] the first time and whenever the one kept no
+    /// longer answers: each batch run reuses it rather than opening a
+    /// session of its own. Blocking.
+    pub fn shared(config: &SparkConfig, purpose: &'static str) -> anyhow::Result<SparkEngine> {
+        static SESSIONS: OnceLock<Mutex<HashMap<(String, &'static str), SparkEngine>>> =
+            OnceLock::new();
+        let key = (config.url.clone(), purpose);
         let sessions = SESSIONS.get_or_init(Default::default);
         preflight(config)?;
         let kept = sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&config.url)
+            .get(&key)
             .cloned();
         if let Some(engine) = kept {
             let session = Arc::clone(&engine.session);
@@ -144,8 +157,19 @@ impl SparkEngine {
         sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(config.url.clone(), engine.clone());
+            .insert(key, engine.clone());
         Ok(engine)
+    }
+
+    /// Whether the session still answers (within 30 s): after a failed
+    /// query, tells the cluster's failure from the query's. Blocking.
+    pub fn answers(&self) -> bool {
+        let session = Arc::clone(&self.session);
+        let check = self.config.timeout.min(Duration::from_secs(30));
+        within(check, "checking the Spark session", move || {
+            Ok(session.version()?)
+        })
+        .is_ok()
     }
 
     /// Spark's version, as the server reports it. Blocking.
@@ -224,12 +248,15 @@ impl SparkEngine {
                     .with_context(|| format!("view {name} on Spark"))
             },
         )
-        .inspect_err(|_| {
-            // A query given up on (timed out) must not keep the cluster busy.
-            let session = Arc::clone(&self.session);
-            let _ = std::thread::Builder::new()
-                .name("spark-interrupt".into())
-                .spawn(move || session.interrupt_all());
+        .inspect_err(|error| {
+            // A query given up on must not keep the cluster busy. The session
+            // is this engine's alone (see `shared`), and its calls one at a time.
+            if error.is::<TimedOut>() {
+                let session = Arc::clone(&self.session);
+                let _ = std::thread::Builder::new()
+                    .name("spark-interrupt".into())
+                    .spawn(move || session.interrupt_all());
+            }
         })?;
         let batches =
             read_ipc(&ipc).with_context(|| format!("view {name}: reading Spark's answer"))?;
