@@ -59,7 +59,7 @@ struct BatchEngineArgs {
           value_parser = ["duckdb", "spark"])]
     name: String,
     /// The Spark Connect server of --batch-engine spark, e.g. sc://spark-connect:15002.
-    #[arg(long = "spark-url", env = "LAMBDA_SPARK_URL")]
+    #[arg(long = "spark-url", env = "LAMBDA_SPARK_URL", hide_env_values = true)]
     spark_url: Option<String>,
     /// Longest a Spark call (connecting, one job over up to 168 hours of a view) may take, e.g. 10m.
     #[arg(long = "spark-timeout", env = "LAMBDA_SPARK_TIMEOUT", default_value = "10m", value_parser = parse_timeout)]

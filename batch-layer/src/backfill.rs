@@ -60,9 +60,9 @@ pub async fn backfill(
         .collect();
     let total = keys.len() as u64;
     let engine = engine.clone();
-    let mut engines = tokio::task::spawn_blocking(move || Engines::open(&engine))
-        .await
-        .context("opening the batch engines")??;
+    let mut engines =
+        crate::engine::off_runtime("opening the batch engines", move || Engines::open(&engine))
+            .await?;
     let mut partitions = previous.partitions.clone();
     recompute_views(
         lake,

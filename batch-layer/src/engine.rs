@@ -90,6 +90,24 @@ impl Engines {
     }
 }
 
+/// Runs blocking `f` on a thread of its own and awaits its result. Not
+/// tokio's blocking pool: a runtime's shutdown waits for that pool, and a
+/// Spark call can take up to its timeout, so a signal would wait as long.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("batch-engine".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .with_context(|| format!("starting a thread for {what}"))?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("{what}: its thread panicked"))?
+}
+
 /// Hours of one topic whose views one Spark job computes, at most (bounds
 /// the query's size and the answer held in memory).
 pub const SPARK_HOURS_PER_JOB: usize = 168;
@@ -196,9 +214,10 @@ pub(crate) async fn recompute_views(
             }
             if !failed.is_empty() {
                 let alive = spark.clone();
-                let answers = tokio::task::spawn_blocking(move || alive.answers())
-                    .await
-                    .unwrap_or(false);
+                let answers =
+                    off_runtime("checking the Spark session", move || Ok(alive.answers()))
+                        .await
+                        .unwrap_or(false);
                 anyhow::ensure!(
                     answers,
                     "Spark no longer answers, computing the views of {} hours of {topic}: {}",
@@ -251,14 +270,13 @@ async fn spark_job(
     hours: Vec<(String, Vec<String>)>,
 ) -> anyhow::Result<Vec<(String, Bytes)>> {
     let (job, count) = (spark.clone(), hours.len());
-    tokio::task::spawn_blocking(move || {
+    off_runtime("a Spark job", move || {
         job.compute_hours(view, &hours)?
             .into_iter()
             .map(|(key, (schema, batches))| Ok((key, view_file(schema, &batches)?)))
             .collect::<anyhow::Result<Vec<(String, Bytes)>>>()
     })
     .await
-    .context("a Spark job's thread panicked")?
     .with_context(|| format!("view {} of {count} hours on Spark", view.name))
 }
 

@@ -58,9 +58,10 @@ pub async fn recompute(
         BatchEngine::Spark(config) => {
             let config = config.clone();
             Some(
-                tokio::task::spawn_blocking(move || SparkEngine::shared(&config, "compare"))
-                    .await
-                    .context("connecting to Spark")??,
+                crate::engine::off_runtime("connecting to Spark", move || {
+                    SparkEngine::shared(&config, "compare")
+                })
+                .await?,
             )
         }
     };
@@ -120,7 +121,7 @@ pub async fn recompute(
             for chunk in hours.chunks(SPARK_HOURS_PER_JOB) {
                 for view in views_of(topic) {
                     let (job, chunk) = (spark.clone(), chunk.to_vec());
-                    let by_hour = tokio::task::spawn_blocking(move || {
+                    let by_hour = crate::engine::off_runtime("a Spark job", move || {
                         job.compute_hours(view, &chunk)?
                             .into_iter()
                             .map(|(key, (schema, batches))| {
@@ -129,7 +130,6 @@ pub async fn recompute(
                             .collect::<anyhow::Result<Vec<_>>>()
                     })
                     .await
-                    .context("a Spark job's thread panicked")?
                     .with_context(|| format!("view {} of {topic} on Spark", view.name))?;
                     for (key, bytes) in by_hour {
                         let label = format!("{key} (recomputed on Spark)");

@@ -108,9 +108,8 @@ pub async fn run_with_fail_point(
         version: previous.version + 1,
         engines: {
             let engine = ctx.engine.clone();
-            tokio::task::spawn_blocking(move || Engines::open(&engine))
-                .await
-                .context("opening the batch engines")??
+            crate::engine::off_runtime("opening the batch engines", move || Engines::open(&engine))
+                .await?
         },
         stats,
         written: Vec::new(),

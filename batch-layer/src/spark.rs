@@ -38,7 +38,7 @@ impl SparkEngine {
     pub fn connect(config: &SparkConfig) -> anyhow::Result<SparkEngine> {
         anyhow::bail!(
             "--batch-engine spark ({}): this lambda was built without Spark support; build it with `cargo build --release --features spark` (needs protoc: apt-get install protobuf-compiler)",
-            config.url
+            redact(&config.url)
         )
     }
 
@@ -87,9 +87,35 @@ impl SparkConfig {
     }
 }
 
+/// `url` as messages and logs show it: its parameters (`/;token=…`,
+/// `;user_id=…`) hidden, since they may hold a secret.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', ';', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (hidden_user, host) = match authority.rsplit_once('@') {
+        Some((_, host)) => (true, host),
+        None => (false, authority),
+    };
+    let mut shown = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    if hidden_user {
+        shown.push_str("…@");
+    }
+    shown.push_str(host);
+    if !tail.trim_start_matches('/').is_empty() {
+        shown.push_str(if scheme == "sc" { "/;…" } else { "/…" });
+    }
+    shown
+}
+
 /// The `host:port` of an `sc://host:port[/;params]` URL.
-pub fn connect_address(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("sc://").with_context(|| {
+pub fn connect_address(full_url: &str) -> anyhow::Result<String> {
+    let url = &redact(full_url);
+    let rest = full_url.strip_prefix("sc://").with_context(|| {
         format!("--spark-url {url:?}: a Spark Connect URL starts with sc:// (sc://host:15002)")
     })?;
     let authority = rest.split(['/', ';']).next().unwrap_or("");
@@ -157,6 +183,26 @@ mod tests {
             let error = connect_address(bad).unwrap_err().to_string();
             assert!(error.contains(bad), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_parameters() {
+        assert_eq!(redact("sc://spark:15002"), "sc://spark:15002");
+        assert_eq!(redact("sc://spark:15002/"), "sc://spark:15002");
+        assert_eq!(
+            redact("sc://spark:15002/;token=SECRET"),
+            "sc://spark:15002/;…"
+        );
+        assert_eq!(redact("sc://spark;token=SECRET"), "sc://spark/;…");
+        assert_eq!(redact("http://u:SECRET@x/y"), "http://…@x/…");
+        assert_eq!(redact("spark"), "spark");
+        let error = connect_address("sc://spark:0/;token=SECRET")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("SECRET") && error.contains("sc://spark:0"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use arrow_schema::SchemaRef;
 use lambda_events::floor_to;
 use spark_connect::SparkSession;
 
-use super::{SparkConfig, connect_address};
+use super::{SparkConfig, connect_address, redact};
 use crate::dialect::{self, Dialect};
 use crate::master::{self, HOUR_MS};
 use crate::views::{VIEWS, ViewDef, ViewEngine, fold_sketches};
@@ -36,7 +37,7 @@ pub struct SparkEngine {
 impl std::fmt::Debug for SparkEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SparkEngine")
-            .field("url", &self.config.url)
+            .field("url", &redact(&self.config.url))
             .finish()
     }
 }
@@ -44,18 +45,22 @@ impl std::fmt::Debug for SparkEngine {
 /// A TCP connection to the Connect server within 10 s, or an error naming
 /// it: the client itself retries an unreachable server for minutes.
 fn preflight(config: &SparkConfig) -> anyhow::Result<()> {
+    let shown = redact(&config.url);
     let address = connect_address(&config.url)?;
     let preflight = config.timeout.min(Duration::from_secs(10));
-    let reachable = address
+    let mut last = String::from("no address");
+    for addr in address
         .to_socket_addrs()
-        .with_context(|| format!("Spark Connect at {}: resolving {address}", config.url))?
-        .any(|a| TcpStream::connect_timeout(&a, preflight).is_ok());
-    anyhow::ensure!(
-        reachable,
-        "Spark Connect at {} is unreachable (no TCP connection to {address} within {preflight:?})",
-        config.url
-    );
-    Ok(())
+        .with_context(|| format!("Spark Connect at {shown}: resolving {address}"))?
+    {
+        match TcpStream::connect_timeout(&addr, preflight) {
+            Ok(_) => return Ok(()),
+            Err(error) => last = error.to_string(),
+        }
+    }
+    anyhow::bail!(
+        "Spark Connect at {shown} is unreachable (no TCP connection to {address}: {last})"
+    )
 }
 
 /// A Spark call given up on after its timeout (its thread is left to end
@@ -67,26 +72,51 @@ struct TimedOut {
     timeout: Duration,
 }
 
+/// Calls given up on (timed out) whose threads still wait for the client.
+static ABANDONED: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls given up on that may still be waiting at once; past it, no new
+/// call starts (a server that takes connections and never answers would
+/// otherwise cost a thread and a connection per run, for good).
+const MAX_ABANDONED: usize = 4;
+
 /// Runs `f` on its own thread and waits at most `timeout` for it: the
-/// client's calls can retry for many minutes.
+/// client's calls can retry for many minutes. A call given up on keeps
+/// its thread until the client returns; while [`MAX_ABANDONED`] such
+/// threads wait, a new call is refused at once.
 fn within<T: Send + 'static>(
     timeout: Duration,
     what: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
+    let waiting = ABANDONED.load(Ordering::SeqCst);
+    anyhow::ensure!(
+        waiting < MAX_ABANDONED,
+        "{what}: {waiting} earlier Spark calls given up on still wait for an answer; not starting another"
+    );
     let (tx, rx) = mpsc::channel();
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let mine = Arc::clone(&abandoned);
     std::thread::Builder::new()
         .name("spark-call".into())
         .spawn(move || {
-            let _ = tx.send(f());
+            let result = f();
+            if mine.load(Ordering::SeqCst) {
+                ABANDONED.fetch_sub(1, Ordering::SeqCst);
+            }
+            let _ = tx.send(result);
         })
         .context("starting a thread for a Spark call")?;
     match rx.recv_timeout(timeout) {
         Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(anyhow::Error::new(TimedOut {
-            what: what.to_string(),
-            timeout,
-        })),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            ABANDONED.fetch_add(1, Ordering::SeqCst);
+            abandoned.store(true, Ordering::SeqCst);
+            Err(anyhow::Error::new(TimedOut {
+                what: what.to_string(),
+                timeout,
+            }))
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             anyhow::bail!("{what}: the Spark call panicked")
         }
@@ -100,16 +130,17 @@ impl SparkEngine {
     /// Blocking.
     pub fn connect(config: &SparkConfig) -> anyhow::Result<SparkEngine> {
         preflight(config)?;
-        let url = config.url.clone();
-        let session = within(config.timeout, "connecting to Spark Connect", move || {
+        let (url, shown) = (config.url.clone(), redact(&config.url));
+        let what = format!("connecting to Spark Connect at {shown}");
+        let session = within(config.timeout, &what, move || {
             let session = spark_connect::SparkSessionBuilder::new()
                 .remote(&url)
                 .get_or_create()
-                .with_context(|| format!("Spark Connect at {url}"))?;
+                .with_context(|| format!("Spark Connect at {shown}"))?;
             let version = session
                 .version()
-                .with_context(|| format!("Spark Connect at {url}: asking its version"))?;
-            tracing::info!(%url, %version, "connected to Spark");
+                .with_context(|| format!("Spark Connect at {shown}: asking its version"))?;
+            tracing::info!(url = %shown, %version, "connected to Spark");
             Ok(session)
         })?;
         let duckdb = ViewEngine::new()?;
@@ -149,7 +180,7 @@ impl SparkEngine {
             }) {
                 Ok(_) => return Ok(engine),
                 Err(error) => {
-                    tracing::warn!(url = %config.url, error = %format!("{error:#}"), "the Spark session no longer answers; opening a new one")
+                    tracing::warn!(url = %redact(&config.url), error = %format!("{error:#}"), "the Spark session no longer answers; opening a new one")
                 }
             }
         }
@@ -240,7 +271,7 @@ impl SparkEngine {
         let name = view.name;
         let ipc = within(
             self.config.timeout,
-            &format!("view {name} on Spark"),
+            &format!("view {name} on Spark at {}", redact(&self.config.url)),
             move || {
                 session
                     .sql(&sql)
@@ -431,5 +462,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("where DuckDB gives"), "{error}");
+    }
+
+    #[test]
+    fn calls_given_up_on_are_bounded() {
+        let (release, stuck) = mpsc::channel::<()>();
+        let stuck = Arc::new(Mutex::new(stuck));
+        for _ in 0..MAX_ABANDONED {
+            let stuck = Arc::clone(&stuck);
+            let error = within(Duration::from_millis(1), "a stuck call", move || {
+                let _ = stuck.lock().unwrap().recv();
+                Ok(())
+            })
+            .unwrap_err();
+            assert!(error.is::<TimedOut>(), "{error:#}");
+        }
+        let refused = within(Duration::from_secs(60), "one more", || Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("still wait for an answer"), "{refused}");
+        for _ in 0..MAX_ABANDONED {
+            release.send(()).unwrap();
+        }
+        lambda_testkit::eventually_blocking(
+            "the stuck calls' threads ended",
+            Duration::from_secs(60),
+            || match ABANDONED.load(Ordering::SeqCst) {
+                0 => Ok(()),
+                n => Err(format!("{n} still waiting")),
+            },
+        );
+        assert_eq!(
+            within(Duration::from_secs(60), "after", || Ok(7)).unwrap(),
+            7
+        );
     }
 }
