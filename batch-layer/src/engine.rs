@@ -137,18 +137,26 @@ pub(crate) async fn recompute_views(
     poisoned: Option<i64>,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> anyhow::Result<()> {
-    let is_poisoned = |p: &HourPartition| poisoned == Some(p.hour_start_ms);
     let mut done = 0u64;
+    // A poisoned hour is quarantined whatever the engine.
+    let mut to_compute = Vec::with_capacity(keys.len());
+    for key in keys {
+        let partition = partitions
+            .get_mut(key)
+            .with_context(|| format!("no partition {key}"))?;
+        if poisoned == Some(partition.hour_start_ms) {
+            let reason = Err(format!("injected failure computing the views of {key}"));
+            store_views(lake, key, partition, version, tag, reason).await?;
+            done += 1;
+            progress(done);
+        } else {
+            to_compute.push(key);
+        }
+    }
     let Some(spark) = engines.spark.clone() else {
-        for key in keys {
-            let partition = partitions
-                .get_mut(key)
-                .with_context(|| format!("no partition {key}"))?;
-            let computed = if is_poisoned(partition) {
-                Err(format!("injected failure computing the views of {key}"))
-            } else {
-                duckdb_views(lake, &mut engines.duckdb, key, partition).await?
-            };
+        for key in to_compute {
+            let partition = partitions.get_mut(key).expect("listed above");
+            let computed = duckdb_views(lake, &mut engines.duckdb, key, partition).await?;
             store_views(lake, key, partition, version, tag, computed).await?;
             done += 1;
             progress(done);
@@ -156,82 +164,25 @@ pub(crate) async fn recompute_views(
         return Ok(());
     };
     let mut by_topic: BTreeMap<Topic, Vec<(String, Vec<String>)>> = BTreeMap::new();
-    for key in keys {
-        let partition = partitions
-            .get_mut(key)
-            .with_context(|| format!("no partition {key}"))?;
-        if is_poisoned(partition) {
-            let reason = Err(format!("injected failure computing the views of {key}"));
-            store_views(lake, key, partition, version, tag, reason).await?;
-            done += 1;
-            continue;
-        }
-        let topic = partition_topic(key, partition)?;
+    for key in to_compute {
+        let partition = &partitions[key];
         let files = partition
             .data_files
             .iter()
             .map(|f| spark_uri(lake, &object_store::path::Path::from(f.path.as_str())))
             .collect::<anyhow::Result<Vec<String>>>()?;
         by_topic
-            .entry(topic)
+            .entry(partition_topic(key, partition)?)
             .or_default()
             .push((key.clone(), files));
     }
     for (topic, hours) in by_topic {
         for chunk in spark_jobs(&hours) {
-            let mut computed: BTreeMap<String, Vec<(&'static ViewDef, Bytes)>> = BTreeMap::new();
-            let mut failed: BTreeMap<String, String> = BTreeMap::new();
-            for view in views_of(topic) {
-                let asked: Vec<(String, Vec<String>)> = chunk
-                    .iter()
-                    .filter(|(key, _)| !failed.contains_key(key))
-                    .cloned()
-                    .collect();
-                match spark_job(&spark, view, asked.clone()).await {
-                    Ok(by_hour) => {
-                        for (key, bytes) in by_hour {
-                            computed.entry(key).or_default().push((view, bytes));
-                        }
-                    }
-                    Err(error) => {
-                        let error = format!("{error:#}");
-                        tracing::warn!(view = %view.name, hours = asked.len(), %error, "a Spark job failed; trying its hours one by one");
-                        for hour in asked {
-                            let key = hour.0.clone();
-                            match spark_job(&spark, view, vec![hour]).await {
-                                Ok(by_hour) => {
-                                    for (key, bytes) in by_hour {
-                                        computed.entry(key).or_default().push((view, bytes));
-                                    }
-                                }
-                                Err(error) => {
-                                    failed.insert(key, format!("view {}: {error:#}", view.name));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            if !failed.is_empty() {
-                let alive = spark.clone();
-                let answers =
-                    off_runtime("checking the Spark session", move || Ok(alive.answers()))
-                        .await
-                        .unwrap_or(false);
-                anyhow::ensure!(
-                    answers,
-                    "Spark no longer answers, computing the views of {} hours of {topic}: {}",
-                    failed.len(),
-                    failed.values().next().map_or("", String::as_str)
-                );
-            }
+            let mut by_hour = spark_views(&spark, topic, chunk).await?;
             for (key, _) in chunk {
                 let partition = partitions.get_mut(key).expect("asked for");
-                let result = match failed.remove(key) {
-                    Some(reason) => Err(reason),
-                    None => Ok(computed.remove(key).unwrap_or_default()),
-                };
-                store_views(lake, key, partition, version, tag, result).await?;
+                let computed = by_hour.remove(key).unwrap_or_else(|| Ok(Vec::new()));
+                store_views(lake, key, partition, version, tag, computed).await?;
             }
             done += chunk.len() as u64;
             progress(done);
@@ -240,12 +191,71 @@ pub(crate) async fn recompute_views(
     Ok(())
 }
 
+/// An hour's computed views (the view files' bytes), or why its data
+/// could not be computed.
+type HourViews = Result<Vec<(&'static ViewDef, Bytes)>, String>;
+
+/// Every view of `topic` for the hours of one chunk, one Spark job per
+/// view. A job that fails is tried again hour by hour, and an hour that
+/// still fails gets the reason — but only while the session answers: a
+/// cluster that does not is an error.
+async fn spark_views(
+    spark: &SparkEngine,
+    topic: Topic,
+    chunk: &[(String, Vec<String>)],
+) -> anyhow::Result<BTreeMap<String, HourViews>> {
+    let mut out: BTreeMap<String, HourViews> = BTreeMap::new();
+    for view in views_of(topic) {
+        let asked: Vec<(String, Vec<String>)> = chunk
+            .iter()
+            .filter(|(key, _)| !matches!(out.get(key), Some(Err(_))))
+            .cloned()
+            .collect();
+        let files = match spark_job(spark, view, asked.clone()).await {
+            Ok(files) => files,
+            Err(error) => {
+                ensure_answers(spark, &error).await?;
+                tracing::warn!(view = %view.name, hours = asked.len(), error = %format!("{error:#}"), "a Spark job failed; trying its hours one by one");
+                let mut files = Vec::new();
+                for hour in asked {
+                    let key = hour.0.clone();
+                    match spark_job(spark, view, vec![hour]).await {
+                        Ok(one) => files.extend(one),
+                        Err(error) => {
+                            ensure_answers(spark, &error).await?;
+                            out.insert(key, Err(format!("view {}: {error:#}", view.name)));
+                        }
+                    }
+                }
+                files
+            }
+        };
+        for (key, bytes) in files {
+            if let Ok(views) = out.entry(key).or_insert_with(|| Ok(Vec::new())) {
+                views.push((view, bytes));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `error` of a Spark job, as the run's error if the session no longer
+/// answers (the cluster's failure, not the hour's data).
+async fn ensure_answers(spark: &SparkEngine, error: &anyhow::Error) -> anyhow::Result<()> {
+    let alive = spark.clone();
+    let answers = off_runtime("checking the Spark session", move || Ok(alive.answers()))
+        .await
+        .unwrap_or(false);
+    anyhow::ensure!(answers, "Spark no longer answers: {error:#}");
+    Ok(())
+}
+
 /// Files one Spark job reads, at most (its query names each file).
 pub const SPARK_FILES_PER_JOB: usize = 512;
 
 /// `hours` in chunks of at most [`SPARK_HOURS_PER_JOB`] hours and
 /// [`SPARK_FILES_PER_JOB`] files (an hour with more files is a chunk alone).
-fn spark_jobs(hours: &[(String, Vec<String>)]) -> Vec<&[(String, Vec<String>)]> {
+pub(crate) fn spark_jobs(hours: &[(String, Vec<String>)]) -> Vec<&[(String, Vec<String>)]> {
     let mut chunks = Vec::new();
     let (mut start, mut files) = (0, 0);
     for (i, (_, hour_files)) in hours.iter().enumerate() {
@@ -264,7 +274,7 @@ fn spark_jobs(hours: &[(String, Vec<String>)]) -> Vec<&[(String, Vec<String>)]> 
 }
 
 /// One Spark job: `view` over `hours`, each hour's answer as its view file.
-async fn spark_job(
+pub(crate) async fn spark_job(
     spark: &SparkEngine,
     view: &'static ViewDef,
     hours: Vec<(String, Vec<String>)>,
@@ -304,7 +314,7 @@ async fn duckdb_views(
     engine: &mut ViewEngine,
     key: &str,
     partition: &HourPartition,
-) -> anyhow::Result<Result<Vec<(&'static ViewDef, Bytes)>, String>> {
+) -> anyhow::Result<HourViews> {
     let topic = partition_topic(key, partition)?;
     let paths = local_paths(lake, &partition.data_files).await?;
     let mut computed = Vec::new();
@@ -331,7 +341,7 @@ async fn store_views(
     partition: &mut HourPartition,
     version: u64,
     tag: &str,
-    computed: Result<Vec<(&'static ViewDef, Bytes)>, String>,
+    computed: HourViews,
 ) -> anyhow::Result<()> {
     let computed = match computed {
         Ok(computed) => computed,

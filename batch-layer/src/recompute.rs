@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::{BucketViews, Topic};
 
-use crate::engine::{BatchEngine, SPARK_HOURS_PER_JOB};
+use crate::engine::{BatchEngine, spark_job, spark_jobs};
 use crate::lake::Lake;
 use crate::manifest::Manifest;
 use crate::master::{self, HOUR_MS};
@@ -118,20 +118,10 @@ pub async fn recompute(
     }
     if let Some(spark) = spark {
         for (topic, hours) in by_topic {
-            for chunk in hours.chunks(SPARK_HOURS_PER_JOB) {
+            for chunk in spark_jobs(&hours) {
                 for view in views_of(topic) {
-                    let (job, chunk) = (spark.clone(), chunk.to_vec());
-                    let by_hour = crate::engine::off_runtime("a Spark job", move || {
-                        job.compute_hours(view, &chunk)?
-                            .into_iter()
-                            .map(|(key, (schema, batches))| {
-                                Ok((key, master::to_parquet(schema, &batches)?))
-                            })
-                            .collect::<anyhow::Result<Vec<_>>>()
-                    })
-                    .await
-                    .with_context(|| format!("view {} of {topic} on Spark", view.name))?;
-                    for (key, bytes) in by_hour {
+                    let files = spark_job(&spark, view, chunk.to_vec()).await?;
+                    for (key, bytes) in files {
                         let label = format!("{key} (recomputed on Spark)");
                         apply_view_file(&label, view.name, bytes, &mut out.buckets)?;
                     }
