@@ -4,6 +4,8 @@
 //! visible, two writers cannot commit one version, and a late event is healed
 //! by the next run.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -11,11 +13,10 @@ use lambda_batch::manifest::{self, CommitError};
 use lambda_batch::run::{FailPoint, RunContext, run_with_fail_point};
 use lambda_batch::{BatchViews, Lake, LakeWriter, run_once};
 use lambda_events::{BucketViews, Event, Topic};
-use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
-use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, Record};
-use lambda_speed::SpeedState;
+use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog};
 
-const START_MS: i64 = 1_767_225_600_000;
+use common::{START_MS, append};
+use lambda_speed::SpeedState;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -49,33 +50,8 @@ async fn fixture() -> Fixture {
     }
 }
 
-/// Valid generated events (late ones and resends included), in send order.
 fn events(seed: u64, n: usize) -> Vec<Event> {
-    let mut generator = Generator::new(GeneratorConfig {
-        seed,
-        start_ms: START_MS,
-        rate: 20.0,
-        late_fraction: 0.05,
-        duplicate_fraction: 0.05,
-        malformed_fraction: 0.0,
-        ..GeneratorConfig::default()
-    });
-    (0..n)
-        .map(|_| generator.next_line())
-        .filter(|l| l.kind != LineKind::Malformed)
-        .map(|l| Event::from_json(&l.bytes).unwrap())
-        .collect()
-}
-
-async fn append(log: &Arc<dyn EventLog>, events: &[Event]) {
-    for topic in Topic::ALL {
-        let records: Vec<Record> = events
-            .iter()
-            .filter(|e| e.topic() == topic)
-            .map(|e| Record::keyed(e.key().as_bytes(), e.to_json(), 0))
-            .collect();
-        log.append(topic.name(), records).await.unwrap();
-    }
+    common::events_at(seed, n, 20.0)
 }
 
 async fn loaded(lake: &Lake) -> BatchViews {

@@ -10,6 +10,8 @@
 //! One cluster for the whole file (about a minute to start and ~2 GB): the
 //! checks are steps of one test.
 
+mod common;
+
 use std::sync::Arc;
 
 use arrow::compute::concat_batches;
@@ -19,39 +21,14 @@ use lambda_batch::spark::{SparkConfig, SparkEngine, spark_uri};
 use lambda_batch::views::{ViewEngine, views_of};
 use lambda_batch::{BatchEngine, LakeWriter, run_once};
 use lambda_events::{Event, Topic};
-use lambda_ingest::generator::{Generator, GeneratorConfig, LineKind};
-use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, Record};
+use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog};
+
+use common::append;
 use lambda_testkit::Spark;
 use object_store::path::Path;
 
-const START_MS: i64 = 1_767_225_600_000;
-
 fn events(seed: u64, n: usize) -> Vec<Event> {
-    let mut generator = Generator::new(GeneratorConfig {
-        seed,
-        start_ms: START_MS,
-        rate: 2.0,
-        late_fraction: 0.05,
-        duplicate_fraction: 0.05,
-        malformed_fraction: 0.0,
-        ..GeneratorConfig::default()
-    });
-    (0..n)
-        .map(|_| generator.next_line())
-        .filter(|l| l.kind != LineKind::Malformed)
-        .map(|l| Event::from_json(&l.bytes).unwrap())
-        .collect()
-}
-
-async fn append(log: &Arc<dyn EventLog>, events: &[Event]) {
-    for topic in Topic::ALL {
-        let records: Vec<Record> = events
-            .iter()
-            .filter(|e| e.topic() == topic)
-            .map(|e| Record::keyed(e.key().as_bytes(), e.to_json(), 0))
-            .collect();
-        log.append(topic.name(), records).await.unwrap();
-    }
+    common::events_at(seed, n, 2.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
