@@ -54,9 +54,9 @@ pub(crate) struct SharedArgs {
 /// Which engine computes the batch views.
 #[derive(Debug, Args)]
 struct BatchEngineArgs {
-    /// duckdb: in the batch process, one machine; spark: on a Spark cluster through Spark Connect (needs --spark-url).
+    /// duckdb: in the batch process, one machine; spark: on a Spark cluster through Spark Connect (needs --spark-url); auto: Spark when --spark-url answers as a run starts, else DuckDB (both write the same views).
     #[arg(long = "batch-engine", env = "LAMBDA_BATCH_ENGINE", default_value = "duckdb",
-          value_parser = ["duckdb", "spark"])]
+          value_parser = ["duckdb", "spark", "auto"])]
     name: String,
     /// The Spark Connect server of --batch-engine spark, e.g. sc://spark-connect:15002.
     #[arg(long = "spark-url", env = "LAMBDA_SPARK_URL", hide_env_values = true)]
@@ -316,6 +316,14 @@ mod tests {
             error.contains("flink") && error.contains("duckdb"),
             "{error}"
         );
+        assert_eq!(
+            engine(&["--batch-engine", "auto", "--spark-url", "sc://spark:15002"]).unwrap(),
+            lambda_batch::BatchEngine::Auto(lambda_batch::spark::SparkConfig::new(
+                "sc://spark:15002"
+            ))
+        );
+        let error = engine(&["--batch-engine", "auto"]).unwrap_err();
+        assert!(error.contains("needs --spark-url"), "{error}");
         let error = engine(&["--batch-engine", "spark", "--spark-url", "http://x"]).unwrap_err();
         assert!(error.contains("sc://"), "{error}");
     }

@@ -368,6 +368,7 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
         "version": report.version,
         "hours_recomputed": report.hours,
         "hours_quarantined": report.quarantined,
+        "engine": report.views_engine.name(),
     });
     println!("{report}");
     Ok(())

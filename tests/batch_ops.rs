@@ -1,7 +1,8 @@
 //! Operating the batch layer: `POST /api/v1/admin/batch/run` on the demo
 //! (off without a configured token, `401` without the right one, and with it
-//! a run now, answered with its report), and `lambda batch backfill` on the
-//! demo's lake from the command line.
+//! a run now, answered with its report), `lambda batch backfill` on the
+//! demo's lake from the command line, and a signal stopping the batch
+//! runner while a Spark call keeps its run waiting.
 
 use lambda_pipeline::demo::{Demo, DemoConfig};
 use serde_json::{Value, json};
@@ -84,6 +85,7 @@ async fn a_batch_run_on_request_needs_the_token() {
     assert_eq!(body["committed"], true);
     assert_eq!(body["version"], 1);
     assert_eq!(body["events_written"], 50);
+    assert_eq!(body["engine"], "duckdb");
     assert_eq!(
         body["boundary"],
         T0 + 49_000 - 60_000 - (T0 + 49_000 - 60_000).rem_euclid(60_000)
@@ -166,7 +168,7 @@ async fn lambda_batch_backfill_swaps_in_recomputed_views() {
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         printed,
-        json!({"version": 2, "hours_recomputed": 1, "hours_quarantined": []})
+        json!({"version": 2, "hours_recomputed": 1, "hours_quarantined": [], "engine": "duckdb"})
     );
 
     let demo = Demo::start(config(dir.path(), None)).await.unwrap();
@@ -235,4 +237,87 @@ async fn cached_batch_buckets_follow_the_newest_manifest() {
     let third = get(&client, url).await;
     assert_eq!(third["buckets"][5]["clicks"], 2, "{}", third["buckets"][5]);
     demo.stop().await.unwrap();
+}
+
+/// A signal stops the batch runner (here the demo's, on the embedded log)
+/// while its run waits on a Spark Connect server that takes connections
+/// and never answers: Spark calls run on threads of their own, so shutdown
+/// does not wait out `--spark-timeout` (ten minutes here).
+#[cfg(feature = "spark")]
+#[test]
+fn a_signal_stops_the_batch_runner_while_spark_keeps_its_run_waiting() {
+    use std::time::{Duration, Instant};
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("sc://{}", silent.local_addr().unwrap());
+    let (accepted, connections) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+            if accepted.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lambda"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LAMBDA_") {
+            command.env_remove(key);
+        }
+    }
+    let mut batch = command
+        .args(["demo", "--no-generator", "--listen", "127.0.0.1:0"])
+        .args(["--batch-schedule", "* * * * * *"])
+        .args([
+            "--batch-engine",
+            "spark",
+            "--spark-url",
+            &url,
+            "--spark-timeout",
+            "10m",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The preflight's connection, then the client's own: the run now
+    // waits for an answer that never comes.
+    for _ in 0..2 {
+        if connections.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = batch.kill();
+            let output = batch.wait_with_output().unwrap();
+            panic!(
+                "the batch runner never connected to the Spark Connect server: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        batch.try_wait().unwrap().is_none(),
+        "lambda demo ended by itself"
+    );
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &batch.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = batch.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(60) {
+            batch.kill().unwrap();
+            panic!("lambda demo still running a minute after SIGTERM (its run waits on Spark)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut batch.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
 }

@@ -432,6 +432,13 @@ async fn the_compose_stack_runs_as_local_processes() {
         status["batch"]["runs_ok"].as_u64().unwrap() > 0,
         "the runner's status reaches serve"
     );
+    // The batch service's engine is auto; without the spark profile
+    // (spark-connect does not resolve here) its runs compute on DuckDB.
+    assert_eq!(
+        status["batch"]["last_run"]["engine"], "duckdb",
+        "{}",
+        status["batch"]
+    );
 
     let (from, to) = (start_ms - 15 * MINUTE, start_ms + 30 * MINUTE);
     let range = format!("from={from}&to={to}");
@@ -726,11 +733,11 @@ fn the_compose_file_keeps_kafkas_log_and_restarts_long_running_services() {
 
 /// `--profile spark` adds a Spark master, two workers and a Connect server
 /// (the official image) wired to each other and to MinIO, which the default
-/// stack leaves out; the batch service keeps DuckDB unless
-/// `LAMBDA_BATCH_ENGINE=spark`, and then reaches the profile's Connect
-/// server, with settings `lambda batch` accepts.
+/// stack leaves out; the batch service's engine is `auto` (Spark when the
+/// profile's Connect server answers, DuckDB when it does not), with
+/// settings `lambda batch` accepts; `LAMBDA_BATCH_ENGINE` still chooses.
 #[test]
-fn the_spark_profile_adds_a_cluster_the_batch_service_uses_when_asked() {
+fn the_spark_profile_adds_a_cluster_the_batch_service_uses() {
     let venv = venv();
     let spark_services = [
         "spark-master",
@@ -752,12 +759,15 @@ fn the_spark_profile_adds_a_cluster_the_batch_service_uses_when_asked() {
             );
         }
     }
+    // The batch service's engine is auto: the profile alone moves its
+    // views to Spark (without it, spark-connect does not resolve and runs
+    // use DuckDB — the stack test below runs it so).
     assert_eq!(
         plain["services"]["batch"]["environment"]["LAMBDA_BATCH_ENGINE"],
-        "duckdb"
+        "auto"
     );
 
-    let config = compose_config_with(&venv, &["spark"], &[("LAMBDA_BATCH_ENGINE", "spark")]);
+    let config = compose_config_with(&venv, &["spark"], &[]);
     let services = config["services"].as_object().expect("services");
     for name in spark_services {
         let image = services[name]["image"].as_str().unwrap_or_default();
@@ -791,14 +801,20 @@ fn the_spark_profile_adds_a_cluster_the_batch_service_uses_when_asked() {
         );
     }
     let env = &services["batch"]["environment"];
-    assert_eq!(env["LAMBDA_BATCH_ENGINE"], "spark");
+    assert_eq!(env["LAMBDA_BATCH_ENGINE"], "auto");
     let url = env["LAMBDA_SPARK_URL"].as_str().expect("LAMBDA_SPARK_URL");
     assert_eq!(url, "sc://spark-connect:15002");
     // The batch service's settings are ones the batch layer accepts, and
     // its lake is one Spark reads (s3:// as s3a://).
     assert_eq!(
-        lambda_batch::BatchEngine::from_flags("spark", Some(url)).unwrap(),
-        lambda_batch::BatchEngine::Spark(lambda_batch::spark::SparkConfig::new(url))
+        lambda_batch::BatchEngine::from_flags("auto", Some(url)).unwrap(),
+        lambda_batch::BatchEngine::Auto(lambda_batch::spark::SparkConfig::new(url))
+    );
+    // LAMBDA_BATCH_ENGINE still chooses (spark: required).
+    let required = compose_config_with(&venv, &["spark"], &[("LAMBDA_BATCH_ENGINE", "spark")]);
+    assert_eq!(
+        required["services"]["batch"]["environment"]["LAMBDA_BATCH_ENGINE"],
+        "spark"
     );
     let lake = env["LAMBDA_LAKE_URL"].as_str().expect("LAMBDA_LAKE_URL");
     assert!(lake.starts_with("s3://"), "{lake}");

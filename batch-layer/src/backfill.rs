@@ -15,7 +15,7 @@ use anyhow::Context;
 
 use crate::engine::{BatchEngine, Engines, recompute_views};
 use crate::lake::LakeWriter;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Manifest, ViewsEngine};
 use crate::master::HOUR_MS;
 
 /// What a backfill did.
@@ -29,6 +29,8 @@ pub struct BackfillReport {
     /// quarantined (their views keep their last good computation; every
     /// later run tries them again).
     pub quarantined: Vec<String>,
+    /// The engine that computed the views.
+    pub views_engine: ViewsEngine,
 }
 
 /// Recomputes the views of every hour partition overlapping `[from_ms,
@@ -87,6 +89,7 @@ pub async fn backfill(
         partitions,
         run: manifest::RunStats {
             hours_recomputed: total,
+            views_engine: engines.views_engine(),
             ..Default::default()
         },
         ..previous
@@ -109,5 +112,6 @@ pub async fn backfill(
         version,
         hours: total,
         quarantined,
+        views_engine: engines.views_engine(),
     })
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use lambda_events::Topic;
 
 use crate::lake::LakeWriter;
-use crate::manifest::HourPartition;
+use crate::manifest::{HourPartition, ViewsEngine};
 use crate::master;
 use crate::run::local_paths;
 use crate::spark::{SparkConfig, SparkEngine, spark_uri};
@@ -25,14 +25,22 @@ pub enum BatchEngine {
     /// DuckDB, embedded in the batch process: one machine (the default).
     #[default]
     DuckDb,
-    /// A Spark cluster behind a Spark Connect server.
+    /// A Spark cluster behind a Spark Connect server; a run fails while it
+    /// does not answer.
     Spark(SparkConfig),
+    /// Spark when its Connect server answers as a run starts, DuckDB when
+    /// it does not (its host does not resolve, refuses, or has no session
+    /// within `--spark-timeout`): decided run by run, safe because both
+    /// engines write the same view files byte for byte. What the compose
+    /// stack uses, so that `--profile spark` alone moves the views to Spark.
+    Auto(SparkConfig),
 }
 
 impl BatchEngine {
     /// The engine a `--batch-engine` name and `--spark-url` choose: `duckdb`
-    /// (a Spark URL is not used), or `spark` (which needs one). An empty URL
-    /// is none (the compose file passes `LAMBDA_SPARK_URL` through).
+    /// (a Spark URL is not used), or `spark` / `auto` (which need one). An
+    /// empty URL is none (the compose file passes `LAMBDA_SPARK_URL`
+    /// through).
     pub fn from_flags(name: &str, spark_url: Option<&str>) -> anyhow::Result<BatchEngine> {
         match (name, spark_url.filter(|u| !u.trim().is_empty())) {
             ("duckdb", _) => Ok(BatchEngine::DuckDb),
@@ -40,11 +48,15 @@ impl BatchEngine {
                 crate::spark::connect_address(url)?;
                 Ok(BatchEngine::Spark(SparkConfig::new(url)))
             }
-            ("spark", None) => anyhow::bail!(
-                "--batch-engine spark needs --spark-url (LAMBDA_SPARK_URL), e.g. sc://127.0.0.1:15002"
+            ("auto", Some(url)) => {
+                crate::spark::connect_address(url)?;
+                Ok(BatchEngine::Auto(SparkConfig::new(url)))
+            }
+            (name @ ("spark" | "auto"), None) => anyhow::bail!(
+                "--batch-engine {name} needs --spark-url (LAMBDA_SPARK_URL), e.g. sc://127.0.0.1:15002"
             ),
             (other, _) => {
-                anyhow::bail!("--batch-engine {other:?}: expected duckdb or spark")
+                anyhow::bail!("--batch-engine {other:?}: expected duckdb, spark or auto")
             }
         }
     }
@@ -54,15 +66,61 @@ impl BatchEngine {
     pub fn with_spark_timeout(self, timeout: std::time::Duration) -> BatchEngine {
         match self {
             BatchEngine::Spark(config) => BatchEngine::Spark(SparkConfig { timeout, ..config }),
+            BatchEngine::Auto(config) => BatchEngine::Auto(SparkConfig { timeout, ..config }),
             other => other,
         }
     }
 
-    /// `duckdb` or `spark`.
+    /// `duckdb`, `spark` or `auto`.
     pub fn name(&self) -> &'static str {
         match self {
             BatchEngine::DuckDb => "duckdb",
             BatchEngine::Spark(_) => "spark",
+            BatchEngine::Auto(_) => "auto",
+        }
+    }
+
+    /// The Spark session this engine computes with, if any (one per
+    /// process and `purpose`, see [`SparkEngine::shared`]): none for
+    /// DuckDB; for Spark, an error naming the server if it does not
+    /// answer; for auto, none if it does not (logged when that changes).
+    /// Blocking.
+    pub(crate) fn spark_session(
+        &self,
+        purpose: &'static str,
+    ) -> anyhow::Result<Option<SparkEngine>> {
+        match self {
+            BatchEngine::DuckDb => Ok(None),
+            BatchEngine::Spark(config) => SparkEngine::shared(config, purpose).map(Some),
+            BatchEngine::Auto(config) => {
+                let session = SparkEngine::shared(config, purpose);
+                log_auto_choice(config, purpose, session.as_ref().err());
+                Ok(session.ok())
+            }
+        }
+    }
+}
+
+/// Logs `--batch-engine auto`'s choice: at info when it changes (and the
+/// first time), at debug when it stays, so a stack without Spark does not
+/// log a warning every run.
+fn log_auto_choice(config: &SparkConfig, purpose: &str, unreachable: Option<&anyhow::Error>) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// 0: no choice yet; 1: DuckDB; 2: Spark.
+    static LAST: AtomicU8 = AtomicU8::new(0);
+    let choice = if unreachable.is_some() { 1 } else { 2 };
+    let changed = LAST.swap(choice, Ordering::SeqCst) != choice;
+    let url = crate::spark::redact(&config.url);
+    match (unreachable, changed) {
+        (None, true) => {
+            tracing::info!(%url, purpose, "batch engine auto: Spark answers; its views are computed on Spark")
+        }
+        (None, false) => tracing::debug!(%url, purpose, "batch engine auto: on Spark"),
+        (Some(error), true) => {
+            tracing::info!(%url, purpose, reason = %format!("{error:#}"), "batch engine auto: Spark does not answer; views are computed on DuckDB")
+        }
+        (Some(error), false) => {
+            tracing::debug!(%url, purpose, reason = %format!("{error:#}"), "batch engine auto: on DuckDB")
         }
     }
 }
@@ -76,17 +134,21 @@ pub(crate) struct Engines {
 }
 
 impl Engines {
-    /// Opens DuckDB and, for [`BatchEngine::Spark`], connects to Spark (an
-    /// unreachable server is an error naming its URL). Blocking.
+    /// Opens DuckDB and, when `engine` computes on Spark, connects to it
+    /// (see [`BatchEngine::spark_session`]). Blocking.
     pub(crate) fn open(engine: &BatchEngine) -> anyhow::Result<Engines> {
-        let spark = match engine {
-            BatchEngine::DuckDb => None,
-            BatchEngine::Spark(config) => Some(SparkEngine::shared(config, "batch")?),
-        };
         Ok(Engines {
+            spark: engine.spark_session("batch")?,
             duckdb: ViewEngine::new()?,
-            spark,
         })
+    }
+
+    /// The engine that computes the views.
+    pub(crate) fn views_engine(&self) -> ViewsEngine {
+        match self.spark {
+            Some(_) => ViewsEngine::Spark,
+            None => ViewsEngine::Duckdb,
+        }
     }
 }
 
@@ -401,6 +463,32 @@ mod tests {
     }
 
     #[test]
+    fn auto_computes_on_duckdb_while_spark_does_not_answer() {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        for url in [
+            format!("sc://127.0.0.1:{refused}"),
+            "sc://no-such-host.invalid:15002".to_string(),
+        ] {
+            let auto = BatchEngine::Auto(SparkConfig::new(&url));
+            assert!(auto.spark_session("batch").unwrap().is_none(), "{url}");
+            let engines = Engines::open(&auto).unwrap();
+            assert_eq!(engines.views_engine(), ViewsEngine::Duckdb);
+            // Where Spark is required, the same server is an error naming it.
+            let error = BatchEngine::Spark(SparkConfig::new(&url))
+                .spark_session("batch")
+                .unwrap_err();
+            assert!(format!("{error:#}").contains(&url), "{error:#}");
+        }
+        assert_eq!(
+            Engines::open(&BatchEngine::DuckDb).unwrap().views_engine(),
+            ViewsEngine::Duckdb
+        );
+    }
+
+    #[test]
     fn engine_flags() {
         assert_eq!(
             BatchEngine::from_flags("duckdb", None).unwrap(),
@@ -419,7 +507,13 @@ mod tests {
             BatchEngine::DuckDb
         );
         assert!(error("spark", Some("")).contains("needs --spark-url"));
-        assert!(error("flink", None).contains("expected duckdb or spark"));
+        assert!(error("flink", None).contains("expected duckdb, spark or auto"));
+        assert_eq!(
+            BatchEngine::from_flags("auto", Some("sc://spark:15002")).unwrap(),
+            BatchEngine::Auto(SparkConfig::new("sc://spark:15002"))
+        );
+        assert!(error("auto", None).contains("--batch-engine auto needs --spark-url"));
+        assert!(error("auto", Some("spark:15002")).contains("sc://"));
         assert!(error("spark", Some("http://x:1")).contains("sc://"));
     }
 }

@@ -5,7 +5,8 @@ use object_store::path::Path;
 
 use crate::lake::{Created, LakeWriter};
 pub use lambda_lake::manifest::{
-    DataFile, HourPartition, MANIFEST_DIR, Manifest, RunStats, latest, manifest_path, read,
+    DataFile, HourPartition, MANIFEST_DIR, Manifest, RunStats, ViewsEngine, latest, manifest_path,
+    read,
 };
 
 /// Deletes the files that manifest `newest.version - keep` references and

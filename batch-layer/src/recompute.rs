@@ -13,10 +13,10 @@ use lambda_events::{BucketViews, Topic};
 
 use crate::engine::{BatchEngine, spark_job, spark_jobs};
 use crate::lake::Lake;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ViewsEngine};
 use crate::master::{self, HOUR_MS};
 use crate::run::local_paths;
-use crate::spark::{SparkEngine, spark_uri};
+use crate::spark::spark_uri;
 use crate::views::{ViewEngine, apply_view_file, parquet_list, views_of};
 
 /// The batch views of an interval and their cost.
@@ -34,6 +34,8 @@ pub struct Recomputed {
     pub rows: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// The engine that computed the views.
+    pub views_engine: ViewsEngine,
     /// Rows below the given earliest retained offsets: `(event_id, event
     /// type)` by bucket start (see [`recompute`]).
     pub before_retention: BTreeMap<i64, Vec<(String, String)>>,
@@ -53,20 +55,21 @@ pub async fn recompute(
     engine: &BatchEngine,
 ) -> anyhow::Result<Recomputed> {
     let started = Instant::now();
-    let spark = match engine {
-        BatchEngine::DuckDb => None,
-        BatchEngine::Spark(config) => {
-            let config = config.clone();
-            Some(
-                crate::engine::off_runtime("connecting to Spark", move || {
-                    SparkEngine::shared(&config, "compare")
-                })
-                .await?,
-            )
-        }
+    let spark = {
+        let engine = engine.clone();
+        crate::engine::off_runtime("connecting to Spark", move || {
+            engine.spark_session("compare")
+        })
+        .await?
     };
     let duckdb = tokio::task::block_in_place(ViewEngine::new)?;
-    let mut out = Recomputed::default();
+    let mut out = Recomputed {
+        views_engine: match spark {
+            Some(_) => ViewsEngine::Spark,
+            None => ViewsEngine::Duckdb,
+        },
+        ..Recomputed::default()
+    };
     let mut by_topic: BTreeMap<Topic, Vec<(String, Vec<String>)>> = BTreeMap::new();
     for (key, partition) in &manifest.partitions {
         if partition.hour_start_ms >= to_ms || partition.hour_start_ms + HOUR_MS <= from_ms {

@@ -116,6 +116,7 @@ pub async fn run_with_fail_point(
         partitions: previous.partitions.clone(),
         id_index: previous.id_index.clone(),
     };
+    run.stats.views_engine = run.engines.views_engine();
     // 2. Drop what the dataset already holds, under any hour (the id index).
     run.drop_known(&previous, &mut by_hour).await?;
     // 3. Write the new events per hour, recompute that hour's views, retry

@@ -5,7 +5,8 @@
 //! backfill on Spark write the same view files, byte for byte (sketches
 //! included), as runs on DuckDB; the work ran on both workers; an
 //! unreachable Connect URL and a worker killed mid-job leave nothing
-//! half-done, and the next run converges.
+//! half-done, and the next run converges; `--batch-engine auto` computes on
+//! DuckDB while Spark does not answer and on Spark when it does.
 //!
 //! One cluster for the whole file (about a minute to start and ~2 GB): the
 //! checks are steps of one test.
@@ -15,7 +16,7 @@ mod common;
 use std::sync::Arc;
 
 use arrow::compute::concat_batches;
-use lambda_batch::manifest;
+use lambda_batch::manifest::{self, ViewsEngine};
 use lambda_batch::run::RunContext;
 use lambda_batch::spark::{SparkConfig, SparkEngine, spark_uri};
 use lambda_batch::views::{ViewEngine, views_of};
@@ -67,8 +68,13 @@ async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
     let all = events(7, 24_000);
     let (first, second) = all.split_at(16_000);
     append(&log, first).await;
-    assert!(run_once(&ctx).await.unwrap().committed);
-    assert!(run_once(&on_spark).await.unwrap().committed);
+    assert_eq!(
+        run_once(&ctx).await.unwrap().stats.views_engine,
+        ViewsEngine::Duckdb
+    );
+    let report = run_once(&on_spark).await.unwrap();
+    assert!(report.committed);
+    assert_eq!(report.stats.views_engine, ViewsEngine::Spark);
     append(&log, second).await;
     assert!(run_once(&ctx).await.unwrap().committed);
     assert!(run_once(&on_spark).await.unwrap().committed);
@@ -165,6 +171,7 @@ async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
         .await
         .unwrap();
     assert_eq!(report.hours, manifest.partitions.len() as u64);
+    assert_eq!(report.views_engine, ViewsEngine::Spark);
     assert_same_view_files(&ctx.lake, &on_spark.lake).await;
 
     // An unreachable Connect server: the run fails at once naming it, and
@@ -195,7 +202,23 @@ async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
         "a failed run committed"
     );
     assert!(run_once(&ctx).await.unwrap().committed);
-    assert!(run_once(&on_spark).await.unwrap().committed);
+
+    // `--batch-engine auto` (the compose stack's): with the Connect server
+    // unreachable the run computes on DuckDB and commits; with it
+    // answering, on Spark. The files are the same either way.
+    let auto = |url: &str| RunContext {
+        engine: BatchEngine::Auto(SparkConfig::new(url)),
+        ..on_spark.clone()
+    };
+    let report = run_once(&auto(&dead_url)).await.unwrap();
+    assert!(report.committed);
+    assert_eq!(report.stats.views_engine, ViewsEngine::Duckdb);
+    assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+    append(&log, &events(9, 2_000)).await;
+    assert!(run_once(&ctx).await.unwrap().committed);
+    let report = run_once(&auto(&spark.connect_url)).await.unwrap();
+    assert!(report.committed);
+    assert_eq!(report.stats.views_engine, ViewsEngine::Spark);
     assert_same_view_files(&ctx.lake, &on_spark.lake).await;
 
     // A worker killed while a backfill's job runs: the backfill either
@@ -245,6 +268,7 @@ async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
         .await
         .unwrap();
     assert_eq!(report.hours, manifest.partitions.len() as u64);
+    assert_eq!(report.views_engine, ViewsEngine::Spark);
     assert_same_view_files(&ctx.lake, &on_spark.lake).await;
 }
 

@@ -270,9 +270,9 @@ pub async fn compare(
         lambda: Cost {
             what: format!(
                 "{} ran the view SQL over {} Parquet files of {} hour partitions of the master dataset",
-                match sources.engine {
-                    lambda_batch::BatchEngine::DuckDb => "DuckDB",
-                    lambda_batch::BatchEngine::Spark(_) => "Spark",
+                match batch.views_engine {
+                    lambda_batch::manifest::ViewsEngine::Duckdb => "DuckDB",
+                    lambda_batch::manifest::ViewsEngine::Spark => "Spark",
                 },
                 batch.files,
                 batch.hours

@@ -96,6 +96,32 @@ pub struct RunStats {
     pub files_deleted: u64,
     /// Wall time of the run (ms).
     pub duration_ms: u64,
+    /// The engine that computed the run's views.
+    #[serde(default)]
+    pub views_engine: ViewsEngine,
+}
+
+/// The engine that computed a run's views (both write identical view
+/// files; recorded so a user can tell which one ran, e.g. under
+/// `--batch-engine auto`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewsEngine {
+    /// DuckDB in the batch process.
+    #[default]
+    Duckdb,
+    /// A Spark cluster through Spark Connect.
+    Spark,
+}
+
+impl ViewsEngine {
+    /// `duckdb` or `spark`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewsEngine::Duckdb => "duckdb",
+            ViewsEngine::Spark => "spark",
+        }
+    }
 }
 
 /// The path of manifest `version`.

@@ -77,6 +77,7 @@ pub fn report_json(report: &RunReport) -> Value {
         "invalid": report.stats.invalid,
         "hours_recomputed": report.stats.hours_recomputed,
         "duration_ms": report.stats.duration_ms,
+        "engine": report.stats.views_engine.name(),
     })
 }
 

@@ -69,6 +69,7 @@ pub fn runner_status(s: &BatchStatus) -> Value {
                 "error": run.outcome.as_ref().err(),
                 "version": run.outcome.as_ref().ok().map(|r| r.version),
                 "events_written": run.outcome.as_ref().ok().map(|r| r.stats.events_written),
+                "engine": run.outcome.as_ref().ok().map(|r| r.stats.views_engine.name()),
             }),
             None => Value::Null,
         },
