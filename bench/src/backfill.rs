@@ -154,7 +154,13 @@ pub async fn run(bench: BackfillBench) -> anyhow::Result<Vec<Figure>> {
         None => {
             let bar =
                 spinner("starting a local Spark cluster (a master, two workers, Spark Connect)");
-            cluster = tokio::task::spawn_blocking(lambda_testkit::Spark::start).await?;
+            cluster = tokio::task::spawn_blocking(lambda_testkit::Spark::try_start)
+                .await?
+                .map_err(|failure| {
+                    anyhow::anyhow!(
+                        "starting a local Spark cluster: {failure} (or pass --spark-url sc://HOST:PORT)"
+                    )
+                })?;
             bar.finish_and_clear();
             cluster.connect_url.clone()
         }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 mod wait;
 
-pub use wait::{POLL_INTERVAL, eventually, eventually_blocking, eventually_every, wait_for_port};
+pub use wait::{
+    POLL_INTERVAL, eventually, eventually_blocking, eventually_every, wait_blocking, wait_for_port,
+};
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
 pub fn free_port() -> u16 {
@@ -28,18 +30,23 @@ pub fn free_port() -> u16 {
 /// created by `./infra/test.sh` at `$LAMBDA_TEST_VENV` (default
 /// `~/.cache/lambda-pipeline/venv`). A missing one fails the test, saying so.
 pub fn venv() -> std::path::PathBuf {
-    let dir = std::env::var_os("LAMBDA_TEST_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
-                .join(".cache/lambda-pipeline/venv")
-        });
-    assert!(
-        dir.join("bin/python").exists(),
-        "no Python virtualenv at {}: run ./infra/test.sh, which creates it",
-        dir.display()
-    );
-    dir
+    try_venv().unwrap_or_else(|missing| panic!("{missing}"))
+}
+
+/// [`venv`], or why there is none.
+pub fn try_venv() -> Result<std::path::PathBuf, String> {
+    let dir = match std::env::var_os("LAMBDA_TEST_VENV") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(std::env::var("HOME").map_err(|_| "HOME is not set")?)
+            .join(".cache/lambda-pipeline/venv"),
+    };
+    if !dir.join("bin/python").exists() {
+        return Err(format!(
+            "no Python virtualenv at {}: run ./infra/test.sh, which creates it",
+            dir.display()
+        ));
+    }
+    Ok(dir)
 }
 
 /// A child process killed (and reaped) on drop.
@@ -211,8 +218,8 @@ impl Drop for TempDirGuard {
 impl Spark {
     /// The `pyspark` package directory in the tests' virtualenv: a whole
     /// Spark distribution (`bin/spark-class`, `jars/`).
-    pub fn home() -> std::path::PathBuf {
-        let venv = venv();
+    pub fn home() -> Result<std::path::PathBuf, String> {
+        let venv = try_venv()?;
         let python = venv.join("bin/python");
         let out = Command::new(&python)
             .args([
@@ -220,57 +227,78 @@ impl Spark {
                 "import os, pyspark; print(os.path.dirname(pyspark.__file__))",
             ])
             .output()
-            .expect("running the virtualenv's python");
-        assert!(
-            out.status.success(),
-            "no pyspark in {}: run ./infra/test.sh, which installs it (pip install 'pyspark[connect]==4.3.0')",
-            venv.display()
-        );
-        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            .map_err(|e| {
+                format!(
+                    "cannot run {} ({e}): run ./infra/test.sh, which makes the virtualenv",
+                    python.display()
+                )
+            })?;
+        if !out.status.success() {
+            return Err(format!(
+                "no pyspark in {}: run ./infra/test.sh, which installs it (pip install 'pyspark[connect]==4.3.0')",
+                venv.display()
+            ));
+        }
+        Ok(std::path::PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim(),
+        ))
     }
 
     /// Starts the master, two workers (1 core, 1 GiB each) and the Connect
     /// server, and waits until both workers have registered and the Connect
-    /// server listens (about a minute on 2 cores).
+    /// server listens (about a minute on 2 cores). Panics if it cannot (a
+    /// test's way); [`Spark::try_start`] says why instead.
     pub fn start() -> Spark {
-        let home = Spark::home();
+        Spark::try_start().unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// [`Spark::start`], or why the cluster could not start (no pyspark,
+    /// no Java, a process that never listened: with the end of its log).
+    /// Each process runs in the cluster's temporary directory (Spark
+    /// writes `spark-warehouse/` and `metastore_db/` where it runs).
+    pub fn try_start() -> Result<Spark, String> {
+        let home = Spark::home()?;
         let dir = std::env::temp_dir().join(format!(
             "lambda-spark-{}-{}",
             std::process::id(),
             free_port()
         ));
-        std::fs::create_dir_all(&dir).expect("creating the Spark directory");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let guard = TempDirGuard(dir.clone());
         let (master_port, master_ui_port, connect_port) = (free_port(), free_port(), free_port());
         let master = format!("spark://127.0.0.1:{master_port}");
-        let spawn = |name: &str, program: &str, args: &[String]| -> KillGroupOnDrop {
-            use std::os::unix::process::CommandExt;
-            let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("a log file");
-            let child = Command::new(home.join("bin").join(program))
-                .args(args)
-                .env("SPARK_HOME", &home)
-                .env("SPARK_LOCAL_IP", "127.0.0.1")
-                .env("SPARK_LOG_DIR", &dir)
-                // Spark's launcher counts the Connect server as a daemon
-                // too: it gets the driver's heap (Spark refuses under 450 MB).
-                .env(
-                    "SPARK_DAEMON_MEMORY",
-                    if name == "connect" { "768m" } else { "256m" },
-                )
-                .env_remove("PYSPARK_PYTHON")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start Spark's {program} ({e}): is Java 17 installed?")
-                });
-            KillGroupOnDrop(child)
-        };
+        let spawn =
+            |name: &str, program: &str, args: &[String]| -> Result<KillGroupOnDrop, String> {
+                use std::os::unix::process::CommandExt;
+                let log_path = dir.join(format!("{name}.log"));
+                let log = std::fs::File::create(&log_path)
+                    .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+                let child = Command::new(home.join("bin").join(program))
+                    .current_dir(&dir)
+                    .args(args)
+                    .env("SPARK_HOME", &home)
+                    .env("SPARK_LOCAL_IP", "127.0.0.1")
+                    .env("SPARK_LOG_DIR", &dir)
+                    // Spark's launcher counts the Connect server as a daemon
+                    // too: it gets the driver's heap (Spark refuses under 450 MB).
+                    .env(
+                        "SPARK_DAEMON_MEMORY",
+                        if name == "connect" { "768m" } else { "256m" },
+                    )
+                    .env_remove("PYSPARK_PYTHON")
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| {
+                        format!("cannot start Spark's {program} ({e}): is Java 17 installed?")
+                    })?;
+                Ok(KillGroupOnDrop(child))
+            };
         // Waits for a process's port; a failure shows the end of its log.
         let listening = |name: &str, port: u16| {
             let log = dir.join(format!("{name}.log"));
-            eventually_blocking(
+            wait_blocking(
                 &format!("Spark's {name} listening on 127.0.0.1:{port}"),
                 Duration::from_secs(180),
                 || match TcpStream::connect(("127.0.0.1", port)) {
@@ -297,14 +325,15 @@ impl Spark {
                 s("--webui-port"),
                 master_ui_port.to_string(),
             ],
-        )];
+        )?];
         let master_ui = format!("http://127.0.0.1:{master_ui_port}");
-        listening("master", master_port);
+        listening("master", master_port)?;
         let mut worker_uis = Vec::new();
         for n in 1..=2 {
             let ui_port = free_port();
             let work = dir.join(format!("work-{n}"));
-            std::fs::create_dir_all(&work).expect("a worker directory");
+            std::fs::create_dir_all(&work)
+                .map_err(|e| format!("creating {}: {e}", work.display()))?;
             processes.push(spawn(
                 &format!("worker-{n}"),
                 "spark-class",
@@ -322,10 +351,10 @@ impl Spark {
                     work.display().to_string(),
                     master.clone(),
                 ],
-            ));
+            )?);
             worker_uis.push(format!("http://127.0.0.1:{ui_port}"));
         }
-        eventually_blocking(
+        wait_blocking(
             "both Spark workers registered with the master",
             Duration::from_secs(180),
             || {
@@ -337,7 +366,7 @@ impl Spark {
                     Err("fewer than two alive workers".to_string())
                 }
             },
-        );
+        )?;
         let driver_ui_port = free_port();
         processes.push(spawn(
             "connect",
@@ -364,9 +393,9 @@ impl Spark {
                 s("--conf"),
                 format!("spark.ui.port={driver_ui_port}"),
             ],
-        ));
-        listening("connect", connect_port);
-        Spark {
+        )?);
+        listening("connect", connect_port)?;
+        Ok(Spark {
             processes,
             connect_url: format!("sc://127.0.0.1:{connect_port}"),
             master_ui,
@@ -374,7 +403,7 @@ impl Spark {
             driver_ui: format!("http://127.0.0.1:{driver_ui_port}"),
             log_dir: dir.clone(),
             _dir: guard,
-        }
+        })
     }
 
     /// Kills worker `n` (1 or 2) and its executors, as a lost host.

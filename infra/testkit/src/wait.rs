@@ -28,12 +28,21 @@ impl<'a> Patience<'a> {
 
     /// Panics if the time is up, with what the last check saw.
     fn keep_waiting(&self, seen: &str) {
+        if let Err(failure) = self.time_left(seen) {
+            panic!("{failure}");
+        }
+    }
+
+    /// An error if the time is up, naming what was awaited and what the
+    /// last check saw.
+    fn time_left(&self, seen: &str) -> Result<(), String> {
         if Instant::now() >= self.deadline {
-            panic!(
+            return Err(format!(
                 "{}: not within {:?}; last seen: {seen}",
                 self.what, self.within
-            );
+            ));
         }
+        Ok(())
     }
 }
 
@@ -73,13 +82,24 @@ where
 pub fn eventually_blocking<T>(
     what: &str,
     within: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
+    check: impl FnMut() -> Result<T, String>,
 ) -> T {
+    wait_blocking(what, within, check).unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// [`eventually_blocking`] returning its failure (naming `what` and the
+/// last `Err`) instead of panicking: for a tool (`lambda bench`) that
+/// starts the tests' services and must report, not panic.
+pub fn wait_blocking<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let patience = Patience::new(what, within);
     loop {
         match check() {
-            Ok(value) => return value,
-            Err(seen) => patience.keep_waiting(&seen),
+            Ok(value) => return Ok(value),
+            Err(seen) => patience.time_left(&seen)?,
         }
         std::thread::sleep(POLL_INTERVAL);
     }
