@@ -138,7 +138,7 @@ impl Demo {
         // Batch layer (lambda only). In kappa mode the handle has no runner:
         // a run asked for fails, naming that.
         let batch = if lambda {
-            let ctx = shared.run_context(Arc::clone(&log), lake_writer);
+            let ctx = shared.run_context(Arc::clone(&log), lake_writer)?;
             let started = lambda_batch::start(&config.batch_schedule, ctx, shutdown.clone());
             supervisor.spawn("batch", started.task);
             started.handle

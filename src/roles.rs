@@ -135,14 +135,20 @@ impl Shared {
         }
     }
 
-    /// What a batch run reads and writes.
-    pub fn run_context(&self, log: Arc<dyn EventLog>, lake: LakeWriter) -> RunContext {
-        RunContext {
+    /// What a batch run reads and writes; an error if the batch engine
+    /// cannot compute this lake's views (Spark and a `memory://` lake).
+    pub fn run_context(
+        &self,
+        log: Arc<dyn EventLog>,
+        lake: LakeWriter,
+    ) -> anyhow::Result<RunContext> {
+        self.batch_engine.check_lake(&lake)?;
+        Ok(RunContext {
             log,
             lake,
             allowed_lateness_ms: self.allowed_lateness_ms,
             engine: self.batch_engine.clone(),
-        }
+        })
     }
 
     /// Refuses kappa mode, which has no batch layer.
@@ -277,7 +283,7 @@ pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyho
     let log = shared.open_log().await?;
     let lake = shared.open_lake_writer()?;
     let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
-    let ctx = shared.run_context(log, lake);
+    let ctx = shared.run_context(log, lake)?;
     let started = lambda_batch::start(schedule, ctx, supervisor.shutdown.clone());
     supervisor.spawn("batch", started.task);
     let app = lambda_serving::remote::runner_router(started.handle, shared.admin_token.clone());
@@ -291,7 +297,7 @@ pub async fn batch_once(shared: &Shared) -> anyhow::Result<lambda_batch::RunRepo
     shared.refuse_kappa()?;
     shared.require_shared_log("batch")?;
     let log = shared.open_log().await?;
-    let ctx = shared.run_context(Arc::clone(&log), shared.open_lake_writer()?);
+    let ctx = shared.run_context(Arc::clone(&log), shared.open_lake_writer()?)?;
     let report = lambda_batch::run_once(&ctx).await;
     log.close().await.context("closing the log")?;
     report

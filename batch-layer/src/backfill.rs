@@ -62,9 +62,11 @@ pub async fn backfill(
         .collect();
     let total = keys.len() as u64;
     let engine = engine.clone();
-    let mut engines =
-        crate::engine::off_runtime("opening the batch engines", move || Engines::open(&engine))
-            .await?;
+    let mut engines = crate::engine::off_runtime("opening the batch engines", {
+        let lake = lake.clone();
+        move || Engines::open(&engine, &lake)
+    })
+    .await?;
     let mut partitions = previous.partitions.clone();
     recompute_views(
         lake,

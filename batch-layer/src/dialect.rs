@@ -52,7 +52,7 @@ impl Dialect {
                 for file in files {
                     // Spark reads a path with these as a glob.
                     anyhow::ensure!(
-                        !file.contains(['*', '?', '[', ']', '{', '}', '\\']),
+                        !file.contains(crate::spark::GLOB_CHARACTERS),
                         "{file}: Spark would read this path as a glob (a lake path for Spark has none of * ? [ ] {{ }} \\)"
                     );
                     relations.push(format!(

@@ -6,7 +6,7 @@
 //! computes rows, this module writes them as view files, and the caller
 //! commits the manifest that points at them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use crate::lake::LakeWriter;
 use crate::manifest::{HourPartition, ViewsEngine};
 use crate::master;
 use crate::run::local_paths;
-use crate::spark::{SparkConfig, SparkEngine, spark_uri};
+use crate::spark::{SparkConfig, SparkEngine, spark_reads, spark_uri};
 use crate::views::{ViewDef, ViewEngine, views_of};
 
 /// The engine that computes batch views.
@@ -80,20 +80,36 @@ impl BatchEngine {
         }
     }
 
-    /// The Spark session this engine computes with, if any (one per
-    /// process and `purpose`, see [`SparkEngine::shared`]): none for
-    /// DuckDB; for Spark, an error naming the server if it does not
-    /// answer; for auto, none if it does not (logged when that changes).
-    /// Blocking.
+    /// Whether this engine can compute `lake`'s views: Spark cannot read a
+    /// `memory://` lake, or a `file://` lake whose path Spark would read
+    /// as a glob (see [`spark_reads`]); `--batch-engine spark` refuses
+    /// such a lake when the batch layer starts (`auto` leaves it to
+    /// DuckDB).
+    pub fn check_lake(&self, lake: &crate::Lake) -> anyhow::Result<()> {
+        match self {
+            BatchEngine::Spark(_) => spark_reads(lake).context("--batch-engine spark"),
+            BatchEngine::DuckDb | BatchEngine::Auto(_) => Ok(()),
+        }
+    }
+
+    /// The Spark session this engine computes `lake`'s views with, if any
+    /// (one per process and `purpose`, see [`SparkEngine::shared`]): none
+    /// for DuckDB; for Spark, an error naming the server if it does not
+    /// answer (or the lake if Spark cannot read it); for auto, none in
+    /// either case (logged when that changes). Blocking.
     pub(crate) fn spark_session(
         &self,
         purpose: &'static str,
+        lake: &crate::Lake,
     ) -> anyhow::Result<Option<SparkEngine>> {
         match self {
             BatchEngine::DuckDb => Ok(None),
-            BatchEngine::Spark(config) => SparkEngine::shared(config, purpose).map(Some),
+            BatchEngine::Spark(config) => {
+                self.check_lake(lake)?;
+                SparkEngine::shared(config, purpose).map(Some)
+            }
             BatchEngine::Auto(config) => {
-                let session = SparkEngine::shared(config, purpose);
+                let session = spark_reads(lake).and_then(|()| SparkEngine::shared(config, purpose));
                 log_auto_choice(config, purpose, session.as_ref().err());
                 Ok(session.ok())
             }
@@ -131,23 +147,32 @@ fn log_auto_choice(config: &SparkConfig, purpose: &str, unreachable: Option<&any
 pub(crate) struct Engines {
     pub(crate) duckdb: ViewEngine,
     spark: Option<SparkEngine>,
+    /// `--batch-engine auto`: a Spark cluster that stops answering hands
+    /// the rest of the run to DuckDB instead of failing it.
+    auto: bool,
+    /// Hours whose views DuckDB computed although Spark was chosen (Spark
+    /// could not compute them, or stopped answering under `auto`).
+    on_duckdb: u64,
 }
 
 impl Engines {
     /// Opens DuckDB and, when `engine` computes on Spark, connects to it
     /// (see [`BatchEngine::spark_session`]). Blocking.
-    pub(crate) fn open(engine: &BatchEngine) -> anyhow::Result<Engines> {
+    pub(crate) fn open(engine: &BatchEngine, lake: &crate::Lake) -> anyhow::Result<Engines> {
         Ok(Engines {
-            spark: engine.spark_session("batch")?,
+            spark: engine.spark_session("batch", lake)?,
             duckdb: ViewEngine::new()?,
+            auto: matches!(engine, BatchEngine::Auto(_)),
+            on_duckdb: 0,
         })
     }
 
-    /// The engine that computes the views.
+    /// The engine that computed the views: Spark if it computed every
+    /// hour's, DuckDB if DuckDB computed any.
     pub(crate) fn views_engine(&self) -> ViewsEngine {
         match self.spark {
-            Some(_) => ViewsEngine::Spark,
-            None => ViewsEngine::Duckdb,
+            Some(_) if self.on_duckdb == 0 => ViewsEngine::Spark,
+            _ => ViewsEngine::Duckdb,
         }
     }
 }
@@ -215,40 +240,63 @@ pub(crate) async fn recompute_views(
             to_compute.push(key);
         }
     }
-    let Some(spark) = engines.spark.clone() else {
-        for key in to_compute {
-            let partition = partitions.get_mut(key).expect("listed above");
-            let computed = duckdb_views(lake, &mut engines.duckdb, key, partition).await?;
-            store_views(lake, key, partition, version, tag, computed).await?;
-            done += 1;
-            progress(done);
+    // On Spark: one job per view over many hours. What Spark leaves
+    // (hours it could not compute; all of them on DuckDB) DuckDB computes.
+    let mut stored: BTreeSet<&String> = BTreeSet::new();
+    if let Some(spark) = engines.spark.clone() {
+        let mut by_topic: BTreeMap<Topic, Vec<(String, Vec<String>)>> = BTreeMap::new();
+        for key in &to_compute {
+            let partition = &partitions[*key];
+            let files = partition
+                .data_files
+                .iter()
+                .map(|f| spark_uri(lake, &object_store::path::Path::from(f.path.as_str())))
+                .collect::<anyhow::Result<Vec<String>>>()?;
+            by_topic
+                .entry(partition_topic(key, partition)?)
+                .or_default()
+                .push(((*key).clone(), files));
         }
-        return Ok(());
-    };
-    let mut by_topic: BTreeMap<Topic, Vec<(String, Vec<String>)>> = BTreeMap::new();
-    for key in to_compute {
-        let partition = &partitions[key];
-        let files = partition
-            .data_files
-            .iter()
-            .map(|f| spark_uri(lake, &object_store::path::Path::from(f.path.as_str())))
-            .collect::<anyhow::Result<Vec<String>>>()?;
-        by_topic
-            .entry(partition_topic(key, partition)?)
-            .or_default()
-            .push((key.clone(), files));
-    }
-    for (topic, hours) in by_topic {
-        for chunk in spark_jobs(&hours) {
-            let mut by_hour = spark_views(&spark, topic, chunk).await?;
-            for (key, _) in chunk {
-                let partition = partitions.get_mut(key).expect("asked for");
-                let computed = by_hour.remove(key).unwrap_or_else(|| Ok(Vec::new()));
-                store_views(lake, key, partition, version, tag, computed).await?;
+        'spark: for (topic, hours) in &by_topic {
+            for chunk in spark_jobs(hours) {
+                let mut by_hour = match spark_views(&spark, *topic, chunk).await {
+                    Ok(by_hour) => by_hour,
+                    Err(error) if engines.auto => {
+                        tracing::warn!(error = %format!("{error:#}"), "batch engine auto: Spark stopped answering; DuckDB computes the rest of these views");
+                        engines.spark = None;
+                        break 'spark;
+                    }
+                    Err(error) => return Err(error),
+                };
+                for key in to_compute
+                    .iter()
+                    .filter(|k| chunk.iter().any(|(c, _)| c == **k))
+                {
+                    match by_hour.remove(*key).unwrap_or_else(|| Ok(Vec::new())) {
+                        Ok(views) => {
+                            let partition = partitions.get_mut(*key).expect("asked for");
+                            store_views(lake, key, partition, version, tag, Ok(views)).await?;
+                            stored.insert(key);
+                            done += 1;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(partition = %key, %reason, "Spark could not compute this hour's views; DuckDB computes them")
+                        }
+                    }
+                }
+                progress(done);
             }
-            done += chunk.len() as u64;
-            progress(done);
         }
+    }
+    for key in to_compute.into_iter().filter(|k| !stored.contains(k)) {
+        if engines.spark.is_some() || engines.auto {
+            engines.on_duckdb += 1;
+        }
+        let partition = partitions.get_mut(key).expect("listed above");
+        let computed = duckdb_views(lake, &mut engines.duckdb, key, partition).await?;
+        store_views(lake, key, partition, version, tag, computed).await?;
+        done += 1;
+        progress(done);
     }
     Ok(())
 }
@@ -259,8 +307,10 @@ type HourViews = Result<Vec<(&'static ViewDef, Bytes)>, String>;
 
 /// Every view of `topic` for the hours of one chunk, one Spark job per
 /// view. A job that fails is tried again hour by hour, and an hour that
-/// still fails gets the reason — but only while the session answers: a
-/// cluster that does not is an error.
+/// still fails gets the reason (DuckDB then computes it) — but only while
+/// the cluster runs jobs: a session that no longer answers, or a job given
+/// up on after `--spark-timeout` (workers lost: Spark waits for executors
+/// that never come), is the cluster's failure and an error.
 async fn spark_views(
     spark: &SparkEngine,
     topic: Topic,
@@ -273,19 +323,22 @@ async fn spark_views(
             .filter(|(key, _)| !matches!(out.get(key), Some(Err(_))))
             .cloned()
             .collect();
+        if asked.is_empty() {
+            break;
+        }
         let files = match spark_job(spark, view, asked.clone()).await {
             Ok(files) => files,
             Err(error) => {
-                ensure_answers(spark, &error).await?;
-                tracing::warn!(view = %view.name, hours = asked.len(), error = %format!("{error:#}"), "a Spark job failed; trying its hours one by one");
+                cluster_failure(spark, error.context("a Spark job")).await?;
                 let mut files = Vec::new();
                 for hour in asked {
                     let key = hour.0.clone();
                     match spark_job(spark, view, vec![hour]).await {
                         Ok(one) => files.extend(one),
                         Err(error) => {
-                            ensure_answers(spark, &error).await?;
-                            out.insert(key, Err(format!("view {}: {error:#}", view.name)));
+                            let reason = format!("view {} on Spark: {error:#}", view.name);
+                            cluster_failure(spark, error).await?;
+                            out.insert(key, Err(reason));
                         }
                     }
                 }
@@ -301,14 +354,21 @@ async fn spark_views(
     Ok(out)
 }
 
-/// `error` of a Spark job, as the run's error if the session no longer
-/// answers (the cluster's failure, not the hour's data).
-async fn ensure_answers(spark: &SparkEngine, error: &anyhow::Error) -> anyhow::Result<()> {
+/// `error` of a Spark job, as the run's error if it is the cluster's: the
+/// job was given up on after `--spark-timeout`, or the session no longer
+/// answers. Otherwise it is logged and the job's hours are tried again.
+async fn cluster_failure(spark: &SparkEngine, error: anyhow::Error) -> anyhow::Result<()> {
+    if crate::spark::is_timeout(&error) {
+        return Err(error.context(
+            "Spark ran no job within --spark-timeout (are its workers lost? a job waits for executors that never come)",
+        ));
+    }
     let alive = spark.clone();
     let answers = off_runtime("checking the Spark session", move || Ok(alive.answers()))
         .await
         .unwrap_or(false);
     anyhow::ensure!(answers, "Spark no longer answers: {error:#}");
+    tracing::warn!(error = %format!("{error:#}"), "a Spark job failed; trying its hours one by one");
     Ok(())
 }
 
@@ -464,6 +524,12 @@ mod tests {
 
     #[test]
     fn auto_computes_on_duckdb_while_spark_does_not_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = crate::Lake::open(
+            &format!("file://{}", dir.path().display()),
+            dir.path().join("c"),
+        )
+        .unwrap();
         let refused = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -473,19 +539,37 @@ mod tests {
             "sc://no-such-host.invalid:15002".to_string(),
         ] {
             let auto = BatchEngine::Auto(SparkConfig::new(&url));
-            assert!(auto.spark_session("batch").unwrap().is_none(), "{url}");
-            let engines = Engines::open(&auto).unwrap();
+            assert!(
+                auto.spark_session("batch", &lake).unwrap().is_none(),
+                "{url}"
+            );
+            let engines = Engines::open(&auto, &lake).unwrap();
             assert_eq!(engines.views_engine(), ViewsEngine::Duckdb);
             // Where Spark is required, the same server is an error naming it.
             let error = BatchEngine::Spark(SparkConfig::new(&url))
-                .spark_session("batch")
+                .spark_session("batch", &lake)
                 .unwrap_err();
             assert!(format!("{error:#}").contains(&url), "{error:#}");
         }
         assert_eq!(
-            Engines::open(&BatchEngine::DuckDb).unwrap().views_engine(),
+            Engines::open(&BatchEngine::DuckDb, &lake)
+                .unwrap()
+                .views_engine(),
             ViewsEngine::Duckdb
         );
+        // A lake Spark cannot read: Spark refuses it before connecting
+        // (naming the lake), auto leaves it to DuckDB.
+        let memory = crate::Lake::open("memory://", dir.path().join("c")).unwrap();
+        let spark = BatchEngine::Spark(SparkConfig::new("sc://127.0.0.1:15002"));
+        for error in [
+            spark.check_lake(&memory).unwrap_err(),
+            spark.spark_session("batch", &memory).unwrap_err(),
+        ] {
+            assert!(format!("{error:#}").contains("memory://"), "{error:#}");
+        }
+        let auto = BatchEngine::Auto(SparkConfig::new("sc://127.0.0.1:15002"));
+        auto.check_lake(&memory).unwrap();
+        assert!(auto.spark_session("batch", &memory).unwrap().is_none());
     }
 
     #[test]

@@ -56,9 +56,9 @@ pub async fn recompute(
 ) -> anyhow::Result<Recomputed> {
     let started = Instant::now();
     let spark = {
-        let engine = engine.clone();
+        let (engine, lake) = (engine.clone(), lake.clone());
         crate::engine::off_runtime("connecting to Spark", move || {
-            engine.spark_session("compare")
+            engine.spark_session("compare", &lake)
         })
         .await?
     };

@@ -107,22 +107,24 @@ pub async fn run_with_fail_point(
         fail_point,
         version: previous.version + 1,
         engines: {
-            let engine = ctx.engine.clone();
-            crate::engine::off_runtime("opening the batch engines", move || Engines::open(&engine))
-                .await?
+            let (engine, lake) = (ctx.engine.clone(), ctx.lake.clone());
+            crate::engine::off_runtime("opening the batch engines", move || {
+                Engines::open(&engine, &lake)
+            })
+            .await?
         },
         stats,
         written: Vec::new(),
         partitions: previous.partitions.clone(),
         id_index: previous.id_index.clone(),
     };
-    run.stats.views_engine = run.engines.views_engine();
     // 2. Drop what the dataset already holds, under any hour (the id index).
     run.drop_known(&previous, &mut by_hour).await?;
     // 3. Write the new events per hour, recompute that hour's views, retry
     //    quarantined hours, and add the new ids to the index.
     let (written_by_topic, recomputed) = run.write_hours(by_hour).await?;
     run.retry_quarantined(&recomputed).await?;
+    run.stats.views_engine = run.engines.views_engine();
     run.stats.hours_quarantined = run
         .partitions
         .values()

@@ -22,7 +22,13 @@ use crate::lake::Lake;
 #[cfg(feature = "spark")]
 mod session;
 #[cfg(feature = "spark")]
-pub use session::SparkEngine;
+pub use session::{SparkEngine, is_timeout};
+
+/// Without the `spark` feature no Spark call is made, so none times out.
+#[cfg(not(feature = "spark"))]
+pub fn is_timeout(_error: &anyhow::Error) -> bool {
+    false
+}
 
 /// Without the `spark` feature: no session can be made
 /// ([`SparkEngine::connect`] says how to get one), so none exists.
@@ -118,7 +124,17 @@ pub fn connect_address(full_url: &str) -> anyhow::Result<String> {
     let rest = full_url.strip_prefix("sc://").with_context(|| {
         format!("--spark-url {url:?}: a Spark Connect URL starts with sc:// (sc://host:15002)")
     })?;
-    let authority = rest.split(['/', ';']).next().unwrap_or("");
+    let authority = rest.split(['/', ';', '?']).next().unwrap_or("");
+    // Spark Connect URLs carry parameters (a token) after `/;`; a `user@`
+    // or a `?query` would be read as part of the host or port, and shown.
+    anyhow::ensure!(
+        !authority.contains('@'),
+        "--spark-url {url:?}: a Spark Connect URL takes no user@ (pass a token as sc://host:15002/;token=…)"
+    );
+    anyhow::ensure!(
+        !rest.contains('?'),
+        "--spark-url {url:?}: parameters go after /; (sc://host:15002/;token=…), not after ?"
+    );
     anyhow::ensure!(
         !authority.is_empty(),
         "--spark-url {url:?}: no host (sc://host:15002)"
@@ -137,6 +153,27 @@ pub fn connect_address(full_url: &str) -> anyhow::Result<String> {
     } else {
         Ok(format!("{authority}:15002"))
     }
+}
+
+/// Characters with which Spark reads a path as a glob (so it may read
+/// other files than the manifest lists).
+pub(crate) const GLOB_CHARACTERS: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+
+/// Whether Spark can read `lake`'s files: a `file://` lake whose path has
+/// no glob character (Spark would read it as a pattern), or an `s3://`
+/// lake; not a `memory://` one. Checked when a run or a backfill starts,
+/// so a lake Spark cannot read is refused (`--batch-engine spark`) or
+/// left to DuckDB (`auto`) instead of failing hour by hour.
+pub fn spark_reads(lake: &Lake) -> anyhow::Result<()> {
+    if let Some(root) = lake.local_root() {
+        let root = root.display().to_string();
+        anyhow::ensure!(
+            !root.contains(GLOB_CHARACTERS),
+            "lake {root}: Spark would read its paths as globs (a lake for Spark has none of * ? [ ] {{ }} \\ in its path)"
+        );
+        return Ok(());
+    }
+    spark_uri(lake, &Path::from("probe")).map(drop)
 }
 
 /// The URI Spark reads a lake file at: the file itself for a local lake
@@ -196,13 +233,18 @@ mod tests {
         assert_eq!(redact("sc://spark;token=SECRET"), "sc://spark/;…");
         assert_eq!(redact("http://u:SECRET@x/y"), "http://…@x/…");
         assert_eq!(redact("spark"), "spark");
-        let error = connect_address("sc://spark:0/;token=SECRET")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            !error.contains("SECRET") && error.contains("sc://spark:0"),
-            "{error}"
-        );
+        for (url, shown) in [
+            ("sc://spark:0/;token=SECRET", "sc://spark:0"),
+            ("sc://spark:15002?token=SECRET", "sc://spark:15002"),
+            ("sc://user:SECRET@spark:15002", "sc://…@spark:15002"),
+            ("sc://SECRET@spark", "sc://…@spark"),
+        ] {
+            let error = connect_address(url).unwrap_err().to_string();
+            assert!(
+                !error.contains("SECRET") && error.contains(shown),
+                "{url}: {error}"
+            );
+        }
     }
 
     #[test]
@@ -215,10 +257,26 @@ mod tests {
             uri.starts_with("file:///") && uri.ends_with("/master/a.parquet"),
             "{uri}"
         );
+        spark_reads(&lake).unwrap();
         let memory = Lake::open("memory://", dir.path().join("cache")).unwrap();
         let error = spark_uri(&memory, &Path::from("a"))
             .unwrap_err()
             .to_string();
         assert!(error.contains("memory://"), "{error}");
+        let error = spark_reads(&memory).unwrap_err().to_string();
+        assert!(error.contains("memory://"), "{error}");
+        for odd in ["gl[o]b", "a*", "q?", "{x}", "back\\slash"] {
+            let root = dir.path().join(odd);
+            let lake =
+                Lake::open(&format!("file://{}", root.display()), dir.path().join("c")).unwrap();
+            let error = spark_reads(&lake).unwrap_err().to_string();
+            assert!(error.contains("glob") && error.contains(odd), "{error}");
+        }
+        for fine in ["sp ace", "quo'te", "back`tick", "%41", "ünï"] {
+            let root = dir.path().join(fine);
+            let lake =
+                Lake::open(&format!("file://{}", root.display()), dir.path().join("c")).unwrap();
+            spark_reads(&lake).unwrap();
+        }
     }
 }

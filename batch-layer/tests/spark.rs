@@ -6,7 +6,10 @@
 //! included), as runs on DuckDB; the work ran on both workers; an
 //! unreachable Connect URL and a worker killed mid-job leave nothing
 //! half-done, and the next run converges; `--batch-engine auto` computes on
-//! DuckDB while Spark does not answer and on Spark when it does.
+//! DuckDB while Spark does not answer and on Spark when it does; with both
+//! workers lost, a Spark backfill fails after `--spark-timeout` and commits
+//! nothing, and an auto run commits DuckDB's views; `0.0` and `-0.0` reach
+//! both engines as one zero.
 //!
 //! One cluster for the whole file (about a minute to start and ~2 GB): the
 //! checks are steps of one test.
@@ -22,7 +25,7 @@ use lambda_batch::spark::{SparkConfig, SparkEngine, spark_uri};
 use lambda_batch::views::{ViewEngine, views_of};
 use lambda_batch::{BatchEngine, LakeWriter, run_once};
 use lambda_events::{Event, Topic};
-use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog};
+use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, Record};
 
 use common::append;
 use lambda_testkit::Spark;
@@ -68,6 +71,7 @@ async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
     let all = events(7, 24_000);
     let (first, second) = all.split_at(16_000);
     append(&log, first).await;
+    append_signed_zeros(&log).await;
     assert_eq!(
         run_once(&ctx).await.unwrap().stats.views_engine,
         ViewsEngine::Duckdb
@@ -270,6 +274,80 @@ async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
     assert_eq!(report.hours, manifest.partitions.len() as u64);
     assert_eq!(report.views_engine, ViewsEngine::Spark);
     assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+
+    // Both workers lost for good: no job runs (Spark waits for executors
+    // that never come). On Spark the backfill fails once --spark-timeout
+    // has passed and commits nothing; under auto the run's views are
+    // computed by DuckDB and committed — the same files.
+    spark.kill_worker(1);
+    let quick = SparkConfig {
+        timeout: std::time::Duration::from_secs(15),
+        ..SparkConfig::new(&spark.connect_url)
+    };
+    let before = manifest::latest(&on_spark.lake).await.unwrap().unwrap();
+    let error = lambda_batch::backfill(
+        &on_spark.lake,
+        &BatchEngine::Spark(quick.clone()),
+        from,
+        to,
+        |_, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("--spark-timeout"),
+        "{error:#}"
+    );
+    let after = manifest::latest(&on_spark.lake).await.unwrap().unwrap();
+    assert_eq!(after.version, before.version, "a failed backfill committed");
+    append(&log, &events(10, 2_000)).await;
+    assert!(run_once(&ctx).await.unwrap().committed);
+    let report = run_once(&RunContext {
+        engine: BatchEngine::Auto(quick),
+        ..on_spark.clone()
+    })
+    .await
+    .unwrap();
+    assert!(report.committed);
+    assert_eq!(
+        report.stats.views_engine,
+        ViewsEngine::Duckdb,
+        "{report:?}; the master: {}",
+        spark.master_json()
+    );
+    assert_same_view_files(&ctx.lake, &on_spark.lake).await;
+}
+
+/// Readings and page views of `0.0` and `-0.0` in the same minutes, in
+/// both orders, as producers send them (raw records: `Event::to_json`
+/// would write what the decoder made of them). Each engine orders the two
+/// zeros its own way in min, max and last: they must reach the views as
+/// one zero.
+async fn append_signed_zeros(log: &Arc<dyn EventLog>) {
+    let minute = common::START_MS + 5 * 60_000;
+    let mut iot = Vec::new();
+    let mut funnel = Vec::new();
+    for (i, (a, b)) in [("0.0", "-0.0"), ("-0.0", "0.0"), ("-0", "0")]
+        .iter()
+        .enumerate()
+    {
+        let at = minute + i as i64 * 60_000;
+        for (j, value) in [a, b].iter().enumerate() {
+            let ts = at + j as i64 * 1_000;
+            iot.push(Record::keyed(
+                b"zero-device",
+                format!(r#"{{"event_id":"z-r-{i}-{j}","ts":{ts},"event_type":"sensor_reading","device_id":"zero-device","sensor":"temperature","value":{value}}}"#).into_bytes(),
+                0,
+            ));
+            funnel.push(Record::keyed(
+                b"zero-user",
+                format!(r#"{{"event_id":"z-p-{i}-{j}","ts":{ts},"event_type":"page_view","user_id":"zero-user","page":"/zero","render_ms":{value}}}"#).into_bytes(),
+                0,
+            ));
+        }
+    }
+    log.append(Topic::IOT, iot).await.unwrap();
+    log.append(Topic::FUNNEL, funnel).await.unwrap();
 }
 
 /// The hours a manifest's partitions span: `[first start, last end)`.

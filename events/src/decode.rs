@@ -299,7 +299,8 @@ impl<'a> Cursor<'a> {
         if !(value.is_finite() && (low..=high).contains(&value)) {
             return give_up("a number out of bounds");
         }
-        Ok(value)
+        // -0.0 is read as 0.0, as the reference does (see `number_field`).
+        Ok(value + 0.0)
     }
 
     /// A string field's value: 1..=[`MAX_STRING_LEN`] bytes.

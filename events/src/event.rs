@@ -686,7 +686,12 @@ fn number_field(
                     format!("{value} is outside the bounds {low}..={high}"),
                 ));
             }
-            Ok(Some(value))
+            // -0.0 is read as 0.0 (adding +0.0 turns -0.0 into +0.0 and
+            // leaves every other value as it is): the engines that fold a
+            // value — the speed layer, DuckDB, Spark — order the two zeros
+            // differently in min, max and last, and would give different
+            // views of the same events.
+            Ok(Some(value + 0.0))
         }
         Some(other) => Err(EventError::field(
             name,
@@ -1122,6 +1127,44 @@ mod tests {
             Err(("ts", "not RFC 3339")),
         );
         check(&at("9223372036854775807"), Err(("ts", "after 9999-12-31")));
+    }
+
+    /// `-0.0` (in any spelling) is read as `0.0` by the reference decoder,
+    /// the fast decoder (`EventRef`) and `from_json`, so every engine that
+    /// folds it sees one zero.
+    #[test]
+    fn negative_zero_is_read_as_zero() {
+        for zero in ["-0.0", "-0", "-0e0", "-0.000e-5"] {
+            let lines = [
+                format!(
+                    r#"{{"event_id":"e","ts":1,"event_type":"sensor_reading","device_id":"d","sensor":"t","value":{zero}}}"#
+                ),
+                format!(
+                    r#"{{"event_id":"e","ts":1,"event_type":"page_view","user_id":"u","page":"/","render_ms":{zero}}}"#
+                ),
+                format!(
+                    r#"{{"event_id":"e","ts":1,"event_type":"device_status","device_id":"d","status":"online","battery_pct":{zero}}}"#
+                ),
+            ];
+            for line in &lines {
+                let numbers = |e: &Event| [e.value, e.render_ms, e.battery_pct];
+                let reference = Event::from_json_reference(line.as_bytes()).unwrap();
+                let fast = Event::from_json(line.as_bytes()).unwrap();
+                let borrowed = crate::EventRef::from_json(line.as_bytes()).unwrap();
+                let fast_numbers = [borrowed.value, borrowed.render_ms, borrowed.battery_pct];
+                for value in numbers(&reference)
+                    .into_iter()
+                    .chain(numbers(&fast))
+                    .chain(fast_numbers)
+                    .flatten()
+                {
+                    assert!(
+                        value == 0.0 && value.is_sign_positive(),
+                        "{line}: {value:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

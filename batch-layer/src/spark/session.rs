@@ -72,8 +72,17 @@ struct TimedOut {
     timeout: Duration,
 }
 
+/// Whether `error` is a Spark call given up on after its timeout (the
+/// cluster's failure: no job ran in time), whatever context it carries.
+pub fn is_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<TimedOut>())
+}
+
 /// Calls given up on (timed out) whose threads still wait for the client.
 static ABANDONED: AtomicUsize = AtomicUsize::new(0);
+
+/// Longest wait for the interrupt of a job given up on.
+const INTERRUPT_WAIT: Duration = Duration::from_secs(10);
 
 /// Calls given up on that may still be waiting at once; past it, no new
 /// call starts (a server that takes connections and never answers would
@@ -178,7 +187,13 @@ impl SparkEngine {
             match within(check, "checking the Spark session", move || {
                 Ok(session.version()?)
             }) {
-                Ok(_) => return Ok(engine),
+                // The session is shared; the timeout is the caller's.
+                Ok(_) => {
+                    return Ok(SparkEngine {
+                        config: config.clone(),
+                        ..engine
+                    });
+                }
                 Err(error) => {
                     tracing::warn!(url = %redact(&config.url), error = %format!("{error:#}"), "the Spark session no longer answers; opening a new one")
                 }
@@ -281,12 +296,18 @@ impl SparkEngine {
         )
         .inspect_err(|error| {
             // A query given up on must not keep the cluster busy. The session
-            // is this engine's alone (see `shared`), and its calls one at a time.
+            // is this engine's alone (see `shared`), and its calls one at a
+            // time: the interrupt is waited for (a while), so that it cannot
+            // cancel the session's next call instead.
             if error.is::<TimedOut>() {
                 let session = Arc::clone(&self.session);
-                let _ = std::thread::Builder::new()
-                    .name("spark-interrupt".into())
-                    .spawn(move || session.interrupt_all());
+                let interrupted = within(INTERRUPT_WAIT, "interrupting a Spark job", move || {
+                    session.interrupt_all()?;
+                    Ok(())
+                });
+                if let Err(error) = interrupted {
+                    tracing::warn!(error = %format!("{error:#}"), "interrupting a Spark job given up on");
+                }
             }
         })?;
         let batches =
