@@ -77,21 +77,15 @@ impl LakeWriter {
             return Ok(());
         };
         let file = root.join(path.as_ref());
-        let synced = file.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&synced)?.sync_all()?;
-            if let Some(dir) = synced.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|join| Err(std::io::Error::other(join)))
-        .map_err(|source| LakeError::Local {
-            action: "syncing",
-            path: file,
-            source,
-        })
+        tokio::task::spawn_blocking(move || lambda_lake::store::sync_file_and_dir(&file))
+            .await
+            .unwrap_or_else(|join| {
+                Err(LakeError::Local {
+                    action: "syncing",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(join),
+                })
+            })
     }
 
     /// Writes an object only if none exists at `path` (a conditional put).

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum LakeError {
     /// The URL names no supported store.
-    #[error("unsupported lake url {0:?}: expected file://DIR, memory:// or s3://BUCKET/PREFIX")]
+    #[error("unsupported store url {0:?}: expected file://DIR, memory:// or s3://BUCKET/PREFIX")]
     UnsupportedUrl(String),
     /// The store could not be opened (a bad URL or option, a missing directory).
-    #[error("opening the lake {url}")]
+    #[error("opening the object store {url}")]
     Open {
         /// The lake's URL.
         url: String,

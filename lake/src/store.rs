@@ -42,6 +42,78 @@ pub fn s3_options(region: &str, endpoint: Option<&str>) -> Vec<(String, String)>
     options
 }
 
+/// An object store opened by URL: the lake's, or the speed layer's
+/// checkpoint store.
+#[derive(Debug, Clone)]
+pub struct OpenedStore {
+    /// The store, rooted at the URL's directory or prefix.
+    pub store: Arc<dyn ObjectStore>,
+    /// The directory of a `file://` store (`None` for others).
+    pub local_root: Option<PathBuf>,
+}
+
+/// Opens the object store at `url`: `file://DIR` (created if missing),
+/// `memory://`, or `s3://BUCKET/PREFIX` with `options` (see
+/// [`s3_options`]).
+pub fn open_store(url: &str, options: Vec<(String, String)>) -> Result<OpenedStore, LakeError> {
+    let open = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Open {
+        url: url.to_string(),
+        source,
+    };
+    if let Some(path) = url.strip_prefix("file://") {
+        let root = PathBuf::from(path);
+        std::fs::create_dir_all(&root)
+            .map_err(|e| LakeError::local("creating the directory", &root, e))?;
+        let root = (root.canonicalize())
+            .map_err(|e| LakeError::local("resolving the directory", &root, e))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| open(e.into()))?;
+        return Ok(OpenedStore {
+            store: Arc::new(store),
+            local_root: Some(root),
+        });
+    }
+    if url.starts_with("memory://") {
+        return Ok(OpenedStore {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            local_root: None,
+        });
+    }
+    if url.starts_with("s3://") {
+        let parsed = url::Url::parse(url).map_err(|e| open(e.into()))?;
+        let (store, prefix) =
+            object_store::parse_url_opts(&parsed, options).map_err(|e| open(e.into()))?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        return Ok(OpenedStore {
+            store,
+            local_root: None,
+        });
+    }
+    Err(LakeError::UnsupportedUrl(url.to_string()))
+}
+
+/// Fsyncs `file` and its directory: what makes a put on a `file://`
+/// store durable (object stores are before they answer; the local file
+/// store only renames a written file into place). Blocking.
+pub fn sync_file_and_dir(file: &std::path::Path) -> Result<(), LakeError> {
+    let sync = || -> std::io::Result<()> {
+        std::fs::File::open(file)?.sync_all()?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    sync().map_err(|source| LakeError::Local {
+        action: "syncing",
+        path: file.to_path_buf(),
+        source,
+    })
+}
+
 /// Object storage for the master dataset, batch views and manifests.
 #[derive(Debug, Clone)]
 pub struct Lake {
@@ -66,52 +138,13 @@ impl Lake {
         options: Vec<(String, String)>,
         cache_dir: impl Into<PathBuf>,
     ) -> Result<Lake, LakeError> {
-        let cache_dir = cache_dir.into();
-        let open = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Open {
-            url: url.to_string(),
-            source,
-        };
-        if let Some(path) = url.strip_prefix("file://") {
-            let root = PathBuf::from(path);
-            std::fs::create_dir_all(&root)
-                .map_err(|e| LakeError::local("creating the lake directory", &root, e))?;
-            let root = (root.canonicalize())
-                .map_err(|e| LakeError::local("resolving the lake directory", &root, e))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-                .map_err(|e| open(e.into()))?;
-            return Ok(Lake {
-                store: Arc::new(store),
-                url: url.into(),
-                local_root: Some(root),
-                cache_dir,
-            });
-        }
-        if url.starts_with("memory://") {
-            let store = object_store::memory::InMemory::new();
-            return Ok(Lake {
-                store: Arc::new(store),
-                url: url.into(),
-                local_root: None,
-                cache_dir,
-            });
-        }
-        if url.starts_with("s3://") {
-            let parsed = url::Url::parse(url).map_err(|e| open(e.into()))?;
-            let (store, prefix) =
-                object_store::parse_url_opts(&parsed, options).map_err(|e| open(e.into()))?;
-            let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-                Arc::from(store)
-            } else {
-                Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
-            };
-            return Ok(Lake {
-                store,
-                url: url.into(),
-                local_root: None,
-                cache_dir,
-            });
-        }
-        Err(LakeError::UnsupportedUrl(url.to_string()))
+        let OpenedStore { store, local_root } = open_store(url, options)?;
+        Ok(Lake {
+            store,
+            url: url.into(),
+            local_root,
+            cache_dir: cache_dir.into(),
+        })
     }
 
     /// The object store under the lake, for the batch layer's `LakeWriter`:

@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod replay;
 pub mod seen;
+pub mod store;
 pub mod summary;
 pub mod window;
 

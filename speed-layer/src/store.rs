@@ -1,0 +1,320 @@
+//! The partition checkpoint store: where each log partition's speed state
+//! is checkpointed once instances share the partitions through a consumer
+//! group (issue 16) — on object storage (`file://`, `s3://`, `memory://`),
+//! so that a partition's state lives with the partition, not with the host
+//! that last consumed it.
+//!
+//! Layout under the store's root, per partition:
+//!
+//! ```text
+//! <topic>/<partition>/manifest/<version, 20 digits>.json   one per checkpoint, never rewritten
+//! <topic>/<partition>/files/<name>                          immutable files a manifest names
+//! ```
+//!
+//! **Fencing by conditional put.** A checkpoint's manifest is created only
+//! if no object exists at its version (`PutMode::Create`: `If-None-Match:
+//! *` on S3, an exclusive create on a local directory), and each writer
+//! commits version N + 1 of the version it restored or last committed. Two
+//! owners of one partition race for the same N + 1: one wins, the other is
+//! told [`Commit::Fenced`] and must drop the partition without writing
+//! anything else. A new owner claims a partition by committing once right
+//! after restoring it, which fences the old owner's next checkpoint. The
+//! group generation alone does not do it: a broker may hand a partition to
+//! its new owner before the old one has let go of it (tansu 0.6 does, for
+//! one to three seconds, with both the eager and the cooperative protocol),
+//! and an old owner that is only slow never learns its generation is gone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+/// One log partition: the unit of speed state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+impl PartitionId {
+    /// `topic`'s `partition`.
+    pub fn new(topic: impl Into<String>, partition: u32) -> PartitionId {
+        PartitionId {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// The outcome of [`CheckpointStore::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The manifest is durable at its version.
+    Committed,
+    /// Another owner committed that version first: this writer no longer
+    /// owns the partition and must not write to it again. `newest` is the
+    /// newest version now in the store.
+    Fenced {
+        /// The newest committed version.
+        newest: u64,
+    },
+}
+
+/// Partition checkpoints on an object store.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    local_root: Option<PathBuf>,
+    url: String,
+}
+
+/// Manifests of a partition kept by [`CheckpointStore::vacuum`] by default.
+pub const KEEP_MANIFESTS: usize = 3;
+
+impl CheckpointStore {
+    /// Opens the store at `url` (`file://DIR`, `memory://`,
+    /// `s3://BUCKET/PREFIX` with `options`: see
+    /// `lambda_lake::store::s3_options`; S3 needs conditional puts).
+    pub fn open(url: &str, options: Vec<(String, String)>) -> anyhow::Result<CheckpointStore> {
+        let opened = lambda_lake::store::open_store(url, options)
+            .with_context(|| format!("opening the checkpoint store {url}"))?;
+        Ok(CheckpointStore {
+            store: opened.store,
+            local_root: opened.local_root,
+            url: url.to_string(),
+        })
+    }
+
+    /// The store's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The newest committed manifest of `partition`: its version and bytes.
+    pub async fn latest(&self, partition: &PartitionId) -> anyhow::Result<Option<(u64, Bytes)>> {
+        let Some(version) = self.versions(partition).await?.last().copied() else {
+            return Ok(None);
+        };
+        let path = manifest_path(partition, version)?;
+        let bytes = self.get(&path).await?;
+        Ok(Some((version, bytes)))
+    }
+
+    /// Commits `bytes` as `partition`'s manifest `version` unless another
+    /// writer committed that version first ([`Commit::Fenced`]). Durable
+    /// when it returns [`Commit::Committed`].
+    pub async fn commit(
+        &self,
+        partition: &PartitionId,
+        version: u64,
+        bytes: Bytes,
+    ) -> anyhow::Result<Commit> {
+        anyhow::ensure!(version > 0, "{partition}: checkpoint versions start at 1");
+        let path = manifest_path(partition, version)?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => {
+                self.sync_local(&path).await?;
+                Ok(Commit::Committed)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let newest = self.versions(partition).await?.last().copied();
+                Ok(Commit::Fenced {
+                    newest: newest.unwrap_or(version),
+                })
+            }
+            Err(error) => Err(error).with_context(|| format!("committing {path} in {}", self.url)),
+        }
+    }
+
+    /// Writes one of `partition`'s files (a window's views or ids), which
+    /// a manifest committed later names. Names are never reused: a file
+    /// that exists already is an error.
+    pub async fn put_file(
+        &self,
+        partition: &PartitionId,
+        name: &str,
+        bytes: Bytes,
+    ) -> anyhow::Result<()> {
+        let path = file_path(partition, name)?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&path, PutPayload::from(bytes), options)
+            .await
+            .with_context(|| format!("writing {path} in {}", self.url))?;
+        self.sync_local(&path).await
+    }
+
+    /// Reads one of `partition`'s files.
+    pub async fn get_file(&self, partition: &PartitionId, name: &str) -> anyhow::Result<Bytes> {
+        self.get(&file_path(partition, name)?).await
+    }
+
+    /// Deletes one of `partition`'s files (a missing one is not an error).
+    pub async fn delete_file(&self, partition: &PartitionId, name: &str) -> anyhow::Result<()> {
+        self.delete(&file_path(partition, name)?).await
+    }
+
+    /// The names of `partition`'s files.
+    pub async fn files(&self, partition: &PartitionId) -> anyhow::Result<Vec<String>> {
+        let prefix = partition_dir(partition)?.join("files");
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {prefix} in {}", self.url))?;
+        let mut names: Vec<String> = listed
+            .into_iter()
+            .filter_map(|meta| meta.location.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Deletes `partition`'s manifests but the newest `keep`; returns how
+    /// many it deleted. (The files only older manifests name are the
+    /// checkpoint writer's to delete: it knows which they are.)
+    pub async fn vacuum(&self, partition: &PartitionId, keep: usize) -> anyhow::Result<usize> {
+        let versions = self.versions(partition).await?;
+        let old = versions.len().saturating_sub(keep.max(1));
+        for version in &versions[..old] {
+            self.delete(&manifest_path(partition, *version)?).await?;
+        }
+        Ok(old)
+    }
+
+    /// `partition`'s committed manifest versions, oldest first.
+    pub async fn versions(&self, partition: &PartitionId) -> anyhow::Result<Vec<u64>> {
+        let prefix = partition_dir(partition)?.join("manifest");
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {prefix} in {}", self.url))?;
+        let mut versions: Vec<u64> = listed
+            .iter()
+            .filter_map(|meta| {
+                meta.location
+                    .filename()?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    async fn get(&self, path: &Path) -> anyhow::Result<Bytes> {
+        let got = self
+            .store
+            .get(path)
+            .await
+            .with_context(|| format!("reading {path} in {}", self.url))?;
+        got.bytes()
+            .await
+            .with_context(|| format!("reading {path} in {}", self.url))
+    }
+
+    async fn delete(&self, path: &Path) -> anyhow::Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("deleting {path} in {}", self.url)),
+        }
+    }
+
+    /// On a `file://` store, fsyncs what was just written (object stores
+    /// make a put durable before answering; the local file store only
+    /// renames a written file into place).
+    async fn sync_local(&self, path: &Path) -> anyhow::Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || lambda_lake::store::sync_file_and_dir(&file))
+            .await
+            .context("syncing a checkpoint file")?
+            .map_err(anyhow::Error::from)
+    }
+}
+
+/// `<topic>/<partition>`, for a topic name that stays one path segment.
+fn partition_dir(partition: &PartitionId) -> anyhow::Result<Path> {
+    anyhow::ensure!(
+        is_plain(&partition.topic),
+        "topic {:?}: a checkpoint store keeps topics named with ASCII letters, digits, '-', '_' and '.' only",
+        partition.topic
+    );
+    Ok(Path::from(partition.topic.as_str()).join(partition.partition.to_string()))
+}
+
+fn manifest_path(partition: &PartitionId, version: u64) -> anyhow::Result<Path> {
+    Ok(partition_dir(partition)?
+        .join("manifest")
+        .join(format!("{version:020}.json")))
+}
+
+fn file_path(partition: &PartitionId, name: &str) -> anyhow::Result<Path> {
+    anyhow::ensure!(
+        is_plain(name),
+        "checkpoint file {name:?}: names are ASCII letters, digits, '-', '_' and '.' only"
+    );
+    Ok(partition_dir(partition)?.join("files").join(name))
+}
+
+/// 1–128 ASCII letters, digits, `-`, `_`, `.`, not starting with `.`.
+fn is_plain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_their_partition() {
+        let p = PartitionId::new("funnel-events", 3);
+        assert_eq!(
+            manifest_path(&p, 7).unwrap().as_ref(),
+            "funnel-events/3/manifest/00000000000000000007.json"
+        );
+        assert_eq!(
+            file_path(&p, "60000-ab.json").unwrap().as_ref(),
+            "funnel-events/3/files/60000-ab.json"
+        );
+        for bad in ["", "..", ".hidden", "a/b", "a\\b", "ü", &"x".repeat(129)] {
+            assert!(file_path(&p, bad).is_err(), "{bad:?}");
+        }
+        assert!(file_path(&p, &"x".repeat(128)).is_ok());
+        assert!(partition_dir(&PartitionId::new("../etc", 0)).is_err());
+    }
+}
