@@ -23,6 +23,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+mod membership;
+pub use membership::{Change, GroupMember, MembershipConfig, Owned};
+
 use crate::partitioner::Partitioner;
 use crate::{
     Bytes, EventLog, FetchPosition, LogError, MAX_RECORD_BYTES, PartitionRange, Position, Record,

@@ -1,0 +1,254 @@
+//! Membership of a Kafka consumer group, for the speed layer across hosts
+//! (issue 16): which partitions this member owns, decided by Kafka's own
+//! group protocol (cooperative-sticky) — no home-made membership.
+//!
+//! The group's consumer only takes part in the group: every partition it
+//! is given is paused, so it fetches nothing, and the member reads its
+//! partitions at the offsets its checkpoints hold through the log's
+//! ordinary fetch. Changes arrive on a channel: [`Change::Assigned`], and
+//! [`Change::Revoked`] with an acknowledgement the member sends once it has
+//! checkpointed those partitions — the rebalance waits for it (up to
+//! [`MembershipConfig::revoke_timeout`]), so a partition is released only
+//! after its state is saved. A broker may still hand a partition to its new
+//! owner before the old one has let go (tansu does): the checkpoint store
+//! fences (see `lambda_speed::store`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::{KafkaConfig, set_reconnect_backoff, unavailable};
+use crate::LogError;
+
+/// How a member takes part in its group.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// The consumer group.
+    pub group: String,
+    /// This member's name in the group (`client.id`), e.g. its HTTP address.
+    pub member: String,
+    /// The topics whose partitions the group shares.
+    pub topics: Vec<String>,
+    /// A member not heard from for this long loses its partitions
+    /// (`session.timeout.ms`): the failover time after a crash.
+    pub session_timeout: Duration,
+    /// Longest a rebalance waits for a revoked partition's checkpoint.
+    pub revoke_timeout: Duration,
+}
+
+impl MembershipConfig {
+    /// `member` of `group` sharing `topics`, with a 10 s session timeout
+    /// and 30 s for a revocation's checkpoint.
+    pub fn new(group: &str, member: &str, topics: &[&str]) -> MembershipConfig {
+        MembershipConfig {
+            group: group.to_string(),
+            member: member.to_string(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            session_timeout: Duration::from_secs(10),
+            revoke_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A partition, `(topic, partition)`.
+pub type Owned = (String, u32);
+
+/// A change of what this member owns.
+#[derive(Debug)]
+pub enum Change {
+    /// These partitions are now this member's.
+    Assigned(Vec<Owned>),
+    /// These partitions are taken away: checkpoint them, stop reading
+    /// them, then send on `released` (the rebalance waits for it).
+    Revoked {
+        /// The partitions.
+        partitions: Vec<Owned>,
+        /// Acknowledge once their state is saved.
+        released: mpsc::SyncSender<()>,
+    },
+}
+
+/// This member's side of the rebalance.
+struct Context {
+    changes: mpsc::Sender<Change>,
+    owned: Arc<Mutex<BTreeSet<Owned>>>,
+    revoke_timeout: Duration,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let partitions = owned_of(list);
+        if partitions.is_empty() {
+            return;
+        }
+        let (released, acked) = mpsc::sync_channel(1);
+        let sent = self.changes.send(Change::Revoked {
+            partitions: partitions.clone(),
+            released,
+        });
+        if sent.is_ok() && acked.recv_timeout(self.revoke_timeout).is_err() {
+            tracing::warn!(
+                ?partitions,
+                timeout_ms = self.revoke_timeout.as_millis() as u64,
+                "revoked partitions released before their checkpoint was acknowledged"
+            );
+        }
+        let mut owned = self.owned.lock();
+        for partition in &partitions {
+            owned.remove(partition);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                // Taking part only: the member fetches through the log.
+                if let Err(error) = consumer.pause(list) {
+                    tracing::warn!(%error, "pausing assigned partitions");
+                }
+                let partitions = owned_of(list);
+                if partitions.is_empty() {
+                    return;
+                }
+                self.owned.lock().extend(partitions.iter().cloned());
+                let _ = self.changes.send(Change::Assigned(partitions));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::warn!(%error, "consumer group rebalance failed"),
+        }
+    }
+}
+
+fn owned_of(list: &TopicPartitionList) -> Vec<Owned> {
+    list.elements()
+        .iter()
+        .filter_map(|e| Some((e.topic().to_string(), u32::try_from(e.partition()).ok()?)))
+        .collect()
+}
+
+/// A member of a consumer group: joined on [`GroupMember::join`], left
+/// when dropped (or stopped with [`GroupMember::leave`]).
+pub struct GroupMember {
+    owned: Arc<Mutex<BTreeSet<Owned>>>,
+    stop: Arc<AtomicBool>,
+    poller: Option<std::thread::JoinHandle<()>>,
+    group: String,
+    member: String,
+}
+
+impl std::fmt::Debug for GroupMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMember")
+            .field("group", &self.group)
+            .field("member", &self.member)
+            .field("owned", &*self.owned.lock())
+            .finish()
+    }
+}
+
+impl GroupMember {
+    /// Joins `membership.group` on the brokers of `kafka`; what it owns
+    /// and every change to it arrive on the returned channel.
+    pub fn join(
+        kafka: &KafkaConfig,
+        membership: &MembershipConfig,
+    ) -> Result<(GroupMember, mpsc::Receiver<Change>), LogError> {
+        let (changes, receiver) = mpsc::channel();
+        let owned = Arc::new(Mutex::new(BTreeSet::new()));
+        let context = Context {
+            changes,
+            owned: Arc::clone(&owned),
+            revoke_timeout: membership.revoke_timeout,
+        };
+        let session_ms = membership
+            .session_timeout
+            .as_millis()
+            .clamp(1_000, 3_600_000);
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &kafka.bootstrap_servers);
+        c.set("group.id", &membership.group);
+        c.set("client.id", &membership.member);
+        c.set("partition.assignment.strategy", "cooperative-sticky");
+        c.set("session.timeout.ms", session_ms.to_string());
+        c.set("heartbeat.interval.ms", (session_ms / 3).to_string());
+        c.set("enable.auto.commit", "false");
+        c.set("enable.auto.offset.store", "false");
+        c.set("allow.auto.create.topics", "false");
+        set_reconnect_backoff(&mut c);
+        for (k, v) in &kafka.client_options {
+            c.set(k, v);
+        }
+        let consumer: BaseConsumer<Context> = c
+            .create_with_context(context)
+            .map_err(unavailable("creating a group member"))?;
+        let topics: Vec<&str> = membership.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(unavailable("joining the consumer group"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        // Rebalance callbacks run inside poll: poll until told to stop,
+        // then leave the group (close sends LeaveGroup).
+        let poller = std::thread::Builder::new()
+            .name("group-member".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    if let Some(Err(error)) = consumer.poll(Duration::from_millis(100)) {
+                        tracing::debug!(%error, "group member poll");
+                    }
+                }
+                drop(consumer);
+            })
+            .map_err(|e| {
+                LogError::Unavailable(format!("starting the group member's thread: {e}"))
+            })?;
+        Ok((
+            GroupMember {
+                owned,
+                stop,
+                poller: Some(poller),
+                group: membership.group.clone(),
+                member: membership.member.clone(),
+            },
+            receiver,
+        ))
+    }
+
+    /// The partitions this member owns now.
+    pub fn owned(&self) -> BTreeSet<Owned> {
+        self.owned.lock().clone()
+    }
+
+    /// Leaves the group (its partitions go to the others at once) and
+    /// waits until it has. Blocking. Leaving revokes what it owns: answer
+    /// that [`Change::Revoked`] (or drop the receiver), or leaving waits
+    /// [`MembershipConfig::revoke_timeout`] for it.
+    pub fn leave(mut self) {
+        self.stop_polling();
+    }
+
+    fn stop_polling(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        self.stop_polling();
+    }
+}
