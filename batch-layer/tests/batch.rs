@@ -369,17 +369,7 @@ async fn a_late_event_is_healed_by_the_next_run() {
 async fn batch_runs_write_and_read_a_real_s3_server() {
     let moto = lambda_testkit::Moto::start("lake-test");
     let f = fixture().await;
-    let options = [
-        ("aws_endpoint", moto.endpoint.as_str()),
-        ("aws_allow_http", "true"),
-        ("aws_region", "us-east-1"),
-        ("aws_access_key_id", "test"),
-        ("aws_secret_access_key", "test"),
-        ("aws_conditional_put", "etag"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let options = moto.s3_options();
     let cache = tempfile::tempdir().unwrap();
     let lake =
         LakeWriter::open_with_options("s3://lake-test/pipeline", options, cache.path()).unwrap();

@@ -544,7 +544,7 @@ fn read_window(
 
 /// A window file's name as this module makes them: ASCII letters, digits,
 /// `-` and `.`, not starting with `.` (nothing that leaves the directory).
-fn is_plain_name(name: &str) -> bool {
+pub(crate) fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')

@@ -33,6 +33,8 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::checkpoint::is_plain_name;
+
 /// One log partition: the unit of speed state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartitionId {
@@ -179,17 +181,7 @@ impl CheckpointStore {
 
     /// The names of `partition`'s files.
     pub async fn files(&self, partition: &PartitionId) -> anyhow::Result<Vec<String>> {
-        let prefix = partition_dir(partition)?.join("files");
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .with_context(|| format!("listing {prefix} in {}", self.url))?;
-        let mut names: Vec<String> = listed
-            .into_iter()
-            .filter_map(|meta| meta.location.filename().map(str::to_string))
-            .collect();
+        let mut names = self.names(&partition_dir(partition)?.join("files")).await?;
         names.sort();
         Ok(names)
     }
@@ -208,25 +200,29 @@ impl CheckpointStore {
 
     /// `partition`'s committed manifest versions, oldest first.
     pub async fn versions(&self, partition: &PartitionId) -> anyhow::Result<Vec<u64>> {
-        let prefix = partition_dir(partition)?.join("manifest");
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .with_context(|| format!("listing {prefix} in {}", self.url))?;
-        let mut versions: Vec<u64> = listed
+        let names = self
+            .names(&partition_dir(partition)?.join("manifest"))
+            .await?;
+        let mut versions: Vec<u64> = names
             .iter()
-            .filter_map(|meta| {
-                meta.location
-                    .filename()?
-                    .strip_suffix(".json")?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
             .collect();
         versions.sort_unstable();
         Ok(versions)
+    }
+
+    /// The names of the objects under `prefix`.
+    async fn names(&self, prefix: &Path) -> anyhow::Result<Vec<String>> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {prefix} in {}", self.url))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|meta| meta.location.filename().map(str::to_string))
+            .collect())
     }
 
     async fn get(&self, path: &Path) -> anyhow::Result<Bytes> {
@@ -265,8 +261,8 @@ impl CheckpointStore {
 /// `<topic>/<partition>`, for a topic name that stays one path segment.
 fn partition_dir(partition: &PartitionId) -> anyhow::Result<Path> {
     anyhow::ensure!(
-        is_plain(&partition.topic),
-        "topic {:?}: a checkpoint store keeps topics named with ASCII letters, digits, '-', '_' and '.' only",
+        is_plain_name(&partition.topic),
+        "topic {:?}: a checkpoint store keeps topics named with ASCII letters, digits, '-' and '.' only",
         partition.topic
     );
     Ok(Path::from(partition.topic.as_str()).join(partition.partition.to_string()))
@@ -280,20 +276,10 @@ fn manifest_path(partition: &PartitionId, version: u64) -> anyhow::Result<Path> 
 
 fn file_path(partition: &PartitionId, name: &str) -> anyhow::Result<Path> {
     anyhow::ensure!(
-        is_plain(name),
-        "checkpoint file {name:?}: names are ASCII letters, digits, '-', '_' and '.' only"
+        is_plain_name(name),
+        "checkpoint file {name:?}: names are ASCII letters, digits, '-' and '.' only"
     );
     Ok(partition_dir(partition)?.join("files").join(name))
-}
-
-/// 1–128 ASCII letters, digits, `-`, `_`, `.`, not starting with `.`.
-fn is_plain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

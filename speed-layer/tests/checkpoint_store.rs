@@ -112,17 +112,7 @@ async fn fencing_holds_on_a_real_s3_server() {
     let moto = tokio::task::spawn_blocking(|| lambda_testkit::Moto::start("checkpoints"))
         .await
         .unwrap();
-    let options = [
-        ("aws_endpoint", moto.endpoint.as_str()),
-        ("aws_allow_http", "true"),
-        ("aws_region", "us-east-1"),
-        ("aws_access_key_id", "test"),
-        ("aws_secret_access_key", "test"),
-        ("aws_conditional_put", "etag"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let options = moto.s3_options();
     let store = CheckpointStore::open("s3://checkpoints/speed", options).unwrap();
     fencing_holds(&store).await;
 }

@@ -147,6 +147,22 @@ impl Moto {
         );
         moto
     }
+
+    /// `object_store` options for an `s3://` store on this server (test
+    /// credentials, plain HTTP, conditional puts).
+    pub fn s3_options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_conditional_put", "etag"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
 }
 
 /// `PUT /bucket` over plain HTTP/1.1; the response status, if any.
