@@ -327,6 +327,10 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
     };
     let lake = shared.open_lake()?;
     let lambda = shared.architecture == Architecture::Lambda;
+    if log.is_some() && lambda {
+        // Its comparisons recompute batch views with the batch engine.
+        shared.batch_engine.check_lake(&lake)?;
+    }
     let mut supervisor = Supervisor::new(log.clone());
     let sources = lambda_serving::Sources {
         speed: SpeedSource::Remote(peers.speed_urls.clone()),

@@ -22,6 +22,8 @@
 
 use std::fmt::Write as _;
 
+use lambda_events::Topic;
+
 /// A batch engine's SQL dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -32,15 +34,26 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The SELECT defining `events` over `files` (not empty: a run with no
+    /// The SELECT defining `events` over `files` of `topic` (not empty: a run with no
     /// file has no view to compute): every column of the master dataset,
     /// and `ts_ms`. The files are the manifest's own list, never a
     /// directory (superseded files sit beside the live ones).
-    pub fn events_relation(self, files: &[String]) -> anyhow::Result<String> {
+    ///
+    /// The float columns read `-0.0` as `0.0`: the engines order the two
+    /// zeros differently in `min`, `max` and `arg_max`, and a lake written
+    /// before the decoders did the same may hold `-0.0`.
+    pub fn events_relation(self, topic: Topic, files: &[String]) -> anyhow::Result<String> {
         anyhow::ensure!(!files.is_empty(), "no file to read the events from");
+        let float_columns = crate::master::float_columns(topic);
+        let zeros = float_columns
+            .iter()
+            .map(|c| format!("CASE WHEN {c} = 0 THEN CAST(0 AS DOUBLE) ELSE {c} END AS {c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let floats = float_columns.join(", ");
         Ok(match self {
             Dialect::DuckDb => format!(
-                "SELECT *, epoch_ms(ts) AS ts_ms FROM read_parquet([{}])",
+                "SELECT * REPLACE ({zeros}), epoch_ms(ts) AS ts_ms FROM read_parquet([{}])",
                 files
                     .iter()
                     .map(|f| crate::views::sql_string(f))
@@ -56,7 +69,7 @@ impl Dialect {
                         "{file}: Spark would read this path as a glob (a lake path for Spark has none of * ? [ ] {{ }} \\)"
                     );
                     relations.push(format!(
-                        "SELECT *, unix_millis(ts) AS ts_ms FROM parquet.`{}`",
+                        "SELECT * EXCEPT ({floats}), {zeros}, unix_millis(ts) AS ts_ms FROM parquet.`{}`",
                         file.replace('`', "``")
                     ));
                 }
@@ -262,21 +275,33 @@ mod tests {
 
     #[test]
     fn the_events_relation_lists_each_file() {
+        const ZEROS: &str = "CASE WHEN value = 0 THEN CAST(0 AS DOUBLE) ELSE value END AS value, \
+            CASE WHEN battery_pct = 0 THEN CAST(0 AS DOUBLE) ELSE battery_pct END AS battery_pct";
         let files = vec![
             "/lake/a.parquet".to_string(),
             "/lake/it's `b`.parquet".to_string(),
         ];
         assert_eq!(
-            Dialect::DuckDb.events_relation(&files).unwrap(),
-            "SELECT *, epoch_ms(ts) AS ts_ms FROM read_parquet(['/lake/a.parquet', '/lake/it''s `b`.parquet'])"
+            Dialect::DuckDb.events_relation(Topic::Iot, &files).unwrap(),
+            format!(
+                "SELECT * REPLACE ({ZEROS}), epoch_ms(ts) AS ts_ms FROM read_parquet(['/lake/a.parquet', '/lake/it''s `b`.parquet'])"
+            )
         );
         assert_eq!(
-            Dialect::Spark.events_relation(&files).unwrap(),
-            "SELECT *, unix_millis(ts) AS ts_ms FROM parquet.`/lake/a.parquet` UNION ALL \
-             SELECT *, unix_millis(ts) AS ts_ms FROM parquet.`/lake/it's ``b``.parquet`"
+            Dialect::Spark.events_relation(Topic::Iot, &files).unwrap(),
+            format!(
+                "SELECT * EXCEPT (value, battery_pct), {ZEROS}, unix_millis(ts) AS ts_ms FROM parquet.`/lake/a.parquet` UNION ALL \
+                 SELECT * EXCEPT (value, battery_pct), {ZEROS}, unix_millis(ts) AS ts_ms FROM parquet.`/lake/it's ``b``.parquet`"
+            )
+        );
+        assert!(
+            Dialect::DuckDb
+                .events_relation(Topic::Funnel, &files)
+                .unwrap()
+                .starts_with("SELECT * REPLACE (CASE WHEN render_ms = 0 THEN CAST(0 AS DOUBLE) ELSE render_ms END AS render_ms), ")
         );
         for dialect in [Dialect::DuckDb, Dialect::Spark] {
-            assert!(dialect.events_relation(&[]).is_err());
+            assert!(dialect.events_relation(Topic::Iot, &[]).is_err());
         }
         for glob in [
             "/lake/*.parquet",
@@ -285,12 +310,12 @@ mod tests {
             "/lake/[ab].parquet",
         ] {
             let error = Dialect::Spark
-                .events_relation(&[glob.to_string()])
+                .events_relation(Topic::Funnel, &[glob.to_string()])
                 .unwrap_err()
                 .to_string();
             assert!(error.contains(glob) && error.contains("glob"), "{error}");
             Dialect::DuckDb
-                .events_relation(&[glob.to_string()])
+                .events_relation(Topic::Funnel, &[glob.to_string()])
                 .unwrap();
         }
     }

@@ -133,7 +133,7 @@ fn log_auto_choice(config: &SparkConfig, purpose: &str, unreachable: Option<&any
         }
         (None, false) => tracing::debug!(%url, purpose, "batch engine auto: on Spark"),
         (Some(error), true) => {
-            tracing::info!(%url, purpose, reason = %format!("{error:#}"), "batch engine auto: Spark does not answer; views are computed on DuckDB")
+            tracing::info!(%url, purpose, reason = %format!("{error:#}"), "batch engine auto: Spark is not used (it does not answer, or cannot read the lake); views are computed on DuckDB")
         }
         (Some(error), false) => {
             tracing::debug!(%url, purpose, reason = %format!("{error:#}"), "batch engine auto: on DuckDB")

@@ -84,6 +84,15 @@ fn columns(topic: Topic) -> Vec<(&'static str, Kind)> {
     }
 }
 
+/// The float columns of a topic's master dataset files.
+pub fn float_columns(topic: Topic) -> Vec<&'static str> {
+    columns(topic)
+        .into_iter()
+        .filter(|(_, kind)| matches!(kind, Kind::Float(_)))
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// The Arrow schema of a topic's master dataset files.
 pub fn schema(topic: Topic) -> SchemaRef {
     let mut fields = vec![

@@ -97,7 +97,7 @@ impl SparkConfig {
 /// `;user_id=…`) hidden, since they may hold a secret.
 pub fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find(['/', ';', '?']).unwrap_or(rest.len());
+    let end = rest.find(['/', ';', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let (hidden_user, host) = match authority.rsplit_once('@') {
         Some((_, host)) => (true, host),
@@ -124,7 +124,7 @@ pub fn connect_address(full_url: &str) -> anyhow::Result<String> {
     let rest = full_url.strip_prefix("sc://").with_context(|| {
         format!("--spark-url {url:?}: a Spark Connect URL starts with sc:// (sc://host:15002)")
     })?;
-    let authority = rest.split(['/', ';', '?']).next().unwrap_or("");
+    let authority = rest.split(['/', ';', '?', '#']).next().unwrap_or("");
     // Spark Connect URLs carry parameters (a token) after `/;`; a `user@`
     // or a `?query` would be read as part of the host or port, and shown.
     anyhow::ensure!(
@@ -132,8 +132,8 @@ pub fn connect_address(full_url: &str) -> anyhow::Result<String> {
         "--spark-url {url:?}: a Spark Connect URL takes no user@ (pass a token as sc://host:15002/;token=…)"
     );
     anyhow::ensure!(
-        !rest.contains('?'),
-        "--spark-url {url:?}: parameters go after /; (sc://host:15002/;token=…), not after ?"
+        !rest.contains(['?', '#']),
+        "--spark-url {url:?}: parameters go after /; (sc://host:15002/;token=…), not after ? or #"
     );
     anyhow::ensure!(
         !authority.is_empty(),
@@ -238,6 +238,7 @@ mod tests {
             ("sc://spark:15002?token=SECRET", "sc://spark:15002"),
             ("sc://user:SECRET@spark:15002", "sc://…@spark:15002"),
             ("sc://SECRET@spark", "sc://…@spark"),
+            ("sc://spark:15002#SECRET", "sc://spark:15002"),
         ] {
             let error = connect_address(url).unwrap_err().to_string();
             assert!(

@@ -94,14 +94,14 @@ impl ViewEngine {
         Ok(ViewEngine { conn })
     }
 
-    fn define_events(&self, files: &[PathBuf]) -> anyhow::Result<()> {
+    fn define_events(&self, topic: Topic, files: &[PathBuf]) -> anyhow::Result<()> {
         let files: Vec<String> = files
             .iter()
             .map(|f| f.to_string_lossy().into_owned())
             .collect();
         let sql = format!(
             "CREATE OR REPLACE TEMP VIEW events AS {}",
-            Dialect::DuckDb.events_relation(&files)?
+            Dialect::DuckDb.events_relation(topic, &files)?
         );
         self.conn
             .execute_batch(&sql)
@@ -142,7 +142,7 @@ impl ViewEngine {
         view: &ViewDef,
         files: &[PathBuf],
     ) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
-        self.define_events(files)?;
+        self.define_events(view.topic, files)?;
         let sql = dialect::expand(view.sql, Dialect::DuckDb)?;
         let mut stmt = self
             .conn

@@ -279,7 +279,7 @@ impl SparkEngine {
     ) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
         let sql = format!(
             "WITH events AS ({}) {}",
-            Dialect::Spark.events_relation(files)?,
+            Dialect::Spark.events_relation(view.topic, files)?,
             dialect::expand(view.sql, Dialect::Spark)?
         );
         let session = Arc::clone(&self.session);
