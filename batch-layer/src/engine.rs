@@ -242,7 +242,7 @@ pub(crate) async fn recompute_views(
     }
     // On Spark: one job per view over many hours. What Spark leaves
     // (hours it could not compute; all of them on DuckDB) DuckDB computes.
-    let mut stored: BTreeSet<&String> = BTreeSet::new();
+    let mut stored: BTreeSet<String> = BTreeSet::new();
     if let Some(spark) = engines.spark.clone() {
         let mut by_topic: BTreeMap<Topic, Vec<(String, Vec<String>)>> = BTreeMap::new();
         for key in &to_compute {
@@ -268,15 +268,12 @@ pub(crate) async fn recompute_views(
                     }
                     Err(error) => return Err(error),
                 };
-                for key in to_compute
-                    .iter()
-                    .filter(|k| chunk.iter().any(|(c, _)| c == **k))
-                {
-                    match by_hour.remove(*key).unwrap_or_else(|| Ok(Vec::new())) {
+                for (key, _) in chunk {
+                    match by_hour.remove(key).unwrap_or_else(|| Ok(Vec::new())) {
                         Ok(views) => {
-                            let partition = partitions.get_mut(*key).expect("asked for");
+                            let partition = partitions.get_mut(key).expect("asked for");
                             store_views(lake, key, partition, version, tag, Ok(views)).await?;
-                            stored.insert(key);
+                            stored.insert(key.clone());
                             done += 1;
                         }
                         Err(reason) => {
@@ -288,7 +285,7 @@ pub(crate) async fn recompute_views(
             }
         }
     }
-    for key in to_compute.into_iter().filter(|k| !stored.contains(k)) {
+    for key in to_compute.into_iter().filter(|k| !stored.contains(*k)) {
         if engines.spark.is_some() || engines.auto {
             engines.on_duckdb += 1;
         }
