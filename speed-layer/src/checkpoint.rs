@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertEngine;
 use crate::seen::{SeenIds, WindowIds};
+use crate::store::{CheckpointStore, Commit, PartitionId};
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
 /// The checkpoint format this version writes: 3 (windows inline or in
@@ -332,6 +333,9 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    /// A call to the partition checkpoint store failed.
+    #[error("checkpoint store: {0:#}")]
+    Store(anyhow::Error),
     /// The bytes are not a checkpoint this version reads.
     #[error("the checkpoint does not parse")]
     Parse(#[source] serde_json::Error),
@@ -816,17 +820,10 @@ impl Snapshot {
         let mut bytes = 0u64;
         // Name → (length, CRC-32) of each file written, for the manifest.
         let mut sums = std::collections::HashMap::new();
-        let views = self.fresh.iter().map(|(start, name, views)| {
-            let file = WindowFile {
-                start: *start,
-                views: ViewsWire::from_views(views),
-                seen: Vec::new(),
-            };
-            (
-                name,
-                serde_json::to_vec(&file).expect("a window serializes"),
-            )
-        });
+        let views = self
+            .fresh
+            .iter()
+            .map(|(start, name, views)| (name, window_file_bytes(*start, views)));
         // A new name each time (see `Checkpointer::nonce`): an existing
         // file is an error, never overwritten.
         let create = |path: &Path| {
@@ -858,33 +855,11 @@ impl Snapshot {
                     encoded.len()
                 }
                 Ids::Later { window, from, to } => {
-                    let mut piece = Vec::with_capacity(IDS_PIECE.min(to - from));
-                    let mut at = *from;
-                    while at < *to {
-                        piece.clear();
-                        {
-                            let state = live.map(|views| views.read());
-                            let seen = state
-                                .as_ref()
-                                .filter(|s| s.epoch == self.epoch)
-                                .and_then(|s| s.seen.window(*window))
-                                .filter(|seen| seen.mark() >= *to)
-                                .and_then(|seen| seen.encoded_since(at));
-                            let Some(bytes) = seen else {
-                                return Err(CheckpointError::WindowFile {
-                                    name: name.clone(),
-                                    problem: format!(
-                                        "the ids of the window at {window} are gone from the state (it closed, or the state was replaced) before they were written; the next checkpoint will not need them"
-                                    ),
-                                });
-                            };
-                            let end = (*to - at).min(IDS_PIECE);
-                            piece.extend_from_slice(&bytes[..end]);
-                        }
-                        file.write_all(&piece).map_err(io("writing", &path))?;
-                        crc.update(&piece);
-                        at += piece.len();
-                    }
+                    self.copy_ids(live, name, *window, *from, *to, &mut |piece| {
+                        file.write_all(piece).map_err(io("writing", &path))?;
+                        crc.update(piece);
+                        Ok(())
+                    })?;
                     to - from
                 }
             };
@@ -892,22 +867,7 @@ impl Snapshot {
             bytes += len as u64;
             sums.insert(name.clone(), (len as u64, crc.finalize()));
         }
-        // The files just written, named with their sums.
-        let sum = |r: &mut FileRef| {
-            if let FileRef::Named(name) = r
-                && let Some((len, crc)) = sums.get(name.as_str())
-            {
-                *r = FileRef::Summed(std::mem::take(name), *len, *crc);
-            }
-        };
-        for entry in &mut self.manifest.window_files {
-            sum(&mut entry.file);
-            entry.ids.iter_mut().for_each(sum);
-        }
-        for written in self.written.values_mut() {
-            sum(&mut written.name);
-            written.ids.iter_mut().for_each(sum);
-        }
+        self.name_sums(&sums);
         if self.fresh_files() > 0 {
             sync_dir(&dir)?;
         }
@@ -917,12 +877,7 @@ impl Snapshot {
         // Files no manifest names: superseded or evicted windows, and any a
         // failed checkpoint left. Not deleting one costs only space.
         if let Ok(entries) = fs::read_dir(&dir) {
-            let named: std::collections::HashSet<&str> = self
-                .written
-                .values()
-                .flat_map(|w| std::iter::once(&w.name).chain(&w.ids))
-                .map(FileRef::name)
-                .collect();
+            let named = self.named();
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 if name.to_str().is_none_or(|n| !named.contains(n))
@@ -940,6 +895,209 @@ impl Snapshot {
             bytes,
         })
     }
+
+    /// [`Snapshot::write_from`] into `partition` of a checkpoint store,
+    /// as its manifest `version` — one more than the version its state was
+    /// restored from or last committed: the new files, then the manifest,
+    /// committed only if no other owner committed that version first
+    /// ([`StoreWrite::Fenced`]: the partition is no longer this writer's),
+    /// then the files no manifest names. Blocking: `handle` runs the
+    /// store's calls.
+    pub fn write_to_store(
+        mut self,
+        live: Option<&crate::SpeedViews>,
+        store: &CheckpointStore,
+        partition: &PartitionId,
+        version: u64,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<StoreWrite, CheckpointError> {
+        let put = |name: &str, bytes: Vec<u8>| {
+            handle
+                .block_on(store.put_file(partition, name, bytes::Bytes::from(bytes)))
+                .map_err(CheckpointError::Store)
+        };
+        let mut bytes = 0u64;
+        let mut sums = std::collections::HashMap::new();
+        for (start, name, views) in &self.fresh {
+            let encoded = window_file_bytes(*start, views);
+            bytes += encoded.len() as u64;
+            sums.insert(
+                name.clone(),
+                (encoded.len() as u64, crc32fast::hash(&encoded)),
+            );
+            put(name, encoded)?;
+        }
+        for (name, ids) in &self.fresh_ids {
+            let encoded = match ids {
+                Ids::Copied(encoded) => encoded.clone(),
+                Ids::Later { window, from, to } => {
+                    let mut encoded = Vec::with_capacity(to - from);
+                    self.copy_ids(live, name, *window, *from, *to, &mut |piece| {
+                        encoded.extend_from_slice(piece);
+                        Ok(())
+                    })?;
+                    encoded
+                }
+            };
+            bytes += encoded.len() as u64;
+            sums.insert(
+                name.clone(),
+                (encoded.len() as u64, crc32fast::hash(&encoded)),
+            );
+            put(name, encoded)?;
+        }
+        self.name_sums(&sums);
+        let manifest = seal(serde_json::to_vec(&self.manifest).expect("checkpoint serializes"));
+        bytes += manifest.len() as u64;
+        let committed = handle
+            .block_on(store.commit(partition, version, bytes::Bytes::from(manifest)))
+            .map_err(CheckpointError::Store)?;
+        if let Commit::Fenced { newest } = committed {
+            return Ok(StoreWrite::Fenced { newest });
+        }
+        // Files no manifest names (superseded windows, a fenced or failed
+        // attempt's): not deleting one costs only space.
+        let named = self.named();
+        match handle.block_on(store.files(partition)) {
+            Ok(files) => {
+                for name in files.iter().filter(|n| !named.contains(n.as_str())) {
+                    if let Err(error) = handle.block_on(store.delete_file(partition, name)) {
+                        tracing::debug!(error = %format!("{error:#}"), file = %name, "removing an unused checkpoint file");
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(error = %format!("{error:#}"), "listing checkpoint files")
+            }
+        }
+        if let Err(error) = handle.block_on(store.vacuum(partition, crate::store::KEEP_MANIFESTS)) {
+            tracing::debug!(error = %format!("{error:#}"), "removing old checkpoint manifests");
+        }
+        Ok(StoreWrite::Durable(Durable {
+            epoch: self.epoch,
+            files: self.fresh_files(),
+            written: self.written,
+            offsets: self.offsets,
+            bytes,
+        }))
+    }
+
+    /// Copies bytes `from..to` of the encoded ids of the window at
+    /// `window` from `live` into `out`, a piece at a time under the read
+    /// lock; an error if they went in the meantime.
+    fn copy_ids(
+        &self,
+        live: Option<&crate::SpeedViews>,
+        name: &str,
+        window: i64,
+        from: usize,
+        to: usize,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), CheckpointError>,
+    ) -> Result<(), CheckpointError> {
+        let mut piece = Vec::with_capacity(IDS_PIECE.min(to - from));
+        let mut at = from;
+        while at < to {
+            piece.clear();
+            {
+                let state = live.map(|views| views.read());
+                let seen = state
+                    .as_ref()
+                    .filter(|s| s.epoch == self.epoch)
+                    .and_then(|s| s.seen.window(window))
+                    .filter(|seen| seen.mark() >= to)
+                    .and_then(|seen| seen.encoded_since(at));
+                let Some(bytes) = seen else {
+                    return Err(CheckpointError::WindowFile {
+                        name: name.to_string(),
+                        problem: format!(
+                            "the ids of the window at {window} are gone from the state (it closed, or the state was replaced) before they were written; the next checkpoint will not need them"
+                        ),
+                    });
+                };
+                let end = (to - at).min(IDS_PIECE);
+                piece.extend_from_slice(&bytes[..end]);
+            }
+            out(&piece)?;
+            at += piece.len();
+        }
+        Ok(())
+    }
+
+    /// Names the files just written with their `(length, CRC-32)`.
+    fn name_sums(&mut self, sums: &std::collections::HashMap<String, (u64, u32)>) {
+        let sum = |r: &mut FileRef| {
+            if let FileRef::Named(name) = r
+                && let Some((len, crc)) = sums.get(name.as_str())
+            {
+                *r = FileRef::Summed(std::mem::take(name), *len, *crc);
+            }
+        };
+        for entry in &mut self.manifest.window_files {
+            sum(&mut entry.file);
+            entry.ids.iter_mut().for_each(sum);
+        }
+        for written in self.written.values_mut() {
+            sum(&mut written.name);
+            written.ids.iter_mut().for_each(sum);
+        }
+    }
+
+    /// Every file the manifest names.
+    fn named(&self) -> std::collections::HashSet<&str> {
+        self.written
+            .values()
+            .flat_map(|w| std::iter::once(&w.name).chain(&w.ids))
+            .map(FileRef::name)
+            .collect()
+    }
+}
+
+/// What [`Snapshot::write_to_store`] did.
+#[derive(Debug)]
+pub enum StoreWrite {
+    /// The checkpoint is durable.
+    Durable(Durable),
+    /// Another owner committed that version first: the partition is no
+    /// longer this writer's (nothing of this checkpoint is named).
+    Fenced {
+        /// The newest version in the store.
+        newest: u64,
+    },
+}
+
+/// A window's file: its views.
+fn window_file_bytes(start: i64, views: &BucketViews) -> Vec<u8> {
+    let file = WindowFile {
+        start,
+        views: ViewsWire::from_views(views),
+        seen: Vec::new(),
+    };
+    serde_json::to_vec(&file).expect("a window serializes")
+}
+
+/// The newest checkpoint of `partition` in `store`, with its version
+/// (see [`load`]). Blocking: `handle` runs the store's calls.
+pub fn load_from_store(
+    store: &CheckpointStore,
+    partition: &PartitionId,
+    allowed_lateness_ms: i64,
+    horizon_ms: i64,
+    handle: &tokio::runtime::Handle,
+) -> Result<Option<(u64, SpeedState)>, CheckpointError> {
+    let Some((version, bytes)) = handle
+        .block_on(store.latest(partition))
+        .map_err(CheckpointError::Store)?
+    else {
+        return Ok(None);
+    };
+    let mut read = |name: &str| {
+        handle
+            .block_on(store.get_file(partition, name))
+            .map(|b| b.to_vec())
+            .map_err(CheckpointError::Store)
+    };
+    let state = decode_with(&bytes, allowed_lateness_ms, horizon_ms, &mut read)?;
+    Ok(Some((version, state)))
 }
 
 #[cfg(test)]
@@ -947,6 +1105,92 @@ mod tests {
     use super::*;
     use lambda_events::bucket::MINUTE_MS;
     use lambda_events::{Event, floor_to};
+
+    /// A partition's state checkpointed to a checkpoint store: it loads
+    /// back whole; the next checkpoint writes only what changed; a writer
+    /// fenced by another owner's commit of the same version is told so and
+    /// its manifest is not the one that stands.
+    #[test]
+    fn checkpoints_to_a_store_load_back_and_are_fenced() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let handle = runtime.handle().clone();
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            CheckpointStore::open(&format!("file://{}", dir.path().display()), Vec::new()).unwrap();
+        let partition = PartitionId::new("iot-events", 1);
+        let reading = |id: u32, ts: i64| {
+            Event::from_json(
+                format!(
+                    r#"{{"event_id":"{id}","ts":{ts},"event_type":"sensor_reading","device_id":"d","sensor":"t","value":{id}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        for i in 0..30 {
+            state.apply(&reading(i, 1_700_000_000_000 + i64::from(i) * 20_000));
+        }
+        state.offsets.insert(("iot-events".into(), 1), 30);
+        let mut checkpointer = Checkpointer::new(dir.path(), &mut state);
+        let write = |checkpointer: &Checkpointer, state: &SpeedState, version: u64| {
+            checkpointer
+                .snapshot(state)
+                .write_to_store(None, &store, &partition, version, &handle)
+        };
+        let StoreWrite::Durable(first) = write(&checkpointer, &state, 1).unwrap() else {
+            panic!("fenced with nobody else writing");
+        };
+        checkpointer.written(&first);
+        let (version, restored) = load_from_store(&store, &partition, 60_000, 3_600_000, &handle)
+            .unwrap()
+            .unwrap();
+        assert_eq!(version, 1);
+        assert_eq!(encode(&restored), encode(&state));
+
+        // One more event in the newest window: one views file and one ids
+        // piece are written, not every window again.
+        state.apply(&reading(30, 1_700_000_000_000 + 29 * 20_000));
+        let StoreWrite::Durable(second) = write(&checkpointer, &state, 2).unwrap() else {
+            panic!("fenced with nobody else writing");
+        };
+        assert!(first.files >= 10, "{}", first.files);
+        assert_eq!(second.files, 2);
+        checkpointer.written(&second);
+        let (_, restored) = load_from_store(&store, &partition, 60_000, 3_600_000, &handle)
+            .unwrap()
+            .unwrap();
+        assert_eq!(encode(&restored), encode(&state));
+        // Exactly the files the manifest names are kept.
+        let kept = handle.block_on(store.files(&partition)).unwrap();
+        assert_eq!(
+            kept.len(),
+            checkpointer
+                .written
+                .values()
+                .map(|w| 1 + w.ids.len())
+                .sum::<usize>()
+        );
+
+        // Another owner took the partition over and committed version 3.
+        handle
+            .block_on(store.commit(&partition, 3, bytes::Bytes::from(encode(&restored))))
+            .unwrap();
+        state.apply(&reading(31, 1_700_000_000_000 + 29 * 20_000));
+        assert!(matches!(
+            write(&checkpointer, &state, 3).unwrap(),
+            StoreWrite::Fenced { newest: 3 }
+        ));
+        let (version, standing) = load_from_store(&store, &partition, 60_000, 3_600_000, &handle)
+            .unwrap()
+            .unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(
+            encode(&standing),
+            encode(&restored),
+            "the other owner's checkpoint stands"
+        );
+    }
 
     #[test]
     fn round_trips_every_part_of_the_state() {
