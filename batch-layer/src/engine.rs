@@ -122,10 +122,11 @@ impl BatchEngine {
 /// log a warning every run.
 fn log_auto_choice(config: &SparkConfig, purpose: &str, unreachable: Option<&anyhow::Error>) {
     use std::sync::atomic::{AtomicU8, Ordering};
-    /// 0: no choice yet; 1: DuckDB; 2: Spark.
-    static LAST: AtomicU8 = AtomicU8::new(0);
+    /// Per purpose (batch, compare): 0: no choice yet; 1: DuckDB; 2: Spark.
+    static LAST: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
     let choice = if unreachable.is_some() { 1 } else { 2 };
-    let changed = LAST.swap(choice, Ordering::SeqCst) != choice;
+    let last = &LAST[usize::from(purpose != "batch")];
+    let changed = last.swap(choice, Ordering::SeqCst) != choice;
     let url = crate::spark::redact(&config.url);
     match (unreachable, changed) {
         (None, true) => {
@@ -206,13 +207,15 @@ pub const SPARK_HOURS_PER_JOB: usize = 168;
 ///
 /// On DuckDB, hour by hour. On Spark, one job per view over many hours
 /// (chunks of at most [`SPARK_HOURS_PER_JOB`] hours and
-/// [`SPARK_FILES_PER_JOB`] files); if a job fails and the session still
-/// answers, each of its hours is tried alone. Either way, an hour whose
-/// views cannot be computed from its data (or `poisoned`, a
+/// [`SPARK_FILES_PER_JOB`] files); if a job fails while the cluster runs
+/// jobs, each of its hours is tried alone, and an hour Spark still fails
+/// on is computed by DuckDB (the same bytes). Either way, an hour whose
+/// views DuckDB cannot compute from its data (or `poisoned`, a
 /// crash-injection hook) is quarantined — its views keep their last good
 /// computation — and the rest goes on. A Spark cluster that no longer
-/// answers is an error: the caller commits nothing, and the next run
-/// computes it all again.
+/// answers, or runs no job within `--spark-timeout`, is an error (the
+/// caller commits nothing, and the next run computes it all again) — or,
+/// under `auto`, DuckDB computes the rest.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn recompute_views(
     lake: &LakeWriter,

@@ -77,12 +77,13 @@ impl LakeWriter {
             return Ok(());
         };
         let file = root.join(path.as_ref());
-        tokio::task::spawn_blocking(move || lambda_lake::store::sync_file_and_dir(&file))
+        let synced = file.clone();
+        tokio::task::spawn_blocking(move || lambda_lake::store::sync_file_and_dir(&synced))
             .await
             .unwrap_or_else(|join| {
                 Err(LakeError::Local {
                     action: "syncing",
-                    path: PathBuf::new(),
+                    path: file,
                     source: std::io::Error::other(join),
                 })
             })

@@ -652,6 +652,9 @@ pub struct Snapshot {
     /// Every window's file once this checkpoint is durable.
     written: BTreeMap<i64, Written>,
     offsets: BTreeMap<(String, u32), u64>,
+    /// The files of the last durable checkpoint (what this one may
+    /// supersede).
+    previous: Vec<String>,
 }
 
 /// The new ids of one window for a checkpoint.
@@ -776,6 +779,12 @@ impl Checkpointer {
             fresh_ids,
             written,
             offsets: state.offsets.clone(),
+            previous: self
+                .written
+                .values()
+                .flat_map(|w| std::iter::once(&w.name).chain(&w.ids))
+                .map(|f| f.name().to_string())
+                .collect(),
         }
     }
 
@@ -955,19 +964,13 @@ impl Snapshot {
         if let Commit::Fenced { newest } = committed {
             return Ok(StoreWrite::Fenced { newest });
         }
-        // Files no manifest names (superseded windows, a fenced or failed
-        // attempt's): not deleting one costs only space.
+        // The last checkpoint's files this one no longer names. Never by
+        // listing: a newer owner's files, written but not committed yet,
+        // would go. (A failed or fenced attempt's files stay: space only.)
         let named = self.named();
-        match handle.block_on(store.files(partition)) {
-            Ok(files) => {
-                for name in files.iter().filter(|n| !named.contains(n.as_str())) {
-                    if let Err(error) = handle.block_on(store.delete_file(partition, name)) {
-                        tracing::debug!(error = %format!("{error:#}"), file = %name, "removing an unused checkpoint file");
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::debug!(error = %format!("{error:#}"), "listing checkpoint files")
+        for name in self.previous.iter().filter(|n| !named.contains(n.as_str())) {
+            if let Err(error) = handle.block_on(store.delete_file(partition, name)) {
+                tracing::debug!(error = %format!("{error:#}"), file = %name, "removing a superseded checkpoint file");
             }
         }
         if let Err(error) = handle.block_on(store.vacuum(partition, crate::store::KEEP_MANIFESTS)) {
@@ -1148,6 +1151,15 @@ mod tests {
         assert_eq!(version, 1);
         assert_eq!(encode(&restored), encode(&state));
 
+        // A file another owner wrote and has not committed yet (a
+        // rebalance overlap): this writer's clean-up must leave it.
+        handle
+            .block_on(store.put_file(
+                &partition,
+                "other-owner.json",
+                bytes::Bytes::from_static(b"{}"),
+            ))
+            .unwrap();
         // One more event in the newest window: one views file and one ids
         // piece are written, not every window again.
         state.apply(&reading(30, 1_700_000_000_000 + 29 * 20_000));
@@ -1161,11 +1173,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(encode(&restored), encode(&state));
-        // Exactly the files the manifest names are kept.
+        // The files the manifest names are kept, the superseded ones
+        // deleted, and the other owner's file left alone.
         let kept = handle.block_on(store.files(&partition)).unwrap();
+        assert!(kept.contains(&"other-owner.json".to_string()), "{kept:?}");
         assert_eq!(
             kept.len(),
-            checkpointer
+            1 + checkpointer
                 .written
                 .values()
                 .map(|w| 1 + w.ids.len())

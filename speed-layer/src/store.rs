@@ -16,9 +16,13 @@
 //! *` on S3, an exclusive create on a local directory), and each writer
 //! commits version N + 1 of the version it restored or last committed. Two
 //! owners of one partition race for the same N + 1: one wins, the other is
-//! told [`Commit::Fenced`] and must drop the partition without writing
-//! anything else. A new owner claims a partition by committing once right
-//! after restoring it, which fences the old owner's next checkpoint. The
+//! told [`Commit::Fenced`] (as is a writer whose version is below the
+//! newest: vacuumed versions are free again, so a commit checks it did not
+//! land below one). An old owner that is fenced drops the partition without
+//! writing anything else. A new owner claims a partition by committing once
+//! right after restoring it, which fences the old owner's next checkpoint
+//! (if the old owner's last checkpoint wins instead, the new owner reloads
+//! and claims again). The
 //! group generation alone does not do it: a broker may hand a partition to
 //! its new owner before the old one has let go of it (tansu 0.6 does, for
 //! one to three seconds, with both the eager and the cooperative protocol),
@@ -65,9 +69,11 @@ impl std::fmt::Display for PartitionId {
 pub enum Commit {
     /// The manifest is durable at its version.
     Committed,
-    /// Another owner committed that version first: this writer no longer
-    /// owns the partition and must not write to it again. `newest` is the
-    /// newest version now in the store.
+    /// Another owner committed that version (or a later one) first. An
+    /// old owner no longer owns the partition and must not write to it
+    /// again; a new owner whose claim lost to the old owner's last
+    /// checkpoint reloads the newest version and claims the next one.
+    /// `newest` is the newest version now in the store.
     Fenced {
         /// The newest committed version.
         newest: u64,
@@ -115,8 +121,10 @@ impl CheckpointStore {
     }
 
     /// Commits `bytes` as `partition`'s manifest `version` unless another
-    /// writer committed that version first ([`Commit::Fenced`]). Durable
-    /// when it returns [`Commit::Committed`].
+    /// writer committed that version, or a later one, first
+    /// ([`Commit::Fenced`]). Durable when it returns [`Commit::Committed`].
+    /// An error may come after the manifest became visible (a failed fsync
+    /// of a `file://` store): read the newest version before trying again.
     pub async fn commit(
         &self,
         partition: &PartitionId,
@@ -136,6 +144,14 @@ impl CheckpointStore {
         {
             Ok(_) => {
                 self.sync_local(&path).await?;
+                // A version below one already committed was free only
+                // because vacuum deleted it: this writer is stale. Its
+                // manifest goes (no reader takes a lower version).
+                let newest = self.versions(partition).await?.last().copied();
+                if let Some(newest) = newest.filter(|n| *n > version) {
+                    self.delete(&path).await?;
+                    return Ok(Commit::Fenced { newest });
+                }
                 Ok(Commit::Committed)
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
@@ -188,7 +204,9 @@ impl CheckpointStore {
 
     /// Deletes `partition`'s manifests but the newest `keep`; returns how
     /// many it deleted. (The files only older manifests name are the
-    /// checkpoint writer's to delete: it knows which they are.)
+    /// checkpoint writer's to delete: it knows which it superseded, and
+    /// never deletes by listing, which would take files a newer owner has
+    /// written but not committed yet.)
     pub async fn vacuum(&self, partition: &PartitionId, keep: usize) -> anyhow::Result<usize> {
         let versions = self.versions(partition).await?;
         let old = versions.len().saturating_sub(keep.max(1));

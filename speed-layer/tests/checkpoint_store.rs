@@ -77,6 +77,16 @@ async fn fencing_holds(store: &CheckpointStore) {
         12 - KEEP_MANIFESTS
     );
     assert_eq!(store.versions(&p).await.unwrap(), vec![10, 11, 12]);
+    // A stale owner's version that vacuum freed is still fenced (and its
+    // manifest does not stay).
+    assert_eq!(
+        store
+            .commit(&p, 4, Bytes::from_static(b"A4"))
+            .await
+            .unwrap(),
+        Commit::Fenced { newest: 12 }
+    );
+    assert_eq!(store.versions(&p).await.unwrap(), vec![10, 11, 12]);
     assert_eq!(
         store.latest(&p).await.unwrap(),
         Some((12, Bytes::from_static(b"B12")))

@@ -80,6 +80,10 @@ struct Context {
     changes: mpsc::Sender<Change>,
     owned: Arc<Mutex<BTreeSet<Owned>>>,
     revoke_timeout: Duration,
+    /// Whether a revocation waits for its acknowledgement: not once the
+    /// member is dropped (the thread dropping it may be the one that
+    /// would acknowledge).
+    patient: Arc<AtomicBool>,
 }
 
 impl ClientContext for Context {}
@@ -98,7 +102,10 @@ impl ConsumerContext for Context {
             partitions: partitions.clone(),
             released,
         });
-        if sent.is_ok() && acked.recv_timeout(self.revoke_timeout).is_err() {
+        if sent.is_ok()
+            && self.patient.load(Ordering::SeqCst)
+            && acked.recv_timeout(self.revoke_timeout).is_err()
+        {
             tracing::warn!(
                 ?partitions,
                 timeout_ms = self.revoke_timeout.as_millis() as u64,
@@ -126,7 +133,21 @@ impl ConsumerContext for Context {
                 let _ = self.changes.send(Change::Assigned(partitions));
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => tracing::warn!(%error, "consumer group rebalance failed"),
+            Rebalance::Error(error) => {
+                // The client let go of everything: say so, as a revocation
+                // already done (nothing waits for its acknowledgement).
+                tracing::warn!(%error, "consumer group rebalance failed; partitions released");
+                let lost: Vec<Owned> = std::mem::take(&mut *self.owned.lock())
+                    .into_iter()
+                    .collect();
+                if !lost.is_empty() {
+                    let (released, _) = mpsc::sync_channel(1);
+                    let _ = self.changes.send(Change::Revoked {
+                        partitions: lost,
+                        released,
+                    });
+                }
+            }
         }
     }
 }
@@ -143,6 +164,7 @@ fn owned_of(list: &TopicPartitionList) -> Vec<Owned> {
 pub struct GroupMember {
     owned: Arc<Mutex<BTreeSet<Owned>>>,
     stop: Arc<AtomicBool>,
+    patient: Arc<AtomicBool>,
     poller: Option<std::thread::JoinHandle<()>>,
     group: String,
     member: String,
@@ -167,10 +189,12 @@ impl GroupMember {
     ) -> Result<(GroupMember, mpsc::Receiver<Change>), LogError> {
         let (changes, receiver) = mpsc::channel();
         let owned = Arc::new(Mutex::new(BTreeSet::new()));
+        let patient = Arc::new(AtomicBool::new(true));
         let context = Context {
             changes,
             owned: Arc::clone(&owned),
             revoke_timeout: membership.revoke_timeout,
+            patient: Arc::clone(&patient),
         };
         let session_ms = membership
             .session_timeout
@@ -218,6 +242,7 @@ impl GroupMember {
             GroupMember {
                 owned,
                 stop,
+                patient,
                 poller: Some(poller),
                 group: membership.group.clone(),
                 member: membership.member.clone(),
@@ -248,7 +273,10 @@ impl GroupMember {
 }
 
 impl Drop for GroupMember {
+    /// Leaves without waiting for the revocation's acknowledgement (use
+    /// [`GroupMember::leave`] to checkpoint before letting go).
     fn drop(&mut self) {
+        self.patient.store(false, Ordering::SeqCst);
         self.stop_polling();
     }
 }
