@@ -44,13 +44,13 @@ impl BatchEngine {
     pub fn from_flags(name: &str, spark_url: Option<&str>) -> anyhow::Result<BatchEngine> {
         match (name, spark_url.filter(|u| !u.trim().is_empty())) {
             ("duckdb", _) => Ok(BatchEngine::DuckDb),
-            ("spark", Some(url)) => {
+            (name @ ("spark" | "auto"), Some(url)) => {
                 crate::spark::connect_address(url)?;
-                Ok(BatchEngine::Spark(SparkConfig::new(url)))
-            }
-            ("auto", Some(url)) => {
-                crate::spark::connect_address(url)?;
-                Ok(BatchEngine::Auto(SparkConfig::new(url)))
+                let config = SparkConfig::new(url);
+                Ok(match name {
+                    "spark" => BatchEngine::Spark(config),
+                    _ => BatchEngine::Auto(config),
+                })
             }
             (name @ ("spark" | "auto"), None) => anyhow::bail!(
                 "--batch-engine {name} needs --spark-url (LAMBDA_SPARK_URL), e.g. sc://127.0.0.1:15002"
