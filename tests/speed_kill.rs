@@ -33,7 +33,7 @@ impl Delays {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        Duration::from_millis(300 + self.0 % 1_500)
+        Duration::from_millis(1_100 + self.0 % 1_500)
     }
 }
 
@@ -67,6 +67,26 @@ fn start_speed(log_url: &str, dir: &Path, port: u16) -> Child {
         .expect("starting lambda speed");
     wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(30));
     child
+}
+
+/// Waits until the instance logging into `dir` has started consuming for the
+/// `starts`th time.
+async fn consuming(dir: &Path, starts: usize) {
+    let log = dir.join("speed.log");
+    eventually(
+        "the restarted instance consuming",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let n = text.matches("speed layer consuming").count();
+            if n >= starts {
+                Ok(())
+            } else {
+                Err(format!("{n} starts consuming of {starts}:\n{}", tail(&log)))
+            }
+        },
+    )
+    .await;
 }
 
 fn tail(path: &Path) -> String {
@@ -161,15 +181,21 @@ async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
     let mut delays = Delays(0x9e37_79b9_7f4a_7c15);
     let mut kills = 0;
     let mut port_a = port_a;
+    let mut starts = 1;
     while kills < KILLS_WHILE_FEEDING || !feeder.is_finished() {
+        // The delay counts from when it consumes: a slow start (a loaded CI
+        // machine) would otherwise be killed before its first checkpoint.
+        consuming(&dir_a, starts).await;
         tokio::time::sleep(delays.next()).await;
         killed.0.kill().unwrap(); // SIGKILL
         killed.0.wait().unwrap();
         kills += 1;
         port_a = free_port();
         killed = KillOnDrop(start_speed(&log_url, &dir_a, port_a));
+        starts += 1;
     }
     let feeder_log = feeder.await.unwrap();
+    consuming(&dir_a, starts).await;
     tokio::time::sleep(delays.next()).await;
     killed.0.kill().unwrap();
     killed.0.wait().unwrap();
