@@ -107,6 +107,21 @@ struct SpeedArgs {
     /// How often state and consumed offsets are checkpointed together, e.g. 5s.
     #[arg(long, env = "LAMBDA_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     checkpoint_interval: Duration,
+    /// Share the partitions as this Kafka consumer group instead of --instance/--instances: partitions move between instances by themselves, their state kept in --checkpoint-url, e.g. speed-layer.
+    #[arg(long, env = "LAMBDA_SPEED_GROUP", requires = "checkpoint_url", conflicts_with_all = ["instance", "instances"])]
+    group: Option<String>,
+    /// The checkpoint store of --group, shared by its instances, e.g. s3://lake/speed-checkpoints or file:///shared/speed.
+    #[arg(long, env = "LAMBDA_CHECKPOINT_URL", requires = "group")]
+    checkpoint_url: Option<String>,
+    /// Where serving reaches this instance in --group (default: http:// and the listen address, or $HOSTNAME when it listens on all addresses), e.g. http://speed-1:8082.
+    #[arg(long, env = "LAMBDA_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// This instance's name in --group (default: its advertised host and port), e.g. speed-1.
+    #[arg(long, env = "LAMBDA_SPEED_MEMBER")]
+    member: Option<String>,
+    /// In --group, an instance not heard from for this long loses its partitions to the others (the failover time after a crash), e.g. 10s.
+    #[arg(long, env = "LAMBDA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    session_timeout: Duration,
     #[command(flatten)]
     shared: SharedArgs,
 }
@@ -156,9 +171,16 @@ struct ServeArgs {
         long = "speed-url",
         env = "LAMBDA_SPEED_URLS",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "speed_checkpoint_url"
     )]
     speed_urls: Vec<String>,
+    /// The checkpoint store of a speed group (`lambda speed --group`): its instances are found there, whichever own the partitions now, e.g. s3://lake/speed-checkpoints.
+    #[arg(
+        long,
+        env = "LAMBDA_SPEED_CHECKPOINT_URL",
+        conflicts_with = "speed_urls"
+    )]
+    speed_checkpoint_url: Option<String>,
     /// Base URL of the batch runner, for its schedule and last run in /api/v1/status.
     #[arg(long, env = "LAMBDA_BATCH_URL")]
     batch_url: Option<String>,
@@ -260,6 +282,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let running = roles::ingest(&args.shared.shared()?, args.listen).await?;
             run_role("ingest", running).await
         }
+        Command::Speed(args) if args.group.is_some() => {
+            let group = roles::SpeedGroup {
+                group: args.group.unwrap_or_default(),
+                checkpoint_url: args.checkpoint_url.unwrap_or_default(),
+                advertise_url: args.advertise_url,
+                member: args.member,
+                session_timeout: args.session_timeout,
+                checkpoint_interval: args.checkpoint_interval,
+            };
+            let running = roles::speed_group(&args.shared.shared()?, args.listen, group).await?;
+            run_role("speed", running).await
+        }
         Command::Speed(args) => {
             let instance = roles::Instance {
                 index: args.instance,
@@ -287,6 +321,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let peers = roles::Peers {
                 speed_urls: args.speed_urls,
+                speed_checkpoint_url: args.speed_checkpoint_url,
                 batch_url: args.batch_url,
             };
             let running = roles::serve(&args.shared.shared()?, args.listen, peers).await?;

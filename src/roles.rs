@@ -276,6 +276,125 @@ pub async fn speed(
     Ok(Running { addr, supervisor })
 }
 
+/// How a speed instance takes part in a group (`lambda speed --group`).
+#[derive(Debug, Clone)]
+pub struct SpeedGroup {
+    /// The consumer group's name.
+    pub group: String,
+    /// Where partition state lives, e.g. `s3://bucket/speed` or `file:///data/speed-store`.
+    pub checkpoint_url: String,
+    /// Where this instance answers, for serving (default: `http://` and the bound address).
+    pub advertise_url: Option<String>,
+    /// This member's name (default: from its advertised host and port).
+    pub member: Option<String>,
+    /// A member not heard from for this long loses its partitions.
+    pub session_timeout: Duration,
+    /// How often each owned partition is checkpointed.
+    pub checkpoint_interval: Duration,
+}
+
+/// `lambda speed --group G --checkpoint-url URL`: one member of a speed
+/// group. The group (Kafka's protocol) decides which partitions it owns;
+/// each partition's state lives in the checkpoint store (see
+/// `lambda_speed::group`).
+pub async fn speed_group(
+    shared: &Shared,
+    listen: SocketAddr,
+    group: SpeedGroup,
+) -> anyhow::Result<Running> {
+    shared.require_shared_log("speed")?;
+    anyhow::ensure!(
+        shared.architecture == Architecture::Lambda,
+        "lambda speed --group runs the lambda architecture's speed layer; kappa's views are kept by one instance (drop --group, or --architecture lambda)"
+    );
+    let log_url = shared.log_url.clone().unwrap_or_default();
+    let kafka = lambda_log::KafkaConfig::from_url_tail(
+        log_url.strip_prefix("kafka://").unwrap_or(&log_url),
+    )?;
+    let store = lambda_speed::store::CheckpointStore::open(
+        &group.checkpoint_url,
+        shared.lake_options.clone(),
+    )?;
+    let log = shared.open_log().await?;
+    let lake = shared.open_lake()?;
+    let config = SpeedConfig {
+        checkpoint_interval: group.checkpoint_interval,
+        group: group.group.clone(),
+        ..shared.speed_config()
+    };
+    let mut supervisor = Supervisor::new(Some(Arc::clone(&log)));
+    // Bound first: the advertised URL defaults to the bound address.
+    let placeholder = lambda_speed::group::GroupViews::new("");
+    let app = lambda_speed::http::group_router(placeholder.clone(), Arc::clone(&log));
+    let addr = supervisor.serve_http(listen, app).await?;
+    let url = match &group.advertise_url {
+        Some(url) => url.clone(),
+        None if addr.ip().is_unspecified() => {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
+            format!("http://{host}:{}", addr.port())
+        }
+        None => format!("http://{addr}"),
+    };
+    let member = match &group.member {
+        Some(member) => member.clone(),
+        None => member_name(&url),
+    };
+    placeholder.set_member(&member);
+    let topics: Vec<&str> = lambda_events::Topic::ALL.iter().map(|t| t.name()).collect();
+    let mut membership = lambda_log::kafka::MembershipConfig::new(&group.group, &member, &topics);
+    membership.session_timeout = group.session_timeout;
+    let group_config = lambda_speed::group::GroupConfig {
+        speed: config,
+        kafka,
+        membership,
+        store,
+        url: url.clone(),
+    };
+    let following = placeholder.clone();
+    supervisor.spawn(
+        "boundary",
+        Box::pin(lambda_kappa::follow_boundary(
+            lake,
+            move |boundary| following.set_boundary(boundary),
+            supervisor.shutdown.clone(),
+        )),
+    );
+    supervisor.spawn(
+        "speed-group",
+        Box::pin(lambda_speed::group::run(
+            group_config,
+            log,
+            placeholder,
+            supervisor.shutdown.clone(),
+        )),
+    );
+    tracing::info!(%addr, %url, %member, group = %group.group, "speed started in a group");
+    Ok(Running { addr, supervisor })
+}
+
+/// A member name from an advertised URL: its host and port, with every
+/// other character made '-' (names are ASCII letters, digits, '-', '.').
+fn member_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let name: String = host_port
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    if name.is_empty() || name.starts_with('.') {
+        format!("speed-{name}")
+    } else {
+        name
+    }
+}
+
 /// `lambda batch`: the cron-scheduled batch runner over the shared log and lake.
 pub async fn batch(shared: &Shared, listen: SocketAddr, schedule: &str) -> anyhow::Result<Running> {
     shared.refuse_kappa()?;
@@ -308,6 +427,8 @@ pub async fn batch_once(shared: &Shared) -> anyhow::Result<lambda_batch::RunRepo
 pub struct Peers {
     /// Base URLs of the speed instances, e.g. `http://speed:8082`.
     pub speed_urls: Vec<String>,
+    /// The checkpoint store of a speed group, whose members serving finds there.
+    pub speed_checkpoint_url: Option<String>,
     /// Base URL of the batch runner, for its schedule and last run in the status.
     pub batch_url: Option<String>,
 }
@@ -316,9 +437,16 @@ pub struct Peers {
 /// instances' views.
 pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow::Result<Running> {
     anyhow::ensure!(
-        !peers.speed_urls.is_empty(),
-        "lambda serve needs at least one speed instance: pass --speed-url http://HOST:PORT (or LAMBDA_SPEED_URLS)"
+        peers.speed_urls.is_empty() != peers.speed_checkpoint_url.is_none(),
+        "lambda serve needs the speed layer: pass --speed-url http://HOST:PORT (or LAMBDA_SPEED_URLS) for instances of `lambda speed --instance`, or --speed-checkpoint-url URL (or LAMBDA_SPEED_CHECKPOINT_URL) for a `lambda speed --group`, not both"
     );
+    let speed = match &peers.speed_checkpoint_url {
+        Some(url) => SpeedSource::Group(lambda_speed::store::CheckpointStore::open(
+            url,
+            shared.lake_options.clone(),
+        )?),
+        None => SpeedSource::Remote(peers.speed_urls.clone()),
+    };
     // The log is optional here: with it, the status shows end offsets and lag,
     // and /api/v1/compare can replay it.
     let log = match &shared.log_url {
@@ -333,7 +461,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
     }
     let mut supervisor = Supervisor::new(log.clone());
     let sources = lambda_serving::Sources {
-        speed: SpeedSource::Remote(peers.speed_urls.clone()),
+        speed,
         lake: lambda.then(|| lake.clone()),
         runner: match &peers.batch_url {
             Some(url) => BatchRunner::Remote(url.clone()),

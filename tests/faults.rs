@@ -7,6 +7,7 @@
 //! missed once.)
 
 mod kafka_outage;
+mod speed_group;
 mod speed_kill;
 
 /// Held for the whole of each test here.

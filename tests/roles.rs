@@ -155,6 +155,7 @@ async fn two_speed_instances_behind_one_serve() {
             format!("http://{speed1_addr}"),
         ],
         batch_url: Some(format!("http://{}", batch.addr)),
+        ..Peers::default()
     };
     let serve = roles::serve(&shared("serve"), any_port(), peers)
         .await

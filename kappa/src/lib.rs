@@ -37,7 +37,9 @@ mod http;
 mod start;
 
 pub use http::{KappaRoutes, router};
-pub use start::{BOUNDARY_POLL_INTERVAL, Boundary, SpeedStart, start_speed, status_sections};
+pub use start::{
+    BOUNDARY_POLL_INTERVAL, Boundary, SpeedStart, follow_boundary, start_speed, status_sections,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

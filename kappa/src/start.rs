@@ -86,7 +86,12 @@ pub async fn start_speed(
                 .context("restoring the speed layer")?;
             let mut tasks: Vec<(&'static str, Task)> = Vec::new();
             if let Boundary::Lake(lake) = boundary {
-                let follow = follow_boundary(lake, Arc::clone(&views), shutdown.clone());
+                let following = Arc::clone(&views);
+                let follow = follow_boundary(
+                    lake,
+                    move |boundary| following.write().set_batch_boundary(boundary),
+                    shutdown.clone(),
+                );
                 tasks.push(("boundary", Box::pin(follow)));
             }
             let run = lambda_speed::run(config, Arc::clone(log), Arc::clone(&views), shutdown);
@@ -126,10 +131,10 @@ pub fn status_sections(
 }
 
 /// Keeps the speed layer's B equal to the newest manifest's, so it can drop
-/// windows the batch views now answer.
-async fn follow_boundary(
+/// windows the batch views now answer: `set` is told each new B.
+pub async fn follow_boundary(
     lake: Lake,
-    views: SpeedViews,
+    set: impl Fn(Option<i64>) + Send + 'static,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut interval = tokio::time::interval(BOUNDARY_POLL_INTERVAL);
@@ -142,7 +147,7 @@ async fn follow_boundary(
         match lambda_batch::manifest::latest(&lake).await {
             Ok(Some(manifest)) if manifest.boundary_ms != known => {
                 known = manifest.boundary_ms;
-                views.write().set_batch_boundary(known);
+                set(known);
                 tracing::debug!(boundary = ?known, version = manifest.version, "batch boundary moved");
             }
             Ok(_) => {}

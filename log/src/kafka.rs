@@ -71,7 +71,8 @@ impl KafkaConfig {
     /// Parses `HOST:PORT[,HOST:PORT…][?key=value&…]` (what follows `kafka://`).
     /// Query keys: `replication_factor`, `probe_end` (true/false),
     /// `request_timeout_ms`; any other key is a librdkafka property passed to
-    /// every client, e.g. `security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512`.
+    /// every client, e.g. `security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512`
+    /// or `debug=cgrp` (its logs go to the `rdkafka` tracing target).
     pub fn from_url_tail(tail: &str) -> Result<KafkaConfig, LogError> {
         let (servers, query) = tail.split_once('?').unwrap_or((tail, ""));
         if servers.is_empty() {
@@ -108,7 +109,8 @@ impl KafkaConfig {
                 let ms: u64 = value.parse().map_err(|_| bad("expected milliseconds"))?;
                 self.request_timeout = Duration::from_millis(ms);
             }
-            _ if key.contains('.') => self
+            // librdkafka's debug contexts, e.g. `debug=cgrp,consumer`.
+            _ if key.contains('.') || key == "debug" => self
                 .client_options
                 .push((key.to_string(), value.to_string())),
             _ => return Err(bad("unknown option (librdkafka properties contain a dot)")),

@@ -94,7 +94,15 @@ pub async fn run_speed_mirror(
             .iter()
             .zip(&mirrors)
             .zip(cursors)
-            .map(|((url, mirror), alerts_since)| poll(&client, url, mirror.cursor(), alerts_since));
+            .map(|((url, mirror), alerts_since)| {
+                let url = format!(
+                    "{}{}",
+                    url.trim_end_matches('/'),
+                    lambda_speed::http::SNAPSHOT_PATH
+                );
+                let (client, cursor) = (&client, mirror.cursor());
+                async move { poll(client, &url, cursor, alerts_since).await }
+            });
         let results = futures::future::join_all(polls).await;
         let mut changed = false;
         let now = chrono::Utc::now().timestamp_millis();
@@ -131,6 +139,7 @@ pub async fn run_speed_mirror(
     }
 }
 
+/// One snapshot from `url` (a full snapshot path).
 async fn poll(
     client: &reqwest::Client,
     url: &str,
@@ -138,11 +147,7 @@ async fn poll(
     alerts_since: u64,
 ) -> Result<Snapshot, String> {
     let response = client
-        .get(format!(
-            "{}{}",
-            url.trim_end_matches('/'),
-            lambda_speed::http::SNAPSHOT_PATH
-        ))
+        .get(url)
         .query(&[
             ("epoch", epoch),
             ("since", since),
@@ -231,4 +236,210 @@ pub fn runner_router(
             }),
         )
         .merge(crate::admin::router(admin))
+}
+
+/// How often serving lists the speed group's members in the checkpoint store.
+pub const MEMBERS_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// A member record not rewritten for this long is left out (its instance
+/// stopped without withdrawing it: killed, or its host lost). Members
+/// rewrite theirs every checkpoint interval.
+pub const MEMBER_EXPIRY: Duration = Duration::from_secs(60);
+
+/// What serving last saw of the speed group, for `/api/v1/status`.
+pub type GroupHealth = Arc<RwLock<Value>>;
+
+/// One partition's copy, from its current owner.
+#[derive(Debug, Default)]
+struct PartitionCopy {
+    /// Its source index in the alert feed.
+    source: usize,
+    /// The member it is mirrored from, and that member's URL.
+    owner: String,
+    url: String,
+    /// The owner's claimed checkpoint version.
+    version: u64,
+    last_checkpoint_ms: Option<i64>,
+    mirror: Mirror,
+    error: Option<String>,
+}
+
+/// Mirrors a speed group found in `store` until `shutdown`: lists its
+/// members, asks each what it owns, and mirrors every partition from the
+/// member that claimed it with the highest checkpoint version (two may
+/// both say they own one for a moment while it moves: the newer claim is
+/// the owner; the older one's next checkpoint is fenced). A partition
+/// whose owner does not answer keeps its last known windows.
+#[tracing::instrument(name = "speed-group-mirror", skip_all)]
+pub async fn run_group_mirror(
+    store: lambda_speed::store::CheckpointStore,
+    views: SpeedViews,
+    feed: crate::alerts::SharedFeed,
+    health: GroupHealth,
+    horizon_ms: i64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use lambda_speed::group::Ownership;
+    use lambda_speed::store::{MemberRecord, PartitionId};
+    let client = poll_client()?;
+    let mut members: Vec<MemberRecord> = Vec::new();
+    let mut members_error: Option<String> = None;
+    let mut listed_at: Option<tokio::time::Instant> = None;
+    let mut copies: std::collections::BTreeMap<PartitionId, PartitionCopy> = Default::default();
+    let mut interval = tokio::time::interval(SPEED_POLL_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                feed.write().close();
+                return Ok(());
+            }
+            _ = interval.tick() => {}
+        }
+        if listed_at.is_none_or(|at| at.elapsed() >= MEMBERS_POLL_INTERVAL) {
+            listed_at = Some(tokio::time::Instant::now());
+            match store.members().await {
+                Ok(listed) => {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    let expiry = MEMBER_EXPIRY.as_millis() as i64;
+                    members = listed
+                        .into_iter()
+                        .filter(|m| now.saturating_sub(m.updated_ms) < expiry)
+                        .collect();
+                    members_error = None;
+                }
+                Err(error) => {
+                    let message = format!("{error:#}");
+                    if members_error.is_none() {
+                        tracing::warn!(error = %message, "listing the speed group's members failed; keeping the last list");
+                    }
+                    members_error = Some(message);
+                }
+            }
+        }
+        // What each member says it owns.
+        let asked = members.iter().map(|m| {
+            let url = format!(
+                "{}{}",
+                m.url.trim_end_matches('/'),
+                lambda_speed::http::PARTITIONS_PATH
+            );
+            let client = &client;
+            async move {
+                let response = client.get(url).send().await.map_err(|e| format!("{e}"))?;
+                if !response.status().is_success() {
+                    return Err(format!("HTTP {}", response.status()));
+                }
+                response
+                    .json::<Ownership>()
+                    .await
+                    .map_err(|e| format!("decoding what it owns: {e}"))
+            }
+        });
+        let owned: Vec<Result<Ownership, String>> = futures::future::join_all(asked).await;
+        // The owner of each partition: the highest claimed version.
+        let mut owners: std::collections::BTreeMap<PartitionId, (usize, u64, Option<i64>)> =
+            Default::default();
+        for (i, answer) in owned.iter().enumerate() {
+            let Ok(ownership) = answer else { continue };
+            for p in &ownership.partitions {
+                let id = PartitionId::new(p.topic.clone(), p.partition);
+                let candidate = (i, p.version, p.last_checkpoint_ms);
+                owners
+                    .entry(id)
+                    .and_modify(|o| {
+                        if p.version > o.1 {
+                            *o = candidate;
+                        }
+                    })
+                    .or_insert(candidate);
+            }
+        }
+        let next_source = copies.len();
+        for (offset, (id, (i, version, checkpoint_ms))) in owners.iter().enumerate() {
+            let member = &members[*i];
+            let copy = copies.entry(id.clone()).or_insert_with(|| PartitionCopy {
+                source: next_source + offset,
+                ..PartitionCopy::default()
+            });
+            if copy.owner != member.member || copy.url != member.url {
+                // A new owner restored the partition from its checkpoint:
+                // its windows and seq are not the old owner's. Start over.
+                copy.owner = member.member.clone();
+                copy.url = member.url.clone();
+                copy.mirror = Mirror::default();
+            }
+            copy.version = *version;
+            copy.last_checkpoint_ms = *checkpoint_ms;
+        }
+        let polls = owners.keys().map(|id| {
+            let copy = &copies[id];
+            let alerts_since = feed.read().cursor(copy.source);
+            let url = format!(
+                "{}{}/{}/{}",
+                copy.url.trim_end_matches('/'),
+                lambda_speed::http::PARTITION_PATH,
+                id.topic,
+                id.partition
+            );
+            let cursor = copy.mirror.cursor();
+            let client = &client;
+            async move { (id.clone(), poll(client, &url, cursor, alerts_since).await) }
+        });
+        let results = futures::future::join_all(polls).await;
+        let mut changed = false;
+        for (id, result) in results {
+            let Some(copy) = copies.get_mut(&id) else {
+                continue;
+            };
+            match result {
+                Ok(snapshot) => {
+                    changed |= !snapshot.windows.is_empty()
+                        || Snapshot {
+                            windows: Vec::new(),
+                            ..snapshot.clone()
+                        } != copy.mirror.meta;
+                    let epoch = snapshot.epoch;
+                    let alerts = copy.mirror.apply(snapshot);
+                    if !alerts.is_empty() || feed.read().epoch(copy.source) != Some(epoch) {
+                        feed.write().push(copy.source, epoch, alerts);
+                    }
+                    copy.error = None;
+                }
+                Err(error) => copy.error = Some(error),
+            }
+        }
+        if changed {
+            let mirrors: Vec<Mirror> = copies.values().map(|c| c.mirror.clone()).collect();
+            *views.write() = combine(&mirrors, horizon_ms);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let member_list: Vec<Value> = members
+            .iter()
+            .zip(&owned)
+            .map(|(m, answer)| match answer {
+                Ok(o) => json!({ "member": m.member, "url": m.url, "ok": true,
+                    "announced_age_ms": now - m.updated_ms, "rebalances": o.rebalances,
+                    "partitions": o.partitions.len() }),
+                Err(error) => json!({ "member": m.member, "url": m.url, "ok": false,
+                    "announced_age_ms": now - m.updated_ms, "error": error }),
+            })
+            .collect();
+        let partition_list: Vec<Value> = copies
+            .iter()
+            .map(|(id, c)| {
+                json!({ "topic": id.topic, "partition": id.partition, "owner": c.owner, "url": c.url,
+                    "owned_now": owners.contains_key(id),
+                    "checkpoint_version": c.version,
+                    "checkpoint_age_ms": c.last_checkpoint_ms.map(|t| now - t),
+                    "watermark": c.mirror.meta.watermark,
+                    "error": c.error })
+            })
+            .collect();
+        *health.write() = json!({
+            "checkpoint_store": store.url(),
+            "members": member_list,
+            "members_error": members_error,
+            "partitions": partition_list,
+        });
+    }
 }

@@ -27,6 +27,10 @@ pub enum SpeedSource {
     /// Speed instances by base URL (`http://speed:8082`), mirrored by
     /// polling `GET /internal/v1/speed`; each learns B from the lake itself.
     Remote(Vec<String>),
+    /// A speed group (`lambda speed --group`): its members are found in
+    /// this checkpoint store, and each partition is mirrored from the
+    /// member that owns it now.
+    Group(lambda_speed::store::CheckpointStore),
 }
 
 /// What serving answers from.
@@ -129,6 +133,25 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
             tasks.push(("speed-mirror", Box::pin(mirror)));
             let section: StatusSection = Arc::new(move || crate::remote::health_section(&health));
             sections.push(("speed_instances".to_string(), section));
+            (SpeedReader::new(&views), None)
+        }
+        SpeedSource::Group(store) => {
+            let views: SpeedViews = Arc::new(RwLock::new(SpeedState::new(
+                config.allowed_lateness_ms,
+                lambda_speed::DEFAULT_HORIZON_MS,
+            )));
+            let health: crate::remote::GroupHealth = Arc::default();
+            let mirror = crate::remote::run_group_mirror(
+                store,
+                Arc::clone(&views),
+                Arc::clone(&alerts),
+                Arc::clone(&health),
+                lambda_speed::DEFAULT_HORIZON_MS,
+                shutdown.clone(),
+            );
+            tasks.push(("speed-group-mirror", Box::pin(mirror)));
+            let section: StatusSection = Arc::new(move || health.read().clone());
+            sections.push(("speed_group".to_string(), section));
             (SpeedReader::new(&views), None)
         }
     };

@@ -254,7 +254,7 @@ pub fn dead_letter_record(value: &[u8], reason: &str, source: &str, now_ms: i64)
 /// unavailable: the consumed offsets (checkpointed later by this same loop)
 /// move past them only once they are there. A crash in between writes them
 /// again after the restart (at least once).
-async fn dead_letter(
+pub(crate) async fn dead_letter(
     log: &dyn EventLog,
     records: Vec<Record>,
     shutdown: &CancellationToken,

@@ -135,7 +135,8 @@ impl Mirror {
 /// Each instance owns different partitions, and a key always goes to the same
 /// partition, so the instances' windows hold disjoint events: the combined
 /// window is the merge of theirs. The combined watermark is the lowest of the
-/// instances' (a bucket is final only when every instance has closed it).
+/// instances' (a bucket is final only when every instance has closed it),
+/// leaving out instances whose every partition is idle unless all are.
 pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
     let lateness = mirrors
         .iter()
@@ -144,8 +145,16 @@ pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
         .unwrap_or(0);
     let mut state = SpeedState::new(lateness, horizon_ms);
     state.max_event_ts = mirrors.iter().filter_map(|m| m.meta.max_event_ts).max();
-    state.watermark =
-        crate::window::Watermark::restored(mirrors.iter().filter_map(|m| m.meta.watermark).min());
+    // An instance (or partition) whose every clock is idle does not hold
+    // the others back, as an idle partition does not inside one state.
+    let idle = |m: &Mirror| !m.meta.clocks.is_empty() && m.meta.clocks.iter().all(|c| c.3);
+    let active = mirrors
+        .iter()
+        .filter(|m| !idle(m))
+        .filter_map(|m| m.meta.watermark)
+        .min();
+    let any = || mirrors.iter().filter_map(|m| m.meta.watermark).min();
+    state.watermark = crate::window::Watermark::restored(active.or_else(any));
     state.clocks = mirrors
         .iter()
         .flat_map(|m| m.meta.clocks.iter())

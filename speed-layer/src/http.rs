@@ -14,7 +14,9 @@ use lambda_events::Topic;
 use lambda_log::EventLog;
 use serde_json::json;
 
-use crate::export::snapshot;
+use crate::export::{Mirror, combine, snapshot};
+use crate::group::GroupViews;
+use crate::store::PartitionId;
 use crate::{SpeedState, SpeedViews};
 
 /// Path serving polls.
@@ -41,10 +43,9 @@ pub fn router(views: SpeedViews, log: Arc<dyn EventLog>) -> Router {
         .with_state(HttpState { views, log })
 }
 
-async fn get_snapshot(
-    State(HttpState { views, .. }): State<HttpState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+/// `(epoch, since, alerts_since)` of a snapshot request, or its 400.
+#[allow(clippy::result_large_err)]
+fn cursor(params: &HashMap<String, String>) -> Result<[u64; 3], Response> {
     let mut cursor = [0u64; 3];
     for (i, name) in ["epoch", "since", "alerts_since"].into_iter().enumerate() {
         if let Some(raw) = params.get(name) {
@@ -52,13 +53,135 @@ async fn get_snapshot(
                 Ok(n) => cursor[i] = n,
                 Err(_) => {
                     let body = json!({ "error": format!("parameter {name}: expected an unsigned integer, got {raw:?}"), "parameter": name });
-                    return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+                    return Err((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
                 }
             }
         }
     }
-    let snapshot = snapshot(&views.read(), cursor[0], cursor[1], cursor[2]);
-    axum::Json(snapshot).into_response()
+    Ok(cursor)
+}
+
+async fn get_snapshot(
+    State(HttpState { views, .. }): State<HttpState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    match cursor(&params) {
+        Ok([epoch, since, alerts]) => {
+            axum::Json(snapshot(&views.read(), epoch, since, alerts)).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+/// Path of what a group member owns ([`crate::group::Ownership`]).
+pub const PARTITIONS_PATH: &str = "/internal/v1/speed/partitions";
+
+/// Path of one owned partition's snapshot: `{PARTITION_PATH}/{topic}/{partition}`.
+pub const PARTITION_PATH: &str = "/internal/v1/speed/partition";
+
+/// The routes of a speed instance in a group: what it owns
+/// ([`PARTITIONS_PATH`]), each owned partition's snapshot
+/// ([`PARTITION_PATH`]), the combined snapshot of all it owns on
+/// [`SNAPSHOT_PATH`] (always whole: for people and tools), `/healthz` and
+/// `/metrics`.
+pub fn group_router(group: GroupViews, log: Arc<dyn EventLog>) -> Router {
+    Router::new()
+        .route(
+            PARTITIONS_PATH,
+            get(
+                |State((group, _)): State<(GroupViews, Arc<dyn EventLog>)>| async move {
+                    axum::Json(group.ownership())
+                },
+            ),
+        )
+        .route(
+            &format!("{PARTITION_PATH}/{{topic}}/{{partition}}"),
+            get(get_partition),
+        )
+        .route(
+            SNAPSHOT_PATH,
+            get(
+                |State((group, _)): State<(GroupViews, Arc<dyn EventLog>)>| async move {
+                    let combined = combined(&group);
+                    axum::Json(snapshot(&combined, 0, 0, 0))
+                },
+            ),
+        )
+        .route(
+            "/healthz",
+            get(
+                |State((group, _)): State<(GroupViews, Arc<dyn EventLog>)>| async move {
+                    let problems: Vec<String> = group
+                        .shares()
+                        .iter()
+                        .filter_map(|(id, share)| {
+                            problem(&share.views.read()).map(|p| format!("{id}: {p}"))
+                        })
+                        .collect();
+                    health(&problems)
+                },
+            ),
+        )
+        .route(
+            "/metrics",
+            get(
+                |State((group, log)): State<(GroupViews, Arc<dyn EventLog>)>| async move {
+                    let views = Arc::new(parking_lot::RwLock::new(combined(&group)));
+                    metrics(State(HttpState { views, log })).await
+                },
+            ),
+        )
+        .with_state((group, log))
+}
+
+/// One state of everything `group` owns.
+fn combined(group: &GroupViews) -> SpeedState {
+    let mirrors: Vec<Mirror> = group
+        .shares()
+        .iter()
+        .map(|(_, share)| {
+            let mut mirror = Mirror::default();
+            mirror.apply(snapshot(&share.views.read(), 0, 0, 0));
+            mirror
+        })
+        .collect();
+    let horizon = group
+        .shares()
+        .first()
+        .map_or(crate::DEFAULT_HORIZON_MS, |(_, s)| {
+            s.views.read().horizon_ms()
+        });
+    combine(&mirrors, horizon)
+}
+
+async fn get_partition(
+    State((group, _)): State<(GroupViews, Arc<dyn EventLog>)>,
+    axum::extract::Path((topic, partition)): axum::extract::Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let [epoch, since, alerts] = match cursor(&params) {
+        Ok(cursor) => cursor,
+        Err(response) => return response,
+    };
+    let Ok(partition) = partition.parse::<u32>() else {
+        let body = json!({ "error": format!("partition: expected an unsigned integer, got {partition:?}"), "parameter": "partition" });
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    };
+    let id = PartitionId::new(topic, partition);
+    match group.share(&id) {
+        Some(share) => {
+            let snapshot = snapshot(&share.views.read(), epoch, since, alerts);
+            let mut response = axum::Json(snapshot).into_response();
+            if let Ok(value) = share.version.to_string().parse() {
+                response.headers_mut().insert("x-checkpoint-version", value);
+            }
+            response
+        }
+        None => {
+            let body = json!({ "error": format!("partition {id} is not owned by this instance (it moved, or was never here)"), "parameter": "partition" });
+            (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        }
+    }
 }
 
 async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response {

@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod checkpoint;
 pub mod consumer;
 pub mod export;
+pub mod group;
 pub mod http;
 pub mod metrics;
 pub mod replay;

@@ -27,6 +27,12 @@
 //! its new owner before the old one has let go of it (tansu 0.6 does, for
 //! one to three seconds, with both the eager and the cooperative protocol),
 //! and an old owner that is only slow never learns its generation is gone.
+//!
+//! **Members.** Each instance of the group also announces itself under
+//! `_members/<member>.json` (its URL and when it last said so), rewritten
+//! every checkpoint interval and removed when it leaves: serving lists them
+//! to find the instances that own partitions now ([`MemberRecord`]). (`_`
+//! cannot begin a topic's directory: see [`partition_dir`].)
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +94,20 @@ pub struct CheckpointStore {
     url: String,
 }
 
+/// An instance of the group as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberRecord {
+    /// Its name in the group.
+    pub member: String,
+    /// Where it answers, e.g. `http://speed-1:8082`.
+    pub url: String,
+    /// Wall time it last announced itself (ms).
+    pub updated_ms: i64,
+}
+
+/// Where member records live.
+const MEMBERS_DIR: &str = "_members";
+
 /// Manifests of a partition kept by [`CheckpointStore::vacuum`] by default.
 pub const KEEP_MANIFESTS: usize = 3;
 
@@ -108,6 +128,40 @@ impl CheckpointStore {
     /// The store's URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Writes (or rewrites) `record` under its member's name.
+    pub async fn announce(&self, record: &MemberRecord) -> anyhow::Result<()> {
+        let path = member_path(&record.member)?;
+        let bytes = serde_json::to_vec(record).context("a member record")?;
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .with_context(|| format!("writing {path} in {}", self.url))?;
+        Ok(())
+    }
+
+    /// Removes `member`'s record (a missing one is not an error).
+    pub async fn withdraw(&self, member: &str) -> anyhow::Result<()> {
+        self.delete(&member_path(member)?).await
+    }
+
+    /// Every member record (unreadable ones are skipped, and logged).
+    pub async fn members(&self) -> anyhow::Result<Vec<MemberRecord>> {
+        let mut records = Vec::new();
+        for name in self.names(&Path::from(MEMBERS_DIR)).await? {
+            let path = Path::from(MEMBERS_DIR).join(name.as_str());
+            match self.get(&path).await.and_then(|bytes| {
+                serde_json::from_slice::<MemberRecord>(&bytes).context("decoding a member record")
+            }) {
+                Ok(record) => records.push(record),
+                Err(error) => {
+                    tracing::debug!(error = %format!("{error:#}"), %path, "skipping a member record")
+                }
+            }
+        }
+        records.sort_by(|a, b| a.member.cmp(&b.member));
+        Ok(records)
     }
 
     /// The newest committed manifest of `partition`: its version and bytes.
@@ -284,6 +338,14 @@ fn partition_dir(partition: &PartitionId) -> anyhow::Result<Path> {
         partition.topic
     );
     Ok(Path::from(partition.topic.as_str()).join(partition.partition.to_string()))
+}
+
+fn member_path(member: &str) -> anyhow::Result<Path> {
+    anyhow::ensure!(
+        is_plain_name(member),
+        "member {member:?}: a member's name is ASCII letters, digits, '-' and '.' only"
+    );
+    Ok(Path::from(MEMBERS_DIR).join(format!("{member}.json")))
 }
 
 fn manifest_path(partition: &PartitionId, version: u64) -> anyhow::Result<Path> {

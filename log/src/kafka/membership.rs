@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -84,6 +84,8 @@ struct Context {
     /// member is dropped (the thread dropping it may be the one that
     /// would acknowledge).
     patient: Arc<AtomicBool>,
+    /// Rebalances this member has taken part in (see [`GroupMember::rebalances`]).
+    rebalances: Arc<AtomicU64>,
 }
 
 impl ClientContext for Context {}
@@ -121,6 +123,7 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                self.rebalances.fetch_add(1, Ordering::SeqCst);
                 // Taking part only: the member fetches through the log.
                 if let Err(error) = consumer.pause(list) {
                     tracing::warn!(%error, "pausing assigned partitions");
@@ -152,6 +155,27 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Commits `offsets` as the member's (asynchronously; a failure is logged).
+fn commit(consumer: &BaseConsumer<Context>, offsets: &[(String, u32, u64)]) {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        let (Ok(partition), Ok(offset)) = (i32::try_from(*partition), i64::try_from(*offset))
+        else {
+            continue;
+        };
+        if let Err(error) =
+            list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        {
+            tracing::warn!(%error, %topic, partition, "an offset to commit");
+        }
+    }
+    if list.count() > 0
+        && let Err(error) = consumer.commit(&list, rdkafka::consumer::CommitMode::Async)
+    {
+        tracing::warn!(%error, "committing the group member's offsets");
+    }
+}
+
 fn owned_of(list: &TopicPartitionList) -> Vec<Owned> {
     list.elements()
         .iter()
@@ -162,6 +186,10 @@ fn owned_of(list: &TopicPartitionList) -> Vec<Owned> {
 /// A member of a consumer group: joined on [`GroupMember::join`], left
 /// when dropped (or stopped with [`GroupMember::leave`]).
 pub struct GroupMember {
+    /// Offsets for the polling thread to commit (it alone holds the consumer,
+    /// so dropping it there leaves the group as before).
+    commits: mpsc::Sender<Vec<(String, u32, u64)>>,
+    rebalances: Arc<AtomicU64>,
     owned: Arc<Mutex<BTreeSet<Owned>>>,
     stop: Arc<AtomicBool>,
     patient: Arc<AtomicBool>,
@@ -190,11 +218,13 @@ impl GroupMember {
         let (changes, receiver) = mpsc::channel();
         let owned = Arc::new(Mutex::new(BTreeSet::new()));
         let patient = Arc::new(AtomicBool::new(true));
+        let rebalances = Arc::new(AtomicU64::new(0));
         let context = Context {
             changes,
             owned: Arc::clone(&owned),
             revoke_timeout: membership.revoke_timeout,
             patient: Arc::clone(&patient),
+            rebalances: Arc::clone(&rebalances),
         };
         let session_ms = membership
             .session_timeout
@@ -223,6 +253,7 @@ impl GroupMember {
             .map_err(unavailable("joining the consumer group"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let (commits, to_commit) = mpsc::channel::<Vec<(String, u32, u64)>>();
         // Rebalance callbacks run inside poll: poll until told to stop,
         // then leave the group (close sends LeaveGroup).
         let poller = std::thread::Builder::new()
@@ -232,6 +263,9 @@ impl GroupMember {
                     if let Some(Err(error)) = consumer.poll(Duration::from_millis(100)) {
                         tracing::debug!(%error, "group member poll");
                     }
+                    while let Ok(offsets) = to_commit.try_recv() {
+                        commit(&consumer, &offsets);
+                    }
                 }
                 drop(consumer);
             })
@@ -240,6 +274,8 @@ impl GroupMember {
             })?;
         Ok((
             GroupMember {
+                commits,
+                rebalances,
                 owned,
                 stop,
                 patient,
@@ -254,6 +290,24 @@ impl GroupMember {
     /// The partitions this member owns now.
     pub fn owned(&self) -> BTreeSet<Owned> {
         self.owned.lock().clone()
+    }
+
+    /// How many rebalances (assignments, empty ones included) this member
+    /// has taken part in: its view of the group's generation. (librdkafka's
+    /// generation id is only reachable through its C API, and this
+    /// workspace forbids `unsafe`; the checkpoint store's versions fence.)
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::SeqCst)
+    }
+
+    /// Commits `offsets` (`(topic, partition, next offset)`) as this
+    /// member's, for lag reporting — after the checkpoint holding them is
+    /// durable. A member commits through its own membership: a broker
+    /// refuses commits to an active group from outside it. Does not wait;
+    /// a failure is logged (the checkpoint, not the group's offsets, is
+    /// what a partition resumes from).
+    pub fn commit(&self, offsets: Vec<(String, u32, u64)>) {
+        let _ = self.commits.send(offsets);
     }
 
     /// Leaves the group (its partitions go to the others at once) and
