@@ -330,7 +330,19 @@ pub async fn speed_group(
     let url = match &group.advertise_url {
         Some(url) => url.clone(),
         None if addr.ip().is_unspecified() => {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
+            // Listening on every address: the host's name is how others
+            // reach it (a container's name in compose).
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty() && h != "localhost");
+            let Some(host) = host else {
+                anyhow::bail!(
+                    "lambda speed --group listens on {addr} and this host has no name to advertise: pass --advertise-url http://HOST:{} (or LAMBDA_ADVERTISE_URL)",
+                    addr.port()
+                );
+            };
             format!("http://{host}:{}", addr.port())
         }
         None => format!("http://{addr}"),

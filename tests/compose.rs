@@ -223,7 +223,14 @@ async fn the_compose_stack_runs_as_local_processes() {
         "no ZooKeeper"
     );
     let apps: Vec<String> = start_order(&services);
-    for role in ["ingest", "speed", "batch", "serve", "generator"] {
+    for role in [
+        "ingest",
+        "speed-1",
+        "speed-2",
+        "batch",
+        "serve",
+        "generator",
+    ] {
         assert!(
             apps.contains(&role.to_string()),
             "service {role} runs the app image"
@@ -422,7 +429,14 @@ async fn the_compose_stack_runs_as_local_processes() {
     // Wait for the speed layer and a batch run to have everything.
     let base = format!("http://{}", stack.addresses["serve"]);
     let status = caught_up(&client, &base, &stack).await;
-    assert_eq!(status["speed_instances"][0]["ok"], true, "{status}");
+    // Two speed instances in one group, found by serving in the store,
+    // each owning some partitions.
+    let members = status["speed_group"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{status}");
+    for member in members {
+        assert_eq!(member["ok"], true, "{status}");
+        assert!(member["partitions"].as_u64() > Some(0), "{status}");
+    }
     assert_eq!(
         status["batch"]["boundary"].as_i64(),
         Some(boundary),

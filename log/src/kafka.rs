@@ -24,7 +24,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 mod membership;
-pub use membership::{Change, GroupMember, MembershipConfig, Owned};
+pub use membership::{Change, GroupMember, MembershipConfig, Owned, Ownership};
 
 use crate::partitioner::Partitioner;
 use crate::{

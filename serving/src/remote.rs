@@ -260,6 +260,9 @@ struct PartitionCopy {
     version: u64,
     last_checkpoint_ms: Option<i64>,
     mirror: Mirror,
+    /// The owner changed: ask the new one for everything, and keep the
+    /// old copy until it answers.
+    fresh: bool,
     error: Option<String>,
 }
 
@@ -285,6 +288,8 @@ pub async fn run_group_mirror(
     let mut members_error: Option<String> = None;
     let mut listed_at: Option<tokio::time::Instant> = None;
     let mut copies: std::collections::BTreeMap<PartitionId, PartitionCopy> = Default::default();
+    // Each partition's source in the alert feed, never reused.
+    let mut sources = 0usize;
     let mut interval = tokio::time::interval(SPEED_POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -354,19 +359,22 @@ pub async fn run_group_mirror(
                     .or_insert(candidate);
             }
         }
-        let next_source = copies.len();
-        for (offset, (id, (i, version, checkpoint_ms))) in owners.iter().enumerate() {
+        for (id, (i, version, checkpoint_ms)) in &owners {
             let member = &members[*i];
-            let copy = copies.entry(id.clone()).or_insert_with(|| PartitionCopy {
-                source: next_source + offset,
-                ..PartitionCopy::default()
+            let copy = copies.entry(id.clone()).or_insert_with(|| {
+                sources += 1;
+                PartitionCopy {
+                    source: sources,
+                    ..PartitionCopy::default()
+                }
             });
             if copy.owner != member.member || copy.url != member.url {
                 // A new owner restored the partition from its checkpoint:
-                // its windows and seq are not the old owner's. Start over.
+                // its windows and seq are not the old owner's. Everything
+                // from it; the old copy stays until it answers.
                 copy.owner = member.member.clone();
                 copy.url = member.url.clone();
-                copy.mirror = Mirror::default();
+                copy.fresh = true;
             }
             copy.version = *version;
             copy.last_checkpoint_ms = *checkpoint_ms;
@@ -381,7 +389,11 @@ pub async fn run_group_mirror(
                 id.topic,
                 id.partition
             );
-            let cursor = copy.mirror.cursor();
+            let cursor = if copy.fresh {
+                (0, 0)
+            } else {
+                copy.mirror.cursor()
+            };
             let client = &client;
             async move { (id.clone(), poll(client, &url, cursor, alerts_since).await) }
         });
@@ -399,6 +411,11 @@ pub async fn run_group_mirror(
                             ..snapshot.clone()
                         } != copy.mirror.meta;
                     let epoch = snapshot.epoch;
+                    if copy.fresh {
+                        copy.mirror = Mirror::default();
+                        copy.fresh = false;
+                        changed = true;
+                    }
                     let alerts = copy.mirror.apply(snapshot);
                     if !alerts.is_empty() || feed.read().epoch(copy.source) != Some(epoch) {
                         feed.write().push(copy.source, epoch, alerts);
@@ -418,10 +435,10 @@ pub async fn run_group_mirror(
             .zip(&owned)
             .map(|(m, answer)| match answer {
                 Ok(o) => json!({ "member": m.member, "url": m.url, "ok": true,
-                    "announced_age_ms": now - m.updated_ms, "rebalances": o.rebalances,
+                    "announced_age_ms": now.saturating_sub(m.updated_ms), "rebalances": o.rebalances,
                     "partitions": o.partitions.len() }),
                 Err(error) => json!({ "member": m.member, "url": m.url, "ok": false,
-                    "announced_age_ms": now - m.updated_ms, "error": error }),
+                    "announced_age_ms": now.saturating_sub(m.updated_ms), "error": error }),
             })
             .collect();
         let partition_list: Vec<Value> = copies
@@ -430,7 +447,7 @@ pub async fn run_group_mirror(
                 json!({ "topic": id.topic, "partition": id.partition, "owner": c.owner, "url": c.url,
                     "owned_now": owners.contains_key(id),
                     "checkpoint_version": c.version,
-                    "checkpoint_age_ms": c.last_checkpoint_ms.map(|t| now - t),
+                    "checkpoint_age_ms": c.last_checkpoint_ms.map(|t| now.saturating_sub(t)),
                     "watermark": c.mirror.meta.watermark,
                     "error": c.error })
             })

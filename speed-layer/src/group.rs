@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lambda_log::kafka::{Change, GroupMember, MembershipConfig};
+use lambda_log::kafka::{Change, GroupMember, MembershipConfig, Ownership as Owns};
 use lambda_log::{EventLog, FetchPosition, KafkaConfig, LogError};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,9 @@ const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 pub const FENCE_GRACE: Duration = Duration::from_secs(5);
 /// Claims tried in a row before a partition is left for the next tick.
 const CLAIM_ATTEMPTS: usize = 5;
+/// How often a member rewrites its record in the store (serving leaves out
+/// a record not rewritten for a minute).
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A speed instance in a group.
 #[derive(Debug, Clone)]
@@ -215,6 +218,9 @@ struct Held {
     version: u64,
     position: FetchPosition,
     last_record: Instant,
+    /// Its last checkpoint failed: the manifest may have become visible
+    /// anyway, so the next one first reads which version is the newest.
+    unsure: bool,
 }
 
 /// A partition restored from the store and claimed.
@@ -224,9 +230,17 @@ struct Claimed {
     version: u64,
 }
 
+/// What one partition's checkpoint did.
+enum Outcome {
+    /// Written, or fenced by another owner.
+    Wrote(StoreWrite),
+    /// After a failed checkpoint, the store holds a newer version than this
+    /// owner's (that failed attempt's, or another owner's): restore it again.
+    Superseded,
+}
+
 /// Checkpoints being written: `(partition, version, result)` each.
-type Writing =
-    tokio::task::JoinHandle<Vec<(PartitionId, u64, Result<StoreWrite, CheckpointError>)>>;
+type Writing = tokio::task::JoinHandle<Vec<(PartitionId, u64, Result<Outcome, CheckpointError>)>>;
 
 /// Runs this instance as a member of the group until `shutdown`: then it
 /// checkpoints what it owns, leaves the group (its partitions go to the
@@ -268,6 +282,9 @@ pub async fn run(
     let mut fenced: HashMap<PartitionId, Instant> = HashMap::new();
     let mut writing: Option<Writing> = None;
     let mut next_checkpoint = tokio::time::Instant::now() + config.speed.checkpoint_interval;
+    let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
+    announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let owns = member.ownership();
     loop {
         let positions: Vec<FetchPosition> = held.values().map(|h| h.position.clone()).collect();
         tokio::select! {
@@ -284,7 +301,7 @@ pub async fn run(
                     for id in &ids {
                         fenced.remove(id);
                     }
-                    claim_all(&config, &store, &log, &shared, &mut held, ids).await;
+                    claim_all(&config, &store, &log, &shared, &owns, &mut held, ids).await;
                     shared.publish(&held, member.rebalances());
                 }
                 Some(Change::Revoked { partitions, released }) => {
@@ -304,6 +321,9 @@ pub async fn run(
                     finish(done, &mut held, &mut fenced, &member);
                     for id in &ids {
                         held.remove(id);
+                        // The group lets go of them only once acknowledged:
+                        // not an orphan to claim back meanwhile.
+                        fenced.insert(id.clone(), Instant::now());
                     }
                     shared.publish(&held, member.rebalances());
                     let _ = released.send(());
@@ -317,10 +337,6 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(next_checkpoint), if writing.is_none() => {
                 next_checkpoint = tokio::time::Instant::now() + config.speed.checkpoint_interval;
-                let now = chrono::Utc::now().timestamp_millis();
-                if let Err(error) = store.announce(&record(now)).await {
-                    tracing::warn!(error = %format!("{error:#}"), "announcing this member");
-                }
                 // Partitions the group says are ours but no one here holds:
                 // a claim that failed, or a fence the broker has not
                 // followed with a revocation.
@@ -331,7 +347,7 @@ pub async fn run(
                     .map(|(t, p)| PartitionId::new(t, p))
                     .filter(|id| !held.contains_key(id) && !fenced.contains_key(id))
                     .collect();
-                claim_all(&config, &store, &log, &shared, &mut held, orphans).await;
+                claim_all(&config, &store, &log, &shared, &owns, &mut held, orphans).await;
                 mark_idle(&mut held, config.speed.idle_timeout);
                 shared.publish(&held, member.rebalances());
                 if !held.is_empty() {
@@ -362,6 +378,12 @@ pub async fn run(
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     Err(error) => return Err(error).context("speed layer fetch"),
+                }
+            }
+            _ = announce.tick() => {
+                let now = chrono::Utc::now().timestamp_millis();
+                if let Err(error) = store.announce(&record(now)).await {
+                    tracing::warn!(error = %format!("{error:#}"), "announcing this member");
                 }
             }
             _ = tokio::time::sleep(FETCH_MAX_WAIT), if positions.is_empty() => {}
@@ -404,12 +426,13 @@ async fn claim_all(
     store: &Arc<CheckpointStore>,
     log: &Arc<dyn EventLog>,
     shared: &GroupViews,
+    owns: &Owns,
     held: &mut BTreeMap<PartitionId, Held>,
     ids: Vec<PartitionId>,
 ) {
     let claims = ids
         .into_iter()
-        .map(|id| claim_one(config, store, log.as_ref(), shared, id));
+        .map(|id| claim_one(config, store, log.as_ref(), shared, owns, id));
     for (id, claimed) in futures::future::join_all(claims)
         .await
         .into_iter()
@@ -427,15 +450,19 @@ async fn claim_one(
     store: &Arc<CheckpointStore>,
     log: &dyn EventLog,
     shared: &GroupViews,
+    owns: &Owns,
     id: PartitionId,
 ) -> Option<(PartitionId, Held)> {
     let started = Instant::now();
     let (claiming, speed, store) = (id.clone(), config.speed.clone(), Arc::clone(store));
     let handle = tokio::runtime::Handle::current();
-    let claimed = tokio::task::spawn_blocking(move || claim(&store, &claiming, &speed, &handle))
-        .await
-        .map_err(|e| anyhow::anyhow!("the claim task: {e}"))
-        .and_then(|r| r);
+    let owns = owns.clone();
+    let still_ours = move |id: &PartitionId| owns.owns(&id.topic, id.partition);
+    let claimed =
+        tokio::task::spawn_blocking(move || claim(&store, &claiming, &speed, &handle, &still_ours))
+            .await
+            .map_err(|e| anyhow::anyhow!("the claim task: {e}"))
+            .and_then(|r| r);
     let mut claimed = match claimed {
         Ok(claimed) => claimed,
         Err(error) => {
@@ -461,7 +488,8 @@ async fn claim_one(
         .get(&key)
         .copied()
         .unwrap_or(range.start)
-        .clamp(range.start, range.end);
+        .min(range.end)
+        .max(range.start);
     claimed.state.set_batch_boundary(shared.boundary());
     claimed.state.last_checkpoint_ms = Some(chrono::Utc::now().timestamp_millis());
     tracing::info!(%id, version = claimed.version, offset, windows = claimed.state.windows.len(), took_ms = started.elapsed().as_millis() as u64, "partition restored and claimed");
@@ -477,27 +505,46 @@ async fn claim_one(
                 offset,
             },
             last_record: Instant::now(),
+            unsure: false,
         },
     ))
 }
 
 /// Loads `id`'s newest checkpoint (or an empty state) and commits it as
-/// the next version: the claim. Lost to another writer, it reloads and
-/// tries again. Blocking.
+/// the next version: the claim. Lost to another writer, or a read that
+/// failed (the old owner may have just removed a file it superseded), it
+/// reloads and tries again — while `still_ours` says the group has not
+/// moved the partition on meanwhile. Blocking.
 fn claim(
     store: &CheckpointStore,
     id: &PartitionId,
     config: &SpeedConfig,
     handle: &tokio::runtime::Handle,
+    still_ours: &dyn Fn(&PartitionId) -> bool,
 ) -> anyhow::Result<Claimed> {
-    for _ in 0..CLAIM_ATTEMPTS {
-        let loaded = checkpoint::load_from_store(
+    let mut last_error = None;
+    for attempt in 0..CLAIM_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(100 << attempt.min(4)));
+        }
+        anyhow::ensure!(
+            still_ours(id),
+            "{id}: the group moved it on while it was being restored"
+        );
+        let loaded = match checkpoint::load_from_store(
             store,
             id,
             config.allowed_lateness_ms,
             config.horizon_ms,
             handle,
-        )?;
+        ) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::debug!(%id, %error, "restoring a partition failed; trying again");
+                last_error = Some(error);
+                continue;
+            }
+        };
         let (version, mut state) = match loaded {
             Some((version, mut state)) => {
                 state.alerts.set_rules(config.alert_rules.clone());
@@ -510,7 +557,19 @@ fn claim(
         let next = version
             .checked_add(1)
             .context("checkpoint version overflow")?;
-        match snapshot.write_to_store(None, store, id, next, handle)? {
+        anyhow::ensure!(
+            still_ours(id),
+            "{id}: the group moved it on while it was being restored"
+        );
+        let written = match snapshot.write_to_store(None, store, id, next, handle) {
+            Ok(written) => written,
+            Err(error) => {
+                tracing::debug!(%id, %error, "claiming a partition failed; trying again");
+                last_error = Some(error);
+                continue;
+            }
+        };
+        match written {
             StoreWrite::Durable(durable) => {
                 checkpointer.written(&durable);
                 return Ok(Claimed {
@@ -524,7 +583,10 @@ fn claim(
             }
         }
     }
-    anyhow::bail!("{id}: another owner kept committing; {CLAIM_ATTEMPTS} claims lost")
+    match last_error {
+        Some(error) => Err(error).with_context(|| format!("{id}: {CLAIM_ATTEMPTS} claims failed")),
+        None => anyhow::bail!("{id}: another owner kept committing; {CLAIM_ATTEMPTS} claims lost"),
+    }
 }
 
 /// Snapshots the held partitions (`only` these, if given) and writes them
@@ -534,7 +596,7 @@ fn start_checkpoint(
     held: &BTreeMap<PartitionId, Held>,
     only: Option<&[PartitionId]>,
 ) -> Writing {
-    let jobs: Vec<(PartitionId, u64, checkpoint::Snapshot, SpeedViews)> = held
+    let jobs: Vec<(PartitionId, u64, bool, checkpoint::Snapshot, SpeedViews)> = held
         .iter()
         .filter(|(id, _)| only.is_none_or(|only| only.contains(id)))
         .map(|(id, h)| {
@@ -542,6 +604,7 @@ fn start_checkpoint(
             (
                 id.clone(),
                 h.version.saturating_add(1),
+                h.unsure,
                 snapshot,
                 Arc::clone(&h.views),
             )
@@ -551,9 +614,23 @@ fn start_checkpoint(
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         jobs.into_iter()
-            .map(|(id, version, snapshot, live)| {
-                let written = snapshot.write_to_store(Some(&live), &store, &id, version, &handle);
-                (id, version, written)
+            .map(|(id, version, unsure, snapshot, live)| {
+                let outcome = (|| {
+                    if unsure {
+                        let newest = handle
+                            .block_on(store.versions(&id))
+                            .map_err(CheckpointError::Store)?
+                            .last()
+                            .copied();
+                        if newest.is_some_and(|n| n >= version) {
+                            return Ok(Outcome::Superseded);
+                        }
+                    }
+                    snapshot
+                        .write_to_store(Some(&live), &store, &id, version, &handle)
+                        .map(Outcome::Wrote)
+                })();
+                (id, version, outcome)
             })
             .collect()
     })
@@ -563,7 +640,7 @@ fn start_checkpoint(
 /// version on and commit its offset to the group; a fenced partition is
 /// another owner's now, and is dropped at once.
 fn finish(
-    done: Vec<(PartitionId, u64, Result<StoreWrite, CheckpointError>)>,
+    done: Vec<(PartitionId, u64, Result<Outcome, CheckpointError>)>,
     held: &mut BTreeMap<PartitionId, Held>,
     fenced: &mut HashMap<PartitionId, Instant>,
     member: &GroupMember,
@@ -576,9 +653,10 @@ fn finish(
             continue;
         }
         match result {
-            Ok(StoreWrite::Durable(durable)) => {
+            Ok(Outcome::Wrote(StoreWrite::Durable(durable))) => {
                 h.checkpointer.written(&durable);
                 h.version = version;
+                h.unsure = false;
                 let mut state = h.views.write();
                 state.last_checkpoint_ms = Some(now);
                 state.checkpoint_error = None;
@@ -589,13 +667,20 @@ fn finish(
                         .map(|((topic, partition), offset)| (topic.clone(), *partition, *offset)),
                 );
             }
-            Ok(StoreWrite::Fenced { newest }) => {
+            Ok(Outcome::Superseded) => {
+                // Restored again at once (not fenced: no grace), from
+                // whichever manifest is the newest.
+                tracing::warn!(%id, version, "a failed checkpoint's manifest, or another owner's, is newer than this owner's; restoring the partition again");
+                held.remove(&id);
+            }
+            Ok(Outcome::Wrote(StoreWrite::Fenced { newest })) => {
                 tracing::warn!(%id, version, newest, "another owner committed this partition's checkpoint first; letting it go");
                 held.remove(&id);
                 fenced.insert(id, Instant::now());
             }
             Err(error) => {
                 h.checkpointer.failed();
+                h.unsure = true;
                 let message = error.to_string();
                 tracing::warn!(%id, error = %message, "partition checkpoint failed; retrying at the next interval");
                 let mut state = h.views.write();

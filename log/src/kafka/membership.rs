@@ -183,6 +183,20 @@ fn owned_of(list: &TopicPartitionList) -> Vec<Owned> {
         .collect()
 }
 
+/// See [`GroupMember::ownership`].
+#[derive(Debug, Clone)]
+pub struct Ownership(Arc<Mutex<BTreeSet<Owned>>>);
+
+impl Ownership {
+    /// Whether the member owns `partition` of `topic` now.
+    pub fn owns(&self, topic: &str, partition: u32) -> bool {
+        self.0
+            .lock()
+            .iter()
+            .any(|(t, p)| *p == partition && t == topic)
+    }
+}
+
 /// A member of a consumer group: joined on [`GroupMember::join`], left
 /// when dropped (or stopped with [`GroupMember::leave`]).
 pub struct GroupMember {
@@ -290,6 +304,13 @@ impl GroupMember {
     /// The partitions this member owns now.
     pub fn owned(&self) -> BTreeSet<Owned> {
         self.owned.lock().clone()
+    }
+
+    /// A handle that answers whether this member owns a partition now
+    /// (for work on other threads, e.g. a long restore that must stop once
+    /// the partition has moved on).
+    pub fn ownership(&self) -> Ownership {
+        Ownership(Arc::clone(&self.owned))
     }
 
     /// How many rebalances (assignments, empty ones included) this member
