@@ -82,6 +82,8 @@ enum BenchCommand {
     Memory(lambda_bench::MemoryBench),
     /// What a speed layer checkpoint costs: only the changed windows against the whole state, at the same moments.
     Checkpoint(lambda_bench::CheckpointBench),
+    /// A speed group losing 1 of 3 instances: how long until its partitions are consumed again, and the peak lag, after a SIGKILL beside a clean stop.
+    Failover(lambda_bench::FailoverBench),
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +361,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     lambda_bench::checkpoint::run(bench).await?
                 }
                 Some(BenchCommand::Serve(bench)) => lambda_bench::serve::run(bench).await?,
+                Some(BenchCommand::Failover(bench)) => lambda_bench::failover::run(bench).await?,
             };
             let report = lambda_bench::Report::new(figures);
             println!("\n{}", report.table());

@@ -1,6 +1,6 @@
 //! `lambda bench …`: how fast each layer is, always beside a baseline
 //! measured in the same run, so that figures are ratios that hold on noisy
-//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve|memory|checkpoint`;
+//! machines. The CLI (`lambda bench`, `lambda bench speed|batch|ingest|serve|memory|checkpoint|failover`;
 //! `lambda bench backfill`, which needs a Spark cluster, runs only on its own)
 //! only parses flags and calls [`all`] or one of these; each hands back its
 //! figures ([`report::Figure`]) and prints its own details.
@@ -10,6 +10,7 @@ mod measure;
 pub mod backfill;
 pub mod batch;
 pub mod checkpoint;
+pub mod failover;
 pub mod ingest;
 pub mod memory;
 pub mod report;
@@ -29,6 +30,7 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
     figures.extend(serve::run(ServeBench::default()).await?);
     figures.extend(memory::run(MemoryBench::default()).await?);
     figures.extend(checkpoint::run(CheckpointBench::default()).await?);
+    figures.extend(failover::run(FailoverBench::default()).await?);
     let report = Report::new(figures);
     println!("\n{}\n{}", report.machine, report.table());
     report.write_json(json)?;
@@ -39,6 +41,7 @@ pub async fn all(json: &Path) -> anyhow::Result<Report> {
 pub use backfill::BackfillBench;
 pub use batch::BatchBench;
 pub use checkpoint::CheckpointBench;
+pub use failover::FailoverBench;
 pub use ingest::IngestBench;
 pub use memory::MemoryBench;
 pub use serve::ServeBench;

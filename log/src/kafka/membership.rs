@@ -250,7 +250,13 @@ impl GroupMember {
         c.set("client.id", &membership.member);
         c.set("partition.assignment.strategy", "cooperative-sticky");
         c.set("session.timeout.ms", session_ms.to_string());
-        c.set("heartbeat.interval.ms", (session_ms / 3).to_string());
+        // A rebalance reaches the other members with their next heartbeat:
+        // at most a second apart, so partitions move within seconds of a
+        // member leaving (Kafka's default is 3 s).
+        c.set(
+            "heartbeat.interval.ms",
+            (session_ms / 3).clamp(100, 1_000).to_string(),
+        );
         c.set("enable.auto.commit", "false");
         c.set("enable.auto.offset.store", "false");
         c.set("allow.auto.create.topics", "false");
