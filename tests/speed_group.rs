@@ -429,6 +429,24 @@ async fn scenario(log_url: String, victim: usize) {
     settled(&client, &instances, &[0, 1, 2]).await;
     let serve_port = free_port();
     let _serve = stack.serve(&root.path().join("serve"), serve_port);
+    // A partition asked for by a bad number, or one not owned here, is
+    // named in a 4xx.
+    let base = format!(
+        "http://127.0.0.1:{}/internal/v1/speed/partition",
+        instances[0].port
+    );
+    for (path, status) in [
+        ("funnel-events/abc", 400),
+        ("funnel-events/-1", 400),
+        ("funnel-events/99999999999", 400),
+        ("funnel-events/0?epoch=x", 400),
+        ("no-such-topic/0", 404),
+    ] {
+        let response = client.get(format!("{base}/{path}")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["parameter"].is_string(), "{path}: {body}");
+    }
 
     // Traffic, and a SIGKILL with the data dir gone in the middle of it.
     let first = records(7, 1_767_225_600_000, 6_000);

@@ -99,6 +99,38 @@ async fn fencing_holds(store: &CheckpointStore) {
     store.delete_file(&p, "60000-a.json").await.unwrap();
     assert!(store.files(&p).await.unwrap().is_empty());
     assert!(store.commit(&p, 0, Bytes::new()).await.is_err());
+    members_are_listed(store).await;
+}
+
+/// Members announce themselves, are listed (a record that is not one is
+/// skipped, not fatal), rewrite their record, and withdraw it; a member's
+/// name must stay one plain path segment.
+async fn members_are_listed(store: &CheckpointStore) {
+    use lambda_speed::store::MemberRecord;
+    let record = |member: &str, updated_ms: i64| MemberRecord {
+        member: member.to_string(),
+        url: format!("http://{member}:8082"),
+        updated_ms,
+    };
+    assert!(store.members().await.unwrap().is_empty());
+    store.announce(&record("speed-b", 1)).await.unwrap();
+    store.announce(&record("speed-a", 2)).await.unwrap();
+    store.announce(&record("speed-b", 3)).await.unwrap();
+    assert_eq!(
+        store.members().await.unwrap(),
+        vec![record("speed-a", 2), record("speed-b", 3)]
+    );
+    for bad in ["", "../x", "a/b", ".hidden", "ü"] {
+        let error = store.announce(&record(bad, 1)).await.unwrap_err();
+        assert!(
+            format!("{error:#}").contains("member"),
+            "{bad:?}: {error:#}"
+        );
+    }
+    store.withdraw("speed-b").await.unwrap();
+    store.withdraw("speed-b").await.unwrap();
+    assert_eq!(store.members().await.unwrap(), vec![record("speed-a", 2)]);
+    store.withdraw("speed-a").await.unwrap();
 }
 
 #[tokio::test]
