@@ -154,7 +154,18 @@ pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
         .filter_map(|m| m.meta.watermark)
         .min();
     let any = || mirrors.iter().filter_map(|m| m.meta.watermark).min();
-    state.watermark = crate::window::Watermark::restored(active.or_else(any));
+    // One with records to deliver and no watermark yet (a partition being
+    // read from its start) holds it back altogether, as an expected
+    // partition does inside one state: none of its buckets is closed.
+    let waiting = mirrors.iter().any(|m| {
+        m.meta.watermark.is_none()
+            && m.meta
+                .clocks
+                .iter()
+                .any(|(_, _, max_ts, idle)| !idle && *max_ts == i64::MIN)
+    });
+    state.watermark =
+        crate::window::Watermark::restored(if waiting { None } else { active.or_else(any) });
     state.clocks = mirrors
         .iter()
         .flat_map(|m| m.meta.clocks.iter())
@@ -282,5 +293,37 @@ mod tests {
         assert_eq!(combined.offsets.len(), 2);
         // The lower watermark: instance two has seen less event time.
         assert_eq!(combined.watermark(), two.watermark());
+    }
+
+    /// Partition states combined (a speed group): an idle partition does
+    /// not hold the watermark back unless every one is idle; a partition
+    /// with records to read and none read yet holds it back altogether.
+    #[test]
+    fn idle_partitions_do_not_hold_the_combined_watermark_and_waiting_ones_do() {
+        let partition = |p: u32, ts: i64| {
+            let mut state = SpeedState::new(60_000, 3_600_000);
+            state.apply_from("funnel-events", p, &click(&format!("e{p}"), "u", ts));
+            state
+        };
+        let mirror = |state: &SpeedState| {
+            let mut m = Mirror::default();
+            m.apply(snapshot(state, 0, 0, 0));
+            m
+        };
+        let ahead = partition(0, T0 + 10 * 60_000);
+        let mut behind = partition(1, T0);
+        let both = combine(&[mirror(&ahead), mirror(&behind)], 3_600_000);
+        assert_eq!(both.watermark(), behind.watermark());
+        behind.set_idle("funnel-events", 1, true);
+        let idle = combine(&[mirror(&ahead), mirror(&behind)], 3_600_000);
+        assert_eq!(idle.watermark(), ahead.watermark());
+        let mut quiet = ahead.clone();
+        quiet.set_idle("funnel-events", 0, true);
+        let all_idle = combine(&[mirror(&quiet), mirror(&behind)], 3_600_000);
+        assert_eq!(all_idle.watermark(), behind.watermark());
+        let mut waiting = SpeedState::new(60_000, 3_600_000);
+        waiting.expect_partition("funnel-events", 2);
+        let held = combine(&[mirror(&ahead), mirror(&waiting)], 3_600_000);
+        assert_eq!(held.watermark(), None);
     }
 }

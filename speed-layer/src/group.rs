@@ -490,6 +490,11 @@ async fn claim_one(
         .unwrap_or(range.start)
         .min(range.end)
         .max(range.start);
+    if offset < range.end {
+        // Records to read: until the first arrives, the partition holds a
+        // combined watermark back (see `export::combine`).
+        claimed.state.expect_partition(&id.topic, id.partition);
+    }
     claimed.state.set_batch_boundary(shared.boundary());
     claimed.state.last_checkpoint_ms = Some(chrono::Utc::now().timestamp_millis());
     tracing::info!(%id, version = claimed.version, offset, windows = claimed.state.windows.len(), took_ms = started.elapsed().as_millis() as u64, "partition restored and claimed");
