@@ -98,6 +98,48 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// `--session-timeout`: 1 s to 5 min (librdkafka's bounds with its
+/// default poll interval).
+pub(crate) fn parse_session_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| {
+        if (Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) {
+            Ok(d)
+        } else {
+            Err(format!(
+                "{text:?} is outside 1s..=5m: a member not heard from for this long loses its partitions, e.g. 10s"
+            ))
+        }
+    })
+}
+
+/// `--group`: a consumer group's name, 1 to 255 printable ASCII characters.
+pub(crate) fn parse_group(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.len() <= 255 && text.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?}: a group's name is 1 to 255 printable ASCII characters without spaces, e.g. speed-layer"
+        ))
+    }
+}
+
+/// `--member`: a name that is one path segment of the checkpoint store.
+pub(crate) fn parse_member(text: &str) -> Result<String, String> {
+    let plain = !text.is_empty()
+        && text.len() <= 100
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if plain {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?}: a member's name is 1 to 100 ASCII letters, digits, '-' and '.', not starting with '.', e.g. speed-1"
+        ))
+    }
+}
+
 fn parse_severity(text: &str) -> Result<Severity, String> {
     Severity::parse(text.trim())
         .ok_or_else(|| format!("unknown severity {text:?}: expected low, medium, high or critical"))

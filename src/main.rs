@@ -110,7 +110,7 @@ struct SpeedArgs {
     #[arg(long, env = "LAMBDA_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     checkpoint_interval: Duration,
     /// Share the partitions as this Kafka consumer group instead of --instance/--instances: partitions move between instances by themselves, their state kept in --checkpoint-url, e.g. speed-layer.
-    #[arg(long, env = "LAMBDA_SPEED_GROUP", requires = "checkpoint_url", conflicts_with_all = ["instance", "instances"])]
+    #[arg(long, env = "LAMBDA_SPEED_GROUP", requires = "checkpoint_url", conflicts_with_all = ["instance", "instances"], value_parser = flags::parse_group)]
     group: Option<String>,
     /// The checkpoint store of --group, shared by its instances, e.g. s3://lake/speed-checkpoints or file:///shared/speed.
     #[arg(long, env = "LAMBDA_CHECKPOINT_URL", requires = "group")]
@@ -119,10 +119,10 @@ struct SpeedArgs {
     #[arg(long, env = "LAMBDA_ADVERTISE_URL")]
     advertise_url: Option<String>,
     /// This instance's name in --group (default: its advertised host and port), e.g. speed-1.
-    #[arg(long, env = "LAMBDA_SPEED_MEMBER")]
+    #[arg(long, env = "LAMBDA_SPEED_MEMBER", value_parser = flags::parse_member)]
     member: Option<String>,
     /// In --group, an instance not heard from for this long loses its partitions to the others (the failover time after a crash), e.g. 10s.
-    #[arg(long, env = "LAMBDA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LAMBDA_SESSION_TIMEOUT", default_value = "10s", value_parser = flags::parse_session_timeout)]
     session_timeout: Duration,
     #[command(flatten)]
     shared: SharedArgs,

@@ -351,6 +351,7 @@ pub async fn speed_group(
         Some(member) => member.clone(),
         None => member_name(&url),
     };
+    lambda_speed::group::check_member_free(&store, &member, &url).await?;
     placeholder.set_member(&member);
     let topics: Vec<&str> = lambda_events::Topic::ALL.iter().map(|t| t.name()).collect();
     let mut membership = lambda_log::kafka::MembershipConfig::new(&group.group, &member, &topics);

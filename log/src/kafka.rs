@@ -143,7 +143,7 @@ pub struct KafkaLog {
     config: KafkaConfig,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
-    meta: BaseConsumer,
+    meta: Arc<BaseConsumer>,
     /// One consumer per distinct set of partitions fetched (the speed layer's,
     /// each batch read's), so callers do not keep re-assigning one consumer.
     readers: Mutex<HashMap<Vec<(String, u32)>, Arc<Mutex<Reader>>>>,
@@ -243,7 +243,7 @@ impl KafkaLog {
             config,
             producer,
             admin,
-            meta,
+            meta: Arc::new(meta),
             readers: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             partitioner: Partitioner::default(),
@@ -269,34 +269,20 @@ impl KafkaLog {
 
     /// `(low, high)` of a partition, the high one checked by a probe when configured.
     fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
-        let (low, high) = self
-            .meta
-            .fetch_watermarks(topic, partition as i32, self.config.request_timeout)
-            .map_err(unavailable("fetching watermarks"))?;
-        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
-        let high = match &self.probe {
-            Some(probe) => probe_end(
-                &probe.lock(),
-                topic,
-                partition,
-                (low, high),
-                self.config.request_timeout,
-            )?,
-            None => high,
-        };
-        Ok((low, high))
+        self.metadata().watermarks(topic, partition)
     }
 
     fn topic_partitions(&self, topic: &str) -> Result<u32, LogError> {
-        let metadata = self
-            .meta
-            .fetch_metadata(Some(topic), self.config.request_timeout)
-            .map_err(unavailable("fetching metadata"))?;
-        match metadata.topics().iter().find(|t| t.name() == topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                Ok(t.partitions().len() as u32)
-            }
-            _ => Err(LogError::UnknownTopic(topic.to_string())),
+        self.metadata().topic_partitions(topic)
+    }
+
+    /// What metadata and watermark requests need, to run off the async
+    /// runtime (each waits on the broker; with `probe_end`, reads a batch).
+    fn metadata(&self) -> Metadata {
+        Metadata {
+            meta: Arc::clone(&self.meta),
+            probe: self.probe.clone(),
+            timeout: self.config.request_timeout,
         }
     }
 
@@ -427,6 +413,41 @@ fn probe_end(
         .unassign()
         .map_err(unavailable("unassigning the probe"))?;
     Ok(end)
+}
+
+/// See [`KafkaLog::metadata`].
+struct Metadata {
+    meta: Arc<BaseConsumer>,
+    probe: Option<Arc<Mutex<BaseConsumer>>>,
+    timeout: Duration,
+}
+
+impl Metadata {
+    fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
+        let (low, high) = self
+            .meta
+            .fetch_watermarks(topic, partition as i32, self.timeout)
+            .map_err(unavailable("fetching watermarks"))?;
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        let high = match &self.probe {
+            Some(probe) => probe_end(&probe.lock(), topic, partition, (low, high), self.timeout)?,
+            None => high,
+        };
+        Ok((low, high))
+    }
+
+    fn topic_partitions(&self, topic: &str) -> Result<u32, LogError> {
+        let metadata = self
+            .meta
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(unavailable("fetching metadata"))?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len() as u32)
+            }
+            _ => Err(LogError::UnknownTopic(topic.to_string())),
+        }
+    }
 }
 
 fn blocking<T: Send + 'static>(
@@ -764,13 +785,20 @@ impl EventLog for KafkaLog {
     }
 
     async fn ranges(&self, topic: &str) -> Result<Vec<PartitionRange>, LogError> {
-        let n = self.topic_partitions(topic)?;
-        let mut out = Vec::with_capacity(n as usize);
-        for partition in 0..n {
-            let (start, end) = self.watermarks(topic, partition)?;
-            out.push(PartitionRange { start, end });
-        }
-        Ok(out)
+        // On a blocking thread: each partition's watermarks wait on the
+        // broker (and with `probe_end` read its last batch), which held a
+        // runtime worker for as long — and every caller behind it.
+        let (metadata, topic) = (self.metadata(), topic.to_string());
+        blocking(move || {
+            let n = metadata.topic_partitions(&topic)?;
+            let mut out = Vec::with_capacity(n as usize);
+            for partition in 0..n {
+                let (start, end) = metadata.watermarks(&topic, partition)?;
+                out.push(PartitionRange { start, end });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn fetch(

@@ -308,7 +308,11 @@ pub async fn run_group_mirror(
                     let expiry = MEMBER_EXPIRY.as_millis() as i64;
                     members = listed
                         .into_iter()
-                        .filter(|m| now.saturating_sub(m.updated_ms) < expiry)
+                        // Not rewritten for a minute, or stamped a minute
+                        // ahead of this clock: not a live member.
+                        .filter(|m| {
+                            now.saturating_sub(m.updated_ms).unsigned_abs() < expiry.unsigned_abs()
+                        })
                         .collect();
                     members_error = None;
                 }

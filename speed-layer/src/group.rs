@@ -242,6 +242,32 @@ enum Outcome {
 /// Checkpoints being written: `(partition, version, result)` each.
 type Writing = tokio::task::JoinHandle<Vec<(PartitionId, u64, Result<Outcome, CheckpointError>)>>;
 
+/// Refuses a member name another live instance announces from another URL
+/// (its record rewritten within three announce intervals): two instances
+/// under one name would overwrite each other's record, and serving would
+/// find only one of them. A record of this URL (this instance restarted) is
+/// fine.
+pub async fn check_member_free(
+    store: &CheckpointStore,
+    member: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let live = (ANNOUNCE_INTERVAL * 3).as_millis() as i64;
+    for record in store.members().await? {
+        let age = now.saturating_sub(record.updated_ms);
+        anyhow::ensure!(
+            record.member != member
+                || record.url == url
+                || age.unsigned_abs() >= live.unsigned_abs(),
+            "--member {member}: another instance announced that name {} ms ago from {} (give each instance its own --member, or stop that one first)",
+            age,
+            record.url
+        );
+    }
+    Ok(())
+}
+
 /// Runs this instance as a member of the group until `shutdown`: then it
 /// checkpoints what it owns, leaves the group (its partitions go to the
 /// others at once) and withdraws its member record.
@@ -430,9 +456,29 @@ async fn claim_all(
     held: &mut BTreeMap<PartitionId, Held>,
     ids: Vec<PartitionId>,
 ) {
+    if ids.is_empty() {
+        return;
+    }
+    // Each topic's offset ranges once for all of its partitions.
+    let mut topics: Vec<&str> = ids.iter().map(|id| id.topic.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let read = topics.iter().map(|topic| log.ranges(topic));
+    let mut ranges = HashMap::new();
+    for (topic, read) in topics.iter().zip(futures::future::join_all(read).await) {
+        match read {
+            Ok(read) => {
+                ranges.insert(topic.to_string(), read);
+            }
+            Err(error) => {
+                tracing::warn!(%topic, %error, "reading the topic's offset ranges; its partitions are claimed at the next checkpoint");
+            }
+        }
+    }
     let claims = ids
-        .into_iter()
-        .map(|id| claim_one(config, store, log.as_ref(), shared, owns, id));
+        .iter()
+        .filter_map(|id| Some((id, ranges.get(&id.topic)?.get(id.partition as usize)?)))
+        .map(|(id, range)| claim_one(config, store, shared, owns, id.clone(), *range));
     for (id, claimed) in futures::future::join_all(claims)
         .await
         .into_iter()
@@ -448,10 +494,10 @@ async fn claim_all(
 async fn claim_one(
     config: &GroupConfig,
     store: &Arc<CheckpointStore>,
-    log: &dyn EventLog,
     shared: &GroupViews,
     owns: &Owns,
     id: PartitionId,
+    range: lambda_log::PartitionRange,
 ) -> Option<(PartitionId, Held)> {
     let started = Instant::now();
     let (claiming, speed, store) = (id.clone(), config.speed.clone(), Arc::clone(store));
@@ -469,17 +515,6 @@ async fn claim_one(
             tracing::warn!(%id, error = %format!("{error:#}"), "claiming a partition failed; trying again at the next checkpoint");
             return None;
         }
-    };
-    let range = match log.ranges(&id.topic).await {
-        Ok(ranges) => ranges.get(id.partition as usize).copied(),
-        Err(error) => {
-            tracing::warn!(%id, %error, "reading the partition's range; trying again at the next checkpoint");
-            return None;
-        }
-    };
-    let Some(range) = range else {
-        tracing::warn!(%id, "the partition is not in the log");
-        return None;
     };
     let key = (id.topic.clone(), id.partition);
     let offset = claimed
