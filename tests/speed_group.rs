@@ -527,3 +527,57 @@ async fn a_killed_leader_s_partitions_move_to_the_others_exactly_on_the_mock_clu
     mock.create_topic("dead-letter", 1).unwrap();
     scenario(format!("kafka://{}", mock.bootstrap_servers()), 0).await;
 }
+
+/// `lambda speed --group`'s flags are checked before anything starts, at
+/// both sides of each bound, naming the flag; accepted ones get as far as
+/// the next check (here: no shared log was given).
+#[test]
+fn group_flags_are_checked_at_both_sides_of_their_bounds() {
+    let run = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lambda"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("LAMBDA_") {
+                command.env_remove(key);
+            }
+        }
+        let output = command
+            .args(["speed", "--checkpoint-url", "memory://"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let accepted = |extra: &[&str]| {
+        let stderr = run(extra);
+        assert!(stderr.contains("needs a shared log"), "{extra:?}: {stderr}");
+    };
+    let refused = |extra: &[&str], flag: &str| {
+        let stderr = run(extra);
+        assert!(stderr.contains(flag), "{extra:?}: {stderr}");
+        assert!(
+            !stderr.contains("needs a shared log"),
+            "{extra:?}: {stderr}"
+        );
+    };
+    let g = ["--group", "g"];
+    accepted(&[&g[..], &["--session-timeout", "1s"]].concat());
+    accepted(&[&g[..], &["--session-timeout", "5m"]].concat());
+    refused(
+        &[&g[..], &["--session-timeout", "999ms"]].concat(),
+        "--session-timeout",
+    );
+    refused(
+        &[&g[..], &["--session-timeout", "301s"]].concat(),
+        "--session-timeout",
+    );
+    let (long, longer) = ("m".repeat(100), "m".repeat(101));
+    accepted(&[&g[..], &["--member", &long]].concat());
+    refused(&[&g[..], &["--member", &longer]].concat(), "--member");
+    refused(&[&g[..], &["--member", "../x"]].concat(), "--member");
+    refused(&[&g[..], &["--member", ".m"]].concat(), "--member");
+    accepted(&["--group", &"g".repeat(255)]);
+    refused(&["--group", &"g".repeat(256)], "--group");
+    refused(&["--group", ""], "--group");
+    refused(&["--group", "a b"], "--group");
+}
