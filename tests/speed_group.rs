@@ -190,11 +190,7 @@ fn records(seed: u64, start_ms: i64, lines: usize) -> Vec<(String, Record)> {
         .map(|_| {
             let line = generator.next_line().bytes;
             let event = Event::from_json(&line).unwrap();
-            let key = event
-                .user_id
-                .clone()
-                .or(event.device_id.clone())
-                .unwrap_or_default();
+            let key = event.key().to_string();
             (
                 event.topic().name().to_string(),
                 Record::keyed(key, line, event.ts),

@@ -146,11 +146,7 @@ async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
     for _ in 0..LINES {
         let line = generator.next_line().bytes;
         let event = Event::from_json(&line).unwrap();
-        let key = event
-            .user_id
-            .clone()
-            .or(event.device_id.clone())
-            .unwrap_or_default();
+        let key = event.key().to_string();
         records.push((
             event.topic().name().to_string(),
             Record::keyed(key, line, event.ts),

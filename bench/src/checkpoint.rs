@@ -96,9 +96,8 @@ pub async fn run(bench: CheckpointBench) -> anyhow::Result<Vec<Figure>> {
 /// The partition a key's records go to (any stable hash splits alike).
 fn partition_of(event: &Event, partitions: u32) -> usize {
     use std::hash::{Hash, Hasher};
-    let key = event.user_id.as_deref().or(event.device_id.as_deref());
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.unwrap_or_default().hash(&mut hasher);
+    event.key().hash(&mut hasher);
     (hasher.finish() % u64::from(partitions)) as usize
 }
 

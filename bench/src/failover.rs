@@ -379,11 +379,7 @@ async fn produce(log: KafkaLog, rate: f64, stop: CancellationToken) -> anyhow::R
             let Ok(event) = Event::from_json(&line) else {
                 continue;
             };
-            let key = event
-                .user_id
-                .clone()
-                .or(event.device_id.clone())
-                .unwrap_or_default();
+            let key = event.key().to_string();
             let at = TOPICS
                 .iter()
                 .position(|t| *t == event.topic().name())

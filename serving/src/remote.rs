@@ -78,14 +78,7 @@ pub async fn run_speed_mirror(
         .collect();
     let mut interval = tokio::time::interval(SPEED_POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                feed.write().close();
-                return Ok(());
-            }
-            _ = interval.tick() => {}
-        }
+    while next_poll(&mut interval, &shutdown, &feed).await {
         let cursors: Vec<u64> = {
             let feed = feed.read();
             (0..urls.len()).map(|i| feed.cursor(i)).collect()
@@ -110,17 +103,7 @@ pub async fn run_speed_mirror(
             let mut health = health.write();
             match result {
                 Ok(snapshot) => {
-                    // The mirror's meta is the previous snapshot without its windows.
-                    changed |= !snapshot.windows.is_empty()
-                        || Snapshot {
-                            windows: Vec::new(),
-                            ..snapshot.clone()
-                        } != mirrors[i].meta;
-                    let epoch = snapshot.epoch;
-                    let alerts = mirrors[i].apply(snapshot);
-                    if !alerts.is_empty() || feed.read().epoch(i) != Some(epoch) {
-                        feed.write().push(i, epoch, alerts);
-                    }
+                    changed |= take_snapshot(&mut mirrors[i], snapshot, i, &feed);
                     health[i].last_ok_ms = Some(now);
                     health[i].error = None;
                 }
@@ -137,6 +120,45 @@ pub async fn run_speed_mirror(
             *views.write() = combined;
         }
     }
+    Ok(())
+}
+
+/// Waits for the next poll; `false` once `shutdown` fires (the alert feed
+/// is closed then, so its streams end).
+async fn next_poll(
+    interval: &mut tokio::time::Interval,
+    shutdown: &CancellationToken,
+    feed: &crate::alerts::SharedFeed,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            feed.write().close();
+            false
+        }
+        _ = interval.tick() => true,
+    }
+}
+
+/// Applies a polled snapshot to `mirror` and passes its alert transitions
+/// to the feed as `source`; whether the mirror changed.
+fn take_snapshot(
+    mirror: &mut Mirror,
+    snapshot: Snapshot,
+    source: usize,
+    feed: &crate::alerts::SharedFeed,
+) -> bool {
+    // The mirror's meta is the previous snapshot without its windows.
+    let changed = !snapshot.windows.is_empty()
+        || Snapshot {
+            windows: Vec::new(),
+            ..snapshot.clone()
+        } != mirror.meta;
+    let epoch = snapshot.epoch;
+    let alerts = mirror.apply(snapshot);
+    if !alerts.is_empty() || feed.read().epoch(source) != Some(epoch) {
+        feed.write().push(source, epoch, alerts);
+    }
+    changed
 }
 
 /// One snapshot from `url` (a full snapshot path).
@@ -292,14 +314,7 @@ pub async fn run_group_mirror(
     let mut sources = 0usize;
     let mut interval = tokio::time::interval(SPEED_POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                feed.write().close();
-                return Ok(());
-            }
-            _ = interval.tick() => {}
-        }
+    while next_poll(&mut interval, &shutdown, &feed).await {
         if listed_at.is_none_or(|at| at.elapsed() >= MEMBERS_POLL_INTERVAL) {
             listed_at = Some(tokio::time::Instant::now());
             match store.members().await {
@@ -409,21 +424,12 @@ pub async fn run_group_mirror(
             };
             match result {
                 Ok(snapshot) => {
-                    changed |= !snapshot.windows.is_empty()
-                        || Snapshot {
-                            windows: Vec::new(),
-                            ..snapshot.clone()
-                        } != copy.mirror.meta;
-                    let epoch = snapshot.epoch;
                     if copy.fresh {
                         copy.mirror = Mirror::default();
                         copy.fresh = false;
                         changed = true;
                     }
-                    let alerts = copy.mirror.apply(snapshot);
-                    if !alerts.is_empty() || feed.read().epoch(copy.source) != Some(epoch) {
-                        feed.write().push(copy.source, epoch, alerts);
-                    }
+                    changed |= take_snapshot(&mut copy.mirror, snapshot, copy.source, &feed);
                     copy.error = None;
                 }
                 Err(error) => copy.error = Some(error),
@@ -463,4 +469,5 @@ pub async fn run_group_mirror(
             "partitions": partition_list,
         });
     }
+    Ok(())
 }
