@@ -101,6 +101,14 @@ impl std::fmt::Debug for Started {
     }
 }
 
+/// The state other processes' speed views are mirrored into.
+fn mirrored_views(config: &Config) -> SpeedViews {
+    Arc::new(RwLock::new(SpeedState::new(
+        config.allowed_lateness_ms,
+        lambda_speed::DEFAULT_HORIZON_MS,
+    )))
+}
+
 /// Starts serving on `sources`; its tasks end when `shutdown` is cancelled.
 pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToken) -> Started {
     let mut tasks: Vec<(&'static str, Task)> = Vec::new();
@@ -117,10 +125,7 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
             (reader, Some(boundary))
         }
         SpeedSource::Remote(urls) => {
-            let views: SpeedViews = Arc::new(RwLock::new(SpeedState::new(
-                config.allowed_lateness_ms,
-                lambda_speed::DEFAULT_HORIZON_MS,
-            )));
+            let views = mirrored_views(&config);
             let health: crate::remote::SpeedHealth = Arc::default();
             let mirror = crate::remote::run_speed_mirror(
                 urls,
@@ -136,10 +141,7 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
             (SpeedReader::new(&views), None)
         }
         SpeedSource::Group(store) => {
-            let views: SpeedViews = Arc::new(RwLock::new(SpeedState::new(
-                config.allowed_lateness_ms,
-                lambda_speed::DEFAULT_HORIZON_MS,
-            )));
+            let views = mirrored_views(&config);
             let health: crate::remote::GroupHealth = Arc::default();
             let mirror = crate::remote::run_group_mirror(
                 store,
