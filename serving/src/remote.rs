@@ -457,7 +457,7 @@ pub async fn run_group_mirror(
                 json!({ "topic": id.topic, "partition": id.partition, "owner": c.owner, "url": c.url,
                     "owned_now": owners.contains_key(id),
                     "checkpoint_version": c.version,
-                    "checkpoint_age_ms": c.last_checkpoint_ms.map(|t| now.saturating_sub(t)),
+                    "checkpoint_age_ms": c.last_checkpoint_ms.map(|t| now.saturating_sub(t).max(0)),
                     "watermark": c.mirror.meta.watermark,
                     "error": c.error })
             })

@@ -78,7 +78,6 @@ pub fn runner_status(s: &BatchStatus) -> Value {
 
 /// Builds the status document.
 pub async fn snapshot(state: &ServingState) -> Value {
-    let now = chrono::Utc::now().timestamp_millis();
     let mut ends: Vec<(String, u32, u64, u64)> = Vec::new();
     if let Some(log) = &state.status.log {
         for topic in [Topic::FUNNEL, Topic::IOT, Topic::DEAD_LETTER] {
@@ -94,6 +93,9 @@ pub async fn snapshot(state: &ServingState) -> Value {
             .find(|(t, p, _, _)| t == topic && *p == partition)
             .map(|(_, _, _, e)| *e)
     };
+    // After the log's answers (they may take a while): ages are of what
+    // is read below.
+    let now = chrono::Utc::now().timestamp_millis();
     let batch_views = state.batch.read().clone();
     let speed = {
         let s = state.speed.summary();
@@ -129,7 +131,7 @@ pub async fn snapshot(state: &ServingState) -> Value {
                 .map(|(t, start, n)| json!({ "topic": t.name(), "window_start": start, "late": n }))
                 .collect::<Vec<_>>(),
             "last_checkpoint_ms": s.last_checkpoint_ms,
-            "checkpoint_age_ms": s.last_checkpoint_ms.map(|t| now - t),
+            "checkpoint_age_ms": s.last_checkpoint_ms.map(|t| now.saturating_sub(t).max(0)),
             "checkpoint_error": s.checkpoint_error,
             "partitions": partitions,
         })
