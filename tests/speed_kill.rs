@@ -100,6 +100,16 @@ async fn snapshot(client: &reqwest::Client, port: u16) -> Option<Value> {
     client.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// Partitions whose clock has a record's time (not one waiting for its first).
+fn started_clocks(snapshot: &Value) -> usize {
+    snapshot["clocks"].as_array().map_or(0, |clocks| {
+        clocks
+            .iter()
+            .filter(|c| c[2].as_i64() != Some(i64::MIN))
+            .count()
+    })
+}
+
 fn consumed(snapshot: &Value) -> u64 {
     snapshot["offsets"]
         .as_array()
@@ -156,14 +166,45 @@ async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
         KafkaConfig::from_url_tail(log_url.strip_prefix("kafka://").unwrap()).unwrap(),
     )
     .unwrap();
-    // Both read from the first chunk on: a process that starts late (a
-    // loaded machine) would find a backlog, fold one partition's minutes
-    // before another's first record, and count that one's events late —
-    // a difference of interleaving, not of recovery.
+    // Every partition's clock starts in both processes before the rest is
+    // fed: a process that has not seen a partition yet lets the others
+    // alone move its watermark, so one that fell behind (a loaded machine)
+    // and read a backlog folded one partition's minutes before another's
+    // first record and counted that one's events late — a difference of
+    // interleaving at the start, not of recovery.
     consuming(&dir_a, 1).await;
     consuming(&dir_b, 1).await;
+    let (first, rest) = records.split_at(400);
+    let mut by_topic: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for (topic, record) in first {
+        by_topic
+            .entry(topic.clone())
+            .or_default()
+            .push(record.clone());
+    }
+    for (topic, batch) in by_topic {
+        feeder_log.append(&topic, batch).await.unwrap();
+    }
+    let client = reqwest::Client::new();
+    for port in [port_a, port_b] {
+        eventually(
+            "every partition's clock started",
+            Duration::from_secs(60),
+            || async {
+                match snapshot(&client, port).await {
+                    Some(s) if consumed(&s) == 400 && started_clocks(&s) == 8 => Ok(()),
+                    other => Err(format!(
+                        "{:?}",
+                        other.map(|s| (consumed(&s), s["clocks"].clone()))
+                    )),
+                }
+            },
+        )
+        .await;
+    }
+    let rest = rest.to_vec();
     let feeder = tokio::spawn(async move {
-        for chunk in records.chunks(100) {
+        for chunk in rest.chunks(100) {
             let mut by_topic: BTreeMap<String, Vec<Record>> = BTreeMap::new();
             for (topic, record) in chunk {
                 by_topic
@@ -217,7 +258,6 @@ async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
             .sum::<u64>();
     }
     assert_eq!(total, LINES as u64);
-    let client = reqwest::Client::new();
     let (a, b) = eventually(
         "both instances caught up",
         Duration::from_secs(90),
