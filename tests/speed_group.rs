@@ -425,6 +425,41 @@ async fn scenario(log_url: String, victim: usize) {
     settled(&client, &instances, &[0, 1, 2]).await;
     let serve_port = free_port();
     let _serve = stack.serve(&root.path().join("serve"), serve_port);
+    // Each member's own metric families, with what it owns.
+    let port = instances[1].port;
+    let metrics = eventually(
+        "a member's metrics saying what it owns",
+        Duration::from_secs(30),
+        || async {
+            let owned = ownership(&client, port).await.ok_or("no ownership")?;
+            let metrics = client
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            let line = format!(
+                "lambda_speed_group_partitions_owned {}",
+                owned.partitions.len()
+            );
+            if metrics.contains(&line) {
+                Ok(metrics)
+            } else {
+                Err(format!("{line} not in:\n{metrics}"))
+            }
+        },
+    )
+    .await;
+    for family in [
+        "lambda_speed_group_rebalances_total",
+        "lambda_speed_group_checkpoint_version{",
+        "lambda_speed_group_checkpoint_age_seconds{",
+        "lambda_speed_events_total",
+    ] {
+        assert!(metrics.contains(family), "{family} in:\n{metrics}");
+    }
     // A partition asked for by a bad number, or one not owned here, is
     // named in a 4xx.
     let base = format!(

@@ -127,7 +127,9 @@ pub fn group_router(group: GroupViews, log: Arc<dyn EventLog>) -> Router {
             get(
                 |State((group, log)): State<(GroupViews, Arc<dyn EventLog>)>| async move {
                     let views = Arc::new(parking_lot::RwLock::new(combined(&group)));
-                    metrics(State(HttpState { views, log })).await
+                    let mut out = metrics_text(&views, log.as_ref()).await;
+                    group_metrics(&group, &mut out);
+                    exposition(out)
                 },
             ),
         )
@@ -185,6 +187,11 @@ async fn get_partition(
 }
 
 async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response {
+    exposition(metrics_text(&views, log.as_ref()).await)
+}
+
+/// The speed layer's families for `views`, with lag against `log`'s ends.
+async fn metrics_text(views: &SpeedViews, log: &dyn EventLog) -> String {
     // End offsets of the partitions this instance consumes (a failed read leaves lag out).
     let mut ends: Vec<(String, u32, u64)> = Vec::new();
     for topic in Topic::ALL {
@@ -199,6 +206,11 @@ async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response 
     let summary = views.read().summary();
     let mut out = String::new();
     crate::metrics::render(&summary, &end_offsets, &mut out);
+    out
+}
+
+/// A Prometheus text exposition.
+fn exposition(out: String) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -207,6 +219,56 @@ async fn metrics(State(HttpState { views, log }): State<HttpState>) -> Response 
         out,
     )
         .into_response()
+}
+
+/// A group member's own families: what it owns, its rebalances, and each
+/// owned partition's checkpoint version and age.
+fn group_metrics(group: &GroupViews, out: &mut String) {
+    use lambda_events::prometheus::{family, one, partition_labels};
+    let owned = group.ownership();
+    let now = chrono::Utc::now().timestamp_millis();
+    family(
+        out,
+        "lambda_speed_group_partitions_owned",
+        "gauge",
+        "Partitions this speed group member owns.",
+        &one(owned.partitions.len() as f64),
+    );
+    family(
+        out,
+        "lambda_speed_group_rebalances_total",
+        "counter",
+        "Rebalances (assignments) this member took part in.",
+        &one(owned.rebalances as f64),
+    );
+    let versions: Vec<(String, f64)> = owned
+        .partitions
+        .iter()
+        .map(|p| (partition_labels(&p.topic, p.partition), p.version as f64))
+        .collect();
+    family(
+        out,
+        "lambda_speed_group_checkpoint_version",
+        "gauge",
+        "The checkpoint version this member last committed for the partition (its claim).",
+        &versions,
+    );
+    let ages: Vec<(String, f64)> = owned
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let at = p.last_checkpoint_ms?;
+            let age = now.saturating_sub(at).max(0) as f64 / 1e3;
+            Some((partition_labels(&p.topic, p.partition), age))
+        })
+        .collect();
+    family(
+        out,
+        "lambda_speed_group_checkpoint_age_seconds",
+        "gauge",
+        "Seconds since the partition's last durable checkpoint.",
+        &ages,
+    );
 }
 
 /// What is wrong with the speed layer, if anything: its checkpoints fail
