@@ -336,22 +336,36 @@ impl KafkaLog {
     }
 }
 
-/// Settings of a consumer that reads at positions it is given (no group membership).
-fn fetch_client(config: &KafkaConfig) -> ClientConfig {
+/// What every consumer of ours sets: the brokers, `group`, no automatic
+/// commits or offset stores (offsets are committed after checkpoints), no
+/// topics created by reading, the reconnect backoff. Set what is the
+/// consumer's own next, then [`with_client_options`].
+pub(super) fn consumer_client(config: &KafkaConfig, group: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers);
     c.set("allow.auto.create.topics", "false");
-    c.set("group.id", "lambda-pipeline-fetch");
+    c.set("group.id", group);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
-    c.set("auto.offset.reset", "error");
-    c.set("fetch.wait.max.ms", "100");
-    c.set("isolation.level", "read_uncommitted");
     set_reconnect_backoff(&mut c);
+    c
+}
+
+/// The URL's librdkafka properties, set last: the user's word wins.
+pub(super) fn with_client_options(mut c: ClientConfig, config: &KafkaConfig) -> ClientConfig {
     for (k, v) in &config.client_options {
         c.set(k, v);
     }
     c
+}
+
+/// Settings of a consumer that reads at positions it is given (no group membership).
+fn fetch_client(config: &KafkaConfig) -> ClientConfig {
+    let mut c = consumer_client(config, "lambda-pipeline-fetch");
+    c.set("auto.offset.reset", "error");
+    c.set("fetch.wait.max.ms", "100");
+    c.set("isolation.level", "read_uncommitted");
+    with_client_options(c, config)
 }
 
 /// Reconnect within a second of a broker coming back. librdkafka's default

@@ -20,11 +20,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use super::{KafkaConfig, set_reconnect_backoff, unavailable};
+use super::{KafkaConfig, consumer_client, unavailable, with_client_options};
 use crate::LogError;
 
 /// How a member takes part in its group.
@@ -244,9 +243,7 @@ impl GroupMember {
             .session_timeout
             .as_millis()
             .clamp(1_000, 3_600_000);
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &kafka.bootstrap_servers);
-        c.set("group.id", &membership.group);
+        let mut c = consumer_client(kafka, &membership.group);
         c.set("client.id", &membership.member);
         c.set("partition.assignment.strategy", "cooperative-sticky");
         c.set("session.timeout.ms", session_ms.to_string());
@@ -257,14 +254,7 @@ impl GroupMember {
             "heartbeat.interval.ms",
             (session_ms / 3).clamp(100, 1_000).to_string(),
         );
-        c.set("enable.auto.commit", "false");
-        c.set("enable.auto.offset.store", "false");
-        c.set("allow.auto.create.topics", "false");
-        set_reconnect_backoff(&mut c);
-        for (k, v) in &kafka.client_options {
-            c.set(k, v);
-        }
-        let consumer: BaseConsumer<Context> = c
+        let consumer: BaseConsumer<Context> = with_client_options(c, kafka)
             .create_with_context(context)
             .map_err(unavailable("creating a group member"))?;
         let topics: Vec<&str> = membership.topics.iter().map(String::as_str).collect();
