@@ -138,8 +138,8 @@ pub fn group_router(group: GroupViews, log: Arc<dyn EventLog>) -> Router {
 
 /// One state of everything `group` owns.
 fn combined(group: &GroupViews) -> SpeedState {
-    let mirrors: Vec<Mirror> = group
-        .shares()
+    let shares = group.shares();
+    let mirrors: Vec<Mirror> = shares
         .iter()
         .map(|(_, share)| {
             let mut mirror = Mirror::default();
@@ -147,12 +147,9 @@ fn combined(group: &GroupViews) -> SpeedState {
             mirror
         })
         .collect();
-    let horizon = group
-        .shares()
-        .first()
-        .map_or(crate::DEFAULT_HORIZON_MS, |(_, s)| {
-            s.views.read().horizon_ms()
-        });
+    let horizon = shares.first().map_or(crate::DEFAULT_HORIZON_MS, |(_, s)| {
+        s.views.read().horizon_ms()
+    });
     combine(&mirrors, horizon)
 }
 
