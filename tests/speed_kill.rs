@@ -100,6 +100,17 @@ async fn snapshot(client: &reqwest::Client, port: u16) -> Option<Value> {
     client.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// Appends `records` (`(topic, record)`), one batch per topic.
+async fn append(log: &KafkaLog, records: &[(String, Record)]) {
+    let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
+    for (topic, record) in records {
+        by_topic.entry(topic).or_default().push(record.clone());
+    }
+    for (topic, batch) in by_topic {
+        log.append(topic, batch).await.unwrap();
+    }
+}
+
 /// Partitions whose clock has a record's time (not one waiting for its first).
 fn started_clocks(snapshot: &Value) -> usize {
     snapshot["clocks"].as_array().map_or(0, |clocks| {
@@ -175,16 +186,7 @@ async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
     consuming(&dir_a, 1).await;
     consuming(&dir_b, 1).await;
     let (first, rest) = records.split_at(400);
-    let mut by_topic: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-    for (topic, record) in first {
-        by_topic
-            .entry(topic.clone())
-            .or_default()
-            .push(record.clone());
-    }
-    for (topic, batch) in by_topic {
-        feeder_log.append(&topic, batch).await.unwrap();
-    }
+    append(&feeder_log, first).await;
     let client = reqwest::Client::new();
     for port in [port_a, port_b] {
         eventually(
@@ -205,16 +207,7 @@ async fn killed_and_restarted_speed_equals_an_uninterrupted_one() {
     let rest = rest.to_vec();
     let feeder = tokio::spawn(async move {
         for chunk in rest.chunks(100) {
-            let mut by_topic: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-            for (topic, record) in chunk {
-                by_topic
-                    .entry(topic.clone())
-                    .or_default()
-                    .push(record.clone());
-            }
-            for (topic, records) in by_topic {
-                feeder_log.append(&topic, records).await.unwrap();
-            }
+            append(&feeder_log, chunk).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         feeder_log
