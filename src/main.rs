@@ -243,6 +243,9 @@ struct CompareArgs {
     /// Print the comparison as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The batch side's engine: duckdb, or spark / auto on a server started with --spark-url (default: the server's own --batch-engine).
+    #[arg(long, env = "LAMBDA_BATCH_ENGINE", value_parser = ["duckdb", "spark", "auto"])]
+    batch_engine: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -331,8 +334,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Generate(args) => generate(args).await,
         Command::Compare(args) => {
-            let (json, comparison) =
-                lambda_kappa::client::compare(&args.url, args.from, args.to).await?;
+            let (json, comparison) = lambda_kappa::client::compare(
+                &args.url,
+                args.from,
+                args.to,
+                args.batch_engine.as_deref(),
+            )
+            .await?;
             match args.json {
                 true => println!("{json}"),
                 false => print!("{}", lambda_kappa::compare::render(&comparison)),

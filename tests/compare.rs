@@ -183,6 +183,48 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["parameter"], "from");
 
+    // The batch side's engine: this demo has no Spark URL, so only DuckDB
+    // (its own engine: the same answer, from the cache); others are named.
+    let response = client
+        .get(format!("{url}&engine=duckdb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-cache"], "hit");
+    let again: Comparison = response.json().await.unwrap();
+    assert!(
+        again.cost.lambda.what.starts_with("DuckDB "),
+        "{}",
+        again.cost.lambda.what
+    );
+    for (engine, says) in [
+        ("spark", "--spark-url"),
+        ("auto", "--spark-url"),
+        ("flink", "expected duckdb, spark or auto"),
+    ] {
+        let response = client
+            .get(format!("{url}&engine={engine}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{engine}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["parameter"], "engine", "{body}");
+        assert!(body["error"].as_str().unwrap().contains(says), "{body}");
+    }
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lambda"))
+        .args(["compare", "--url", &base, "--batch-engine", "spark"])
+        .env_remove("LAMBDA_BATCH_ENGINE")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("400") && stderr.contains("--spark-url"),
+        "{stderr}"
+    );
+
     // The command prints the same comparison as a table.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lambda"))
         .args(["compare", "--url", &base, "--from"])

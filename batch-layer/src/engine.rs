@@ -71,6 +71,33 @@ impl BatchEngine {
         }
     }
 
+    /// The engine `name` asks for on a process started with this one, as
+    /// `GET /api/v1/compare?engine=` does: `duckdb` always; `spark` or
+    /// `auto` only with this process's Spark URL (a request never brings
+    /// a URL of its own), and `spark` only over a lake Spark can read.
+    /// The error names what is wrong and how to mend it.
+    pub fn choose(&self, name: &str, lake: &crate::Lake) -> Result<BatchEngine, String> {
+        let config = match self {
+            BatchEngine::DuckDb => None,
+            BatchEngine::Spark(config) | BatchEngine::Auto(config) => Some(config),
+        };
+        let chosen = match (name, config) {
+            ("duckdb", _) => BatchEngine::DuckDb,
+            ("spark", Some(config)) => BatchEngine::Spark(config.clone()),
+            ("auto", Some(config)) => BatchEngine::Auto(config.clone()),
+            ("spark" | "auto", None) => {
+                return Err(format!(
+                    "{name}: this process has no Spark Connect server to use (start it with --batch-engine auto --spark-url sc://host:port)"
+                ));
+            }
+            (other, _) => {
+                return Err(format!("{other:?}: expected duckdb, spark or auto"));
+            }
+        };
+        chosen.check_lake(lake).map_err(|e| format!("{e:#}"))?;
+        Ok(chosen)
+    }
+
     /// `duckdb`, `spark` or `auto`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -570,6 +597,54 @@ mod tests {
         let auto = BatchEngine::Auto(SparkConfig::new("sc://127.0.0.1:15002"));
         auto.check_lake(&memory).unwrap();
         assert!(auto.spark_session("batch", &memory).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_request_chooses_among_the_engines_its_process_can_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = crate::Lake::open(
+            &format!("file://{}", dir.path().join("lake").display()),
+            dir.path().join("c"),
+        )
+        .unwrap();
+        let memory = crate::Lake::open("memory://", dir.path().join("m")).unwrap();
+        let config = SparkConfig::new("sc://127.0.0.1:15002");
+        let auto = BatchEngine::Auto(config.clone());
+        assert_eq!(auto.choose("duckdb", &file).unwrap(), BatchEngine::DuckDb);
+        assert_eq!(
+            auto.choose("spark", &file).unwrap(),
+            BatchEngine::Spark(config.clone())
+        );
+        assert_eq!(auto.choose("auto", &file).unwrap(), auto);
+        let spark = BatchEngine::Spark(config.clone());
+        assert_eq!(spark.choose("auto", &file).unwrap(), auto);
+        // Without a Spark URL only DuckDB; a lake Spark cannot read only
+        // on DuckDB or auto; an unknown name is named.
+        let duckdb = BatchEngine::DuckDb;
+        assert_eq!(duckdb.choose("duckdb", &memory).unwrap(), duckdb);
+        assert!(
+            duckdb
+                .choose("spark", &file)
+                .unwrap_err()
+                .contains("--spark-url")
+        );
+        assert!(
+            duckdb
+                .choose("auto", &file)
+                .unwrap_err()
+                .contains("--spark-url")
+        );
+        assert!(
+            auto.choose("spark", &memory)
+                .unwrap_err()
+                .contains("memory://")
+        );
+        assert_eq!(auto.choose("auto", &memory).unwrap(), auto);
+        assert!(
+            auto.choose("Spark", &file)
+                .unwrap_err()
+                .contains("expected duckdb, spark or auto")
+        );
     }
 
     #[test]

@@ -170,6 +170,31 @@ async fn spark_computes_the_same_views_as_duckdb_on_both_workers() {
     assert_eq!(report.views_engine, ViewsEngine::Spark);
     assert_same_view_files(&ctx.lake, &on_spark.lake).await;
 
+    // `lambda compare`'s batch side (recomputed, not committed) on Spark:
+    // the same views as on DuckDB.
+    let retained = std::collections::BTreeMap::new();
+    let recompute = |engine: BatchEngine| {
+        let (lake, manifest, retained) = (&ctx.lake, &manifest, &retained);
+        async move {
+            lambda_batch::recompute::recompute(lake, manifest, from, to, retained, &engine)
+                .await
+                .unwrap()
+        }
+    };
+    let by_duckdb = recompute(BatchEngine::DuckDb).await;
+    let by_spark = recompute(spark_engine.clone()).await;
+    assert_eq!(by_spark.views_engine, ViewsEngine::Spark);
+    assert_eq!(by_duckdb.views_engine, ViewsEngine::Duckdb);
+    assert!(by_duckdb.buckets.len() >= 60, "{}", by_duckdb.buckets.len());
+    assert!(
+        by_spark.buckets == by_duckdb.buckets,
+        "the recomputed views differ"
+    );
+    assert_eq!(
+        (by_spark.rows, by_spark.files),
+        (by_duckdb.rows, by_duckdb.files)
+    );
+
     // An unreachable Connect server: the run fails at once naming it, and
     // commits nothing; the next run on Spark converges.
     let dead_port = std::net::TcpListener::bind("127.0.0.1:0")

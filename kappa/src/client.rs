@@ -112,11 +112,15 @@ pub async fn compare(
     url: &str,
     from: Option<i64>,
     to: Option<i64>,
+    engine: Option<&str>,
 ) -> anyhow::Result<(String, Comparison)> {
-    let query: Vec<(&str, String)> = [("from", from), ("to", to)]
+    let mut query: Vec<(&str, String)> = [("from", from), ("to", to)]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value?.to_string())))
         .collect();
+    if let Some(engine) = engine {
+        query.push((crate::compare::ENGINE_PARAMETER, engine.to_string()));
+    }
     let url = format!("{}{COMPARE_PATH}", url.trim_end_matches('/'));
     let spinner = ProgressBar::new_spinner();
     spinner.set_message("replaying the log and recomputing the batch views…");

@@ -40,6 +40,9 @@ use serde_json::json;
 
 /// Path of the comparison in the query API.
 pub const COMPARE_PATH: &str = "/api/v1/compare";
+/// The comparison's parameter choosing the batch side's engine: `duckdb`,
+/// or `spark` / `auto` on a process started with a Spark URL.
+pub const ENGINE_PARAMETER: &str = "engine";
 
 /// A view compared, as the query API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -545,25 +548,28 @@ impl Pacer {
     }
 }
 
-/// Answers per (from, to, manifest version): the same comparison of the same
-/// data is computed once. The newest few are kept.
+/// A comparison's interval, manifest version and batch engine.
+type AnswerKey = (i64, i64, u64, &'static str);
+
+/// Answers per (from, to, manifest version, engine): the same comparison of
+/// the same data is computed once. The newest few are kept.
 #[derive(Debug, Default)]
 struct AnswerCache {
-    answers: std::collections::VecDeque<((i64, i64, u64), Arc<Comparison>)>,
+    answers: std::collections::VecDeque<(AnswerKey, Arc<Comparison>)>,
 }
 
 /// Comparisons the cache keeps.
 const CACHED_ANSWERS: usize = 16;
 
 impl AnswerCache {
-    fn get(&self, key: (i64, i64, u64)) -> Option<Arc<Comparison>> {
+    fn get(&self, key: AnswerKey) -> Option<Arc<Comparison>> {
         self.answers
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, c)| Arc::clone(c))
     }
 
-    fn put(&mut self, key: (i64, i64, u64), answer: Arc<Comparison>) {
+    fn put(&mut self, key: AnswerKey, answer: Arc<Comparison>) {
         if self.answers.len() >= CACHED_ANSWERS {
             self.answers.pop_front();
         }
@@ -571,7 +577,7 @@ impl AnswerCache {
     }
 }
 
-/// `GET /api/v1/compare?from&to` (no time limit: a replay takes as long as the log is long).
+/// `GET /api/v1/compare?from&to&engine` (no time limit: a replay takes as long as the log is long).
 pub fn router(state: CompareState) -> Router {
     Router::new()
         .route(COMPARE_PATH, get(compare_route))
@@ -602,9 +608,32 @@ fn too_many(message: String, wait: Duration) -> Response {
 
 async fn compare_route(
     State(state): State<CompareState>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(mut params): Query<HashMap<String, String>>,
 ) -> Response {
     let now = chrono::Utc::now().timestamp_millis();
+    // `engine` picks the batch side's engine among those this process can
+    // use (its own `--batch-engine` when absent).
+    let sources = match params.remove(ENGINE_PARAMETER) {
+        None => state.sources.clone(),
+        Some(name) => {
+            let chosen = match &state.sources.lake {
+                Some(lake) => state.sources.engine.choose(&name, lake),
+                None => Ok(state.sources.engine.clone()),
+            };
+            match chosen {
+                Ok(engine) => CompareSources {
+                    engine,
+                    ..state.sources.clone()
+                },
+                Err(message) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        json!({ "error": message, "parameter": ENGINE_PARAMETER }),
+                    );
+                }
+            }
+        }
+    };
     let range = match lambda_serving::query::parse(&params, &[], now) {
         Ok(range) => range,
         Err(bad) => {
@@ -631,9 +660,10 @@ async fn compare_route(
     let Some(version) = version else {
         // Nothing to compare with (no committed run, or kappa mode): the
         // refusal costs nothing, so it is neither cached nor paced.
-        return respond(compare(&state.sources, range.from, range.to).await);
+        return respond(compare(&sources, range.from, range.to).await);
     };
-    if let Some(cached) = state.cache.lock().get((range.from, range.to, version)) {
+    let key = (range.from, range.to, version, sources.engine.name());
+    if let Some(cached) = state.cache.lock().get(key) {
         return answer(&cached, "hit");
     }
     let Ok(guard) = Arc::clone(&state.running).try_lock_owned() else {
@@ -658,13 +688,11 @@ async fn compare_route(
     // start comparisons back to back.
     let task = tokio::spawn(async move {
         let _running = guard;
-        let outcome = compare(&state.sources, range.from, range.to).await;
+        let outcome = compare(&sources, range.from, range.to).await;
         state.pacer.lock().finished(started, Instant::now());
         if let Ok(comparison) = &outcome {
-            state.cache.lock().put(
-                (range.from, range.to, comparison.manifest_version),
-                Arc::new(comparison.clone()),
-            );
+            let key = (range.from, range.to, comparison.manifest_version, key.3);
+            state.cache.lock().put(key, Arc::new(comparison.clone()));
         }
         outcome
     });
