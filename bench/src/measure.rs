@@ -5,8 +5,20 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// CPU time of this process so far (user + system), from `/proc/self/stat`.
+/// CPU time of this process so far (user + system), to the nanosecond
+/// (`CLOCK_PROCESS_CPUTIME_ID`, every thread's, ended ones' included);
+/// `/proc/self/stat`'s 10 ms ticks if that clock cannot be read. The ticks
+/// were 3 % of a 0.34 s round: ratios of two such rounds moved in steps of
+/// 0.03.
 pub(crate) fn cpu_time() -> Duration {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID) {
+        Ok(spec) => Duration::from(spec),
+        Err(_) => cpu_ticks(),
+    }
+}
+
+/// CPU time of this process so far in `/proc/self/stat`'s clock ticks.
+fn cpu_ticks() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after ')'.
     let fields: Vec<&str> = stat

@@ -50,6 +50,11 @@ pub struct SpeedBench {
     /// Partitions per topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// For a profiler (`perf record`, `valgrind --tool=callgrind`): after
+    /// appending, run only this part — `live` (log -> views) or `kappa`
+    /// (the replay) — five times, print each round's rate, and no table.
+    #[arg(long, value_parser = ["live", "kappa"])]
+    pub only: Option<String>,
 }
 
 impl Default for SpeedBench {
@@ -106,6 +111,11 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
     }
     append(&log, &mut pending).await?;
     bar.finish_and_clear();
+    if let Some(part) = &bench.only {
+        profile_rounds(&log, dir.path(), &bench, part).await?;
+        log.close().await?;
+        return Ok(Vec::new());
+    }
 
     // 2. Decode only, the same bytes: the ceiling, ours, the reference.
     let bar = spinner("decode only");
@@ -296,6 +306,30 @@ pub async fn run(bench: SpeedBench) -> anyhow::Result<Vec<Figure>> {
             Aim::AtLeast(1.0),
         ),
     ])
+}
+
+/// `--only`: five rounds of one part, nothing else, for a profiler.
+async fn profile_rounds(
+    log: &Arc<dyn EventLog>,
+    dir: &std::path::Path,
+    bench: &SpeedBench,
+    part: &str,
+) -> anyhow::Result<()> {
+    let config = SpeedConfig::with_data_dir(dir);
+    let spans = lambda_speed::replay::spans_to(log.as_ref(), |_, _, end| Some(end)).await?;
+    for round in 1..=5 {
+        let measured = match part {
+            "live" => live_round(log, &config, bench).await?.0,
+            _ => kappa_round(log, &config, &spans).await?.0,
+        };
+        println!(
+            "  {part} round {round}: {:.0} events/s per core (cpu {:.3} s, wall {:.3} s)",
+            bench.events as f64 / measured.cpu.as_secs_f64().max(1e-9),
+            measured.cpu.as_secs_f64(),
+            measured.wall.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// One round from the log into new views, as the speed layer's loop does

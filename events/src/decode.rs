@@ -349,11 +349,28 @@ impl<'a> WireEvent<'a> {
     /// Decodes one JSON object (nothing but whitespace after it). The bytes
     /// are checked as UTF-8 once, whole.
     pub fn decode(bytes: &'a [u8]) -> Result<WireEvent<'a>, DecodeError> {
+        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        let present = WireEvent::decode_into(bytes, &mut event)?;
+        Ok(WireEvent { event, present })
+    }
+
+    /// [`WireEvent::decode`] written into `event` (which must come in
+    /// bare: only the fields given are set) with its rule applied: whether
+    /// the event is valid. What the fold calls: an event is ~0.45 KB, and
+    /// moving it from the decoder through `Result`s and `Option`s into the
+    /// fold's buffer was ~6 % of the speed layer's time. (`false` leaves
+    /// `event` half written.)
+    pub fn decode_valid_into(bytes: &'a [u8], event: &mut EventRef<'a>) -> bool {
+        WireEvent::decode_into(bytes, event)
+            .is_ok_and(|present| WireEvent::follows_rule(event.event_type, present))
+    }
+
+    /// Decodes into `event`; the [`Field::bit`]s of the keys given.
+    fn decode_into(bytes: &'a [u8], event: &mut EventRef<'a>) -> Result<u32, DecodeError> {
         let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
         let mut cursor = Cursor { text, at: 0 };
         let c = &mut cursor;
         c.expect(b'{', "a value that is not an object")?;
-        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
         let mut present = 0u32;
         if c.next_token() == Some(b'}') {
             c.at += 1;
@@ -382,7 +399,7 @@ impl<'a> WireEvent<'a> {
                 }
                 present |= bit;
                 c.expect(b':', "a key without a value")?;
-                read_value(c, key, &mut event)?;
+                read_value(c, key, event)?;
                 match c.next_token() {
                     Some(b',') => c.at += 1,
                     Some(b'}') => {
@@ -396,7 +413,7 @@ impl<'a> WireEvent<'a> {
         if c.next_token().is_some() {
             return give_up("more after the object");
         }
-        Ok(WireEvent { event, present })
+        Ok(present)
     }
 
     /// The event, if it has `event_id`, `event_type` and `ts` and the
@@ -406,11 +423,16 @@ impl<'a> WireEvent<'a> {
     /// reference decoder, which also says why).
     #[inline]
     pub fn validate(self) -> Option<EventRef<'a>> {
+        WireEvent::follows_rule(self.event.event_type, self.present).then_some(self.event)
+    }
+
+    /// Whether keys `present` make a whole event of `event_type`.
+    fn follows_rule(event_type: EventType, present: u32) -> bool {
         let common = EVENT_ID | EVENT_TYPE | TS;
-        let (required, allowed) = self.event.event_type.rule().masks();
-        let fields = self.present & !common;
-        let complete = self.present & common == common;
-        (complete && fields & !allowed == 0 && required & !fields == 0).then_some(self.event)
+        let (required, allowed) = event_type.rule().masks();
+        let fields = present & !common;
+        let complete = present & common == common;
+        complete && fields & !allowed == 0 && required & !fields == 0
     }
 }
 

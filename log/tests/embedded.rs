@@ -770,3 +770,66 @@ async fn records_longer_than_a_read_and_cut_by_one_read_back_whole() {
         }
     }
 }
+
+/// Reads go into buffers the log reuses once every record of their last
+/// read is dropped: records kept from earlier reads (some kept, some
+/// dropped, in every pattern of fetch sizes, with reads of other
+/// partitions between them) still hold exactly their bytes.
+#[tokio::test]
+async fn records_kept_from_earlier_reads_keep_their_bytes_while_buffers_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default())
+        .await
+        .unwrap();
+    log.create_topic("t", 2).await.unwrap();
+    let values = append_records(&log, "t", 3_000).await;
+    let by_offset: std::collections::HashMap<(u32, u64), Vec<u8>> = {
+        let all = read_all(&log, "t").await;
+        assert_eq!(all.len(), values.len());
+        all.into_iter()
+            .map(|r| ((r.partition, r.offset), r.record.value.to_vec()))
+            .collect()
+    };
+    for max in [1, 7, 100, 4096] {
+        let mut kept = Vec::new();
+        let mut positions: Vec<FetchPosition> = (0..2)
+            .map(|partition| FetchPosition {
+                topic: "t".into(),
+                partition,
+                offset: 0,
+            })
+            .collect();
+        let mut fetches = 0u64;
+        loop {
+            let got = log
+                .fetch(&positions, max, Duration::from_millis(1))
+                .await
+                .unwrap();
+            if got.is_empty() {
+                break;
+            }
+            fetches += 1;
+            for r in got {
+                let position = positions
+                    .iter_mut()
+                    .find(|p| p.partition == r.partition)
+                    .unwrap();
+                position.offset = r.offset + 1;
+                // Every other fetch's records are kept; the rest dropped.
+                if fetches % 2 == 0 {
+                    kept.push(r);
+                }
+            }
+        }
+        for r in &kept {
+            assert_eq!(
+                r.record.value.as_ref(),
+                by_offset[&(r.partition, r.offset)].as_slice(),
+                "max {max}: {}/{} changed by the {fetches} fetches after it",
+                r.partition,
+                r.offset
+            );
+        }
+        assert!(fetches >= 2 && !kept.is_empty(), "max {max}: {fetches}");
+    }
+}

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::bucket::MINUTE_MS;
-use lambda_events::{Event, EventError, EventRef, Topic, floor_to};
+use lambda_events::{Event, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition, LogError, StoredRecord};
 
-use crate::consumer::FOLD_CHUNK;
+use crate::consumer::{FOLD_CHUNK, Slot, Slots};
 use crate::window::{Applied, SpeedState};
 
 /// Records asked for per fetch.
@@ -386,10 +386,12 @@ impl Folded {
         chunk: impl Iterator<Item = &'a StoredRecord> + Clone,
         keep: &Range<i64>,
     ) {
-        let decoded: Vec<_> = chunk.clone().map(crate::consumer::decode).collect();
+        let mut slots = Slots::new(chunk.clone().count());
+        let decoded = slots.decode(chunk.clone());
+        state.touch_ids(decoded.iter().filter(|s| s.outcome.is_ok()).map(|s| s.hash));
         // By reference: an event is ~0.5 KB, and only a kept one is copied.
-        for (stored, event) in chunk.zip(&decoded) {
-            self.fold_one(state, stored, event, keep);
+        for (stored, slot) in chunk.zip(decoded) {
+            self.fold_one(state, stored, slot, keep);
         }
     }
 
@@ -397,20 +399,25 @@ impl Folded {
         &mut self,
         state: &mut SpeedState,
         stored: &StoredRecord,
-        event: &Result<EventRef<'_>, EventError>,
+        slot: &Slot<'_>,
         keep: &Range<i64>,
     ) {
         self.records += 1;
         self.bytes +=
             (stored.record.value.len() + stored.record.key.as_ref().map_or(0, |k| k.len())) as u64;
-        let record_ts = stored.record.timestamp_ms;
-        let Ok(event) = event else {
+        if slot.outcome.is_err() {
             state.counters.invalid += 1;
             return;
-        };
+        }
+        let event = &slot.event;
         let minute = floor_to(event.ts, MINUTE_MS);
-        let clock = lambda_events::event::clock_ts(event.ts, record_ts);
-        match state.apply_at(&stored.topic, stored.partition, &event, clock) {
+        match state.apply_hashed(
+            &stored.topic,
+            stored.partition,
+            event,
+            slot.clock,
+            slot.hash,
+        ) {
             Applied::Counted if keep.contains(&minute) => {
                 self.counted_in_keep.insert(event.event_id.to_string());
             }

@@ -397,7 +397,29 @@ impl SpeedState {
         event: &EventRef<'_>,
         clock_ts: i64,
     ) -> Applied {
-        let applied = self.fold(event);
+        let hash = IdHash::of(&event.event_id);
+        self.apply_hashed(topic, partition, event, clock_ts, hash)
+    }
+
+    /// Reads the id index where these ids' hashes would be, before a chunk
+    /// of events is folded with [`SpeedState::apply_hashed`] (see
+    /// [`SeenIds::touch`]).
+    pub fn touch_ids(&self, hashes: impl IntoIterator<Item = IdHash>) {
+        let read: usize = hashes.into_iter().map(|h| self.seen.touch(h)).sum();
+        std::hint::black_box(read);
+    }
+
+    /// [`SpeedState::apply_at`] with the hash of the event's id worked out
+    /// already (`IdHash::of(&event.event_id)`; outside the state's lock).
+    pub fn apply_hashed(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        event: &EventRef<'_>,
+        clock_ts: i64,
+        id_hash: IdHash,
+    ) -> Applied {
+        let applied = self.fold(event, id_hash);
         match self
             .clocks
             .iter_mut()
@@ -455,7 +477,7 @@ impl SpeedState {
         }
     }
 
-    fn fold(&mut self, event: &EventRef<'_>) -> Applied {
+    fn fold(&mut self, event: &EventRef<'_>, id_hash: IdHash) -> Applied {
         let start = floor_to(event.ts, MINUTE_MS);
         if start < self.evicted_before || self.watermark().is_some_and(|w| start + MINUTE_MS <= w) {
             *self.late_ledger.entry((event.topic(), start)).or_default() += 1;
@@ -466,8 +488,7 @@ impl SpeedState {
         // stamped into another open window is a duplicate too. (A window
         // drops its ids as the watermark closes it; see
         // `recompute_watermark`.)
-        let id = &*event.event_id;
-        if !self.seen.insert(start, id, IdHash::of(id)) {
+        if !self.seen.insert(start, &event.event_id, id_hash) {
             self.counters.duplicates += 1;
             return Applied::Duplicate;
         }
