@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
-use lambda_events::{EventError, EventRef, Topic};
+use lambda_events::{EventError, EventRef, EventType, Topic};
 use lambda_log::{EventLog, FetchPosition, LogError, Record};
+use std::borrow::Cow;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
@@ -327,11 +328,12 @@ async fn initial_positions(
 /// harness: 49 → 26 L1 data misses per record, the same instructions).
 pub(crate) const FOLD_CHUNK: usize = 16;
 
-/// A chunk's records decoded in place: each event written into a slot the
-/// fold keeps from chunk to chunk (an event is ~0.45 KB; moving each from
-/// the decoder through `Result`s into a buffer was ~6 % of `lambda bench
-/// speed`'s time), with its clock and its id's hash worked out outside the
-/// state's lock.
+/// A chunk's records decoded in place: each event written into a slot of
+/// one buffer the fold keeps from chunk to chunk (an event is ~0.45 KB;
+/// moving each from the decoder through `Result`s into a buffer was ~6 %
+/// of `lambda bench speed`'s time), with its clock and its id's hash
+/// worked out outside the state's lock.
+#[derive(Default)]
 pub(crate) struct Slots<'a> {
     slots: Vec<Slot<'a>>,
 }
@@ -349,45 +351,52 @@ pub(crate) struct Slot<'a> {
 }
 
 impl<'a> Slots<'a> {
-    /// Slots for chunks of up to [`FOLD_CHUNK`] of `records` records.
-    pub(crate) fn new(records: usize) -> Slots<'a> {
-        let slots = (0..FOLD_CHUNK.min(records))
-            .map(|_| Slot {
-                event: EventRef::bare(
-                    std::borrow::Cow::Borrowed(""),
-                    lambda_events::EventType::Click,
-                    0,
-                ),
-                clock: 0,
-                hash: IdHash::of(""),
-                outcome: Ok(()),
-            })
-            .collect();
-        Slots { slots }
-    }
-
-    /// Decodes `chunk` (at most as many records as there are slots) into
-    /// the first slots, which it returns.
+    /// Decodes `chunk` into the slots, which it returns (the chunk's
+    /// records, in order).
     pub(crate) fn decode(
         &mut self,
         chunk: impl IntoIterator<Item = &'a lambda_log::StoredRecord>,
     ) -> &[Slot<'a>] {
-        let mut decoded = 0;
-        for (stored, slot) in chunk.into_iter().zip(self.slots.iter_mut()) {
-            decoded += 1;
+        self.slots.clear();
+        for stored in chunk {
             let record = &stored.record;
-            slot.outcome = EventRef::read_log_record(
+            let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+            let outcome = EventRef::read_log_record(
                 &record.value,
                 &stored.topic,
                 record.timestamp_ms,
-                &mut slot.event,
+                &mut event,
             );
-            if slot.outcome.is_ok() {
-                slot.clock = lambda_events::event::clock_ts(slot.event.ts, record.timestamp_ms);
-                slot.hash = IdHash::of(&slot.event.event_id);
-            }
+            let (clock, hash) = match outcome {
+                Ok(()) => (
+                    lambda_events::event::clock_ts(event.ts, record.timestamp_ms),
+                    IdHash::of(&event.event_id),
+                ),
+                Err(_) => (0, IdHash::of("")),
+            };
+            self.slots.push(Slot {
+                event,
+                clock,
+                hash,
+                outcome,
+            });
         }
-        &self.slots[..decoded]
+        &self.slots
+    }
+
+    /// The same buffer, empty, for records of another lifetime (the kappa
+    /// replay's chunks each borrow their lanes for a moment): the
+    /// allocation is kept (collecting an emptied `Vec` into one of a type
+    /// of the same size and alignment reuses it).
+    pub(crate) fn recycle<'b>(mut self) -> Slots<'b> {
+        self.slots.clear();
+        Slots {
+            slots: self
+                .slots
+                .into_iter()
+                .map(|_| unreachable!("the buffer was emptied"))
+                .collect(),
+        }
     }
 }
 
@@ -424,7 +433,7 @@ pub fn apply(
     // Decoded a chunk at a time, outside the lock, into slots that stay in
     // cache (a whole fetch's events, ~0.5 KB each, would not, and would
     // take fresh pages from the allocator each time).
-    let mut slots = Slots::new(records.len());
+    let mut slots = Slots::default();
     // Records of one partition come in runs: its position is looked up
     // once per run.
     let mut at = 0;
