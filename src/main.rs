@@ -371,6 +371,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(BenchCommand::Serve(bench)) => lambda_bench::serve::run(bench).await?,
                 Some(BenchCommand::Failover(bench)) => lambda_bench::failover::run(bench).await?,
             };
+            // (`bench speed --only` measures for a profiler: no figures, and
+            // the last table's JSON is left as it was.)
+            if figures.is_empty() {
+                return Ok(());
+            }
             let report = lambda_bench::Report::new(figures);
             println!("\n{}", report.table());
             report.write_json(&args.json)
