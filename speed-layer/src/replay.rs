@@ -419,14 +419,20 @@ impl Folded {
             return;
         }
         let event = &slot.event;
-        let minute = floor_to(event.ts, MINUTE_MS);
-        match state.apply_hashed(
+        let applied = state.apply_hashed(
             &stored.topic,
             stored.partition,
             event,
             slot.clock,
             slot.hash,
-        ) {
+        );
+        // (A replay that keeps nothing — `lambda kappa replay` — works out
+        // no minute.)
+        if keep.is_empty() {
+            return;
+        }
+        let minute = floor_to(event.ts, MINUTE_MS);
+        match applied {
             Applied::Counted if keep.contains(&minute) => {
                 self.counted_in_keep.insert(event.event_id.to_string());
             }
