@@ -129,14 +129,8 @@ impl<'a> EventRef<'a> {
         topic: &str,
         record_ts_ms: i64,
     ) -> Result<EventRef<'a>, EventError> {
-        let event = EventRef::from_record(bytes, topic)?;
-        if record_ts_ms > 0 {
-            crate::event::check_not_ahead(
-                event.ts,
-                record_ts_ms,
-                crate::limits::DEFAULT_MAX_TS_AHEAD_MS,
-            )?;
-        }
+        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        EventRef::read_log_record(bytes, topic, record_ts_ms, &mut event)?;
         Ok(event)
     }
 
