@@ -202,6 +202,9 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         ("spark", "--spark-url"),
         ("auto", "--spark-url"),
         ("flink", "expected duckdb, spark or auto"),
+        // Given twice: refused, whichever comes last.
+        ("spark&engine=duckdb", "more than once"),
+        ("duckdb&engine=duckdb", "more than once"),
     ] {
         let response = client
             .get(format!("{url}&engine={engine}"))
@@ -213,6 +216,16 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         assert_eq!(body["parameter"], "engine", "{body}");
         assert!(body["error"].as_str().unwrap().contains(says), "{body}");
     }
+    // An unknown parameter beside it: the known ones are listed, engine too.
+    let response = client
+        .get(format!("{url}&engine=duckdb&foo=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["parameter"], "foo", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("engine"), "{body}");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lambda"))
         .args(["compare", "--url", &base, "--batch-engine", "spark"])
         .env_remove("LAMBDA_BATCH_ENGINE")

@@ -90,12 +90,24 @@ impl BatchEngine {
                     "{name}: this process has no Spark Connect server to use (start it with --batch-engine auto --spark-url sc://host:port)"
                 ));
             }
-            (other, _) => {
-                return Err(format!("{other:?}: expected duckdb, spark or auto"));
-            }
+            // Every engine's name is matched above: this is the error.
+            (other, _) => return BatchEngine::check_name(other).map(|()| BatchEngine::DuckDb),
         };
         chosen.check_lake(lake).map_err(|e| format!("{e:#}"))?;
         Ok(chosen)
+    }
+
+    /// Whether `name` is an engine's name: `duckdb`, `spark` or `auto`
+    /// (the error quotes at most 32 characters of it).
+    pub fn check_name(name: &str) -> Result<(), String> {
+        match name {
+            "duckdb" | "spark" | "auto" => Ok(()),
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                let more = if shown.len() < other.len() { "…" } else { "" };
+                Err(format!("{shown:?}{more}: expected duckdb, spark or auto"))
+            }
+        }
     }
 
     /// `duckdb`, `spark` or `auto`.
@@ -644,6 +656,13 @@ mod tests {
             auto.choose("Spark", &file)
                 .unwrap_err()
                 .contains("expected duckdb, spark or auto")
+        );
+        // A long name is not echoed whole.
+        let long = "x".repeat(10_000);
+        let error = duckdb.choose(&long, &file).unwrap_err();
+        assert!(
+            error.len() < 100 && error.contains("expected duckdb"),
+            "{error}"
         );
     }
 

@@ -608,9 +608,21 @@ fn too_many(message: String, wait: Duration) -> Response {
 
 async fn compare_route(
     State(state): State<CompareState>,
-    Query(mut params): Query<HashMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let now = chrono::Utc::now().timestamp_millis();
+    // A parameter given twice is refused: which of its values counts
+    // would be a guess (a later one used to win unseen).
+    let mut params = HashMap::new();
+    for (name, value) in pairs {
+        if params.contains_key(&name) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "given more than once", "parameter": name }),
+            );
+        }
+        params.insert(name, value);
+    }
     // `engine` picks the batch side's engine among those this process can
     // use (its own `--batch-engine` when absent).
     let sources = match params.remove(ENGINE_PARAMETER) {
@@ -618,7 +630,10 @@ async fn compare_route(
         Some(name) => {
             let chosen = match &state.sources.lake {
                 Some(lake) => state.sources.engine.choose(&name, lake),
-                None => Ok(state.sources.engine.clone()),
+                // Kappa mode has no batch side (the comparison is refused);
+                // the name is still checked.
+                None => lambda_batch::BatchEngine::check_name(&name)
+                    .map(|()| state.sources.engine.clone()),
             };
             match chosen {
                 Ok(engine) => CompareSources {
@@ -634,7 +649,7 @@ async fn compare_route(
             }
         }
     };
-    let range = match lambda_serving::query::parse(&params, &[], now) {
+    let range = match lambda_serving::query::parse(&params, &[ENGINE_PARAMETER], now) {
         Ok(range) => range,
         Err(bad) => {
             return error(
