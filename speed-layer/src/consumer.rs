@@ -391,11 +391,7 @@ impl<'a> Slots<'a> {
     pub(crate) fn recycle<'b>(mut self) -> Slots<'b> {
         self.slots.clear();
         Slots {
-            slots: self
-                .slots
-                .into_iter()
-                .map(|_| unreachable!("the buffer was emptied"))
-                .collect(),
+            slots: self.slots.into_iter().filter_map(|_| None).collect(),
         }
     }
 }
@@ -553,6 +549,54 @@ async fn commit_offsets(log: &dyn EventLog, group: &str, offsets: &BTreeMap<(Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slots decode each record as `read_log_record` does, in order, and
+    /// keep their allocation when recycled for records of another borrow.
+    #[test]
+    fn slots_decode_in_order_and_keep_their_buffer_when_recycled() {
+        let stored = |offset: u64, value: &str| lambda_log::StoredRecord {
+            topic: "funnel-events".into(),
+            partition: 0,
+            offset,
+            record: Record::keyed("u", value.as_bytes().to_vec(), 0),
+        };
+        let records = vec![
+            stored(
+                0,
+                r#"{"event_id":"a","event_type":"click","ts":60000,"user_id":"u"}"#,
+            ),
+            stored(1, "not json"),
+            stored(
+                2,
+                r#"{"event_id":"b","event_type":"sensor_reading","ts":1,"device_id":"d","sensor":"t","value":1}"#,
+            ),
+            stored(
+                3,
+                r#"{"event_id":"c\u0041","event_type":"page_view","ts":120000,"user_id":"u","page":"/"}"#,
+            ),
+        ];
+        let mut slots = Slots::default();
+        let decoded = slots.decode(&records);
+        assert_eq!(decoded.len(), 4);
+        assert_eq!(&*decoded[0].event.event_id, "a");
+        assert_eq!(decoded[0].clock, 60_000);
+        assert_eq!(decoded[0].hash, IdHash::of("a"));
+        assert!(decoded[1].outcome.is_err());
+        // A sensor reading is not a funnel-events record.
+        assert!(
+            decoded[2]
+                .outcome
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("belong on topic")
+        );
+        assert_eq!(&*decoded[3].event.event_id, "cA");
+        let capacity = slots.slots.capacity();
+        let recycled: Slots<'static> = slots.recycle();
+        assert!(recycled.slots.is_empty());
+        assert_eq!(recycled.slots.capacity(), capacity);
+    }
 
     #[test]
     fn dead_letter_records_fit_the_log_whatever_was_read() {
