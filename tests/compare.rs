@@ -244,6 +244,8 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         .arg(from.to_string())
         .arg("--to")
         .arg(to.to_string())
+        // (The server's own engine: none named from the environment.)
+        .env_remove("LAMBDA_BATCH_ENGINE")
         .output()
         .await
         .unwrap();
@@ -265,6 +267,7 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         .arg(from.to_string())
         .arg("--to")
         .arg(to.to_string())
+        .env_remove("LAMBDA_BATCH_ENGINE")
         .output()
         .await
         .unwrap();
