@@ -16,7 +16,7 @@ use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog, Record};
 use lambda_pipeline::demo::Demo;
 use serde_json::Value;
 
-use crate::common::{MINUTE, demo_config, get, post_lines};
+use crate::common::{MINUTE, demo_config, get, post_lines, refused};
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -206,24 +206,12 @@ async fn the_comparison_explains_every_difference_by_the_late_events() {
         ("spark&engine=duckdb", "more than once"),
         ("duckdb&engine=duckdb", "more than once"),
     ] {
-        let response = client
-            .get(format!("{url}&engine={engine}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400, "{engine}");
-        let body: Value = response.json().await.unwrap();
+        let body = refused(&client, format!("{url}&engine={engine}")).await;
         assert_eq!(body["parameter"], "engine", "{body}");
         assert!(body["error"].as_str().unwrap().contains(says), "{body}");
     }
     // An unknown parameter beside it: the known ones are listed, engine too.
-    let response = client
-        .get(format!("{url}&engine=duckdb&foo=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.unwrap();
+    let body = refused(&client, format!("{url}&engine=duckdb&foo=1")).await;
     assert_eq!(body["parameter"], "foo", "{body}");
     assert!(body["error"].as_str().unwrap().contains("engine"), "{body}");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lambda"))

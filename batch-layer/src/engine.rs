@@ -81,17 +81,17 @@ impl BatchEngine {
             BatchEngine::DuckDb => None,
             BatchEngine::Spark(config) | BatchEngine::Auto(config) => Some(config),
         };
+        BatchEngine::check_name(name)?;
         let chosen = match (name, config) {
             ("duckdb", _) => BatchEngine::DuckDb,
-            ("spark", Some(config)) => BatchEngine::Spark(config.clone()),
-            ("auto", Some(config)) => BatchEngine::Auto(config.clone()),
-            ("spark" | "auto", None) => {
+            (_, None) => {
                 return Err(format!(
                     "{name}: this process has no Spark Connect server to use (start it with --batch-engine auto --spark-url sc://host:port)"
                 ));
             }
-            // Every engine's name is matched above: this is the error.
-            (other, _) => return BatchEngine::check_name(other).map(|()| BatchEngine::DuckDb),
+            ("spark", Some(config)) => BatchEngine::Spark(config.clone()),
+            // (`auto`, the one name left.)
+            (_, Some(config)) => BatchEngine::Auto(config.clone()),
         };
         chosen.check_lake(lake).map_err(|e| format!("{e:#}"))?;
         Ok(chosen)

@@ -606,6 +606,27 @@ fn too_many(message: String, wait: Duration) -> Response {
     response
 }
 
+/// `sources` with the batch engine a request's `engine` names, among those
+/// this process can use (its own `--batch-engine` when it names none).
+fn with_engine(sources: &CompareSources, name: Option<String>) -> Result<CompareSources, String> {
+    let Some(name) = name else {
+        return Ok(sources.clone());
+    };
+    let engine = match &sources.lake {
+        Some(lake) => sources.engine.choose(&name, lake)?,
+        // Kappa mode has no batch side (the comparison is refused); the
+        // name is still checked.
+        None => {
+            lambda_batch::BatchEngine::check_name(&name)?;
+            sources.engine.clone()
+        }
+    };
+    Ok(CompareSources {
+        engine,
+        ..sources.clone()
+    })
+}
+
 async fn compare_route(
     State(state): State<CompareState>,
     Query(pairs): Query<Vec<(String, String)>>,
@@ -624,30 +645,13 @@ async fn compare_route(
         }
         params.insert(name, value);
     }
-    // `engine` picks the batch side's engine among those this process can
-    // use (its own `--batch-engine` when absent).
-    let sources = match params.remove(ENGINE_PARAMETER) {
-        None => state.sources.clone(),
-        Some(name) => {
-            let chosen = match &state.sources.lake {
-                Some(lake) => state.sources.engine.choose(&name, lake),
-                // Kappa mode has no batch side (the comparison is refused);
-                // the name is still checked.
-                None => lambda_batch::BatchEngine::check_name(&name)
-                    .map(|()| state.sources.engine.clone()),
-            };
-            match chosen {
-                Ok(engine) => CompareSources {
-                    engine,
-                    ..state.sources.clone()
-                },
-                Err(message) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        json!({ "error": message, "parameter": ENGINE_PARAMETER }),
-                    );
-                }
-            }
+    let sources = match with_engine(&state.sources, params.remove(ENGINE_PARAMETER)) {
+        Ok(sources) => sources,
+        Err(message) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": message, "parameter": ENGINE_PARAMETER }),
+            );
         }
     };
     let range = match lambda_serving::query::parse(&params, &[ENGINE_PARAMETER], now) {
@@ -678,8 +682,12 @@ async fn compare_route(
         // refusal costs nothing, so it is neither cached nor paced.
         return respond(compare(&sources, range.from, range.to).await);
     };
-    let key = (range.from, range.to, version, sources.engine.name());
-    if let Some(cached) = state.cache.lock().get(key) {
+    let engine = sources.engine.name();
+    if let Some(cached) = state
+        .cache
+        .lock()
+        .get((range.from, range.to, version, engine))
+    {
         return answer(&cached, "hit");
     }
     let Ok(guard) = Arc::clone(&state.running).try_lock_owned() else {
@@ -707,7 +715,7 @@ async fn compare_route(
         let outcome = compare(&sources, range.from, range.to).await;
         state.pacer.lock().finished(started, Instant::now());
         if let Ok(comparison) = &outcome {
-            let key = (range.from, range.to, comparison.manifest_version, key.3);
+            let key = (range.from, range.to, comparison.manifest_version, engine);
             state.cache.lock().put(key, Arc::new(comparison.clone()));
         }
         outcome

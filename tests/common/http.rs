@@ -74,3 +74,10 @@ pub(crate) async fn post_lines(
     }
     (accepted, rejected)
 }
+
+/// The JSON body of a GET that must answer 400 (a parameter refused).
+pub(crate) async fn refused(client: &reqwest::Client, url: String) -> Value {
+    let response = send(client.get(&url)).await;
+    assert_eq!(response.status(), 400, "{url}");
+    response.json().await.unwrap()
+}

@@ -8,7 +8,7 @@ mod http;
 mod oracle;
 
 pub(crate) use checks::{Checked, check_answers, check_funnel, check_iot, check_pages};
-pub(crate) use http::{eventually, get, post_lines, speed_caught_up, text};
+pub(crate) use http::{eventually, get, post_lines, refused, speed_caught_up, text};
 pub(crate) use oracle::fold;
 
 pub(crate) const MINUTE: i64 = 60_000;
