@@ -350,15 +350,17 @@ async fn live_round(
             });
         }
     }
+    let mut alignment = lambda_speed::consumer::Alignment::new(config.max_clock_drift_ms);
     let (cpu0, wall0) = (cpu_time(), Instant::now());
     let mut read = 0usize;
     while read < bench.events {
-        let records = log
-            .fetch(&positions, 4096, Duration::from_millis(100))
-            .await?;
+        let asked = alignment.to_fetch(&views.read(), &positions);
+        let records = log.fetch(&asked, 4096, Duration::from_millis(100)).await?;
         anyhow::ensure!(!records.is_empty(), "the log ended after {read} records");
         read += records.len();
+        let delivered = lambda_speed::consumer::partitions_of(&records);
         lambda_speed::consumer::apply(&views, &mut positions, records);
+        alignment.delivered(&views.read(), &delivered);
     }
     let measured = Measured {
         cpu: cpu_time().saturating_sub(cpu0),

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
 use crate::seen::IdHash;
+use crate::window::ClockPlace;
 use crate::{SpeedConfig, SpeedViews};
 
 /// Records asked for per fetch.
@@ -81,6 +82,7 @@ pub async fn run(
         .iter()
         .map(|p| ((p.topic.clone(), p.partition), Instant::now()))
         .collect();
+    let mut alignment = Alignment::new(config.max_clock_drift_ms);
     let mut checkpoints = CheckpointRetry::new(config.checkpoint_interval);
     let mut checkpointer = Checkpointer::new(&config.checkpoint_path, &mut views.write());
     // The checkpoint being written: folding goes on meanwhile (the snapshot
@@ -88,6 +90,7 @@ pub async fn run(
     let mut writing: Option<Writing> = None;
     let mut committing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
+        let asked = alignment.to_fetch(&views.read(), &positions);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -108,10 +111,11 @@ pub async fn run(
             _ = tokio::time::sleep_until(checkpoints.next_at), if writing.is_none() => {
                 writing = Some(start_checkpoint(&checkpointer, &views));
             }
-            fetched = log.fetch(&positions, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
+            fetched = log.fetch(&asked, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
                 match fetched {
                     Ok(records) => {
-                        mark_idleness(&views, &mut last_record, &records, config.idle_timeout);
+                        let delivered = partitions_of(&records);
+                        mark_idleness(&views, &mut last_record, &delivered, config.idle_timeout);
                         // The fold is CPU work of milliseconds per fetch: on a
                         // blocking thread, so the runtime's workers go on
                         // answering queries and taking events meanwhile.
@@ -124,6 +128,7 @@ pub async fn run(
                         .await
                         .context("the fold task")?;
                         positions = moved;
+                        alignment.delivered(&views.read(), &delivered);
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
                         }
@@ -226,19 +231,109 @@ impl CheckpointRetry {
 fn mark_idleness(
     views: &SpeedViews,
     last_record: &mut [((String, u32), Instant)],
-    records: &[lambda_log::StoredRecord],
+    delivered: &[(Arc<str>, u32)],
     timeout: Duration,
 ) {
     let now = Instant::now();
     for ((topic, partition), at) in last_record.iter_mut() {
-        if records
+        if delivered
             .iter()
-            .any(|r| r.partition == *partition && *r.topic == **topic)
+            .any(|(t, p)| p == partition && **t == **topic)
         {
             *at = now;
         } else if now.duration_since(*at) >= timeout {
             views.write().set_idle(topic, *partition, true);
         }
+    }
+}
+
+/// The partitions `records` came from, each once, in the order met.
+pub fn partitions_of(records: &[lambda_log::StoredRecord]) -> Vec<(Arc<str>, u32)> {
+    fn of(record: &lambda_log::StoredRecord, (topic, partition): &(Arc<str>, u32)) -> bool {
+        *partition == record.partition
+            && (Arc::ptr_eq(topic, &record.topic) || **topic == *record.topic)
+    }
+    let mut out: Vec<(Arc<str>, u32)> = Vec::new();
+    for record in records {
+        // Records come in runs of one partition: the last one first.
+        if out.last().is_some_and(|last| of(record, last)) || out.iter().any(|p| of(record, p)) {
+            continue;
+        }
+        out.push((Arc::clone(&record.topic), record.partition));
+    }
+    out
+}
+
+/// Watermark alignment, as Flink's (`withWatermarkAlignment`): which
+/// partitions the next fetch asks for. A fetch brings every partition the
+/// same number of records, which on a quiet partition is minutes more of
+/// event time than on a busy one; while catching up, the quiet one's clock
+/// ran far ahead of the slowest, which holds the watermark, and every
+/// window in between stayed open with all its ids. (In `lambda bench
+/// speed`, the IoT partitions ran the whole log ahead of the funnel ones:
+/// ~120 000 ids open where reading in step keeps ~20 000, and the fold
+/// ran at 1.7 M events/s per core where in step it runs at 2.0 M.) So a
+/// partition whose clock is more than the drift ahead of the slowest one
+/// that delivered in the last fetch sits out the next fetch. One that has
+/// nothing to deliver (read to its end, or quiet) holds nobody back, and
+/// a partition without a clock yet is always asked.
+#[derive(Debug, Clone)]
+pub struct Alignment {
+    max_drift_ms: i64,
+    /// The slowest clock of the partitions that delivered in the last fetch.
+    slowest_delivering: Option<i64>,
+}
+
+impl Alignment {
+    /// No partition more than `max_drift_ms` ahead of the slowest one still delivering.
+    pub fn new(max_drift_ms: i64) -> Alignment {
+        Alignment {
+            max_drift_ms,
+            slowest_delivering: None,
+        }
+    }
+
+    /// The positions the next fetch asks for: `positions`, less those whose
+    /// clock in `state` is ahead by more than the drift (never all of them).
+    pub fn to_fetch(
+        &self,
+        state: &crate::SpeedState,
+        positions: &[FetchPosition],
+    ) -> Vec<FetchPosition> {
+        let Some(limit) = self
+            .slowest_delivering
+            .map(|slowest| slowest.saturating_add(self.max_drift_ms))
+        else {
+            return positions.to_vec();
+        };
+        let ahead = |p: &FetchPosition| {
+            state.clocks().iter().any(|c| {
+                c.partition == p.partition && c.topic == p.topic && !c.idle && c.max_ts > limit
+            })
+        };
+        let asked: Vec<FetchPosition> = positions.iter().filter(|p| !ahead(p)).cloned().collect();
+        if asked.is_empty() {
+            return positions.to_vec();
+        }
+        asked
+    }
+
+    /// After the records of a fetch are folded into `state`: the partitions
+    /// they came from ([`partitions_of`]).
+    pub fn delivered(&mut self, state: &crate::SpeedState, partitions: &[(Arc<str>, u32)]) {
+        self.slowest_delivering = state
+            .clocks()
+            .iter()
+            .filter(|c| {
+                // (A clock still waiting for its first valid event holds nobody back.)
+                !c.idle
+                    && c.max_ts > i64::MIN
+                    && partitions
+                        .iter()
+                        .any(|(t, p)| *p == c.partition && **t == *c.topic)
+            })
+            .map(|c| c.max_ts)
+            .min();
     }
 }
 
@@ -406,6 +501,32 @@ pub(crate) fn touch_ids(state: &crate::SpeedState, decoded: &[Slot<'_>]) {
     state.touch_ids(decoded.iter().filter(|s| s.outcome.is_ok()).map(|s| s.hash));
 }
 
+/// The run of records of one partition being folded, and where its clock
+/// is ([`ClockPlace`]): a new run starts where the partition changes. Kept
+/// for one hold of the state's lock.
+#[derive(Default)]
+struct Run<'r> {
+    first: Option<&'r lambda_log::StoredRecord>,
+    place: ClockPlace,
+}
+
+impl<'r> Run<'r> {
+    /// The clock place for `stored`, which is of this run or starts the next.
+    fn place_for(&mut self, stored: &'r lambda_log::StoredRecord) -> &mut ClockPlace {
+        let same = self.first.is_some_and(|first| {
+            first.partition == stored.partition
+                && (Arc::ptr_eq(&first.topic, &stored.topic) || first.topic == stored.topic)
+        });
+        if !same {
+            *self = Run {
+                first: Some(stored),
+                place: ClockPlace::default(),
+            };
+        }
+        &mut self.place
+    }
+}
+
 /// Moves `at` to the first item that `is` (staying put if the item at `at`
 /// already is): records come in runs of one partition, so its entry is
 /// looked up once per run. `false` if none is.
@@ -465,10 +586,12 @@ pub fn apply(
         }
         let mut state = views.write();
         touch_ids(&state, decoded);
+        let mut run = Run::default();
         for (stored, slot) in chunk.iter().zip(decoded.iter()) {
             match slot.outcome {
                 Ok(()) => {
-                    state.apply_hashed(
+                    state.apply_in_run(
+                        run.place_for(stored),
                         &stored.topic,
                         stored.partition,
                         &slot.event,
@@ -606,6 +729,72 @@ mod tests {
         let recycled: Slots<'static> = slots.recycle();
         assert!(recycled.slots.is_empty());
         assert_eq!(recycled.slots.capacity(), capacity);
+    }
+
+    /// A partition more than the drift ahead of the slowest one still
+    /// delivering sits out the next fetch; at the drift exactly it does not;
+    /// a quiet slow partition, an idle one or one without a clock holds
+    /// nobody back; the fetch never asks for nothing.
+    #[test]
+    fn partitions_ahead_of_the_slowest_delivering_one_sit_out_a_fetch() {
+        let t0 = 1_767_225_600_000;
+        let topic = "funnel-events";
+        let mut state = crate::SpeedState::new(60_000, 3_600_000);
+        for (partition, ts) in [(0, t0), (1, t0 + 60_000), (2, t0 + 60_001)] {
+            let mut click =
+                lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, ts);
+            click.user_id = Some("u".into());
+            state.apply_from(topic, partition, &click);
+        }
+        let positions: Vec<FetchPosition> = (0..4)
+            .map(|partition| FetchPosition {
+                topic: topic.into(),
+                partition,
+                offset: 0,
+            })
+            .collect();
+        let asked = |alignment: &Alignment, state: &crate::SpeedState, of: &[FetchPosition]| {
+            alignment
+                .to_fetch(state, of)
+                .iter()
+                .map(|p| p.partition)
+                .collect::<Vec<u32>>()
+        };
+        let from = |partitions: &[u32]| -> Vec<(Arc<str>, u32)> {
+            partitions.iter().map(|p| (Arc::from(topic), *p)).collect()
+        };
+        let mut alignment = Alignment::new(60_000);
+        assert_eq!(
+            asked(&alignment, &state, &positions),
+            [0, 1, 2, 3],
+            "nothing delivered yet"
+        );
+        // 1 is the drift ahead of 0, 2 a millisecond more; 3 has no clock.
+        alignment.delivered(&state, &from(&[0, 1, 2]));
+        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 3]);
+        // Partition 0 delivered nothing (read to its end): it holds nobody back.
+        alignment.delivered(&state, &from(&[1, 2]));
+        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
+        // An idle clock ahead is asked.
+        alignment.delivered(&state, &from(&[0, 1, 2]));
+        state.set_idle(topic, 2, true);
+        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
+        state.set_idle(topic, 2, false);
+        // Never nothing: with every partition ahead, all are asked.
+        let mut strict = Alignment::new(-1);
+        strict.delivered(&state, &from(&[0, 1, 2]));
+        assert_eq!(asked(&strict, &state, &positions), [3]);
+        assert_eq!(asked(&strict, &state, &positions[..3]), [0, 1, 2]);
+        // The partitions of a fetch, each once, in the order met.
+        let stored = |partition: u32| lambda_log::StoredRecord {
+            topic: Arc::from(topic),
+            partition,
+            offset: 0,
+            record: Record::keyed("u", b"{}".to_vec(), 0),
+        };
+        let records: Vec<_> = [2, 2, 0, 2, 1, 1].into_iter().map(stored).collect();
+        let partitions: Vec<u32> = partitions_of(&records).iter().map(|(_, p)| *p).collect();
+        assert_eq!(partitions, [2, 0, 1]);
     }
 
     #[test]
