@@ -5,9 +5,8 @@
 //! the same log prefix, and keeps what it needs to explain a difference: the
 //! events the fold dropped as late.
 
-use std::cmp::Reverse;
-use std::collections::binary_heap::PeekMut;
-use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use lambda_events::{Event, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition, LogError, StoredRecord};
 
 use crate::consumer::{FOLD_CHUNK, Slot, Slots};
-use crate::window::{Applied, SpeedState};
+use crate::window::{Applied, ClockPlace, SpeedState};
 
 /// Records asked for per fetch: four times the live loop's. The replay
 /// fetches a lane whenever it runs low, so in the benchmark's log (twelve
@@ -103,22 +102,24 @@ fn append_key(record: &StoredRecord) -> AppendKey {
 /// One partition being read: where the next fetch starts, and records
 /// fetched: `buffer[taken..]` not taken by the merge yet (those before are
 /// being folded, read where they are, and let go at the next refill).
+/// `taken` is a `Cell` so that the merge moves on through a shared borrow
+/// of the lanes, beside the decoded events that borrow their records.
 struct Lane {
     position: FetchPosition,
     end: u64,
     buffer: VecDeque<StoredRecord>,
-    taken: usize,
+    taken: Cell<usize>,
 }
 
 impl Lane {
     /// Records fetched and not taken yet.
     fn pending(&self) -> usize {
-        self.buffer.len() - self.taken
+        self.buffer.len() - self.taken.get()
     }
 
     /// The next record not taken.
     fn front(&self) -> Option<&StoredRecord> {
-        self.buffer.get(self.taken)
+        self.buffer.get(self.taken.get())
     }
 
     /// Records still due and none fetched: the merge waits for this lane.
@@ -152,15 +153,32 @@ pub async fn replay(
     while !lanes.finished() {
         lanes.refill(log).await?;
         let before = folded.records;
+        // Until the next refill the buffers stay put: one decoding buffer
+        // borrows from them for every chunk, each slot used again in place
+        // (a buffer per chunk wrote a bare event into each slot and
+        // dropped it: ~2 % of the replay).
+        let Lanes {
+            lanes: buffered,
+            heads,
+            dry,
+            ..
+        } = &mut lanes;
+        let buffered: &[Lane] = buffered;
+        let mut slots = std::mem::take(&mut folded.slots).recycle();
         loop {
             picks.clear();
-            while picks.len() < FOLD_CHUNK && lanes.take_in_append_order(&mut picks, FOLD_CHUNK) {}
+            while picks.len() < FOLD_CHUNK
+                && take_in_append_order(buffered, heads, dry, &mut picks, FOLD_CHUNK)
+            {}
             if picks.is_empty() {
                 break;
             }
-            let records = picks.iter().map(|&(lane, i)| &lanes.lanes[lane].buffer[i]);
-            folded.fold(&mut state, records, &keep);
+            let records = picks
+                .iter()
+                .map(|&(lane, i)| (lane, &buffered[lane].buffer[i]));
+            folded.fold(&mut state, &mut slots, records, &keep);
         }
+        folded.slots = slots.recycle();
         if folded.records > before {
             state.evict();
             progress(folded.records);
@@ -198,11 +216,9 @@ pub async fn replay(
 /// The partitions being replayed, merged in append order.
 struct Lanes {
     lanes: Vec<Lane>,
-    /// The first buffered record of each lane that has one, by
-    /// [`AppendKey`], with the lane's index: the next record in append
-    /// order is at the top (a k-way merge, a few comparisons per record
-    /// where a scan of every lane took a dozen).
-    heads: BinaryHeap<Reverse<(AppendKey, usize)>>,
+    /// The lanes' first buffered records, merged: the next record in
+    /// append order is the winner's.
+    heads: Tournament,
     /// Lanes with records due and none fetched: while there is one, the
     /// next record in append order is not known.
     dry: usize,
@@ -223,12 +239,12 @@ impl Lanes {
                 },
                 end: s.end,
                 buffer: VecDeque::new(),
-                taken: 0,
+                taken: Cell::new(0),
             })
             .collect();
         Lanes {
             dry: lanes.len(),
-            heads: BinaryHeap::with_capacity(lanes.len()),
+            heads: Tournament::new(lanes.len()),
             lanes,
             empty_in_a_row: 0,
         }
@@ -236,7 +252,7 @@ impl Lanes {
 
     /// Whether every lane is read to its end and folded.
     fn finished(&self) -> bool {
-        self.heads.is_empty() && self.dry == 0
+        self.heads.winner().is_none() && self.dry == 0
     }
 
     /// Fetches for the lanes that ran dry, and those running low beside
@@ -250,8 +266,8 @@ impl Lanes {
     async fn refill(&mut self, log: &dyn EventLog) -> anyhow::Result<()> {
         // What was taken has been folded.
         for lane in &mut self.lanes {
-            lane.buffer.drain(..lane.taken);
-            lane.taken = 0;
+            lane.buffer.drain(..lane.taken.get());
+            lane.taken.set(0);
         }
         let reading = self
             .lanes
@@ -259,12 +275,16 @@ impl Lanes {
             .filter(|l| l.position.offset < l.end)
             .count();
         let share = (FETCH_MAX_RECORDS / reading.max(1)).max(1);
-        let asked: Vec<FetchPosition> = self
-            .lanes
-            .iter()
-            .filter(|l| l.position.offset < l.end && l.pending() <= share / 2)
-            .map(|l| l.position.clone())
-            .collect();
+        let mut asked: Vec<FetchPosition> = Vec::new();
+        for lane in &mut self.lanes {
+            if lane.position.offset < lane.end && lane.pending() <= share / 2 {
+                // Room for its share up front: a lane's buffer grown a
+                // record at a time was copied as it doubled (~2 % of the
+                // benchmark's replay, which starts with empty lanes).
+                lane.buffer.reserve(share);
+                asked.push(lane.position.clone());
+            }
+        }
         if asked.is_empty() {
             return Ok(());
         }
@@ -296,14 +316,22 @@ impl Lanes {
         };
         let mut useful = 0;
         // A fetch brings each partition's records in one run: its lane is
-        // looked up once per run.
+        // looked up (by the topic's name) once per run.
         let mut at = 0;
+        let mut run: Option<(std::sync::Arc<str>, u32)> = None;
         for stored in fetched {
-            let is = |l: &Lane| {
-                l.position.partition == stored.partition && *l.position.topic == *stored.topic
-            };
-            if !crate::consumer::find_from(&self.lanes, &mut at, is) {
-                continue;
+            let same_run = run.as_ref().is_some_and(|(topic, partition)| {
+                *partition == stored.partition && std::sync::Arc::ptr_eq(topic, &stored.topic)
+            });
+            if !same_run {
+                let is = |l: &Lane| {
+                    l.position.partition == stored.partition && *l.position.topic == *stored.topic
+                };
+                if !crate::consumer::find_from(&self.lanes, &mut at, is) {
+                    run = None;
+                    continue;
+                }
+                run = Some((std::sync::Arc::clone(&stored.topic), stored.partition));
             }
             let lane = &mut self.lanes[at];
             if stored.offset < lane.position.offset || stored.offset >= lane.end {
@@ -311,11 +339,13 @@ impl Lanes {
             }
             lane.position.offset = stored.offset + 1;
             if lane.pending() == 0 {
-                self.heads.push(Reverse((append_key(&stored), at)));
+                self.heads.set(at, Some(&stored));
             }
             lane.buffer.push_back(stored);
             useful += 1;
         }
+        // New heads: every match played again (a few per lane).
+        self.heads.play_all();
         self.dry = self.lanes.iter().filter(|l| l.dry()).count();
         if useful > 0 {
             self.empty_in_a_row = 0;
@@ -340,44 +370,144 @@ impl Lanes {
         Ok(())
     }
 
-    /// Takes the next records in append order (record timestamp, then
-    /// partition and offset; then lane index, as keys do not name the
-    /// topic) into `out` as (lane, index in its buffer), up to `limit` in
-    /// all, while every unfinished lane has a record to compare. `false`
-    /// when nothing could be taken. The head lane's next record replaces
-    /// it at the top of the heap, which sifts it down once — a run of one
-    /// lane costs a comparison or two per record (one sift where a pop and
-    /// a push took two; in the benchmark's log the lanes alternate at
-    /// every record, and the merge was ~5 % of the replay).
+    /// [`take_in_append_order`] on these lanes.
+    #[cfg(test)]
     fn take_in_append_order(&mut self, out: &mut Vec<(usize, usize)>, limit: usize) -> bool {
-        if self.dry > 0 || out.len() >= limit {
-            return false;
-        }
-        let Some(mut top) = self.heads.peek_mut() else {
-            return false;
+        take_in_append_order(&self.lanes, &mut self.heads, &mut self.dry, out, limit)
+    }
+}
+
+/// Takes the next record in append order (record timestamp, then
+/// partition and offset; then lane index, as keys do not name the topic)
+/// of `lanes` (whose heads and dry count are `heads` and `dry`) into `out`
+/// as (lane, index in its buffer), unless `out` holds `limit` already or a
+/// lane with records due has none fetched (the next record is not known
+/// then). `false` when nothing was taken.
+fn take_in_append_order(
+    lanes: &[Lane],
+    heads: &mut Tournament,
+    dry: &mut usize,
+    out: &mut Vec<(usize, usize)>,
+    limit: usize,
+) -> bool {
+    if *dry > 0 || out.len() >= limit {
+        return false;
+    }
+    let Some(i) = heads.winner() else {
+        return false;
+    };
+    let lane = &lanes[i];
+    out.push((i, lane.taken.get()));
+    lane.taken.set(lane.taken.get() + 1);
+    let next = lane.front();
+    if next.is_none() && lane.dry() {
+        *dry += 1;
+    }
+    heads.replace_winner(next);
+    true
+}
+
+/// A tournament of losers over the lanes' heads (their first records not
+/// taken, by [`AppendKey`] then lane): the winner is the least, and when
+/// it is replaced only the matches on its way up are played again — one
+/// comparison per level, three for eight lanes. (A binary heap sifted
+/// twice as many, each a branch the lanes' alternating records made
+/// unpredictable: the merge was ~9 % of `lambda bench speed`'s replay.)
+#[derive(Debug)]
+struct Tournament {
+    /// Each lane's head as one integer key ([`Tournament::key`]; lanes
+    /// without a head, and the leaves past the last lane, [`NO_HEAD`]).
+    heads: Vec<(u64, u128)>,
+    /// `nodes[0]`: the winner's lane; `nodes[n]` for `n` in `1..width`: the
+    /// loser of the match at node `n` (children `2n` and `2n + 1`; lane
+    /// `i`'s leaf is `width + i`).
+    nodes: Vec<usize>,
+    /// Leaves: the lanes, to a power of two.
+    width: usize,
+}
+
+/// The key of a lane without a head: after every record's (no record has
+/// offset `u64::MAX`).
+const NO_HEAD: (u64, u128) = (u64::MAX, u128::MAX);
+
+impl Tournament {
+    fn new(lanes: usize) -> Tournament {
+        let width = lanes.next_power_of_two();
+        let mut tournament = Tournament {
+            heads: vec![NO_HEAD; width],
+            nodes: vec![0; width],
+            width,
         };
-        let Reverse((_, i)) = *top;
-        let lane = &mut self.lanes[i];
-        out.push((i, lane.taken));
-        lane.taken += 1;
-        match lane.front() {
-            Some(next) => *top = Reverse((append_key(next), i)),
-            None => {
-                PeekMut::pop(top);
-                if lane.dry() {
-                    self.dry += 1;
-                }
-            }
+        tournament.play_all();
+        tournament
+    }
+
+    /// `record`'s [`AppendKey`] and its lane as two integers that compare
+    /// as `(AppendKey, lane)` does: the timestamp with its sign bit flipped;
+    /// then partition, offset and lane side by side (32, 64 and 32 bits). A
+    /// match is two integer comparisons.
+    fn key(record: &StoredRecord, lane: usize) -> (u64, u128) {
+        let (timestamp, partition, offset) = append_key(record);
+        let ordered = (timestamp as u64) ^ (1 << 63);
+        let rest = (u128::from(partition) << 96) | (u128::from(offset) << 32) | lane as u128;
+        (ordered, rest)
+    }
+
+    /// Sets lane `lane`'s head; [`Tournament::play_all`] must follow.
+    fn set(&mut self, lane: usize, head: Option<&StoredRecord>) {
+        self.heads[lane] = head.map_or(NO_HEAD, |record| Tournament::key(record, lane));
+    }
+
+    /// Plays every match from the leaves up.
+    fn play_all(&mut self) {
+        let width = self.width;
+        // The winner of each node's subtree; a leaf's is its lane.
+        let mut winners: Vec<usize> = (0..2 * width).map(|n| n.saturating_sub(width)).collect();
+        for node in (1..width).rev() {
+            let (left, right) = (winners[2 * node], winners[2 * node + 1]);
+            let (winner, loser) = if self.heads[right] < self.heads[left] {
+                (right, left)
+            } else {
+                (left, right)
+            };
+            winners[node] = winner;
+            self.nodes[node] = loser;
         }
-        true
+        self.nodes[0] = winners[1];
+    }
+
+    /// The lane with the first head (`None`: no lane has one).
+    fn winner(&self) -> Option<usize> {
+        let lane = self.nodes[0];
+        (self.heads[lane] != NO_HEAD).then_some(lane)
+    }
+
+    /// The winner's head is now `head`: the matches on its way up are
+    /// played again.
+    fn replace_winner(&mut self, head: Option<&StoredRecord>) {
+        let mut winner = self.nodes[0];
+        self.set(winner, head);
+        let mut node = (self.width + winner) / 2;
+        while node >= 1 {
+            let loser = self.nodes[node];
+            if self.heads[loser] < self.heads[winner] {
+                self.nodes[node] = winner;
+                winner = loser;
+            }
+            node /= 2;
+        }
+        self.nodes[0] = winner;
     }
 }
 
 /// What a replay has folded so far, and what it keeps for the caller.
 #[derive(Default)]
 struct Folded {
-    /// The decoding buffer, kept from chunk to chunk.
+    /// The decoding buffer, kept from refill to refill (see [`replay`]).
     slots: Slots<'static>,
+    /// Where each lane's partition clock is in the state (the replay owns
+    /// the state throughout: a place found stays right).
+    clocks: Vec<ClockPlace>,
     late: BTreeMap<i64, Vec<Event>>,
     counted_in_keep: HashSet<String>,
     records: u64,
@@ -391,22 +521,22 @@ impl Folded {
     fn fold<'a>(
         &mut self,
         state: &mut SpeedState,
-        chunk: impl Iterator<Item = &'a StoredRecord> + Clone,
+        slots: &mut Slots<'a>,
+        chunk: impl Iterator<Item = (usize, &'a StoredRecord)> + Clone,
         keep: &Range<i64>,
     ) {
-        let mut slots = std::mem::take(&mut self.slots).recycle();
-        let decoded = slots.decode(chunk.clone());
+        let decoded = slots.decode(chunk.clone().map(|(_, stored)| stored));
         crate::consumer::touch_ids(state, decoded);
         // By reference: an event is ~0.5 KB, and only a kept one is copied.
-        for (stored, slot) in chunk.zip(decoded) {
-            self.fold_one(state, stored, slot, keep);
+        for ((lane, stored), slot) in chunk.zip(decoded) {
+            self.fold_one(state, lane, stored, slot, keep);
         }
-        self.slots = slots.recycle();
     }
 
     fn fold_one(
         &mut self,
         state: &mut SpeedState,
+        lane: usize,
         stored: &StoredRecord,
         slot: &Slot<'_>,
         keep: &Range<i64>,
@@ -419,7 +549,11 @@ impl Folded {
             return;
         }
         let event = &slot.event;
-        let applied = state.apply_hashed(
+        if self.clocks.len() <= lane {
+            self.clocks.resize(lane + 1, ClockPlace::default());
+        }
+        let applied = state.apply_in_run(
+            &mut self.clocks[lane],
             &stored.topic,
             stored.partition,
             event,
@@ -479,15 +613,14 @@ mod tests {
                         },
                     })
                     .collect(),
-                taken: 0,
+                taken: Cell::new(0),
             })
             .collect::<Vec<_>>();
-        let mut heads = BinaryHeap::new();
+        let mut heads = Tournament::new(lanes.len());
         for (i, lane) in lanes.iter().enumerate() {
-            if let Some(front) = lane.buffer.front() {
-                heads.push(Reverse((append_key(front), i)));
-            }
+            heads.set(i, lane.buffer.front());
         }
+        heads.play_all();
         Lanes {
             lanes,
             heads,
@@ -497,6 +630,60 @@ mod tests {
     }
 
     proptest! {
+        /// The tournament's winner is always the least (key, lane) head,
+        /// as winners are replaced and as every match is played again.
+        #[test]
+        fn the_tournament_winner_is_the_least_head(
+            lanes in proptest::collection::vec(
+                proptest::collection::vec((-4i64..4, 0u32..3), 0..30),
+                0..11,
+            ),
+            replay_every in 1usize..9,
+        ) {
+            // Negative timestamps, and partitions (and offsets) shared
+            // across lanes: ties go down to the lane.
+            let topic: std::sync::Arc<str> = "funnel-events".into();
+            let records: Vec<Vec<StoredRecord>> = lanes
+                .iter()
+                .map(|lane| {
+                    lane.iter()
+                        .enumerate()
+                        .map(|(offset, &(ts, partition))| StoredRecord {
+                            topic: topic.clone(),
+                            partition,
+                            offset: offset as u64,
+                            record: lambda_log::Record {
+                                key: None,
+                                value: Default::default(),
+                                timestamp_ms: ts,
+                                headers: Vec::new(),
+                            },
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut fronts = vec![0usize; lanes.len()];
+            let mut tournament = Tournament::new(lanes.len());
+            for (lane, records) in records.iter().enumerate() {
+                tournament.set(lane, records.first());
+            }
+            tournament.play_all();
+            for step in 0.. {
+                let least = (0..lanes.len())
+                    .filter_map(|lane| records[lane].get(fronts[lane]).map(|r| (append_key(r), lane)))
+                    .min()
+                    .map(|(_, lane)| lane);
+                prop_assert_eq!(tournament.winner(), least);
+                let Some(lane) = least else { break };
+                fronts[lane] += 1;
+                tournament.replace_winner(records[lane].get(fronts[lane]));
+                if step % replay_every == 0 {
+                    tournament.play_all();
+                }
+            }
+            prop_assert!(fronts.iter().zip(&lanes).all(|(f, l)| *f == l.len()));
+        }
+
         /// Taking runs gives what a merge taking one record at a time does:
         /// the least (key, lane) head each time, whatever order the
         /// timestamps within a partition come in.
