@@ -31,6 +31,7 @@ use lambda_events::{Event, EventRef, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig};
 use lambda_log::{EmbeddedConfig, EventLog, FetchPosition, Record};
 use lambda_speed::SpeedConfig;
+use lambda_speed::consumer::FETCH_MAX_RECORDS;
 
 use crate::measure::{Measured, cpu_time, measure, median, memory, spinner};
 use crate::report::{Aim, Figure};
@@ -355,12 +356,15 @@ async fn live_round(
     let mut read = 0usize;
     while read < bench.events {
         let asked = alignment.to_fetch(&views.read(), &positions);
-        let records = log.fetch(&asked, 4096, Duration::from_millis(100)).await?;
+        let records = log
+            .fetch(&asked, FETCH_MAX_RECORDS, Duration::from_millis(100))
+            .await?;
         anyhow::ensure!(!records.is_empty(), "the log ended after {read} records");
         read += records.len();
         let delivered = lambda_speed::consumer::partitions_of(&records);
+        let backlog = lambda_speed::consumer::Alignment::backlog(&records, asked.len());
         lambda_speed::consumer::apply(&views, &mut positions, records);
-        alignment.delivered(&views.read(), &delivered);
+        alignment.delivered(&views.read(), &delivered, backlog);
     }
     let measured = Measured {
         cpu: cpu_time().saturating_sub(cpu0),

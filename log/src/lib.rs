@@ -187,6 +187,17 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
         max_wait: Duration,
     ) -> Result<Vec<StoredRecord>, LogError>;
 
+    /// Whether a fetch may ask for a different subset of partitions each
+    /// time at no extra cost (the speed layer's watermark alignment leaves
+    /// partitions out of a fetch while catching up). The embedded log reads
+    /// each partition's segment where the last read ended, whatever was
+    /// asked; a Kafka reader is one client assigned one set of partitions,
+    /// and a new set is a new client (or a reassignment that drops what it
+    /// had prefetched), so [`KafkaLog`] says no.
+    fn fetches_any_subset_cheaply(&self) -> bool {
+        true
+    }
+
     /// Stores `group`'s next offset to read for partitions of `topic`.
     async fn commit(
         &self,

@@ -19,8 +19,8 @@ use crate::seen::IdHash;
 use crate::window::ClockPlace;
 use crate::{SpeedConfig, SpeedViews};
 
-/// Records asked for per fetch.
-const FETCH_MAX_RECORDS: usize = 4096;
+/// Records asked for per fetch (a fetch that comes back full means a backlog).
+pub const FETCH_MAX_RECORDS: usize = 4096;
 /// How long a fetch waits for new records before the loop looks around again.
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 
@@ -82,7 +82,14 @@ pub async fn run(
         .iter()
         .map(|p| ((p.topic.clone(), p.partition), Instant::now()))
         .collect();
-    let mut alignment = Alignment::new(config.max_clock_drift_ms);
+    let mut alignment = if log.fetches_any_subset_cheaply() {
+        Alignment::new(config.max_clock_drift_ms)
+    } else {
+        tracing::info!(
+            "watermark alignment (--max-clock-drift) is off on this log: each set of partitions asked for would be a client of its own"
+        );
+        Alignment::off()
+    };
     let mut checkpoints = CheckpointRetry::new(config.checkpoint_interval);
     let mut checkpointer = Checkpointer::new(&config.checkpoint_path, &mut views.write());
     // The checkpoint being written: folding goes on meanwhile (the snapshot
@@ -115,7 +122,8 @@ pub async fn run(
                 match fetched {
                     Ok(records) => {
                         let delivered = partitions_of(&records);
-                        mark_idleness(&views, &mut last_record, &delivered, config.idle_timeout);
+                        let backlog = Alignment::backlog(&records, asked.len());
+                        mark_idleness(&views, &mut last_record, &asked, &delivered, config.idle_timeout);
                         // The fold is CPU work of milliseconds per fetch: on a
                         // blocking thread, so the runtime's workers go on
                         // answering queries and taking events meanwhile.
@@ -128,7 +136,7 @@ pub async fn run(
                         .await
                         .context("the fold task")?;
                         positions = moved;
-                        alignment.delivered(&views.read(), &delivered);
+                        alignment.delivered(&views.read(), &delivered, backlog);
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
                         }
@@ -227,18 +235,27 @@ impl CheckpointRetry {
     }
 }
 
-/// Notes which partitions delivered, and marks idle those that have not for `timeout`.
+/// Notes which partitions delivered, and marks idle those that were asked
+/// and have not delivered for `timeout`. One that sat out the fetch
+/// ([`Alignment`]) is held back, not quiet: its time does not run.
 fn mark_idleness(
     views: &SpeedViews,
     last_record: &mut [((String, u32), Instant)],
+    asked: &[FetchPosition],
     delivered: &[(Arc<str>, u32)],
     timeout: Duration,
 ) {
     let now = Instant::now();
     for ((topic, partition), at) in last_record.iter_mut() {
+        let sat_out = || {
+            !asked
+                .iter()
+                .any(|p| p.partition == *partition && p.topic == *topic)
+        };
         if delivered
             .iter()
             .any(|(t, p)| p == partition && **t == **topic)
+            || sat_out()
         {
             *at = now;
         } else if now.duration_since(*at) >= timeout {
@@ -277,6 +294,16 @@ pub fn partitions_of(records: &[lambda_log::StoredRecord]) -> Vec<(Arc<str>, u32
 /// that delivered in the last fetch sits out the next fetch. One that has
 /// nothing to deliver (read to its end, or quiet) holds nobody back, and
 /// a partition without a clock yet is always asked.
+///
+/// Only while catching up ([`Alignment::backlog`]): after a fetch in which
+/// no partition filled its share, every partition is asked again. Caught up, holding a
+/// partition back would only hold its views back: one whose events come
+/// minutes behind the others' (IoT devices uploading in batches) would
+/// keep every other partition that far behind real time, each read again
+/// only when it had turned idle. And not on a log where asking for another
+/// set of partitions costs a client ([`EventLog::fetches_any_subset_cheaply`]:
+/// Kafka): [`Alignment::off`]. As in Flink, a partition is held back for
+/// as long as the slowest one delivering stays behind with a backlog.
 #[derive(Debug, Clone)]
 pub struct Alignment {
     max_drift_ms: i64,
@@ -291,6 +318,42 @@ impl Alignment {
             max_drift_ms,
             slowest_delivering: None,
         }
+    }
+
+    /// Every partition asked, always.
+    pub fn off() -> Alignment {
+        Alignment::new(i64::MAX)
+    }
+
+    /// Whether a fetch of `asked` partitions that brought `records` shows a
+    /// backlog: some partition delivered its whole share of the fetch (a
+    /// log gives each partition asked an equal share of
+    /// [`FETCH_MAX_RECORDS`]: a whole fetch comes back only when every
+    /// partition asked has its share waiting, and one partition short of
+    /// it would turn alignment off while the others still catch up).
+    pub fn backlog(records: &[lambda_log::StoredRecord], asked: usize) -> bool {
+        let share = (FETCH_MAX_RECORDS / asked.max(1)).max(1);
+        // (first record of a partition, its records): records come in runs
+        // of one partition, so the last entry is tried first.
+        let mut counts: Vec<(&lambda_log::StoredRecord, usize)> = Vec::new();
+        for record in records {
+            let of = |first: &&lambda_log::StoredRecord| {
+                first.partition == record.partition
+                    && (Arc::ptr_eq(&first.topic, &record.topic) || first.topic == record.topic)
+            };
+            let found = match counts.last_mut() {
+                Some((first, n)) if of(first) => Some(n),
+                _ => counts
+                    .iter_mut()
+                    .find(|(first, _)| of(first))
+                    .map(|(_, n)| n),
+            };
+            match found {
+                Some(n) => *n += 1,
+                None => counts.push((record, 1)),
+            }
+        }
+        counts.iter().any(|(_, n)| *n >= share)
     }
 
     /// The positions the next fetch asks for: `positions`, less those whose
@@ -319,8 +382,19 @@ impl Alignment {
     }
 
     /// After the records of a fetch are folded into `state`: the partitions
-    /// they came from ([`partitions_of`]).
-    pub fn delivered(&mut self, state: &crate::SpeedState, partitions: &[(Arc<str>, u32)]) {
+    /// they came from ([`partitions_of`]), and whether the fetch came back
+    /// full (`backlog`: there is more to read at once). Without a backlog
+    /// the next fetch asks for every partition.
+    pub fn delivered(
+        &mut self,
+        state: &crate::SpeedState,
+        partitions: &[(Arc<str>, u32)],
+        backlog: bool,
+    ) {
+        if !backlog {
+            self.slowest_delivering = None;
+            return;
+        }
         self.slowest_delivering = state
             .clocks()
             .iter()
@@ -770,19 +844,27 @@ mod tests {
             "nothing delivered yet"
         );
         // 1 is the drift ahead of 0, 2 a millisecond more; 3 has no clock.
-        alignment.delivered(&state, &from(&[0, 1, 2]));
+        alignment.delivered(&state, &from(&[0, 1, 2]), true);
         assert_eq!(asked(&alignment, &state, &positions), [0, 1, 3]);
+        // Caught up (the fetch came back with less than it asked for):
+        // nobody is held back.
+        alignment.delivered(&state, &from(&[0, 1, 2]), false);
+        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
+        // Off: nobody is held back, whatever the clocks.
+        let mut off = Alignment::off();
+        off.delivered(&state, &from(&[0, 1, 2]), true);
+        assert_eq!(asked(&off, &state, &positions), [0, 1, 2, 3]);
         // Partition 0 delivered nothing (read to its end): it holds nobody back.
-        alignment.delivered(&state, &from(&[1, 2]));
+        alignment.delivered(&state, &from(&[1, 2]), true);
         assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
         // An idle clock ahead is asked.
-        alignment.delivered(&state, &from(&[0, 1, 2]));
+        alignment.delivered(&state, &from(&[0, 1, 2]), true);
         state.set_idle(topic, 2, true);
         assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
         state.set_idle(topic, 2, false);
         // Never nothing: with every partition ahead, all are asked.
         let mut strict = Alignment::new(-1);
-        strict.delivered(&state, &from(&[0, 1, 2]));
+        strict.delivered(&state, &from(&[0, 1, 2]), true);
         assert_eq!(asked(&strict, &state, &positions), [3]);
         assert_eq!(asked(&strict, &state, &positions[..3]), [0, 1, 2]);
         // The partitions of a fetch, each once, in the order met.
@@ -795,6 +877,129 @@ mod tests {
         let records: Vec<_> = [2, 2, 0, 2, 1, 1].into_iter().map(stored).collect();
         let partitions: Vec<u32> = partitions_of(&records).iter().map(|(_, p)| *p).collect();
         assert_eq!(partitions, [2, 0, 1]);
+        // A backlog: some partition filled its share of the fetch (7
+        // partitions asked: 585 each), whatever the others brought.
+        let share = FETCH_MAX_RECORDS / 7;
+        let fetch = |runs: &[(u32, usize)]| -> Vec<lambda_log::StoredRecord> {
+            runs.iter()
+                .flat_map(|&(partition, n)| std::iter::repeat_n(partition, n))
+                .map(stored)
+                .collect()
+        };
+        assert!(Alignment::backlog(&fetch(&[(0, 3), (1, share)]), 7));
+        assert!(!Alignment::backlog(&fetch(&[(0, 3), (1, share - 1)]), 7));
+        // Its records in two runs count together.
+        assert!(Alignment::backlog(
+            &fetch(&[(1, share - 1), (0, 3), (1, 1)]),
+            7
+        ));
+        assert!(!Alignment::backlog(&[], 7));
+        assert!(!Alignment::backlog(&[], 0));
+    }
+
+    /// Records of the same partition number under two topics, in one
+    /// chunk: each topic's partition keeps its own clock (a run, and the
+    /// clock place found for it, ends where the topic changes).
+    #[test]
+    fn runs_of_one_partition_number_under_two_topics_keep_two_clocks() {
+        let t0 = 1_767_225_600_000;
+        let views: SpeedViews = Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
+            60_000, 3_600_000,
+        )));
+        let stored = |topic: &str, offset: u64, ts: i64| {
+            let mut event =
+                lambda_events::Event::bare(&format!("{topic}{offset}"), EventType::Click, ts);
+            event.user_id = Some("u".into());
+            if topic == "iot-events" {
+                event = lambda_events::Event::bare(
+                    &format!("{topic}{offset}"),
+                    EventType::SensorReading,
+                    ts,
+                );
+                event.device_id = Some("d".into());
+                event.sensor = Some("temperature".into());
+                event.value = Some(20.0);
+            }
+            lambda_log::StoredRecord {
+                topic: Arc::from(topic),
+                partition: 0,
+                offset,
+                record: Record::keyed("k", event.to_json(), ts),
+            }
+        };
+        let records = vec![
+            stored("funnel-events", 0, t0),
+            stored("funnel-events", 1, t0 + 1_000),
+            stored("iot-events", 0, t0 + 300_000),
+            stored("iot-events", 1, t0 + 301_000),
+            stored("funnel-events", 2, t0 + 2_000),
+        ];
+        let mut positions: Vec<FetchPosition> = ["funnel-events", "iot-events"]
+            .into_iter()
+            .map(|topic| FetchPosition {
+                topic: topic.into(),
+                partition: 0,
+                offset: 0,
+            })
+            .collect();
+        let invalid = apply(&views, &mut positions, records);
+        assert!(invalid.is_empty(), "{invalid:?}");
+        let state = views.read();
+        let clocks: Vec<(&str, u32, i64)> = state
+            .clocks()
+            .iter()
+            .map(|c| (c.topic.as_str(), c.partition, c.max_ts))
+            .collect();
+        assert_eq!(
+            clocks,
+            [
+                ("funnel-events", 0, t0 + 2_000),
+                ("iot-events", 0, t0 + 301_000)
+            ]
+        );
+        assert_eq!(state.counters.counted, 5);
+        let offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, [3, 2]);
+    }
+
+    /// A partition asked for that delivered nothing for the timeout turns
+    /// idle; one that sat the fetches out (alignment held it back) does
+    /// not, however long ago it last delivered; one that delivered does not.
+    #[test]
+    fn a_partition_sitting_out_fetches_is_not_counted_idle() {
+        let t0 = 1_767_225_600_000;
+        let topic = "funnel-events";
+        let views: SpeedViews = Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
+            60_000, 3_600_000,
+        )));
+        for partition in 0..3 {
+            let mut click =
+                lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, t0);
+            click.user_id = Some("u".into());
+            views.write().apply_from(topic, partition, &click);
+        }
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("a minute after boot");
+        let mut last_record: Vec<((String, u32), Instant)> = (0..3)
+            .map(|partition| ((topic.to_string(), partition), long_ago))
+            .collect();
+        let position = |partition: u32| FetchPosition {
+            topic: topic.into(),
+            partition,
+            offset: 0,
+        };
+        // 0 and 1 asked, 1 delivered; 2 sat out.
+        let asked = [position(0), position(1)];
+        let delivered = [(Arc::<str>::from(topic), 1)];
+        let timeout = Duration::from_secs(30);
+        mark_idleness(&views, &mut last_record, &asked, &delivered, timeout);
+        let idle: Vec<bool> = views.read().clocks().iter().map(|c| c.idle).collect();
+        assert_eq!(idle, [true, false, false]);
+        // Its time started again when it sat out: asked now and delivering
+        // nothing, it is not idle before the timeout.
+        mark_idleness(&views, &mut last_record, &[position(2)], &[], timeout);
+        assert!(!views.read().clocks()[2].idle);
     }
 
     #[test]

@@ -148,8 +148,6 @@ pub async fn replay(
         state.expect_partition(&lane.position.topic, lane.position.partition);
     }
     let mut folded = Folded::default();
-    // (lane, index in its buffer) of the records folded next.
-    let mut picks = Vec::with_capacity(FOLD_CHUNK);
     while !lanes.finished() {
         lanes.refill(log).await?;
         let before = folded.records;
@@ -165,6 +163,8 @@ pub async fn replay(
         } = &mut lanes;
         let buffered: &[Lane] = buffered;
         let mut slots = std::mem::take(&mut folded.slots).recycle();
+        // (lane, record) of the records folded next.
+        let mut picks = Vec::with_capacity(FOLD_CHUNK);
         loop {
             picks.clear();
             while picks.len() < FOLD_CHUNK
@@ -173,10 +173,7 @@ pub async fn replay(
             if picks.is_empty() {
                 break;
             }
-            let records = picks
-                .iter()
-                .map(|&(lane, i)| (lane, &buffered[lane].buffer[i]));
-            folded.fold(&mut state, &mut slots, records, &keep);
+            folded.fold(&mut state, &mut slots, &picks, &keep);
         }
         folded.slots = slots.recycle();
         if folded.records > before {
@@ -369,25 +366,19 @@ impl Lanes {
         }
         Ok(())
     }
-
-    /// [`take_in_append_order`] on these lanes.
-    #[cfg(test)]
-    fn take_in_append_order(&mut self, out: &mut Vec<(usize, usize)>, limit: usize) -> bool {
-        take_in_append_order(&self.lanes, &mut self.heads, &mut self.dry, out, limit)
-    }
 }
 
 /// Takes the next record in append order (record timestamp, then
 /// partition and offset; then lane index, as keys do not name the topic)
 /// of `lanes` (whose heads and dry count are `heads` and `dry`) into `out`
-/// as (lane, index in its buffer), unless `out` holds `limit` already or a
+/// as (lane, record), unless `out` holds `limit` already or a
 /// lane with records due has none fetched (the next record is not known
 /// then). `false` when nothing was taken.
-fn take_in_append_order(
-    lanes: &[Lane],
+fn take_in_append_order<'a>(
+    lanes: &'a [Lane],
     heads: &mut Tournament,
     dry: &mut usize,
-    out: &mut Vec<(usize, usize)>,
+    out: &mut Vec<(usize, &'a StoredRecord)>,
     limit: usize,
 ) -> bool {
     if *dry > 0 || out.len() >= limit {
@@ -397,7 +388,11 @@ fn take_in_append_order(
         return false;
     };
     let lane = &lanes[i];
-    out.push((i, lane.taken.get()));
+    let Some(taken) = lane.front() else {
+        // (A winner always has a head: its lane's front.)
+        return false;
+    };
+    out.push((i, taken));
     lane.taken.set(lane.taken.get() + 1);
     let next = lane.front();
     if next.is_none() && lane.dry() {
@@ -522,13 +517,13 @@ impl Folded {
         &mut self,
         state: &mut SpeedState,
         slots: &mut Slots<'a>,
-        chunk: impl Iterator<Item = (usize, &'a StoredRecord)> + Clone,
+        chunk: &[(usize, &'a StoredRecord)],
         keep: &Range<i64>,
     ) {
-        let decoded = slots.decode(chunk.clone().map(|(_, stored)| stored));
+        let decoded = slots.decode(chunk.iter().map(|&(_, stored)| stored));
         crate::consumer::touch_ids(state, decoded);
         // By reference: an event is ~0.5 KB, and only a kept one is copied.
-        for ((lane, stored), slot) in chunk.zip(decoded) {
+        for (&(lane, stored), slot) in chunk.iter().zip(decoded) {
             self.fold_one(state, lane, stored, slot, keep);
         }
     }
@@ -704,16 +699,19 @@ mod tests {
             }
             let mut lanes = lanes_of(&partitions);
             let mut taken = Vec::new();
-            let mut out = Vec::new();
-            loop {
-                out.clear();
-                while out.len() < limit && lanes.take_in_append_order(&mut out, limit) {}
-                prop_assert!(out.len() <= limit);
-                if out.is_empty() {
-                    break;
+            {
+                let Lanes { lanes, heads, dry, .. } = &mut lanes;
+                let lanes: &[Lane] = lanes;
+                let mut out = Vec::new();
+                loop {
+                    out.clear();
+                    while out.len() < limit && take_in_append_order(lanes, heads, dry, &mut out, limit) {}
+                    prop_assert!(out.len() <= limit);
+                    if out.is_empty() {
+                        break;
+                    }
+                    taken.extend(out.iter().map(|(_, r)| (r.partition, r.offset)));
                 }
-                let records = out.iter().map(|&(lane, i)| &lanes.lanes[lane].buffer[i]);
-                taken.extend(records.map(|r| (r.partition, r.offset)));
             }
             prop_assert_eq!(taken, reference);
             prop_assert!(lanes.finished());

@@ -276,12 +276,14 @@ impl SeenIds {
         self.dropped_before = before;
     }
 
-    /// Sweeps one table if stale entries outnumber the live ones (and are
-    /// at least [`TIDY_AT`]): called after every fetch, it keeps the tables
-    /// to about twice the open windows' ids after traffic slows, a table's
-    /// worth of work at a time.
+    /// Sweeps one table if stale entries outnumber the live ones and are
+    /// at least [`TIDY_AT`], or if no window holds ids any more (then
+    /// until none is stale: stopping below [`TIDY_AT`] left the tables not
+    /// reached yet with all their room, thousands of slots each). Called
+    /// after every fetch, it keeps the tables to about twice the open
+    /// windows' ids after traffic slows, a table's worth of work at a time.
     pub fn tidy(&mut self) {
-        if self.stale >= TIDY_AT && self.stale > self.live {
+        if self.stale > self.live && (self.stale >= TIDY_AT || self.live == 0) {
             self.sweep(self.tidy_next);
             self.tidy_next = (self.tidy_next + 1) % SHARDS;
         }
@@ -315,9 +317,13 @@ impl SeenIds {
         }
         self.stale = self.stale.saturating_sub(before - live);
         self.shards[i] = table;
-        let mut old = old;
-        old.clear();
-        self.spare = old;
+        // Kept for the next rebuild unless it was far larger than needed
+        // (a mostly stale table gives its room back).
+        if old.capacity() <= 4 * room {
+            let mut old = old;
+            old.clear();
+            self.spare = old;
+        }
     }
 
     /// Windows before this have dropped their ids.
@@ -556,15 +562,19 @@ mod tests {
             "{} slots for {most_live} ids",
             room(&seen)
         );
-        // Traffic stops: the windows close, and tidying empties the tables
-        // down to fewer than TIDY_AT stale entries, and gives back the room.
+        // Traffic stops: the windows close, and a round of tidying empties
+        // every table and gives back the room.
         seen.drop_before(i64::MAX);
         assert_eq!(seen.len(), 0);
         for _ in 0..SHARDS {
             seen.tidy();
         }
-        assert!(entries(&seen) < TIDY_AT, "{} entries left", entries(&seen));
-        assert!(room(&seen) <= 4 * TIDY_AT, "{} slots left", room(&seen));
+        assert_eq!(entries(&seen), 0);
+        assert!(
+            room(&seen) <= SHARDS * 4 * MIN_ROOM,
+            "{} slots left",
+            room(&seen)
+        );
         // And still every id of an open window is found.
         for i in 0..100 {
             let id = format!("again-{i}");
