@@ -638,7 +638,11 @@ pub fn apply(
     // Records of one partition come in runs: its position is looked up
     // once per run.
     let mut at = 0;
+    // The positions a chunk moved (a few: runs), written into the state in
+    // the same hold of the lock as the chunk's events.
+    let mut moved: Vec<usize> = Vec::new();
     for chunk in records.chunks(FOLD_CHUNK) {
+        moved.clear();
         let decoded = slots.decode(chunk);
         for (stored, slot) in chunk.iter().zip(decoded.iter()) {
             if let Err(error) = &slot.outcome {
@@ -657,6 +661,9 @@ pub fn apply(
                 continue;
             }
             positions[at].offset = stored.offset + 1;
+            if moved.last() != Some(&at) && !moved.contains(&at) {
+                moved.push(at);
+            }
         }
         let mut state = views.write();
         touch_ids(&state, decoded);
@@ -675,6 +682,19 @@ pub fn apply(
                 }
                 Err(_) => state.counters.invalid += 1,
             }
+        }
+        // With the events, in the same hold: a checkpoint's snapshot, taken
+        // between two chunks, holds the offsets its state has read to (they
+        // were written once the whole fetch was folded, and a snapshot in
+        // between restored a state ahead of its offsets: its last chunk
+        // was read and folded again — duplicates counted twice, late events
+        // twice in the ledger).
+        for &at in &moved {
+            state.set_offset(
+                &positions[at].topic,
+                positions[at].partition,
+                positions[at].offset,
+            );
         }
     }
     let mut state = views.write();
@@ -960,6 +980,62 @@ mod tests {
         assert_eq!(state.counters.counted, 5);
         let offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
         assert_eq!(offsets, [3, 2]);
+    }
+
+    /// Whenever a snapshot of the state is taken while fetches are folded
+    /// (a checkpoint's, from another thread), its offsets are where its
+    /// events were read to: every record below folded once, none above.
+    /// (The offsets were written once a whole fetch was folded, a chunk
+    /// per hold of the lock: a checkpoint between two chunks restored a
+    /// state ahead of its offsets, and its last chunk was folded again.)
+    #[test]
+    fn a_snapshot_taken_while_fetches_are_folded_holds_its_events_offsets() {
+        let t0 = 1_767_225_600_000;
+        let topic = "funnel-events";
+        let views: SpeedViews = Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
+            60_000, 3_600_000,
+        )));
+        let records: Vec<lambda_log::StoredRecord> = (0..4 * FETCH_MAX_RECORDS as u64)
+            .map(|offset| {
+                let ts = t0 + offset as i64 * 10;
+                // Every tenth a resend of the one before: duplicates too.
+                let id = format!("e{}", offset - u64::from(offset % 10 == 9));
+                let mut click = lambda_events::Event::bare(&id, EventType::Click, ts);
+                click.user_id = Some("u".into());
+                lambda_log::StoredRecord {
+                    topic: Arc::from(topic),
+                    partition: 0,
+                    offset,
+                    record: Record::keyed("u", click.to_json(), ts),
+                }
+            })
+            .collect();
+        let total = records.len() as u64;
+        let folding = Arc::clone(&views);
+        let fold = std::thread::spawn(move || {
+            let mut positions = [FetchPosition {
+                topic: topic.into(),
+                partition: 0,
+                offset: 0,
+            }];
+            for fetch in records.chunks(FETCH_MAX_RECORDS) {
+                apply(&folding, &mut positions, fetch.to_vec());
+            }
+        });
+        let folded_and_offset = || {
+            let state = views.read();
+            let c = &state.counters;
+            let folded = c.counted + c.duplicates + c.late + c.invalid;
+            let offset = state.offsets.get(&(topic.to_string(), 0)).copied();
+            (folded, offset.unwrap_or(0))
+        };
+        while !fold.is_finished() {
+            let (folded, offset) = folded_and_offset();
+            assert_eq!(folded, offset, "records folded beside the offset read to");
+        }
+        fold.join().expect("the fold thread");
+        assert_eq!(folded_and_offset(), (total, total));
+        assert!(views.read().counters.duplicates > 0);
     }
 
     /// A partition asked for that delivered nothing for the timeout turns

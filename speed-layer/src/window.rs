@@ -371,6 +371,21 @@ impl SpeedState {
         }
     }
 
+    /// Sets the next offset to read of `topic`/`partition` (a partition's
+    /// entry found by a walk of a few: no key built for a lookup).
+    pub(crate) fn set_offset(&mut self, topic: &str, partition: u32, offset: u64) {
+        let found = self
+            .offsets
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic);
+        match found {
+            Some((_, next)) => *next = offset,
+            None => {
+                self.offsets.insert((topic.to_string(), partition), offset);
+            }
+        }
+    }
+
     /// Marks a partition idle (no record for the idle timeout) or active again.
     pub fn set_idle(&mut self, topic: &str, partition: u32, idle: bool) {
         if let Some(clock) = self
