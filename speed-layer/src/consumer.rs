@@ -468,9 +468,12 @@ async fn initial_positions(
                 .offsets
                 .get(&(topic.name().to_string(), partition))
                 .copied();
-            let offset = checkpointed
-                .unwrap_or(range.start)
-                .clamp(range.start, range.end);
+            // Not lowered to the end the log reports: that end can lag
+            // (tansu's is its last batch's base when a probe of the batch
+            // times out), and a checkpoint's offset above it read again
+            // what the state had folded. A checkpoint truly past the end
+            // (the log lost records) is refused by the first fetch.
+            let offset = checkpointed.unwrap_or(range.start).max(range.start);
             if offset < range.end {
                 pending.push((topic.name(), partition));
             }
@@ -683,12 +686,11 @@ pub fn apply(
                 Err(_) => state.counters.invalid += 1,
             }
         }
-        // With the events, in the same hold: a checkpoint's snapshot, taken
-        // between two chunks, holds the offsets its state has read to (they
-        // were written once the whole fetch was folded, and a snapshot in
-        // between restored a state ahead of its offsets: its last chunk
-        // was read and folded again — duplicates counted twice, late events
-        // twice in the ledger).
+        // With the events, in the same hold: whoever reads the state
+        // between two chunks (a partition's snapshot served to `lambda
+        // serve`'s mirror, the status) sees the offsets its events were
+        // read to. (They were written once the whole fetch was folded; the
+        // checkpoints, taken between fetches, were not affected.)
         for &at in &moved {
             state.set_offset(
                 &positions[at].topic,
@@ -923,9 +925,7 @@ mod tests {
     #[test]
     fn runs_of_one_partition_number_under_two_topics_keep_two_clocks() {
         let t0 = 1_767_225_600_000;
-        let views: SpeedViews = Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
-            60_000, 3_600_000,
-        )));
+        let views = fresh_views();
         let stored = |topic: &str, offset: u64, ts: i64| {
             let mut event =
                 lambda_events::Event::bare(&format!("{topic}{offset}"), EventType::Click, ts);
@@ -982,19 +982,83 @@ mod tests {
         assert_eq!(offsets, [3, 2]);
     }
 
-    /// Whenever a snapshot of the state is taken while fetches are folded
-    /// (a checkpoint's, from another thread), its offsets are where its
-    /// events were read to: every record below folded once, none above.
-    /// (The offsets were written once a whole fetch was folded, a chunk
-    /// per hold of the lock: a checkpoint between two chunks restored a
-    /// state ahead of its offsets, and its last chunk was folded again.)
+    /// A checkpoint whose offset is past the partition's end (the log lost
+    /// records, or was restored from an older copy) is refused with an
+    /// error naming the partition and both offsets — not lowered to the end
+    /// the log reports, from where the fold would go on as if nothing were
+    /// missing (and, where a reported end lags, read again what it had
+    /// folded). One at the end resumes there.
+    #[tokio::test]
+    async fn a_checkpoint_past_the_log_s_end_is_refused_not_lowered_to_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log: Arc<dyn EventLog> = Arc::new(
+            lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+                .await
+                .expect("the log"),
+        );
+        for topic in Topic::ALL {
+            log.create_topic(topic.name(), 1).await.expect("a topic");
+        }
+        let records = vec![Record::keyed("u", b"{}".to_vec(), 0); 3];
+        log.append("funnel-events", records)
+            .await
+            .expect("appended");
+        let run_from = |offset: u64| {
+            let config = SpeedConfig::with_data_dir(&dir.path().join(format!("speed-{offset}")));
+            let views = crate::new_views(&config);
+            views.write().set_offset("funnel-events", 0, offset);
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            let log = Arc::clone(&log);
+            async move {
+                let running = tokio::spawn(run(config, log, views.clone(), shutdown));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                stop.cancel();
+                let outcome = tokio::time::timeout(Duration::from_secs(30), running)
+                    .await
+                    .expect("the speed layer stops")
+                    .expect("the task");
+                let offset = views
+                    .read()
+                    .offsets
+                    .get(&("funnel-events".to_string(), 0))
+                    .copied();
+                (outcome, offset)
+            }
+        };
+        let (outcome, _) = run_from(7).await;
+        let error = format!(
+            "{:#}",
+            outcome.expect_err("a checkpoint past the end is refused")
+        );
+        assert!(
+            error.contains("funnel-events partition 0")
+                && error.contains("offset 7 is past the partition's end 3"),
+            "{error}"
+        );
+        let (outcome, offset) = run_from(3).await;
+        outcome.expect("at the end, it resumes");
+        assert_eq!(offset, Some(3));
+    }
+
+    /// Views of a fresh state: a minute's allowed lateness, an hour's horizon.
+    fn fresh_views() -> SpeedViews {
+        Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
+            60_000, 3_600_000,
+        )))
+    }
+
+    /// Whenever the state is read while fetches are folded (a partition's
+    /// snapshot served over HTTP, from another thread), its offsets are
+    /// where its events were read to: every record below folded once, none
+    /// above. (The offsets were written once a whole fetch was folded, a
+    /// chunk per hold of the lock: a reader between two chunks saw a state
+    /// ahead of its offsets.)
     #[test]
     fn a_snapshot_taken_while_fetches_are_folded_holds_its_events_offsets() {
         let t0 = 1_767_225_600_000;
         let topic = "funnel-events";
-        let views: SpeedViews = Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
-            60_000, 3_600_000,
-        )));
+        let views = fresh_views();
         let records: Vec<lambda_log::StoredRecord> = (0..4 * FETCH_MAX_RECORDS as u64)
             .map(|offset| {
                 let ts = t0 + offset as i64 * 10;
@@ -1045,9 +1109,7 @@ mod tests {
     fn a_partition_sitting_out_fetches_is_not_counted_idle() {
         let t0 = 1_767_225_600_000;
         let topic = "funnel-events";
-        let views: SpeedViews = Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
-            60_000, 3_600_000,
-        )));
+        let views = fresh_views();
         for partition in 0..3 {
             let mut click =
                 lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, t0);

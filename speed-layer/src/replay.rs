@@ -581,6 +581,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An empty record of `topic`/`partition` at `offset`, stamped `ts`.
+    fn stamped(topic: &std::sync::Arc<str>, partition: u32, offset: u64, ts: i64) -> StoredRecord {
+        StoredRecord {
+            topic: topic.clone(),
+            partition,
+            offset,
+            record: lambda_log::Record {
+                key: None,
+                value: Default::default(),
+                timestamp_ms: ts,
+                headers: Vec::new(),
+            },
+        }
+    }
+
     fn lanes_of(partitions: &[Vec<i64>]) -> Lanes {
         let topic: std::sync::Arc<str> = "funnel-events".into();
         let lanes = partitions
@@ -596,17 +611,7 @@ mod tests {
                 buffer: stamps
                     .iter()
                     .enumerate()
-                    .map(|(offset, &ts)| StoredRecord {
-                        topic: topic.clone(),
-                        partition: p as u32,
-                        offset: offset as u64,
-                        record: lambda_log::Record {
-                            key: None,
-                            value: Default::default(),
-                            timestamp_ms: ts,
-                            headers: Vec::new(),
-                        },
-                    })
+                    .map(|(offset, &ts)| stamped(&topic, p as u32, offset as u64, ts))
                     .collect(),
                 taken: Cell::new(0),
             })
@@ -643,16 +648,8 @@ mod tests {
                 .map(|lane| {
                     lane.iter()
                         .enumerate()
-                        .map(|(offset, &(ts, partition))| StoredRecord {
-                            topic: topic.clone(),
-                            partition,
-                            offset: offset as u64,
-                            record: lambda_log::Record {
-                                key: None,
-                                value: Default::default(),
-                                timestamp_ms: ts,
-                                headers: Vec::new(),
-                            },
+                        .map(|(offset, &(ts, partition))| {
+                            stamped(&topic, partition, offset as u64, ts)
                         })
                         .collect()
                 })
