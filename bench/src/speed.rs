@@ -362,9 +362,9 @@ async fn live_round(
         anyhow::ensure!(!records.is_empty(), "the log ended after {read} records");
         read += records.len();
         let delivered = lambda_speed::consumer::partitions_of(&records);
-        let backlog = lambda_speed::consumer::Alignment::backlog(&records, asked.len());
+        let backlog = lambda_speed::consumer::Alignment::backlog(&delivered, asked.len());
         lambda_speed::consumer::apply(&views, &mut positions, records);
-        alignment.delivered(&views.read(), &delivered, backlog);
+        alignment.delivered(&views.read(), &delivered.partitions, backlog);
     }
     let measured = Measured {
         cpu: cpu_time().saturating_sub(cpu0),

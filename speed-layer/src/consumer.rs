@@ -122,8 +122,8 @@ pub async fn run(
                 match fetched {
                     Ok(records) => {
                         let delivered = partitions_of(&records);
-                        let backlog = Alignment::backlog(&records, asked.len());
-                        mark_idleness(&views, &mut last_record, &asked, &delivered, config.idle_timeout);
+                        let backlog = Alignment::backlog(&delivered, asked.len());
+                        mark_idleness(&views, &mut last_record, &asked, &delivered.partitions, config.idle_timeout);
                         // The fold is CPU work of milliseconds per fetch: on a
                         // blocking thread, so the runtime's workers go on
                         // answering queries and taking events meanwhile.
@@ -136,7 +136,7 @@ pub async fn run(
                         .await
                         .context("the fold task")?;
                         positions = moved;
-                        alignment.delivered(&views.read(), &delivered, backlog);
+                        alignment.delivered(&views.read(), &delivered.partitions, backlog);
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
                         }
@@ -264,21 +264,41 @@ fn mark_idleness(
     }
 }
 
-/// The partitions `records` came from, each once, in the order met.
-pub fn partitions_of(records: &[lambda_log::StoredRecord]) -> Vec<(Arc<str>, u32)> {
+/// What a fetch delivered ([`partitions_of`]).
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// The partitions records came from, each once, in the order met.
+    pub partitions: Vec<(Arc<str>, u32)>,
+    /// The most records one partition delivered.
+    pub most: usize,
+}
+
+/// The partitions `records` came from, and how many the busiest delivered.
+pub fn partitions_of(records: &[lambda_log::StoredRecord]) -> Delivered {
     fn of(record: &lambda_log::StoredRecord, (topic, partition): &(Arc<str>, u32)) -> bool {
         *partition == record.partition
             && (Arc::ptr_eq(topic, &record.topic) || **topic == *record.topic)
     }
-    let mut out: Vec<(Arc<str>, u32)> = Vec::new();
+    let mut partitions: Vec<(Arc<str>, u32)> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
     for record in records {
         // Records come in runs of one partition: the last one first.
-        if out.last().is_some_and(|last| of(record, last)) || out.iter().any(|p| of(record, p)) {
-            continue;
+        let found = match partitions.last() {
+            Some(last) if of(record, last) => Some(partitions.len() - 1),
+            _ => partitions.iter().position(|p| of(record, p)),
+        };
+        match found {
+            Some(i) => counts[i] += 1,
+            None => {
+                partitions.push((Arc::clone(&record.topic), record.partition));
+                counts.push(1);
+            }
         }
-        out.push((Arc::clone(&record.topic), record.partition));
     }
-    out
+    Delivered {
+        partitions,
+        most: counts.into_iter().max().unwrap_or(0),
+    }
 }
 
 /// Watermark alignment, as Flink's (`withWatermarkAlignment`): which
@@ -325,35 +345,15 @@ impl Alignment {
         Alignment::new(i64::MAX)
     }
 
-    /// Whether a fetch of `asked` partitions that brought `records` shows a
+    /// Whether a fetch of `asked` partitions that `delivered` shows a
     /// backlog: some partition delivered its whole share of the fetch (a
     /// log gives each partition asked an equal share of
     /// [`FETCH_MAX_RECORDS`]: a whole fetch comes back only when every
     /// partition asked has its share waiting, and one partition short of
     /// it would turn alignment off while the others still catch up).
-    pub fn backlog(records: &[lambda_log::StoredRecord], asked: usize) -> bool {
+    pub fn backlog(delivered: &Delivered, asked: usize) -> bool {
         let share = (FETCH_MAX_RECORDS / asked.max(1)).max(1);
-        // (first record of a partition, its records): records come in runs
-        // of one partition, so the last entry is tried first.
-        let mut counts: Vec<(&lambda_log::StoredRecord, usize)> = Vec::new();
-        for record in records {
-            let of = |first: &&lambda_log::StoredRecord| {
-                first.partition == record.partition
-                    && (Arc::ptr_eq(&first.topic, &record.topic) || first.topic == record.topic)
-            };
-            let found = match counts.last_mut() {
-                Some((first, n)) if of(first) => Some(n),
-                _ => counts
-                    .iter_mut()
-                    .find(|(first, _)| of(first))
-                    .map(|(_, n)| n),
-            };
-            match found {
-                Some(n) => *n += 1,
-                None => counts.push((record, 1)),
-            }
-        }
-        counts.iter().any(|(_, n)| *n >= share)
+        delivered.most >= share
     }
 
     /// The positions the next fetch asks for: `positions`, less those whose
@@ -664,7 +664,7 @@ pub fn apply(
                 continue;
             }
             positions[at].offset = stored.offset + 1;
-            if moved.last() != Some(&at) && !moved.contains(&at) {
+            if !moved.contains(&at) {
                 moved.push(at);
             }
         }
@@ -700,11 +700,10 @@ pub fn apply(
         }
     }
     let mut state = views.write();
+    // (Positions that delivered nothing: retention skips, partitions not
+    // checkpointed yet.)
     for position in positions.iter() {
-        let key = (position.topic.clone(), position.partition);
-        if state.offsets.get(&key) != Some(&position.offset) {
-            state.offsets.insert(key, position.offset);
-        }
+        state.set_offset(&position.topic, position.partition, position.offset);
     }
     state.evict();
     invalid
@@ -897,8 +896,10 @@ mod tests {
             record: Record::keyed("u", b"{}".to_vec(), 0),
         };
         let records: Vec<_> = [2, 2, 0, 2, 1, 1].into_iter().map(stored).collect();
-        let partitions: Vec<u32> = partitions_of(&records).iter().map(|(_, p)| *p).collect();
+        let delivered = partitions_of(&records);
+        let partitions: Vec<u32> = delivered.partitions.iter().map(|(_, p)| *p).collect();
         assert_eq!(partitions, [2, 0, 1]);
+        assert_eq!(delivered.most, 3);
         // A backlog: some partition filled its share of the fetch (7
         // partitions asked: 585 each), whatever the others brought.
         let share = FETCH_MAX_RECORDS / 7;
@@ -908,15 +909,15 @@ mod tests {
                 .map(stored)
                 .collect()
         };
-        assert!(Alignment::backlog(&fetch(&[(0, 3), (1, share)]), 7));
-        assert!(!Alignment::backlog(&fetch(&[(0, 3), (1, share - 1)]), 7));
+        let backlog = |runs: &[(u32, usize)], asked: usize| {
+            Alignment::backlog(&partitions_of(&fetch(runs)), asked)
+        };
+        assert!(backlog(&[(0, 3), (1, share)], 7));
+        assert!(!backlog(&[(0, 3), (1, share - 1)], 7));
         // Its records in two runs count together.
-        assert!(Alignment::backlog(
-            &fetch(&[(1, share - 1), (0, 3), (1, 1)]),
-            7
-        ));
-        assert!(!Alignment::backlog(&[], 7));
-        assert!(!Alignment::backlog(&[], 0));
+        assert!(backlog(&[(1, share - 1), (0, 3), (1, 1)], 7));
+        assert!(!backlog(&[], 7));
+        assert!(!backlog(&[], 0));
     }
 
     /// Records of the same partition number under two topics, in one
@@ -1012,8 +1013,12 @@ mod tests {
             let log = Arc::clone(&log);
             async move {
                 let running = tokio::spawn(run(config, log, views.clone(), shutdown));
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                stop.cancel();
+                // Past the end it stops by itself; at the end it goes on
+                // until told to stop.
+                if offset <= 3 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    stop.cancel();
+                }
                 let outcome = tokio::time::timeout(Duration::from_secs(30), running)
                     .await
                     .expect("the speed layer stops")
