@@ -500,6 +500,18 @@ async fn initial_positions(
 /// harness: 49 → 26 L1 data misses per record, the same instructions).
 pub(crate) const FOLD_CHUNK: usize = 16;
 
+/// What decoding a record reads of it: its value, its topic, its timestamp.
+pub(crate) type Parts<'a, 't> = (&'a [u8], &'t str, i64);
+
+/// A stored record's [`Parts`].
+pub(crate) fn parts(stored: &lambda_log::StoredRecord) -> Parts<'_, '_> {
+    (
+        &stored.record.value,
+        &stored.topic,
+        stored.record.timestamp_ms,
+    )
+}
+
 /// A chunk's records decoded in place: each event written into a slot of
 /// one buffer the fold keeps from chunk to chunk (an event is ~0.45 KB;
 /// moving each from the decoder through `Result`s into a buffer was ~6 %
@@ -525,13 +537,12 @@ pub(crate) struct Slot<'a> {
 impl<'a> Slots<'a> {
     /// Decodes `chunk` into the slots, which it returns (the chunk's
     /// records, in order).
-    pub(crate) fn decode(
+    pub(crate) fn decode<'t>(
         &mut self,
-        chunk: impl IntoIterator<Item = &'a lambda_log::StoredRecord>,
+        chunk: impl IntoIterator<Item = Parts<'a, 't>>,
     ) -> &[Slot<'a>] {
         let mut used = 0;
-        for stored in chunk {
-            let record = &stored.record;
+        for (value, topic, timestamp_ms) in chunk {
             // Each event is decoded where its slot lies, the slots of the
             // last chunk used again (decoding into a local and pushing it
             // moved each event once more: ~2.5 % of the live loop's
@@ -546,14 +557,9 @@ impl<'a> Slots<'a> {
             }
             let slot = &mut self.slots[used];
             used += 1;
-            slot.outcome = EventRef::read_log_record(
-                &record.value,
-                &stored.topic,
-                record.timestamp_ms,
-                &mut slot.event,
-            );
+            slot.outcome = EventRef::read_log_record(value, topic, timestamp_ms, &mut slot.event);
             if slot.outcome.is_ok() {
-                slot.clock = lambda_events::event::clock_ts(slot.event.ts, record.timestamp_ms);
+                slot.clock = lambda_events::event::clock_ts(slot.event.ts, timestamp_ms);
                 slot.hash = IdHash::of(&slot.event.event_id);
             }
         }
@@ -646,7 +652,7 @@ pub fn apply(
     let mut moved: Vec<usize> = Vec::new();
     for chunk in records.chunks(FOLD_CHUNK) {
         moved.clear();
-        let decoded = slots.decode(chunk);
+        let decoded = slots.decode(chunk.iter().map(parts));
         for (stored, slot) in chunk.iter().zip(decoded.iter()) {
             if let Err(error) = &slot.outcome {
                 tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "invalid record");
@@ -804,7 +810,7 @@ mod tests {
             ),
         ];
         let mut slots = Slots::default();
-        let decoded = slots.decode(&records);
+        let decoded = slots.decode(records.iter().map(parts));
         assert_eq!(decoded.len(), 4);
         assert_eq!(&*decoded[0].event.event_id, "a");
         assert_eq!(decoded[0].clock, 60_000);
