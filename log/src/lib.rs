@@ -218,6 +218,39 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     async fn close(&self) -> Result<(), LogError>;
 }
 
+/// Runs blocking work (a read, a fold) on the thread the task is on: on
+/// tokio's multi-threaded runtime through `block_in_place`, the worker's
+/// other tasks moving to another thread meanwhile; on a current-thread
+/// runtime, which does not allow that, on the blocking pool. A fetch read
+/// on a pool thread and folded on another crossed between cores, its
+/// records in the other core's cache, and each hand-off woke a thread:
+/// `lambda bench speed --only live|kappa`, read and fold on one thread,
+/// log -> views 1.87–1.91 → 2.09–2.10 M events/s per core, the kappa
+/// replay 1.65–1.81 → 1.91–1.94 M. A panic in `work` comes back as an
+/// error naming it, as from the pool.
+pub async fn on_this_thread<T, F>(work: F) -> Result<T, String>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        let work = std::panic::AssertUnwindSafe(work);
+        tokio::task::block_in_place(|| std::panic::catch_unwind(work)).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("panicked: {message}")
+        })
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Opens the log a URL names: `embedded://PATH` (relative or absolute) or
 /// `kafka://HOST:PORT[,HOST:PORT…][?option=value&…]` (see [`KafkaConfig::from_url_tail`]).
 /// `embedded.topic_retention` applies to both: on Kafka it becomes the

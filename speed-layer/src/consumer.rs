@@ -124,17 +124,18 @@ pub async fn run(
                         let delivered = partitions_of(&records);
                         let backlog = Alignment::backlog(&delivered, asked.len());
                         mark_idleness(&views, &mut last_record, &asked, &delivered.partitions, config.idle_timeout);
-                        // The fold is CPU work of milliseconds per fetch: on a
-                        // blocking thread, so the runtime's workers go on
-                        // answering queries and taking events meanwhile.
+                        // The fold is CPU work of milliseconds per fetch: done
+                        // as blocking work, so the runtime's other tasks go on
+                        // answering queries and taking events meanwhile, on
+                        // the thread that read the records (still in its cache).
                         let folding = Arc::clone(&views);
-                        let (moved, invalid) = tokio::task::spawn_blocking(move || {
+                        let (moved, invalid) = lambda_log::on_this_thread(move || {
                             let mut positions = positions;
                             let invalid = apply(&folding, &mut positions, records);
                             (positions, invalid)
                         })
                         .await
-                        .context("the fold task")?;
+                        .map_err(|e| anyhow::anyhow!("the fold task: {e}"))?;
                         positions = moved;
                         alignment.delivered(&views.read(), &delivered.partitions, backlog);
                         if config.dead_letter_invalid && !invalid.is_empty() {

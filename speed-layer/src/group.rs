@@ -764,7 +764,7 @@ async fn fold(
             work.push((id, Arc::clone(&h.views), h.position.clone(), records));
         }
     }
-    let folded = tokio::task::spawn_blocking(move || {
+    let folded = lambda_log::on_this_thread(move || {
         let mut invalid = Vec::new();
         let moved: Vec<(PartitionId, FetchPosition)> = work
             .into_iter()
@@ -779,7 +779,7 @@ async fn fold(
         (moved, invalid)
     })
     .await
-    .context("the fold task")?;
+    .map_err(|e| anyhow::anyhow!("the fold task: {e}"))?;
     let (moved, invalid) = folded;
     for (id, position) in moved {
         if let Some(h) = held.get_mut(&id) {

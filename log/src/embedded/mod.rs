@@ -711,10 +711,9 @@ impl EventLog for EmbeddedLog {
             // lands during the read still wakes the wait below.
             appended.borrow_and_update();
             let (inner, wanted) = (Arc::clone(&self.inner), positions.to_vec());
-            let records =
-                tokio::task::spawn_blocking(move || inner.read_available(&wanted, max_records))
-                    .await
-                    .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))??;
+            let records = crate::on_this_thread(move || inner.read_available(&wanted, max_records))
+                .await
+                .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))??;
             if !records.is_empty() {
                 return Ok(records);
             }
