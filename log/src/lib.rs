@@ -267,3 +267,37 @@ pub async fn open(url: &str, embedded: EmbeddedConfig) -> Result<Arc<dyn EventLo
     }
     Err(LogError::UnsupportedUrl(url.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::on_this_thread;
+
+    /// On the multi-threaded runtime the work runs on the caller's thread
+    /// (what keeps a fetch's records in its cache for the fold), and a
+    /// panic in it comes back as an error naming it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_work_runs_on_the_task_s_thread_on_the_multi_threaded_runtime() {
+        let caller = std::thread::current().id();
+        let ran_on = on_this_thread(|| std::thread::current().id())
+            .await
+            .unwrap();
+        assert_eq!(ran_on, caller);
+        let failed = on_this_thread(|| -> u32 { panic!("a fold gone wrong") }).await;
+        assert!(failed.unwrap_err().contains("a fold gone wrong"));
+        // The worker goes on afterwards.
+        assert_eq!(on_this_thread(|| 7).await, Ok(7));
+    }
+
+    /// A current-thread runtime does not allow blocking in place: the
+    /// work goes to the blocking pool, a thread of its own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn blocking_work_goes_to_the_pool_on_a_current_thread_runtime() {
+        let caller = std::thread::current().id();
+        let ran_on = on_this_thread(|| std::thread::current().id())
+            .await
+            .unwrap();
+        assert_ne!(ran_on, caller);
+        let failed = on_this_thread(|| -> u32 { panic!("a fold gone wrong") }).await;
+        assert!(failed.unwrap_err().contains("panic"));
+    }
+}
