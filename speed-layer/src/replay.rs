@@ -518,10 +518,16 @@ impl Tournament {
         let mut node = (self.width + winner) / 2;
         while node >= 1 {
             let loser = self.nodes[node];
-            if self.heads[loser] < self.heads[winner] {
-                self.nodes[node] = winner;
-                winner = loser;
-            }
+            let (challenger, holder) = (self.heads[loser], self.heads[winner]);
+            // Without a branch: which lane wins is a coin toss when the
+            // lanes' records alternate, and a mispredicted branch per level
+            // cost more than the comparison.
+            let beaten = (challenger.0 < holder.0)
+                | ((challenger.0 == holder.0) & (challenger.1 < holder.1));
+            let (won, lost) =
+                std::hint::select_unpredictable(beaten, (loser, winner), (winner, loser));
+            self.nodes[node] = lost;
+            winner = won;
             node /= 2;
         }
         self.nodes[0] = winner;
