@@ -224,10 +224,12 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
 /// runtime, which does not allow that, on the blocking pool. A fetch read
 /// on a pool thread and folded on another crossed between cores, its
 /// records in the other core's cache, and each hand-off woke a thread:
-/// `lambda bench speed --only live|kappa`, read and fold on one thread,
-/// log -> views 1.87–1.91 → 2.09–2.10 M events/s per core, the kappa
-/// replay 1.65–1.81 → 1.91–1.94 M. A panic in `work` comes back as an
-/// error naming it, as from the pool.
+/// `lambda bench speed --only live|kappa` (which runs its rounds on the
+/// runtime's `block_on` thread), read and fold on one thread, log -> views
+/// 1.87–1.91 → 2.09–2.10 M events/s per core, the kappa replay 1.65–1.81 →
+/// 1.91–1.94 M. On a worker, the first call hands the worker's other tasks
+/// to another thread and the task goes on in place until it waits. A panic
+/// in `work` comes back as an error naming it, as from the pool.
 pub async fn on_this_thread<T, F>(work: F) -> Result<T, String>
 where
     F: FnOnce() -> T + Send + 'static,

@@ -833,3 +833,39 @@ async fn records_kept_from_earlier_reads_keep_their_bytes_while_buffers_are_reus
         assert!(fetches >= 2 && !kept.is_empty(), "max {max}: {fetches}");
     }
 }
+
+/// A task that fetches in a loop from a partition that always has records
+/// (a replay, the batch layer's read) still gives the runtime a turn: its
+/// other futures — a shutdown, here a timer beside the loop in one
+/// `select!` — run. (The read runs in place on the multi-threaded runtime;
+/// without the turn each fetch was ready at once and the loop never let go.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_fetching_in_a_loop_still_sees_its_other_futures() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        EmbeddedLog::open(dir.path(), EmbeddedConfig::default())
+            .await
+            .unwrap(),
+    );
+    log.create_topic("t", 1).await.unwrap();
+    let records = (0..10).map(|i| record("k", format!("v{i}"), i)).collect();
+    log.append("t", records).await.unwrap();
+    let position = FetchPosition {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+    };
+    // Enough fetches to take far longer than the timer (seconds), so a loop
+    // that never lets go ends first and the test fails instead of hanging.
+    const FETCHES: u32 = 1_000_000;
+    let winner = tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(50)) => "the timer",
+        _ = async {
+            for _ in 0..FETCHES {
+                let got = log.fetch(std::slice::from_ref(&position), 5, Duration::ZERO).await.unwrap();
+                assert_eq!(got.len(), 5);
+            }
+        } => "the fetch loop",
+    };
+    assert_eq!(winner, "the timer");
+}

@@ -126,8 +126,9 @@ pub async fn run(
                         mark_idleness(&views, &mut last_record, &asked, &delivered.partitions, config.idle_timeout);
                         // The fold is CPU work of milliseconds per fetch: done
                         // as blocking work, so the runtime's other tasks go on
-                        // answering queries and taking events meanwhile, on
-                        // the thread that read the records (still in its cache).
+                        // answering queries and taking events meanwhile — on the
+                        // embedded log, on the thread that read the records
+                        // (still in its cache; Kafka's client reads on its own).
                         let folding = Arc::clone(&views);
                         let (moved, invalid) = lambda_log::on_this_thread(move || {
                             let mut positions = positions;

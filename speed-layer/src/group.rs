@@ -739,8 +739,8 @@ fn finish(
     }
 }
 
-/// Folds fetched records into their partitions' states (on a blocking
-/// thread: CPU work of milliseconds), moving each position past them.
+/// Folds fetched records into their partitions' states (as blocking work,
+/// `on_this_thread`: CPU work of milliseconds), moving each position past them.
 /// Returns the dead-letter records of invalid ones.
 async fn fold(
     held: &mut BTreeMap<PartitionId, Held>,

@@ -23,11 +23,13 @@ use crate::window::{Applied, ClockPlace, SpeedState};
 /// Records asked for per fetch: four times the live loop's. The replay
 /// fetches a lane whenever it runs low, so in the benchmark's log (twelve
 /// partitions of uneven rates) it made about twice the live loop's fetches,
-/// each a round trip to a blocking thread and a file opened per partition.
+/// each a turn of the runtime and a file opened per partition.
 /// `lambda bench speed --only kappa`, five rounds each (after the changes
 /// of the eighth session): 4 096 → 1.25–1.51 M events/s per core, 8 192 →
-/// 1.46–1.56 M, 16 384 → 1.55–1.62 M, beside the live loop's 1.55–1.69 M.
-/// At most ~4 MB of records are buffered.
+/// 1.46–1.56 M, 16 384 → 1.55–1.62 M, beside the live loop's 1.55–1.69 M;
+/// again with the read on the replay's own thread (tenth session, two runs
+/// each): 4 096 → 1.71–1.87 M, 8 192 → 1.50–1.86 M, 16 384 → 1.79–1.92 M.
+/// At most ~1.2 MB of lane entries are buffered, and the chunks they share.
 const FETCH_MAX_RECORDS: usize = 16384;
 /// How long one fetch may wait.
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(200);

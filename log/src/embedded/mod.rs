@@ -710,6 +710,13 @@ impl EventLog for EmbeddedLog {
             // Mark the current version seen before reading, so an append that
             // lands during the read still wakes the wait below.
             appended.borrow_and_update();
+            // The read runs in place (`on_this_thread`), so a fetch with
+            // records waiting would never give the task up: a caller
+            // fetching in a loop (a replay, the batch layer's read) would
+            // not see its shutdown, nor let its other futures run, until
+            // the log ran dry. A turn first, then the read and whatever the
+            // caller does with it on one thread.
+            tokio::task::yield_now().await;
             let (inner, wanted) = (Arc::clone(&self.inner), positions.to_vec());
             let records = crate::on_this_thread(move || inner.read_available(&wanted, max_records))
                 .await
