@@ -333,6 +333,7 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
         ("limit=0", "limit"),
         ("since=-1", "since"),
         ("foo=1", "foo"),
+        ("since=1&limit=5&since=2", "since"),
     ] {
         let response = client
             .get(format!("{base}/api/v1/alerts?{query}"))

@@ -174,6 +174,19 @@ async fn the_openapi_document_matches_the_server() {
         assert_eq!(unknown.status(), 400);
         let error: Value = unknown.json().await.unwrap();
         assert_eq!(error["parameter"], "surprise");
+        // A parameter given twice is refused, named, whichever it is.
+        let twice = client
+            .get(format!("{base}{path}?step=1h&step=1m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(twice.status(), 400, "{path}");
+        let error: Value = twice.json().await.unwrap();
+        assert_eq!(error["parameter"], "step", "{path}: {error}");
+        assert!(
+            error["error"].as_str().unwrap().contains("more than once"),
+            "{path}: {error}"
+        );
     }
     // Some of those buckets held data: the queries above were not vacuous.
     let funnel = get(
@@ -186,13 +199,14 @@ async fn the_openapi_document_matches_the_server() {
     .await;
     assert_eq!(funnel["buckets"][0]["clicks"], 200);
 
-    // Every request above is counted and timed by route.
+    // Every request above is counted and timed by route (the funnel's:
+    // three answered, two refused).
     let metrics = text(&client, format!("{base}/metrics")).await;
     for expected in [
         "lambda_serving_requests_total{route=\"/api/v1/funnel\",status=\"2xx\"} 3",
-        "lambda_serving_requests_total{route=\"/api/v1/funnel\",status=\"4xx\"} 1",
-        "lambda_serving_request_duration_seconds_count{route=\"/api/v1/funnel\"} 4",
-        "lambda_serving_request_duration_seconds_bucket{route=\"/api/v1/funnel\",le=\"+Inf\"} 4",
+        "lambda_serving_requests_total{route=\"/api/v1/funnel\",status=\"4xx\"} 2",
+        "lambda_serving_request_duration_seconds_count{route=\"/api/v1/funnel\"} 5",
+        "lambda_serving_request_duration_seconds_bucket{route=\"/api/v1/funnel\",le=\"+Inf\"} 5",
         "# TYPE lambda_serving_request_duration_seconds histogram",
         // The batch run covered everything sent.
         "lambda_batch_consumer_lag_records{topic=\"funnel-events\",partition=\"0\"} 0",

@@ -471,6 +471,7 @@ async fn scenario(log_url: String, victim: usize) {
         ("funnel-events/-1", 400),
         ("funnel-events/99999999999", 400),
         ("funnel-events/0?epoch=x", 400),
+        ("funnel-events/0?since=1&since=1", 400),
         ("no-such-topic/0", 404),
     ] {
         let response = client.get(format!("{base}/{path}")).send().await.unwrap();

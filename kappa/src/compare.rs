@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -629,22 +629,10 @@ fn with_engine(sources: &CompareSources, name: Option<String>) -> Result<Compare
 
 async fn compare_route(
     State(state): State<CompareState>,
-    Query(pairs): Query<Vec<(String, String)>>,
+    // (A parameter given twice is refused by the extractor, naming it.)
+    lambda_speed::http::Params(mut params): lambda_speed::http::Params,
 ) -> Response {
     let now = chrono::Utc::now().timestamp_millis();
-    // A parameter given twice is refused: which of its values counts
-    // would be a guess (a later one used to win unseen).
-    let mut params = HashMap::new();
-    for (name, value) in pairs {
-        if params.contains_key(&name) {
-            let shown: String = name.chars().take(32).collect();
-            return error(
-                StatusCode::BAD_REQUEST,
-                json!({ "error": "given more than once", "parameter": shown }),
-            );
-        }
-        params.insert(name, value);
-    }
     let sources = match with_engine(&state.sources, params.remove(ENGINE_PARAMETER)) {
         Ok(sources) => sources,
         Err(message) => {

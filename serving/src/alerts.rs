@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -226,9 +226,7 @@ pub async fn run_local_source(
 }
 
 fn bad(parameter: &str, message: &str) -> Response {
-    let body =
-        json!({ "error": format!("parameter {parameter}: {message}"), "parameter": parameter });
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    lambda_speed::http::refused(parameter, message)
 }
 
 fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
@@ -246,7 +244,7 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, R
 /// the active alerts.
 pub async fn list(
     State(state): State<ServingState>,
-    Query(params): Query<HashMap<String, String>>,
+    lambda_speed::http::Params(params): lambda_speed::http::Params,
 ) -> Response {
     if let Some(unknown) = params.keys().find(|k| *k != "since" && *k != "limit") {
         return bad(unknown, "unknown parameter (expected since, limit)");
@@ -279,7 +277,7 @@ pub async fn list(
 pub async fn stream(
     State(state): State<ServingState>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    lambda_speed::http::Params(params): lambda_speed::http::Params,
 ) -> Response {
     let resume = match headers
         .get("last-event-id")

@@ -2,11 +2,11 @@
 //! `/api/v1/pages`, `/api/v1/iot`, `/api/v1/status`, the alerts, `/metrics`,
 //! `/openapi.json`, `/healthz` and `/`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -79,11 +79,10 @@ async fn openapi() -> Response {
     axum::Json(crate::openapi::document()).into_response()
 }
 
-type Params = Query<HashMap<String, String>>;
+use lambda_speed::http::Params;
 
 fn bad_request(bad: BadParameter) -> Response {
-    let body = json!({ "error": format!("parameter {}: {}", bad.parameter, bad.message), "parameter": bad.parameter });
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    lambda_speed::http::refused(&bad.parameter, &bad.message)
 }
 
 fn now_ms() -> i64 {
@@ -249,7 +248,7 @@ fn compute<A: Default>(
 async fn funnel(
     State(state): State<ServingState>,
     headers: HeaderMap,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Response {
     let (range, campaign) = match query::parse(&params, FUNNEL_FILTERS, now_ms())
         .and_then(|r| Ok((r, query::filter(&params, "campaign_id")?)))
@@ -294,7 +293,7 @@ async fn funnel(
 async fn pages(
     State(state): State<ServingState>,
     headers: HeaderMap,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Response {
     let parsed = query::parse(&params, PAGES_FILTERS, now_ms()).and_then(|r| {
         Ok((
@@ -358,7 +357,7 @@ struct IotAcc {
 async fn iot(
     State(state): State<ServingState>,
     headers: HeaderMap,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Response {
     let parsed = query::parse(&params, IOT_FILTERS, now_ms()).and_then(|r| {
         Ok((

@@ -22,6 +22,56 @@ use crate::{SpeedState, SpeedViews};
 /// Path serving polls.
 pub const SNAPSHOT_PATH: &str = "/internal/v1/speed";
 
+/// A request's query parameters, each given at most once: every route of
+/// the workspace that takes parameters reads them through this (the speed
+/// layer's is the lowest crate that serves HTTP). A parameter given twice
+/// is refused, `400` naming it: which of its values counts would be a
+/// guess (a map of them kept the last one, unseen). A query string that is
+/// not `name=value` pairs is refused too, naming `query`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(pub HashMap<String, String>);
+
+/// How much of a parameter's name a refusal repeats.
+const SHOWN_NAME_CHARS: usize = 64;
+
+impl Params {
+    /// The pairs as a map, or the name of one given twice.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Params, String> {
+        let mut params = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if params.contains_key(&name) {
+                return Err(name);
+            }
+            params.insert(name, value);
+        }
+        Ok(Params(params))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|rejection| refused("query", &rejection.body_text()))?;
+        Params::from_pairs(pairs).map_err(|name| {
+            let shown: String = name.chars().take(SHOWN_NAME_CHARS).collect();
+            refused(&shown, "given more than once; give it once")
+        })
+    }
+}
+
+/// `400` with `{"error": "parameter NAME: MESSAGE", "parameter": NAME}`:
+/// how every route here refuses a parameter.
+pub fn refused(parameter: &str, message: &str) -> Response {
+    let body =
+        json!({ "error": format!("parameter {parameter}: {message}"), "parameter": parameter });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
 /// What the routes read: the views, and the log for its end offsets (lag).
 #[derive(Clone)]
 struct HttpState {
@@ -52,8 +102,10 @@ fn cursor(params: &HashMap<String, String>) -> Result<[u64; 3], Response> {
             match raw.parse() {
                 Ok(n) => cursor[i] = n,
                 Err(_) => {
-                    let body = json!({ "error": format!("parameter {name}: expected an unsigned integer, got {raw:?}"), "parameter": name });
-                    return Err((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
+                    return Err(refused(
+                        name,
+                        &format!("expected an unsigned integer, got {raw:?}"),
+                    ));
                 }
             }
         }
@@ -63,7 +115,7 @@ fn cursor(params: &HashMap<String, String>) -> Result<[u64; 3], Response> {
 
 async fn get_snapshot(
     State(HttpState { views, .. }): State<HttpState>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(params): Params,
 ) -> Response {
     match cursor(&params) {
         Ok([epoch, since, alerts]) => {
@@ -156,7 +208,7 @@ fn combined(group: &GroupViews) -> SpeedState {
 async fn get_partition(
     State((group, _)): State<(GroupViews, Arc<dyn EventLog>)>,
     axum::extract::Path((topic, partition)): axum::extract::Path<(String, String)>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(params): Params,
 ) -> Response {
     let [epoch, since, alerts] = match cursor(&params) {
         Ok(cursor) => cursor,
@@ -284,5 +336,25 @@ pub fn health(problems: &[String]) -> Response {
             format!("unhealthy: {}", problems.join("; ")),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pairs become a map; a name given twice is returned, not a value
+    /// picked for it.
+    #[test]
+    fn a_parameter_given_twice_is_named() {
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let params = Params::from_pairs(vec![pair("from", "1"), pair("to", "2")]).unwrap();
+        assert_eq!(params.0.len(), 2);
+        assert_eq!(params.0["to"], "2");
+        assert_eq!(Params::from_pairs(Vec::new()), Ok(Params::default()));
+        let twice = vec![pair("step", "1m"), pair("to", "2"), pair("step", "1m")];
+        assert_eq!(Params::from_pairs(twice), Err("step".to_string()));
+        // Names differ by case: two parameters.
+        assert!(Params::from_pairs(vec![pair("step", "1m"), pair("Step", "1m")]).is_ok());
     }
 }
