@@ -344,6 +344,23 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["parameter"], parameter, "{body}");
     }
+    // The stream's too (an unknown or misspelled one was streamed to,
+    // unseen: found by a hostile run).
+    for (query, parameter) in [
+        ("lmit=5", "lmit"),
+        ("SINCE=1", "SINCE"),
+        ("since=x", "since"),
+        ("since=1&since=1", "since"),
+    ] {
+        let response = client
+            .get(format!("{base}/api/v1/alerts/stream?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "stream {query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["parameter"], parameter, "{body}");
+    }
 
     // Shutting down ends open streams (well before the 10 s grace, after
     // which tasks would be aborted), so the server can drain.

@@ -536,13 +536,19 @@ fn first_repeated_key(bytes: &[u8]) -> Option<String> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
             let mut seen = std::collections::HashSet::new();
+            let mut repeated = None;
+            // Read to the end of the object even after a repeat: left
+            // early, the deserializer found no `}` where it stopped, the
+            // whole read was an error, and the repeat went unreported —
+            // every repeat but one in the last member was accepted, its
+            // last value kept (found by a hostile run).
             while let Some(key) = map.next_key::<String>()? {
                 map.next_value::<IgnoredAny>()?;
                 if let Some(key) = seen.replace(key) {
-                    return Ok(Some(key));
+                    repeated.get_or_insert(key);
                 }
             }
-            Ok(None)
+            Ok(repeated)
         }
     }
     serde_json::Deserializer::from_slice(bytes)
@@ -792,6 +798,23 @@ mod tests {
             (
                 r#"{"event_id":"e","ts":1,"event_type":"click","user_id":"u","ts":2}"#,
                 "ts",
+            ),
+            // A repeat followed by other members, and the first of two repeats.
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","campaign_id":"a","campaign_id":"b","user_id":"u"}"#,
+                "campaign_id",
+            ),
+            (
+                r#"{"event_id":"e","event_id":"f","ts":1,"event_type":"click","user_id":"u"}"#,
+                "event_id",
+            ),
+            (
+                r#"{"ts":1,"ts":2,"event_id":"e","event_type":"click","user_id":"u","user_id":"v"}"#,
+                "ts",
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"click","event_type":"impression","user_id":"u"}"#,
+                "event_type",
             ),
         ] {
             check(input, Err((field, "given more than once")));

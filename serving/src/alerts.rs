@@ -292,6 +292,9 @@ pub async fn stream(
             );
         }
     };
+    if let Some(unknown) = params.keys().find(|k| *k != "since") {
+        return bad(unknown, "unknown parameter (expected since)");
+    }
     let since = match number(&params, "since") {
         Ok(v) => v,
         Err(response) => return response,

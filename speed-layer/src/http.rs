@@ -57,16 +57,21 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     ) -> Result<Self, Self::Rejection> {
         let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
             .map_err(|rejection| refused("query", &rejection.body_text()))?;
-        Params::from_pairs(pairs).map_err(|name| {
-            let shown: String = name.chars().take(SHOWN_NAME_CHARS).collect();
-            refused(&shown, "given more than once; give it once")
-        })
+        Params::from_pairs(pairs)
+            .map_err(|name| refused(&name, "given more than once; give it once"))
     }
 }
 
+/// How much of a refusal's message is sent (it may quote a value).
+const SHOWN_MESSAGE_CHARS: usize = 256;
+
 /// `400` with `{"error": "parameter NAME: MESSAGE", "parameter": NAME}`:
-/// how every route here refuses a parameter.
+/// how every route here refuses a parameter. The name is quoted to 64
+/// characters and the message to 256: both may come from the request (a
+/// 10 KB name was echoed whole, twice — found by a hostile run).
 pub fn refused(parameter: &str, message: &str) -> Response {
+    let parameter: String = parameter.chars().take(SHOWN_NAME_CHARS).collect();
+    let message: String = message.chars().take(SHOWN_MESSAGE_CHARS).collect();
     let body =
         json!({ "error": format!("parameter {parameter}: {message}"), "parameter": parameter });
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
@@ -356,5 +361,28 @@ mod tests {
         assert_eq!(Params::from_pairs(twice), Err("step".to_string()));
         // Names differ by case: two parameters.
         assert!(Params::from_pairs(vec![pair("step", "1m"), pair("Step", "1m")]).is_ok());
+    }
+
+    /// A refusal quotes the name to 64 characters and the message to 256,
+    /// at both sides of each bound.
+    #[tokio::test]
+    async fn a_refusal_quotes_what_came_from_the_request_within_bounds() {
+        let body = |response: Response| async move {
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        for (name_len, shown) in [(64, 64), (65, 64), (10_000, 64)] {
+            let name = "é".repeat(name_len);
+            let got = body(refused(&name, "unknown parameter")).await;
+            assert_eq!(got["parameter"].as_str().unwrap().chars().count(), shown);
+        }
+        for (message_len, shown) in [(256, 256), (257, 256)] {
+            let got = body(refused("step", &"x".repeat(message_len))).await;
+            let error = got["error"].as_str().unwrap();
+            assert_eq!(error.len(), "parameter step: ".len() + shown);
+        }
     }
 }
