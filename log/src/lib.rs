@@ -41,6 +41,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Its key's and value's bytes: what [`MAX_RECORD_BYTES`] bounds.
+    pub fn size(&self) -> usize {
+        self.value.len() + self.key.as_ref().map_or(0, |key| key.len())
+    }
+
     /// A keyed record without headers (the key is copied: keys are short).
     pub fn keyed(key: impl AsRef<[u8]>, value: impl Into<Bytes>, timestamp_ms: i64) -> Record {
         Record {

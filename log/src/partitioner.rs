@@ -16,7 +16,7 @@ pub struct Partitioner {
 impl Partitioner {
     /// The partition of `record` among `partitions`.
     pub fn partition(&self, record: &Record, partitions: u32) -> Result<u32, LogError> {
-        let size = record.value.len() + record.key.as_ref().map_or(0, |key| key.len());
+        let size = record.size();
         if size > MAX_RECORD_BYTES {
             return Err(LogError::RecordTooLarge {
                 size,

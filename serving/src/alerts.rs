@@ -229,6 +229,17 @@ fn bad(parameter: &str, message: &str) -> Response {
     lambda_speed::http::refused(parameter, message)
 }
 
+/// Refuses a parameter not in `known`, naming it.
+fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(bad(
+            unknown,
+            &format!("unknown parameter (expected {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
     match params.get(name) {
         None => Ok(None),
@@ -246,8 +257,8 @@ pub async fn list(
     State(state): State<ServingState>,
     lambda_speed::http::Params(params): lambda_speed::http::Params,
 ) -> Response {
-    if let Some(unknown) = params.keys().find(|k| *k != "since" && *k != "limit") {
-        return bad(unknown, "unknown parameter (expected since, limit)");
+    if let Err(response) = only(&params, &["since", "limit"]) {
+        return response;
     }
     let since = match number(&params, "since") {
         Ok(v) => v.unwrap_or(0),
@@ -292,8 +303,8 @@ pub async fn stream(
             );
         }
     };
-    if let Some(unknown) = params.keys().find(|k| *k != "since") {
-        return bad(unknown, "unknown parameter (expected since)");
+    if let Err(response) = only(&params, &["since"]) {
+        return response;
     }
     let since = match number(&params, "since") {
         Ok(v) => v,

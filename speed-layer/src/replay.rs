@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{Event, Topic, floor_to};
-#[cfg(test)]
-use lambda_log::StoredRecord;
 use lambda_log::{EventLog, FetchPosition, LogError};
 
 use crate::consumer::{FOLD_CHUNK, Slot, Slots};
@@ -98,11 +96,6 @@ pub async fn spans_to(
 
 /// Where a record comes in append order: record timestamp, partition, offset.
 type AppendKey = (i64, u32, u64);
-
-#[cfg(test)]
-fn append_key(record: &StoredRecord) -> AppendKey {
-    (record.record.timestamp_ms, record.partition, record.offset)
-}
 
 /// A record in a lane: what the fold reads of it (its topic and partition
 /// are the lane's). 48 bytes where a `StoredRecord` is 128: the refill
@@ -365,7 +358,7 @@ impl Lanes {
             }
             lane.position.offset = stored.offset + 1;
             let record = stored.record;
-            self.bytes += (record.value.len() + record.key.as_ref().map_or(0, |k| k.len())) as u64;
+            self.bytes += record.size() as u64;
             let fetched = Fetched {
                 value: record.value,
                 timestamp_ms: record.timestamp_ms,
@@ -621,6 +614,11 @@ impl Folded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lambda_log::StoredRecord;
+
+    fn append_key(record: &StoredRecord) -> AppendKey {
+        (record.record.timestamp_ms, record.partition, record.offset)
+    }
     use proptest::prelude::*;
 
     /// An empty record of `topic`/`partition` at `offset`, stamped `ts`.
