@@ -568,6 +568,11 @@ impl<'a> Slots<'a> {
         &self.slots[..used]
     }
 
+    /// Slot `i` of the last chunk decoded.
+    pub(crate) fn slot(&self, i: usize) -> &Slot<'a> {
+        &self.slots[i]
+    }
+
     /// The same buffer, empty, for records of another lifetime (the kappa
     /// replay's chunks each borrow their lanes for a moment): the
     /// allocation is kept (collecting an emptied `Vec` into one of a type

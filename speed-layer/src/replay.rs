@@ -5,8 +5,7 @@
 //! the same log prefix, and keeps what it needs to explain a difference: the
 //! events the fold dropped as late.
 
-use std::cell::Cell;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{Event, Topic, floor_to};
 use lambda_log::{EventLog, FetchPosition, LogError};
 
-use crate::consumer::{FOLD_CHUNK, Slot, Slots};
+use crate::consumer::{Slot, Slots};
 use crate::window::{Applied, ClockPlace, SpeedState};
 
 /// Records asked for per fetch: four times the live loop's. The replay
@@ -112,24 +111,22 @@ struct Fetched {
 /// One partition being read: where the next fetch starts, and records
 /// fetched: `buffer[taken..]` not taken by the merge yet (those before are
 /// being folded, read where they are, and let go at the next refill).
-/// `taken` is a `Cell` so that the merge moves on through a shared borrow
-/// of the lanes, beside the decoded events that borrow their records.
 struct Lane {
     position: FetchPosition,
     end: u64,
-    buffer: VecDeque<Fetched>,
-    taken: Cell<usize>,
+    buffer: Vec<Fetched>,
+    taken: usize,
 }
 
 impl Lane {
     /// Records fetched and not taken yet.
     fn pending(&self) -> usize {
-        self.buffer.len() - self.taken.get()
+        self.buffer.len() - self.taken
     }
 
     /// The next record not taken.
     fn front(&self) -> Option<&Fetched> {
-        self.buffer.get(self.taken.get())
+        self.buffer.get(self.taken)
     }
 
     /// The merge's key of `record`, a record of this lane, the lane being
@@ -157,9 +154,21 @@ impl Lane {
 pub async fn replay(
     log: &dyn EventLog,
     spans: &[ReplaySpan],
+    state: SpeedState,
+    keep: Range<i64>,
+    progress: impl FnMut(u64),
+) -> anyhow::Result<Replayed> {
+    replay_fetching(log, spans, state, keep, progress, FETCH_MAX_RECORDS).await
+}
+
+/// [`replay`], fetching at most `fetch_max` records at a time.
+async fn replay_fetching(
+    log: &dyn EventLog,
+    spans: &[ReplaySpan],
     mut state: SpeedState,
     keep: Range<i64>,
     mut progress: impl FnMut(u64),
+    fetch_max: usize,
 ) -> anyhow::Result<Replayed> {
     let started = Instant::now();
     let mut lanes = Lanes::new(spans);
@@ -167,34 +176,19 @@ pub async fn replay(
         state.expect_partition(&lane.position.topic, lane.position.partition);
     }
     let mut folded = Folded::default();
+    // The lane of each record, in append order, as far as a refill lets
+    // it be known (kept from refill to refill).
+    let mut order = Vec::new();
     while !lanes.finished() {
-        lanes.refill(log).await?;
+        lanes.refill(log, fetch_max).await?;
         let before = folded.records;
-        // Until the next refill the buffers stay put: one decoding buffer
-        // borrows from them for every chunk, each slot used again in place
-        // (a buffer per chunk wrote a bare event into each slot and
-        // dropped it: ~2 % of the replay).
-        let Lanes {
-            lanes: buffered,
-            heads,
-            dry,
-            ..
-        } = &mut lanes;
-        let buffered: &[Lane] = buffered;
-        let mut slots = std::mem::take(&mut folded.slots).recycle();
-        // (lane, record) of the records folded next.
-        let mut picks = Vec::with_capacity(FOLD_CHUNK);
-        loop {
-            picks.clear();
-            while picks.len() < FOLD_CHUNK
-                && take_in_append_order(buffered, heads, dry, &mut picks, FOLD_CHUNK)
-            {}
-            if picks.is_empty() {
-                break;
-            }
-            folded.fold(&mut state, buffered, &mut slots, &picks, &keep);
-        }
-        folded.slots = slots.recycle();
+        // The whole merge first, then the fold: merging a chunk, folding
+        // it, and merging the next found each lane's next record out of
+        // cache again, the fold having been through it since (the load of
+        // its timestamp was ~70 % of the merge's samples in `perf`).
+        order.clear();
+        lanes.merge(&mut order);
+        folded.fold(&mut state, &lanes.lanes, &order, &keep);
         if folded.records > before {
             state.evict();
             progress(folded.records);
@@ -256,8 +250,8 @@ impl Lanes {
                     offset: s.start,
                 },
                 end: s.end,
-                buffer: VecDeque::new(),
-                taken: Cell::new(0),
+                buffer: Vec::new(),
+                taken: 0,
             })
             .collect();
         Lanes {
@@ -269,31 +263,52 @@ impl Lanes {
         }
     }
 
+    /// Appends to `order` the lane of each record taken next in append
+    /// order (record timestamp, then partition and offset; then lane
+    /// index, as keys do not name the topic), until a lane with records
+    /// due has none fetched (the next record is not known then) or every
+    /// lane is read to its end.
+    fn merge(&mut self, order: &mut Vec<u32>) {
+        while self.dry == 0 {
+            let Some(i) = self.heads.winner() else {
+                return;
+            };
+            order.push(i as u32);
+            let lane = &mut self.lanes[i];
+            lane.taken += 1;
+            let next = lane.front().map(|record| lane.key(record, i));
+            if next.is_none() && lane.dry() {
+                self.dry += 1;
+            }
+            self.heads.replace_winner(next);
+        }
+    }
+
     /// Whether every lane is read to its end and folded.
     fn finished(&self) -> bool {
         self.heads.winner().is_none() && self.dry == 0
     }
 
     /// Fetches for the lanes that ran dry, and those running low beside
-    /// them: each lane a share of [`FETCH_MAX_RECORDS`], as the live loop
+    /// them: each lane a share of `fetch_max`, as the live loop
     /// fetches every partition at once. (A lane that ran dry alone used to
     /// get all of them: 12 lanes then held 50 000 records, out of cache by
     /// the time they were folded, and the replay ran at 0.85× the live
     /// fold.) Retention moving on while we read skips what is gone; a
     /// transient error waits a little; a log that keeps answering nothing
     /// below the end offsets is an error.
-    async fn refill(&mut self, log: &dyn EventLog) -> anyhow::Result<()> {
+    async fn refill(&mut self, log: &dyn EventLog, fetch_max: usize) -> anyhow::Result<()> {
         // What was taken has been folded.
         for lane in &mut self.lanes {
-            lane.buffer.drain(..lane.taken.get());
-            lane.taken.set(0);
+            lane.buffer.drain(..lane.taken);
+            lane.taken = 0;
         }
         let reading = self
             .lanes
             .iter()
             .filter(|l| l.position.offset < l.end)
             .count();
-        let share = (FETCH_MAX_RECORDS / reading.max(1)).max(1);
+        let share = (fetch_max / reading.max(1)).max(1);
         let mut asked: Vec<FetchPosition> = Vec::new();
         for lane in &mut self.lanes {
             if lane.position.offset < lane.end && lane.pending() <= share / 2 {
@@ -367,7 +382,7 @@ impl Lanes {
             if lane.pending() == 0 {
                 self.heads.set(at, Some(lane.key(&fetched, at)));
             }
-            lane.buffer.push_back(fetched);
+            lane.buffer.push(fetched);
             useful += 1;
         }
         // New heads: every match played again (a few per lane).
@@ -395,40 +410,6 @@ impl Lanes {
         }
         Ok(())
     }
-}
-
-/// Takes the next record in append order (record timestamp, then
-/// partition and offset; then lane index, as keys do not name the topic)
-/// of `lanes` (whose heads and dry count are `heads` and `dry`) into `out`
-/// as (lane, record), unless `out` holds `limit` already or a
-/// lane with records due has none fetched (the next record is not known
-/// then). `false` when nothing was taken.
-fn take_in_append_order<'a>(
-    lanes: &'a [Lane],
-    heads: &mut Tournament,
-    dry: &mut usize,
-    out: &mut Vec<(usize, &'a Fetched)>,
-    limit: usize,
-) -> bool {
-    if *dry > 0 || out.len() >= limit {
-        return false;
-    }
-    let Some(i) = heads.winner() else {
-        return false;
-    };
-    let lane = &lanes[i];
-    let Some(taken) = lane.front() else {
-        // (A winner always has a head: its lane's front.)
-        return false;
-    };
-    out.push((i, taken));
-    lane.taken.set(lane.taken.get() + 1);
-    let next = lane.front();
-    if next.is_none() && lane.dry() {
-        *dry += 1;
-    }
-    heads.replace_winner(next.map(|record| lane.key(record, i)));
-    true
 }
 
 /// A tournament of losers over the lanes' heads (their first records not
@@ -529,11 +510,51 @@ impl Tournament {
     }
 }
 
+/// Decoded records of one lane, waiting their turn in the merge's order.
+/// Each lane's records are decoded a run at a time, in the lane's own
+/// order: one partition's events one after another, where the merge's
+/// order switches partition and topic almost every record (the decoder's
+/// branches then mispredicted more, and each record was the first touch of
+/// another stream of bytes). `lambda bench speed --only kappa`, three runs
+/// each, fetching 4 096 at a time (eleventh session): decoding in the
+/// merge's order 1.51–1.52 M events/s per core, in runs of 32 per lane
+/// 1.56–1.61 M, beside the live loop's 1.73–1.76 M.
+#[derive(Default)]
+struct Ring<'a> {
+    /// The run decoded (used again in place, run after run).
+    slots: Slots<'a>,
+    /// Slots of the run decoded, and how many of them are folded.
+    len: usize,
+    folded: usize,
+    /// The lane's next record to decode (an index into its buffer).
+    next: usize,
+}
+
+impl Ring<'_> {
+    /// The same ring, empty, for records of another lifetime.
+    fn recycle<'b>(self) -> Ring<'b> {
+        Ring {
+            slots: self.slots.recycle(),
+            len: 0,
+            folded: 0,
+            next: 0,
+        }
+    }
+}
+
+/// Slots of decoded records the rings hold together at most, unless each
+/// lane's [`MIN_RUN`] comes to more: a run of 32 per lane for eight lanes
+/// (about 0.45 KB an event: 115 KB, well inside the L2 cache).
+const RING_SLOTS: usize = 256;
+/// The longest and shortest run a lane decodes at a time.
+const MAX_RUN: usize = 32;
+const MIN_RUN: usize = 4;
+
 /// What a replay has folded so far, and what it keeps for the caller.
 #[derive(Default)]
 struct Folded {
-    /// The decoding buffer, kept from refill to refill (see [`replay`]).
-    slots: Slots<'static>,
+    /// Each lane's decoded run, kept from refill to refill.
+    rings: Vec<Ring<'static>>,
     /// Where each lane's partition clock is in the state (the replay owns
     /// the state throughout: a place found stays right).
     clocks: Vec<ClockPlace>,
@@ -543,26 +564,40 @@ struct Folded {
 }
 
 impl Folded {
-    /// Folds records into `state` in order, keeping late and counted ids
-    /// whose minute is in `keep`. Decoded first, then folded, as the live
-    /// loop does (the decoder's work and the fold's each stay in cache).
-    fn fold<'a>(
-        &mut self,
-        state: &mut SpeedState,
-        lanes: &[Lane],
-        slots: &mut Slots<'a>,
-        chunk: &[(usize, &'a Fetched)],
-        keep: &Range<i64>,
-    ) {
-        let decoded = slots.decode(chunk.iter().map(|&(lane, record)| {
-            let topic: &str = &lanes[lane].position.topic;
-            (&record.value[..], topic, record.timestamp_ms)
-        }));
-        crate::consumer::touch_ids(state, decoded);
-        // By reference: an event is ~0.5 KB, and only a kept one is copied.
-        for (&(lane, _), slot) in chunk.iter().zip(decoded) {
-            self.fold_one(state, lane, &lanes[lane].position, slot, keep);
+    /// Folds the records the merge took, the lane of each in `order`, into
+    /// `state` in that order, keeping late and counted ids whose minute is
+    /// in `keep`. Each lane's records are decoded a run at a time (see
+    /// [`Ring`]) before they are folded, as the live loop decodes a chunk
+    /// and then folds it.
+    fn fold(&mut self, state: &mut SpeedState, lanes: &[Lane], order: &[u32], keep: &Range<i64>) {
+        let run = (RING_SLOTS / lanes.len().max(1)).clamp(MIN_RUN, MAX_RUN);
+        let mut rings: Vec<Ring<'_>> = std::mem::take(&mut self.rings)
+            .into_iter()
+            .map(Ring::recycle)
+            .collect();
+        rings.resize_with(lanes.len(), Ring::default);
+        for &lane in order {
+            let lane = lane as usize;
+            let (ring, buffered) = (&mut rings[lane], &lanes[lane]);
+            if ring.folded == ring.len {
+                // The lane's next run, up to what the merge took of it.
+                let records = &buffered.buffer[ring.next..(ring.next + run).min(buffered.taken)];
+                let topic: &str = &buffered.position.topic;
+                let decoded = ring.slots.decode(
+                    records
+                        .iter()
+                        .map(|r| (&r.value[..], topic, r.timestamp_ms)),
+                );
+                crate::consumer::touch_ids(state, decoded);
+                (ring.len, ring.folded) = (records.len(), 0);
+                ring.next += records.len();
+            }
+            // By reference: an event is ~0.5 KB, and only a kept one is copied.
+            let slot = ring.slots.slot(ring.folded);
+            ring.folded += 1;
+            self.fold_one(state, lane, &buffered.position, slot, keep);
         }
+        self.rings = rings.into_iter().map(Ring::recycle).collect();
     }
 
     fn fold_one(
@@ -657,12 +692,12 @@ mod tests {
                         offset: offset as u64,
                     })
                     .collect(),
-                taken: Cell::new(0),
+                taken: 0,
             })
             .collect::<Vec<_>>();
         let mut heads = Tournament::new(lanes.len());
         for (i, lane) in lanes.iter().enumerate() {
-            heads.set(i, lane.buffer.front().map(|r| lane.key(r, i)));
+            heads.set(i, lane.buffer.first().map(|r| lane.key(r, i)));
         }
         heads.play_all();
         Lanes {
@@ -671,6 +706,120 @@ mod tests {
             dry: 0,
             empty_in_a_row: 0,
             bytes: 0,
+        }
+    }
+
+    /// A replay folds what one fold of the same records in append order
+    /// does (record timestamp, partition, offset, then lane): however the
+    /// fetches cut the lanes, and whatever runs each lane is decoded in.
+    /// Late, repeated and malformed events among them.
+    #[tokio::test]
+    async fn a_replay_folds_what_one_fold_in_append_order_does() {
+        use lambda_events::{Event, EventRef, event::clock_ts};
+        use lambda_ingest::generator::{Generator, GeneratorConfig};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+            .await
+            .expect("the log");
+        for topic in Topic::ALL {
+            log.create_topic(topic.name(), 3).await.expect("a topic");
+        }
+        let mut generator = Generator::new(GeneratorConfig {
+            seed: 11,
+            start_ms: 1_767_225_600_000,
+            rate: 2.0,
+            users: 40,
+            devices: 4,
+            late_fraction: 0.05,
+            duplicate_fraction: 0.05,
+            malformed_fraction: 0.02,
+            ..GeneratorConfig::default()
+        });
+        // Records stamped when they are written (the newest event time so
+        // far): a late event's record comes in its place in the log, not
+        // at its event's time.
+        let mut now = 1_767_225_600_000;
+        for i in 0..1_200 {
+            let line = generator.next_line().bytes;
+            let topic = match Event::from_json(&line) {
+                Ok(event) => {
+                    now = now.max(event.ts);
+                    event.topic()
+                }
+                Err(_) => Topic::Funnel,
+            };
+            let record = lambda_log::Record::keyed(format!("k{}", i % 7), line, now);
+            log.append(topic.name(), vec![record])
+                .await
+                .expect("appended");
+        }
+        let spans = spans_to(&log, |_, _, end| Some(end)).await.expect("spans");
+        let config = crate::SpeedConfig::with_data_dir(dir.path());
+
+        // The reference: every record, sorted, folded one at a time.
+        let mut records = Vec::new();
+        for (lane, span) in spans.iter().filter(|s| s.start < s.end).enumerate() {
+            let position = FetchPosition {
+                topic: span.topic.clone(),
+                partition: span.partition,
+                offset: 0,
+            };
+            let fetched = log
+                .fetch(&[position], 100_000, Duration::from_millis(10))
+                .await
+                .expect("fetched");
+            assert_eq!(fetched.len() as u64, span.end);
+            records.extend(fetched.into_iter().map(|r| (lane, r)));
+        }
+        records.sort_by_key(|(lane, r)| (append_key(r), *lane));
+        let mut expected = crate::empty_state(&config);
+        for span in spans.iter().filter(|s| s.start < s.end) {
+            expected.expect_partition(&span.topic, span.partition);
+        }
+        for (_, stored) in &records {
+            let record = &stored.record;
+            match EventRef::from_log_record(&record.value, &stored.topic, record.timestamp_ms) {
+                Ok(event) => {
+                    let clock = clock_ts(event.ts, record.timestamp_ms);
+                    expected.apply_at(&stored.topic, stored.partition, &event, clock);
+                }
+                Err(_) => expected.counters.invalid += 1,
+            }
+        }
+        expected.evict();
+        for span in &spans {
+            expected
+                .offsets
+                .insert((span.topic.clone(), span.partition), span.end);
+        }
+        assert!(expected.counters.invalid > 0, "some records are malformed");
+        assert!(expected.counters.late > 0, "some events are late");
+        assert!(
+            expected.counters.duplicates > 0,
+            "some events are sent twice"
+        );
+
+        // One record a fetch, a few, and all at once.
+        for fetch_max in [1, 5, 64, FETCH_MAX_RECORDS] {
+            let replayed = replay_fetching(
+                &log,
+                &spans,
+                crate::empty_state(&config),
+                0..0,
+                |_| {},
+                fetch_max,
+            )
+            .await
+            .expect("replayed");
+            assert_eq!(
+                replayed.records,
+                records.len() as u64,
+                "fetching {fetch_max}"
+            );
+            assert!(
+                crate::checkpoint::encode(&replayed.state) == crate::checkpoint::encode(&expected),
+                "fetching {fetch_max}: the replay's state differs from one fold in append order"
+            );
         }
     }
 
@@ -723,42 +872,49 @@ mod tests {
             prop_assert!(fronts.iter().zip(&lanes).all(|(f, l)| *f == l.len()));
         }
 
-        /// Taking runs gives what a merge taking one record at a time does:
-        /// the least (key, lane) head each time, whatever order the
-        /// timestamps within a partition come in.
+        /// The merge takes what a merge taking one record at a time does
+        /// (the least (key, lane) head each time, whatever order the
+        /// timestamps within a partition come in), and stops where a lane
+        /// with records still due has none fetched.
         #[test]
-        fn runs_are_taken_in_the_one_at_a_time_order(
-            partitions in proptest::collection::vec(proptest::collection::vec(0i64..20, 0..40), 1..6),
-            limit in 1usize..20,
+        fn the_merge_takes_the_one_at_a_time_order_until_a_lane_runs_dry(
+            partitions in proptest::collection::vec(
+                (proptest::collection::vec(0i64..20, 0..40), any::<bool>()),
+                1..6,
+            ),
         ) {
+            let stamps: Vec<Vec<i64>> = partitions.iter().map(|(s, _)| s.clone()).collect();
             let mut reference = Vec::new();
-            let mut fronts: Vec<usize> = vec![0; partitions.len()];
+            let mut fronts: Vec<usize> = vec![0; stamps.len()];
             loop {
-                let next = (0..partitions.len())
-                    .filter(|&p| fronts[p] < partitions[p].len())
-                    .min_by_key(|&p| ((partitions[p][fronts[p]], p as u32, fronts[p] as u64), p));
-                let Some(p) = next else { break };
+                let waiting = (0..stamps.len())
+                    .any(|p| partitions[p].1 && fronts[p] == stamps[p].len());
+                let next = (0..stamps.len())
+                    .filter(|&p| fronts[p] < stamps[p].len())
+                    .min_by_key(|&p| ((stamps[p][fronts[p]], p as u32, fronts[p] as u64), p));
+                let (false, Some(p)) = (waiting, next) else { break };
                 reference.push((p as u32, fronts[p] as u64));
                 fronts[p] += 1;
             }
-            let mut lanes = lanes_of(&partitions);
-            let mut taken = Vec::new();
-            {
-                let Lanes { lanes, heads, dry, .. } = &mut lanes;
-                let lanes: &[Lane] = lanes;
-                let mut out = Vec::new();
-                loop {
-                    out.clear();
-                    while out.len() < limit && take_in_append_order(lanes, heads, dry, &mut out, limit) {}
-                    prop_assert!(out.len() <= limit);
-                    if out.is_empty() {
-                        break;
-                    }
-                    taken.extend(out.iter().map(|&(lane, r)| (lanes[lane].position.partition, r.offset)));
-                }
+            let mut lanes = lanes_of(&stamps);
+            for (lane, (_, due)) in lanes.lanes.iter_mut().zip(&partitions) {
+                lane.end += u64::from(*due);
             }
-            prop_assert_eq!(taken, reference);
-            prop_assert!(lanes.finished());
+            lanes.dry = lanes.lanes.iter().filter(|l| l.dry()).count();
+            let mut order = Vec::new();
+            lanes.merge(&mut order);
+            let mut taken = vec![0u64; stamps.len()];
+            let merged: Vec<(u32, u64)> = order
+                .iter()
+                .map(|&lane| {
+                    let lane = lane as usize;
+                    taken[lane] += 1;
+                    (lane as u32, taken[lane] - 1)
+                })
+                .collect();
+            prop_assert_eq!(merged, reference);
+            let any_due = partitions.iter().any(|(_, due)| *due);
+            prop_assert_eq!(lanes.finished(), !any_due);
         }
     }
 }
