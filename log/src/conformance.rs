@@ -19,6 +19,7 @@ pub const TOPICS: &[(&str, u32)] = &[
     ("groups", 2),
     ("group-end", 1),
     ("concurrent", 4),
+    ("into", 1),
 ];
 
 /// Runs every check against `log`, naming topics `<prefix>-<check>`.
@@ -32,6 +33,7 @@ pub async fn run_all(log: Arc<dyn EventLog>, prefix: &str) {
     committed_past_end_is_an_error(log.as_ref(), &format!("{prefix}-group-end")).await;
     concurrent_appends_are_all_durable_once(Arc::clone(&log), &format!("{prefix}-concurrent"))
         .await;
+    fetch_into_reads_what_fetch_reads(log.as_ref(), &format!("{prefix}-into")).await;
 }
 
 fn record(key: Option<&str>, value: &str) -> Record {
@@ -355,4 +357,47 @@ pub async fn concurrent_appends_are_all_durable_once(log: Arc<dyn EventLog>, top
             .expect("acknowledged position exists");
         assert_eq!(found.record.value, value.as_bytes());
     }
+}
+
+/// `fetch_into` empties the caller's buffer, then reads into it what
+/// `fetch` would; on an error it leaves the buffer empty.
+pub async fn fetch_into_reads_what_fetch_reads(log: &dyn EventLog, topic: &str) {
+    log.create_topic(topic, 1).await.expect("create");
+    let records: Vec<Record> = (0..5)
+        .map(|i| record(Some("k"), &format!("r{i}")))
+        .collect();
+    log.append(topic, records).await.expect("append");
+    let at = |offset| FetchPosition {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+    };
+    let wait = Duration::from_secs(5);
+    // A buffer holding a record of an earlier fetch.
+    let mut buffer = log.fetch(&[at(0)], 1, wait).await.expect("fetch");
+    assert_eq!(buffer.len(), 1, "{topic}: one record asked for");
+    log.fetch_into(&[at(0)], 100, wait, &mut buffer)
+        .await
+        .expect("fetch_into");
+    // What it read is the log's from 0 on, in order, and nothing else (a
+    // record left over would come first, at offset 0 again; a backend may
+    // bring fewer records than are there).
+    assert!(!buffer.is_empty(), "{topic}: fetch_into read nothing");
+    for (i, stored) in buffer.iter().enumerate() {
+        let offset = i as u64;
+        assert_eq!(stored.offset, offset, "{topic}: fetch_into from 0");
+        assert_eq!(
+            stored.record.value,
+            format!("r{offset}").as_bytes(),
+            "{topic}: at {offset}"
+        );
+    }
+    log.fetch_into(&[at(50)], 100, Duration::from_millis(100), &mut buffer)
+        .await
+        .expect_err("past the end");
+    assert!(
+        buffer.is_empty(),
+        "{topic}: a failed fetch_into left {} records",
+        buffer.len()
+    );
 }

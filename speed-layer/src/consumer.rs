@@ -574,7 +574,7 @@ impl<'a> Slots<'a> {
     }
 
     /// The same buffer, empty, for records of another lifetime (the kappa
-    /// replay's chunks each borrow their lanes for a moment): the
+    /// replay's runs borrow their lanes until the next refill): the
     /// allocation is kept (collecting an emptied `Vec` into one of a type
     /// of the same size and alignment reuses it).
     pub(crate) fn recycle<'b>(mut self) -> Slots<'b> {

@@ -25,8 +25,11 @@ use crate::window::{Applied, ClockPlace, SpeedState};
 /// of the eighth session): 4 096 → 1.25–1.51 M events/s per core, 8 192 →
 /// 1.46–1.56 M, 16 384 → 1.55–1.62 M, beside the live loop's 1.55–1.69 M;
 /// again with the read on the replay's own thread (tenth session, two runs
-/// each): 4 096 → 1.71–1.87 M, 8 192 → 1.50–1.86 M, 16 384 → 1.79–1.92 M.
-/// At most ~1.2 MB of lane entries are buffered, and the chunks they share.
+/// each): 4 096 → 1.71–1.87 M, 8 192 → 1.50–1.86 M, 16 384 → 1.79–1.92 M;
+/// with the merge first and runs decoded per lane (eleventh session), four
+/// pairs against 4 096: 16 384 ahead in three. Kept: ~1.2 MB of lane
+/// entries (a share and a half a lane), the 2 MB buffer fetches read into,
+/// and the chunks the entries share.
 const FETCH_MAX_RECORDS: usize = 16384;
 /// How long one fetch may wait.
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(200);
@@ -236,6 +239,8 @@ struct Lanes {
     empty_in_a_row: u32,
     /// Bytes of the records fetched into the lanes (keys and values).
     bytes: u64,
+    /// The buffer each fetch reads into (see [`EventLog::fetch_into`]).
+    fetched: Vec<lambda_log::StoredRecord>,
 }
 
 impl Lanes {
@@ -260,6 +265,7 @@ impl Lanes {
             lanes,
             empty_in_a_row: 0,
             bytes: 0,
+            fetched: Vec::new(),
         }
     }
 
@@ -314,8 +320,12 @@ impl Lanes {
             if lane.position.offset < lane.end && lane.pending() <= share / 2 {
                 // Room for its share up front: a lane's buffer grown a
                 // record at a time was copied as it doubled (~2 % of the
-                // benchmark's replay, which starts with empty lanes).
-                lane.buffer.reserve(share);
+                // benchmark's replay, which starts with empty lanes). Room
+                // for a share and a half from the first: a lane is asked
+                // again holding up to half a share, and a buffer of one
+                // share then moved to grow.
+                lane.buffer
+                    .reserve((share + share / 2).saturating_sub(lane.pending()));
                 asked.push(lane.position.clone());
             }
         }
@@ -323,8 +333,12 @@ impl Lanes {
             return Ok(());
         }
         let max_records = share.saturating_mul(asked.len());
-        let fetched = match log.fetch(&asked, max_records, FETCH_MAX_WAIT).await {
-            Ok(fetched) => fetched,
+        let mut fetched = std::mem::take(&mut self.fetched);
+        match log
+            .fetch_into(&asked, max_records, FETCH_MAX_WAIT, &mut fetched)
+            .await
+        {
+            Ok(()) => {}
             Err(LogError::OffsetOutOfRange {
                 topic,
                 partition,
@@ -353,7 +367,7 @@ impl Lanes {
         // looked up (by the topic's name) once per run.
         let mut at = 0;
         let mut run: Option<(std::sync::Arc<str>, u32)> = None;
-        for stored in fetched {
+        for stored in fetched.drain(..) {
             let same_run = run.as_ref().is_some_and(|(topic, partition)| {
                 *partition == stored.partition && std::sync::Arc::ptr_eq(topic, &stored.topic)
             });
@@ -385,6 +399,7 @@ impl Lanes {
             lane.buffer.push(fetched);
             useful += 1;
         }
+        self.fetched = fetched;
         // New heads: every match played again (a few per lane).
         self.heads.play_all();
         self.dry = self.lanes.iter().filter(|l| l.dry()).count();
@@ -553,7 +568,7 @@ const MIN_RUN: usize = 4;
 /// What a replay has folded so far, and what it keeps for the caller.
 #[derive(Default)]
 struct Folded {
-    /// Each lane's decoded run, kept from refill to refill.
+    /// Each lane's decoded run (the allocations kept from refill to refill).
     rings: Vec<Ring<'static>>,
     /// Where each lane's partition clock is in the state (the replay owns
     /// the state throughout: a place found stays right).
@@ -706,6 +721,7 @@ mod tests {
             dry: 0,
             empty_in_a_row: 0,
             bytes: 0,
+            fetched: Vec::new(),
         }
     }
 
@@ -737,18 +753,19 @@ mod tests {
         });
         // Records stamped when they are written (the newest event time so
         // far): a late event's record comes in its place in the log, not
-        // at its event's time.
+        // at its event's time. Every fifth is stamped with its event's own
+        // time instead, so stamps also go back within a partition.
         let mut now = 1_767_225_600_000;
         for i in 0..1_200 {
             let line = generator.next_line().bytes;
-            let topic = match Event::from_json(&line) {
+            let (topic, stamp) = match Event::from_json(&line) {
                 Ok(event) => {
                     now = now.max(event.ts);
-                    event.topic()
+                    (event.topic(), if i % 5 == 0 { event.ts } else { now })
                 }
-                Err(_) => Topic::Funnel,
+                Err(_) => (Topic::Funnel, now),
             };
-            let record = lambda_log::Record::keyed(format!("k{}", i % 7), line, now);
+            let record = lambda_log::Record::keyed(format!("k{}", i % 7), line, stamp);
             log.append(topic.name(), vec![record])
                 .await
                 .expect("appended");
@@ -756,9 +773,12 @@ mod tests {
         let spans = spans_to(&log, |_, _, end| Some(end)).await.expect("spans");
         let config = crate::SpeedConfig::with_data_dir(dir.path());
 
-        // The reference: every record, sorted, folded one at a time.
-        let mut records = Vec::new();
-        for (lane, span) in spans.iter().filter(|s| s.start < s.end).enumerate() {
+        // The reference: the records merged one at a time (the least
+        // (append key, lane) of the partitions' next records each time —
+        // a sort would move a record stamped back ahead of its partition's
+        // earlier ones), each folded in turn.
+        let mut partitions = Vec::new();
+        for span in spans.iter().filter(|s| s.start < s.end) {
             let position = FetchPosition {
                 topic: span.topic.clone(),
                 partition: span.partition,
@@ -769,23 +789,39 @@ mod tests {
                 .await
                 .expect("fetched");
             assert_eq!(fetched.len() as u64, span.end);
-            records.extend(fetched.into_iter().map(|r| (lane, r)));
+            partitions.push(std::collections::VecDeque::from(fetched));
         }
-        records.sort_by_key(|(lane, r)| (append_key(r), *lane));
+        let mut records = Vec::new();
+        while let Some(lane) = (0..partitions.len())
+            .filter_map(|lane| partitions[lane].front().map(|r| (append_key(r), lane)))
+            .min()
+            .map(|(_, lane)| lane)
+        {
+            records.extend(partitions[lane].pop_front());
+        }
         let mut expected = crate::empty_state(&config);
         for span in spans.iter().filter(|s| s.start < s.end) {
             expected.expect_partition(&span.topic, span.partition);
         }
-        for (_, stored) in &records {
+        let mut counted = HashSet::new();
+        let mut bytes = 0;
+        for stored in &records {
             let record = &stored.record;
+            bytes += record.size() as u64;
             match EventRef::from_log_record(&record.value, &stored.topic, record.timestamp_ms) {
                 Ok(event) => {
                     let clock = clock_ts(event.ts, record.timestamp_ms);
-                    expected.apply_at(&stored.topic, stored.partition, &event, clock);
+                    let applied = expected.apply_at(&stored.topic, stored.partition, &event, clock);
+                    if applied == Applied::Counted {
+                        counted.insert(event.event_id.to_string());
+                    }
                 }
                 Err(_) => expected.counters.invalid += 1,
             }
         }
+        // Once, at the end, where the replay evicts after each refill: what
+        // the horizon has passed is late from the event that moves it on,
+        // whenever its views go (see `SpeedState::keep_horizon`).
         expected.evict();
         for span in &spans {
             expected
@@ -805,7 +841,7 @@ mod tests {
                 &log,
                 &spans,
                 crate::empty_state(&config),
-                0..0,
+                0..i64::MAX,
                 |_| {},
                 fetch_max,
             )
@@ -815,6 +851,11 @@ mod tests {
                 replayed.records,
                 records.len() as u64,
                 "fetching {fetch_max}"
+            );
+            assert_eq!(replayed.bytes, bytes, "fetching {fetch_max}");
+            assert!(
+                replayed.counted == counted,
+                "fetching {fetch_max}: the ids counted"
             );
             assert!(
                 crate::checkpoint::encode(&replayed.state) == crate::checkpoint::encode(&expected),

@@ -457,14 +457,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Reads what is available at `positions`, up to `max_records`, into
+    /// `out` (emptied first), which it gives back.
     fn read_available(
         &self,
         positions: &[FetchPosition],
         max_records: usize,
+        mut out: Vec<StoredRecord>,
     ) -> Result<Vec<StoredRecord>, LogError> {
+        out.clear();
         let per_position = (max_records / positions.len().max(1)).max(1);
         // Sized once: records are pushed straight in, never copied to grow.
-        let mut out = Vec::with_capacity(max_records.min(MAX_FETCH_CAPACITY));
+        out.reserve(max_records.min(MAX_FETCH_CAPACITY));
         for position in positions {
             let budget = per_position.min(max_records - out.len());
             if budget == 0 {
@@ -704,6 +708,23 @@ impl EventLog for EmbeddedLog {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<StoredRecord>, LogError> {
+        let mut records = Vec::new();
+        self.fetch_into(positions, max_records, max_wait, &mut records)
+            .await?;
+        Ok(records)
+    }
+
+    async fn fetch_into(
+        &self,
+        positions: &[FetchPosition],
+        max_records: usize,
+        max_wait: Duration,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<(), LogError> {
+        // Emptied before the first await: a caller that drops this future
+        // there (a timeout, a shutdown) is not left with the last fetch's
+        // records as if they were this one's.
+        out.clear();
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut appended = self.appended.clone();
         loop {
@@ -718,15 +739,17 @@ impl EventLog for EmbeddedLog {
             // caller does with it on one thread.
             tokio::task::yield_now().await;
             let (inner, wanted) = (Arc::clone(&self.inner), positions.to_vec());
-            let records = crate::on_this_thread(move || inner.read_available(&wanted, max_records))
-                .await
-                .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))??;
-            if !records.is_empty() {
-                return Ok(records);
+            let buffer = std::mem::take(out);
+            *out =
+                crate::on_this_thread(move || inner.read_available(&wanted, max_records, buffer))
+                    .await
+                    .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))??;
+            if !out.is_empty() {
+                return Ok(());
             }
             match tokio::time::timeout_at(deadline, appended.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => return Ok(Vec::new()),
+                Ok(Err(_)) | Err(_) => return Ok(()),
             }
         }
     }
