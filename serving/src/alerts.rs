@@ -17,6 +17,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lambda_speed::SpeedReader;
 use lambda_speed::alerts::{Alert, AlertState, RuleName};
+use lambda_speed::http::refused;
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -225,14 +226,10 @@ pub async fn run_local_source(
     }
 }
 
-fn bad(parameter: &str, message: &str) -> Response {
-    lambda_speed::http::refused(parameter, message)
-}
-
 /// Refuses a parameter not in `known`, naming it.
 fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(unknown) => Err(bad(
+        Some(unknown) => Err(refused(
             unknown,
             &format!("unknown parameter (expected {})", known.join(", ")),
         )),
@@ -246,7 +243,7 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, R
         Some(raw) => raw
             .parse()
             .map(Some)
-            .map_err(|_| bad(name, &format!("expected an unsigned integer, got {raw:?}"))),
+            .map_err(|_| refused(name, &format!("expected an unsigned integer, got {raw:?}"))),
     }
 }
 
@@ -269,7 +266,7 @@ pub async fn list(
         Err(response) => return response,
     };
     if limit == 0 || limit > MAX_LIMIT {
-        return bad("limit", &format!("must be 1 to {MAX_LIMIT}"));
+        return refused("limit", &format!("must be 1 to {MAX_LIMIT}"));
     }
     let feed = state.alerts.read();
     let alerts: Vec<Value> = feed.after(since, limit).iter().map(to_json).collect();
@@ -297,7 +294,7 @@ pub async fn stream(
         None => None,
         Some(Ok(Ok(id))) => Some(id),
         Some(_) => {
-            return bad(
+            return refused(
                 "Last-Event-ID",
                 "expected an unsigned integer (the id of the last event received)",
             );
