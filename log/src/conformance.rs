@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Bytes, EventLog, FetchPosition, LogError, Record, StoredRecord};
+use crate::{
+    Bytes, EventLog, FetchPosition, LogError, Record, StoredRecord, ValueRecord, ValueSpan,
+};
 
 /// The topics [`run_all`] creates, as (suffix, partitions): a backend whose
 /// test broker cannot create topics through the API creates these first.
@@ -33,7 +35,7 @@ pub async fn run_all(log: Arc<dyn EventLog>, prefix: &str) {
     committed_past_end_is_an_error(log.as_ref(), &format!("{prefix}-group-end")).await;
     concurrent_appends_are_all_durable_once(Arc::clone(&log), &format!("{prefix}-concurrent"))
         .await;
-    fetch_into_reads_what_fetch_reads(log.as_ref(), &format!("{prefix}-into")).await;
+    fetch_values_reads_what_fetch_reads(log.as_ref(), &format!("{prefix}-into")).await;
 }
 
 fn record(key: Option<&str>, value: &str) -> Record {
@@ -359,45 +361,113 @@ pub async fn concurrent_appends_are_all_durable_once(log: Arc<dyn EventLog>, top
     }
 }
 
-/// `fetch_into` empties the caller's buffer, then reads into it what
-/// `fetch` would; on an error it leaves the buffer empty.
-pub async fn fetch_into_reads_what_fetch_reads(log: &dyn EventLog, topic: &str) {
+/// `fetch_values` appends to each span's records (keeping what they held)
+/// the values `fetch` reads, none at or past the span's end, moves the
+/// span's position past them and counts their bytes; a span read to its
+/// end is not read; on an error the spans are as they were.
+pub async fn fetch_values_reads_what_fetch_reads(log: &dyn EventLog, topic: &str) {
     log.create_topic(topic, 1).await.expect("create");
     let records: Vec<Record> = (0..5)
         .map(|i| record(Some("k"), &format!("r{i}")))
         .collect();
     log.append(topic, records).await.expect("append");
-    let at = |offset| FetchPosition {
-        topic: topic.into(),
-        partition: 0,
-        offset,
+    let held = ValueRecord {
+        value: Bytes::from_static(b"held"),
+        timestamp_ms: 1,
+        offset: 99,
+    };
+    // Offsets 0..3 of the five: a backend may bring fewer at a time.
+    let mut span = ValueSpan {
+        position: FetchPosition {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+        },
+        end: 3,
+        records: vec![held.clone()],
     };
     let wait = Duration::from_secs(5);
-    // A buffer holding a record of an earlier fetch.
-    let mut buffer = log.fetch(&[at(0)], 1, wait).await.expect("fetch");
-    assert_eq!(buffer.len(), 1, "{topic}: one record asked for");
-    log.fetch_into(&[at(0)], 100, wait, &mut buffer)
-        .await
-        .expect("fetch_into");
-    // What it read is the log's from 0 on, in order, and nothing else (a
-    // record left over would come first, at offset 0 again; a backend may
-    // bring fewer records than are there).
-    assert!(!buffer.is_empty(), "{topic}: fetch_into read nothing");
-    for (i, stored) in buffer.iter().enumerate() {
-        let offset = i as u64;
-        assert_eq!(stored.offset, offset, "{topic}: fetch_into from 0");
+    for _ in 0..10 {
+        let before = span.records.len();
+        let read = log
+            .fetch_values(&mut [&mut span], 100, wait)
+            .await
+            .expect("fetch_values");
         assert_eq!(
-            stored.record.value,
-            format!("r{offset}").as_bytes(),
-            "{topic}: at {offset}"
+            read.records,
+            span.records.len() - before,
+            "{topic}: counted"
         );
+        // Key "k" and a value of two bytes.
+        assert_eq!(read.bytes, 3 * read.records as u64, "{topic}: bytes");
+        if span.position.offset == span.end {
+            break;
+        }
     }
-    log.fetch_into(&[at(50)], 100, Duration::from_millis(100), &mut buffer)
+    assert_eq!(span.records[0], held, "{topic}: what the span held is kept");
+    let offsets: Vec<u64> = span.records[1..].iter().map(|r| r.offset).collect();
+    assert_eq!(
+        offsets,
+        vec![0, 1, 2],
+        "{topic}: from 0 to the end, once each"
+    );
+    for record in &span.records[1..] {
+        assert_eq!(
+            record.value,
+            format!("r{}", record.offset).as_bytes(),
+            "{topic}: at {}",
+            record.offset
+        );
+        assert_eq!(record.timestamp_ms, 1_700_000_000_000, "{topic}: time");
+    }
+    assert_eq!(span.position.offset, 3, "{topic}: the position past them");
+    // Read to its end: not read again, and no wait.
+    let started = std::time::Instant::now();
+    let read = log
+        .fetch_values(&mut [&mut span], 100, Duration::from_secs(30))
         .await
-        .expect_err("past the end");
+        .expect("a span at its end");
+    assert_eq!(read.records, 0, "{topic}: a span at its end read again");
     assert!(
-        buffer.is_empty(),
-        "{topic}: a failed fetch_into left {} records",
-        buffer.len()
+        started.elapsed() < Duration::from_secs(20),
+        "{topic}: a span at its end waited"
+    );
+    // Past the log's end: an error, and the spans as they were.
+    let mut past = ValueSpan {
+        position: FetchPosition {
+            topic: topic.into(),
+            partition: 0,
+            offset: 50,
+        },
+        end: 60,
+        records: vec![held.clone()],
+    };
+    // (A span read before the one that fails: what it read is undone.)
+    let mut first = ValueSpan {
+        position: FetchPosition {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+        },
+        end: 3,
+        records: vec![held.clone()],
+    };
+    let before = first.clone();
+    log.fetch_values(
+        &mut [&mut first, &mut past],
+        100,
+        Duration::from_millis(100),
+    )
+    .await
+    .expect_err("past the end");
+    assert_eq!(first, before, "{topic}: a failed fetch_values moved a span");
+    assert_eq!(
+        past.records,
+        vec![held],
+        "{topic}: a failed fetch_values appended"
+    );
+    assert_eq!(
+        past.position.offset, 50,
+        "{topic}: a failed fetch_values moved a span"
     );
 }

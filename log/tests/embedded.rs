@@ -32,6 +32,56 @@ async fn embedded_passes_the_conformance_suite() {
     conformance::run_all(Arc::new(log), "conf").await;
 }
 
+/// On a current-thread runtime the embedded log cannot read in place: it
+/// reads values on the blocking pool and appends them on the task.
+#[tokio::test(flavor = "current_thread")]
+async fn fetch_values_on_a_current_thread_runtime_reads_what_fetch_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default())
+        .await
+        .unwrap();
+    conformance::fetch_values_reads_what_fetch_reads(&log, "current").await;
+}
+
+/// A fetch of values across segments, from the middle of one, keeps every
+/// record once, in order, and stops at the span's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_values_crosses_segments_and_stops_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), small_segments())
+        .await
+        .unwrap();
+    log.create_topic("t", 1).await.unwrap();
+    let values = append_records(&log, "t", 1000).await;
+    assert!(segment_files(&dir.path().join("t").join("0")).len() > 2);
+    for (start, end, fetch_max) in [(0, 1000, 5000), (7, 950, 16), (123, 124, 5), (999, 1000, 1)] {
+        let mut span = lambda_log::ValueSpan {
+            position: FetchPosition {
+                topic: "t".into(),
+                partition: 0,
+                offset: start,
+            },
+            end,
+            records: Vec::new(),
+        };
+        while span.position.offset < end {
+            let read = log
+                .fetch_values(&mut [&mut span], fetch_max, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(
+                read.records > 0 && read.records <= fetch_max,
+                "{start}..{end}"
+            );
+        }
+        let offsets: Vec<u64> = span.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (start..end).collect::<Vec<_>>(), "{start}..{end}");
+        for record in &span.records {
+            assert_eq!(record.value, values[record.offset as usize].as_bytes());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopening_keeps_records_topics_and_offsets() {
     let dir = tempfile::tempdir().unwrap();

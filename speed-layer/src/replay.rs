@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{Event, Topic, floor_to};
-use lambda_log::{EventLog, FetchPosition, LogError};
+use lambda_log::{EventLog, FetchPosition, LogError, ValueRecord, ValueSpan};
 
 use crate::consumer::{Slot, Slots};
 use crate::window::{Applied, ClockPlace, SpeedState};
@@ -28,8 +28,7 @@ use crate::window::{Applied, ClockPlace, SpeedState};
 /// each): 4 096 → 1.71–1.87 M, 8 192 → 1.50–1.86 M, 16 384 → 1.79–1.92 M;
 /// with the merge first and runs decoded per lane (eleventh session), four
 /// pairs against 4 096: 16 384 ahead in three. Kept: ~1.2 MB of lane
-/// entries (a share and a half a lane), the 2 MB buffer fetches read into,
-/// and the chunks the entries share.
+/// entries (a share and a half a lane) and the chunks the entries share.
 const FETCH_MAX_RECORDS: usize = 16384;
 /// How long one fetch may wait.
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(200);
@@ -99,51 +98,47 @@ pub async fn spans_to(
 /// Where a record comes in append order: record timestamp, partition, offset.
 type AppendKey = (i64, u32, u64);
 
-/// A record in a lane: what the fold reads of it (its topic and partition
-/// are the lane's). 48 bytes where a `StoredRecord` is 128: the refill
-/// moved each whole record into its lane, two cache lines written per
-/// record and out of cache again by the time the merge and the decoder
-/// read them (the merge's first read of a record's offset was ~40 % of its
-/// samples in `perf`).
-struct Fetched {
-    value: bytes::Bytes,
-    timestamp_ms: i64,
-    offset: u64,
-}
-
-/// One partition being read: where the next fetch starts, and records
-/// fetched: `buffer[taken..]` not taken by the merge yet (those before are
-/// being folded, read where they are, and let go at the next refill).
+/// One partition being read: a span of the log (where the next fetch
+/// starts, the end, and records fetched — 48 bytes each, what the fold
+/// reads of a record: its topic and partition are the lane's), of which
+/// `span.records[taken..]` are not taken by the merge yet (those before
+/// are being folded, read where they are, and let go at the next refill).
+/// The log appends each fetched record to its lane's span
+/// ([`EventLog::fetch_values`]): the refill moved each record a fetch
+/// brought (128 bytes, its topic's name and key shared by counted
+/// references) into its lane, ~3 % of the replay's samples in `perf`.
 struct Lane {
-    position: FetchPosition,
-    end: u64,
-    buffer: Vec<Fetched>,
+    span: ValueSpan,
     taken: usize,
 }
 
 impl Lane {
     /// Records fetched and not taken yet.
     fn pending(&self) -> usize {
-        self.buffer.len() - self.taken
+        self.span.records.len() - self.taken
     }
 
     /// The next record not taken.
-    fn front(&self) -> Option<&Fetched> {
-        self.buffer.get(self.taken)
+    fn front(&self) -> Option<&ValueRecord> {
+        self.span.records.get(self.taken)
     }
 
     /// The merge's key of `record`, a record of this lane, the lane being
     /// `lane` (see [`Tournament::key`]).
-    fn key(&self, record: &Fetched, lane: usize) -> (u64, u128) {
+    fn key(&self, record: &ValueRecord, lane: usize) -> (u64, u128) {
         Tournament::key(
-            (record.timestamp_ms, self.position.partition, record.offset),
+            (
+                record.timestamp_ms,
+                self.span.position.partition,
+                record.offset,
+            ),
             lane,
         )
     }
 
     /// Records still due and none fetched: the merge waits for this lane.
     fn dry(&self) -> bool {
-        self.pending() == 0 && self.position.offset < self.end
+        self.pending() == 0 && self.span.position.offset < self.span.end
     }
 }
 
@@ -176,7 +171,8 @@ async fn replay_fetching(
     let started = Instant::now();
     let mut lanes = Lanes::new(spans);
     for lane in &lanes.lanes {
-        state.expect_partition(&lane.position.topic, lane.position.partition);
+        let position = &lane.span.position;
+        state.expect_partition(&position.topic, position.partition);
     }
     let mut folded = Folded::default();
     // The lane of each record, in append order, as far as a refill lets
@@ -239,8 +235,6 @@ struct Lanes {
     empty_in_a_row: u32,
     /// Bytes of the records fetched into the lanes (keys and values).
     bytes: u64,
-    /// The buffer each fetch reads into (see [`EventLog::fetch_into`]).
-    fetched: Vec<lambda_log::StoredRecord>,
 }
 
 impl Lanes {
@@ -249,13 +243,15 @@ impl Lanes {
             .iter()
             .filter(|s| s.start < s.end)
             .map(|s| Lane {
-                position: FetchPosition {
-                    topic: s.topic.clone(),
-                    partition: s.partition,
-                    offset: s.start,
+                span: ValueSpan {
+                    position: FetchPosition {
+                        topic: s.topic.clone(),
+                        partition: s.partition,
+                        offset: s.start,
+                    },
+                    end: s.end,
+                    records: Vec::new(),
                 },
-                end: s.end,
-                buffer: Vec::new(),
                 taken: 0,
             })
             .collect();
@@ -265,7 +261,6 @@ impl Lanes {
             lanes,
             empty_in_a_row: 0,
             bytes: 0,
-            fetched: Vec::new(),
         }
     }
 
@@ -306,39 +301,37 @@ impl Lanes {
     async fn refill(&mut self, log: &dyn EventLog, fetch_max: usize) -> anyhow::Result<()> {
         // What was taken has been folded.
         for lane in &mut self.lanes {
-            lane.buffer.drain(..lane.taken);
+            lane.span.records.drain(..lane.taken);
             lane.taken = 0;
         }
-        let reading = self
-            .lanes
-            .iter()
-            .filter(|l| l.position.offset < l.end)
-            .count();
+        let due = |l: &Lane| l.span.position.offset < l.span.end;
+        let reading = self.lanes.iter().filter(|l| due(l)).count();
         let share = (fetch_max / reading.max(1)).max(1);
-        let mut asked: Vec<FetchPosition> = Vec::new();
+        let mut asked: Vec<&mut ValueSpan> = Vec::new();
         for lane in &mut self.lanes {
-            if lane.position.offset < lane.end && lane.pending() <= share / 2 {
+            if due(lane) && lane.pending() <= share / 2 {
                 // Room for its share up front: a lane's buffer grown a
                 // record at a time was copied as it doubled (~2 % of the
                 // benchmark's replay, which starts with empty lanes). Room
                 // for a share and a half from the first: a lane is asked
                 // again holding up to half a share, and a buffer of one
                 // share then moved to grow.
-                lane.buffer
-                    .reserve((share + share / 2).saturating_sub(lane.pending()));
-                asked.push(lane.position.clone());
+                let pending = lane.pending();
+                lane.span
+                    .records
+                    .reserve((share + share / 2).saturating_sub(pending));
+                asked.push(&mut lane.span);
             }
         }
         if asked.is_empty() {
             return Ok(());
         }
         let max_records = share.saturating_mul(asked.len());
-        let mut fetched = std::mem::take(&mut self.fetched);
-        match log
-            .fetch_into(&asked, max_records, FETCH_MAX_WAIT, &mut fetched)
+        let read = match log
+            .fetch_values(&mut asked, max_records, FETCH_MAX_WAIT)
             .await
         {
-            Ok(()) => {}
+            Ok(read) => read,
             Err(LogError::OffsetOutOfRange {
                 topic,
                 partition,
@@ -346,12 +339,11 @@ impl Lanes {
                 ..
             }) => {
                 // Retention moved on while we read: what is gone is gone.
-                for lane in self
-                    .lanes
-                    .iter_mut()
-                    .filter(|l| l.position.topic == topic && l.position.partition == partition)
-                {
-                    lane.position.offset = lane.position.offset.max(start).min(lane.end);
+                for lane in self.lanes.iter_mut().filter(|l| {
+                    l.span.position.topic == topic && l.span.position.partition == partition
+                }) {
+                    let span = &mut lane.span;
+                    span.position.offset = span.position.offset.max(start).min(span.end);
                 }
                 self.dry = self.lanes.iter().filter(|l| l.dry()).count();
                 return Ok(());
@@ -362,44 +354,13 @@ impl Lanes {
             }
             Err(error) => return Err(error).context("replay fetch"),
         };
-        let mut useful = 0;
-        // A fetch brings each partition's records in one run: its lane is
-        // looked up (by the topic's name) once per run.
-        let mut at = 0;
-        let mut run: Option<(std::sync::Arc<str>, u32)> = None;
-        for stored in fetched.drain(..) {
-            let same_run = run.as_ref().is_some_and(|(topic, partition)| {
-                *partition == stored.partition && std::sync::Arc::ptr_eq(topic, &stored.topic)
-            });
-            if !same_run {
-                let is = |l: &Lane| {
-                    l.position.partition == stored.partition && *l.position.topic == *stored.topic
-                };
-                if !crate::consumer::find_from(&self.lanes, &mut at, is) {
-                    run = None;
-                    continue;
-                }
-                run = Some((std::sync::Arc::clone(&stored.topic), stored.partition));
-            }
-            let lane = &mut self.lanes[at];
-            if stored.offset < lane.position.offset || stored.offset >= lane.end {
-                continue;
-            }
-            lane.position.offset = stored.offset + 1;
-            let record = stored.record;
-            self.bytes += record.size() as u64;
-            let fetched = Fetched {
-                value: record.value,
-                timestamp_ms: record.timestamp_ms,
-                offset: stored.offset,
-            };
-            if lane.pending() == 0 {
-                self.heads.set(at, Some(lane.key(&fetched, at)));
-            }
-            lane.buffer.push(fetched);
-            useful += 1;
+        self.bytes += read.bytes;
+        let useful = read.records;
+        // Every lane's head is its first record now (none is taken).
+        for (i, lane) in self.lanes.iter().enumerate() {
+            self.heads
+                .set(i, lane.front().map(|record| lane.key(record, i)));
         }
-        self.fetched = fetched;
         // New heads: every match played again (a few per lane).
         self.heads.play_all();
         self.dry = self.lanes.iter().filter(|l| l.dry()).count();
@@ -414,8 +375,11 @@ impl Lanes {
                 .iter()
                 .filter(|l| l.pending() == 0)
                 .map(|l| {
-                    let p = &l.position;
-                    format!("{}/{} at {} of {}", p.topic, p.partition, p.offset, l.end)
+                    let p = &l.span.position;
+                    format!(
+                        "{}/{} at {} of {}",
+                        p.topic, p.partition, p.offset, l.span.end
+                    )
                 })
                 .collect();
             anyhow::bail!(
@@ -596,8 +560,9 @@ impl Folded {
             let (ring, buffered) = (&mut rings[lane], &lanes[lane]);
             if ring.folded == ring.len {
                 // The lane's next run, up to what the merge took of it.
-                let records = &buffered.buffer[ring.next..(ring.next + run).min(buffered.taken)];
-                let topic: &str = &buffered.position.topic;
+                let records =
+                    &buffered.span.records[ring.next..(ring.next + run).min(buffered.taken)];
+                let topic: &str = &buffered.span.position.topic;
                 let decoded = ring.slots.decode(
                     records
                         .iter()
@@ -610,7 +575,7 @@ impl Folded {
             // By reference: an event is ~0.5 KB, and only a kept one is copied.
             let slot = ring.slots.slot(ring.folded);
             ring.folded += 1;
-            self.fold_one(state, lane, &buffered.position, slot, keep);
+            self.fold_one(state, lane, &buffered.span.position, slot, keep);
         }
         self.rings = rings.into_iter().map(Ring::recycle).collect();
     }
@@ -692,27 +657,29 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(p, stamps)| Lane {
-                position: FetchPosition {
-                    topic: topic.to_string(),
-                    partition: p as u32,
-                    offset: stamps.len() as u64,
+                span: ValueSpan {
+                    position: FetchPosition {
+                        topic: topic.to_string(),
+                        partition: p as u32,
+                        offset: stamps.len() as u64,
+                    },
+                    end: stamps.len() as u64,
+                    records: stamps
+                        .iter()
+                        .enumerate()
+                        .map(|(offset, &ts)| ValueRecord {
+                            value: Default::default(),
+                            timestamp_ms: ts,
+                            offset: offset as u64,
+                        })
+                        .collect(),
                 },
-                end: stamps.len() as u64,
-                buffer: stamps
-                    .iter()
-                    .enumerate()
-                    .map(|(offset, &ts)| Fetched {
-                        value: Default::default(),
-                        timestamp_ms: ts,
-                        offset: offset as u64,
-                    })
-                    .collect(),
                 taken: 0,
             })
             .collect::<Vec<_>>();
         let mut heads = Tournament::new(lanes.len());
         for (i, lane) in lanes.iter().enumerate() {
-            heads.set(i, lane.buffer.first().map(|r| lane.key(r, i)));
+            heads.set(i, lane.front().map(|r| lane.key(r, i)));
         }
         heads.play_all();
         Lanes {
@@ -721,7 +688,6 @@ mod tests {
             dry: 0,
             empty_in_a_row: 0,
             bytes: 0,
-            fetched: Vec::new(),
         }
     }
 
@@ -729,7 +695,7 @@ mod tests {
     /// does (record timestamp, partition, offset, then lane): however the
     /// fetches cut the lanes, and whatever runs each lane is decoded in.
     /// Late, repeated and malformed events among them.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_replay_folds_what_one_fold_in_append_order_does() {
         use lambda_events::{Event, EventRef, event::clock_ts};
         use lambda_ingest::generator::{Generator, GeneratorConfig};
@@ -737,6 +703,7 @@ mod tests {
         let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
             .await
             .expect("the log");
+        let log = std::sync::Arc::new(log);
         for topic in Topic::ALL {
             log.create_topic(topic.name(), 3).await.expect("a topic");
         }
@@ -770,7 +737,9 @@ mod tests {
                 .await
                 .expect("appended");
         }
-        let spans = spans_to(&log, |_, _, end| Some(end)).await.expect("spans");
+        let spans = spans_to(log.as_ref(), |_, _, end| Some(end))
+            .await
+            .expect("spans");
         let config = crate::SpeedConfig::with_data_dir(dir.path());
 
         // The reference: the records merged one at a time (the least
@@ -835,10 +804,12 @@ mod tests {
             "some events are sent twice"
         );
 
-        // One record a fetch, a few, and all at once.
+        // One record a fetch, a few, and all at once; reading in place (a
+        // worker of this multi-threaded runtime) and, on a current-thread
+        // runtime, on the blocking pool.
         for fetch_max in [1, 5, 64, FETCH_MAX_RECORDS] {
-            let replayed = replay_fetching(
-                &log,
+            let in_place = replay_fetching(
+                log.as_ref(),
                 &spans,
                 crate::empty_state(&config),
                 0..i64::MAX,
@@ -847,20 +818,36 @@ mod tests {
             )
             .await
             .expect("replayed");
-            assert_eq!(
-                replayed.records,
-                records.len() as u64,
-                "fetching {fetch_max}"
-            );
-            assert_eq!(replayed.bytes, bytes, "fetching {fetch_max}");
-            assert!(
-                replayed.counted == counted,
-                "fetching {fetch_max}: the ids counted"
-            );
-            assert!(
-                crate::checkpoint::encode(&replayed.state) == crate::checkpoint::encode(&expected),
-                "fetching {fetch_max}: the replay's state differs from one fold in append order"
-            );
+            let (pooled_log, pooled_spans) = (std::sync::Arc::clone(&log), spans.clone());
+            let state = crate::empty_state(&config);
+            let pooled = tokio::task::spawn_blocking(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime");
+                runtime.block_on(replay_fetching(
+                    pooled_log.as_ref(),
+                    &pooled_spans,
+                    state,
+                    0..i64::MAX,
+                    |_| {},
+                    fetch_max,
+                ))
+            })
+            .await
+            .expect("the current-thread replay ran")
+            .expect("replayed");
+            for (replayed, how) in [(in_place, "in place"), (pooled, "on the pool")] {
+                let what = format!("fetching {fetch_max} {how}");
+                assert_eq!(replayed.records, records.len() as u64, "{what}");
+                assert_eq!(replayed.bytes, bytes, "{what}");
+                assert!(replayed.counted == counted, "{what}: the ids counted");
+                assert!(
+                    crate::checkpoint::encode(&replayed.state)
+                        == crate::checkpoint::encode(&expected),
+                    "{what}: the replay's state differs from one fold in append order"
+                );
+            }
         }
     }
 
@@ -939,7 +926,7 @@ mod tests {
             }
             let mut lanes = lanes_of(&stamps);
             for (lane, (_, due)) in lanes.lanes.iter_mut().zip(&partitions) {
-                lane.end += u64::from(*due);
+                lane.span.end += u64::from(*due);
             }
             lanes.dry = lanes.lanes.iter().filter(|l| l.dry()).count();
             let mut order = Vec::new();

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::partitioner::Partitioner;
 use crate::{
     Bytes, EventLog, FetchPosition, LogError, PartitionRange, Position, Record, StoredRecord,
-    TopicRetention,
+    TopicRetention, ValueSpan, ValuesRead,
 };
 use segment::{Damage, FRAME_HEADER, FrameError};
 use writer::{AppendRequest, Writer};
@@ -349,7 +349,7 @@ impl Inner {
         partition: u32,
         offset: u64,
         limit: usize,
-        records: &mut Vec<StoredRecord>,
+        records: &mut impl Collect,
     ) -> Result<(), LogError> {
         let out_of_range = |range: PartitionRange| LogError::OffsetOutOfRange {
             topic: topic.name.clone(),
@@ -379,8 +379,7 @@ impl Inner {
                 })
                 .collect()
         };
-        let limit = records.len().saturating_add(limit);
-        let topic_name: Arc<str> = Arc::from(topic.name.as_str());
+        let limit = records.kept().saturating_add(limit);
         // (segment base, next offset, its byte position) where reading stopped.
         let mut stopped = None;
         for (base, path, start_pos, len) in plan {
@@ -400,11 +399,11 @@ impl Inner {
                 reason: e.to_string(),
             };
             let mut pos = start_pos;
-            while pos < len && records.len() < limit {
+            while pos < len && records.kept() < limit {
                 // One read of what is left of the segment, as much as the
                 // records still wanted take (guessed generously), at most
                 // READ_CHUNK bytes, or the next frame whole if it is longer.
-                let wanted = (limit - records.len()).saturating_mul(512).max(4096);
+                let wanted = (limit - records.kept()).saturating_mul(512).max(4096);
                 let mut buffer = self
                     .read_buffers
                     .take((len - pos).min(READ_CHUNK.min(wanted) as u64) as usize);
@@ -424,27 +423,19 @@ impl Inner {
                 let chunk: Bytes = buffer.split().freeze();
                 self.read_buffers.give_back(buffer, chunk.len());
                 let mut at = 0;
-                while at < chunk.len() && records.len() < limit {
-                    let decoded = match segment::decode_shared(&chunk, at) {
+                while at < chunk.len() && records.kept() < limit {
+                    let (frame_offset, frame_len) = match records.take(&chunk, at, offset) {
                         Ok(frame) => frame,
                         // The frame goes on past the chunk: the next read starts at it.
                         Err(FrameError::Incomplete) if at > 0 => break,
                         Err(e) => return Err(corrupt(pos + at as u64, e)),
                     };
-                    at += decoded.len;
-                    stopped = Some((base, decoded.offset + 1, pos + at as u64));
-                    if decoded.offset >= offset {
-                        records.push(StoredRecord {
-                            topic: Arc::clone(&topic_name),
-                            partition,
-                            offset: decoded.offset,
-                            record: decoded.record,
-                        });
-                    }
+                    at += frame_len;
+                    stopped = Some((base, frame_offset + 1, pos + at as u64));
                 }
                 pos += at as u64;
             }
-            if records.len() >= limit {
+            if records.kept() >= limit {
                 break;
             }
         }
@@ -457,34 +448,168 @@ impl Inner {
         Ok(())
     }
 
-    /// Reads what is available at `positions`, up to `max_records`, into
-    /// `out` (emptied first), which it gives back.
+    /// Reads what is available at `positions`, up to `max_records`.
     fn read_available(
         &self,
         positions: &[FetchPosition],
         max_records: usize,
-        mut out: Vec<StoredRecord>,
     ) -> Result<Vec<StoredRecord>, LogError> {
-        out.clear();
         let per_position = (max_records / positions.len().max(1)).max(1);
         // Sized once: records are pushed straight in, never copied to grow.
-        out.reserve(max_records.min(MAX_FETCH_CAPACITY));
+        let mut out = Vec::with_capacity(max_records.min(MAX_FETCH_CAPACITY));
         for position in positions {
             let budget = per_position.min(max_records - out.len());
             if budget == 0 {
                 break;
             }
             let topic = self.topic(&position.topic)?;
+            let mut into = Stored {
+                topic: Arc::from(topic.name.as_str()),
+                partition: position.partition,
+                out: &mut out,
+            };
             self.read_partition(
                 &topic,
                 position.partition,
                 position.offset,
                 budget,
-                &mut out,
+                &mut into,
             )?;
         }
         Ok(out)
     }
+
+    /// Reads what is available in `spans`, up to `max_records` and none at
+    /// or past a span's end, appending to each span's records (see
+    /// [`EventLog::fetch_values`]); on an error the spans are left as they
+    /// were.
+    fn read_values(
+        &self,
+        spans: &mut [&mut ValueSpan],
+        max_records: usize,
+    ) -> Result<ValuesRead, LogError> {
+        let marks: Vec<(usize, u64)> = spans
+            .iter()
+            .map(|s| (s.records.len(), s.position.offset))
+            .collect();
+        let read = self.read_values_unmarked(spans, max_records);
+        if read.is_err() {
+            for (span, (len, offset)) in spans.iter_mut().zip(marks) {
+                span.records.truncate(len);
+                span.position.offset = offset;
+            }
+        }
+        read
+    }
+
+    fn read_values_unmarked(
+        &self,
+        spans: &mut [&mut ValueSpan],
+        max_records: usize,
+    ) -> Result<ValuesRead, LogError> {
+        let reading = spans.iter().filter(|s| s.position.offset < s.end).count();
+        let per_span = (max_records / reading.max(1)).max(1);
+        let mut read = ValuesRead::default();
+        for span in spans.iter_mut() {
+            let due = span.end.saturating_sub(span.position.offset);
+            let budget = per_span
+                .min(max_records - read.records)
+                .min(usize::try_from(due).unwrap_or(usize::MAX));
+            if budget == 0 {
+                continue;
+            }
+            let topic = self.topic(&span.position.topic)?;
+            let (partition, offset) = (span.position.partition, span.position.offset);
+            let mut into = Values {
+                span,
+                read: ValuesRead::default(),
+            };
+            self.read_partition(&topic, partition, offset, budget, &mut into)?;
+            read.records += into.read.records;
+            read.bytes += into.read.bytes;
+        }
+        Ok(read)
+    }
+}
+
+/// Where [`Inner::read_partition`] keeps the frames it reads: whole records
+/// ([`Stored`]) or values ([`Values`]).
+trait Collect {
+    /// Frames kept so far.
+    fn kept(&self) -> usize;
+    /// Decodes the frame at `at` in `chunk` and keeps it if its offset is
+    /// `from` or past it (a read starts at the indexed frame before the
+    /// offset asked for); returns its offset and its length on disk.
+    fn take(&mut self, chunk: &Bytes, at: usize, from: u64) -> Result<(u64, usize), FrameError>;
+}
+
+/// Whole records of one partition ([`EventLog::fetch`]).
+struct Stored<'a> {
+    /// The topic's name, shared by the records read (no allocation per record).
+    topic: Arc<str>,
+    partition: u32,
+    out: &'a mut Vec<StoredRecord>,
+}
+
+impl Collect for Stored<'_> {
+    fn kept(&self) -> usize {
+        self.out.len()
+    }
+
+    fn take(&mut self, chunk: &Bytes, at: usize, from: u64) -> Result<(u64, usize), FrameError> {
+        // Records read share the chunk: no allocation per record.
+        let frame = segment::decode_shared(chunk, at)?;
+        let taken = (frame.offset, frame.len);
+        if frame.offset >= from {
+            self.out.push(StoredRecord {
+                topic: Arc::clone(&self.topic),
+                partition: self.partition,
+                offset: frame.offset,
+                record: frame.record,
+            });
+        }
+        Ok(taken)
+    }
+}
+
+/// Values appended to a span ([`EventLog::fetch_values`]), none at or past
+/// its end; the span's position moves past each.
+struct Values<'a> {
+    span: &'a mut ValueSpan,
+    read: ValuesRead,
+}
+
+impl Collect for Values<'_> {
+    fn kept(&self) -> usize {
+        self.read.records
+    }
+
+    fn take(&mut self, chunk: &Bytes, at: usize, from: u64) -> Result<(u64, usize), FrameError> {
+        let (record, size, len) = segment::decode_value(chunk, at)?;
+        let offset = record.offset;
+        if offset >= from && offset >= self.span.position.offset && offset < self.span.end {
+            self.span.position.offset = offset + 1;
+            self.read.records += 1;
+            self.read.bytes += size;
+            self.span.records.push(record);
+        }
+        Ok((offset, len))
+    }
+}
+
+fn read_failed(error: String) -> LogError {
+    LogError::Unavailable(format!("read task failed: {error}"))
+}
+
+/// Waits until something is appended (`true`) or `deadline` passes.
+async fn appended_before(
+    appended: &mut watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    matches!(
+        tokio::time::timeout_at(deadline, appended.changed()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Opens every topic and partition under `dir`, cutting torn tails and
@@ -708,23 +833,6 @@ impl EventLog for EmbeddedLog {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<StoredRecord>, LogError> {
-        let mut records = Vec::new();
-        self.fetch_into(positions, max_records, max_wait, &mut records)
-            .await?;
-        Ok(records)
-    }
-
-    async fn fetch_into(
-        &self,
-        positions: &[FetchPosition],
-        max_records: usize,
-        max_wait: Duration,
-        out: &mut Vec<StoredRecord>,
-    ) -> Result<(), LogError> {
-        // Emptied before the first await: a caller that drops this future
-        // there (a timeout, a shutdown) is not left with the last fetch's
-        // records as if they were this one's.
-        out.clear();
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut appended = self.appended.clone();
         loop {
@@ -739,17 +847,50 @@ impl EventLog for EmbeddedLog {
             // caller does with it on one thread.
             tokio::task::yield_now().await;
             let (inner, wanted) = (Arc::clone(&self.inner), positions.to_vec());
-            let buffer = std::mem::take(out);
-            *out =
-                crate::on_this_thread(move || inner.read_available(&wanted, max_records, buffer))
-                    .await
-                    .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))??;
-            if !out.is_empty() {
-                return Ok(());
+            let records = crate::on_this_thread(move || inner.read_available(&wanted, max_records))
+                .await
+                .map_err(read_failed)??;
+            if !records.is_empty() || !appended_before(&mut appended, deadline).await {
+                return Ok(records);
             }
-            match tokio::time::timeout_at(deadline, appended.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => return Ok(()),
+        }
+    }
+
+    async fn fetch_values(
+        &self,
+        spans: &mut [&mut ValueSpan],
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<ValuesRead, LogError> {
+        if spans.iter().all(|s| s.position.offset >= s.end) {
+            return Ok(ValuesRead::default());
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut appended = self.appended.clone();
+        loop {
+            // As `fetch`: the version marked seen, then a turn, then the read.
+            appended.borrow_and_update();
+            tokio::task::yield_now().await;
+            let read = match crate::in_place(|| self.inner.read_values(spans, max_records)) {
+                Some(read) => read.map_err(read_failed)??,
+                None => {
+                    // A current-thread runtime: read on the pool into
+                    // records of our own, appended here.
+                    let wanted: Vec<FetchPosition> = spans
+                        .iter()
+                        .filter(|s| s.position.offset < s.end)
+                        .map(|s| s.position.clone())
+                        .collect();
+                    let inner = Arc::clone(&self.inner);
+                    let records =
+                        crate::on_this_thread(move || inner.read_available(&wanted, max_records))
+                            .await
+                            .map_err(read_failed)??;
+                    crate::append_values(spans, records)
+                }
+            };
+            if read.records > 0 || !appended_before(&mut appended, deadline).await {
+                return Ok(read);
             }
         }
     }

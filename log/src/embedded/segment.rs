@@ -22,7 +22,7 @@ use std::io::{self, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::{Bytes, Record};
+use crate::{Bytes, Record, ValueRecord};
 
 /// Bytes before the payload: length and checksum.
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -131,6 +131,24 @@ fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
 pub(crate) fn decode_shared(buf: &Bytes, at: usize) -> Result<Frame, FrameError> {
     let parts = parse(buf.get(at..).ok_or(FrameError::Incomplete)?)?;
     Ok(parts.into_frame(|range| buf.slice(at + range.start..at + range.end)))
+}
+
+/// Decodes the frame at `at` in `buf` as a [`ValueRecord`] whose value
+/// shares `buf` (its key and headers are checked, not kept), with its key's
+/// and value's bytes (what [`crate::Record::size`] counts) and its length
+/// on disk.
+pub(crate) fn decode_value(
+    buf: &Bytes,
+    at: usize,
+) -> Result<(ValueRecord, u64, usize), FrameError> {
+    let parts = parse(buf.get(at..).ok_or(FrameError::Incomplete)?)?;
+    let size = parts.key.as_ref().map_or(0, |key| key.len()) + parts.value.len();
+    let record = ValueRecord {
+        value: buf.slice(at + parts.value.start..at + parts.value.end),
+        timestamp_ms: parts.timestamp_ms,
+        offset: parts.offset,
+    };
+    Ok((record, size as u64, parts.len))
 }
 
 /// A frame as parsed: where its key and value are in the bytes it was
