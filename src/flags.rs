@@ -59,7 +59,7 @@ pub(crate) struct SharedArgs {
 struct BatchEngineArgs {
     /// duckdb: in the batch process, one machine; spark: on a Spark cluster through Spark Connect (needs --spark-url); auto: Spark when --spark-url answers as a run starts, else DuckDB (both write the same views).
     #[arg(long = "batch-engine", env = "LAMBDA_BATCH_ENGINE", default_value = "duckdb",
-          value_parser = ["duckdb", "spark", "auto"])]
+          value_parser = lambda_batch::ENGINE_NAMES)]
     name: String,
     /// The Spark Connect server of --batch-engine spark, e.g. sc://spark-connect:15002.
     #[arg(long = "spark-url", env = "LAMBDA_SPARK_URL", hide_env_values = true)]

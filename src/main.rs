@@ -244,7 +244,7 @@ struct CompareArgs {
     #[arg(long)]
     json: bool,
     /// The batch side's engine: duckdb, or spark / auto on a server started with --spark-url (default: the server's own --batch-engine). Read from LAMBDA_BATCH_ENGINE like the other subcommands' flag: unset it to get the server's.
-    #[arg(long, env = "LAMBDA_BATCH_ENGINE", value_parser = ["duckdb", "spark", "auto"])]
+    #[arg(long, env = "LAMBDA_BATCH_ENGINE", value_parser = lambda_batch::ENGINE_NAMES)]
     batch_engine: Option<String>,
 }
 

@@ -36,6 +36,16 @@ pub enum BatchEngine {
     Auto(SparkConfig),
 }
 
+/// The engines' names, as `--batch-engine` and `GET /api/v1/compare?engine=`
+/// take them.
+pub const ENGINE_NAMES: [&str; 3] = ["duckdb", "spark", "auto"];
+
+/// `duckdb, spark or auto`.
+fn names_listed() -> String {
+    let (last, rest) = ENGINE_NAMES.split_last().unwrap_or((&"", &[]));
+    format!("{} or {last}", rest.join(", "))
+}
+
 impl BatchEngine {
     /// The engine a `--batch-engine` name and `--spark-url` choose: `duckdb`
     /// (a Spark URL is not used), or `spark` / `auto` (which need one). An
@@ -56,7 +66,7 @@ impl BatchEngine {
                 "--batch-engine {name} needs --spark-url (LAMBDA_SPARK_URL), e.g. sc://127.0.0.1:15002"
             ),
             (other, _) => {
-                anyhow::bail!("--batch-engine {other:?}: expected duckdb, spark or auto")
+                anyhow::bail!("--batch-engine {other:?}: expected {}", names_listed())
             }
         }
     }
@@ -100,14 +110,12 @@ impl BatchEngine {
     /// Whether `name` is an engine's name: `duckdb`, `spark` or `auto`
     /// (the error quotes at most 32 characters of it).
     pub fn check_name(name: &str) -> Result<(), String> {
-        match name {
-            "duckdb" | "spark" | "auto" => Ok(()),
-            other => {
-                let shown: String = other.chars().take(32).collect();
-                let more = if shown.len() < other.len() { "…" } else { "" };
-                Err(format!("{shown:?}{more}: expected duckdb, spark or auto"))
-            }
+        if ENGINE_NAMES.contains(&name) {
+            return Ok(());
         }
+        let shown: String = name.chars().take(32).collect();
+        let more = if shown.len() < name.len() { "…" } else { "" };
+        Err(format!("{shown:?}{more}: expected {}", names_listed()))
     }
 
     /// `duckdb`, `spark` or `auto`.

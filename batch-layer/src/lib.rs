@@ -20,7 +20,7 @@ pub mod spark;
 pub mod views;
 
 pub use backfill::{BackfillReport, backfill};
-pub use engine::BatchEngine;
+pub use engine::{BatchEngine, ENGINE_NAMES};
 pub use lake::{Lake, LakeWriter};
 pub use run::{RunContext, RunReport, run_once};
 pub use schedule::{BatchHandle, BatchStatus, Started, control, start};
