@@ -269,7 +269,8 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// each record a fetch brought (128 bytes, its topic's name and key
     /// shared by counted references) into its partition's buffer, ~3 % of
     /// its samples in `perf`; the embedded log writes values straight into
-    /// the spans. The default fetches and appends. On an error the spans
+    /// the spans (on a current-thread runtime it reads on the blocking pool
+    /// and appends). The default fetches and appends. On an error the spans
     /// are as they were.
     async fn fetch_values(
         &self,

@@ -339,23 +339,32 @@ impl Lanes {
                 ..
             }) => {
                 // Retention moved on while we read: what is gone is gone.
+                let mut moved = false;
                 for lane in self.lanes.iter_mut().filter(|l| {
                     l.span.position.topic == topic && l.span.position.partition == partition
                 }) {
                     let span = &mut lane.span;
-                    span.position.offset = span.position.offset.max(start).min(span.end);
+                    let offset = span.position.offset.max(start).min(span.end);
+                    moved |= offset != span.position.offset;
+                    span.position.offset = offset;
                 }
                 self.dry = self.lanes.iter().filter(|l| l.dry()).count();
-                return Ok(());
+                // (Asked past the partition's end, nothing moves: counted
+                // as a fetch that brought nothing, or it was asked forever.)
+                return if moved {
+                    self.empty_in_a_row = 0;
+                    Ok(())
+                } else {
+                    self.nothing_of_use("offsets out of range")
+                };
             }
             Err(error) if error.is_transient() => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return Ok(());
+                return self.nothing_of_use(&error.to_string());
             }
             Err(error) => return Err(error).context("replay fetch"),
         };
         self.bytes += read.bytes;
-        let useful = read.records;
         // Every lane's head is its first record now (none is taken).
         for (i, lane) in self.lanes.iter().enumerate() {
             self.heads
@@ -364,30 +373,38 @@ impl Lanes {
         // New heads: every match played again (a few per lane).
         self.heads.play_all();
         self.dry = self.lanes.iter().filter(|l| l.dry()).count();
-        if useful > 0 {
+        if read.records > 0 {
             self.empty_in_a_row = 0;
             return Ok(());
         }
+        self.nothing_of_use("nothing")
+    }
+
+    /// A fetch brought nothing of use (`what`: nothing, or the error it
+    /// ended in): past [`EMPTY_FETCHES_ALLOWED`] in a row, the replay fails
+    /// naming the partitions it waits for.
+    fn nothing_of_use(&mut self, what: &str) -> anyhow::Result<()> {
         self.empty_in_a_row += 1;
-        if self.empty_in_a_row > EMPTY_FETCHES_ALLOWED {
-            let missing: Vec<String> = self
-                .lanes
-                .iter()
-                .filter(|l| l.pending() == 0)
-                .map(|l| {
-                    let p = &l.span.position;
-                    format!(
-                        "{}/{} at {} of {}",
-                        p.topic, p.partition, p.offset, l.span.end
-                    )
-                })
-                .collect();
-            anyhow::bail!(
-                "replay: the log stopped delivering before the end offsets: {}",
-                missing.join(", ")
-            );
+        if self.empty_in_a_row <= EMPTY_FETCHES_ALLOWED {
+            return Ok(());
         }
-        Ok(())
+        let missing: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|l| l.pending() == 0 && l.span.position.offset < l.span.end)
+            .map(|l| {
+                let p = &l.span.position;
+                format!(
+                    "{}/{} at {} of {}",
+                    p.topic, p.partition, p.offset, l.span.end
+                )
+            })
+            .collect();
+        anyhow::bail!(
+            "replay: the log stopped delivering before the end offsets ({} fetches in a row, the last: {what}): {}",
+            self.empty_in_a_row,
+            missing.join(", ")
+        )
     }
 }
 
@@ -849,6 +866,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A span past its partition's end (spans of another log, or a log
+    /// that lost records) ends the replay with an error naming it: the
+    /// fetch is refused, nothing moves, and it was asked again forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_span_past_the_log_s_end_is_an_error_not_a_loop() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+            .await
+            .expect("the log");
+        log.create_topic("funnel-events", 1).await.expect("a topic");
+        let spans = [ReplaySpan {
+            topic: "funnel-events".into(),
+            partition: 0,
+            start: 10,
+            end: 20,
+        }];
+        let config = crate::SpeedConfig::with_data_dir(dir.path());
+        let replayed = tokio::time::timeout(
+            Duration::from_secs(60),
+            replay(&log, &spans, crate::empty_state(&config), 0..0, |_| {}),
+        )
+        .await
+        .expect("the replay ends");
+        let Err(error) = replayed else {
+            panic!("a replay past the log's end succeeded")
+        };
+        let error = format!("{error:#}");
+        assert!(error.contains("funnel-events/0 at 10 of 20"), "{error}");
+        assert!(error.contains("out of range"), "{error}");
     }
 
     proptest! {

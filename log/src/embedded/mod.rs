@@ -481,28 +481,9 @@ impl Inner {
 
     /// Reads what is available in `spans`, up to `max_records` and none at
     /// or past a span's end, appending to each span's records (see
-    /// [`EventLog::fetch_values`]); on an error the spans are left as they
-    /// were.
+    /// [`EventLog::fetch_values`]); on an error what it appended stays (the
+    /// caller undoes it: [`undo`]).
     fn read_values(
-        &self,
-        spans: &mut [&mut ValueSpan],
-        max_records: usize,
-    ) -> Result<ValuesRead, LogError> {
-        let marks: Vec<(usize, u64)> = spans
-            .iter()
-            .map(|s| (s.records.len(), s.position.offset))
-            .collect();
-        let read = self.read_values_unmarked(spans, max_records);
-        if read.is_err() {
-            for (span, (len, offset)) in spans.iter_mut().zip(marks) {
-                span.records.truncate(len);
-                span.position.offset = offset;
-            }
-        }
-        read
-    }
-
-    fn read_values_unmarked(
         &self,
         spans: &mut [&mut ValueSpan],
         max_records: usize,
@@ -594,6 +575,22 @@ impl Collect for Values<'_> {
             self.span.records.push(record);
         }
         Ok((offset, len))
+    }
+}
+
+/// Each span's records and position, as [`undo`] puts them back.
+fn marks_of(spans: &[&mut ValueSpan]) -> Vec<(usize, u64)> {
+    spans
+        .iter()
+        .map(|s| (s.records.len(), s.position.offset))
+        .collect()
+}
+
+/// Puts `spans` back as [`marks_of`] found them.
+fn undo(spans: &mut [&mut ValueSpan], marks: &[(usize, u64)]) {
+    for (span, &(len, offset)) in spans.iter_mut().zip(marks) {
+        span.records.truncate(len);
+        span.position.offset = offset;
     }
 }
 
@@ -871,8 +868,17 @@ impl EventLog for EmbeddedLog {
             // As `fetch`: the version marked seen, then a turn, then the read.
             appended.borrow_and_update();
             tokio::task::yield_now().await;
+            let marks = marks_of(spans);
             let read = match crate::in_place(|| self.inner.read_values(spans, max_records)) {
-                Some(read) => read.map_err(read_failed)??,
+                // A read that failed half way, or panicked, undoes what it
+                // appended.
+                Some(outcome) => match outcome.map_err(read_failed).and_then(|read| read) {
+                    Ok(read) => read,
+                    Err(error) => {
+                        undo(spans, &marks);
+                        return Err(error);
+                    }
+                },
                 None => {
                     // A current-thread runtime: read on the pool into
                     // records of our own, appended here.
