@@ -376,16 +376,18 @@ pub async fn fetch_values_reads_what_fetch_reads(log: &dyn EventLog, topic: &str
         timestamp_ms: 1,
         offset: 99,
     };
-    // Offsets 0..3 of the five: a backend may bring fewer at a time.
-    let mut span = ValueSpan {
+    // A span of the partition holding one record already.
+    let span_of = |offset: u64, end: u64| ValueSpan {
         position: FetchPosition {
             topic: topic.into(),
             partition: 0,
-            offset: 0,
+            offset,
         },
-        end: 3,
+        end,
         records: vec![held.clone()],
     };
+    // Offsets 0..3 of the five: a backend may bring fewer at a time.
+    let mut span = span_of(0, 3);
     let wait = Duration::from_secs(5);
     for _ in 0..10 {
         let before = span.records.len();
@@ -433,25 +435,9 @@ pub async fn fetch_values_reads_what_fetch_reads(log: &dyn EventLog, topic: &str
         "{topic}: a span at its end waited"
     );
     // Past the log's end: an error, and the spans as they were.
-    let mut past = ValueSpan {
-        position: FetchPosition {
-            topic: topic.into(),
-            partition: 0,
-            offset: 50,
-        },
-        end: 60,
-        records: vec![held.clone()],
-    };
+    let mut past = span_of(50, 60);
     // (A span read before the one that fails: what it read is undone.)
-    let mut first = ValueSpan {
-        position: FetchPosition {
-            topic: topic.into(),
-            partition: 0,
-            offset: 0,
-        },
-        end: 3,
-        records: vec![held.clone()],
-    };
+    let mut first = span_of(0, 3);
     let before = first.clone();
     log.fetch_values(
         &mut [&mut first, &mut past],
