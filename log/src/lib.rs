@@ -185,6 +185,17 @@ pub struct ValueSpan {
     pub records: Vec<ValueRecord>,
 }
 
+impl ValueSpan {
+    /// The positions of the spans not read to their end.
+    pub fn due(spans: &[&mut ValueSpan]) -> Vec<FetchPosition> {
+        spans
+            .iter()
+            .filter(|s| s.position.offset < s.end)
+            .map(|s| s.position.clone())
+            .collect()
+    }
+}
+
 /// How much one [`EventLog::fetch_values`] appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ValuesRead {
@@ -278,11 +289,7 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<ValuesRead, LogError> {
-        let positions: Vec<FetchPosition> = spans
-            .iter()
-            .filter(|s| s.position.offset < s.end)
-            .map(|s| s.position.clone())
-            .collect();
+        let positions = ValueSpan::due(spans);
         if positions.is_empty() {
             return Ok(ValuesRead::default());
         }

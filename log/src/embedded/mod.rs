@@ -565,10 +565,11 @@ impl Collect for Values<'_> {
         self.read.records
     }
 
-    fn take(&mut self, chunk: &Bytes, at: usize, from: u64) -> Result<(u64, usize), FrameError> {
+    fn take(&mut self, chunk: &Bytes, at: usize, _: u64) -> Result<(u64, usize), FrameError> {
         let (record, size, len) = segment::decode_value(chunk, at)?;
         let offset = record.offset;
-        if offset >= from && offset >= self.span.position.offset && offset < self.span.end {
+        // (The read started at the span's position, which only moves on.)
+        if offset >= self.span.position.offset && offset < self.span.end {
             self.span.position.offset = offset + 1;
             self.read.records += 1;
             self.read.bytes += size;
@@ -882,11 +883,7 @@ impl EventLog for EmbeddedLog {
                 None => {
                     // A current-thread runtime: read on the pool into
                     // records of our own, appended here.
-                    let wanted: Vec<FetchPosition> = spans
-                        .iter()
-                        .filter(|s| s.position.offset < s.end)
-                        .map(|s| s.position.clone())
-                        .collect();
+                    let wanted = ValueSpan::due(spans);
                     let inner = Arc::clone(&self.inner);
                     let records =
                         crate::on_this_thread(move || inner.read_available(&wanted, max_records))
