@@ -54,11 +54,20 @@ struct Posted {
     events: u64,
     latencies: Vec<Duration>,
     wall: Duration,
+    /// CPU time of the whole process meanwhile (load generator included).
+    cpu: Duration,
 }
 
 impl Posted {
     fn rate(&self) -> f64 {
         self.events as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU microseconds per event: steadier than the rate on a machine
+    /// whose disk's fsyncs come slow at times (that run waits, its CPU
+    /// per event does not grow).
+    fn cpu_us_per_event(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64
     }
 
     fn percentile(&self, q: f64) -> Duration {
@@ -102,7 +111,7 @@ async fn post_back_to_back(
 ) -> anyhow::Result<Posted> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let (started, cpu0) = (Instant::now(), crate::measure::cpu_time());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
         let client = crate::measure::one_connection_client()?;
@@ -136,12 +145,16 @@ async fn post_back_to_back(
     while let Some(joined) = tasks.join_next().await {
         latencies.extend(joined??);
     }
-    let wall = started.elapsed();
+    let (wall, cpu) = (
+        started.elapsed(),
+        crate::measure::cpu_time().saturating_sub(cpu0),
+    );
     latencies.sort();
     Ok(Posted {
         events: (latencies.len() * per_body) as u64,
         latencies,
         wall,
+        cpu,
     })
 }
 
@@ -442,11 +455,12 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<Vec<Figure>> {
         ("collector -> embedded log", &ours),
     ] {
         println!(
-            "  {name:<28} {:>10.0} events/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests)",
+            "  {name:<28} {:>10.0} events/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests; {:.3} us of CPU per event)",
             posted.rate(),
             ms(posted.percentile(0.5)),
             ms(posted.percentile(0.99)),
-            posted.latencies.len()
+            posted.latencies.len(),
+            posted.cpu_us_per_event()
         );
     }
     println!(

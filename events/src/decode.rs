@@ -125,36 +125,9 @@ impl<'a> Cursor<'a> {
     }
 
     /// Where the run of bytes from `from` that are neither a quote, a
-    /// backslash nor a control character ends: eight bytes at a time.
+    /// backslash nor a control character ends (see [`plain_run`]).
     fn plain_run(&self, from: usize) -> usize {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-        let bytes = self.text.as_bytes();
-        let mut end = from;
-        while let Some(chunk) = bytes.get(end..).and_then(<[u8]>::first_chunk::<8>) {
-            let word = u64::from_le_bytes(*chunk);
-            let quote = word ^ (ONES * u64::from(b'"'));
-            let backslash = word ^ (ONES * u64::from(b'\\'));
-            // `x - ONES & !x` sets the high bit of x's zero bytes, and
-            // `word - 0x20 * ONES & !word` of its bytes below 0x20; exactly
-            // for the lowest such byte (a borrow only runs upwards), which
-            // is the only one that counts.
-            let special = ((quote.wrapping_sub(ONES) & !quote)
-                | (backslash.wrapping_sub(ONES) & !backslash)
-                | (word.wrapping_sub(ONES * 0x20) & !word))
-                & HIGH_BITS;
-            if special != 0 {
-                return end + (special.trailing_zeros() / 8) as usize;
-            }
-            end += 8;
-        }
-        while let Some(&byte) = bytes.get(end) {
-            if byte == b'"' || byte == b'\\' || byte < 0x20 {
-                break;
-            }
-            end += 1;
-        }
-        end
+        plain_run(self.text.as_bytes(), from)
     }
 
     /// The rest of a string from its first escape at `escape`, unescaped
@@ -312,6 +285,40 @@ impl<'a> Cursor<'a> {
     fn label<T>(&mut self, parse: fn(&str) -> Option<T>) -> Step<T> {
         parse(&self.text()?).map_or_else(|| give_up("not one of the labels"), Ok)
     }
+}
+
+/// Where the run of bytes of `bytes` from `from` that are neither a quote,
+/// a backslash nor a control character ends: eight bytes at a time. What
+/// a JSON string may hold as is; the canonical writer
+/// ([`EventRef::write_json`]) checks its strings with it too.
+pub(crate) fn plain_run(bytes: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let mut end = from;
+    while let Some(chunk) = bytes.get(end..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_le_bytes(*chunk);
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        // `x - ONES & !x` sets the high bit of x's zero bytes, and
+        // `word - 0x20 * ONES & !word` of its bytes below 0x20; exactly
+        // for the lowest such byte (a borrow only runs upwards), which
+        // is the only one that counts.
+        let special = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(ONES * 0x20) & !word))
+            & HIGH_BITS;
+        if special != 0 {
+            return end + (special.trailing_zeros() / 8) as usize;
+        }
+        end += 8;
+    }
+    while let Some(&byte) = bytes.get(end) {
+        if byte == b'"' || byte == b'\\' || byte < 0x20 {
+            break;
+        }
+        end += 1;
+    }
+    end
 }
 
 /// An integer's text (JSON's integer form, its grammar checked) as an

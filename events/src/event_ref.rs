@@ -63,10 +63,22 @@ impl<'a> EventRef<'a> {
     /// (same rules, same errors), borrowing its strings from `bytes`.
     #[inline]
     pub fn from_json(bytes: &'a [u8]) -> Result<EventRef<'a>, EventError> {
-        if let Some(event) = WireEvent::decode(bytes).ok().and_then(WireEvent::validate) {
-            return Ok(event);
+        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        EventRef::read_json(bytes, &mut event)?;
+        Ok(event)
+    }
+
+    /// [`EventRef::from_json`] written into `slot` instead of returned (the
+    /// same rules, the same errors; on an error `slot` holds no event worth
+    /// reading): an event is ~0.45 KB, and a caller going through many
+    /// (the fold's chunk of records, the collector's body) decodes each into
+    /// a slot it keeps rather than moving it out of the decoder.
+    pub fn read_json(bytes: &'a [u8], slot: &mut EventRef<'a>) -> Result<(), EventError> {
+        *slot = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        if !WireEvent::decode_valid_into(bytes, slot) {
+            *slot = Event::from_json_reference(bytes).map(EventRef::from)?;
         }
-        Event::from_json_reference(bytes).map(EventRef::from)
+        Ok(())
     }
 
     /// [`EventRef::from_json`] for a record read from `topic`: an event
@@ -96,20 +108,14 @@ impl<'a> EventRef<'a> {
     }
 
     /// [`EventRef::from_log_record`] written into `slot` instead of
-    /// returned (the same checks, the same errors; on an error `slot` holds
-    /// no event worth reading): an event is ~0.45 KB, and the fold decodes
-    /// a chunk of records into slots it keeps rather than moving each event
-    /// from the decoder into its buffer.
+    /// returned, as [`EventRef::read_json`] is.
     pub fn read_log_record(
         bytes: &'a [u8],
         topic: &str,
         record_ts_ms: i64,
         slot: &mut EventRef<'a>,
     ) -> Result<(), EventError> {
-        *slot = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
-        if !WireEvent::decode_valid_into(bytes, slot) {
-            *slot = Event::from_json_reference(bytes).map(EventRef::from)?;
-        }
+        EventRef::read_json(bytes, slot)?;
         slot.check_topic(topic)?;
         if record_ts_ms > 0 {
             crate::event::check_not_ahead(
@@ -309,13 +315,10 @@ fn label(out: &mut impl BufMut, text: &str) {
 }
 
 /// A JSON string: copied whole when nothing in it needs escaping (the
-/// usual case: checked without branching per byte), else written by
-/// serde_json, whose escapes the canonical form is.
+/// usual case: checked eight bytes at a time, as the decoder checks), else
+/// written by serde_json, whose escapes the canonical form is.
 fn json_string(out: &mut impl BufMut, text: &str) {
-    let plain = text.bytes().fold(true, |plain, b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
+    if crate::decode::plain_run(text.as_bytes(), 0) == text.len() {
         label(out, text);
     } else {
         serde_json::to_writer(out.writer(), text).expect("a string always serializes");

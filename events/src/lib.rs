@@ -17,7 +17,7 @@ pub mod sketch;
 pub mod time;
 
 pub use bucket::{Step, floor_to};
-pub use codec::{BodyError, ParsedLine, parse_body};
+pub use codec::{BodyError, BodyLine, ParsedLine, parse_body, split_body};
 pub use event::{Device, DeviceStatus, Event, EventError, EventType, Severity, Topic};
 pub use event_ref::EventRef;
 pub use kpi::BucketViews;

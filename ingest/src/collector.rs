@@ -17,6 +17,7 @@
 //! unavailable) the answer is `503` with `Retry-After`; the client resends,
 //! and `event_id` deduplication downstream absorbs what was written twice.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,9 +28,9 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::BytesMut;
+use bytes::Bytes;
 use lambda_events::limits::{DEFAULT_MAX_TS_AHEAD_MS, MAX_BODY_BYTES, MAX_REJECTIONS_LISTED};
-use lambda_events::{BodyError, EventRef, ParsedLine, Topic, parse_body};
+use lambda_events::{BodyError, BodyLine, EventRef, EventType, Topic, split_body};
 use lambda_log::{EventLog, LogError, Record};
 use serde::Serialize;
 use serde_json::json;
@@ -258,7 +259,7 @@ async fn post_events(
     let now = chrono::Utc::now().timestamp_millis();
     let window = TimeWindow::around(now, &state.config);
     let parsed = tokio::task::spawn_blocking(move || {
-        parse_body(&bytes).map(|lines| RecordBatch::from_lines(lines, now, window))
+        split_body(&bytes).map(|lines| RecordBatch::from_lines(lines, now, window))
     })
     .await;
     let mut batch = match parsed {
@@ -383,40 +384,37 @@ struct RecordBatch {
 }
 
 impl RecordBatch {
-    fn from_lines(lines: Vec<ParsedLine<'_>>, now_ms: i64, window: TimeWindow) -> RecordBatch {
-        // Every record's key and canonical JSON written into one buffer and
-        // split off it: the records share it (one allocation for the body,
-        // not two per event). Sized for the body's lines; it grows if the
-        // canonical forms come out longer.
+    fn from_lines(lines: Vec<BodyLine<'_>>, now_ms: i64, window: TimeWindow) -> RecordBatch {
+        // Every record's key and canonical JSON written into one buffer,
+        // which the records then share as slices (one allocation for the
+        // body, not two per event). Sized for the body's lines; it grows if
+        // the canonical forms come out longer. A `Vec` rather than a
+        // `BytesMut`: the writer's many short pieces go in without a call
+        // each.
         let sized: usize = lines.iter().map(|line| line.len + 64).sum();
-        let mut buf = BytesMut::with_capacity(sized);
-        // Sized once: a body's events usually share a topic.
+        let mut buf: Vec<u8> = Vec::with_capacity(sized);
+        // Where each accepted event's key and value are in it, by topic.
+        let mut written: Vec<(Topic, usize, usize, usize)> = Vec::with_capacity(lines.len());
         let mut batch = RecordBatch {
             lines: lines.len(),
-            funnel: Vec::with_capacity(lines.len()),
-            iot: Vec::with_capacity(lines.len()),
+            funnel: Vec::new(),
+            iot: Vec::new(),
             dead_letter: Vec::new(),
             rejected: Vec::new(),
         };
+        // Each line parsed into this one slot, then written out.
+        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
         for line in lines {
             let result = line
-                .result
-                .and_then(|event| window.check(&event).map(|()| event));
+                .parse_into(&mut event)
+                .and_then(|()| window.check(&event));
             match result {
-                Ok(event) => {
+                Ok(()) => {
+                    let key_start = buf.len();
                     buf.extend_from_slice(event.key().as_bytes());
-                    let key = buf.split().freeze();
+                    let value_start = buf.len();
                     event.write_json(&mut buf);
-                    let record = Record {
-                        key: Some(key),
-                        value: buf.split().freeze(),
-                        timestamp_ms: now_ms,
-                        headers: Vec::new(),
-                    };
-                    match event.topic() {
-                        Topic::Funnel => batch.funnel.push(record),
-                        Topic::Iot => batch.iot.push(record),
-                    }
+                    written.push((event.topic(), key_start, value_start, buf.len()));
                 }
                 Err(error) => {
                     // An oversized line keeps only its first bytes: say how long it was.
@@ -434,6 +432,22 @@ impl RecordBatch {
                         error: error.to_string(),
                     });
                 }
+            }
+        }
+        let buf = Bytes::from(buf);
+        let funnel = written.iter().filter(|w| w.0 == Topic::Funnel).count();
+        batch.funnel.reserve_exact(funnel);
+        batch.iot.reserve_exact(written.len() - funnel);
+        for (topic, key_start, value_start, end) in written {
+            let record = Record {
+                key: Some(buf.slice(key_start..value_start)),
+                value: buf.slice(value_start..end),
+                timestamp_ms: now_ms,
+                headers: Vec::new(),
+            };
+            match topic {
+                Topic::Funnel => batch.funnel.push(record),
+                Topic::Iot => batch.iot.push(record),
             }
         }
         batch
