@@ -51,6 +51,8 @@ struct Load {
     sent: usize,
     failed: usize,
     latencies: Vec<Duration>,
+    /// Latencies of the answers computed afresh (`x-cache: miss`).
+    computed: Vec<Duration>,
     wall: Duration,
     /// How late the generator released requests after they were due, at
     /// most (its timer's resolution, or its own falling behind).
@@ -64,7 +66,7 @@ impl Load {
 
     fn line(&self, name: &str) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        format!(
+        let mut line = format!(
             "  {name:<40} p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  ({} sent, {} failed, {:.0} answered/s; released up to {:.3} ms after due)",
             ms(self.percentile(0.50)),
             ms(self.percentile(0.99)),
@@ -73,7 +75,18 @@ impl Load {
             self.failed,
             self.latencies.len() as f64 / self.wall.as_secs_f64().max(1e-9),
             ms(self.release_lag)
-        )
+        );
+        if !self.computed.is_empty() {
+            let computed = |q| ms(crate::measure::percentile(&self.computed, q));
+            line.push_str(&format!(
+                "\n  {:<40} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} answers computed afresh)",
+                "  of which computed",
+                computed(0.50),
+                computed(0.99),
+                self.computed.len()
+            ));
+        }
+        line
     }
 }
 
@@ -112,28 +125,38 @@ async fn offer(client: &reqwest::Client, url: &str, rate: u32, seconds: u64) -> 
         tasks.spawn(async move {
             // A wait for a free connection still counts: the server's.
             let _slot = slots.acquire_owned().await.expect("never closed");
-            let ok = match client.get(&url).send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                _ => false,
+            let (ok, computed) = match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    let computed = r.headers().get("x-cache").is_some_and(|v| v == "miss");
+                    (r.bytes().await.is_ok(), computed)
+                }
+                _ => (false, false),
             };
-            (ok, released.min(due + TIMER_RESOLUTION).elapsed())
+            (ok, computed, released.min(due + TIMER_RESOLUTION).elapsed())
         });
     }
     let mut load = Load {
         sent: total,
         failed: 0,
         latencies: Vec::with_capacity(total),
+        computed: Vec::new(),
         wall: Duration::ZERO,
         release_lag,
     };
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((true, latency)) => load.latencies.push(latency),
+            Ok((true, computed, latency)) => {
+                load.latencies.push(latency);
+                if computed {
+                    load.computed.push(latency);
+                }
+            }
             _ => load.failed += 1,
         }
     }
     load.wall = started.elapsed();
     load.latencies.sort();
+    load.computed.sort();
     load
 }
 

@@ -63,6 +63,74 @@ enum Key {
     Field(Field),
 }
 
+impl Key {
+    /// The key's JSON name.
+    const fn name(self) -> &'static str {
+        match self {
+            Key::EventId => "event_id",
+            Key::EventType => "event_type",
+            Key::Ts => "ts",
+            Key::Field(field) => field.name(),
+        }
+    }
+}
+
+/// A key's name as one number: its bytes little-endian, zero-padded to 16
+/// bytes (no key is longer). Two names of the same length differ exactly
+/// when their numbers do (a name ending in zero bytes packs as a shorter
+/// one: the reader compares lengths too).
+const fn packed(name: &[u8]) -> u128 {
+    let mut word = 0u128;
+    let mut i = 0;
+    while i < name.len() && i < 16 {
+        word |= (name[i] as u128) << (8 * i);
+        i += 1;
+    }
+    word
+}
+
+/// [`Key::from_packed`]: each key's number a constant of its own (a
+/// `match` on them is a few compares in a tree, no call per name), taken
+/// from the names [`Key::name`] spells.
+macro_rules! keys_by_number {
+    ($($konst:ident => $key:expr),+ $(,)?) => {
+        impl Key {
+            /// The key whose name packs to `word` (see [`packed`]).
+            fn from_packed(word: u128) -> Option<Key> {
+                $(const $konst: u128 = packed($key.name().as_bytes());)+
+                match word {
+                    $($konst => Some($key),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+keys_by_number!(
+    EVENT_ID => Key::EventId,
+    EVENT_TYPE => Key::EventType,
+    TS => Key::Ts,
+    USER_ID => Key::Field(Field::UserId),
+    SESSION_ID => Key::Field(Field::SessionId),
+    DEVICE => Key::Field(Field::Device),
+    PAGE => Key::Field(Field::Page),
+    RENDER_MS => Key::Field(Field::RenderMs),
+    CAMPAIGN_ID => Key::Field(Field::CampaignId),
+    PRODUCT_ID => Key::Field(Field::ProductId),
+    AMOUNT_CENTS => Key::Field(Field::AmountCents),
+    ERROR_CODE => Key::Field(Field::ErrorCode),
+    DEVICE_ID => Key::Field(Field::DeviceId),
+    SENSOR => Key::Field(Field::Sensor),
+    VALUE => Key::Field(Field::Value),
+    UNIT => Key::Field(Field::Unit),
+    STATUS => Key::Field(Field::Status),
+    BATTERY_PCT => Key::Field(Field::BatteryPct),
+    ALARM => Key::Field(Field::Alarm),
+    SEVERITY => Key::Field(Field::Severity),
+    MESSAGE => Key::Field(Field::Message),
+);
+
 /// Bits of `WireEvent::present` past the fields' own ([`Field::bit`]).
 const EVENT_ID: u32 = 1 << 29;
 const EVENT_TYPE: u32 = 1 << 30;
@@ -199,6 +267,56 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// A key, after whitespace, read as the number its bytes pack to (see
+    /// [`packed`]): no string made, no name compared byte by byte. The
+    /// sixteen bytes after the opening quote are read as two words and the
+    /// first quote among them found at once; the bytes before it are a key
+    /// only if they pack to one and are as long as its name (a name holds
+    /// no backslash or control character, so nothing else needs checking). Near a line's end the
+    /// bytes are scanned one by one.
+    fn key(&mut self) -> Step<Key> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+        if self.next_token() != Some(b'"') {
+            return give_up("a key that is not a string");
+        }
+        let bytes = self.text.as_bytes();
+        let start = self.at + 1;
+        let (len, word) = match bytes.get(start..).and_then(<[u8]>::first_chunk::<16>) {
+            Some(chunk) => {
+                let word = u128::from_le_bytes(*chunk);
+                // The high bit of each byte that is a quote (exact for the lowest).
+                let quotes = |half: u64| {
+                    let x = half ^ (ONES * u64::from(b'"'));
+                    x.wrapping_sub(ONES) & !x & HIGH_BITS
+                };
+                let (low, high) = (quotes(word as u64), quotes((word >> 64) as u64));
+                let len = if low != 0 {
+                    low.trailing_zeros() / 8
+                } else if high != 0 {
+                    8 + high.trailing_zeros() / 8
+                } else {
+                    return give_up("a key that is not a field");
+                };
+                let mask = u128::MAX.checked_shr(8 * (16 - len)).unwrap_or(0);
+                (len as usize, word & mask)
+            }
+            None => {
+                let end = self.plain_run(start);
+                if bytes.get(end) != Some(&b'"') || end - start > 16 {
+                    return give_up("a key that is not a field");
+                }
+                (end - start, packed(&bytes[start..end]))
+            }
+        };
+        // Zero bytes pack as padding does: the length tells them apart.
+        let key = Key::from_packed(word)
+            .filter(|key| key.name().len() == len)
+            .map_or_else(|| give_up("a key that is not a field"), Ok)?;
+        self.at = start + len + 1;
+        Ok(key)
+    }
+
     /// A string value, after whitespace.
     fn text(&mut self) -> Step<Cow<'a, str>> {
         match self.next_token() {
@@ -321,6 +439,16 @@ pub(crate) fn plain_run(bytes: &[u8], from: usize) -> usize {
     end
 }
 
+/// Eight ASCII digits (checked already), the first the most significant,
+/// as their number: pairs, then fours, then all eight combined in one word
+/// (three multiplies instead of eight).
+fn eight_digits(digits: [u8; 8]) -> u64 {
+    let mut word = u64::from_le_bytes(digits) - 0x3030_3030_3030_3030;
+    word = (word * 10 + (word >> 8)) & 0x00FF_00FF_00FF_00FF;
+    word = (word * 100 + (word >> 16)) & 0x0000_FFFF_0000_FFFF;
+    (word * 10_000 + (word >> 32)) & 0xFFFF_FFFF
+}
+
 /// An integer's text (JSON's integer form, its grammar checked) as an
 /// `i64`; `-0` is not one.
 fn integer(text: &str) -> Step<i64> {
@@ -329,6 +457,22 @@ fn integer(text: &str) -> Step<i64> {
         [b'-', digits @ ..] => (true, digits),
         digits => (false, digits),
     };
+    // Up to 18 digits stay below 10^18 < i64::MAX: accumulated without a
+    // check per digit (`ts` has 13; a checked multiply a digit was a tenth
+    // of the decoder's time).
+    if digits.len() <= 18 {
+        let mut magnitude = 0u64;
+        let mut rest = digits;
+        while let Some((eight, tail)) = rest.split_first_chunk::<8>() {
+            magnitude = magnitude * 100_000_000 + eight_digits(*eight);
+            rest = tail;
+        }
+        for &digit in rest {
+            magnitude = magnitude * 10 + u64::from(digit - b'0');
+        }
+        let value = i64::try_from(magnitude).map_or_else(|_| give_up("beyond i64"), Ok)?;
+        return Ok(if negative { -value } else { value });
+    }
     // Accumulated negative: i64::MIN has no positive twin.
     let mut value: i64 = 0;
     for &digit in digits {
@@ -383,18 +527,7 @@ impl<'a> WireEvent<'a> {
             c.at += 1;
         } else {
             loop {
-                let Cow::Borrowed(name) = c.text()? else {
-                    return give_up("an escape in a key");
-                };
-                let key = match name {
-                    "event_id" => Key::EventId,
-                    "event_type" => Key::EventType,
-                    "ts" => Key::Ts,
-                    name => Key::Field(
-                        Field::from_name(name)
-                            .map_or_else(|| give_up("a key that is not a field"), Ok)?,
-                    ),
-                };
+                let key = c.key()?;
                 let bit = match key {
                     Key::EventId => EVENT_ID,
                     Key::EventType => EVENT_TYPE,
@@ -569,6 +702,15 @@ mod tests {
             ("0", Some(0)),
             ("7", Some(7)),
             ("-12", Some(-12)),
+            ("12345678", Some(12_345_678)),
+            ("1796547464632", Some(1_796_547_464_632)),
+            ("90000000", Some(90_000_000)),
+            ("-9876543210987654", Some(-9_876_543_210_987_654)),
+            // 18 digits (read without a check per digit) and 19 (with).
+            ("999999999999999999", Some(999_999_999_999_999_999)),
+            ("-999999999999999999", Some(-999_999_999_999_999_999)),
+            ("1000000000000000000", Some(1_000_000_000_000_000_000)),
+            ("-1000000000000000000", Some(-1_000_000_000_000_000_000)),
             ("9223372036854775807", Some(i64::MAX)),
             ("-9223372036854775808", Some(i64::MIN)),
             ("9223372036854775808", None),
@@ -578,6 +720,49 @@ mod tests {
         ] {
             assert_eq!(integer(text).ok(), expected, "{text}");
         }
+        // Every length, every digit in every place: as `str::parse` reads them.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let n = (seed >> 1) as i64 >> (seed % 63);
+            for text in [n.to_string(), (-n).to_string()] {
+                assert_eq!(integer(&text).ok(), text.parse::<i64>().ok(), "{text}");
+            }
+        }
+    }
+
+    /// Every key is read as itself wherever its closing quote falls (in
+    /// the first word, the second, or a line's last bytes); a name one
+    /// byte short or long, an escape, or sixteen bytes without a quote are
+    /// not keys.
+    #[test]
+    fn keys_are_read_by_their_packed_bytes_and_nothing_else_is() {
+        let keys = [Key::EventId, Key::EventType, Key::Ts]
+            .into_iter()
+            .chain(Field::ALL.iter().map(|f| Key::Field(*f)));
+        let read = |text: &str| {
+            let mut cursor = Cursor { text, at: 0 };
+            cursor.key().map(|k| (k.name(), cursor.at)).ok()
+        };
+        for key in keys {
+            let name = key.name();
+            for tail in ["", ":1}", ":\"a long value after it\"}"] {
+                let text = format!(" \"{name}\"{tail}");
+                assert_eq!(read(&text), Some((name, name.len() + 3)), "{text}");
+            }
+            let short = &name[..name.len() - 1];
+            for text in [
+                format!("\"{short}\":1, \"padding\": 2}}"),
+                format!("\"{name}x\":1, \"padding\": 2}}"),
+                format!("\"{short}\\u0{}\":1}}", name.as_bytes()[name.len() - 1]),
+                format!("\"{name}\u{0}\":1, \"padding\": 2}}"),
+            ] {
+                assert_eq!(read(&text), None, "{text}");
+            }
+        }
+        assert_eq!(read("\"abcdefghijklmnop\":1, \"padding\": 2}"), None);
+        assert_eq!(read("\"\":1, \"padding\": 2}"), None);
+        assert_eq!(read("\"ts"), None);
     }
 
     /// The word-at-a-time run finds the first quote, backslash or control

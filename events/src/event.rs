@@ -226,7 +226,7 @@ impl Field {
     ];
 
     /// The field's JSON name.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Field::UserId => "user_id",
             Field::SessionId => "session_id",
