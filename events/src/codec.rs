@@ -111,14 +111,21 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<ParsedLine<'_>>, BodyError> {
     Ok(split_body(body)?.into_iter().map(BodyLine::parse).collect())
 }
 
+/// JSON's whitespace: space, tab, line feed, carriage return — not the
+/// form feed `u8::is_ascii_whitespace` also counts (a line of one form
+/// feed is a bad line, not a blank one).
+pub fn is_json_whitespace(byte: &u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 /// Splits a request body into its lines. A body whose first non-blank byte
-/// is `[` is a JSON array; anything else is NDJSON, where blank lines are
-/// skipped but counted. A body with more than [`MAX_LINES_PER_REQUEST`]
+/// is `[` is a JSON array; anything else is NDJSON, where blank lines (of
+/// JSON's whitespace only) are skipped but counted. A body with more than [`MAX_LINES_PER_REQUEST`]
 /// lines or elements is refused whole (counted before anything is parsed,
 /// so a huge array of tiny elements costs no more memory than its bytes); a
 /// line or element over [`MAX_LINE_BYTES`] is refused on its own.
 pub fn split_body(body: &[u8]) -> Result<Vec<BodyLine<'_>>, BodyError> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let first = body.iter().find(|b| !is_json_whitespace(b));
     if first == Some(&b'[') {
         return split_array(body);
     }
@@ -131,7 +138,7 @@ pub fn split_body(body: &[u8]) -> Result<Vec<BodyLine<'_>>, BodyError> {
         let line = &body[start..end];
         start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if line.iter().all(is_json_whitespace) {
             continue;
         }
         if lines.len() == MAX_LINES_PER_REQUEST {
@@ -319,6 +326,25 @@ mod tests {
     fn empty_body_has_no_lines() {
         assert!(parse_body(b"").unwrap().is_empty());
         assert!(parse_body(b"\n \n").unwrap().is_empty());
+        assert!(parse_body(b" \t\r\n\r\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_form_feed_is_not_json_whitespace() {
+        // A line of one form feed is a bad line, numbered, not skipped.
+        let got = summary(
+            "\x0c\n{\"event_id\":\"a\",\"ts\":1,\"event_type\":\"click\",\"user_id\":\"u\"}",
+        );
+        assert_eq!(got.len(), 2);
+        assert!(
+            got[0].1.as_ref().unwrap_err().starts_with("invalid json"),
+            "{got:?}"
+        );
+        assert_eq!(got[1], (2, Ok("a".into())));
+        // Nor does it start an array: the body is NDJSON, one bad line.
+        let got = summary("\x0c[]");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].1.is_err());
     }
 
     fn click(id: usize) -> String {

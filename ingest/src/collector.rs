@@ -29,6 +29,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use lambda_events::codec::is_json_whitespace;
 use lambda_events::limits::{DEFAULT_MAX_TS_AHEAD_MS, MAX_BODY_BYTES, MAX_REJECTIONS_LISTED};
 use lambda_events::{BodyError, BodyLine, EventRef, EventType, Topic, split_body};
 use lambda_log::{EventLog, LogError, Record};
@@ -205,6 +206,19 @@ async fn post_events(
     body: Body,
 ) -> Response {
     let limit = state.config.max_body_bytes;
+    // A body declared longer than the limit is refused now, not read until
+    // the limit (or the read timeout, if the sender never sends it all).
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {limit} bytes"),
+            None,
+        );
+    }
     let read = axum::body::to_bytes(body, limit);
     let bytes = match tokio::time::timeout(state.config.body_read_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -233,7 +247,7 @@ async fn post_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if declared_json && bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+    if declared_json && bytes.iter().find(|b| !is_json_whitespace(b)) != Some(&b'[') {
         return error_response(
             StatusCode::BAD_REQUEST,
             "body: an application/json body must be a JSON array of events; send one event a line as application/x-ndjson".into(),

@@ -150,6 +150,40 @@ async fn oversized_bodies_get_413() {
     assert!(json["error"].as_str().unwrap().contains("100 bytes"));
 }
 
+/// A body declared longer than the limit is refused before it is read:
+/// 413 even when it never arrives (the read would end in 408); declared at
+/// the limit, it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_over_the_limit_gets_413_before_it_is_read() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(
+        log,
+        IngestConfig {
+            max_body_bytes: 100,
+            body_read_timeout: Duration::from_millis(200),
+            ..IngestConfig::default()
+        },
+    );
+    let never = || Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+    let send = |declared: usize, body: Body| {
+        let request = Request::post("/api/v1/events")
+            .header("content-length", declared)
+            .body(body)
+            .unwrap();
+        router(state.clone()).oneshot(request)
+    };
+    let over = send(101, never()).await.unwrap();
+    assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let at = send(100, never()).await.unwrap();
+    assert_eq!(
+        at.status(),
+        StatusCode::REQUEST_TIMEOUT,
+        "read, and never came"
+    );
+    let at = send(100, Body::from("x".repeat(100))).await.unwrap();
+    assert_eq!(at.status(), StatusCode::ACCEPTED, "read: one bad line");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_bodies_get_400() {
     let (_dir, log) = start_log().await;
