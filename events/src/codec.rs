@@ -344,7 +344,11 @@ mod tests {
         // Nor does it start an array: the body is NDJSON, one bad line.
         let got = summary("\x0c[]");
         assert_eq!(got.len(), 1);
-        assert!(got[0].1.is_err());
+        let error = got[0].1.as_ref().unwrap_err();
+        assert!(
+            error.starts_with("invalid json") && !error.starts_with("invalid json array"),
+            "{error}"
+        );
     }
 
     fn click(id: usize) -> String {

@@ -108,27 +108,27 @@ macro_rules! keys_by_number {
 }
 
 keys_by_number!(
-    EVENT_ID => Key::EventId,
-    EVENT_TYPE => Key::EventType,
-    TS => Key::Ts,
-    USER_ID => Key::Field(Field::UserId),
-    SESSION_ID => Key::Field(Field::SessionId),
-    DEVICE => Key::Field(Field::Device),
-    PAGE => Key::Field(Field::Page),
-    RENDER_MS => Key::Field(Field::RenderMs),
-    CAMPAIGN_ID => Key::Field(Field::CampaignId),
-    PRODUCT_ID => Key::Field(Field::ProductId),
-    AMOUNT_CENTS => Key::Field(Field::AmountCents),
-    ERROR_CODE => Key::Field(Field::ErrorCode),
-    DEVICE_ID => Key::Field(Field::DeviceId),
-    SENSOR => Key::Field(Field::Sensor),
-    VALUE => Key::Field(Field::Value),
-    UNIT => Key::Field(Field::Unit),
-    STATUS => Key::Field(Field::Status),
-    BATTERY_PCT => Key::Field(Field::BatteryPct),
-    ALARM => Key::Field(Field::Alarm),
-    SEVERITY => Key::Field(Field::Severity),
-    MESSAGE => Key::Field(Field::Message),
+    EVENT_ID_KEY => Key::EventId,
+    EVENT_TYPE_KEY => Key::EventType,
+    TS_KEY => Key::Ts,
+    USER_ID_KEY => Key::Field(Field::UserId),
+    SESSION_ID_KEY => Key::Field(Field::SessionId),
+    DEVICE_KEY => Key::Field(Field::Device),
+    PAGE_KEY => Key::Field(Field::Page),
+    RENDER_MS_KEY => Key::Field(Field::RenderMs),
+    CAMPAIGN_ID_KEY => Key::Field(Field::CampaignId),
+    PRODUCT_ID_KEY => Key::Field(Field::ProductId),
+    AMOUNT_CENTS_KEY => Key::Field(Field::AmountCents),
+    ERROR_CODE_KEY => Key::Field(Field::ErrorCode),
+    DEVICE_ID_KEY => Key::Field(Field::DeviceId),
+    SENSOR_KEY => Key::Field(Field::Sensor),
+    VALUE_KEY => Key::Field(Field::Value),
+    UNIT_KEY => Key::Field(Field::Unit),
+    STATUS_KEY => Key::Field(Field::Status),
+    BATTERY_PCT_KEY => Key::Field(Field::BatteryPct),
+    ALARM_KEY => Key::Field(Field::Alarm),
+    SEVERITY_KEY => Key::Field(Field::Severity),
+    MESSAGE_KEY => Key::Field(Field::Message),
 );
 
 /// Bits of `WireEvent::present` past the fields' own ([`Field::bit`]).
@@ -273,10 +273,8 @@ impl<'a> Cursor<'a> {
     /// first quote among them found at once; the bytes before it are a key
     /// only if they pack to one and are as long as its name (a name holds
     /// no backslash or control character, so nothing else needs checking). Near a line's end the
-    /// bytes are scanned one by one.
+    /// bytes are scanned as a string's are.
     fn key(&mut self) -> Step<Key> {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
         if self.next_token() != Some(b'"') {
             return give_up("a key that is not a string");
         }
@@ -303,7 +301,7 @@ impl<'a> Cursor<'a> {
             }
             None => {
                 let end = self.plain_run(start);
-                if bytes.get(end) != Some(&b'"') || end - start > 16 {
+                if bytes.get(end) != Some(&b'"') {
                     return give_up("a key that is not a field");
                 }
                 (end - start, packed(&bytes[start..end]))
@@ -405,13 +403,16 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A word of eight bytes each 1, and of each byte's high bit: the
+/// word-at-a-time tests of [`plain_run`] and [`Cursor::key`].
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
 /// Where the run of bytes of `bytes` from `from` that are neither a quote,
 /// a backslash nor a control character ends: eight bytes at a time. What
 /// a JSON string may hold as is; the canonical writer
 /// ([`EventRef::write_json`]) checks its strings with it too.
 pub(crate) fn plain_run(bytes: &[u8], from: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
     let mut end = from;
     while let Some(chunk) = bytes.get(end..).and_then(<[u8]>::first_chunk::<8>) {
         let word = u64::from_le_bytes(*chunk);
@@ -754,7 +755,7 @@ mod tests {
             for text in [
                 format!("\"{short}\":1, \"padding\": 2}}"),
                 format!("\"{name}x\":1, \"padding\": 2}}"),
-                format!("\"{short}\\u0{}\":1}}", name.as_bytes()[name.len() - 1]),
+                format!("\"{short}\\u{:04x}\":1}}", name.as_bytes()[name.len() - 1]),
                 format!("\"{name}\u{0}\":1, \"padding\": 2}}"),
             ] {
                 assert_eq!(read(&text), None, "{text}");

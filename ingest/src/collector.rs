@@ -208,8 +208,10 @@ async fn post_events(
     let limit = state.config.max_body_bytes;
     // A body declared longer than the limit is refused now, not read until
     // the limit (or the read timeout, if the sender never sends it all).
+    // A transfer coding, if one is given too, says the length instead.
     let declared = headers
         .get(header::CONTENT_LENGTH)
+        .filter(|_| !headers.contains_key(header::TRANSFER_ENCODING))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {

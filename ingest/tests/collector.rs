@@ -184,6 +184,26 @@ async fn a_body_declared_over_the_limit_gets_413_before_it_is_read() {
     assert_eq!(at.status(), StatusCode::ACCEPTED, "read: one bad line");
 }
 
+/// A body declared as JSON must be an array, after JSON's whitespace only:
+/// a form feed before `[` is not whitespace (it was skipped as such).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_must_start_with_an_array_after_json_whitespace() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(log, IngestConfig::default());
+    let event = r#"{"event_id":"a","ts":1700000000000,"event_type":"click","user_id":"u1"}"#;
+    let send = |body: String| {
+        let request = Request::post("/api/v1/events")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        router(state.clone()).oneshot(request)
+    };
+    let spaced = send(format!(" \t\r\n[{event}]")).await.unwrap();
+    assert_eq!(spaced.status(), StatusCode::ACCEPTED);
+    let fed = send(format!("\x0c[{event}]")).await.unwrap();
+    assert_eq!(fed.status(), StatusCode::BAD_REQUEST);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_bodies_get_400() {
     let (_dir, log) = start_log().await;

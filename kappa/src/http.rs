@@ -83,7 +83,7 @@ async fn replay_route(
             );
         }
     };
-    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
+    let body: ReplayBody = if body.iter().all(lambda_events::codec::is_json_whitespace) {
         ReplayBody::default()
     } else {
         match serde_json::from_slice(&body) {

@@ -156,7 +156,8 @@ pub(crate) struct Writer {
 }
 
 /// Frame buffers kept for the next group at most, and the capacity past
-/// which one is let go (a group of large records does not pin its memory).
+/// which one is let go: at most 64 MiB stay held after a burst of large
+/// records.
 const SPARE_BUFFERS: usize = 16;
 const SPARE_BUFFER_BYTES: usize = 4 << 20;
 
