@@ -649,9 +649,24 @@ fn string_field(
 }
 
 /// `error_code` may be a string or an integer; both are kept as a string.
+/// Anything else is refused saying both are allowed (a fraction, `-0` or
+/// an integer past 64 bits is a number that is not an integer).
 fn code_field(object: &Map<String, Value>, name: &str) -> Result<Option<String>, EventError> {
     match object.get(name) {
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+        Some(Value::Number(n)) => Err(EventError::field(
+            name,
+            format!("expected a string or an integer, found {n} (not an integer within 64 bits)"),
+        )),
+        Some(other @ (Value::Bool(_) | Value::Array(_) | Value::Object(_))) => {
+            Err(EventError::field(
+                name,
+                format!(
+                    "expected a string or an integer, found {}",
+                    json_kind(other)
+                ),
+            ))
+        }
         _ => string_field(object, name, MAX_STRING_LEN),
     }
 }
@@ -956,6 +971,26 @@ mod tests {
             (
                 r#"{"event_id":7,"ts":1,"event_type":"click","user_id":"u"}"#,
                 ("event_id", "expected a string"),
+            ),
+            // error_code takes a string or an integer, and says so.
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"error","user_id":"u","error_code":-0}"#,
+                ("error_code", "expected a string or an integer, found -0.0"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"error","user_id":"u","error_code":1.5}"#,
+                ("error_code", "expected a string or an integer, found 1.5"),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"error","user_id":"u","error_code":true}"#,
+                (
+                    "error_code",
+                    "expected a string or an integer, found a boolean",
+                ),
+            ),
+            (
+                r#"{"event_id":"e","ts":1,"event_type":"error","user_id":"u","error_code":""}"#,
+                ("error_code", "must not be empty"),
             ),
             (
                 r#"{"event_id":"e","ts":1,"user_id":"u"}"#,
