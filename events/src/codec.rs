@@ -93,10 +93,8 @@ impl<'a> BodyLine<'a> {
 
     /// The line parsed.
     pub fn parse(self) -> ParsedLine<'a> {
-        let result = match self.refused {
-            Some(error) => Err(error),
-            None => EventRef::from_json(self.raw),
-        };
+        let mut slot = EventRef::slot();
+        let result = self.parse_into(&mut slot).map(|()| slot);
         ParsedLine {
             line: self.line,
             raw: self.raw,
@@ -120,10 +118,11 @@ pub fn is_json_whitespace(byte: &u8) -> bool {
 
 /// Splits a request body into its lines. A body whose first non-blank byte
 /// is `[` is a JSON array; anything else is NDJSON, where blank lines (of
-/// JSON's whitespace only) are skipped but counted. A body with more than [`MAX_LINES_PER_REQUEST`]
-/// lines or elements is refused whole (counted before anything is parsed,
-/// so a huge array of tiny elements costs no more memory than its bytes); a
-/// line or element over [`MAX_LINE_BYTES`] is refused on its own.
+/// JSON's whitespace only) are skipped but counted. A body with more than
+/// [`MAX_LINES_PER_REQUEST`] lines or elements is refused whole (counted
+/// before anything is parsed, so a huge array of tiny elements costs no
+/// more memory than its bytes); a line or element over [`MAX_LINE_BYTES`]
+/// is refused on its own.
 pub fn split_body(body: &[u8]) -> Result<Vec<BodyLine<'_>>, BodyError> {
     let first = body.iter().find(|b| !is_json_whitespace(b));
     if first == Some(&b'[') {
@@ -264,8 +263,7 @@ mod tests {
         let array = r#"[{"event_id":"a","ts":1,"event_type":"sensor_reading","device_id":"d","sensor":"t","value":2},{"event_id":"b","ts":2,"event_type":"click","user_id":"u"}]"#;
         for body in [ndjson.as_bytes(), array.as_bytes()] {
             let lines = split_body(body).unwrap();
-            let mut slot =
-                EventRef::bare(std::borrow::Cow::Borrowed(""), crate::EventType::Click, 0);
+            let mut slot = EventRef::slot();
             for line in lines {
                 let kept = line.parse_into(&mut slot).map(|()| slot.clone());
                 assert_eq!(kept, line.clone().parse().result, "line {}", line.line);

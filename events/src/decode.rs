@@ -160,7 +160,10 @@ impl<'a> Cursor<'a> {
 
     /// Skips JSON's whitespace and returns the byte after it.
     fn next_token(&mut self) -> Option<u8> {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+        while self
+            .peek()
+            .is_some_and(|b| crate::codec::is_json_whitespace(&b))
+        {
             self.at += 1;
         }
         self.peek()
@@ -272,8 +275,8 @@ impl<'a> Cursor<'a> {
     /// sixteen bytes after the opening quote are read as two words and the
     /// first quote among them found at once; the bytes before it are a key
     /// only if they pack to one and are as long as its name (a name holds
-    /// no backslash or control character, so nothing else needs checking). Near a line's end the
-    /// bytes are scanned as a string's are.
+    /// no backslash or control character, so nothing else needs checking).
+    /// Near a line's end the bytes are scanned as a string's are.
     fn key(&mut self) -> Step<Key> {
         if self.next_token() != Some(b'"') {
             return give_up("a key that is not a string");
@@ -283,11 +286,7 @@ impl<'a> Cursor<'a> {
         let (len, word) = match bytes.get(start..).and_then(<[u8]>::first_chunk::<16>) {
             Some(chunk) => {
                 let word = u128::from_le_bytes(*chunk);
-                // The high bit of each byte that is a quote (exact for the lowest).
-                let quotes = |half: u64| {
-                    let x = half ^ (ONES * u64::from(b'"'));
-                    x.wrapping_sub(ONES) & !x & HIGH_BITS
-                };
+                let quotes = |half: u64| zero_bytes(half ^ (ONES * u64::from(b'"')));
                 let (low, high) = (quotes(word as u64), quotes((word >> 64) as u64));
                 let len = if low != 0 {
                     low.trailing_zeros() / 8
@@ -403,10 +402,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A word of eight bytes each 1, and of each byte's high bit: the
-/// word-at-a-time tests of [`plain_run`] and [`Cursor::key`].
+/// A word of eight bytes each 1: the word-at-a-time tests of
+/// [`plain_run`] and [`Cursor::key`].
 const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of `word`'s zero bytes, exactly for the lowest (a borrow
+/// only runs upwards), which is the only one the callers read.
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & (ONES << 7)
+}
 
 /// Where the run of bytes of `bytes` from `from` that are neither a quote,
 /// a backslash nor a control character ends: eight bytes at a time. What
@@ -418,14 +422,12 @@ pub(crate) fn plain_run(bytes: &[u8], from: usize) -> usize {
         let word = u64::from_le_bytes(*chunk);
         let quote = word ^ (ONES * u64::from(b'"'));
         let backslash = word ^ (ONES * u64::from(b'\\'));
-        // `x - ONES & !x` sets the high bit of x's zero bytes, and
-        // `word - 0x20 * ONES & !word` of its bytes below 0x20; exactly
-        // for the lowest such byte (a borrow only runs upwards), which
-        // is the only one that counts.
-        let special = ((quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (word.wrapping_sub(ONES * 0x20) & !word))
-            & HIGH_BITS;
+        // `word - 0x20 * ONES & !word` sets the high bit of its bytes
+        // below 0x20, as `zero_bytes` of its zero bytes (exact for the
+        // lowest such byte, the only one that counts).
+        let special = zero_bytes(quote)
+            | zero_bytes(backslash)
+            | (word.wrapping_sub(ONES * 0x20) & !word & (ONES << 7));
         if special != 0 {
             return end + (special.trailing_zeros() / 8) as usize;
         }
@@ -501,7 +503,7 @@ impl<'a> WireEvent<'a> {
     /// Decodes one JSON object (nothing but whitespace after it). The bytes
     /// are checked as UTF-8 once, whole.
     pub fn decode(bytes: &'a [u8]) -> Result<WireEvent<'a>, DecodeError> {
-        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        let mut event = EventRef::slot();
         let present = WireEvent::decode_into(bytes, &mut event)?;
         Ok(WireEvent { event, present })
     }

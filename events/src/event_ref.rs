@@ -63,7 +63,7 @@ impl<'a> EventRef<'a> {
     /// (same rules, same errors), borrowing its strings from `bytes`.
     #[inline]
     pub fn from_json(bytes: &'a [u8]) -> Result<EventRef<'a>, EventError> {
-        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        let mut event = EventRef::slot();
         EventRef::read_json(bytes, &mut event)?;
         Ok(event)
     }
@@ -74,7 +74,7 @@ impl<'a> EventRef<'a> {
     /// (the fold's chunk of records, the collector's body) decodes each into
     /// a slot it keeps rather than moving it out of the decoder.
     pub fn read_json(bytes: &'a [u8], slot: &mut EventRef<'a>) -> Result<(), EventError> {
-        *slot = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        *slot = EventRef::slot();
         if !WireEvent::decode_valid_into(bytes, slot) {
             *slot = Event::from_json_reference(bytes).map(EventRef::from)?;
         }
@@ -135,7 +135,7 @@ impl<'a> EventRef<'a> {
         topic: &str,
         record_ts_ms: i64,
     ) -> Result<EventRef<'a>, EventError> {
-        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        let mut event = EventRef::slot();
         EventRef::read_log_record(bytes, topic, record_ts_ms, &mut event)?;
         Ok(event)
     }
@@ -243,6 +243,12 @@ impl<'a> EventRef<'a> {
             severity: self.severity,
             message: self.message.map(Cow::into_owned),
         }
+    }
+
+    /// A bare event to decode into ([`EventRef::read_json`] and the
+    /// decoders reset it to this before each event).
+    pub fn slot() -> EventRef<'a> {
+        EventRef::bare(Cow::Borrowed(""), EventType::Click, 0)
     }
 
     /// An event of `event_type` at `ts` with no optional field set.

@@ -17,7 +17,6 @@
 //! unavailable) the answer is `503` with `Retry-After`; the client resends,
 //! and `event_id` deduplication downstream absorbs what was written twice.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use lambda_events::codec::is_json_whitespace;
 use lambda_events::limits::{DEFAULT_MAX_TS_AHEAD_MS, MAX_BODY_BYTES, MAX_REJECTIONS_LISTED};
-use lambda_events::{BodyError, BodyLine, EventRef, EventType, Topic, split_body};
+use lambda_events::{BodyError, BodyLine, EventRef, Topic, split_body};
 use lambda_log::{EventLog, LogError, Record};
 use serde::Serialize;
 use serde_json::json;
@@ -419,7 +418,7 @@ impl RecordBatch {
             rejected: Vec::new(),
         };
         // Each line parsed into this one slot, then written out.
-        let mut event = EventRef::bare(Cow::Borrowed(""), EventType::Click, 0);
+        let mut event = EventRef::slot();
         for line in lines {
             let result = line
                 .parse_into(&mut event)

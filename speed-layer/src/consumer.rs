@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
-use lambda_events::{EventError, EventRef, EventType, Topic};
+use lambda_events::{EventError, EventRef, Topic};
 use lambda_log::{EventLog, FetchPosition, LogError, Record};
-use std::borrow::Cow;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
@@ -551,7 +550,7 @@ impl<'a> Slots<'a> {
             // samples); `read_log_record` starts each from a bare event.
             if used == self.slots.len() {
                 self.slots.push(Slot {
-                    event: EventRef::bare(Cow::Borrowed(""), EventType::Click, 0),
+                    event: EventRef::slot(),
                     clock: 0,
                     hash: IdHash::default(),
                     outcome: Ok(()),
@@ -789,6 +788,8 @@ async fn commit_offsets(log: &dyn EventLog, group: &str, offsets: &BTreeMap<(Str
 
 #[cfg(test)]
 mod tests {
+    use lambda_events::EventType;
+
     use super::*;
 
     /// Slots decode each record as `read_log_record` does, in order, and
