@@ -34,6 +34,7 @@ use crate::limits::{
     MAX_ABS_VALUE, MAX_AMOUNT_CENTS, MAX_BATTERY_PCT, MAX_EVENT_ID_LEN, MAX_RENDER_MS,
     MAX_STRING_LEN, MAX_TS_MS,
 };
+use crate::packed::{NameTable, Packed};
 use crate::{Device, DeviceStatus, Severity};
 
 /// Why [`WireEvent::decode`] gave up (the reference decoder words the
@@ -75,61 +76,49 @@ impl Key {
     }
 }
 
-/// A key's name as one number: its bytes little-endian, zero-padded to 16
-/// bytes (no key is longer). Two names of the same length differ exactly
-/// when their numbers do (a name ending in zero bytes packs as a shorter
-/// one: the reader compares lengths too).
-const fn packed(name: &[u8]) -> u128 {
-    let mut word = 0u128;
+/// Every key, with the bit [`WireEvent::present`] marks it by, found by
+/// the number its name packs to (see [`crate::packed`]).
+const KEYS: NameTable<(Key, u32)> = {
+    const COMMON: [(Key, u32); 3] = [
+        (Key::EventId, EVENT_ID),
+        (Key::EventType, EVENT_TYPE),
+        (Key::Ts, TS),
+    ];
+    const N: usize = COMMON.len() + Field::ALL.len();
+    let mut names = [("", (Key::Ts, TS)); N];
     let mut i = 0;
-    while i < name.len() && i < 16 {
-        word |= (name[i] as u128) << (8 * i);
+    while i < N {
+        let entry = if i < COMMON.len() {
+            COMMON[i]
+        } else {
+            let field = Field::ALL[i - COMMON.len()];
+            (Key::Field(field), field.bit())
+        };
+        names[i] = (entry.0.name(), entry);
         i += 1;
     }
-    word
-}
+    NameTable::new(&names)
+};
 
-/// [`Key::from_packed`]: each key's number a constant of its own (a
-/// `match` on them is a few compares in a tree, no call per name), taken
-/// from the names [`Key::name`] spells.
-macro_rules! keys_by_number {
-    ($($konst:ident => $key:expr),+ $(,)?) => {
-        impl Key {
-            /// The key whose name packs to `word` (see [`packed`]).
-            fn from_packed(word: u128) -> Option<Key> {
-                $(const $konst: u128 = packed($key.name().as_bytes());)+
-                match word {
-                    $($konst => Some($key),)+
-                    _ => None,
-                }
-            }
+/// The labels of an enumerated field, found by the number their spelling
+/// packs to.
+macro_rules! labels_of {
+    ($t:ty) => {{
+        const N: usize = <$t>::ALL.len();
+        let mut names = [("", <$t>::ALL[0]); N];
+        let mut i = 0;
+        while i < N {
+            names[i] = (<$t>::ALL[i].as_str(), <$t>::ALL[i]);
+            i += 1;
         }
-    };
+        NameTable::new(&names)
+    }};
 }
 
-keys_by_number!(
-    EVENT_ID_KEY => Key::EventId,
-    EVENT_TYPE_KEY => Key::EventType,
-    TS_KEY => Key::Ts,
-    USER_ID_KEY => Key::Field(Field::UserId),
-    SESSION_ID_KEY => Key::Field(Field::SessionId),
-    DEVICE_KEY => Key::Field(Field::Device),
-    PAGE_KEY => Key::Field(Field::Page),
-    RENDER_MS_KEY => Key::Field(Field::RenderMs),
-    CAMPAIGN_ID_KEY => Key::Field(Field::CampaignId),
-    PRODUCT_ID_KEY => Key::Field(Field::ProductId),
-    AMOUNT_CENTS_KEY => Key::Field(Field::AmountCents),
-    ERROR_CODE_KEY => Key::Field(Field::ErrorCode),
-    DEVICE_ID_KEY => Key::Field(Field::DeviceId),
-    SENSOR_KEY => Key::Field(Field::Sensor),
-    VALUE_KEY => Key::Field(Field::Value),
-    UNIT_KEY => Key::Field(Field::Unit),
-    STATUS_KEY => Key::Field(Field::Status),
-    BATTERY_PCT_KEY => Key::Field(Field::BatteryPct),
-    ALARM_KEY => Key::Field(Field::Alarm),
-    SEVERITY_KEY => Key::Field(Field::Severity),
-    MESSAGE_KEY => Key::Field(Field::Message),
-);
+const EVENT_TYPES: NameTable<EventType> = labels_of!(EventType);
+const DEVICES: NameTable<Device> = labels_of!(Device);
+const STATUSES: NameTable<DeviceStatus> = labels_of!(DeviceStatus);
+const SEVERITIES: NameTable<Severity> = labels_of!(Severity);
 
 /// Bits of `WireEvent::present` past the fields' own ([`Field::bit`]).
 const EVENT_ID: u32 = 1 << 29;
@@ -159,14 +148,22 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips JSON's whitespace and returns the byte after it.
+    #[inline(always)]
     fn next_token(&mut self) -> Option<u8> {
-        while self
-            .peek()
-            .is_some_and(|b| crate::codec::is_json_whitespace(&b))
-        {
-            self.at += 1;
+        match self.peek() {
+            // Every token's first byte is above a space, and no whitespace
+            // is: one compare for the byte that is usually there.
+            Some(byte) if byte > b' ' => Some(byte),
+            _ => {
+                while self
+                    .peek()
+                    .is_some_and(|b| crate::codec::is_json_whitespace(&b))
+                {
+                    self.at += 1;
+                }
+                self.peek()
+            }
         }
-        self.peek()
     }
 
     /// Steps over `byte`, after whitespace.
@@ -180,6 +177,7 @@ impl<'a> Cursor<'a> {
 
     /// A string (the cursor is on its opening quote): borrowed from the
     /// input, or unescaped into a `String` if it has an escape.
+    #[inline(always)]
     fn string(&mut self) -> Step<Cow<'a, str>> {
         let start = self.at + 1;
         let end = self.plain_run(start);
@@ -270,51 +268,71 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// A key, after whitespace, read as the number its bytes pack to (see
-    /// [`packed`]): no string made, no name compared byte by byte. The
-    /// sixteen bytes after the opening quote are read as two words and the
-    /// first quote among them found at once; the bytes before it are a key
-    /// only if they pack to one and are as long as its name (a name holds
-    /// no backslash or control character, so nothing else needs checking).
-    /// Near a line's end the bytes are scanned as a string's are.
-    fn key(&mut self) -> Step<Key> {
+    /// A key, after whitespace, and its bit (see [`Cursor::packed_name`]).
+    #[inline(always)]
+    fn key(&mut self) -> Step<(Key, u32)> {
+        self.packed_name()
+            .and_then(|name| KEYS.get(name))
+            .map_or_else(|| give_up("a key that is not a field"), Ok)
+    }
+
+    /// A string of at most 16 bytes with nothing escaped (a key, a label),
+    /// after whitespace, read as the numbers its bytes pack to (see
+    /// [`crate::packed`]): no string made, no name compared byte by byte.
+    /// The sixteen bytes after the opening quote are read as two words and
+    /// the first quote among them found at once; the bytes before it are
+    /// the name. (A name holds no backslash or control character: a string
+    /// with one matches none.) Near a line's end the bytes are scanned as a
+    /// string's are. `None` if it is not such a string.
+    #[inline(always)]
+    fn packed_name(&mut self) -> Option<Packed> {
         if self.next_token() != Some(b'"') {
-            return give_up("a key that is not a string");
+            return None;
         }
         let bytes = self.text.as_bytes();
         let start = self.at + 1;
-        let (len, word) = match bytes.get(start..).and_then(<[u8]>::first_chunk::<16>) {
+        let name = match bytes.get(start..).and_then(<[u8]>::first_chunk::<16>) {
             Some(chunk) => {
-                let word = u128::from_le_bytes(*chunk);
+                let (low, high) = chunk.split_at(8);
+                let low = u64::from_le_bytes(low.try_into().ok()?);
+                let high = u64::from_le_bytes(high.try_into().ok()?);
                 let quotes = |half: u64| zero_bytes(half ^ (ONES * u64::from(b'"')));
-                let (low, high) = (quotes(word as u64), quotes((word >> 64) as u64));
-                let len = if low != 0 {
-                    low.trailing_zeros() / 8
-                } else if high != 0 {
-                    8 + high.trailing_zeros() / 8
+                let (low_quotes, high_quotes) = (quotes(low), quotes(high));
+                // The bytes of a word before its byte `at`.
+                let before =
+                    |word: u64, at: u32| word & u64::MAX.checked_shr(64 - 8 * at).unwrap_or(0);
+                if low_quotes != 0 {
+                    let at = low_quotes.trailing_zeros() / 8;
+                    Packed {
+                        low: before(low, at),
+                        high: 0,
+                        len: at as usize,
+                    }
+                } else if high_quotes != 0 {
+                    let at = high_quotes.trailing_zeros() / 8;
+                    Packed {
+                        low,
+                        high: before(high, at),
+                        len: 8 + at as usize,
+                    }
                 } else {
-                    return give_up("a key that is not a field");
-                };
-                let mask = u128::MAX.checked_shr(8 * (16 - len)).unwrap_or(0);
-                (len as usize, word & mask)
+                    return None;
+                }
             }
             None => {
                 let end = self.plain_run(start);
-                if bytes.get(end) != Some(&b'"') {
-                    return give_up("a key that is not a field");
+                if bytes.get(end) != Some(&b'"') || end - start > 16 {
+                    return None;
                 }
-                (end - start, packed(&bytes[start..end]))
+                Packed::of(&bytes[start..end])
             }
         };
-        // Zero bytes pack as padding does: the length tells them apart.
-        let key = Key::from_packed(word)
-            .filter(|key| key.name().len() == len)
-            .map_or_else(|| give_up("a key that is not a field"), Ok)?;
-        self.at = start + len + 1;
-        Ok(key)
+        self.at = start + name.len + 1;
+        Some(name)
     }
 
     /// A string value, after whitespace.
+    #[inline(always)]
     fn text(&mut self) -> Step<Cow<'a, str>> {
         match self.next_token() {
             Some(b'"') => self.string(),
@@ -352,7 +370,17 @@ impl<'a> Cursor<'a> {
         Ok((&self.text[start..self.at], integer))
     }
 
+    /// Steps over a run of digits: eight bytes at a time.
     fn digits(&mut self) {
+        let bytes = self.text.as_bytes();
+        while let Some(chunk) = bytes.get(self.at..).and_then(<[u8]>::first_chunk::<8>) {
+            let others = non_digits(u64::from_le_bytes(*chunk));
+            if others != 0 {
+                self.at += (others.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.at += 8;
+        }
         while let Some(b'0'..=b'9') = self.peek() {
             self.at += 1;
         }
@@ -380,9 +408,12 @@ impl<'a> Cursor<'a> {
         let value = match self.number()? {
             // As serde_json reads an integer into an f64: converted.
             (text, true) => integer(text)? as f64,
-            (text, false) => text
-                .parse::<f64>()
-                .or_else(|_| give_up("a number it cannot read"))?,
+            (text, false) => match exact_decimal(text) {
+                Some(value) => value,
+                None => text
+                    .parse::<f64>()
+                    .or_else(|_| give_up("a number it cannot read"))?,
+            },
         };
         if !(value.is_finite() && (low..=high).contains(&value)) {
             return give_up("a number out of bounds");
@@ -396,9 +427,19 @@ impl<'a> Cursor<'a> {
         bounded(self.text()?)
     }
 
-    /// An enumerated string field's value.
-    fn label<T>(&mut self, parse: fn(&str) -> Option<T>) -> Step<T> {
-        parse(&self.text()?).map_or_else(|| give_up("not one of the labels"), Ok)
+    /// An enumerated string field's value: one of `labels`, read as a
+    /// number (a label spelled with escapes is unescaped first).
+    fn label<T: Copy>(&mut self, labels: &NameTable<T>) -> Step<T> {
+        let from = self.at;
+        if let Some(label) = self.packed_name().and_then(|name| labels.get(name)) {
+            return Ok(label);
+        }
+        self.at = from;
+        let text = self.text()?;
+        (text.len() <= 16)
+            .then(|| labels.get(Packed::of(text.as_bytes())))
+            .flatten()
+            .map_or_else(|| give_up("not one of the labels"), Ok)
     }
 }
 
@@ -440,6 +481,48 @@ pub(crate) fn plain_run(bytes: &[u8], from: usize) -> usize {
         end += 1;
     }
     end
+}
+
+/// The high bit of each byte of `word` that is not an ASCII digit, exactly
+/// for the lowest (the only one the caller reads): a byte is a digit when
+/// it is at most 9 once `'0'` is taken off it. (Adding `0x76` carries out
+/// of a byte only above `0x89`, a byte whose high bit is set already, and a
+/// carry runs upwards, past the lowest such byte.)
+fn non_digits(word: u64) -> u64 {
+    let offset = word ^ (ONES * u64::from(b'0'));
+    (offset.wrapping_add(ONES * 0x76) | offset) & (ONES << 7)
+}
+
+/// Powers of ten a double holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// A decimal fraction's text (JSON's grammar checked, not in integer form)
+/// as the nearest double, when that takes one division: no exponent, at
+/// most 15 digits. Its digits make an integer below 10^15 < 2^53 and its
+/// scale a power of ten below 10^16, both held exactly by a double, so
+/// IEEE division rounds their quotient correctly — the nearest double, as
+/// `str::parse` gives (Clinger's fast path). `None` for anything else.
+fn exact_decimal(text: &str) -> Option<f64> {
+    let (negative, unsigned) = match text.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        rest => (false, rest),
+    };
+    if unsigned.len() > 16 {
+        return None;
+    }
+    let mut mantissa = 0u64;
+    let mut scale = None;
+    for (i, &byte) in unsigned.iter().enumerate() {
+        match byte {
+            b'0'..=b'9' => mantissa = mantissa * 10 + u64::from(byte - b'0'),
+            b'.' => scale = Some(unsigned.len() - i - 1),
+            _ => return None,
+        }
+    }
+    let magnitude = mantissa as f64 / *EXACT_POWERS_OF_TEN.get(scale?)?;
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// Eight ASCII digits (checked already), the first the most significant,
@@ -521,7 +604,7 @@ impl<'a> WireEvent<'a> {
 
     /// Decodes into `event`; the [`Field::bit`]s of the keys given.
     fn decode_into(bytes: &'a [u8], event: &mut EventRef<'a>) -> Result<u32, DecodeError> {
-        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
+        let text = simdutf8::basic::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
         let mut cursor = Cursor { text, at: 0 };
         let c = &mut cursor;
         c.expect(b'{', "a value that is not an object")?;
@@ -530,13 +613,7 @@ impl<'a> WireEvent<'a> {
             c.at += 1;
         } else {
             loop {
-                let key = c.key()?;
-                let bit = match key {
-                    Key::EventId => EVENT_ID,
-                    Key::EventType => EVENT_TYPE,
-                    Key::Ts => TS,
-                    Key::Field(field) => field.bit(),
-                };
+                let (key, bit) = c.key()?;
                 if present & bit != 0 {
                     return give_up("a key given twice");
                 }
@@ -589,7 +666,7 @@ fn read_value<'a>(c: &mut Cursor<'a>, key: Key, e: &mut EventRef<'a>) -> Step<()
             }
             e.event_id = id;
         }
-        Key::EventType => e.event_type = c.label(EventType::parse)?,
+        Key::EventType => e.event_type = c.label(&EVENT_TYPES)?,
         Key::Ts => {
             // Integer milliseconds, or an RFC 3339 string.
             let ms = match c.next_token() {
@@ -604,7 +681,7 @@ fn read_value<'a>(c: &mut Cursor<'a>, key: Key, e: &mut EventRef<'a>) -> Step<()
         }
         Key::Field(Field::UserId) => e.user_id = Some(c.bounded()?),
         Key::Field(Field::SessionId) => e.session_id = Some(c.bounded()?),
-        Key::Field(Field::Device) => e.device = Some(c.label(Device::parse)?),
+        Key::Field(Field::Device) => e.device = Some(c.label(&DEVICES)?),
         Key::Field(Field::Page) => e.page = Some(c.bounded()?),
         Key::Field(Field::RenderMs) => e.render_ms = Some(c.float(0.0, MAX_RENDER_MS)?),
         Key::Field(Field::CampaignId) => e.campaign_id = Some(c.bounded()?),
@@ -627,10 +704,10 @@ fn read_value<'a>(c: &mut Cursor<'a>, key: Key, e: &mut EventRef<'a>) -> Step<()
         Key::Field(Field::Sensor) => e.sensor = Some(c.bounded()?),
         Key::Field(Field::Value) => e.value = Some(c.float(-MAX_ABS_VALUE, MAX_ABS_VALUE)?),
         Key::Field(Field::Unit) => e.unit = Some(c.bounded()?),
-        Key::Field(Field::Status) => e.status = Some(c.label(DeviceStatus::parse)?),
+        Key::Field(Field::Status) => e.status = Some(c.label(&STATUSES)?),
         Key::Field(Field::BatteryPct) => e.battery_pct = Some(c.float(0.0, MAX_BATTERY_PCT)?),
         Key::Field(Field::Alarm) => e.alarm = Some(c.bounded()?),
-        Key::Field(Field::Severity) => e.severity = Some(c.label(Severity::parse)?),
+        Key::Field(Field::Severity) => e.severity = Some(c.label(&SEVERITIES)?),
         Key::Field(Field::Message) => e.message = Some(c.bounded()?),
     }
     Ok(())
@@ -745,7 +822,7 @@ mod tests {
             .chain(Field::ALL.iter().map(|f| Key::Field(*f)));
         let read = |text: &str| {
             let mut cursor = Cursor { text, at: 0 };
-            cursor.key().map(|k| (k.name(), cursor.at)).ok()
+            cursor.key().map(|(k, _)| (k.name(), cursor.at)).ok()
         };
         for key in keys {
             let name = key.name();
@@ -766,6 +843,121 @@ mod tests {
         assert_eq!(read("\"abcdefghijklmnop\":1, \"padding\": 2}"), None);
         assert_eq!(read("\"\":1, \"padding\": 2}"), None);
         assert_eq!(read("\"ts"), None);
+    }
+
+    /// Every label of every enumerated field is read as itself, in a word,
+    /// at a line's end or spelled with an escape; a label of another field
+    /// or one byte short or long is not.
+    #[test]
+    fn labels_are_read_by_their_packed_bytes_and_nothing_else_is() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug>(
+            table: &NameTable<T>,
+            all: &[T],
+            name: fn(T) -> &'static str,
+            other: &str,
+        ) {
+            let read = |text: &str| {
+                let mut cursor = Cursor { text, at: 0 };
+                cursor.label(table).ok().map(|label| (label, cursor.at))
+            };
+            for &label in all {
+                let spelled = name(label);
+                for tail in ["", "}", ",\"a long key after it\":1}"] {
+                    let text = format!("\"{spelled}\"{tail}");
+                    assert_eq!(read(&text), Some((label, spelled.len() + 2)), "{text}");
+                }
+                let short = &spelled[..spelled.len() - 1];
+                for text in [
+                    format!("\"{short}\",\"padding\":1}}"),
+                    format!("\"{spelled}s\",\"padding\":1}}"),
+                ] {
+                    assert_eq!(read(&text), None, "{text}");
+                }
+                // Escaped, it is unescaped first.
+                let escaped = format!(
+                    "\"{short}\\u{:04x}\"}}",
+                    spelled.as_bytes()[spelled.len() - 1]
+                );
+                assert_eq!(read(&escaped).map(|(l, _)| l), Some(label), "{escaped}");
+            }
+            assert_eq!(read(&format!("\"{other}\",\"padding\":1}}")), None);
+            assert_eq!(read("1}"), None);
+        }
+        check(&EVENT_TYPES, EventType::ALL, EventType::as_str, "mobile");
+        check(&DEVICES, Device::ALL, Device::as_str, "page_view");
+        check(&STATUSES, DeviceStatus::ALL, DeviceStatus::as_str, "low");
+        check(&SEVERITIES, Severity::ALL, Severity::as_str, "online");
+    }
+
+    /// The word-at-a-time digit test finds the lowest byte that is not a
+    /// digit, whatever byte it is and wherever it falls, with digits or
+    /// anything above it.
+    #[test]
+    fn the_first_byte_that_is_not_a_digit_is_found_in_a_word() {
+        for position in 0..8 {
+            for byte in 0..=255u8 {
+                for above in [b'7', 0xFF, 0x00, b'.'] {
+                    let mut word = [b'5'; 8];
+                    word[position] = byte;
+                    for later in word.iter_mut().skip(position + 1) {
+                        *later = above;
+                    }
+                    let expected = word.iter().position(|b| !b.is_ascii_digit());
+                    let found = non_digits(u64::from_le_bytes(word));
+                    let first = (found != 0).then(|| (found.trailing_zeros() / 8) as usize);
+                    assert_eq!(first, expected, "{word:?}");
+                }
+            }
+        }
+        let mut cursor = Cursor {
+            text: "12345678901234567890123,",
+            at: 0,
+        };
+        cursor.digits();
+        assert_eq!(cursor.at, 23);
+    }
+
+    /// A decimal fraction of up to 15 digits is read as `str::parse` reads
+    /// it; an exponent, 16 digits or an integer are left to it.
+    #[test]
+    fn short_decimal_fractions_are_read_as_str_parse_reads_them() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..50_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let digits = 1 + (seed >> 60) as usize % 15;
+            let mantissa = (seed >> 8) % 10u64.pow(digits as u32);
+            let text = format!("{mantissa:0digits$}");
+            let point = 1 + (seed >> 4) as usize % digits.max(2).min(digits);
+            let (whole, fraction) = text.split_at(point.min(digits - 1).max(1));
+            for sign in ["", "-"] {
+                let decimal = format!("{sign}{whole}.{fraction}");
+                if fraction.is_empty() {
+                    continue;
+                }
+                let read = exact_decimal(&decimal);
+                assert_eq!(read, decimal.parse::<f64>().ok(), "{decimal}");
+            }
+        }
+        for text in [
+            "0.1",
+            "1010.86",
+            "317.0",
+            "-0.5",
+            "999999999999.999",
+            "0.00000000000001",
+        ] {
+            assert_eq!(exact_decimal(text), text.parse::<f64>().ok(), "{text}");
+        }
+        for text in [
+            "1.0e3",
+            "1E-2",
+            "1234567890.123456",
+            "0.000000000000001",
+            "12",
+            "-7",
+        ] {
+            assert_eq!(exact_decimal(text), None, "{text}");
+        }
     }
 
     /// The word-at-a-time run finds the first quote, backslash or control

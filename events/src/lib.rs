@@ -12,6 +12,7 @@ pub mod event_ref;
 pub mod float;
 pub mod kpi;
 pub mod limits;
+mod packed;
 pub mod prometheus;
 pub mod sketch;
 pub mod time;
