@@ -29,9 +29,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lambda_events::decode::TypedBaseline;
 use lambda_events::{Event, EventRef, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig};
-use lambda_log::{EmbeddedConfig, EventLog, FetchPosition, Record};
+use lambda_log::{EmbeddedConfig, EventLog, FetchPosition, Record, ValueSpan};
 use lambda_speed::SpeedConfig;
-use lambda_speed::consumer::FETCH_MAX_RECORDS;
 
 use crate::measure::{Measured, cpu_time, measure, median, memory, spinner};
 use crate::report::{Aim, Figure};
@@ -345,30 +344,32 @@ async fn live_round(
     config: &SpeedConfig,
     bench: &SpeedBench,
 ) -> anyhow::Result<(Measured, lambda_speed::SpeedViews)> {
+    use lambda_speed::consumer::{Alignment, apply_spans, delivered_by, fetch_into};
     let views = lambda_speed::new_views(config);
-    let mut positions = Vec::new();
+    let mut spans = Vec::new();
     for topic in Topic::ALL {
         for partition in 0..bench.partitions {
-            positions.push(FetchPosition {
+            spans.push(ValueSpan::open(FetchPosition {
                 topic: topic.name().to_string(),
                 partition,
                 offset: 0,
-            });
+            }));
         }
     }
-    let mut alignment = lambda_speed::consumer::Alignment::new(config.max_clock_drift_ms);
+    let mut alignment = Alignment::new(config.max_clock_drift_ms);
     let (cpu0, wall0) = (cpu_time(), Instant::now());
     let mut read = 0usize;
     while read < bench.events {
+        let positions: Vec<FetchPosition> = spans.iter().map(|s| s.position.clone()).collect();
         let asked = alignment.to_fetch(&views.read(), &positions);
-        let records = log
-            .fetch(&asked, FETCH_MAX_RECORDS, Duration::from_millis(100))
-            .await?;
-        anyhow::ensure!(!records.is_empty(), "the log ended after {read} records");
-        read += records.len();
-        let delivered = lambda_speed::consumer::partitions_of(&records);
-        let backlog = lambda_speed::consumer::Alignment::backlog(&delivered, asked.len());
-        lambda_speed::consumer::apply(&views, &mut positions, records);
+        let fetched = fetch_into(log.as_ref(), &mut spans, &asked, Duration::from_millis(100))
+            .await?
+            .records;
+        anyhow::ensure!(fetched > 0, "the log ended after {read} records");
+        read += fetched;
+        let delivered = delivered_by(&spans);
+        let backlog = Alignment::backlog(&delivered, asked.len());
+        apply_spans(&views, &mut spans);
         alignment.delivered(&views.read(), &delivered.partitions, backlog);
     }
     let measured = Measured {

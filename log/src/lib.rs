@@ -186,6 +186,16 @@ pub struct ValueSpan {
 }
 
 impl ValueSpan {
+    /// A span from `position` with no end: whatever the partition holds
+    /// when read (the speed layer's live fetch).
+    pub fn open(position: FetchPosition) -> ValueSpan {
+        ValueSpan {
+            position,
+            end: u64::MAX,
+            records: Vec::new(),
+        }
+    }
+
     /// The positions of the spans not read to their end.
     pub fn due(spans: &[&mut ValueSpan]) -> Vec<FetchPosition> {
         spans

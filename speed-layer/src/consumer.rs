@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
 use lambda_events::{EventError, EventRef, Topic};
-use lambda_log::{EventLog, FetchPosition, LogError, Record};
+use lambda_log::{EventLog, FetchPosition, LogError, Record, ValueSpan};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
@@ -69,7 +69,7 @@ pub async fn run(
     views: SpeedViews,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut positions = initial_positions(&config, log.as_ref(), &views).await?;
+    let positions = initial_positions(&config, log.as_ref(), &views).await?;
     tracing::info!(
         partitions = positions.len(),
         instance = config.instance.0,
@@ -95,7 +95,10 @@ pub async fn run(
     // was taken under the lock; its offsets are committed once it is durable).
     let mut writing: Option<Writing> = None;
     let mut committing: Option<tokio::task::JoinHandle<()>> = None;
+    // Each partition's position, and the records a fetch read for it.
+    let mut spans: Vec<ValueSpan> = positions.into_iter().map(ValueSpan::open).collect();
     loop {
+        let positions: Vec<FetchPosition> = spans.iter().map(|s| s.position.clone()).collect();
         let asked = alignment.to_fetch(&views.read(), &positions);
         tokio::select! {
             biased;
@@ -117,10 +120,10 @@ pub async fn run(
             _ = tokio::time::sleep_until(checkpoints.next_at), if writing.is_none() => {
                 writing = Some(start_checkpoint(&checkpointer, &views));
             }
-            fetched = log.fetch(&asked, FETCH_MAX_RECORDS, FETCH_MAX_WAIT) => {
+            fetched = fetch_into(log.as_ref(), &mut spans, &asked, FETCH_MAX_WAIT) => {
                 match fetched {
-                    Ok(records) => {
-                        let delivered = partitions_of(&records);
+                    Ok(_) => {
+                        let delivered = delivered_by(&spans);
                         let backlog = Alignment::backlog(&delivered, asked.len());
                         mark_idleness(&views, &mut last_record, &asked, &delivered.partitions, config.idle_timeout);
                         // The fold is CPU work of milliseconds per fetch: done
@@ -129,14 +132,14 @@ pub async fn run(
                         // embedded log, on the thread that read the records
                         // (still in its cache; Kafka's client reads on its own).
                         let folding = Arc::clone(&views);
-                        let (moved, invalid) = lambda_log::on_this_thread(move || {
-                            let mut positions = positions;
-                            let invalid = apply(&folding, &mut positions, records);
-                            (positions, invalid)
+                        let mut read = std::mem::take(&mut spans);
+                        let (folded, invalid) = lambda_log::on_this_thread(move || {
+                            let invalid = apply_spans(&folding, &mut read);
+                            (read, invalid)
                         })
                         .await
                         .map_err(|e| anyhow::anyhow!("the fold task: {e}"))?;
-                        positions = moved;
+                        spans = folded;
                         alignment.delivered(&views.read(), &delivered.partitions, backlog);
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
@@ -152,8 +155,8 @@ pub async fn run(
                     }
                     Err(LogError::OffsetOutOfRange { topic, partition, start, offset, .. }) => {
                         tracing::warn!(%topic, partition, offset, start, "offset fell out of retention; skipping ahead");
-                        for position in positions.iter_mut().filter(|p| p.topic == topic && p.partition == partition) {
-                            position.offset = start;
+                        for span in spans.iter_mut().filter(|s| s.position.topic == topic && s.position.partition == partition) {
+                            span.position.offset = start;
                         }
                     }
                     Err(error) if error.is_transient() => {
@@ -265,7 +268,42 @@ fn mark_idleness(
     }
 }
 
-/// What a fetch delivered ([`partitions_of`]).
+/// Reads into the spans whose partitions `asked` names, as much as is
+/// there (see [`EventLog::fetch_values`]): the speed layer's fetch. (Public
+/// for `lambda bench speed`.)
+pub async fn fetch_into(
+    log: &dyn EventLog,
+    spans: &mut [ValueSpan],
+    asked: &[FetchPosition],
+    max_wait: Duration,
+) -> Result<lambda_log::ValuesRead, LogError> {
+    let mut wanted: Vec<&mut ValueSpan> = spans
+        .iter_mut()
+        .filter(|span| {
+            asked
+                .iter()
+                .any(|p| p.partition == span.position.partition && p.topic == span.position.topic)
+        })
+        .collect();
+    log.fetch_values(&mut wanted, FETCH_MAX_RECORDS, max_wait)
+        .await
+}
+
+/// The partitions `spans` hold records of (a fetch's, before they are
+/// folded), and how many the busiest holds.
+pub fn delivered_by(spans: &[ValueSpan]) -> Delivered {
+    let mut delivered = Delivered::default();
+    for span in spans.iter().filter(|span| !span.records.is_empty()) {
+        delivered.partitions.push((
+            Arc::from(span.position.topic.as_str()),
+            span.position.partition,
+        ));
+        delivered.most = delivered.most.max(span.records.len());
+    }
+    delivered
+}
+
+/// What a fetch delivered ([`partitions_of`], [`delivered_by`]).
 #[derive(Debug, Default)]
 pub struct Delivered {
     /// The partitions records came from, each once, in the order met.
@@ -505,6 +543,7 @@ pub(crate) const FOLD_CHUNK: usize = 16;
 pub(crate) type Parts<'a, 't> = (&'a [u8], &'t str, i64);
 
 /// A stored record's [`Parts`].
+#[cfg(test)]
 pub(crate) fn parts(stored: &lambda_log::StoredRecord) -> Parts<'_, '_> {
     (
         &stored.record.value,
@@ -590,132 +629,107 @@ pub(crate) fn touch_ids(state: &crate::SpeedState, decoded: &[Slot<'_>]) {
     state.touch_ids(decoded.iter().filter(|s| s.outcome.is_ok()).map(|s| s.hash));
 }
 
-/// The run of records of one partition being folded, and where its clock
-/// is ([`ClockPlace`]): a new run starts where the partition changes. Kept
-/// for one hold of the state's lock.
-#[derive(Default)]
-struct Run<'r> {
-    first: Option<&'r lambda_log::StoredRecord>,
-    place: ClockPlace,
-}
-
-impl<'r> Run<'r> {
-    /// The clock place for `stored`, which is of this run or starts the next.
-    fn place_for(&mut self, stored: &'r lambda_log::StoredRecord) -> &mut ClockPlace {
-        let same = self.first.is_some_and(|first| {
-            first.partition == stored.partition
-                && (Arc::ptr_eq(&first.topic, &stored.topic) || first.topic == stored.topic)
-        });
-        if !same {
-            *self = Run {
-                first: Some(stored),
-                place: ClockPlace::default(),
-            };
-        }
-        &mut self.place
-    }
-}
-
-/// Moves `at` to the first item that `is` (staying put if the item at `at`
-/// already is): records come in runs of one partition, so its entry is
-/// looked up once per run. `false` if none is.
-pub(crate) fn find_from<T>(items: &[T], at: &mut usize, is: impl Fn(&T) -> bool) -> bool {
-    if items.get(*at).is_some_and(&is) {
-        return true;
-    }
-    match items.iter().position(is) {
-        Some(found) => {
-            *at = found;
-            true
-        }
-        None => false,
-    }
-}
-
 /// Folds records in, advances `positions` past them, and returns
-/// dead-letter records for the invalid ones. (Public for `lambda bench speed`.)
-/// Records are decoded before the state's lock is taken, and folded a chunk
-/// per hold of it.
+/// dead-letter records for the invalid ones: [`apply_spans`] for records
+/// fetched whole (the Kafka group member's fetch, tests and examples).
+/// (Public for `lambda bench`.)
 pub fn apply(
     views: &SpeedViews,
     positions: &mut [FetchPosition],
     records: Vec<lambda_log::StoredRecord>,
 ) -> Vec<Record> {
+    let mut spans: Vec<ValueSpan> = positions
+        .iter()
+        .map(|position| ValueSpan::open(position.clone()))
+        .collect();
+    let mut span_refs: Vec<&mut ValueSpan> = spans.iter_mut().collect();
+    lambda_log::append_values(&mut span_refs, records);
+    let invalid = apply_spans(views, &mut spans);
+    for (position, span) in positions.iter_mut().zip(spans) {
+        *position = span.position;
+    }
+    invalid
+}
+
+/// Folds the records `spans` hold in (each span one partition's, read by
+/// [`EventLog::fetch_values`], which moved its position past them), empties
+/// them, sets every span's partition offset in the state to its position,
+/// and returns dead-letter records for the invalid ones. Records are
+/// decoded before the state's lock is taken, and folded a chunk per hold
+/// of it; a chunk's offset is written in the same hold. (Public for
+/// `lambda bench speed`.)
+pub fn apply_spans(views: &SpeedViews, spans: &mut [ValueSpan]) -> Vec<Record> {
     let mut invalid = Vec::new();
-    if records.is_empty() {
+    if spans.iter().all(|span| span.records.is_empty()) {
         return invalid;
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
-    // Decoded a chunk at a time, outside the lock, into slots that stay in
-    // cache (a whole fetch's events, ~0.5 KB each, would not, and would
-    // take fresh pages from the allocator each time).
-    let mut slots = Slots::default();
-    // Records of one partition come in runs: its position is looked up
-    // once per run.
-    let mut at = 0;
-    // The positions a chunk moved (a few: runs), written into the state in
-    // the same hold of the lock as the chunk's events.
-    let mut moved: Vec<usize> = Vec::new();
-    for chunk in records.chunks(FOLD_CHUNK) {
-        moved.clear();
-        let decoded = slots.decode(chunk.iter().map(parts));
-        for (stored, slot) in chunk.iter().zip(decoded.iter()) {
-            if let Err(error) = &slot.outcome {
-                tracing::debug!(topic = %stored.topic, partition = stored.partition, offset = stored.offset, %error, "invalid record");
-                let source = format!("{}/{}/{}", stored.topic, stored.partition, stored.offset);
-                invalid.push(dead_letter_record(
-                    &stored.record.value,
-                    &error.to_string(),
-                    &source,
-                    now_ms,
-                ));
-            }
-            let is =
-                |p: &FetchPosition| p.partition == stored.partition && *p.topic == *stored.topic;
-            if !find_from(positions, &mut at, is) {
-                continue;
-            }
-            positions[at].offset = stored.offset + 1;
-            if !moved.contains(&at) {
-                moved.push(at);
-            }
-        }
-        let mut state = views.write();
-        touch_ids(&state, decoded);
-        let mut run = Run::default();
-        for (stored, slot) in chunk.iter().zip(decoded.iter()) {
-            match slot.outcome {
-                Ok(()) => {
-                    state.apply_in_run(
-                        run.place_for(stored),
-                        &stored.topic,
-                        stored.partition,
-                        &slot.event,
-                        slot.clock,
-                        slot.hash,
-                    );
+    {
+        // Decoded a chunk at a time, outside the lock, into slots that stay
+        // in cache (a whole fetch's events, ~0.5 KB each, would not, and
+        // would take fresh pages from the allocator each time).
+        let mut slots = Slots::default();
+        for span in spans.iter() {
+            let (topic, partition) = (span.position.topic.as_str(), span.position.partition);
+            for chunk in span.records.chunks(FOLD_CHUNK) {
+                let decoded = slots.decode(
+                    chunk
+                        .iter()
+                        .map(|record| (&record.value[..], topic, record.timestamp_ms)),
+                );
+                for (record, slot) in chunk.iter().zip(decoded.iter()) {
+                    if let Err(error) = &slot.outcome {
+                        tracing::debug!(topic, partition, offset = record.offset, %error, "invalid record");
+                        let source = format!("{topic}/{partition}/{}", record.offset);
+                        invalid.push(dead_letter_record(
+                            &record.value,
+                            &error.to_string(),
+                            &source,
+                            now_ms,
+                        ));
+                    }
                 }
-                Err(_) => state.counters.invalid += 1,
+                let mut state = views.write();
+                touch_ids(&state, decoded);
+                // The partition's clock is looked up once per hold.
+                let mut place = ClockPlace::default();
+                for slot in decoded {
+                    match slot.outcome {
+                        Ok(()) => {
+                            state.apply_in_run(
+                                &mut place,
+                                topic,
+                                partition,
+                                &slot.event,
+                                slot.clock,
+                                slot.hash,
+                            );
+                        }
+                        Err(_) => state.counters.invalid += 1,
+                    }
+                }
+                // With the events, in the same hold: whoever reads the
+                // state between two chunks (a partition's snapshot served to
+                // `lambda serve`'s mirror, the status) sees the offsets its
+                // events were read to.
+                if let Some(last) = chunk.last() {
+                    state.set_offset(topic, partition, last.offset + 1);
+                }
             }
         }
-        // With the events, in the same hold: whoever reads the state
-        // between two chunks (a partition's snapshot served to `lambda
-        // serve`'s mirror, the status) sees the offsets its events were
-        // read to. (They were written once the whole fetch was folded; the
-        // checkpoints, taken between fetches, were not affected.)
-        for &at in &moved {
-            state.set_offset(
-                &positions[at].topic,
-                positions[at].partition,
-                positions[at].offset,
-            );
-        }
+    }
+    for span in spans.iter_mut() {
+        span.records.clear();
     }
     let mut state = views.write();
     // (Positions that delivered nothing: retention skips, partitions not
     // checkpointed yet.)
-    for position in positions.iter() {
-        state.set_offset(&position.topic, position.partition, position.offset);
+    for span in spans.iter() {
+        state.set_offset(
+            &span.position.topic,
+            span.position.partition,
+            span.position.offset,
+        );
     }
     state.evict();
     invalid
