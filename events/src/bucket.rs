@@ -66,6 +66,7 @@ impl FromStr for Step {
 }
 
 /// Floors `ts_ms` to the start of its bucket of width `width_ms` (also for times before 1970).
+#[inline]
 pub fn floor_to(ts_ms: i64, width_ms: i64) -> i64 {
     ts_ms.div_euclid(width_ms) * width_ms
 }

@@ -603,6 +603,7 @@ pub(crate) fn check_not_behind(ts: i64, now_ms: i64, max_behind_ms: i64) -> Resu
 /// past the record's own timestamp, so that events stamped ahead of the time
 /// they were written (within the ahead bound) cannot make on-time events
 /// late. A record without a timestamp (`record_ts_ms <= 0`) uses `ts`.
+#[inline]
 pub fn clock_ts(event_ts: i64, record_ts_ms: i64) -> i64 {
     if record_ts_ms > 0 {
         event_ts.min(record_ts_ms)

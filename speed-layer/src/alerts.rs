@@ -341,6 +341,11 @@ struct ActiveAlerts {
 }
 
 impl ActiveAlerts {
+    /// Whether any alert of `rule` is active.
+    fn any_of(&self, rule: RuleName) -> bool {
+        self.by_rule.get(&rule).is_some_and(|keys| !keys.is_empty())
+    }
+
     fn contains(&self, rule: RuleName, key: &str) -> bool {
         self.by_rule
             .get(&rule)
@@ -522,8 +527,16 @@ impl AlertEngine {
                     return;
                 };
                 let (min, max, needed) = (range.min, range.max, range.consecutive.max(1));
+                let in_range = !(value < min || value > max);
+                if in_range
+                    && self.out_of_range.is_empty()
+                    && !self.active.any_of(RuleName::SensorRange)
+                {
+                    // Nothing to reset or clear: most readings, no key written.
+                    return;
+                }
                 write_alert_key(key, device, sensor);
-                if value < min || value > max {
+                if !in_range {
                     if !Self::room_for(&self.out_of_range, key, &mut self.dropped_keys) {
                         return;
                     }

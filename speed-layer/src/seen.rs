@@ -244,7 +244,12 @@ impl SeenIds {
         ) {
             Slot::Occupied(_) => false,
             Slot::Vacant(vacant) => {
-                let at = windows.entry(window).or_default().push(id);
+                // Most ids are of the newest window: its entry is the last.
+                let ids = match windows.last_entry() {
+                    Some(newest) if *newest.key() == window => newest.into_mut(),
+                    _ => windows.entry(window).or_default(),
+                };
+                let at = ids.push(id);
                 vacant.insert(Place { hash, window, at });
                 *live += 1;
                 true
