@@ -414,29 +414,56 @@ impl Lanes {
 /// comparison per level, three for eight lanes. (A binary heap sifted
 /// twice as many, each a branch the lanes' alternating records made
 /// unpredictable: the merge was ~9 % of `lambda bench speed`'s replay.)
+/// Each node holds its loser's key itself, the lane inside it: a match
+/// reads one node, at an address known before the match below it is
+/// decided. (Nodes that held a lane, whose key was then looked up, made
+/// each level two loads, the second waiting on the first and on the match
+/// below: the merge's time in `perf` was mostly those waits.)
 #[derive(Debug)]
 struct Tournament {
-    /// Each lane's head as one integer key ([`Tournament::key`]; lanes
-    /// without a head, and the leaves past the last lane, [`NO_HEAD`]).
-    heads: Vec<(u64, u128)>,
-    /// `nodes[0]`: the winner's lane; `nodes[n]` for `n` in `1..width`: the
-    /// loser of the match at node `n` (children `2n` and `2n + 1`; lane
-    /// `i`'s leaf is `width + i`).
-    nodes: Vec<usize>,
+    /// Each lane's head ([`Tournament::key`]; a lane without a head, and
+    /// the leaves past the last lane, [`no_head`]).
+    heads: Vec<HeadKey>,
+    /// `nodes[0]`: the winner's key; `nodes[n]` for `n` in `1..width`: the
+    /// loser's key of the match at node `n` (children `2n` and `2n + 1`;
+    /// lane `i`'s leaf is `width + i`).
+    nodes: Vec<HeadKey>,
     /// Leaves: the lanes, to a power of two.
     width: usize,
 }
 
-/// The key of a lane without a head: after every record's (no record has
-/// offset `u64::MAX`).
-const NO_HEAD: (u64, u128) = (u64::MAX, u128::MAX);
+/// A head's key: see [`Tournament::key`].
+type HeadKey = (u64, u128);
+
+/// The key of lane `lane` without a head: after every record's (no record
+/// has offset `u64::MAX`), and still naming its lane.
+fn no_head(lane: usize) -> HeadKey {
+    (u64::MAX, (u128::MAX << 32) | lane as u128)
+}
+
+/// Whether `key` is a lane's without a head.
+fn is_no_head(key: HeadKey) -> bool {
+    key.0 == u64::MAX && key.1 >> 32 == u128::MAX >> 32
+}
+
+/// The lane a key names (its low 32 bits).
+fn lane_of(key: HeadKey) -> usize {
+    key.1 as u32 as usize
+}
+
+/// Whether `a` comes before `b`, without a branch: which lane wins is a
+/// coin toss when the lanes' records alternate, and a mispredicted branch
+/// per level cost more than the comparison.
+fn before(a: HeadKey, b: HeadKey) -> bool {
+    (a.0 < b.0) | ((a.0 == b.0) & (a.1 < b.1))
+}
 
 impl Tournament {
     fn new(lanes: usize) -> Tournament {
         let width = lanes.next_power_of_two();
         let mut tournament = Tournament {
-            heads: vec![NO_HEAD; width],
-            nodes: vec![0; width],
+            heads: (0..width).map(no_head).collect(),
+            nodes: vec![no_head(0); width],
             width,
         };
         tournament.play_all();
@@ -447,25 +474,26 @@ impl Tournament {
     /// as `(AppendKey, lane)` does: the timestamp with its sign bit flipped;
     /// then partition, offset and lane side by side (32, 64 and 32 bits). A
     /// match is two integer comparisons.
-    fn key((timestamp, partition, offset): AppendKey, lane: usize) -> (u64, u128) {
+    fn key((timestamp, partition, offset): AppendKey, lane: usize) -> HeadKey {
         let ordered = (timestamp as u64) ^ (1 << 63);
         let rest = (u128::from(partition) << 96) | (u128::from(offset) << 32) | lane as u128;
         (ordered, rest)
     }
 
     /// Sets lane `lane`'s head (its key); [`Tournament::play_all`] must follow.
-    fn set(&mut self, lane: usize, head: Option<(u64, u128)>) {
-        self.heads[lane] = head.unwrap_or(NO_HEAD);
+    fn set(&mut self, lane: usize, head: Option<HeadKey>) {
+        self.heads[lane] = head.unwrap_or_else(|| no_head(lane));
     }
 
     /// Plays every match from the leaves up.
     fn play_all(&mut self) {
         let width = self.width;
-        // The winner of each node's subtree; a leaf's is its lane.
-        let mut winners: Vec<usize> = (0..2 * width).map(|n| n.saturating_sub(width)).collect();
+        // The winner of each node's subtree; a leaf's is its lane's head.
+        let mut winners: Vec<HeadKey> = vec![no_head(0); 2 * width];
+        winners[width..].copy_from_slice(&self.heads);
         for node in (1..width).rev() {
             let (left, right) = (winners[2 * node], winners[2 * node + 1]);
-            let (winner, loser) = if self.heads[right] < self.heads[left] {
+            let (winner, loser) = if before(right, left) {
                 (right, left)
             } else {
                 (left, right)
@@ -478,31 +506,26 @@ impl Tournament {
 
     /// The lane with the first head (`None`: no lane has one).
     fn winner(&self) -> Option<usize> {
-        let lane = self.nodes[0];
-        (self.heads[lane] != NO_HEAD).then_some(lane)
+        let top = self.nodes[0];
+        (!is_no_head(top)).then(|| lane_of(top))
     }
 
     /// The winner's head is now `head`: the matches on its way up are
     /// played again.
-    fn replace_winner(&mut self, head: Option<(u64, u128)>) {
-        let mut winner = self.nodes[0];
-        self.set(winner, head);
-        let mut node = (self.width + winner) / 2;
+    fn replace_winner(&mut self, head: Option<HeadKey>) {
+        let lane = lane_of(self.nodes[0]);
+        let mut key = head.unwrap_or_else(|| no_head(lane));
+        self.heads[lane] = key;
+        let mut node = (self.width + lane) / 2;
         while node >= 1 {
-            let loser = self.nodes[node];
-            let (challenger, holder) = (self.heads[loser], self.heads[winner]);
-            // Without a branch: which lane wins is a coin toss when the
-            // lanes' records alternate, and a mispredicted branch per level
-            // cost more than the comparison.
-            let beaten = (challenger.0 < holder.0)
-                | ((challenger.0 == holder.0) & (challenger.1 < holder.1));
+            let held = self.nodes[node];
             let (won, lost) =
-                std::hint::select_unpredictable(beaten, (loser, winner), (winner, loser));
+                std::hint::select_unpredictable(before(held, key), (held, key), (key, held));
             self.nodes[node] = lost;
-            winner = won;
+            key = won;
             node /= 2;
         }
-        self.nodes[0] = winner;
+        self.nodes[0] = key;
     }
 }
 
