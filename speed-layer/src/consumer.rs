@@ -285,6 +285,14 @@ pub async fn fetch_into(
                 .any(|p| p.partition == span.position.partition && p.topic == span.position.topic)
         })
         .collect();
+    if wanted.is_empty() {
+        // An instance that owns no partition (more instances than
+        // partitions): the wait a fetch with nothing to read would have
+        // been, not a loop that spins (`fetch_values` of no span returns
+        // at once).
+        tokio::time::sleep(max_wait).await;
+        return Ok(lambda_log::ValuesRead::default());
+    }
     log.fetch_values(&mut wanted, FETCH_MAX_RECORDS, max_wait)
         .await
 }
@@ -805,6 +813,20 @@ mod tests {
     use lambda_events::EventType;
 
     use super::*;
+
+    /// A fetch for an instance that owns no partition waits as a fetch may
+    /// (still waiting after a tenth of its ten seconds), so the loop does
+    /// not spin.
+    #[tokio::test]
+    async fn a_fetch_of_no_partition_waits_instead_of_returning_at_once() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+            .await
+            .expect("an embedded log");
+        let fetch = fetch_into(&log, &mut [], &[], Duration::from_secs(10));
+        let returned = tokio::time::timeout(Duration::from_secs(1), fetch).await;
+        assert!(returned.is_err(), "returned at once: {returned:?}");
+    }
 
     /// Slots decode each record as `read_log_record` does, in order, and
     /// keep their allocation when recycled for records of another borrow.
