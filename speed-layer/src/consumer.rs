@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
 use lambda_events::{EventError, EventRef, Topic};
-use lambda_log::{EventLog, FetchPosition, LogError, Record, ValueSpan};
+use lambda_log::{EventLog, FetchPosition, LogError, Record, ValueRecord, ValueSpan};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
@@ -637,95 +637,80 @@ pub(crate) fn touch_ids(state: &crate::SpeedState, decoded: &[Slot<'_>]) {
     state.touch_ids(decoded.iter().filter(|s| s.outcome.is_ok()).map(|s| s.hash));
 }
 
-/// Folds records in, advances `positions` past them, and returns
-/// dead-letter records for the invalid ones: [`apply_spans`] for records
-/// fetched whole (the Kafka group member's fetch, tests and examples).
-/// (Public for `lambda bench`.)
+/// Folds records in, in the order given, advances `positions` past them,
+/// and returns dead-letter records for the invalid ones: [`apply_spans`]
+/// for records fetched whole (the Kafka group member's fetch, tests,
+/// examples and `lambda bench memory`). Each run of records of one
+/// partition is folded as a span's are.
 pub fn apply(
     views: &SpeedViews,
     positions: &mut [FetchPosition],
     records: Vec<lambda_log::StoredRecord>,
 ) -> Vec<Record> {
-    let mut spans: Vec<ValueSpan> = positions
-        .iter()
-        .map(|position| ValueSpan::open(position.clone()))
-        .collect();
-    let mut span_refs: Vec<&mut ValueSpan> = spans.iter_mut().collect();
-    lambda_log::append_values(&mut span_refs, records);
-    let invalid = apply_spans(views, &mut spans);
-    for (position, span) in positions.iter_mut().zip(spans) {
-        *position = span.position;
+    if records.is_empty() {
+        return Vec::new();
     }
+    // Runs of one partition, in the order the records came.
+    let mut runs: Vec<(Arc<str>, u32, Vec<ValueRecord>)> = Vec::new();
+    for stored in records {
+        let same = runs.last().is_some_and(|(topic, partition, _)| {
+            *partition == stored.partition
+                && (Arc::ptr_eq(topic, &stored.topic) || **topic == *stored.topic)
+        });
+        if !same {
+            runs.push((Arc::clone(&stored.topic), stored.partition, Vec::new()));
+        }
+        if let Some((_, _, run)) = runs.last_mut() {
+            run.push(ValueRecord {
+                value: stored.record.value,
+                timestamp_ms: stored.record.timestamp_ms,
+                offset: stored.offset,
+            });
+        }
+    }
+    let invalid = fold_runs(
+        views,
+        runs.iter()
+            .map(|(topic, partition, records)| (&**topic, *partition, &records[..])),
+    );
+    for (topic, partition, records) in &runs {
+        let position = positions
+            .iter_mut()
+            .find(|p| p.partition == *partition && *p.topic == **topic);
+        if let (Some(position), Some(last)) = (position, records.last()) {
+            position.offset = last.offset + 1;
+        }
+    }
+    let mut state = views.write();
+    // (Positions that delivered nothing: retention skips, partitions not
+    // checkpointed yet.)
+    for position in positions.iter() {
+        state.set_offset(&position.topic, position.partition, position.offset);
+    }
+    state.evict();
     invalid
 }
 
 /// Folds the records `spans` hold in (each span one partition's, read by
 /// [`EventLog::fetch_values`], which moved its position past them), empties
 /// them, sets every span's partition offset in the state to its position,
-/// and returns dead-letter records for the invalid ones. Records are
-/// decoded before the state's lock is taken, and folded a chunk per hold
-/// of it; a chunk's offset is written in the same hold. (Public for
+/// and returns dead-letter records for the invalid ones. (Public for
 /// `lambda bench speed`.)
 pub fn apply_spans(views: &SpeedViews, spans: &mut [ValueSpan]) -> Vec<Record> {
-    let mut invalid = Vec::new();
     if spans.iter().all(|span| span.records.is_empty()) {
-        return invalid;
+        return Vec::new();
     }
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    {
-        // Decoded a chunk at a time, outside the lock, into slots that stay
-        // in cache (a whole fetch's events, ~0.5 KB each, would not, and
-        // would take fresh pages from the allocator each time).
-        let mut slots = Slots::default();
-        for span in spans.iter() {
-            let (topic, partition) = (span.position.topic.as_str(), span.position.partition);
-            for chunk in span.records.chunks(FOLD_CHUNK) {
-                let decoded = slots.decode(
-                    chunk
-                        .iter()
-                        .map(|record| (&record.value[..], topic, record.timestamp_ms)),
-                );
-                for (record, slot) in chunk.iter().zip(decoded.iter()) {
-                    if let Err(error) = &slot.outcome {
-                        tracing::debug!(topic, partition, offset = record.offset, %error, "invalid record");
-                        let source = format!("{topic}/{partition}/{}", record.offset);
-                        invalid.push(dead_letter_record(
-                            &record.value,
-                            &error.to_string(),
-                            &source,
-                            now_ms,
-                        ));
-                    }
-                }
-                let mut state = views.write();
-                touch_ids(&state, decoded);
-                // The partition's clock is looked up once per hold.
-                let mut place = ClockPlace::default();
-                for slot in decoded {
-                    match slot.outcome {
-                        Ok(()) => {
-                            state.apply_in_run(
-                                &mut place,
-                                topic,
-                                partition,
-                                &slot.event,
-                                slot.clock,
-                                slot.hash,
-                            );
-                        }
-                        Err(_) => state.counters.invalid += 1,
-                    }
-                }
-                // With the events, in the same hold: whoever reads the
-                // state between two chunks (a partition's snapshot served to
-                // `lambda serve`'s mirror, the status) sees the offsets its
-                // events were read to.
-                if let Some(last) = chunk.last() {
-                    state.set_offset(topic, partition, last.offset + 1);
-                }
-            }
-        }
-    }
+    let invalid = fold_runs(
+        views,
+        spans.iter().map(|span| {
+            let position = &span.position;
+            (
+                position.topic.as_str(),
+                position.partition,
+                &span.records[..],
+            )
+        }),
+    );
     for span in spans.iter_mut() {
         span.records.clear();
     }
@@ -740,6 +725,71 @@ pub fn apply_spans(views: &SpeedViews, spans: &mut [ValueSpan]) -> Vec<Record> {
         );
     }
     state.evict();
+    invalid
+}
+
+/// Folds runs of records, each `(topic, partition, its records in offset
+/// order)`, in the order given; returns dead-letter records for the
+/// invalid ones. Records are decoded before the state's lock is taken,
+/// and folded a chunk per hold of it; a chunk's offset is written in the
+/// same hold.
+fn fold_runs<'r>(
+    views: &SpeedViews,
+    runs: impl IntoIterator<Item = (&'r str, u32, &'r [ValueRecord])>,
+) -> Vec<Record> {
+    let mut invalid = Vec::new();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    // Decoded a chunk at a time, outside the lock, into slots that stay in
+    // cache (a whole fetch's events, ~0.5 KB each, would not, and would
+    // take fresh pages from the allocator each time).
+    let mut slots = Slots::default();
+    for (topic, partition, records) in runs {
+        for chunk in records.chunks(FOLD_CHUNK) {
+            let decoded = slots.decode(
+                chunk
+                    .iter()
+                    .map(|record| (&record.value[..], topic, record.timestamp_ms)),
+            );
+            for (record, slot) in chunk.iter().zip(decoded.iter()) {
+                if let Err(error) = &slot.outcome {
+                    tracing::debug!(topic, partition, offset = record.offset, %error, "invalid record");
+                    let source = format!("{topic}/{partition}/{}", record.offset);
+                    invalid.push(dead_letter_record(
+                        &record.value,
+                        &error.to_string(),
+                        &source,
+                        now_ms,
+                    ));
+                }
+            }
+            let mut state = views.write();
+            touch_ids(&state, decoded);
+            // The partition's clock is looked up once per hold.
+            let mut place = ClockPlace::default();
+            for slot in decoded {
+                match slot.outcome {
+                    Ok(()) => {
+                        state.apply_in_run(
+                            &mut place,
+                            topic,
+                            partition,
+                            &slot.event,
+                            slot.clock,
+                            slot.hash,
+                        );
+                    }
+                    Err(_) => state.counters.invalid += 1,
+                }
+            }
+            // With the events, in the same hold: whoever reads the state
+            // between two chunks (a partition's snapshot served to `lambda
+            // serve`'s mirror, the status) sees the offsets its events
+            // were read to.
+            if let Some(last) = chunk.last() {
+                state.set_offset(topic, partition, last.offset + 1);
+            }
+        }
+    }
     invalid
 }
 
@@ -813,6 +863,56 @@ mod tests {
     use lambda_events::EventType;
 
     use super::*;
+
+    /// `apply` folds records in the order given, not partition by
+    /// partition: a reading that came before the funnel's next ten minutes
+    /// is on time, as it was when it came (grouped by partition, the funnel
+    /// partition's clock ran ten minutes ahead with the IoT one not known
+    /// yet, and the reading was late).
+    #[test]
+    fn apply_folds_records_in_the_order_given() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let views = crate::new_views(&crate::SpeedConfig::with_data_dir(dir.path()));
+        let t0 = 1_767_225_600_000i64;
+        let click = |id: &str, ts: i64| {
+            format!(r#"{{"event_id":"{id}","event_type":"click","ts":{ts},"user_id":"u"}}"#)
+        };
+        let reading = |id: &str, ts: i64| {
+            format!(
+                r#"{{"event_id":"{id}","event_type":"sensor_reading","ts":{ts},"device_id":"d","sensor":"t","value":1}}"#
+            )
+        };
+        let stored = |topic: &str, offset: u64, value: String, ts: i64| lambda_log::StoredRecord {
+            topic: topic.into(),
+            partition: 0,
+            offset,
+            record: Record::keyed("k", value.into_bytes(), ts),
+        };
+        let (funnel, iot) = (Topic::FUNNEL, Topic::IOT);
+        let records = vec![
+            stored(funnel, 0, click("f0", t0), t0),
+            stored(iot, 0, reading("i0", t0), t0),
+            stored(funnel, 1, click("f1", t0 + 600_000), t0 + 600_000),
+            stored(iot, 1, reading("i1", t0 + 599_000), t0 + 599_000),
+        ];
+        let mut positions: Vec<FetchPosition> = [funnel, iot]
+            .iter()
+            .map(|topic| FetchPosition {
+                topic: (*topic).into(),
+                partition: 0,
+                offset: 0,
+            })
+            .collect();
+        let invalid = apply(&views, &mut positions, records);
+        assert!(invalid.is_empty());
+        let state = views.read();
+        assert_eq!(state.counters().counted, 4);
+        assert_eq!(state.counters().late, 0);
+        assert_eq!(
+            positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [2, 2]
+        );
+    }
 
     /// A fetch for an instance that owns no partition waits as a fetch may
     /// (still waiting after a tenth of its ten seconds), so the loop does
