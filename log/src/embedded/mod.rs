@@ -105,36 +105,73 @@ struct Inner {
 /// gone: a read took a fresh zeroed allocation each time, and the records
 /// it held were freed on another thread (the fold's), so the allocator
 /// kept taking new pages from the kernel — page faults and the kernel's
-/// zeroing were ~5 % of the kappa replay's time, and the zeroing of each
-/// chunk ~1.5 % more.
+/// zeroing were ~5 % of the kappa replay's time. A buffer keeps its bytes
+/// (initialized, a `Vec`'s length) from read to read, so it is zeroed only
+/// where it grows: zeroing each chunk before reading into it was 4–5 % of
+/// the live loop's instructions.
 #[derive(Debug, Default)]
 struct ReadBuffers {
-    pool: Mutex<Vec<bytes::BytesMut>>,
+    pool: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl ReadBuffers {
-    /// A buffer of `len` bytes to read into (zeroed: the read overwrites
-    /// them), reused if one in the pool is free again.
-    fn take(&self, len: usize) -> bytes::BytesMut {
-        let reused = {
-            let mut pool = self.pool.lock();
-            let found = pool.iter_mut().position(|b| b.try_reclaim(len));
-            found.map(|i| pool.swap_remove(i))
-        };
-        let mut buffer =
-            reused.unwrap_or_else(|| bytes::BytesMut::with_capacity(len.max(READ_CHUNK)));
-        buffer.clear();
-        buffer.resize(len, 0);
-        buffer
+    /// A buffer of `len` bytes to read into, one of the pool's if there is
+    /// one (its old bytes are read over).
+    fn take(&self, len: usize) -> ReadBuffer {
+        let mut bytes = self.pool.lock().pop().unwrap_or_default();
+        if bytes.len() < len {
+            bytes.resize(len.max(READ_CHUNK), 0);
+        }
+        ReadBuffer {
+            bytes,
+            len,
+            pool: Arc::downgrade(&self.pool),
+        }
+    }
+}
+
+/// A read's bytes: the first `len` of a pooled buffer, given back to the
+/// pool when dropped — as the owner of the [`Bytes`] the records of a read
+/// share ([`Bytes::from_owner`]), once the last of them is gone.
+#[derive(Debug)]
+struct ReadBuffer {
+    bytes: Vec<u8>,
+    len: usize,
+    pool: std::sync::Weak<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl ReadBuffer {
+    /// The bytes a read fills.
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes[..self.len]
     }
 
-    /// Gives back what is left of a buffer after a read of `read` bytes
-    /// was split off it (a buffer grown for a frame longer than
-    /// [`READ_CHUNK`] is not kept).
-    fn give_back(&self, buffer: bytes::BytesMut, read: usize) {
-        let mut pool = self.pool.lock();
-        if read <= READ_CHUNK && pool.len() < POOLED_READ_BUFFERS {
-            pool.push(buffer);
+    /// Grows the read to `len` bytes (a frame longer than the chunk).
+    fn grow(&mut self, len: usize) {
+        if self.bytes.len() < len {
+            self.bytes.resize(len, 0);
+        }
+        self.len = len;
+    }
+}
+
+impl AsRef<[u8]> for ReadBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        // A buffer grown for a frame longer than READ_CHUNK is not kept.
+        if self.bytes.len() > READ_CHUNK {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            let mut pool = pool.lock();
+            if pool.len() < POOLED_READ_BUFFERS {
+                pool.push(std::mem::take(&mut self.bytes));
+            }
         }
     }
 }
@@ -407,21 +444,21 @@ impl Inner {
                 let mut buffer = self
                     .read_buffers
                     .take((len - pos).min(READ_CHUNK.min(wanted) as u64) as usize);
-                file.read_exact_at(&mut buffer, pos)
+                file.read_exact_at(buffer.as_mut_slice(), pos)
                     .map_err(|e| LogError::io(context())(e))?;
-                if let Some(header) = buffer.first_chunk::<4>() {
+                if let Some(header) = buffer.as_ref().first_chunk::<4>() {
                     let frame_len = FRAME_HEADER as u64 + u64::from(u32::from_le_bytes(*header));
-                    let read = buffer.len();
+                    let read = buffer.len;
                     if frame_len > read as u64 && frame_len <= len - pos {
                         // Exactly the frame: records keep their chunk alive.
-                        buffer.resize(frame_len as usize, 0);
-                        file.read_exact_at(&mut buffer[read..], pos + read as u64)
+                        buffer.grow(frame_len as usize);
+                        file.read_exact_at(&mut buffer.as_mut_slice()[read..], pos + read as u64)
                             .map_err(|e| LogError::io(context())(e))?;
                     }
                 }
-                // Records read share the chunk: no allocation per record.
-                let chunk: Bytes = buffer.split().freeze();
-                self.read_buffers.give_back(buffer, chunk.len());
+                // Records read share the chunk: no allocation per record;
+                // the buffer goes back to the pool after the last of them.
+                let chunk = Bytes::from_owner(buffer);
                 let mut at = 0;
                 while at < chunk.len() && records.kept() < limit {
                     let (frame_offset, frame_len) = match records.take(&chunk, at, offset) {
