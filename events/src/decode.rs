@@ -397,12 +397,13 @@ impl<'a> Cursor<'a> {
 
     /// An integer in JSON's integer form within `i64`.
     fn integer(&mut self) -> Step<i64> {
-        if let Some((value, end)) = self.short_number() {
-            if let Short::Integer(value) = value {
+        match self.short_number() {
+            Some((Short::Integer(value), end)) => {
                 self.at = end;
-                return Ok(value as i64);
+                return Ok(value);
             }
-            return give_up("a fraction where an integer goes");
+            Some((Short::Fraction(_), _)) => return give_up("a fraction where an integer goes"),
+            None => {}
         }
         match self.number()? {
             (text, true) => integer(text),
@@ -448,11 +449,8 @@ impl<'a> Cursor<'a> {
                     return None;
                 }
                 end += 1 + fraction_digits;
-                // Below 10^15 < 2^53 over a power of ten a double holds:
-                // one correctly rounded division (see `exact_decimal`).
                 let mantissa = whole * POWERS_OF_TEN[fraction_digits] + fraction;
-                let magnitude = mantissa as f64 / EXACT_POWERS_OF_TEN[fraction_digits];
-                Short::Fraction(if negative { -magnitude } else { magnitude })
+                Short::Fraction(scaled(negative, mantissa, fraction_digits)?)
             }
             _ if negative && whole == 0 => return None,
             // At most 15 digits: within i64.
@@ -514,15 +512,14 @@ impl<'a> Cursor<'a> {
         }
         self.at = from;
         let text = self.text()?;
-        (text.len() <= 16)
-            .then(|| labels.get(Packed::of(text.as_bytes())))
-            .flatten()
+        labels
+            .get(Packed::of(text.as_bytes()))
             .map_or_else(|| give_up("not one of the labels"), Ok)
     }
 }
 
 /// A word of eight bytes each 1: the word-at-a-time tests of
-/// [`plain_run`] and [`Cursor::key`].
+/// [`plain_run`], [`Cursor::packed_name`] and [`non_digits`].
 const ONES: u64 = 0x0101_0101_0101_0101;
 
 /// The high bit of `word`'s zero bytes, exactly for the lowest (a borrow
@@ -643,7 +640,18 @@ fn exact_decimal(text: &str) -> Option<f64> {
             _ => return None,
         }
     }
-    let magnitude = mantissa as f64 / *EXACT_POWERS_OF_TEN.get(scale?)?;
+    scaled(negative, mantissa, scale?)
+}
+
+/// `mantissa / 10^scale`, negated if `negative`, for a mantissa below
+/// 10^15 < 2^53 and a scale of at most 15: both held exactly by a double,
+/// so one IEEE division gives the nearest double to the decimal, as
+/// `str::parse` does (Clinger's fast path). `None` past those bounds.
+fn scaled(negative: bool, mantissa: u64, scale: usize) -> Option<f64> {
+    if mantissa >= 1_000_000_000_000_000 {
+        return None;
+    }
+    let magnitude = mantissa as f64 / *EXACT_POWERS_OF_TEN.get(scale)?;
     Some(if negative { -magnitude } else { magnitude })
 }
 
@@ -1095,39 +1103,43 @@ mod tests {
             };
             texts.push(text);
         }
+        // `read` at the start of `line` (`text` and a tail) against what
+        // serde_json reads of `text`.
+        fn check<T: PartialEq + std::fmt::Debug>(
+            line: &str,
+            text: &str,
+            read: impl FnOnce(&mut Cursor<'_>) -> Step<T>,
+            reference: Option<T>,
+        ) {
+            let mut cursor = Cursor { text: line, at: 0 };
+            match read(&mut cursor) {
+                Ok(value) if cursor.at == text.len() => {
+                    assert_eq!(Some(value), reference, "{line}");
+                }
+                // A number read short of the text (`00`): the next token
+                // is not `,` or `}`, and the line is refused.
+                Ok(_) => assert!(reference.is_none(), "{line}"),
+                // Giving up is allowed only where the reference decides
+                // apart: `-0`, which it reads as a float.
+                Err(_) => assert!(reference.is_none() || text == "-0", "{line}"),
+            }
+        }
         for text in texts {
             for tail in [",\"padding_padding\":1}", "}"] {
                 let line = format!("{text}{tail}");
-                let mut cursor = Cursor { text: &line, at: 0 };
-                let read = cursor.float(-1e300, 1e300);
-                let reference = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.as_f64());
-                match read {
-                    Ok(value) if cursor.at == text.len() => {
-                        assert_eq!(Some(value), reference.map(|r| r + 0.0), "{line}");
-                    }
-                    // A number read short of the text (`00`): the next
-                    // token is not `,` or `}`, and the line is refused.
-                    Ok(_) => assert!(reference.is_none(), "{line}"),
-                    // Giving up is allowed only where the reference decides
-                    // apart: `-0`, which it reads as a float.
-                    Err(_) => assert!(reference.is_none() || text == "-0", "{line}"),
-                }
-                let mut cursor = Cursor { text: &line, at: 0 };
-                let read = cursor.integer();
-                let reference = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.as_i64());
-                match read {
-                    Ok(value) if cursor.at == text.len() => {
-                        assert_eq!(Some(value), reference, "{line}");
-                    }
-                    // A number read short of the text (`00`): the next
-                    // token is not `,` or `}`, and the line is refused.
-                    Ok(_) => assert!(reference.is_none(), "{line}"),
-                    Err(_) => assert!(reference.is_none() || text == "-0", "{line}"),
-                }
+                let value = || serde_json::from_str::<serde_json::Value>(&text).ok();
+                check(
+                    &line,
+                    &text,
+                    |c| c.float(-1e300, 1e300),
+                    value().and_then(|v| v.as_f64()).map(|r| r + 0.0),
+                );
+                check(
+                    &line,
+                    &text,
+                    |c| c.integer(),
+                    value().and_then(|v| v.as_i64()),
+                );
             }
         }
     }

@@ -311,41 +311,13 @@ pub fn delivered_by(spans: &[ValueSpan]) -> Delivered {
     delivered
 }
 
-/// What a fetch delivered ([`partitions_of`], [`delivered_by`]).
+/// What a fetch delivered ([`delivered_by`]).
 #[derive(Debug, Default)]
 pub struct Delivered {
     /// The partitions records came from, each once, in the order met.
     pub partitions: Vec<(Arc<str>, u32)>,
     /// The most records one partition delivered.
     pub most: usize,
-}
-
-/// The partitions `records` came from, and how many the busiest delivered.
-pub fn partitions_of(records: &[lambda_log::StoredRecord]) -> Delivered {
-    fn of(record: &lambda_log::StoredRecord, (topic, partition): &(Arc<str>, u32)) -> bool {
-        *partition == record.partition
-            && (Arc::ptr_eq(topic, &record.topic) || **topic == *record.topic)
-    }
-    let mut partitions: Vec<(Arc<str>, u32)> = Vec::new();
-    let mut counts: Vec<usize> = Vec::new();
-    for record in records {
-        // Records come in runs of one partition: the last one first.
-        let found = match partitions.last() {
-            Some(last) if of(record, last) => Some(partitions.len() - 1),
-            _ => partitions.iter().position(|p| of(record, p)),
-        };
-        match found {
-            Some(i) => counts[i] += 1,
-            None => {
-                partitions.push((Arc::clone(&record.topic), record.partition));
-                counts.push(1);
-            }
-        }
-    }
-    Delivered {
-        partitions,
-        most: counts.into_iter().max().unwrap_or(0),
-    }
 }
 
 /// Watermark alignment, as Flink's (`withWatermarkAlignment`): which
@@ -429,7 +401,7 @@ impl Alignment {
     }
 
     /// After the records of a fetch are folded into `state`: the partitions
-    /// they came from ([`partitions_of`]), and whether the fetch came back
+    /// they came from ([`delivered_by`]), and whether the fetch came back
     /// full (`backlog`: there is more to read at once). Without a backlog
     /// the next fetch asks for every partition.
     pub fn delivered(
@@ -681,13 +653,7 @@ pub fn apply(
             position.offset = last.offset + 1;
         }
     }
-    let mut state = views.write();
-    // (Positions that delivered nothing: retention skips, partitions not
-    // checkpointed yet.)
-    for position in positions.iter() {
-        state.set_offset(&position.topic, position.partition, position.offset);
-    }
-    state.evict();
+    settle(views, positions.iter());
     invalid
 }
 
@@ -714,18 +680,20 @@ pub fn apply_spans(views: &SpeedViews, spans: &mut [ValueSpan]) -> Vec<Record> {
     for span in spans.iter_mut() {
         span.records.clear();
     }
+    settle(views, spans.iter().map(|span| &span.position));
+    invalid
+}
+
+/// After a fetch is folded: every partition's offset in the state set to
+/// its position (those that delivered nothing too: retention skips,
+/// partitions not checkpointed yet), and what fell out of the horizon
+/// evicted.
+fn settle<'p>(views: &SpeedViews, positions: impl Iterator<Item = &'p FetchPosition>) {
     let mut state = views.write();
-    // (Positions that delivered nothing: retention skips, partitions not
-    // checkpointed yet.)
-    for span in spans.iter() {
-        state.set_offset(
-            &span.position.topic,
-            span.position.partition,
-            span.position.offset,
-        );
+    for position in positions {
+        state.set_offset(&position.topic, position.partition, position.offset);
     }
     state.evict();
-    invalid
 }
 
 /// Folds runs of records, each `(topic, partition, its records in offset
@@ -1045,8 +1013,35 @@ mod tests {
             offset: 0,
             record: Record::keyed("u", b"{}".to_vec(), 0),
         };
+        // A fetch's spans, one a partition in the order first met, as
+        // the log fills them.
+        let delivered_of = |records: Vec<lambda_log::StoredRecord>| {
+            let mut spans: Vec<ValueSpan> = Vec::new();
+            for record in records {
+                let at = match spans
+                    .iter()
+                    .position(|s| s.position.partition == record.partition)
+                {
+                    Some(at) => at,
+                    None => {
+                        spans.push(ValueSpan::open(FetchPosition {
+                            topic: topic.into(),
+                            partition: record.partition,
+                            offset: 0,
+                        }));
+                        spans.len() - 1
+                    }
+                };
+                spans[at].records.push(lambda_log::ValueRecord {
+                    value: record.record.value,
+                    timestamp_ms: record.record.timestamp_ms,
+                    offset: record.offset,
+                });
+            }
+            delivered_by(&spans)
+        };
         let records: Vec<_> = [2, 2, 0, 2, 1, 1].into_iter().map(stored).collect();
-        let delivered = partitions_of(&records);
+        let delivered = delivered_of(records);
         let partitions: Vec<u32> = delivered.partitions.iter().map(|(_, p)| *p).collect();
         assert_eq!(partitions, [2, 0, 1]);
         assert_eq!(delivered.most, 3);
@@ -1060,7 +1055,7 @@ mod tests {
                 .collect()
         };
         let backlog = |runs: &[(u32, usize)], asked: usize| {
-            Alignment::backlog(&partitions_of(&fetch(runs)), asked)
+            Alignment::backlog(&delivered_of(fetch(runs)), asked)
         };
         assert!(backlog(&[(0, 3), (1, share)], 7));
         assert!(!backlog(&[(0, 3), (1, share - 1)], 7));
