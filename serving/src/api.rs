@@ -59,10 +59,12 @@ pub async fn limit_time(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let path = request.uri().path().to_string();
+    // (The URI shares its bytes: the path is copied only for a timeout.)
+    let uri = request.uri().clone();
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
+            let path = uri.path();
             tracing::warn!(%path, limit_ms = limit.as_millis() as u64, "request timed out");
             (
                 StatusCode::GATEWAY_TIMEOUT,

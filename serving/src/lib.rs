@@ -43,8 +43,9 @@ pub struct ServingState {
     pub speed: SpeedReader,
     /// The batch views of the newest loaded manifest.
     pub batch: SharedBatchViews,
-    /// Where `/api/v1/status` gets the rest.
-    pub status: StatusSources,
+    /// Where `/api/v1/status` gets the rest (behind one counted reference:
+    /// the state is cloned for every request, and its lists were copied).
+    pub status: Arc<StatusSources>,
     /// Alert transitions from every speed instance.
     pub alerts: alerts::SharedFeed,
     /// Requests answered and how long they took, for `/metrics`.

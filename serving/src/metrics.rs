@@ -43,7 +43,13 @@ impl RequestMetrics {
             _ => "5xx",
         };
         let mut routes = self.routes.lock();
-        let stats = routes.entry(route.to_string()).or_default();
+        // The route's name is copied only the first time it is seen.
+        if !routes.contains_key(route) {
+            routes.insert(route.to_string(), RouteStats::default());
+        }
+        let Some(stats) = routes.get_mut(route) else {
+            return;
+        };
         *stats.by_status.entry(class).or_default() += 1;
         for (bucket, bound) in stats.buckets.iter_mut().zip(DURATION_BUCKETS) {
             if seconds <= bound {
@@ -111,15 +117,13 @@ pub async fn track(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
+    // (A counted reference to the route's pattern, not a copy of it.)
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await;
     if let Some(route) = route {
         metrics.observe(
-            &route,
+            route.as_str(),
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );

@@ -186,13 +186,13 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
         answers: Arc::clone(&answers),
         speed: speed.clone(),
         batch: Arc::clone(&batch),
-        status: StatusSources {
+        status: Arc::new(StatusSources {
             log: sources.log,
             batch: local_batch,
             remote_batch,
             sections,
             metrics: sources.metrics,
-        },
+        }),
     };
     let admin = AdminState::new(config.admin_token, sources.runner);
     let router = crate::router(state).merge(crate::admin::router(admin.clone()));
