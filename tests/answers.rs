@@ -143,7 +143,18 @@ async fn answers_are_cached_per_view_version_and_sent_compressed_when_asked() {
     );
     assert_eq!(fetch(&client, &empty, Some("zstd")).await.coding, None);
 
-    // A new click the speed layer folds: the next answer is fresh.
+    // A new click the speed layer folds: the next answer is fresh, its
+    // last minute rendered again, the speed buckets before it copied.
+    let speed_buckets = |metrics: &str, result: &str| -> u64 {
+        let name = format!("lambda_serving_speed_bucket_cache_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    let speed_part = layers(&answer, "speed") + layers(&answer, "mixed");
+    let before = text(&client, format!("{base}/metrics")).await;
     post_lines(
         &client,
         &base,
@@ -170,6 +181,21 @@ async fn answers_are_cached_per_view_version_and_sent_compressed_when_asked() {
         "the first answer after the fold is computed"
     );
     assert_eq!(fetch(&client, &url, None).await.cache, "hit");
+    let after = text(&client, format!("{base}/metrics")).await;
+    let (hits, misses) = (
+        speed_buckets(&after, "hit") - speed_buckets(&before, "hit"),
+        speed_buckets(&after, "miss") - speed_buckets(&before, "miss"),
+    );
+    assert!(
+        misses >= 1 && hits >= speed_part as u64 - 1,
+        "{hits} hits and {misses} misses of {speed_part} speed buckets"
+    );
+    // Every bucket but the last as before, byte for byte.
+    let fresh_answer: Value = serde_json::from_slice(&fresh.body).unwrap();
+    assert_eq!(
+        fresh_answer["buckets"].as_array().unwrap()[..119],
+        answer["buckets"].as_array().unwrap()[..119]
+    );
 
     // A late click healed by a batch run (a new manifest): fresh again.
     post_lines(&client, &base, &[click("late".into(), T0 + 5 * MINUTE + 1)]).await;

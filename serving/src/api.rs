@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::ServingState;
 use crate::boundary::{Layer, merge};
-use crate::cache::{Answer, AnswerKey, Stamp};
+use crate::cache::{Answer, AnswerKey, SpeedBucket, Stamp};
 use crate::encoding;
 use crate::query::{self, BadParameter, FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS, Range};
 
@@ -172,19 +172,41 @@ fn compute<A: Default>(
     let width = range.step.millis();
     // Under the speed layer's read lock: fold each bucket (cheap, nothing
     // copied but the accumulators); let the lock go; then render.
+    // Where a folded bucket is kept once rendered.
+    enum Keep {
+        Batch,
+        Speed(SpeedBucket),
+    }
     enum Part<A> {
         Cached(Arc<str>),
-        Folded(i64, Layer, A, bool),
+        Folded(i64, Layer, A, Keep),
     }
     let (folded, watermark, newest, computed_under) = {
         let speed = state.speed.read();
         let mut folded = Vec::new();
         for start in range.bucket_starts() {
-            let cacheable = version > 0 && boundary.is_some_and(|b| start + width <= b);
-            if cacheable && let Some(hit) = state.cache.get(version, shape, start) {
-                folded.push(Part::Cached(hit));
-                continue;
-            }
+            let keep = if version > 0 && boundary.is_some_and(|b| start + width <= b) {
+                if let Some(hit) = state.cache.get(version, shape, start) {
+                    folded.push(Part::Cached(hit));
+                    continue;
+                }
+                Keep::Batch
+            } else {
+                // The speed windows the bucket folds: those from B (or its
+                // start) to its end, as `merge` splits it.
+                let end = start.saturating_add(width);
+                let split = boundary.unwrap_or(i64::MIN).clamp(start, end);
+                let tag = SpeedBucket {
+                    version,
+                    boundary,
+                    windows: speed.windows_stamp(split..end),
+                };
+                if let Some(hit) = state.speed_buckets.get(tag, shape, start) {
+                    folded.push(Part::Cached(hit));
+                    continue;
+                }
+                Keep::Speed(tag)
+            };
             let one = Range {
                 from: start,
                 to: start + width,
@@ -193,7 +215,7 @@ fn compute<A: Default>(
             if let Some((_, layer, acc)) =
                 merge(&one, boundary, &batch.buckets, speed.windows(), &mut fold).pop()
             {
-                folded.push(Part::Folded(start, layer, acc, cacheable));
+                folded.push(Part::Folded(start, layer, acc, keep));
             }
         }
         (
@@ -205,22 +227,25 @@ fn compute<A: Default>(
     };
     let mut parts: Vec<Arc<str>> = Vec::with_capacity(folded.len());
     for part in folded {
-        let (start, layer, acc, cacheable) = match part {
+        let (start, layer, acc, keep) = match part {
             Part::Cached(hit) => {
                 parts.push(hit);
                 continue;
             }
-            Part::Folded(start, layer, acc, cacheable) => (start, layer, acc, cacheable),
+            Part::Folded(start, layer, acc, keep) => (start, layer, acc, keep),
         };
         let mut bucket = render(&acc);
         let object = bucket.as_object_mut().expect("renderers return objects");
         object.insert("start".into(), json!(start));
         object.insert("layer".into(), json!(layer));
         let rendered: Arc<str> = Arc::from(bucket.to_string());
-        if cacheable {
-            state
+        match keep {
+            Keep::Batch => state
                 .cache
-                .put(version, shape, start, Arc::clone(&rendered));
+                .put(version, shape, start, Arc::clone(&rendered)),
+            Keep::Speed(tag) => state
+                .speed_buckets
+                .put(tag, shape, start, Arc::clone(&rendered)),
         }
         parts.push(rendered);
     }

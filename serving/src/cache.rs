@@ -3,11 +3,16 @@
 //! [`AnswerCache`]: whole encoded answers, each under the stamp of the views
 //! it was computed from (see there).
 //!
-//! [`BucketCache`]: rendered batch buckets. A bucket that ends at or before the boundary B is
+//! [`BucketCache`]: rendered buckets, each under a tag naming what it was
+//! rendered from. A bucket that ends at or before the boundary B is
 //! answered by the batch views alone, and those do not change until the next
 //! manifest: its JSON is rendered once per query shape and manifest version,
-//! and later answers only copy it. Speed and mixed buckets are always
-//! computed afresh, so the cache never makes an answer staler.
+//! and later answers only copy it. A speed or mixed bucket is kept under the
+//! manifest version, B and the stamp of the speed windows it folds
+//! ([`SpeedBucket`]): a dashboard's last hour, asked again after an event
+//! lands in its newest minute, renders that minute again and copies the
+//! other 59. A lookup under another tag misses, so the cache never makes an
+//! answer staler.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -26,32 +31,56 @@ pub const MAX_ENTRIES: usize = 200_000;
 /// is not kept.
 pub const MAX_BUCKET_BYTES: usize = 64 << 20;
 
-/// The cache, shared by the handlers.
-#[derive(Debug, Default)]
-pub struct BucketCache {
-    inner: Mutex<Inner>,
+/// The cache, shared by the handlers: rendered buckets by query shape and
+/// bucket start, each under the tag `T` it was rendered from (the manifest
+/// version for batch buckets, [`SpeedBucket`] for the others).
+#[derive(Debug)]
+pub struct BucketCache<T = u64> {
+    inner: Mutex<Inner<T>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// The manifest version the entries belong to.
-    version: u64,
-    /// Rendered bucket JSON by (query shape, bucket start).
-    entries: HashMap<(Arc<str>, i64), Arc<str>>,
+impl<T> Default for BucketCache<T> {
+    fn default() -> Self {
+        BucketCache {
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                bytes: 0,
+                hits: 0,
+                misses: 0,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    /// Rendered bucket JSON and its tag by (query shape, bucket start).
+    entries: HashMap<(Arc<str>, i64), (T, Arc<str>)>,
     /// Bytes of the rendered buckets held.
     bytes: usize,
     hits: u64,
     misses: u64,
 }
 
-impl BucketCache {
-    /// The rendered bucket of `query` at `start` under manifest `version`, if held.
-    pub fn get(&self, version: u64, query: &Arc<str>, start: i64) -> Option<Arc<str>> {
+/// What a speed or mixed bucket was rendered from: the manifest (its batch
+/// part) and the speed windows it folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeedBucket {
+    /// The loaded manifest's version.
+    pub version: u64,
+    /// Its boundary B (where the bucket's batch part ends).
+    pub boundary: Option<i64>,
+    /// The speed windows of the bucket's speed part.
+    pub windows: lambda_speed::WindowsStamp,
+}
+
+impl<T: Copy + PartialEq> BucketCache<T> {
+    /// The rendered bucket of `query` at `start` rendered under `tag`, if held.
+    pub fn get(&self, tag: T, query: &Arc<str>, start: i64) -> Option<Arc<str>> {
         let mut inner = self.inner.lock();
-        let hit = if inner.version == version {
-            inner.entries.get(&(Arc::clone(query), start)).cloned()
-        } else {
-            None
+        let hit = match inner.entries.get(&(Arc::clone(query), start)) {
+            Some((held, rendered)) if *held == tag => Some(Arc::clone(rendered)),
+            _ => None,
         };
         match hit {
             Some(_) => inner.hits += 1,
@@ -60,26 +89,24 @@ impl BucketCache {
         hit
     }
 
-    /// Keeps a rendered bucket; entries of another version are dropped first.
-    pub fn put(&self, version: u64, query: &Arc<str>, start: i64, rendered: Arc<str>) {
+    /// Keeps a rendered bucket under `tag`, replacing what the bucket held
+    /// (rendered under another tag: never asked for again); one that would
+    /// take the cache past either bound empties it first.
+    pub fn put(&self, tag: T, query: &Arc<str>, start: i64, rendered: Arc<str>) {
         if rendered.len() > MAX_BUCKET_BYTES {
             return;
         }
         let mut inner = self.inner.lock();
         let key = (Arc::clone(query), start);
-        if let Some(old) = inner.entries.remove(&key) {
+        if let Some((_, old)) = inner.entries.remove(&key) {
             inner.bytes -= old.len();
         }
         let size = rendered.len();
-        if inner.version != version
-            || inner.entries.len() >= MAX_ENTRIES
-            || inner.bytes + size > MAX_BUCKET_BYTES
-        {
+        if inner.entries.len() >= MAX_ENTRIES || inner.bytes + size > MAX_BUCKET_BYTES {
             inner.entries.clear();
             inner.bytes = 0;
-            inner.version = version;
         }
-        inner.entries.insert(key, rendered);
+        inner.entries.insert(key, (tag, rendered));
         inner.bytes += size;
     }
 

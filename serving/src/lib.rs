@@ -50,8 +50,10 @@ pub struct ServingState {
     pub alerts: alerts::SharedFeed,
     /// Requests answered and how long they took, for `/metrics`.
     pub requests: Arc<metrics::RequestMetrics>,
-    /// Rendered batch buckets of the loaded manifest.
+    /// Rendered batch buckets, by manifest version.
     pub cache: Arc<cache::BucketCache>,
+    /// Rendered speed and mixed buckets, by what they were rendered from.
+    pub speed_buckets: Arc<cache::BucketCache<cache::SpeedBucket>>,
     /// Whole encoded answers, by query and the views' stamp.
     pub answers: Arc<cache::AnswerCache>,
 }

@@ -221,6 +221,12 @@ pub async fn render(state: &ServingState) -> String {
     );
     cache_lookups(
         &mut out,
+        "lambda_serving_speed_bucket_cache_total",
+        "Speed and mixed buckets looked up in the rendered-bucket cache (kept until their speed windows change), by result.",
+        state.speed_buckets.counts(),
+    );
+    cache_lookups(
+        &mut out,
         "lambda_serving_answer_cache_total",
         "Queries answered from the answer cache (the views unchanged since the same query), by result.",
         state.answers.counts(),

@@ -183,6 +183,7 @@ pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToke
         alerts,
         requests: Arc::default(),
         cache: Arc::default(),
+        speed_buckets: Arc::default(),
         answers: Arc::clone(&answers),
         speed: speed.clone(),
         batch: Arc::clone(&batch),

@@ -26,7 +26,7 @@ use parking_lot::RwLock;
 
 pub use consumer::{restore, run};
 pub use summary::SpeedSummary;
-pub use window::{Applied, SpeedState, ViewsStamp};
+pub use window::{Applied, SpeedState, ViewsStamp, WindowsStamp};
 
 impl SpeedConfig {
     /// Whether this instance consumes `partition`.

@@ -172,6 +172,14 @@ pub struct ViewsStamp {
     watermark: Option<i64>,
 }
 
+/// See [`SpeedState::windows_stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WindowsStamp {
+    epoch: u64,
+    count: usize,
+    newest: u64,
+}
+
 /// The clock of an expected partition that has not delivered yet.
 const NOT_YET: i64 = i64::MIN;
 
@@ -261,6 +269,29 @@ impl SpeedState {
             seq: self.seq,
             evicted_before: self.evicted_before,
             watermark: self.watermark(),
+        }
+    }
+
+    /// What the windows starting in `starts` hold, as far as a reader needs
+    /// to tell: two equal stamps of this state (or of any state of its
+    /// epoch) mean the same windows with the same views, so serving may keep
+    /// a bucket rendered from them under it. Within an epoch every change to
+    /// a window gives it a version above every version a window holds (the
+    /// fold numbers changes from 1; restored and combined windows are at 0),
+    /// so a change raises the newest version, a window evicted lowers the
+    /// count, and a window added does both.
+    pub fn windows_stamp(&self, starts: std::ops::Range<i64>) -> WindowsStamp {
+        let (mut count, mut newest) = (0, 0);
+        if starts.start < starts.end {
+            for window in self.windows.range(starts).map(|(_, w)| w) {
+                count += 1;
+                newest = newest.max(window.version);
+            }
+        }
+        WindowsStamp {
+            epoch: self.epoch,
+            count,
+            newest,
         }
     }
 
@@ -655,6 +686,46 @@ mod tests {
                 invalid: 0
             }
         );
+    }
+
+    /// A windows stamp moves with every change to a window in its range and
+    /// with nothing else; a state of another epoch stamps apart.
+    #[test]
+    fn a_windows_stamp_moves_with_the_windows_in_its_range_only() {
+        let m = MINUTE_MS;
+        let t0 = 1_699_999_980_000; // on a minute boundary
+        let mut state = SpeedState::new(10 * m, 3_600_000);
+        let hour = t0..t0 + 60 * m;
+        let first = t0..t0 + m;
+        let empty = state.windows_stamp(hour.clone());
+        state.apply(&click("a", t0));
+        state.apply(&click("b", t0 + m));
+        let both = state.windows_stamp(hour.clone());
+        assert_ne!(both, empty, "windows added");
+        let before = state.windows_stamp(first.clone());
+        // A change to minute 1: the hour moves, minute 0 does not.
+        state.apply(&click("c", t0 + m + 1));
+        assert_ne!(state.windows_stamp(hour.clone()), both);
+        assert_eq!(state.windows_stamp(first.clone()), before);
+        // A change to minute 0, the older window (its version was the lower).
+        let hour_then = state.windows_stamp(hour.clone());
+        state.apply(&click("d", t0 + 2));
+        assert_ne!(state.windows_stamp(first.clone()), before);
+        assert_ne!(state.windows_stamp(hour.clone()), hour_then);
+        // Nothing changed, nothing moves; a late event or a duplicate is no change.
+        let now = state.windows_stamp(hour.clone());
+        state.apply(&click("d", t0 + 3));
+        assert_eq!(state.windows_stamp(hour.clone()), now);
+        // A window evicted: the count falls.
+        let kept = state.windows.split_off(&(t0 + m));
+        state.windows = kept;
+        assert_ne!(state.windows_stamp(hour.clone()), now);
+        // An empty range, and a range the wrong way round, hold nothing.
+        assert_eq!(state.windows_stamp(t0..t0), state.windows_stamp(t0 + m..t0));
+        // A state of another epoch with the same windows stamps apart.
+        let mut other = state.clone();
+        other.epoch = new_epoch();
+        assert_ne!(other.windows_stamp(hour.clone()), state.windows_stamp(hour));
     }
 
     /// One id is one event whatever its `ts`: a resend stamped into another
