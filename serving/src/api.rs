@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, VARY};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use lambda_events::kpi::{DeviceCounts, FunnelCounts, PageCounts, SensorStats};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::ServingState;
 use crate::boundary::{Layer, merge};
 use crate::cache::{Answer, AnswerKey, SpeedBucket, Stamp};
-use crate::encoding;
+use crate::encoding::{Accepted, Encoding};
 use crate::query::{self, BadParameter, FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS, Range};
 
 /// Serving's routes.
@@ -98,7 +98,7 @@ fn now_ms() -> i64 {
 /// `shape` names the query apart from its range (endpoint, filters, step).
 fn respond<A: Default>(
     state: &ServingState,
-    headers: &HeaderMap,
+    coding: Encoding,
     range: Range,
     shape: String,
     fold: impl FnMut(&mut A, &BucketViews),
@@ -125,7 +125,7 @@ fn respond<A: Default>(
             (answer, false)
         }
     };
-    let (coding, body) = answer.encoded(encoding::negotiate(headers));
+    let (coding, body) = answer.encoded(coding);
     let mut response = Response::new(axum::body::Body::from(body));
     let out = response.headers_mut();
     out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -137,21 +137,17 @@ fn respond<A: Default>(
         "x-cache",
         HeaderValue::from_static(if hit { "hit" } else { "miss" }),
     );
-    // Freshness, for caches and dashboards that only read headers.
-    let header = |v: Option<i64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
-    for (name, value) in [
-        ("x-lambda-boundary", header(answer.boundary)),
-        ("x-lambda-watermark", header(answer.watermark)),
-        // Never negative: an event stamped ahead of the clock (within the bound) is not from the future.
-        (
-            "x-lambda-data-age-ms",
-            header(answer.newest.map(|t| (now_ms() - t).max(0))),
-        ),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            out.insert(name, value);
-        }
-    }
+    // Freshness, for caches and dashboards that only read headers (an
+    // integer's digits go straight into the header, no string between).
+    let header =
+        |v: Option<i64>| v.map_or_else(|| HeaderValue::from_static("none"), HeaderValue::from);
+    out.insert("x-lambda-boundary", header(answer.boundary));
+    out.insert("x-lambda-watermark", header(answer.watermark));
+    // Never negative: an event stamped ahead of the clock (within the bound) is not from the future.
+    out.insert(
+        "x-lambda-data-age-ms",
+        header(answer.newest.map(|t| (now_ms() - t).max(0))),
+    );
     response
 }
 
@@ -274,7 +270,7 @@ fn compute<A: Default>(
 
 async fn funnel(
     State(state): State<ServingState>,
-    headers: HeaderMap,
+    Accepted(coding): Accepted,
     Params(params): Params,
 ) -> Response {
     let (range, campaign) = match query::parse(&params, FUNNEL_FILTERS, now_ms())
@@ -286,7 +282,7 @@ async fn funnel(
     let shape = format!("funnel {} {campaign:?}", range.step.as_str());
     respond(
         &state,
-        &headers,
+        coding,
         range,
         shape,
         |acc: &mut FunnelAcc, views| {
@@ -319,7 +315,7 @@ async fn funnel(
 
 async fn pages(
     State(state): State<ServingState>,
-    headers: HeaderMap,
+    Accepted(coding): Accepted,
     Params(params): Params,
 ) -> Response {
     let parsed = query::parse(&params, PAGES_FILTERS, now_ms()).and_then(|r| {
@@ -336,7 +332,7 @@ async fn pages(
     let shape = format!("pages {} {device:?} {page:?}", range.step.as_str());
     respond(
         &state,
-        &headers,
+        coding,
         range,
         shape,
         |acc: &mut PagesAcc, views| {
@@ -383,7 +379,7 @@ struct IotAcc {
 
 async fn iot(
     State(state): State<ServingState>,
-    headers: HeaderMap,
+    Accepted(coding): Accepted,
     Params(params): Params,
 ) -> Response {
     let parsed = query::parse(&params, IOT_FILTERS, now_ms()).and_then(|r| {
@@ -400,7 +396,7 @@ async fn iot(
     let shape = format!("iot {} {device_id:?} {sensor:?}", range.step.as_str());
     respond(
         &state,
-        &headers,
+        coding,
         range,
         shape,
         |acc: &mut IotAcc, views| {

@@ -99,6 +99,23 @@ pub fn negotiate(headers: &HeaderMap) -> Encoding {
     }
 }
 
+/// The coding a request's `Accept-Encoding` asks for ([`negotiate`]), as an
+/// extractor: read from the request's headers where they are (taking the
+/// whole `HeaderMap` copied it for every request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted(pub Encoding);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Accepted {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Accepted(negotiate(&parts.headers)))
+    }
+}
+
 /// A q-value: 0 to 1 with at most three decimals (RFC 9110 §12.4.2).
 fn qvalue(text: &str) -> Option<f32> {
     let ok = match text.split_once('.') {
