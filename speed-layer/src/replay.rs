@@ -101,8 +101,9 @@ type AppendKey = (i64, u32, u64);
 /// One partition being read: a span of the log (where the next fetch
 /// starts, the end, and records fetched — 48 bytes each, what the fold
 /// reads of a record: its topic and partition are the lane's), of which
-/// `span.records[taken..]` are not taken by the merge yet (those before
-/// are being folded, read where they are, and let go at the next refill).
+/// `span.records[taken..]` are not taken by the merge yet (those from
+/// `start` to `taken` are being folded, read where they are; those before
+/// `start` are folded, and let go when the lane is next fetched into).
 /// The log appends each fetched record to its lane's span
 /// ([`EventLog::fetch_values`]): the refill moved each record a fetch
 /// brought (128 bytes, its topic's name and key shared by counted
@@ -110,6 +111,7 @@ type AppendKey = (i64, u32, u64);
 struct Lane {
     span: ValueSpan,
     taken: usize,
+    start: usize,
 }
 
 impl Lane {
@@ -253,6 +255,7 @@ impl Lanes {
                     records: Vec::new(),
                 },
                 taken: 0,
+                start: 0,
             })
             .collect();
         Lanes {
@@ -299,14 +302,22 @@ impl Lanes {
     /// transient error waits a little; a log that keeps answering nothing
     /// below the end offsets is an error.
     async fn refill(&mut self, log: &dyn EventLog, fetch_max: usize) -> anyhow::Result<()> {
-        // What was taken has been folded.
-        for lane in &mut self.lanes {
-            lane.span.records.drain(..lane.taken);
-            lane.taken = 0;
-        }
         let due = |l: &Lane| l.span.position.offset < l.span.end;
         let reading = self.lanes.iter().filter(|l| due(l)).count();
         let share = (fetch_max / reading.max(1)).max(1);
+        // What was taken has been folded. A lane holding at most half a
+        // share lets it go now (its untaken records move to the front: at
+        // most half a share); one holding more (it is not fetched into
+        // this time) keeps it until then, its next round starting after
+        // it. Moving every lane's untaken records at every refill was
+        // 0.9 % of the replay's instructions (callgrind).
+        for lane in &mut self.lanes {
+            if lane.pending() <= share / 2 {
+                lane.span.records.drain(..lane.taken);
+                lane.taken = 0;
+            }
+            lane.start = lane.taken;
+        }
         let mut asked: Vec<&mut ValueSpan> = Vec::new();
         for lane in &mut self.lanes {
             if due(lane) && lane.pending() <= share / 2 {
@@ -365,7 +376,7 @@ impl Lanes {
             Err(error) => return Err(error).context("replay fetch"),
         };
         self.bytes += read.bytes;
-        // Every lane's head is its first record now (none is taken).
+        // Every lane's head is its first record not taken.
         for (i, lane) in self.lanes.iter().enumerate() {
             self.heads
                 .set(i, lane.front().map(|record| lane.key(record, i)));
@@ -595,6 +606,10 @@ impl Folded {
             .map(Ring::recycle)
             .collect();
         rings.resize_with(lanes.len(), Ring::default);
+        // Each lane's round starts where its last one ended.
+        for (ring, lane) in rings.iter_mut().zip(lanes) {
+            ring.next = lane.start;
+        }
         for &lane in order {
             let lane = lane as usize;
             let (ring, buffered) = (&mut rings[lane], &lanes[lane]);
@@ -715,6 +730,7 @@ mod tests {
                         .collect(),
                 },
                 taken: 0,
+                start: 0,
             })
             .collect::<Vec<_>>();
         let mut heads = Tournament::new(lanes.len());
