@@ -16,7 +16,7 @@ use lambda_events::{BucketViews, DdSketch, Hll};
 use serde_json::{Value, json};
 
 use crate::ServingState;
-use crate::boundary::{Layer, merge};
+use crate::boundary::{Layer, merge, split};
 use crate::cache::{Answer, AnswerKey, SpeedBucket, Stamp};
 use crate::encoding::{Accepted, Encoding};
 use crate::query::{self, BadParameter, FUNNEL_FILTERS, IOT_FILTERS, PAGES_FILTERS, Range};
@@ -188,14 +188,12 @@ fn compute<A: Default>(
                 }
                 Keep::Batch
             } else {
-                // The speed windows the bucket folds: those from B (or its
-                // start) to its end, as `merge` splits it.
-                let end = start.saturating_add(width);
-                let split = boundary.unwrap_or(i64::MIN).clamp(start, end);
+                // The speed windows the bucket folds, as `merge` splits it.
+                let end = start + width;
                 let tag = SpeedBucket {
                     version,
                     boundary,
-                    windows: speed.windows_stamp(split..end),
+                    windows: speed.windows_stamp(split(start, end, boundary)..end),
                 };
                 if let Some(hit) = state.speed_buckets.get(tag, shape, start) {
                     folded.push(Part::Cached(hit));

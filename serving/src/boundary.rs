@@ -23,6 +23,13 @@ pub enum Layer {
     Mixed,
 }
 
+/// Where the bucket `[start, end)` passes from the batch views to the speed
+/// windows: B clamped into it (without a committed batch run, `start`:
+/// everything is the speed layer's).
+pub fn split(start: i64, end: i64, boundary: Option<i64>) -> i64 {
+    boundary.unwrap_or(i64::MIN).clamp(start, end)
+}
+
 /// Folds the views of every bucket of `range`, each minute from its layer.
 pub fn merge<A: Default>(
     range: &Range,
@@ -36,8 +43,7 @@ pub fn merge<A: Default>(
         .bucket_starts()
         .map(|start| {
             let end = start + width;
-            // Without a committed batch run everything is the speed layer's.
-            let split = boundary.unwrap_or(i64::MIN).clamp(start, end);
+            let split = split(start, end, boundary);
             let mut acc = A::default();
             for (_, views) in batch.range(start..split) {
                 fold(&mut acc, views);
