@@ -14,6 +14,7 @@ use lambda_log::{EventLog, FetchPosition, LogError, Record, ValueRecord, ValueSp
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
+use crate::replay::ReplaySpan;
 use crate::seen::IdHash;
 use crate::window::ClockPlace;
 use crate::{SpeedConfig, SpeedViews};
@@ -69,7 +70,25 @@ pub async fn run(
     views: SpeedViews,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let positions = initial_positions(&config, log.as_ref(), &views).await?;
+    let (mut positions, backlog) = initial_positions(&config, log.as_ref(), &views).await?;
+    if !backlog.is_empty() {
+        tokio::select! {
+            biased;
+            // Nothing is written before the state is caught up: the
+            // checkpoint and the log still hold everything.
+            _ = shutdown.cancelled() => return Ok(()),
+            caught_up = catch_up(&config, log.as_ref(), &views, &backlog, &shutdown) => caught_up?,
+        }
+        for position in &mut positions {
+            let end = backlog
+                .iter()
+                .find(|s| s.partition == position.partition && s.topic == position.topic)
+                .map(|s| s.end);
+            position.offset = end.unwrap_or(position.offset);
+        }
+        // Every partition's position in the state, as after a fetch.
+        settle(&views, positions.iter());
+    }
     tracing::info!(
         partitions = positions.len(),
         instance = config.instance.0,
@@ -465,13 +484,16 @@ pub(crate) async fn dead_letter(
     }
 }
 
+/// Where the loop starts in each partition it owns (the checkpoint's
+/// offsets, or the log's start), and the records waiting there: from there
+/// to each partition's end as the log reports it now.
 async fn initial_positions(
     config: &SpeedConfig,
     log: &dyn EventLog,
     views: &SpeedViews,
-) -> anyhow::Result<Vec<FetchPosition>> {
+) -> anyhow::Result<(Vec<FetchPosition>, Vec<ReplaySpan>)> {
     let mut positions = Vec::new();
-    let mut pending = Vec::new();
+    let mut backlog = Vec::new();
     for topic in Topic::ALL {
         let ranges = log
             .ranges(topic.name())
@@ -494,7 +516,12 @@ async fn initial_positions(
             // (the log lost records) is refused by the first fetch.
             let offset = checkpointed.unwrap_or(range.start).max(range.start);
             if offset < range.end {
-                pending.push((topic.name(), partition));
+                backlog.push(ReplaySpan {
+                    topic: topic.name().to_string(),
+                    partition,
+                    start: offset,
+                    end: range.end,
+                });
             }
             positions.push(FetchPosition {
                 topic: topic.name().to_string(),
@@ -503,12 +530,47 @@ async fn initial_positions(
             });
         }
     }
-    // Partitions with records waiting hold the watermark back until they deliver.
-    let mut state = views.write();
-    for (topic, partition) in pending {
-        state.expect_partition(topic, partition);
-    }
-    Ok(positions)
+    Ok((positions, backlog))
+}
+
+/// Folds `backlog` into the state in `views` in append order before the
+/// loop goes live ([`crate::replay::catch_up`]; a partition's first record
+/// joins it to the watermark, as live): a restart answers as the process
+/// it replaces did, where the loop's fetches of a backlog read it a
+/// partition at a time. Serving answers from the restored state meanwhile;
+/// the caught-up state replaces it at once.
+async fn catch_up(
+    config: &SpeedConfig,
+    log: &dyn EventLog,
+    views: &SpeedViews,
+    backlog: &[ReplaySpan],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let records: u64 = backlog.iter().map(|s| s.end - s.start).sum();
+    tracing::info!(
+        records,
+        partitions = backlog.len(),
+        "speed layer catching up: folding the backlog in append order"
+    );
+    let state = views.read().clone();
+    let caught_up =
+        crate::replay::catch_up(log, backlog, state, config.dead_letter_invalid, shutdown)
+            .await
+            .context("the speed layer's catch-up")?;
+    let mut current = views.write();
+    // Serving may have told B meanwhile, and alert rules may have changed.
+    let batch_boundary = current.batch_boundary;
+    let rules = current.alerts.rules().clone();
+    *current = caught_up.state;
+    current.batch_boundary = batch_boundary;
+    current.alerts.set_rules(rules);
+    tracing::info!(
+        records = caught_up.records,
+        seconds = caught_up.elapsed.as_secs_f64(),
+        watermark = current.watermark(),
+        "speed layer caught up"
+    );
+    Ok(())
 }
 
 /// Records decoded, then folded in one hold of the state's write lock: a
@@ -1189,6 +1251,137 @@ mod tests {
         let (outcome, offset) = run_from(3).await;
         outcome.expect("at the end, it resumes");
         assert_eq!(offset, Some(3));
+    }
+
+    /// A restart folds the backlog its checkpoint does not cover as the
+    /// live loop met it: in append order, a partition joining the watermark
+    /// at its first record. An event the live loop dropped as late (five
+    /// minutes behind one read first from another partition) is late after
+    /// the restart too, and the watermark is where it was; the backlog read
+    /// a partition at a time counted it and set the watermark five minutes
+    /// lower. An invalid record in the backlog is dead-lettered again (the
+    /// checkpoint's offsets are before it: at least once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_folds_its_backlog_as_the_live_loop_met_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log: Arc<dyn EventLog> = Arc::new(
+            lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+                .await
+                .expect("the log"),
+        );
+        for topic in Topic::ALL {
+            log.create_topic(topic.name(), 2).await.expect("a topic");
+        }
+        log.create_topic(Topic::DEAD_LETTER, 1)
+            .await
+            .expect("the dead-letter topic");
+        // A user on each partition; the partition after the one of the
+        // first user goes first in the order partitions are read.
+        let user_on = |partition: u32| {
+            (0..)
+                .map(|i| format!("user{i}"))
+                .find(|key| {
+                    lambda_log::partitioner::partition_for_key(key.as_bytes(), 2) == partition
+                })
+                .expect("a key for each partition")
+        };
+        let t = 1_767_225_600_000_i64;
+        // Appended (record timestamps) a second after e1 happened.
+        let click = |id: &str, ts: i64, user: &str, appended: i64| {
+            let line = format!(
+                r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"{user}","campaign_id":"c1"}}"#
+            );
+            Record::keyed(user, line.into_bytes(), appended)
+        };
+        let feed = [
+            click("e1", t + 300_000, &user_on(1), t + 301_000),
+            click("e2", t, &user_on(0), t + 301_200),
+            Record::keyed(user_on(0), b"not an event".to_vec(), t + 301_500),
+        ];
+        // Folded up to `records`, and every partition's position written
+        // (after a fetch of the loop's own).
+        let folded_to = |views: &SpeedViews, records: u64| {
+            let views = Arc::clone(views);
+            async move {
+                while views.read().offsets.values().sum::<u64>() < records
+                    || views.read().offsets.len() < 4
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let dead_letters = |log: Arc<dyn EventLog>| async move {
+            let at = FetchPosition {
+                topic: Topic::DEAD_LETTER.to_string(),
+                partition: 0,
+                offset: 0,
+            };
+            log.fetch(&[at], 100, Duration::from_millis(10))
+                .await
+                .expect("fetched")
+                .len()
+        };
+
+        // Live: each record folded before the next is appended.
+        let config = SpeedConfig::with_data_dir(&dir.path().join("live"));
+        let live = crate::new_views(&config);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run(config, Arc::clone(&log), live.clone(), stop.clone()));
+        for (n, record) in feed.iter().enumerate() {
+            log.append("funnel-events", vec![record.clone()])
+                .await
+                .expect("appended");
+            tokio::time::timeout(Duration::from_secs(30), folded_to(&live, n as u64 + 1))
+                .await
+                .expect("the live loop folds the record");
+        }
+        stop.cancel();
+        running.await.expect("the task").expect("the live loop");
+        let live = live.read().clone();
+        assert_eq!(
+            (
+                live.counters.counted,
+                live.counters.late,
+                live.counters.invalid
+            ),
+            (1, 1, 1),
+            "live: e2 arrived late"
+        );
+        assert_eq!(live.watermark(), Some(t + 300_000 - 60_000));
+        assert_eq!(dead_letters(Arc::clone(&log)).await, 1);
+
+        // A restart with no checkpoint (a kill before the first one): the
+        // three records are its backlog.
+        let config = SpeedConfig::with_data_dir(&dir.path().join("restarted"));
+        let restarted = crate::new_views(&config);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run(
+            config,
+            Arc::clone(&log),
+            restarted.clone(),
+            stop.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(30), folded_to(&restarted, 3))
+            .await
+            .expect("the restart folds the backlog");
+        stop.cancel();
+        running
+            .await
+            .expect("the task")
+            .expect("the restarted loop");
+        let restarted = restarted.read().clone();
+        assert_eq!(restarted.counters, live.counters);
+        assert_eq!(restarted.watermark(), live.watermark());
+        assert_eq!(restarted.offsets, live.offsets);
+        let views = |state: &crate::SpeedState| -> Vec<(i64, lambda_events::kpi::BucketViews)> {
+            state
+                .windows()
+                .iter()
+                .map(|(start, window)| (*start, window.views.clone()))
+                .collect()
+        };
+        assert!(views(&restarted) == views(&live), "the same windows");
+        assert_eq!(dead_letters(Arc::clone(&log)).await, 2);
     }
 
     /// Views of a fresh state: a minute's allowed lateness, an hour's horizon.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{Event, Topic, floor_to};
-use lambda_log::{EventLog, FetchPosition, LogError, ValueRecord, ValueSpan};
+use lambda_log::{EventLog, FetchPosition, LogError, Record, ValueRecord, ValueSpan};
+use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Slot, Slots};
 use crate::window::{Applied, ClockPlace, SpeedState};
@@ -149,8 +150,12 @@ impl Lane {
 /// appended across partitions (by record timestamp, then partition and
 /// offset), as the live speed layer met them, so a replay drops as late what
 /// the live fold dropped — not whatever one fetch of one partition happened
-/// to bring first. Late events whose minute is in `keep` are kept for the
-/// caller. `progress` is told the records folded so far.
+/// to bring first. A partition joins the watermark at its first record, as
+/// it did live (one the state has no clock for does not hold the watermark
+/// back before it). Late events whose minute is in `keep` are kept for the
+/// caller. `progress` is told the records folded so far. Records that are
+/// not valid events are counted (`counters.invalid`): the live loop
+/// dead-lettered them when it read them.
 pub async fn replay(
     log: &dyn EventLog,
     spans: &[ReplaySpan],
@@ -158,7 +163,50 @@ pub async fn replay(
     keep: Range<i64>,
     progress: impl FnMut(u64),
 ) -> anyhow::Result<Replayed> {
-    replay_fetching(log, spans, state, keep, progress, FETCH_MAX_RECORDS).await
+    replay_fetching(
+        log,
+        spans,
+        state,
+        keep,
+        progress,
+        Invalid::Count,
+        FETCH_MAX_RECORDS,
+    )
+    .await
+}
+
+/// The speed layer's catch-up at start: the records `spans` hold past the
+/// checkpoint `state` was restored from (or from the start of the log, for
+/// a state without one), folded into it as the live loop met them — in
+/// append order ([`replay`]), where reading them partition by partition,
+/// as the live loop's fetches of a backlog do, folded minutes of one
+/// partition before another's, so an event the live loop had dropped as
+/// late was counted after a restart (and the watermark came out lower).
+/// Records that are not valid events are written to the dead-letter topic
+/// of `log`, as the live loop does (it had not, or not durably: the
+/// checkpoint's offsets are before them), retried until `shutdown`.
+pub async fn catch_up(
+    log: &dyn EventLog,
+    spans: &[ReplaySpan],
+    state: SpeedState,
+    dead_letter: bool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Replayed> {
+    let invalid = match dead_letter {
+        true => Invalid::DeadLetter(shutdown),
+        false => Invalid::Count,
+    };
+    replay_fetching(log, spans, state, 0..0, |_| {}, invalid, FETCH_MAX_RECORDS).await
+}
+
+/// What a replay does with records that are not valid events.
+#[derive(Debug, Clone, Copy)]
+enum Invalid<'s> {
+    /// Counts them (`counters.invalid`).
+    Count,
+    /// Counts them and writes each to the dead-letter topic of the log
+    /// read, with the reason (writes retried until the token fires).
+    DeadLetter(&'s CancellationToken),
 }
 
 /// [`replay`], fetching at most `fetch_max` records at a time.
@@ -168,15 +216,15 @@ async fn replay_fetching(
     mut state: SpeedState,
     keep: Range<i64>,
     mut progress: impl FnMut(u64),
+    invalid: Invalid<'_>,
     fetch_max: usize,
 ) -> anyhow::Result<Replayed> {
     let started = Instant::now();
     let mut lanes = Lanes::new(spans);
-    for lane in &lanes.lanes {
-        let position = &lane.span.position;
-        state.expect_partition(&position.topic, position.partition);
-    }
-    let mut folded = Folded::default();
+    let mut folded = Folded {
+        dead_letters: matches!(invalid, Invalid::DeadLetter(_)).then(Vec::new),
+        ..Folded::default()
+    };
     // The lane of each record, in append order, as far as a refill lets
     // it be known (kept from refill to refill).
     let mut order = Vec::new();
@@ -193,6 +241,12 @@ async fn replay_fetching(
         if folded.records > before {
             state.evict();
             progress(folded.records);
+        }
+        if let (Invalid::DeadLetter(shutdown), Some(records)) =
+            (invalid, folded.dead_letters.as_mut())
+            && !records.is_empty()
+        {
+            crate::consumer::dead_letter(log, std::mem::take(records), shutdown).await?;
         }
     }
     // A live loop taking over the state carries on from the ends.
@@ -591,6 +645,9 @@ struct Folded {
     late: BTreeMap<i64, Vec<Event>>,
     counted_in_keep: HashSet<String>,
     records: u64,
+    /// Dead-letter records of the invalid records folded since the last
+    /// refill (`None`: they are only counted).
+    dead_letters: Option<Vec<Record>>,
 }
 
 impl Folded {
@@ -629,6 +686,20 @@ impl Folded {
             }
             // By reference: an event is ~0.5 KB, and only a kept one is copied.
             let slot = ring.slots.slot(ring.folded);
+            if let (Err(error), Some(dead_letters)) = (&slot.outcome, self.dead_letters.as_mut()) {
+                let record = &buffered.span.records[ring.next - ring.len + ring.folded];
+                let position = &buffered.span.position;
+                let source = format!(
+                    "{}/{}/{}",
+                    position.topic, position.partition, record.offset
+                );
+                dead_letters.push(crate::consumer::dead_letter_record(
+                    &record.value,
+                    &error.to_string(),
+                    &source,
+                    chrono::Utc::now().timestamp_millis(),
+                ));
+            }
             ring.folded += 1;
             self.fold_one(state, lane, &buffered.span.position, slot, keep);
         }
@@ -825,9 +896,6 @@ mod tests {
             records.extend(partitions[lane].pop_front());
         }
         let mut expected = crate::empty_state(&config);
-        for span in spans.iter().filter(|s| s.start < s.end) {
-            expected.expect_partition(&span.topic, span.partition);
-        }
         let mut counted = HashSet::new();
         let mut bytes = 0;
         for stored in &records {
@@ -870,6 +938,7 @@ mod tests {
                 crate::empty_state(&config),
                 0..i64::MAX,
                 |_| {},
+                Invalid::Count,
                 fetch_max,
             )
             .await
@@ -887,6 +956,7 @@ mod tests {
                     state,
                     0..i64::MAX,
                     |_| {},
+                    Invalid::Count,
                     fetch_max,
                 ))
             })
