@@ -5,6 +5,7 @@
 //! only parses flags and calls [`all`] or one of these; each hands back its
 //! figures ([`report::Figure`]) and prints its own details.
 
+mod client;
 mod measure;
 
 pub mod backfill;
