@@ -96,8 +96,12 @@ pub async fn spans_to(
     Ok(spans)
 }
 
-/// Where a record comes in append order: record timestamp, partition, offset.
-type AppendKey = (i64, u32, u64);
+/// Where a record comes in append order: its record timestamp (when it was
+/// appended: the collector stamps each record with the time it took it).
+/// Records of one timestamp in different partitions go in the order of
+/// their lanes (the spans' order; callers give them by topic, then
+/// partition — the order the live loop folds a fetch's partitions in).
+type AppendKey = i64;
 
 /// One partition being read: a span of the log (where the next fetch
 /// starts, the end, and records fetched — 48 bytes each, what the fold
@@ -128,15 +132,8 @@ impl Lane {
 
     /// The merge's key of `record`, a record of this lane, the lane being
     /// `lane` (see [`Tournament::key`]).
-    fn key(&self, record: &ValueRecord, lane: usize) -> (u64, u128) {
-        Tournament::key(
-            (
-                record.timestamp_ms,
-                self.span.position.partition,
-                record.offset,
-            ),
-            lane,
-        )
+    fn key(&self, record: &ValueRecord, lane: usize) -> HeadKey {
+        Tournament::key(record.timestamp_ms, lane)
     }
 
     /// Records still due and none fetched: the merge waits for this lane.
@@ -322,8 +319,7 @@ impl Lanes {
     }
 
     /// Appends to `order` the lane of each record taken next in append
-    /// order (record timestamp, then partition and offset; then lane
-    /// index, as keys do not name the topic), until a lane with records
+    /// order (record timestamp, then lane), until a lane with records
     /// due has none fetched (the next record is not known then) or every
     /// lane is read to its end.
     fn merge(&mut self, order: &mut Vec<u32>) {
@@ -498,17 +494,21 @@ struct Tournament {
 }
 
 /// A head's key: see [`Tournament::key`].
-type HeadKey = (u64, u128);
+type HeadKey = (u64, u64);
 
-/// The key of lane `lane` without a head: after every record's (no record
-/// has offset `u64::MAX`), and still naming its lane.
+/// Bits 32..64 of a key's second half: zero in a record's, all ones in
+/// [`no_head`]'s.
+const NO_HEAD_MARK: u64 = (u32::MAX as u64) << 32;
+
+/// The key of lane `lane` without a head: after every record's (a record's
+/// has zeros where it has [`NO_HEAD_MARK`]), and still naming its lane.
 fn no_head(lane: usize) -> HeadKey {
-    (u64::MAX, (u128::MAX << 32) | lane as u128)
+    (u64::MAX, NO_HEAD_MARK | lane as u64)
 }
 
 /// Whether `key` is a lane's without a head.
 fn is_no_head(key: HeadKey) -> bool {
-    key.0 == u64::MAX && key.1 >> 32 == u128::MAX >> 32
+    key.1 & NO_HEAD_MARK == NO_HEAD_MARK
 }
 
 /// The lane a key names (its low 32 bits).
@@ -518,7 +518,8 @@ fn lane_of(key: HeadKey) -> usize {
 
 /// Whether `a` comes before `b`, without a branch: which lane wins is a
 /// coin toss when the lanes' records alternate, and a mispredicted branch
-/// per level cost more than the comparison.
+/// per level cost more than the comparison. (Two 64-bit halves: a `u128`
+/// compiled to branches, however it was selected.)
 fn before(a: HeadKey, b: HeadKey) -> bool {
     (a.0 < b.0) | ((a.0 == b.0) & (a.1 < b.1))
 }
@@ -535,14 +536,13 @@ impl Tournament {
         tournament
     }
 
-    /// `record`'s [`AppendKey`] and its lane as two integers that compare
-    /// as `(AppendKey, lane)` does: the timestamp with its sign bit flipped;
-    /// then partition, offset and lane side by side (32, 64 and 32 bits). A
-    /// match is two integer comparisons.
-    fn key((timestamp, partition, offset): AppendKey, lane: usize) -> HeadKey {
-        let ordered = (timestamp as u64) ^ (1 << 63);
-        let rest = (u128::from(partition) << 96) | (u128::from(offset) << 32) | lane as u128;
-        (ordered, rest)
+    /// A record's [`AppendKey`] and its lane as two integers that compare
+    /// as `(AppendKey, lane)` does: the timestamp with its sign bit
+    /// flipped, and the lane (a key of a timestamp, a partition, an offset
+    /// and a lane, 192 bits, took 28 instructions a level of the
+    /// tournament).
+    fn key(timestamp: AppendKey, lane: usize) -> HeadKey {
+        ((timestamp as u64) ^ (1 << 63), lane as u64)
     }
 
     /// Sets lane `lane`'s head (its key); [`Tournament::play_all`] must follow.
@@ -758,7 +758,7 @@ mod tests {
     use lambda_log::StoredRecord;
 
     fn append_key(record: &StoredRecord) -> AppendKey {
-        (record.record.timestamp_ms, record.partition, record.offset)
+        record.record.timestamp_ms
     }
     use proptest::prelude::*;
 
@@ -819,7 +819,7 @@ mod tests {
     }
 
     /// A replay folds what one fold of the same records in append order
-    /// does (record timestamp, partition, offset, then lane): however the
+    /// does (record timestamp, then lane): however the
     /// fetches cut the lanes, and whatever runs each lane is decoded in.
     /// Late, repeated and malformed events among them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1019,8 +1019,8 @@ mod tests {
             ),
             replay_every in 1usize..9,
         ) {
-            // Negative timestamps, and partitions (and offsets) shared
-            // across lanes: ties go down to the lane.
+            // Negative timestamps, and timestamps shared across lanes
+            // (partitions too): ties go to the lane.
             let topic: std::sync::Arc<str> = "funnel-events".into();
             let records: Vec<Vec<StoredRecord>> = lanes
                 .iter()
@@ -1076,7 +1076,7 @@ mod tests {
                     .any(|p| partitions[p].1 && fronts[p] == stamps[p].len());
                 let next = (0..stamps.len())
                     .filter(|&p| fronts[p] < stamps[p].len())
-                    .min_by_key(|&p| ((stamps[p][fronts[p]], p as u32, fronts[p] as u64), p));
+                    .min_by_key(|&p| (stamps[p][fronts[p]], p));
                 let (false, Some(p)) = (waiting, next) else { break };
                 reference.push((p as u32, fronts[p] as u64));
                 fronts[p] += 1;
