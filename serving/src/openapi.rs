@@ -166,6 +166,59 @@ fn query_operation(id: &str, summary: &str, filters: &[&str], fields: &[(&str, &
     })
 }
 
+/// `GET /api/v1/compare` (served beside the views where the process reads
+/// the log: the demo and `lambda serve --log-url`).
+fn compare_operation() -> Value {
+    let error = json!({ "$ref": "#/components/schemas/Error" });
+    let mut parameters = time_parameters();
+    parameters.push(parameter(
+        "engine",
+        "query",
+        "The batch engine that recomputes the batch side (default: the process's own). `spark` and `auto` need a Spark Connect server.",
+        json!({ "type": "string", "enum": ["duckdb", "spark", "auto"] }),
+    ));
+    let count = json!({ "type": "integer", "minimum": 0 });
+    let cost = json!({ "type": "object", "required": ["what", "wall_ms", "bytes_read", "events_processed"],
+        "properties": { "what": { "type": "string" }, "wall_ms": count, "bytes_read": count, "events_processed": count } });
+    let view = json!({ "type": "string", "enum": ["funnel", "pages", "iot"] });
+    let view_summary = json!({ "type": "object",
+        "required": ["buckets", "equal", "explained", "unexplained", "lambda_events", "kappa_events", "late_events", "lost_events"],
+        "properties": { "buckets": count, "equal": count, "explained": count, "unexplained": count,
+            "lambda_events": count, "kappa_events": count, "late_events": count, "lost_events": count } });
+    let reason = json!({ "type": "object", "required": ["reason", "events", "detail"],
+        "properties": { "reason": { "type": "string", "enum": ["late", "retention"] }, "events": count, "detail": { "type": "string" } } });
+    let difference = json!({ "type": "object",
+        "required": ["view", "bucket", "bucket_ms", "lambda_events", "kappa_events", "reasons", "explained"],
+        "properties": { "view": view, "bucket": { "type": "string" }, "bucket_ms": { "type": "integer" },
+            "lambda_events": count, "kappa_events": count, "explained": { "type": "boolean" },
+            "reasons": { "type": "array", "items": reason } } });
+    let comparison = json!({ "type": "object",
+        "required": ["from", "to", "manifest_version", "log_records", "allowed_lateness_ms", "summary", "cost", "differences"],
+        "properties": {
+            "from": { "type": "integer" }, "to": { "type": "integer" },
+            "manifest_version": count, "log_records": count,
+            "allowed_lateness_ms": { "type": "integer" },
+            "summary": { "type": "object", "additionalProperties": view_summary },
+            "cost": { "type": "object", "required": ["lambda", "kappa"], "properties": { "lambda": cost, "kappa": cost } },
+            "differences": { "type": "array", "items": difference },
+        } });
+    json!({
+        "operationId": "getCompare",
+        "summary": "Lambda against kappa over [from, to): the batch views of the newest manifest beside a replay of the same log prefix through the speed layer's fold, every bucket that differs and what accounts for it.",
+        "tags": ["kappa"],
+        "parameters": parameters,
+        "responses": {
+            "200": { "description": "The comparison (`x-cache: hit` for one already made of the same range and manifest).",
+                     "content": { "application/json": { "schema": comparison } } },
+            "400": { "$ref": "#/components/responses/BadParameter" },
+            "409": { "description": "Nothing to compare with: no batch run committed yet, or kappa mode (no batch layer).", "content": { "application/json": { "schema": error } } },
+            "429": { "description": "A comparison is running, or the next may not start yet (each replays the log); see Retry-After.", "content": { "application/json": { "schema": error } } },
+            "500": { "description": "The comparison failed, named.", "content": { "application/json": { "schema": error } } },
+            "503": { "description": "The lake's newest manifest cannot be read now.", "content": { "application/json": { "schema": error } } },
+        },
+    })
+}
+
 fn simple(id: &str, summary: &str, tag: &str, content_type: &str, description: &str) -> Value {
     json!({
         "operationId": id,
@@ -261,6 +314,40 @@ pub fn document() -> Value {
                     "403": { "description": "Admin endpoints are off (no --admin-token).", "content": { "application/json": { "schema": error } } },
                     "500": { "description": "The run failed.", "content": { "application/json": { "schema": error } } },
                     "503": { "description": "No batch runner is running (kappa mode, or it is stopping).", "content": { "application/json": { "schema": error } } },
+                },
+            } },
+            "/api/v1/compare": { "get": compare_operation() },
+            "/api/v1/kappa": { "get": {
+                "operationId": "getKappa",
+                "summary": "Kappa mode: the version serving answers, its allowed lateness, and the newest replay's progress. Served with --architecture kappa (the demo and serve).",
+                "tags": ["kappa"],
+                "responses": {
+                    "200": { "description": "The kappa status.", "content": { "application/json": { "schema": { "type": "object",
+                        "required": ["version", "allowed_lateness_ms"],
+                        "properties": { "version": { "type": "integer" }, "allowed_lateness_ms": { "type": "integer" },
+                                        "replay": { "type": ["object", "null"] } } } } } },
+                    "409": { "description": "This process runs the lambda architecture.", "content": { "application/json": { "schema": error } } },
+                },
+            } },
+            "/api/v1/admin/kappa/replay": { "post": {
+                "operationId": "replayKappa",
+                "summary": "Kappa mode: recompute the views by replaying the log into a new version (serving switches to it once it has caught up).",
+                "tags": ["kappa"],
+                "security": [{ "adminToken": [] }],
+                "requestBody": { "required": false, "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": { "allowed_lateness": { "type": "string", "description": "The new version's allowed lateness, e.g. `90s` (default: the current version's)." } },
+                } } } },
+                "responses": {
+                    "202": { "description": "The replay is queued: the new version's number, and where to follow it.", "content": { "application/json": { "schema": { "type": "object",
+                        "required": ["version", "status"],
+                        "properties": { "version": { "type": "integer" }, "status": { "type": "string" } } } } } },
+                    "400": { "description": "A body that is not the object above, or a lateness that is not a duration; named.", "content": { "application/json": { "schema": error } } },
+                    "401": { "description": "Missing or wrong bearer token.", "content": { "application/json": { "schema": error } } },
+                    "403": { "description": "Admin endpoints are off (no --admin-token).", "content": { "application/json": { "schema": error } } },
+                    "408": { "description": "The body did not arrive within the read timeout.", "content": { "application/json": { "schema": error } } },
+                    "409": { "description": "This process runs the lambda architecture, or a replay is already queued.", "content": { "application/json": { "schema": error } } },
+                    "413": { "description": "The body is over the admin body limit.", "content": { "application/json": { "schema": error } } },
                 },
             } },
             "/metrics": { "get": simple("getMetrics", "Prometheus metrics of every layer.", "operations", "text/plain", "The text exposition format.") },
