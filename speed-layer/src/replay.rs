@@ -667,6 +667,9 @@ impl Folded {
         for (ring, lane) in rings.iter_mut().zip(lanes) {
             ring.next = lane.start;
         }
+        if self.clocks.len() < lanes.len() {
+            self.clocks.resize(lanes.len(), ClockPlace::default());
+        }
         for &lane in order {
             let lane = lane as usize;
             let (ring, buffered) = (&mut rings[lane], &lanes[lane]);
@@ -685,27 +688,34 @@ impl Folded {
                 ring.next += records.len();
             }
             // By reference: an event is ~0.5 KB, and only a kept one is copied.
-            let slot = ring.slots.slot(ring.folded);
-            if let (Err(error), Some(dead_letters)) = (&slot.outcome, self.dead_letters.as_mut()) {
-                let record = &buffered.span.records[ring.next - ring.len + ring.folded];
-                let position = &buffered.span.position;
-                let source = format!(
-                    "{}/{}/{}",
-                    position.topic, position.partition, record.offset
-                );
-                dead_letters.push(crate::consumer::dead_letter_record(
-                    &record.value,
-                    &error.to_string(),
-                    &source,
-                    chrono::Utc::now().timestamp_millis(),
-                ));
-            }
+            let at = ring.folded;
             ring.folded += 1;
+            let slot = ring.slots.slot(at);
+            if let Err(error) = &slot.outcome {
+                state.counters.invalid += 1;
+                if let Some(dead_letters) = self.dead_letters.as_mut() {
+                    let record = &buffered.span.records[ring.next - ring.len + at];
+                    let position = &buffered.span.position;
+                    let source = format!(
+                        "{}/{}/{}",
+                        position.topic, position.partition, record.offset
+                    );
+                    dead_letters.push(crate::consumer::dead_letter_record(
+                        &record.value,
+                        &error.to_string(),
+                        &source,
+                        chrono::Utc::now().timestamp_millis(),
+                    ));
+                }
+                continue;
+            }
             self.fold_one(state, lane, &buffered.span.position, slot, keep);
         }
+        self.records += order.len() as u64;
         self.rings = rings.into_iter().map(Ring::recycle).collect();
     }
 
+    /// Folds one valid event, read from lane `lane`.
     fn fold_one(
         &mut self,
         state: &mut SpeedState,
@@ -714,15 +724,7 @@ impl Folded {
         slot: &Slot<'_>,
         keep: &Range<i64>,
     ) {
-        self.records += 1;
-        if slot.outcome.is_err() {
-            state.counters.invalid += 1;
-            return;
-        }
         let event = &slot.event;
-        if self.clocks.len() <= lane {
-            self.clocks.resize(lane + 1, ClockPlace::default());
-        }
         let applied = state.apply_in_run(
             &mut self.clocks[lane],
             &position.topic,
