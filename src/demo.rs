@@ -172,6 +172,7 @@ impl Demo {
                 log: Arc::clone(&log),
                 lake: lambda.then(|| lake.clone()),
                 allowed_lateness_ms: shared.allowed_lateness_ms,
+                idle_timeout: shared.idle_timeout,
                 engine: shared.batch_engine.clone(),
             });
         let kappa_routes = KappaRoutes {

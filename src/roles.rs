@@ -498,6 +498,7 @@ pub async fn serve(shared: &Shared, listen: SocketAddr, peers: Peers) -> anyhow:
                 log,
                 lake: lambda.then_some(lake),
                 allowed_lateness_ms: shared.allowed_lateness_ms,
+                idle_timeout: shared.idle_timeout,
                 engine: shared.batch_engine.clone(),
             });
         app = app.merge(lambda_kappa::compare::router(compare));

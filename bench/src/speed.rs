@@ -394,6 +394,7 @@ async fn kappa_round(
         // The live fold's state and alert rules, as `lambda kappa replay` starts.
         lambda_speed::empty_state(config),
         0..0,
+        config.idle_timeout,
         |_| {},
     )
     .await?;

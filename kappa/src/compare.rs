@@ -198,6 +198,8 @@ pub struct CompareSources {
     pub lake: Option<Lake>,
     /// Allowed lateness of the speed layer's fold.
     pub allowed_lateness_ms: i64,
+    /// When the speed layer's fold counts a quiet partition idle.
+    pub idle_timeout: std::time::Duration,
     /// The engine that recomputes the batch side.
     pub engine: lambda_batch::BatchEngine,
 }
@@ -251,6 +253,7 @@ pub async fn compare(
         &spans,
         lambda_speed::SpeedState::new(sources.allowed_lateness_ms, crate::KAPPA_HORIZON_MS),
         from_ms..to_ms,
+        sources.idle_timeout,
         |_| {},
     )
     .await?;

@@ -505,6 +505,7 @@ impl Kappa {
                 &spans,
                 lambda_speed::empty_state(&config),
                 0..0,
+                config.idle_timeout,
                 |records| self.set_replay(|r| r.records = records),
             ) => replayed?,
         };

@@ -553,10 +553,16 @@ async fn catch_up(
         "speed layer catching up: folding the backlog in append order"
     );
     let state = views.read().clone();
-    let caught_up =
-        crate::replay::catch_up(log, backlog, state, config.dead_letter_invalid, shutdown)
-            .await
-            .context("the speed layer's catch-up")?;
+    let caught_up = crate::replay::catch_up(
+        log,
+        backlog,
+        state,
+        config.idle_timeout,
+        config.dead_letter_invalid,
+        shutdown,
+    )
+    .await
+    .context("the speed layer's catch-up")?;
     let mut current = views.write();
     // Serving may have told B meanwhile, and alert rules may have changed.
     let batch_boundary = current.batch_boundary;

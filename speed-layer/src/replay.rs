@@ -149,27 +149,26 @@ impl Lane {
 /// the live fold dropped — not whatever one fetch of one partition happened
 /// to bring first. A partition joins the watermark at its first record, as
 /// it did live (one the state has no clock for does not hold the watermark
-/// back before it). Late events whose minute is in `keep` are kept for the
-/// caller. `progress` is told the records folded so far. Records that are
-/// not valid events are counted (`counters.invalid`): the live loop
-/// dead-lettered them when it read them.
+/// back before it), and one that sends nothing for `idle_timeout` stops
+/// holding it back, as the live loop marks it idle — told by the records'
+/// append timestamps, the log's clock ([`Idleness`]). Late events whose
+/// minute is in `keep` are kept for the caller. `progress` is told the
+/// records folded so far. Records that are not valid events are counted
+/// (`counters.invalid`): the live loop dead-lettered them when it read them.
 pub async fn replay(
     log: &dyn EventLog,
     spans: &[ReplaySpan],
     state: SpeedState,
     keep: Range<i64>,
+    idle_timeout: Duration,
     progress: impl FnMut(u64),
 ) -> anyhow::Result<Replayed> {
-    replay_fetching(
-        log,
-        spans,
-        state,
+    let fold = Fold {
         keep,
-        progress,
-        Invalid::Count,
-        FETCH_MAX_RECORDS,
-    )
-    .await
+        idle_timeout,
+        invalid: Invalid::Count,
+    };
+    replay_fetching(log, spans, state, fold, progress, FETCH_MAX_RECORDS).await
 }
 
 /// The speed layer's catch-up at start: the records `spans` hold past the
@@ -186,14 +185,27 @@ pub async fn catch_up(
     log: &dyn EventLog,
     spans: &[ReplaySpan],
     state: SpeedState,
+    idle_timeout: Duration,
     dead_letter: bool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Replayed> {
-    let invalid = match dead_letter {
-        true => Invalid::DeadLetter(shutdown),
-        false => Invalid::Count,
+    let fold = Fold {
+        keep: 0..0,
+        idle_timeout,
+        invalid: match dead_letter {
+            true => Invalid::DeadLetter(shutdown),
+            false => Invalid::Count,
+        },
     };
-    replay_fetching(log, spans, state, 0..0, |_| {}, invalid, FETCH_MAX_RECORDS).await
+    replay_fetching(log, spans, state, fold, |_| {}, FETCH_MAX_RECORDS).await
+}
+
+/// How a replay folds: the minutes whose late and counted events it keeps,
+/// the live loop's idle timeout, what it does with invalid records.
+struct Fold<'s> {
+    keep: Range<i64>,
+    idle_timeout: Duration,
+    invalid: Invalid<'s>,
 }
 
 /// What a replay does with records that are not valid events.
@@ -211,15 +223,20 @@ async fn replay_fetching(
     log: &dyn EventLog,
     spans: &[ReplaySpan],
     mut state: SpeedState,
-    keep: Range<i64>,
+    fold: Fold<'_>,
     mut progress: impl FnMut(u64),
-    invalid: Invalid<'_>,
     fetch_max: usize,
 ) -> anyhow::Result<Replayed> {
     let started = Instant::now();
+    let Fold {
+        keep,
+        idle_timeout,
+        invalid,
+    } = fold;
     let mut lanes = Lanes::new(spans);
     let mut folded = Folded {
         dead_letters: matches!(invalid, Invalid::DeadLetter(_)).then(Vec::new),
+        idleness: Idleness::new(idle_timeout, lanes.lanes.len()),
         ..Folded::default()
     };
     // The lane of each record, in append order, as far as a refill lets
@@ -648,6 +665,82 @@ struct Folded {
     /// Dead-letter records of the invalid records folded since the last
     /// refill (`None`: they are only counted).
     dead_letters: Option<Vec<Record>>,
+    idleness: Idleness,
+}
+
+/// Partitions going idle as the live loop marks them — no record for the
+/// idle timeout, then left out of the watermark until they send again —
+/// told by the records' append timestamps (the log's clock: the collector
+/// stamps each record with the time it took it) where the live loop reads
+/// its own clock. A partition that delivers no record in the replay counts
+/// from the first record's time, as the live loop counts from its start.
+/// (Without this, a partition the live loop had marked idle held the
+/// watermark back again after a restart, and an event it had dropped as
+/// late was counted.)
+#[derive(Debug, Default)]
+struct Idleness {
+    timeout_ms: i64,
+    /// Each lane's newest append timestamp (`None`: none yet).
+    last: Vec<Option<i64>>,
+    /// The first append timestamp met, and the newest.
+    first: Option<i64>,
+    now: i64,
+    /// No partition can go idle before this time.
+    next_check: i64,
+}
+
+impl Idleness {
+    fn new(timeout: Duration, lanes: usize) -> Idleness {
+        Idleness {
+            timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            last: vec![None; lanes],
+            first: None,
+            now: i64::MIN,
+            next_check: i64::MIN,
+        }
+    }
+
+    /// Lane `lane` delivers a record appended at `ts`: partitions that
+    /// have sent nothing for longer than the timeout by then are marked
+    /// idle first (before the record is folded, as the live loop marks
+    /// them at a fetch).
+    fn delivered(&mut self, state: &mut SpeedState, lanes: &[Lane], lane: usize, ts: i64) {
+        self.last[lane] = Some(ts);
+        self.first.get_or_insert(ts);
+        self.now = self.now.max(ts);
+        if self.now >= self.next_check {
+            self.mark(state, lanes);
+        }
+        // A partition that was quiet (or idle) sends again: its own
+        // deadline may come before the one worked out at the last mark.
+        self.next_check = self.next_check.min(self.deadline(ts));
+    }
+
+    /// When a partition whose last record was appended at `ts` goes idle.
+    fn deadline(&self, ts: i64) -> i64 {
+        ts.saturating_add(self.timeout_ms).saturating_add(1)
+    }
+
+    fn mark(&mut self, state: &mut SpeedState, lanes: &[Lane]) {
+        let first = self.first.unwrap_or(self.now);
+        let mut idle = Vec::new();
+        let mut next_check = i64::MAX;
+        for clock in state.clocks().iter().filter(|c| !c.idle) {
+            let lane = lanes.iter().position(|l| {
+                l.span.position.partition == clock.partition && l.span.position.topic == clock.topic
+            });
+            let last = lane.and_then(|l| self.last[l]).unwrap_or(first);
+            if self.now.saturating_sub(last) > self.timeout_ms {
+                idle.push((clock.topic.clone(), clock.partition));
+            } else {
+                next_check = next_check.min(self.deadline(last));
+            }
+        }
+        for (topic, partition) in idle {
+            state.set_idle(&topic, partition, true);
+        }
+        self.next_check = next_check;
+    }
 }
 
 impl Folded {
@@ -691,10 +784,12 @@ impl Folded {
             let at = ring.folded;
             ring.folded += 1;
             let slot = ring.slots.slot(at);
+            let record = &buffered.span.records[ring.next - ring.len + at];
+            self.idleness
+                .delivered(state, lanes, lane, record.timestamp_ms);
             if let Err(error) = &slot.outcome {
                 state.counters.invalid += 1;
                 if let Some(dead_letters) = self.dead_letters.as_mut() {
-                    let record = &buffered.span.records[ring.next - ring.len + at];
                     let position = &buffered.span.position;
                     let source = format!(
                         "{}/{}/{}",
@@ -776,6 +871,111 @@ mod tests {
                 timestamp_ms: ts,
                 headers: Vec::new(),
             },
+        }
+    }
+
+    /// A fold keeping `keep`, whose partitions never go idle.
+    fn never_idle(keep: Range<i64>) -> Fold<'static> {
+        Fold {
+            keep,
+            idle_timeout: Duration::from_secs(u64::MAX / 2_000),
+            invalid: Invalid::Count,
+        }
+    }
+
+    /// A partition that sends nothing for longer than the idle timeout —
+    /// by the records' append timestamps — stops holding the watermark
+    /// back, as the live loop marks it idle: an event 8 minutes behind
+    /// the other partition's, appended 2.7 s after the quiet partition's
+    /// last record, is late with a 2 s timeout and counted with a 3 s one
+    /// (the partition still holds the watermark 60 s behind its own
+    /// event). Partitions the state knows from before the replay that
+    /// send nothing in it count from its first record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_quiet_for_the_idle_timeout_stops_holding_the_watermark() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+            .await
+            .expect("the log");
+        log.create_topic("funnel-events", 3).await.expect("a topic");
+        log.create_topic("iot-events", 1).await.expect("a topic");
+        let user_on = |partition: u32| {
+            (0..)
+                .map(|i| format!("user{i}"))
+                .find(|key| {
+                    lambda_log::partitioner::partition_for_key(key.as_bytes(), 3) == partition
+                })
+                .expect("a key for each partition")
+        };
+        let (t, appended) = (1_767_225_600_000_i64, 1_767_229_200_000_i64);
+        let click = |id: &str, ts: i64, partition: u32, at: i64| {
+            let user = user_on(partition);
+            let line = format!(
+                r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"{user}","campaign_id":"c"}}"#
+            );
+            lambda_log::Record::keyed(user, line.into_bytes(), at)
+        };
+        for record in [
+            click("b1", t, 1, appended),
+            click("a1", t + 600_000, 0, appended + 100),
+            click("a2", t + 120_000, 0, appended + 2_700),
+        ] {
+            log.append("funnel-events", vec![record])
+                .await
+                .expect("appended");
+        }
+        let spans = spans_to(&log, |_, _, end| Some(end)).await.expect("spans");
+        let config = crate::SpeedConfig::with_data_dir(dir.path());
+        for (timeout_ms, late) in [(2_000, 1), (2_699, 1), (2_700, 0), (3_000, 0)] {
+            let replayed = replay(
+                &log,
+                &spans,
+                crate::empty_state(&config),
+                0..0,
+                Duration::from_millis(timeout_ms),
+                |_| {},
+            )
+            .await
+            .expect("replayed");
+            let counters = replayed.state.counters();
+            assert_eq!(
+                (counters.counted, counters.late),
+                (3 - late, late),
+                "idle timeout {timeout_ms} ms"
+            );
+        }
+
+        // Partition 2, known from before the replay (a restored clock)
+        // and silent in it, goes idle the timeout after the replay's first
+        // record: partition 1 then moves the watermark alone.
+        log.append(
+            "funnel-events",
+            vec![click("b2", t + 1_000, 1, appended + 5_000)],
+        )
+        .await
+        .expect("appended");
+        let mut restored = crate::empty_state(&config);
+        restored.expect_partition("funnel-events", 2);
+        let spans: Vec<ReplaySpan> =
+            spans_to(&log, |_, partition, end| (partition == 1).then_some(end))
+                .await
+                .expect("spans");
+        for (timeout_ms, watermark) in [(5_000, None), (4_999, Some(t + 1_000 - 60_000))] {
+            let replayed = replay(
+                &log,
+                &spans,
+                restored.clone(),
+                0..0,
+                Duration::from_millis(timeout_ms),
+                |_| {},
+            )
+            .await
+            .expect("replayed");
+            assert_eq!(
+                replayed.state.watermark(),
+                watermark,
+                "idle timeout {timeout_ms} ms"
+            );
         }
     }
 
@@ -938,9 +1138,8 @@ mod tests {
                 log.as_ref(),
                 &spans,
                 crate::empty_state(&config),
-                0..i64::MAX,
+                never_idle(0..i64::MAX),
                 |_| {},
-                Invalid::Count,
                 fetch_max,
             )
             .await
@@ -956,9 +1155,8 @@ mod tests {
                     pooled_log.as_ref(),
                     &pooled_spans,
                     state,
-                    0..i64::MAX,
+                    never_idle(0..i64::MAX),
                     |_| {},
-                    Invalid::Count,
                     fetch_max,
                 ))
             })
@@ -998,7 +1196,14 @@ mod tests {
         let config = crate::SpeedConfig::with_data_dir(dir.path());
         let replayed = tokio::time::timeout(
             Duration::from_secs(60),
-            replay(&log, &spans, crate::empty_state(&config), 0..0, |_| {}),
+            replay(
+                &log,
+                &spans,
+                crate::empty_state(&config),
+                0..0,
+                config.idle_timeout,
+                |_| {},
+            ),
         )
         .await
         .expect("the replay ends");
