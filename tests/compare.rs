@@ -333,7 +333,6 @@ async fn events_past_log_retention_are_named_as_what_a_replay_cannot_see() {
         log: Arc::clone(&log),
         lake: writer,
         allowed_lateness_ms: 60_000,
-        idle_timeout: std::time::Duration::from_secs(30),
         engine: Default::default(),
     };
     lambda_batch::run_once(&ctx).await.unwrap();
