@@ -616,6 +616,8 @@ pub(crate) struct Slot<'a> {
     pub(crate) event: EventRef<'a>,
     /// Its partition clock's time ([`lambda_events::event::clock_ts`]).
     pub(crate) clock: i64,
+    /// The record's timestamp (when it was appended).
+    pub(crate) appended: i64,
     /// The hash of its id.
     pub(crate) hash: IdHash,
     /// Whether the record holds a valid event, and why not.
@@ -639,12 +641,14 @@ impl<'a> Slots<'a> {
                 self.slots.push(Slot {
                     event: EventRef::slot(),
                     clock: 0,
+                    appended: 0,
                     hash: IdHash::default(),
                     outcome: Ok(()),
                 });
             }
             let slot = &mut self.slots[used];
             used += 1;
+            slot.appended = timestamp_ms;
             slot.outcome = EventRef::read_log_record(value, topic, timestamp_ms, &mut slot.event);
             if slot.outcome.is_ok() {
                 slot.clock = lambda_events::event::clock_ts(slot.event.ts, timestamp_ms);

@@ -680,10 +680,10 @@ struct Folded {
 #[derive(Debug, Default)]
 struct Idleness {
     timeout_ms: i64,
-    /// Each lane's newest append timestamp (`None`: none yet).
-    last: Vec<Option<i64>>,
-    /// The first append timestamp met, and the newest.
-    first: Option<i64>,
+    /// Each lane's newest append timestamp (`i64::MIN`: none yet).
+    last: Vec<i64>,
+    /// The first append timestamp met (`i64::MIN` before it), and the newest.
+    first: i64,
     now: i64,
     /// No partition can go idle before this time.
     next_check: i64,
@@ -693,8 +693,8 @@ impl Idleness {
     fn new(timeout: Duration, lanes: usize) -> Idleness {
         Idleness {
             timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
-            last: vec![None; lanes],
-            first: None,
+            last: vec![i64::MIN; lanes],
+            first: i64::MIN,
             now: i64::MIN,
             next_check: i64::MIN,
         }
@@ -703,17 +703,19 @@ impl Idleness {
     /// Lane `lane` delivers a record appended at `ts`: partitions that
     /// have sent nothing for longer than the timeout by then are marked
     /// idle first (before the record is folded, as the live loop marks
-    /// them at a fetch).
+    /// them at a fetch). A dozen instructions a record; the marking runs
+    /// about once per timeout of the log's time.
+    #[inline]
     fn delivered(&mut self, state: &mut SpeedState, lanes: &[Lane], lane: usize, ts: i64) {
-        self.last[lane] = Some(ts);
-        self.first.get_or_insert(ts);
+        // (A record stamped before the lane's newest moves nothing: the
+        // collector stamps records with its clock as it takes them.)
+        if let Some(last) = self.last.get_mut(lane) {
+            *last = (*last).max(ts);
+        }
         self.now = self.now.max(ts);
         if self.now >= self.next_check {
             self.mark(state, lanes);
         }
-        // A partition that was quiet (or idle) sends again: its own
-        // deadline may come before the one worked out at the last mark.
-        self.next_check = self.next_check.min(self.deadline(ts));
     }
 
     /// When a partition whose last record was appended at `ts` goes idle.
@@ -721,15 +723,23 @@ impl Idleness {
         ts.saturating_add(self.timeout_ms).saturating_add(1)
     }
 
+    #[cold]
+    #[inline(never)]
     fn mark(&mut self, state: &mut SpeedState, lanes: &[Lane]) {
-        let first = self.first.unwrap_or(self.now);
+        if self.first == i64::MIN {
+            self.first = self.now;
+        }
+        let first = self.first;
         let mut idle = Vec::new();
         let mut next_check = i64::MAX;
         for clock in state.clocks().iter().filter(|c| !c.idle) {
             let lane = lanes.iter().position(|l| {
                 l.span.position.partition == clock.partition && l.span.position.topic == clock.topic
             });
-            let last = lane.and_then(|l| self.last[l]).unwrap_or(first);
+            let last = lane
+                .and_then(|l| self.last.get(l).copied())
+                .filter(|last| *last != i64::MIN)
+                .unwrap_or(first);
             if self.now.saturating_sub(last) > self.timeout_ms {
                 idle.push((clock.topic.clone(), clock.partition));
             } else {
@@ -739,7 +749,12 @@ impl Idleness {
         for (topic, partition) in idle {
             state.set_idle(&topic, partition, true);
         }
-        self.next_check = next_check;
+        // With no partition active, the next to send is: it cannot go idle
+        // before the timeout after now. (A partition that sends again
+        // after being idle, or for the first time, has its deadline after
+        // the one worked out here: the earliest active partition's is at
+        // most the timeout after now.)
+        self.next_check = next_check.min(self.deadline(self.now));
     }
 }
 
@@ -784,12 +799,11 @@ impl Folded {
             let at = ring.folded;
             ring.folded += 1;
             let slot = ring.slots.slot(at);
-            let record = &buffered.span.records[ring.next - ring.len + at];
-            self.idleness
-                .delivered(state, lanes, lane, record.timestamp_ms);
+            self.idleness.delivered(state, lanes, lane, slot.appended);
             if let Err(error) = &slot.outcome {
                 state.counters.invalid += 1;
                 if let Some(dead_letters) = self.dead_letters.as_mut() {
+                    let record = &buffered.span.records[ring.next - ring.len + at];
                     let position = &buffered.span.position;
                     let source = format!(
                         "{}/{}/{}",
