@@ -1287,14 +1287,7 @@ mod tests {
             .expect("the dead-letter topic");
         // A user on each partition; the partition after the one of the
         // first user goes first in the order partitions are read.
-        let user_on = |partition: u32| {
-            (0..)
-                .map(|i| format!("user{i}"))
-                .find(|key| {
-                    lambda_log::partitioner::partition_for_key(key.as_bytes(), 2) == partition
-                })
-                .expect("a key for each partition")
-        };
+        let user_on = |partition: u32| crate::key_on(partition, 2);
         let t = 1_767_225_600_000_i64;
         // Appended (record timestamps) a second after e1 happened.
         let click = |id: &str, ts: i64, user: &str, appended: i64| {

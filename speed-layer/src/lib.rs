@@ -153,3 +153,15 @@ pub fn empty_state(config: &SpeedConfig) -> SpeedState {
 pub fn new_views(config: &SpeedConfig) -> SpeedViews {
     Arc::new(RwLock::new(empty_state(config)))
 }
+
+/// The first of `user0`, `user1`, … that the log's partitioner puts on
+/// `partition` of `partitions` (tests that need an event on a partition).
+#[cfg(test)]
+pub(crate) fn key_on(partition: u32, partitions: u32) -> String {
+    (0..)
+        .map(|i| format!("user{i}"))
+        .find(|key| {
+            lambda_log::partitioner::partition_for_key(key.as_bytes(), partitions) == partition
+        })
+        .unwrap_or_default()
+}

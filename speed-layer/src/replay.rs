@@ -913,14 +913,7 @@ mod tests {
             .expect("the log");
         log.create_topic("funnel-events", 3).await.expect("a topic");
         log.create_topic("iot-events", 1).await.expect("a topic");
-        let user_on = |partition: u32| {
-            (0..)
-                .map(|i| format!("user{i}"))
-                .find(|key| {
-                    lambda_log::partitioner::partition_for_key(key.as_bytes(), 3) == partition
-                })
-                .expect("a key for each partition")
-        };
+        let user_on = |partition: u32| crate::key_on(partition, 3);
         let (t, appended) = (1_767_225_600_000_i64, 1_767_229_200_000_i64);
         let click = |id: &str, ts: i64, partition: u32, at: i64| {
             let user = user_on(partition);
