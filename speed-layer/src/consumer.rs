@@ -72,22 +72,34 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (mut positions, backlog) = initial_positions(&config, log.as_ref(), &views).await?;
     if !backlog.is_empty() {
-        tokio::select! {
+        let caught_up = tokio::select! {
             biased;
             // Nothing is written before the state is caught up: the
             // checkpoint and the log still hold everything.
             _ = shutdown.cancelled() => return Ok(()),
-            caught_up = catch_up(&config, log.as_ref(), &views, &backlog, &shutdown) => caught_up?,
+            caught_up = catch_up(&config, log.as_ref(), &views, &backlog, &shutdown) => caught_up,
+        };
+        match caught_up {
+            Ok(()) => {
+                for position in &mut positions {
+                    let end = backlog
+                        .iter()
+                        .find(|s| s.partition == position.partition && s.topic == position.topic)
+                        .map(|s| s.end);
+                    position.offset = end.unwrap_or(position.offset);
+                }
+                // Every partition's position in the state, as after a fetch.
+                settle(&views, positions.iter());
+            }
+            // The log unavailable for longer than the replay waits (a
+            // broker down at start): the loop below reads the backlog
+            // itself, a partition's run at a time, and waits for the log
+            // as long as it takes, as it did before the catch-up.
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "the speed layer's catch-up in append order failed; the loop reads the backlog itself"
+            ),
         }
-        for position in &mut positions {
-            let end = backlog
-                .iter()
-                .find(|s| s.partition == position.partition && s.topic == position.topic)
-                .map(|s| s.end);
-            position.offset = end.unwrap_or(position.offset);
-        }
-        // Every partition's position in the state, as after a fetch.
-        settle(&views, positions.iter());
     }
     tracing::info!(
         partitions = positions.len(),
@@ -1385,6 +1397,119 @@ mod tests {
         };
         assert!(views(&restarted) == views(&live), "the same windows");
         assert_eq!(dead_letters(Arc::clone(&log)).await, 2);
+    }
+
+    /// A log whose reads fail as unavailable (a broker down) for the
+    /// first `failures` of them; everything else is the embedded log's.
+    #[derive(Debug)]
+    struct DownAtFirst {
+        log: lambda_log::EmbeddedLog,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for DownAtFirst {
+        async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+            self.log.create_topic(topic, partitions).await
+        }
+        async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+            self.log.partition_count(topic).await
+        }
+        async fn append(
+            &self,
+            topic: &str,
+            records: Vec<Record>,
+        ) -> Result<Vec<lambda_log::Position>, LogError> {
+            self.log.append(topic, records).await
+        }
+        async fn ranges(&self, topic: &str) -> Result<Vec<lambda_log::PartitionRange>, LogError> {
+            self.log.ranges(topic).await
+        }
+        async fn fetch(
+            &self,
+            positions: &[FetchPosition],
+            max_records: usize,
+            max_wait: Duration,
+        ) -> Result<Vec<lambda_log::StoredRecord>, LogError> {
+            use std::sync::atomic::Ordering;
+            let down = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if down {
+                return Err(LogError::Unavailable("the broker is down".into()));
+            }
+            self.log.fetch(positions, max_records, max_wait).await
+        }
+        async fn commit(
+            &self,
+            group: &str,
+            topic: &str,
+            offsets: &[(u32, u64)],
+        ) -> Result<(), LogError> {
+            self.log.commit(group, topic, offsets).await
+        }
+        async fn committed(
+            &self,
+            group: &str,
+            topic: &str,
+        ) -> Result<BTreeMap<u32, u64>, LogError> {
+            self.log.committed(group, topic).await
+        }
+        async fn enforce_retention(&self) -> Result<u64, LogError> {
+            self.log.enforce_retention().await
+        }
+        async fn close(&self) -> Result<(), LogError> {
+            self.log.close().await
+        }
+    }
+
+    /// A log unavailable at start for longer than the catch-up waits does
+    /// not stop the speed layer: the loop reads the backlog itself once the
+    /// log answers, and folds all of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_down_at_start_delays_the_backlog_but_does_not_stop_the_loop() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let embedded = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+            .await
+            .expect("the log");
+        let log: Arc<dyn EventLog> = Arc::new(DownAtFirst {
+            log: embedded,
+            // More than the replay's 50 empty fetches in a row.
+            failures: std::sync::atomic::AtomicU32::new(60),
+        });
+        for topic in Topic::ALL {
+            log.create_topic(topic.name(), 2).await.expect("a topic");
+        }
+        let t = 1_767_225_600_000_i64;
+        let records: Vec<Record> = (0..20)
+            .map(|i| {
+                let user = format!("user{i}");
+                let line = format!(
+                    r#"{{"event_id":"e{i}","ts":{},"event_type":"click","user_id":"{user}","campaign_id":"c"}}"#,
+                    t + i * 1_000
+                );
+                Record::keyed(user, line.into_bytes(), t + i * 1_000)
+            })
+            .collect();
+        log.append("funnel-events", records)
+            .await
+            .expect("appended");
+        let config = SpeedConfig::with_data_dir(&dir.path().join("speed"));
+        let views = crate::new_views(&config);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run(config, Arc::clone(&log), views.clone(), stop.clone()));
+        let folded = async {
+            while views.read().counters.counted < 20 {
+                assert!(!running.is_finished(), "the speed layer stopped");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), folded)
+            .await
+            .expect("the backlog is folded once the log answers");
+        stop.cancel();
+        running.await.expect("the task").expect("the loop");
     }
 
     /// Views of a fresh state: a minute's allowed lateness, an hour's horizon.
