@@ -547,10 +547,13 @@ async fn initial_positions(
 
 /// Folds `backlog` into the state in `views` in append order before the
 /// loop goes live ([`crate::replay::catch_up`]; a partition's first record
-/// joins it to the watermark, as live): a restart answers as the process
-/// it replaces did, where the loop's fetches of a backlog read it a
-/// partition at a time. Serving answers from the restored state meanwhile;
-/// the caught-up state replaces it at once.
+/// joins it to the watermark, as live), where the loop's fetches of a
+/// backlog read it a partition at a time and a restart counted what the
+/// process it replaces had dropped as late. (Idleness is told by append
+/// times here and by the loop's own clock live; a checkpoint holds neither,
+/// so around an idle partition a restart can still differ: ARCHITECTURE.md.)
+/// Serving answers from the restored state meanwhile; the caught-up state
+/// replaces it at once.
 async fn catch_up(
     config: &SpeedConfig,
     log: &dyn EventLog,

@@ -676,7 +676,9 @@ struct Folded {
 /// from the first record's time, as the live loop counts from its start.
 /// (Without this, a partition the live loop had marked idle held the
 /// watermark back again after a restart, and an event it had dropped as
-/// late was counted.)
+/// late was counted.) What it cannot tell: when a partition whose last
+/// record a checkpoint already covers last sent, or that the live loop's
+/// clock started again at a restart.
 #[derive(Debug, Default)]
 struct Idleness {
     timeout_ms: i64,
