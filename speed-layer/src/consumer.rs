@@ -50,15 +50,21 @@ pub async fn restore(
             watermark = state.watermark(),
             "restored speed layer checkpoint"
         );
-        let mut current = views.write();
-        // Serving may already have told us B.
-        let batch_boundary = current.batch_boundary;
-        let rules = current.alerts.rules().clone();
-        *current = state;
-        current.batch_boundary = batch_boundary;
-        current.alerts.set_rules(rules);
+        replace_state(views, state);
     }
     Ok(())
+}
+
+/// Puts `state` in `views` in place of what they hold, keeping what is told
+/// from outside the fold: B (serving may have told it already) and the
+/// alert rules.
+fn replace_state(views: &SpeedViews, state: crate::SpeedState) {
+    let mut current = views.write();
+    let batch_boundary = current.batch_boundary;
+    let rules = current.alerts.rules().clone();
+    *current = state;
+    current.batch_boundary = batch_boundary;
+    current.alerts.set_rules(rules);
 }
 
 /// Runs the speed layer until `shutdown` fires, from the state in `views`
@@ -471,6 +477,19 @@ pub fn dead_letter_record(value: &[u8], reason: &str, source: &str, now_ms: i64)
     Record::dead_letter(excerpt.to_vec(), reason, source, now_ms).noting_original_len(value.len())
 }
 
+/// The dead-letter record of `record`, read from `topic`/`partition`, which
+/// is not a valid event for `error` (its source `topic/partition/offset`).
+pub(crate) fn invalid_record(
+    topic: &str,
+    partition: u32,
+    record: &ValueRecord,
+    error: &EventError,
+    now_ms: i64,
+) -> Record {
+    let source = format!("{topic}/{partition}/{}", record.offset);
+    dead_letter_record(&record.value, &error.to_string(), &source, now_ms)
+}
+
 /// Writes invalid records to `dead-letter`, retrying while the log is
 /// unavailable: the consumed offsets (checkpointed later by this same loop)
 /// move past them only once they are there. A crash in between writes them
@@ -578,17 +597,12 @@ async fn catch_up(
     )
     .await
     .context("the speed layer's catch-up")?;
-    let mut current = views.write();
-    // Serving may have told B meanwhile, and alert rules may have changed.
-    let batch_boundary = current.batch_boundary;
-    let rules = current.alerts.rules().clone();
-    *current = caught_up.state;
-    current.batch_boundary = batch_boundary;
-    current.alerts.set_rules(rules);
+    // (Serving may have told B meanwhile, and alert rules may have changed.)
+    replace_state(views, caught_up.state);
     tracing::info!(
         records = caught_up.records,
         seconds = caught_up.elapsed.as_secs_f64(),
-        watermark = current.watermark(),
+        watermark = views.read().watermark(),
         "speed layer caught up"
     );
     Ok(())
@@ -808,13 +822,7 @@ fn fold_runs<'r>(
             for (record, slot) in chunk.iter().zip(decoded.iter()) {
                 if let Err(error) = &slot.outcome {
                     tracing::debug!(topic, partition, offset = record.offset, %error, "invalid record");
-                    let source = format!("{topic}/{partition}/{}", record.offset);
-                    invalid.push(dead_letter_record(
-                        &record.value,
-                        &error.to_string(),
-                        &source,
-                        now_ms,
-                    ));
+                    invalid.push(invalid_record(topic, partition, record, error, now_ms));
                 }
             }
             let mut state = views.write();

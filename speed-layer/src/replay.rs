@@ -807,14 +807,11 @@ impl Folded {
                 if let Some(dead_letters) = self.dead_letters.as_mut() {
                     let record = &buffered.span.records[ring.next - ring.len + at];
                     let position = &buffered.span.position;
-                    let source = format!(
-                        "{}/{}/{}",
-                        position.topic, position.partition, record.offset
-                    );
-                    dead_letters.push(crate::consumer::dead_letter_record(
-                        &record.value,
-                        &error.to_string(),
-                        &source,
+                    dead_letters.push(crate::consumer::invalid_record(
+                        &position.topic,
+                        position.partition,
+                        record,
+                        error,
                         chrono::Utc::now().timestamp_millis(),
                     ));
                 }
