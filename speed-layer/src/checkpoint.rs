@@ -74,6 +74,13 @@ struct CheckpointFile {
     /// until they send again): a restart must not let them hold it anew.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     idle: Vec<(String, u32)>,
+    /// `(topic, partition, newest append timestamp)` of the clocks that
+    /// know it, and the log's clock (the newest append timestamp read):
+    /// partitions go idle by them, after a restart as before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    appended: Vec<(String, u32, i64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_time: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -277,6 +284,13 @@ fn manifest(state: &SpeedState) -> CheckpointFile {
             .filter(|c| c.idle)
             .map(|c| (c.topic.clone(), c.partition))
             .collect(),
+        appended: state
+            .clocks
+            .iter()
+            .filter(|c| c.appended != i64::MIN)
+            .map(|c| (c.topic.clone(), c.partition, c.appended))
+            .collect(),
+        log_time: state.log_time(),
     }
 }
 
@@ -449,11 +463,17 @@ fn decode_with(
                 .idle
                 .iter()
                 .any(|(t, p)| *t == topic && *p == partition),
+            appended: file
+                .appended
+                .iter()
+                .find(|(t, p, _)| *t == topic && *p == partition)
+                .map_or(i64::MIN, |(.., ts)| *ts),
             topic,
             partition,
             max_ts,
         })
         .collect();
+    state.log_now = file.log_time.unwrap_or(i64::MIN);
     state.newest = state
         .clocks
         .iter()
@@ -1228,9 +1248,21 @@ mod tests {
         // A partition gone idle stays out of the watermark after a restart.
         state.expect_partition("iot-events", 1);
         state.set_idle("iot-events", 1, true);
+        // When partitions last sent, by the log's clock: a restart goes on
+        // counting idleness from them.
+        state.appended("iot-events", 1, 1_700_000_500_000);
+        state.appended("funnel-events", 3, 1_700_000_600_000);
         let bytes = encode(&state);
         let restored = decode(&bytes, 60_000, 3_600_000).unwrap();
         assert_eq!(encode(&restored), bytes);
+        assert_eq!(restored.clocks, state.clocks);
+        assert_eq!(restored.log_time(), Some(1_700_000_600_000));
+        assert!(
+            restored
+                .clocks
+                .iter()
+                .any(|c| c.appended == 1_700_000_500_000)
+        );
         let idle: Vec<_> = restored.clocks.iter().filter(|c| c.idle).collect();
         assert_eq!(idle.len(), 1);
         assert_eq!(

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
 use crate::replay::ReplaySpan;
 use crate::seen::IdHash;
-use crate::window::ClockPlace;
+use crate::window::{ClockPlace, PartitionClock};
 use crate::{SpeedConfig, SpeedViews};
 
 /// Records asked for per fetch (a fetch that comes back full means a backlog).
@@ -113,11 +113,7 @@ pub async fn run(
         instances = config.instance.1,
         "speed layer consuming"
     );
-    // When each partition last delivered a record (for idleness).
-    let mut last_record: Vec<((String, u32), Instant)> = positions
-        .iter()
-        .map(|p| ((p.topic.clone(), p.partition), Instant::now()))
-        .collect();
+    let mut idleness = Idleness::new(config.idle_timeout);
     let mut alignment = if log.fetches_any_subset_cheaply() {
         Alignment::new(config.max_clock_drift_ms)
     } else {
@@ -162,7 +158,7 @@ pub async fn run(
                     Ok(_) => {
                         let delivered = delivered_by(&spans);
                         let backlog = Alignment::backlog(&delivered, asked.len());
-                        mark_idleness(&views, &mut last_record, &asked, &delivered.partitions, config.idle_timeout);
+                        idleness.fetched(&views, &delivered, &asked);
                         // The fold is CPU work of milliseconds per fetch: done
                         // as blocking work, so the runtime's other tasks go on
                         // answering queries and taking events meanwhile — on the
@@ -177,6 +173,7 @@ pub async fn run(
                         .await
                         .map_err(|e| anyhow::anyhow!("the fold task: {e}"))?;
                         spans = folded;
+                        idleness.folded(&views, &delivered);
                         alignment.delivered(&views.read(), &delivered.partitions, backlog);
                         if config.dead_letter_invalid && !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
@@ -276,31 +273,76 @@ impl CheckpointRetry {
     }
 }
 
-/// Notes which partitions delivered, and marks idle those that were asked
-/// and have not delivered for `timeout`. One that sat out the fetch
-/// ([`Alignment`]) is held back, not quiet: its time does not run.
-fn mark_idleness(
-    views: &SpeedViews,
-    last_record: &mut [((String, u32), Instant)],
-    asked: &[FetchPosition],
-    delivered: &[(Arc<str>, u32)],
-    timeout: Duration,
-) {
-    let now = Instant::now();
-    for ((topic, partition), at) in last_record.iter_mut() {
-        let sat_out = || {
-            !asked
-                .iter()
-                .any(|p| p.partition == *partition && p.topic == *topic)
-        };
-        if delivered
+/// Partitions going idle in the live loop: no record for the idle timeout
+/// by the log's clock, the newest append timestamp read
+/// ([`SpeedState::mark_idle`], as a replay marks them). So which partitions
+/// are idle, and from which record on, is a matter of what the log holds:
+/// a restart's catch-up and a kappa replay mark them at the same records,
+/// and the checkpoint holds each partition's last append. (The loop's own
+/// clock marked them at moments no restart could tell.) As in Kafka
+/// Streams' stream time, the log's clock moves only as records come: while
+/// no partition sends, none goes idle. (Public for `lambda bench speed`.)
+#[derive(Debug)]
+pub struct Idleness {
+    timeout_ms: i64,
+    /// The log time at which each partition last sat a fetch out
+    /// ([`Alignment`]): held back, not quiet, its time does not run while
+    /// it does.
+    sat_out: Vec<((String, u32), i64)>,
+}
+
+impl Idleness {
+    /// Partitions go idle after `timeout` of the log's time without a record.
+    pub fn new(timeout: Duration) -> Idleness {
+        Idleness {
+            timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            sat_out: Vec::new(),
+        }
+    }
+
+    /// A fetch asked `asked` and read `delivered`: before it is folded (a
+    /// replay marks them before the record that moves its clock), the
+    /// log's clock moves on to the newest record read, and the partitions
+    /// that were asked and delivered nothing go idle if they have sent
+    /// nothing for the timeout by it.
+    pub fn fetched(&mut self, views: &SpeedViews, delivered: &Delivered, asked: &[FetchPosition]) {
+        let mut state = views.write();
+        let now = delivered
+            .appended
             .iter()
-            .any(|(t, p)| p == partition && **t == **topic)
-            || sat_out()
-        {
-            *at = now;
-        } else if now.duration_since(*at) >= timeout {
-            views.write().set_idle(topic, *partition, true);
+            .fold(state.log_now, |now, ts| now.max(*ts));
+        state.log_now = now;
+        let was_asked = |c: &PartitionClock| {
+            asked
+                .iter()
+                .any(|p| p.partition == c.partition && p.topic == c.topic)
+        };
+        for clock in state.clocks().iter().filter(|c| !was_asked(c)) {
+            let key = (clock.topic.clone(), clock.partition);
+            match self.sat_out.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, at)) => *at = now,
+                None => self.sat_out.push((key, now)),
+            }
+        }
+        let (sat_out, timeout_ms) = (&self.sat_out, self.timeout_ms);
+        state.mark_idle(timeout_ms, |c| {
+            delivered
+                .partitions
+                .iter()
+                .any(|(t, p)| *p == c.partition && **t == *c.topic)
+                || !was_asked(c)
+                || sat_out.iter().any(|((t, p), at)| {
+                    *p == c.partition && *t == c.topic && now.saturating_sub(*at) <= timeout_ms
+                })
+        });
+    }
+
+    /// After the fetch is folded (a partition's first record made its
+    /// clock): each partition that delivered has sent at its newest record.
+    pub fn folded(&self, views: &SpeedViews, delivered: &Delivered) {
+        let mut state = views.write();
+        for ((topic, partition), ts) in delivered.partitions.iter().zip(&delivered.appended) {
+            state.appended(topic, *partition, *ts);
         }
     }
 }
@@ -343,6 +385,8 @@ pub fn delivered_by(spans: &[ValueSpan]) -> Delivered {
             Arc::from(span.position.topic.as_str()),
             span.position.partition,
         ));
+        let newest = span.records.iter().map(|r| r.timestamp_ms).max();
+        delivered.appended.push(newest.unwrap_or(i64::MIN));
         delivered.most = delivered.most.max(span.records.len());
     }
     delivered
@@ -353,6 +397,9 @@ pub fn delivered_by(spans: &[ValueSpan]) -> Delivered {
 pub struct Delivered {
     /// The partitions records came from, each once, in the order met.
     pub partitions: Vec<(Arc<str>, u32)>,
+    /// Each one's newest append timestamp (its records' greatest), in the
+    /// same order.
+    pub appended: Vec<i64>,
     /// The most records one partition delivered.
     pub most: usize,
 }
@@ -1324,18 +1371,6 @@ mod tests {
             click("e2", t, &user_on(0), t + 301_200),
             Record::keyed(user_on(0), b"not an event".to_vec(), t + 301_500),
         ];
-        // Folded up to `records`, and every partition's position written
-        // (after a fetch of the loop's own).
-        let folded_to = |views: &SpeedViews, records: u64| {
-            let views = Arc::clone(views);
-            async move {
-                while views.read().offsets.values().sum::<u64>() < records
-                    || views.read().offsets.len() < 4
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
         let dead_letters = |log: Arc<dyn EventLog>| async move {
             let at = FetchPosition {
                 topic: Topic::DEAD_LETTER.to_string(),
@@ -1357,9 +1392,7 @@ mod tests {
             log.append("funnel-events", vec![record.clone()])
                 .await
                 .expect("appended");
-            tokio::time::timeout(Duration::from_secs(30), folded_to(&live, n as u64 + 1))
-                .await
-                .expect("the live loop folds the record");
+            folded_to(&live, n as u64 + 1, 4).await;
         }
         stop.cancel();
         running.await.expect("the task").expect("the live loop");
@@ -1387,9 +1420,7 @@ mod tests {
             restarted.clone(),
             stop.clone(),
         ));
-        tokio::time::timeout(Duration::from_secs(30), folded_to(&restarted, 3))
-            .await
-            .expect("the restart folds the backlog");
+        folded_to(&restarted, 3, 4).await;
         stop.cancel();
         running
             .await
@@ -1408,6 +1439,198 @@ mod tests {
         };
         assert!(views(&restarted) == views(&live), "the same windows");
         assert_eq!(dead_letters(Arc::clone(&log)).await, 2);
+    }
+
+    /// Partitions go idle by the log's clock, so wherever a process is
+    /// stopped or killed (`kill -9`: nothing written at the end), however
+    /// often in a row and with however many records appended while none
+    /// runs, the process that takes over answers as one live loop does: a
+    /// partition whose last record a checkpoint covers goes idle at the
+    /// same record, and one coming back after it went idle is late at the
+    /// same record. (By the loop's own clock, a restart could not tell
+    /// which partitions it had marked, nor when: each of these differed.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wherever_it_is_killed_a_restart_marks_idleness_as_the_live_loop_did() {
+        use Segment::{Down, Run};
+        let (t, a) = (1_767_225_600_000_i64, 1_767_229_200_000_i64);
+        let click = |id: &str, ts: i64, partition: u32, appended: i64| {
+            let user = crate::key_on(partition, 2);
+            let line = format!(
+                r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"{user}","campaign_id":"c1"}}"#
+            );
+            Record::keyed(user, line.into_bytes(), appended)
+        };
+        let feed = [
+            click("b1", t, 1, a),
+            // Partition 1 holds the watermark at t - 1 min.
+            click("a1", t + 600_000, 0, a + 100),
+            // Partition 1 quiet for 2.5 s of the log's time: idle, the
+            // watermark at t + 9 min, and a2 late.
+            click("a2", t + 120_000, 0, a + 2_600),
+            // Partition 1 back, with an event of a closed window: late.
+            click("b2", t + 30_000, 1, a + 2_700),
+            click("a3", t + 660_000, 0, a + 2_800),
+            // Partition 0 quiet for 2.2 s: idle; partition 1 alone moves
+            // the watermark to t + 10 min 40 s.
+            click("b3", t + 700_000, 1, a + 5_000),
+        ];
+        let live = run_segments(&feed, &[Run(6, End::Stop)]).await;
+        assert_eq!(
+            (live.counters.counted, live.counters.late),
+            (4, 2),
+            "live: a2 and b2 late"
+        );
+        assert_eq!(live.watermark(), Some(t + 640_000));
+        let idle: Vec<(u32, bool)> = live
+            .clocks()
+            .iter()
+            .map(|c| (c.partition, c.idle))
+            .collect();
+        assert_eq!(idle, [(1, false), (0, true)]);
+
+        let windows = |state: &crate::SpeedState| -> Vec<(i64, lambda_events::kpi::BucketViews)> {
+            state
+                .windows()
+                .iter()
+                .map(|(start, window)| (*start, window.views.clone()))
+                .collect()
+        };
+        let chains: [&[Segment]; 5] = [
+            // A checkpoint covering partition 1's only record, then killed
+            // after it went idle.
+            &[Run(2, End::Stop), Run(4, End::Kill), Run(0, End::Stop)],
+            // Killed twice in a row, records appended while it was down.
+            &[
+                Run(1, End::Stop),
+                Down(1),
+                Run(1, End::Kill),
+                Run(1, End::Kill),
+                Down(2),
+                Run(0, End::Stop),
+            ],
+            // Killed right after a partition went idle.
+            &[Run(2, End::Stop), Run(1, End::Kill), Run(3, End::Stop)],
+            // Killed after a partition came back.
+            &[Run(3, End::Stop), Run(1, End::Kill), Run(2, End::Stop)],
+            // The whole log a backlog.
+            &[Down(6), Run(0, End::Stop)],
+        ];
+        for chain in chains {
+            let restarted = run_segments(&feed, chain).await;
+            let what = format!("{chain:?}");
+            assert_eq!(restarted.counters, live.counters, "{what}");
+            assert_eq!(restarted.watermark(), live.watermark(), "{what}");
+            assert_eq!(restarted.clocks(), live.clocks(), "{what}");
+            assert_eq!(restarted.log_time(), live.log_time(), "{what}");
+            assert!(
+                windows(&restarted) == windows(&live),
+                "{what}: the same windows"
+            );
+        }
+    }
+
+    /// A stretch of [`run_segments`]: a process running while so many
+    /// records are appended, each folded before the next, and how it ends;
+    /// or so many records appended while none runs.
+    #[derive(Debug, Clone, Copy)]
+    enum Segment {
+        Run(usize, End),
+        Down(usize),
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum End {
+        /// SIGTERM: the final checkpoint written.
+        Stop,
+        /// `kill -9`: nothing written (checkpoints only at a stop here).
+        Kill,
+    }
+
+    /// `feed` appended to a fresh log's `funnel-events` (two partitions)
+    /// stretch by stretch, speed layers with a 2 s idle timeout coming and
+    /// going on one data directory; the state of the last one at its end.
+    async fn run_segments(feed: &[Record], segments: &[Segment]) -> crate::SpeedState {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log: Arc<dyn EventLog> = Arc::new(
+            lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+                .await
+                .expect("the log"),
+        );
+        for topic in Topic::ALL {
+            log.create_topic(topic.name(), 2).await.expect("a topic");
+        }
+        let mut config = SpeedConfig::with_data_dir(&dir.path().join("speed"));
+        config.idle_timeout = Duration::from_secs(2);
+        config.checkpoint_interval = Duration::from_secs(3_600);
+        let mut records = feed.iter();
+        let (mut appended, mut last) = (0, None);
+        for segment in segments {
+            let (count, end) = match *segment {
+                Segment::Run(count, end) => (count, Some(end)),
+                Segment::Down(count) => (count, None),
+            };
+            let mut running = None;
+            if end.is_some() {
+                let views = crate::new_views(&config);
+                restore(&config, &views)
+                    .await
+                    .expect("the checkpoint restored");
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(run(
+                    config.clone(),
+                    Arc::clone(&log),
+                    views.clone(),
+                    stop.clone(),
+                ));
+                running = Some((views, stop, task));
+            }
+            if let Some((views, ..)) = &running {
+                folded_to(views, appended as u64, 4).await;
+            }
+            for record in records.by_ref().take(count) {
+                log.append("funnel-events", vec![record.clone()])
+                    .await
+                    .expect("appended");
+                appended += 1;
+                if let Some((views, ..)) = &running {
+                    folded_to(views, appended as u64, 4).await;
+                }
+            }
+            if let (Some((views, stop, task)), Some(end)) = (running, end) {
+                match end {
+                    End::Stop => {
+                        stop.cancel();
+                        task.await.expect("the task").expect("the speed layer");
+                    }
+                    End::Kill => {
+                        task.abort();
+                        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+                    }
+                }
+                last = Some(views.read().clone());
+            }
+        }
+        last.expect("the segments end with a speed layer run")
+    }
+
+    /// Waits (30 s at most) until `views` has folded up to `records` and
+    /// written the position of `partitions` partitions (after a fetch of
+    /// the loop's own; a loop that has read nothing has written none).
+    async fn folded_to(views: &SpeedViews, records: u64, partitions: usize) {
+        let done = || {
+            let state = views.read();
+            records == 0
+                || state.offsets.values().sum::<u64>() >= records
+                    && state.offsets.len() >= partitions
+        };
+        let waiting = async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the speed layer folds the records");
     }
 
     /// A log whose reads fail as unavailable (a broker down) for the
@@ -1584,42 +1807,55 @@ mod tests {
         assert!(views.read().counters.duplicates > 0);
     }
 
-    /// A partition asked for that delivered nothing for the timeout turns
-    /// idle; one that sat the fetches out (alignment held it back) does
-    /// not, however long ago it last delivered; one that delivered does not.
+    /// A partition asked for that delivered nothing for the timeout of the
+    /// log's clock turns idle; one that sat the fetches out (alignment held
+    /// it back) does not, however long ago it last delivered; one that
+    /// delivered does not. While no partition sends, none goes idle.
     #[test]
     fn a_partition_sitting_out_fetches_is_not_counted_idle() {
-        let t0 = 1_767_225_600_000;
+        let (t0, a0) = (1_767_225_600_000, 1_767_229_200_000);
         let topic = "funnel-events";
         let views = fresh_views();
         for partition in 0..3 {
             let mut click =
                 lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, t0);
             click.user_id = Some("u".into());
-            views.write().apply_from(topic, partition, &click);
+            let mut state = views.write();
+            state.apply_from(topic, partition, &click);
+            state.appended(topic, partition, a0);
         }
-        let long_ago = Instant::now()
-            .checked_sub(Duration::from_secs(60))
-            .expect("a minute after boot");
-        let mut last_record: Vec<((String, u32), Instant)> = (0..3)
-            .map(|partition| ((topic.to_string(), partition), long_ago))
-            .collect();
         let position = |partition: u32| FetchPosition {
             topic: topic.into(),
             partition,
             offset: 0,
         };
-        // 0 and 1 asked, 1 delivered; 2 sat out.
-        let asked = [position(0), position(1)];
-        let delivered = [(Arc::<str>::from(topic), 1)];
-        let timeout = Duration::from_secs(30);
-        mark_idleness(&views, &mut last_record, &asked, &delivered, timeout);
-        let idle: Vec<bool> = views.read().clocks().iter().map(|c| c.idle).collect();
-        assert_eq!(idle, [true, false, false]);
+        let delivered = |partitions: &[(u32, i64)]| Delivered {
+            partitions: partitions
+                .iter()
+                .map(|(p, _)| (Arc::<str>::from(topic), *p))
+                .collect(),
+            appended: partitions.iter().map(|(_, ts)| *ts).collect(),
+            most: 1,
+        };
+        let idle = || -> Vec<bool> { views.read().clocks().iter().map(|c| c.idle).collect() };
+        let mut idleness = Idleness::new(Duration::from_secs(30));
+        // Nothing read for however long: the log's clock stands still.
+        let all = [position(0), position(1), position(2)];
+        idleness.fetched(&views, &delivered(&[]), &all);
+        assert_eq!(idle(), [false, false, false]);
+        // 0 and 1 asked, 1 delivered a record appended 60 s on; 2 sat out.
+        let read = delivered(&[(1, a0 + 60_000)]);
+        idleness.fetched(&views, &read, &[position(0), position(1)]);
+        idleness.folded(&views, &read);
+        assert_eq!(idle(), [true, false, false]);
+        assert_eq!(views.read().log_time(), Some(a0 + 60_000));
+        assert_eq!(views.read().clocks()[1].appended, a0 + 60_000);
         // Its time started again when it sat out: asked now and delivering
-        // nothing, it is not idle before the timeout.
-        mark_idleness(&views, &mut last_record, &[position(2)], &[], timeout);
+        // nothing, it is not idle at the timeout after that, and is after it.
+        idleness.fetched(&views, &delivered(&[(1, a0 + 90_000)]), &all[1..]);
         assert!(!views.read().clocks()[2].idle);
+        idleness.fetched(&views, &delivered(&[(1, a0 + 90_001)]), &all[1..]);
+        assert!(views.read().clocks()[2].idle);
     }
 
     #[test]

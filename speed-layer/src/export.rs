@@ -174,6 +174,7 @@ pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
             partition: *partition,
             max_ts: *max_ts,
             idle: *idle,
+            appended: i64::MIN,
         })
         .collect();
     state.batch_boundary = mirrors.iter().filter_map(|m| m.meta.batch_boundary).max();

@@ -236,7 +236,7 @@ async fn replay_fetching(
     let mut lanes = Lanes::new(spans);
     let mut folded = Folded {
         dead_letters: matches!(invalid, Invalid::DeadLetter(_)).then(Vec::new),
-        idleness: Idleness::new(idle_timeout, lanes.lanes.len()),
+        idleness: Idleness::new(idle_timeout, lanes.lanes.len(), &state),
         ..Folded::default()
     };
     // The lane of each record, in append order, as far as a refill lets
@@ -263,7 +263,9 @@ async fn replay_fetching(
             crate::consumer::dead_letter(log, std::mem::take(records), shutdown).await?;
         }
     }
-    // A live loop taking over the state carries on from the ends.
+    // A live loop taking over the state carries on from the ends, and
+    // counts idleness from the partitions' last appends.
+    folded.idleness.tell(&mut state, &lanes.lanes);
     for span in spans {
         let key = (span.topic.clone(), span.partition);
         state.offsets.insert(key, span.end);
@@ -669,35 +671,32 @@ struct Folded {
 }
 
 /// Partitions going idle as the live loop marks them — no record for the
-/// idle timeout, then left out of the watermark until they send again —
-/// told by the records' append timestamps (the log's clock: the collector
-/// stamps each record with the time it took it) where the live loop reads
-/// its own clock. A partition that delivers no record in the replay counts
-/// from the first record's time, as the live loop counts from its start.
-/// (Without this, a partition the live loop had marked idle held the
-/// watermark back again after a restart, and an event it had dropped as
-/// late was counted.) What it cannot tell: when a partition whose last
-/// record a checkpoint already covers last sent, or that the live loop's
-/// clock started again at a restart.
+/// idle timeout of the log's clock, then left out of the watermark until
+/// they send again ([`SpeedState::mark_idle`]) — on the same append
+/// timestamps (the collector stamps each record with the time it took it).
+/// The state holds each partition's last append and the log's clock, and a
+/// checkpoint keeps them, so a replay from a checkpoint goes on counting
+/// where the live loop was. (Without this, a partition the live loop had
+/// marked idle held the watermark back again after a restart, and an event
+/// it had dropped as late was counted.)
 #[derive(Debug, Default)]
 struct Idleness {
     timeout_ms: i64,
-    /// Each lane's newest append timestamp (`i64::MIN`: none yet).
+    /// Each lane's newest append timestamp (`i64::MIN`: none yet), told
+    /// to the state when partitions are marked and at the end.
     last: Vec<i64>,
-    /// The first append timestamp met (`i64::MIN` before it), and the newest.
-    first: i64,
+    /// The newest append timestamp met (the state's log clock at the start).
     now: i64,
     /// No partition can go idle before this time.
     next_check: i64,
 }
 
 impl Idleness {
-    fn new(timeout: Duration, lanes: usize) -> Idleness {
+    fn new(timeout: Duration, lanes: usize, state: &SpeedState) -> Idleness {
         Idleness {
             timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
             last: vec![i64::MIN; lanes],
-            first: i64::MIN,
-            now: i64::MIN,
+            now: state.log_time().unwrap_or(i64::MIN),
             next_check: i64::MIN,
         }
     }
@@ -720,43 +719,21 @@ impl Idleness {
         }
     }
 
-    /// When a partition whose last record was appended at `ts` goes idle.
-    fn deadline(&self, ts: i64) -> i64 {
-        ts.saturating_add(self.timeout_ms).saturating_add(1)
-    }
-
     #[cold]
     #[inline(never)]
     fn mark(&mut self, state: &mut SpeedState, lanes: &[Lane]) {
-        if self.first == i64::MIN {
-            self.first = self.now;
-        }
-        let first = self.first;
-        let mut idle = Vec::new();
-        let mut next_check = i64::MAX;
-        for clock in state.clocks().iter().filter(|c| !c.idle) {
-            let lane = lanes.iter().position(|l| {
-                l.span.position.partition == clock.partition && l.span.position.topic == clock.topic
-            });
-            let last = lane
-                .and_then(|l| self.last.get(l).copied())
-                .filter(|last| *last != i64::MIN)
-                .unwrap_or(first);
-            if self.now.saturating_sub(last) > self.timeout_ms {
-                idle.push((clock.topic.clone(), clock.partition));
-            } else {
-                next_check = next_check.min(self.deadline(last));
+        self.tell(state, lanes);
+        self.next_check = state.mark_idle(self.timeout_ms, |_| false);
+    }
+
+    /// Tells the state each lane's newest append timestamp.
+    fn tell(&self, state: &mut SpeedState, lanes: &[Lane]) {
+        for (lane, last) in lanes.iter().zip(&self.last) {
+            if *last != i64::MIN {
+                let position = &lane.span.position;
+                state.appended(&position.topic, position.partition, *last);
             }
         }
-        for (topic, partition) in idle {
-            state.set_idle(&topic, partition, true);
-        }
-        // With no partition active, the next to send is: it cannot go idle
-        // before the timeout after now. (A partition that sends again
-        // after being idle, or for the first time, has its deadline after
-        // the one worked out here: the earliest active partition's is at
-        // most the timeout after now.)
-        self.next_check = next_check.min(self.deadline(self.now));
     }
 }
 
@@ -1124,6 +1101,10 @@ mod tests {
         // the horizon has passed is late from the event that moves it on,
         // whenever its views go (see `SpeedState::keep_horizon`).
         expected.evict();
+        // And the log's clock, each partition's last append with it.
+        for stored in &records {
+            expected.appended(&stored.topic, stored.partition, stored.record.timestamp_ms);
+        }
         for span in &spans {
             expected
                 .offsets

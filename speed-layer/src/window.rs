@@ -157,6 +157,11 @@ pub struct SpeedState {
     /// The newest partition clock (`i64::MIN` before any): the horizon is
     /// kept from it ([`SpeedState::evict`]).
     pub(crate) newest: i64,
+    /// The log's clock: the newest append timestamp read from any partition
+    /// (`i64::MIN` before any). Partitions go idle by it
+    /// ([`SpeedState::mark_idle`]), so idleness is a matter of what the log
+    /// holds, and a restart or a replay marks them as the live loop did.
+    pub(crate) log_now: i64,
     /// The window files this state was restored from, until a
     /// [`crate::checkpoint::Checkpointer`] takes them over (empty unless
     /// [`crate::checkpoint::load`] made the state).
@@ -204,6 +209,9 @@ pub struct PartitionClock {
     pub max_ts: i64,
     /// No record for the idle timeout: left out of the watermark until it sends again.
     pub idle: bool,
+    /// The newest append timestamp read from it (`i64::MIN`: not known
+    /// yet): when it last sent, by the log's clock.
+    pub appended: i64,
 }
 
 impl SpeedState {
@@ -327,6 +335,7 @@ impl SpeedState {
             seen: SeenIds::default(),
             slowest: None,
             newest: NOT_YET,
+            log_now: NOT_YET,
             restored_files: BTreeMap::new(),
         }
     }
@@ -370,6 +379,7 @@ impl SpeedState {
                 partition,
                 max_ts: NOT_YET,
                 idle: false,
+                appended: NOT_YET,
             });
             self.slowest = None;
         }
@@ -428,6 +438,71 @@ impl SpeedState {
             clock.idle = idle;
             self.recompute_watermark();
         }
+    }
+
+    /// The log's clock: the newest append timestamp read (`None` before any).
+    pub fn log_time(&self) -> Option<i64> {
+        (self.log_now != NOT_YET).then_some(self.log_now)
+    }
+
+    /// `topic`/`partition` delivered records appended up to `ts` (their
+    /// record timestamps: the collector stamps each with the time it took
+    /// it): the log's clock moves on to it, and so does the partition's
+    /// own once it has a clock.
+    pub fn appended(&mut self, topic: &str, partition: u32, ts: i64) {
+        self.log_now = self.log_now.max(ts);
+        if let Some(clock) = self
+            .clocks
+            .iter_mut()
+            .find(|c| c.partition == partition && c.topic == topic)
+        {
+            clock.appended = clock.appended.max(ts);
+        }
+    }
+
+    /// Marks idle every active partition that has sent nothing for longer
+    /// than `timeout_ms` by the log's clock ([`SpeedState::log_time`]),
+    /// but those `spared` names. One whose last append is not known (a
+    /// partition expected, or restored from a checkpoint older than the
+    /// field) counts from now. Returns the log time before which no
+    /// partition can go idle (`i64::MIN`: the log's clock has not started).
+    ///
+    /// The live loop and a replay (kappa, a restart's catch-up) both mark
+    /// partitions idle through this, on the same append timestamps: where
+    /// the live loop used its own clock, a restart could not tell which
+    /// partitions it had marked, nor when.
+    pub(crate) fn mark_idle(
+        &mut self,
+        timeout_ms: i64,
+        spared: impl Fn(&PartitionClock) -> bool,
+    ) -> i64 {
+        let now = self.log_now;
+        if now == NOT_YET {
+            return NOT_YET;
+        }
+        let deadline = |last: i64| last.saturating_add(timeout_ms).saturating_add(1);
+        // With no partition active, the next to send cannot go idle before
+        // the timeout after now.
+        let mut next = deadline(now);
+        let mut went_idle = false;
+        for clock in self.clocks.iter_mut().filter(|c| !c.idle) {
+            if clock.appended == NOT_YET {
+                clock.appended = now;
+            }
+            if spared(clock) {
+                continue;
+            }
+            if now.saturating_sub(clock.appended) > timeout_ms {
+                clock.idle = true;
+                went_idle = true;
+            } else {
+                next = next.min(deadline(clock.appended));
+            }
+        }
+        if went_idle {
+            self.recompute_watermark();
+        }
+        next
     }
 
     /// Folds one event in from a partition-less source (tests, replays):
@@ -531,6 +606,7 @@ impl SpeedState {
                     partition,
                     max_ts: clock_ts,
                     idle: false,
+                    appended: NOT_YET,
                 });
                 self.recompute_watermark();
             }
