@@ -338,13 +338,14 @@ async fn profile_rounds(
 }
 
 /// One round from the log into new views, as the speed layer's loop does
-/// it (fetches of all partitions in its batch size, each folded in).
+/// it (fetches of all partitions in its batch size, each folded in, with
+/// its alignment and idleness).
 async fn live_round(
     log: &Arc<dyn EventLog>,
     config: &SpeedConfig,
     bench: &SpeedBench,
 ) -> anyhow::Result<(Measured, lambda_speed::SpeedViews)> {
-    use lambda_speed::consumer::{Alignment, apply_spans, delivered_by, fetch_into};
+    use lambda_speed::consumer::{Alignment, Idleness, apply_spans, delivered_by, fetch_into};
     let views = lambda_speed::new_views(config);
     let mut spans = Vec::new();
     for topic in Topic::ALL {
@@ -357,6 +358,7 @@ async fn live_round(
         }
     }
     let mut alignment = Alignment::new(config.max_clock_drift_ms);
+    let mut idleness = Idleness::new(config.idle_timeout);
     let (cpu0, wall0) = (cpu_time(), Instant::now());
     let mut read = 0usize;
     while read < bench.events {
@@ -369,7 +371,9 @@ async fn live_round(
         read += fetched;
         let delivered = delivered_by(&spans);
         let backlog = Alignment::backlog(&delivered, asked.len());
+        idleness.fetched(&views, &delivered, &asked);
         apply_spans(&views, &mut spans);
+        idleness.folded(&views, &delivered);
         alignment.delivered(&views.read(), &delivered.partitions, backlog);
     }
     let measured = Measured {

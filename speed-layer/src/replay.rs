@@ -130,12 +130,6 @@ impl Lane {
         self.span.records.get(self.taken)
     }
 
-    /// The merge's key of `record`, a record of this lane, the lane being
-    /// `lane` (see [`Tournament::key`]).
-    fn key(&self, record: &ValueRecord, lane: usize) -> HeadKey {
-        Tournament::key(record.timestamp_ms, lane)
-    }
-
     /// Records still due and none fetched: the merge waits for this lane.
     fn dry(&self) -> bool {
         self.pending() == 0 && self.span.position.offset < self.span.end
@@ -349,7 +343,7 @@ impl Lanes {
             order.push(i as u32);
             let lane = &mut self.lanes[i];
             lane.taken += 1;
-            let next = lane.front().map(|record| lane.key(record, i));
+            let next = lane.front().map(|r| self.heads.key(r.timestamp_ms, i));
             if next.is_none() && lane.dry() {
                 self.dry += 1;
             }
@@ -448,7 +442,7 @@ impl Lanes {
         // Every lane's head is its first record not taken.
         for (i, lane) in self.lanes.iter().enumerate() {
             self.heads
-                .set(i, lane.front().map(|record| lane.key(record, i)));
+                .set(i, lane.front().map(|r| self.heads.key(r.timestamp_ms, i)));
         }
         // New heads: every match played again (a few per lane).
         self.heads.play_all();
@@ -502,7 +496,7 @@ impl Lanes {
 #[derive(Debug)]
 struct Tournament {
     /// Each lane's head ([`Tournament::key`]; a lane without a head, and
-    /// the leaves past the last lane, [`no_head`]).
+    /// the leaves past the last lane, [`Tournament::no_head`]).
     heads: Vec<HeadKey>,
     /// `nodes[0]`: the winner's key; `nodes[n]` for `n` in `1..width`: the
     /// loser's key of the match at node `n` (children `2n` and `2n + 1`;
@@ -510,80 +504,85 @@ struct Tournament {
     nodes: Vec<HeadKey>,
     /// Leaves: the lanes, to a power of two.
     width: usize,
+    /// The low bits of a key that hold its lane (enough for `width`, and
+    /// at least one).
+    lane_bits: u32,
+    /// A timestamp's place in the high bits: its value with the sign bit
+    /// flipped (so that it compares as an unsigned integer), less this,
+    /// and at most `last_time`; `last_time + 1` marks a lane without a head.
+    time_offset: u64,
+    last_time: u64,
 }
 
 /// A head's key: see [`Tournament::key`].
-type HeadKey = (u64, u64);
-
-/// Bits 32..64 of a key's second half: zero in a record's, all ones in
-/// [`no_head`]'s.
-const NO_HEAD_MARK: u64 = (u32::MAX as u64) << 32;
-
-/// The key of lane `lane` without a head: after every record's (a record's
-/// has zeros where it has [`NO_HEAD_MARK`]), and still naming its lane.
-fn no_head(lane: usize) -> HeadKey {
-    (u64::MAX, NO_HEAD_MARK | lane as u64)
-}
-
-/// Whether `key` is a lane's without a head.
-fn is_no_head(key: HeadKey) -> bool {
-    key.1 & NO_HEAD_MARK == NO_HEAD_MARK
-}
-
-/// The lane a key names (its low 32 bits).
-fn lane_of(key: HeadKey) -> usize {
-    key.1 as u32 as usize
-}
-
-/// Whether `a` comes before `b`, without a branch: which lane wins is a
-/// coin toss when the lanes' records alternate, and a mispredicted branch
-/// per level cost more than the comparison. (Two 64-bit halves: a `u128`
-/// compiled to branches, however it was selected.)
-fn before(a: HeadKey, b: HeadKey) -> bool {
-    (a.0 < b.0) | ((a.0 == b.0) & (a.1 < b.1))
-}
+type HeadKey = u64;
 
 impl Tournament {
     fn new(lanes: usize) -> Tournament {
         let width = lanes.next_power_of_two();
+        let lane_bits = width.trailing_zeros().max(1);
+        let time_bits = 64 - lane_bits;
         let mut tournament = Tournament {
-            heads: (0..width).map(no_head).collect(),
-            nodes: vec![no_head(0); width],
+            heads: Vec::new(),
+            nodes: Vec::new(),
             width,
+            lane_bits,
+            // The timestamps from -2^(time_bits - 1) to 2^(time_bits - 1) - 2
+            // ms keep their place: ±2^58 ms around 1970 for 24 lanes, ±278
+            // years for a million.
+            time_offset: (1 << 63) - (1 << (time_bits - 1)),
+            last_time: (1 << time_bits) - 2,
         };
+        tournament.heads = (0..width).map(|lane| tournament.no_head(lane)).collect();
+        tournament.nodes = vec![tournament.no_head(0); width];
         tournament.play_all();
         tournament
     }
 
-    /// A record's [`AppendKey`] and its lane as two integers that compare
-    /// as `(AppendKey, lane)` does: the timestamp with its sign bit
-    /// flipped, and the lane (a key of a timestamp, a partition, an offset
-    /// and a lane, 192 bits, took 28 instructions a level of the
-    /// tournament).
-    fn key(timestamp: AppendKey, lane: usize) -> HeadKey {
-        ((timestamp as u64) ^ (1 << 63), lane as u64)
+    /// A record's [`AppendKey`] and its lane as one integer that compares
+    /// as `(AppendKey, lane)` does: the timestamp in the high bits (one
+    /// further from 1970 than the bits hold goes in at the bound, then
+    /// ties with the others there), the lane in the low ones. (One
+    /// comparison a level: a key of two 64-bit halves took 24 instructions
+    /// a level of the tournament, and 192 bits had taken 28.)
+    fn key(&self, timestamp: AppendKey, lane: usize) -> HeadKey {
+        let time = ((timestamp as u64) ^ (1 << 63))
+            .saturating_sub(self.time_offset)
+            .min(self.last_time);
+        (time << self.lane_bits) | lane as u64
+    }
+
+    /// The key of lane `lane` without a head: after every record's, and
+    /// still naming its lane.
+    fn no_head(&self, lane: usize) -> HeadKey {
+        ((self.last_time + 1) << self.lane_bits) | lane as u64
+    }
+
+    /// Whether `key` is a lane's without a head.
+    fn is_no_head(&self, key: HeadKey) -> bool {
+        key >> self.lane_bits > self.last_time
+    }
+
+    /// The lane a key names.
+    fn lane_of(&self, key: HeadKey) -> usize {
+        (key & ((1 << self.lane_bits) - 1)) as usize
     }
 
     /// Sets lane `lane`'s head (its key); [`Tournament::play_all`] must follow.
     fn set(&mut self, lane: usize, head: Option<HeadKey>) {
-        self.heads[lane] = head.unwrap_or_else(|| no_head(lane));
+        self.heads[lane] = head.unwrap_or_else(|| self.no_head(lane));
     }
 
     /// Plays every match from the leaves up.
     fn play_all(&mut self) {
         let width = self.width;
         // The winner of each node's subtree; a leaf's is its lane's head.
-        let mut winners: Vec<HeadKey> = vec![no_head(0); 2 * width];
+        let mut winners: Vec<HeadKey> = vec![0; 2 * width];
         winners[width..].copy_from_slice(&self.heads);
         for node in (1..width).rev() {
             let (left, right) = (winners[2 * node], winners[2 * node + 1]);
-            let (winner, loser) = if before(right, left) {
-                (right, left)
-            } else {
-                (left, right)
-            };
-            winners[node] = winner;
-            self.nodes[node] = loser;
+            winners[node] = left.min(right);
+            self.nodes[node] = left.max(right);
         }
         self.nodes[0] = winners[1];
     }
@@ -591,20 +590,21 @@ impl Tournament {
     /// The lane with the first head (`None`: no lane has one).
     fn winner(&self) -> Option<usize> {
         let top = self.nodes[0];
-        (!is_no_head(top)).then(|| lane_of(top))
+        (!self.is_no_head(top)).then(|| self.lane_of(top))
     }
 
     /// The winner's head is now `head`: the matches on its way up are
-    /// played again.
+    /// played again. Without a branch: which lane wins is a coin toss
+    /// when the lanes' records alternate, and a mispredicted branch per
+    /// level cost more than the comparison.
     fn replace_winner(&mut self, head: Option<HeadKey>) {
-        let lane = lane_of(self.nodes[0]);
-        let mut key = head.unwrap_or_else(|| no_head(lane));
+        let lane = self.lane_of(self.nodes[0]);
+        let mut key = head.unwrap_or_else(|| self.no_head(lane));
         self.heads[lane] = key;
         let mut node = (self.width + lane) / 2;
         while node >= 1 {
             let held = self.nodes[node];
-            let (won, lost) =
-                std::hint::select_unpredictable(before(held, key), (held, key), (key, held));
+            let (won, lost) = std::hint::select_unpredictable(held < key, (held, key), (key, held));
             self.nodes[node] = lost;
             key = won;
             node /= 2;
@@ -991,7 +991,8 @@ mod tests {
             .collect::<Vec<_>>();
         let mut heads = Tournament::new(lanes.len());
         for (i, lane) in lanes.iter().enumerate() {
-            heads.set(i, lane.front().map(|r| lane.key(r, i)));
+            let head = lane.front().map(|r| heads.key(r.timestamp_ms, i));
+            heads.set(i, head);
         }
         heads.play_all();
         Lanes {
@@ -1202,6 +1203,35 @@ mod tests {
         assert!(error.contains("out of range"), "{error}");
     }
 
+    /// A key compares as (timestamp, lane) over the timestamps it holds,
+    /// whatever the number of lanes; one further from 1970 goes in at the
+    /// bound, still before a lane without a head and still naming its lane.
+    #[test]
+    fn a_key_orders_by_timestamp_then_lane_within_its_bounds() {
+        for lanes in [1, 2, 3, 24, 1 << 16] {
+            let tournament = Tournament::new(lanes);
+            let last = lanes - 1;
+            let stamps = [-(1 << 40), -1, 0, 1, 1_767_225_600_000, 1 << 40];
+            let pairs: Vec<(i64, usize)> = stamps
+                .iter()
+                .flat_map(|ts| [(*ts, 0), (*ts, last)])
+                .collect();
+            for a in &pairs {
+                for b in &pairs {
+                    let keys = (tournament.key(a.0, a.1), tournament.key(b.0, b.1));
+                    assert_eq!(keys.0.cmp(&keys.1), a.cmp(b), "{lanes} lanes: {a:?} {b:?}");
+                }
+            }
+            for ts in [i64::MIN, i64::MAX] {
+                let key = tournament.key(ts, last);
+                assert_eq!(tournament.lane_of(key), last);
+                assert!(!tournament.is_no_head(key) && key < tournament.no_head(0));
+            }
+            assert_eq!(tournament.key(i64::MIN, 0), tournament.key(i64::MIN + 1, 0));
+            assert!(tournament.is_no_head(tournament.no_head(last)));
+        }
+    }
+
     proptest! {
         /// The tournament's winner is always the least (key, lane) head,
         /// as winners are replaced and as every match is played again.
@@ -1230,7 +1260,7 @@ mod tests {
             let mut fronts = vec![0usize; lanes.len()];
             let mut tournament = Tournament::new(lanes.len());
             for (lane, records) in records.iter().enumerate() {
-                tournament.set(lane, records.first().map(|r| Tournament::key(append_key(r), lane)));
+                tournament.set(lane, records.first().map(|r| tournament.key(append_key(r), lane)));
             }
             tournament.play_all();
             for step in 0.. {
@@ -1242,7 +1272,7 @@ mod tests {
                 let Some(lane) = least else { break };
                 fronts[lane] += 1;
                 tournament.replace_winner(
-                    records[lane].get(fronts[lane]).map(|r| Tournament::key(append_key(r), lane)),
+                    records[lane].get(fronts[lane]).map(|r| tournament.key(append_key(r), lane)),
                 );
                 if step % replay_every == 0 {
                     tournament.play_all();
