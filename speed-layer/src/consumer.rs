@@ -281,10 +281,17 @@ impl CheckpointRetry {
 /// and the checkpoint holds each partition's last append. (The loop's own
 /// clock marked them at moments no restart could tell.) As in Kafka
 /// Streams' stream time, the log's clock moves only as records come: while
-/// no partition sends, none goes idle. (Public for `lambda bench speed`.)
+/// no partition sends, none goes idle. An append timestamp ahead of the
+/// wall clock counts as the wall clock's time: one record stamped a year
+/// ahead (a producer's clock, on Kafka) would otherwise mark every other
+/// partition idle at once, and keep the log's clock there. (Public for
+/// `lambda bench speed`.)
 #[derive(Debug)]
 pub struct Idleness {
     timeout_ms: i64,
+    /// The wall clock at the last fetch (ms): an append timestamp ahead of
+    /// it counts as this.
+    wall: i64,
     /// The log time at which each partition last sat a fetch out
     /// ([`Alignment`]): held back, not quiet, its time does not run while
     /// it does.
@@ -296,6 +303,7 @@ impl Idleness {
     pub fn new(timeout: Duration) -> Idleness {
         Idleness {
             timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            wall: i64::MAX,
             sat_out: Vec::new(),
         }
     }
@@ -306,11 +314,13 @@ impl Idleness {
     /// that were asked and delivered nothing go idle if they have sent
     /// nothing for the timeout by it.
     pub fn fetched(&mut self, views: &SpeedViews, delivered: &Delivered, asked: &[FetchPosition]) {
+        self.wall = chrono::Utc::now().timestamp_millis();
         let mut state = views.write();
-        let now = delivered
+        let newest = delivered
             .appended
             .iter()
-            .fold(state.log_now, |now, ts| now.max(*ts));
+            .fold(i64::MIN, |now, ts| now.max(*ts));
+        let now = state.log_now.max(newest.min(self.wall));
         state.log_now = now;
         let was_asked = |c: &PartitionClock| {
             asked
@@ -342,7 +352,7 @@ impl Idleness {
     pub fn folded(&self, views: &SpeedViews, delivered: &Delivered) {
         let mut state = views.write();
         for ((topic, partition), ts) in delivered.partitions.iter().zip(&delivered.appended) {
-            state.appended(topic, *partition, *ts);
+            state.appended(topic, *partition, (*ts).min(self.wall));
         }
     }
 }
@@ -1856,6 +1866,43 @@ mod tests {
         assert!(!views.read().clocks()[2].idle);
         idleness.fetched(&views, &delivered(&[(1, a0 + 90_001)]), &all[1..]);
         assert!(views.read().clocks()[2].idle);
+    }
+
+    /// An append timestamp ahead of the wall clock moves the log's clock
+    /// only to the wall clock's time: a record stamped a year ahead (a
+    /// producer's clock) does not mark every other partition idle at once.
+    #[test]
+    fn a_record_stamped_ahead_of_the_wall_clock_moves_the_log_s_clock_only_to_it() {
+        let topic = "funnel-events";
+        let views = fresh_views();
+        let now = chrono::Utc::now().timestamp_millis();
+        for partition in 0..2 {
+            let mut click =
+                lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, now);
+            click.user_id = Some("u".into());
+            let mut state = views.write();
+            state.apply_from(topic, partition, &click);
+            state.appended(topic, partition, now - 1_000);
+        }
+        let asked: Vec<FetchPosition> = (0..2)
+            .map(|partition| FetchPosition {
+                topic: topic.into(),
+                partition,
+                offset: 0,
+            })
+            .collect();
+        let read = Delivered {
+            partitions: vec![(Arc::from(topic), 0)],
+            appended: vec![now + 31_536_000_000],
+            most: 1,
+        };
+        let mut idleness = Idleness::new(Duration::from_secs(30));
+        idleness.fetched(&views, &read, &asked);
+        idleness.folded(&views, &read);
+        let wall = chrono::Utc::now().timestamp_millis();
+        let state = views.read();
+        assert!(state.log_time().is_some_and(|at| at <= wall));
+        assert!(state.clocks().iter().all(|c| !c.idle && c.appended <= wall));
     }
 
     #[test]

@@ -689,6 +689,10 @@ struct Idleness {
     now: i64,
     /// No partition can go idle before this time.
     next_check: i64,
+    /// The wall clock when this refill's records were folded (ms): an
+    /// append timestamp ahead of it counts as this, as in the live loop
+    /// ([`crate::consumer::Idleness`]).
+    wall: i64,
 }
 
 impl Idleness {
@@ -698,6 +702,7 @@ impl Idleness {
             last: vec![i64::MIN; lanes],
             now: state.log_time().unwrap_or(i64::MIN),
             next_check: i64::MIN,
+            wall: i64::MAX,
         }
     }
 
@@ -710,6 +715,7 @@ impl Idleness {
     fn delivered(&mut self, state: &mut SpeedState, lanes: &[Lane], lane: usize, ts: i64) {
         // (A record stamped before the lane's newest moves nothing: the
         // collector stamps records with its clock as it takes them.)
+        let ts = ts.min(self.wall);
         if let Some(last) = self.last.get_mut(lane) {
             *last = (*last).max(ts);
         }
@@ -744,6 +750,7 @@ impl Folded {
     /// [`Ring`]) before they are folded, as the live loop decodes a chunk
     /// and then folds it.
     fn fold(&mut self, state: &mut SpeedState, lanes: &[Lane], order: &[u32], keep: &Range<i64>) {
+        self.idleness.wall = chrono::Utc::now().timestamp_millis();
         let run = (RING_SLOTS / lanes.len().max(1)).clamp(MIN_RUN, MAX_RUN);
         let mut rings: Vec<Ring<'_>> = std::mem::take(&mut self.rings)
             .into_iter()
@@ -960,6 +967,43 @@ mod tests {
                 "idle timeout {timeout_ms} ms"
             );
         }
+
+        // A record stamped a year ahead of the wall clock (a producer's
+        // clock) moves the log's clock only to the wall clock's time: it
+        // does not mark partition 1, which sent a second before, idle.
+        let now = chrono::Utc::now().timestamp_millis();
+        for record in [
+            click("b3", t + 2_000, 1, now - 1_000),
+            click("a3", t + 3_000, 0, now + 31_536_000_000),
+        ] {
+            log.append("funnel-events", vec![record])
+                .await
+                .expect("appended");
+        }
+        let spans = spans_to(&log, |_, _, end| Some(end)).await.expect("spans");
+        let replayed = replay(
+            &log,
+            &spans,
+            crate::empty_state(&config),
+            0..0,
+            Duration::from_secs(30),
+            |_| {},
+        )
+        .await
+        .expect("replayed");
+        let state = &replayed.state;
+        let wall = chrono::Utc::now().timestamp_millis();
+        assert!(
+            state.log_time().is_some_and(|at| at <= wall),
+            "{:?}",
+            state.log_time()
+        );
+        let idle: Vec<(u32, bool)> = state
+            .clocks()
+            .iter()
+            .map(|c| (c.partition, c.idle))
+            .collect();
+        assert_eq!(idle, [(1, false), (0, false)]);
     }
 
     fn lanes_of(partitions: &[Vec<i64>]) -> Lanes {
