@@ -334,17 +334,25 @@ impl Idleness {
                 None => self.sat_out.push((key, now)),
             }
         }
+        let newcomer = delivered
+            .partitions
+            .iter()
+            .any(|(topic, partition)| !state.has_clock(topic, *partition));
         let (sat_out, timeout_ms) = (&self.sat_out, self.timeout_ms);
-        state.mark_idle(timeout_ms, |c| {
-            delivered
-                .partitions
-                .iter()
-                .any(|(t, p)| *p == c.partition && **t == *c.topic)
-                || !was_asked(c)
-                || sat_out.iter().any(|((t, p), at)| {
-                    *p == c.partition && *t == c.topic && now.saturating_sub(*at) <= timeout_ms
-                })
-        });
+        state.mark_idle(
+            timeout_ms,
+            |c| {
+                delivered
+                    .partitions
+                    .iter()
+                    .any(|(t, p)| *p == c.partition && **t == *c.topic)
+                    || !was_asked(c)
+                    || sat_out.iter().any(|((t, p), at)| {
+                        *p == c.partition && *t == c.topic && now.saturating_sub(*at) <= timeout_ms
+                    })
+            },
+            newcomer,
+        );
     }
 
     /// After the fetch is folded (a partition's first record made its
@@ -1866,6 +1874,55 @@ mod tests {
         assert!(!views.read().clocks()[2].idle);
         idleness.fetched(&views, &delivered(&[(1, a0 + 90_001)]), &all[1..]);
         assert!(views.read().clocks()[2].idle);
+    }
+
+    /// A partition new to the state that sends when every partition it
+    /// knows goes idle joins the watermark before its first event is
+    /// judged, as one it knew would: the highest idle clock counted, and
+    /// the event was late (a hostile run's finding).
+    #[test]
+    fn a_partition_new_to_the_state_is_not_late_behind_partitions_gone_idle() {
+        let (t, a) = (1_767_225_600_000, 1_767_229_200_000);
+        let topic = "funnel-events";
+        let views = fresh_views();
+        let click = |id: &str, ts: i64| {
+            let mut click = lambda_events::Event::bare(id, EventType::Click, ts);
+            click.user_id = Some("u".into());
+            click
+        };
+        for (partition, ts, appended) in [(1, t, a), (0, t + 600_000, a + 100)] {
+            let mut state = views.write();
+            state.apply_from(topic, partition, &click(&format!("e{partition}"), ts));
+            state.appended(topic, partition, appended);
+        }
+        assert_eq!(views.read().watermark(), Some(t - 60_000));
+        let asked: Vec<FetchPosition> = (0..3)
+            .map(|partition| FetchPosition {
+                topic: topic.into(),
+                partition,
+                offset: 0,
+            })
+            .collect();
+        let read = Delivered {
+            partitions: vec![(Arc::from(topic), 2)],
+            appended: vec![a + 2_600],
+            most: 1,
+        };
+        let mut idleness = Idleness::new(Duration::from_secs(2));
+        idleness.fetched(&views, &read, &asked);
+        let applied = views
+            .write()
+            .apply_from(topic, 2, &click("c1", t + 300_000));
+        idleness.folded(&views, &read);
+        assert_eq!(applied, crate::window::Applied::Counted);
+        let state = views.read();
+        assert_eq!(state.watermark(), Some(t + 240_000));
+        let idle: Vec<(u32, bool)> = state
+            .clocks()
+            .iter()
+            .map(|c| (c.partition, c.idle))
+            .collect();
+        assert_eq!(idle, [(1, true), (0, true), (2, false)]);
     }
 
     /// An append timestamp ahead of the wall clock moves the log's clock

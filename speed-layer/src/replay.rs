@@ -712,7 +712,7 @@ impl Idleness {
     /// them at a fetch). A dozen instructions a record; the marking runs
     /// about once per timeout of the log's time.
     #[inline]
-    fn delivered(&mut self, state: &mut SpeedState, lanes: &[Lane], lane: usize, ts: i64) {
+    fn delivered(&mut self, lane: usize, ts: i64) -> bool {
         // (A record stamped before the lane's newest moves nothing: the
         // collector stamps records with its clock as it takes them.)
         let ts = ts.min(self.wall);
@@ -720,16 +720,39 @@ impl Idleness {
             *last = (*last).max(ts);
         }
         self.now = self.now.max(ts);
-        if self.now >= self.next_check {
-            self.mark(state, lanes);
-        }
+        self.now >= self.next_check
     }
 
+    /// Marks idle the partitions that have sent nothing for longer than
+    /// the timeout, lane `lane` delivering a record now; `next_of` tells
+    /// when each lane's next record to fold was appended. Lanes whose next
+    /// record was appended by now send now too: the records of one request
+    /// share a millisecond, and the live loop meets them in one fetch and
+    /// marks none of their partitions idle (a partition folded after
+    /// another in the same millisecond was marked idle by it, and its
+    /// record counted late after a restart).
     #[cold]
     #[inline(never)]
-    fn mark(&mut self, state: &mut SpeedState, lanes: &[Lane]) {
+    fn mark(
+        &mut self,
+        state: &mut SpeedState,
+        lanes: &[Lane],
+        lane: usize,
+        next_of: impl Fn(usize) -> Option<i64>,
+    ) {
+        let mut newcomer = false;
+        for (i, (last, buffered)) in self.last.iter_mut().zip(lanes).enumerate() {
+            let sends_too = i != lane && next_of(i).is_some_and(|ts| ts.min(self.wall) <= self.now);
+            if sends_too {
+                *last = (*last).max(self.now);
+            }
+            if i == lane || sends_too {
+                let position = &buffered.span.position;
+                newcomer |= !state.has_clock(&position.topic, position.partition);
+            }
+        }
         self.tell(state, lanes);
-        self.next_check = state.mark_idle(self.timeout_ms, |_| false);
+        self.next_check = state.mark_idle(self.timeout_ms, |_| false, newcomer);
     }
 
     /// Tells the state each lane's newest append timestamp.
@@ -784,8 +807,18 @@ impl Folded {
             // By reference: an event is ~0.5 KB, and only a kept one is copied.
             let at = ring.folded;
             ring.folded += 1;
+            let appended = ring.slots.slot(at).appended;
+            if self.idleness.delivered(lane, appended) {
+                // Each lane's next record to fold, decoded or not.
+                let next_of = |l: usize| {
+                    let ring: &Ring<'_> = &rings[l];
+                    let next = ring.next - (ring.len - ring.folded);
+                    lanes[l].span.records.get(next).map(|r| r.timestamp_ms)
+                };
+                self.idleness.mark(state, lanes, lane, next_of);
+            }
+            let ring = &rings[lane];
             let slot = ring.slots.slot(at);
-            self.idleness.delivered(state, lanes, lane, slot.appended);
             if let Err(error) = &slot.outcome {
                 state.counters.invalid += 1;
                 if let Some(dead_letters) = self.dead_letters.as_mut() {
@@ -1004,6 +1037,94 @@ mod tests {
             .map(|c| (c.partition, c.idle))
             .collect();
         assert_eq!(idle, [(1, false), (0, false)]);
+    }
+
+    /// Records of one millisecond (one request's) send together: the
+    /// live loop meets them in one fetch and marks none of their
+    /// partitions idle, and neither does a replay, whichever partition it
+    /// folds first. And a partition new to the state that sends when every
+    /// partition it knows goes idle joins the watermark before its first
+    /// event is judged, as one it knew would (the highest idle clock
+    /// counted, and the event was late).
+    #[tokio::test]
+    async fn records_of_one_millisecond_send_together_and_a_newcomer_is_not_late() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
+            .await
+            .expect("the log");
+        log.create_topic("funnel-events", 3).await.expect("a topic");
+        log.create_topic("iot-events", 1).await.expect("a topic");
+        let (t, a) = (1_767_225_600_000_i64, 1_767_229_200_000_i64);
+        let click = |id: &str, ts: i64, partition: u32, at: i64| {
+            let user = crate::key_on(partition, 3);
+            let line = format!(
+                r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"{user}","campaign_id":"c"}}"#
+            );
+            lambda_log::Record::keyed(user, line.into_bytes(), at)
+        };
+        let reading = |id: &str, ts: i64, at: i64| {
+            let line = format!(
+                r#"{{"event_id":"{id}","ts":{ts},"event_type":"sensor_reading","device_id":"d","sensor":"t","value":1.5}}"#
+            );
+            lambda_log::Record::keyed("d", line.into_bytes(), at)
+        };
+        let config = crate::SpeedConfig::with_data_dir(dir.path());
+        // Partition 1 quiet for 2.5 s, then one request: b2 on partition
+        // 1, a2 on partition 0 (folded first), and an IoT reading.
+        log.append("funnel-events", vec![click("b1", t + 60_000, 1, a)])
+            .await
+            .expect("appended");
+        log.append("funnel-events", vec![click("a1", t + 60_000, 0, a + 100)])
+            .await
+            .expect("appended");
+        log.append("iot-events", vec![reading("i1", t + 60_000, a + 200)])
+            .await
+            .expect("appended");
+        log.append(
+            "funnel-events",
+            vec![
+                click("b2", t + 120_000, 1, a + 2_600),
+                click("a2", t + 600_000, 0, a + 2_600),
+            ],
+        )
+        .await
+        .expect("appended");
+        log.append("iot-events", vec![reading("i2", t + 120_000, a + 2_600)])
+            .await
+            .expect("appended");
+        let state = replay_all(&log, &config).await;
+        assert_eq!(
+            (state.counters().counted, state.counters().late),
+            (6, 0),
+            "b2 and i2 sent with a2: counted"
+        );
+        assert!(state.clocks().iter().all(|c| !c.idle));
+
+        // Partitions 0 and 1 and the IoT one quiet for 2.5 s more; then
+        // partition 2's first record, behind their clocks.
+        log.append(
+            "funnel-events",
+            vec![click("c1", t + 300_000, 2, a + 5_100)],
+        )
+        .await
+        .expect("appended");
+        let state = replay_all(&log, &config).await;
+        assert_eq!(
+            (state.counters().counted, state.counters().late),
+            (7, 0),
+            "c1 counted"
+        );
+        assert_eq!(state.watermark(), Some(t + 240_000));
+    }
+
+    /// All of `log` replayed into an empty state, with a 2 s idle timeout.
+    async fn replay_all(log: &lambda_log::EmbeddedLog, config: &crate::SpeedConfig) -> SpeedState {
+        let spans = spans_to(log, |_, _, end| Some(end)).await.expect("spans");
+        let state = crate::empty_state(config);
+        replay(log, &spans, state, 0..0, Duration::from_secs(2), |_| {})
+            .await
+            .expect("replayed")
+            .state
     }
 
     fn lanes_of(partitions: &[Vec<i64>]) -> Lanes {

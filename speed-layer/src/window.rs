@@ -460,6 +460,13 @@ impl SpeedState {
         }
     }
 
+    /// Whether `topic`/`partition` has a clock.
+    pub(crate) fn has_clock(&self, topic: &str, partition: u32) -> bool {
+        self.clocks
+            .iter()
+            .any(|c| c.partition == partition && c.topic == topic)
+    }
+
     /// Marks idle every active partition that has sent nothing for longer
     /// than `timeout_ms` by the log's clock ([`SpeedState::log_time`]),
     /// but those `spared` names. One whose last append is not known (a
@@ -471,10 +478,18 @@ impl SpeedState {
     /// partitions idle through this, on the same append timestamps: where
     /// the live loop used its own clock, a restart could not tell which
     /// partitions it had marked, nor when.
+    ///
+    /// `newcomer`: a partition without a clock sends at this time. The
+    /// watermark is then worked out again when its first event makes its
+    /// clock, as if the clock had been there (an expected partition holds
+    /// the watermark until its first record): worked out now, with every
+    /// known partition idle the highest clock would count, and the
+    /// newcomer's first events, behind it, would be late.
     pub(crate) fn mark_idle(
         &mut self,
         timeout_ms: i64,
         spared: impl Fn(&PartitionClock) -> bool,
+        newcomer: bool,
     ) -> i64 {
         let now = self.log_now;
         if now == NOT_YET {
@@ -500,7 +515,11 @@ impl SpeedState {
             }
         }
         if went_idle {
-            self.recompute_watermark();
+            match newcomer {
+                // The next clock to move works it out.
+                true => self.slowest = None,
+                false => self.recompute_watermark(),
+            }
         }
         next
     }
