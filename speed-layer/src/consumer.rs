@@ -314,6 +314,11 @@ impl Idleness {
     /// that were asked and delivered nothing go idle if they have sent
     /// nothing for the timeout by it.
     pub fn fetched(&mut self, views: &SpeedViews, delivered: &Delivered, asked: &[FetchPosition]) {
+        if delivered.partitions.is_empty() {
+            // The log's clock stands still: nothing can turn idle (and the
+            // state's lock is not taken for an empty fetch).
+            return;
+        }
         self.wall = chrono::Utc::now().timestamp_millis();
         let mut state = views.write();
         let newest = delivered
@@ -358,6 +363,9 @@ impl Idleness {
     /// After the fetch is folded (a partition's first record made its
     /// clock): each partition that delivered has sent at its newest record.
     pub fn folded(&self, views: &SpeedViews, delivered: &Delivered) {
+        if delivered.partitions.is_empty() {
+            return;
+        }
         let mut state = views.write();
         for ((topic, partition), ts) in delivered.partitions.iter().zip(&delivered.appended) {
             state.appended(topic, *partition, (*ts).min(self.wall));
