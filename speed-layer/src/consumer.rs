@@ -1773,6 +1773,49 @@ mod tests {
     }
 
     /// Views of a fresh state: a minute's allowed lateness, an hour's horizon.
+    const FUNNEL: &str = "funnel-events";
+
+    /// A click at `ts` folded in from `funnel-events`/`partition`, the
+    /// partition having sent at `appended`.
+    fn clicked(
+        views: &SpeedViews,
+        partition: u32,
+        ts: i64,
+        appended: i64,
+    ) -> crate::window::Applied {
+        let mut click =
+            lambda_events::Event::bare(&format!("e{partition}-{ts}"), EventType::Click, ts);
+        click.user_id = Some("u".into());
+        let mut state = views.write();
+        let applied = state.apply_from(FUNNEL, partition, &click);
+        state.appended(FUNNEL, partition, appended);
+        applied
+    }
+
+    /// The positions of `funnel-events`' `partitions`, at 0.
+    fn positions(partitions: std::ops::Range<u32>) -> Vec<FetchPosition> {
+        partitions
+            .map(|partition| FetchPosition {
+                topic: FUNNEL.into(),
+                partition,
+                offset: 0,
+            })
+            .collect()
+    }
+
+    /// A fetch of `funnel-events` that delivered records of each
+    /// `(partition, newest append timestamp)`.
+    fn delivered(partitions: &[(u32, i64)]) -> Delivered {
+        Delivered {
+            partitions: partitions
+                .iter()
+                .map(|(p, _)| (Arc::<str>::from(FUNNEL), *p))
+                .collect(),
+            appended: partitions.iter().map(|(_, ts)| *ts).collect(),
+            most: 1,
+        }
+    }
+
     fn fresh_views() -> SpeedViews {
         Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
             60_000, 3_600_000,
@@ -1840,38 +1883,19 @@ mod tests {
     #[test]
     fn a_partition_sitting_out_fetches_is_not_counted_idle() {
         let (t0, a0) = (1_767_225_600_000, 1_767_229_200_000);
-        let topic = "funnel-events";
         let views = fresh_views();
         for partition in 0..3 {
-            let mut click =
-                lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, t0);
-            click.user_id = Some("u".into());
-            let mut state = views.write();
-            state.apply_from(topic, partition, &click);
-            state.appended(topic, partition, a0);
+            clicked(&views, partition, t0, a0);
         }
-        let position = |partition: u32| FetchPosition {
-            topic: topic.into(),
-            partition,
-            offset: 0,
-        };
-        let delivered = |partitions: &[(u32, i64)]| Delivered {
-            partitions: partitions
-                .iter()
-                .map(|(p, _)| (Arc::<str>::from(topic), *p))
-                .collect(),
-            appended: partitions.iter().map(|(_, ts)| *ts).collect(),
-            most: 1,
-        };
         let idle = || -> Vec<bool> { views.read().clocks().iter().map(|c| c.idle).collect() };
         let mut idleness = Idleness::new(Duration::from_secs(30));
         // Nothing read for however long: the log's clock stands still.
-        let all = [position(0), position(1), position(2)];
+        let all = positions(0..3);
         idleness.fetched(&views, &delivered(&[]), &all);
         assert_eq!(idle(), [false, false, false]);
         // 0 and 1 asked, 1 delivered a record appended 60 s on; 2 sat out.
         let read = delivered(&[(1, a0 + 60_000)]);
-        idleness.fetched(&views, &read, &[position(0), position(1)]);
+        idleness.fetched(&views, &read, &all[..2]);
         idleness.folded(&views, &read);
         assert_eq!(idle(), [true, false, false]);
         assert_eq!(views.read().log_time(), Some(a0 + 60_000));
@@ -1891,38 +1915,17 @@ mod tests {
     #[test]
     fn a_partition_new_to_the_state_is_not_late_behind_partitions_gone_idle() {
         let (t, a) = (1_767_225_600_000, 1_767_229_200_000);
-        let topic = "funnel-events";
         let views = fresh_views();
-        let click = |id: &str, ts: i64| {
-            let mut click = lambda_events::Event::bare(id, EventType::Click, ts);
-            click.user_id = Some("u".into());
-            click
-        };
-        for (partition, ts, appended) in [(1, t, a), (0, t + 600_000, a + 100)] {
-            let mut state = views.write();
-            state.apply_from(topic, partition, &click(&format!("e{partition}"), ts));
-            state.appended(topic, partition, appended);
-        }
+        clicked(&views, 1, t, a);
+        clicked(&views, 0, t + 600_000, a + 100);
         assert_eq!(views.read().watermark(), Some(t - 60_000));
-        let asked: Vec<FetchPosition> = (0..3)
-            .map(|partition| FetchPosition {
-                topic: topic.into(),
-                partition,
-                offset: 0,
-            })
-            .collect();
-        let read = Delivered {
-            partitions: vec![(Arc::from(topic), 2)],
-            appended: vec![a + 2_600],
-            most: 1,
-        };
+        let asked = positions(0..3);
+        let read = delivered(&[(2, a + 2_600)]);
         let mut idleness = Idleness::new(Duration::from_secs(2));
         idleness.fetched(&views, &read, &asked);
-        let applied = views
-            .write()
-            .apply_from(topic, 2, &click("c1", t + 300_000));
-        idleness.folded(&views, &read);
+        let applied = clicked(&views, 2, t + 300_000, a + 2_600);
         assert_eq!(applied, crate::window::Applied::Counted);
+        idleness.folded(&views, &read);
         let state = views.read();
         assert_eq!(state.watermark(), Some(t + 240_000));
         let idle: Vec<(u32, bool)> = state
@@ -1938,29 +1941,13 @@ mod tests {
     /// producer's clock) does not mark every other partition idle at once.
     #[test]
     fn a_record_stamped_ahead_of_the_wall_clock_moves_the_log_s_clock_only_to_it() {
-        let topic = "funnel-events";
         let views = fresh_views();
         let now = chrono::Utc::now().timestamp_millis();
         for partition in 0..2 {
-            let mut click =
-                lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, now);
-            click.user_id = Some("u".into());
-            let mut state = views.write();
-            state.apply_from(topic, partition, &click);
-            state.appended(topic, partition, now - 1_000);
+            clicked(&views, partition, now, now - 1_000);
         }
-        let asked: Vec<FetchPosition> = (0..2)
-            .map(|partition| FetchPosition {
-                topic: topic.into(),
-                partition,
-                offset: 0,
-            })
-            .collect();
-        let read = Delivered {
-            partitions: vec![(Arc::from(topic), 0)],
-            appended: vec![now + 31_536_000_000],
-            most: 1,
-        };
+        let asked = positions(0..2);
+        let read = delivered(&[(0, now + 31_536_000_000)]);
         let mut idleness = Idleness::new(Duration::from_secs(30));
         idleness.fetched(&views, &read, &asked);
         idleness.folded(&views, &read);

@@ -924,20 +924,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partition_quiet_for_the_idle_timeout_stops_holding_the_watermark() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
-            .await
-            .expect("the log");
-        log.create_topic("funnel-events", 3).await.expect("a topic");
-        log.create_topic("iot-events", 1).await.expect("a topic");
-        let user_on = |partition: u32| crate::key_on(partition, 3);
+        let log = three_funnel_partitions(dir.path()).await;
         let (t, appended) = (1_767_225_600_000_i64, 1_767_229_200_000_i64);
-        let click = |id: &str, ts: i64, partition: u32, at: i64| {
-            let user = user_on(partition);
-            let line = format!(
-                r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"{user}","campaign_id":"c"}}"#
-            );
-            lambda_log::Record::keyed(user, line.into_bytes(), at)
-        };
         for record in [
             click("b1", t, 1, appended),
             click("a1", t + 600_000, 0, appended + 100),
@@ -1049,19 +1037,8 @@ mod tests {
     #[tokio::test]
     async fn records_of_one_millisecond_send_together_and_a_newcomer_is_not_late() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
-            .await
-            .expect("the log");
-        log.create_topic("funnel-events", 3).await.expect("a topic");
-        log.create_topic("iot-events", 1).await.expect("a topic");
+        let log = three_funnel_partitions(dir.path()).await;
         let (t, a) = (1_767_225_600_000_i64, 1_767_229_200_000_i64);
-        let click = |id: &str, ts: i64, partition: u32, at: i64| {
-            let user = crate::key_on(partition, 3);
-            let line = format!(
-                r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"{user}","campaign_id":"c"}}"#
-            );
-            lambda_log::Record::keyed(user, line.into_bytes(), at)
-        };
         let reading = |id: &str, ts: i64, at: i64| {
             let line = format!(
                 r#"{{"event_id":"{id}","ts":{ts},"event_type":"sensor_reading","device_id":"d","sensor":"t","value":1.5}}"#
@@ -1115,6 +1092,27 @@ mod tests {
             "c1 counted"
         );
         assert_eq!(state.watermark(), Some(t + 240_000));
+    }
+
+    /// An embedded log in `dir` with three `funnel-events` partitions and
+    /// one `iot-events` partition.
+    async fn three_funnel_partitions(dir: &std::path::Path) -> lambda_log::EmbeddedLog {
+        let log = lambda_log::EmbeddedLog::open(dir.join("log"), Default::default())
+            .await
+            .expect("the log");
+        log.create_topic("funnel-events", 3).await.expect("a topic");
+        log.create_topic("iot-events", 1).await.expect("a topic");
+        log
+    }
+
+    /// A click at `ts` by a user on `funnel-events`/`partition` (of three),
+    /// appended at `at`.
+    fn click(id: &str, ts: i64, partition: u32, at: i64) -> lambda_log::Record {
+        let user = crate::key_on(partition, 3);
+        let line = format!(
+            r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"{user}","campaign_id":"c"}}"#
+        );
+        lambda_log::Record::keyed(user, line.into_bytes(), at)
     }
 
     /// All of `log` replayed into an empty state, with a 2 s idle timeout.
