@@ -29,7 +29,7 @@ pub(crate) struct SharedArgs {
     /// How far the watermark trails the newest event, e.g. 60s.
     #[arg(long, env = "LAMBDA_ALLOWED_LATENESS", default_value = "60s", value_parser = parse_duration)]
     allowed_lateness: Duration,
-    /// A partition that sends nothing for this long of the log's time (the append times of the records the other partitions send) stops holding the speed layer's watermark back, e.g. 30s.
+    /// A partition that sends nothing for this long of the log's time (the append times of the records the other partitions send; in the group mode, of each member's own clock) stops holding the speed layer's watermark back, e.g. 30s.
     #[arg(long, env = "LAMBDA_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// While the speed layer catches up, a partition whose event time is more than this ahead of the slowest one still delivering waits for it (watermark alignment), e.g. 60s.

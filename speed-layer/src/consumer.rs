@@ -275,17 +275,16 @@ impl CheckpointRetry {
 
 /// Partitions going idle in the live loop: no record for the idle timeout
 /// by the log's clock, the newest append timestamp read
-/// ([`SpeedState::mark_idle`], as a replay marks them). So which partitions
+/// (`SpeedState::mark_idle`, as a replay marks them). So which partitions
 /// are idle, and from which record on, is a matter of what the log holds:
 /// a restart's catch-up and a kappa replay mark them at the same records,
 /// and the checkpoint holds each partition's last append. (The loop's own
 /// clock marked them at moments no restart could tell.) As in Kafka
 /// Streams' stream time, the log's clock moves only as records come: while
-/// no partition sends, none goes idle. An append timestamp ahead of the
-/// wall clock counts as the wall clock's time: one record stamped a year
-/// ahead (a producer's clock, on Kafka) would otherwise mark every other
-/// partition idle at once, and keep the log's clock there. (Public for
-/// `lambda bench speed`.)
+/// no partition sends, none goes idle. A record's time is read through
+/// `SpeedState::log_time_of`: one ahead of the wall clock counts
+/// as the wall clock's (the one place the reader's clock enters), one
+/// without a timestamp as the log's. (Public for `lambda bench speed`.)
 #[derive(Debug)]
 pub struct Idleness {
     timeout_ms: i64,
@@ -302,7 +301,7 @@ impl Idleness {
     /// Partitions go idle after `timeout` of the log's time without a record.
     pub fn new(timeout: Duration) -> Idleness {
         Idleness {
-            timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            timeout_ms: crate::SpeedState::timeout_ms(timeout),
             wall: i64::MAX,
             sat_out: Vec::new(),
         }
@@ -321,11 +320,10 @@ impl Idleness {
         }
         self.wall = chrono::Utc::now().timestamp_millis();
         let mut state = views.write();
-        let newest = delivered
-            .appended
-            .iter()
-            .fold(i64::MIN, |now, ts| now.max(*ts));
-        let now = state.log_now.max(newest.min(self.wall));
+        let (was, wall) = (state.log_now, self.wall);
+        let now = delivered.appended.iter().fold(was, |now, ts| {
+            now.max(crate::SpeedState::log_time_of(*ts, was, wall))
+        });
         state.log_now = now;
         let was_asked = |c: &PartitionClock| {
             asked
@@ -368,7 +366,8 @@ impl Idleness {
         }
         let mut state = views.write();
         for ((topic, partition), ts) in delivered.partitions.iter().zip(&delivered.appended) {
-            state.appended(topic, *partition, (*ts).min(self.wall));
+            let ts = crate::SpeedState::log_time_of(*ts, state.log_now, self.wall);
+            state.appended(topic, *partition, ts);
         }
     }
 }
@@ -641,9 +640,9 @@ async fn initial_positions(
 /// loop goes live ([`crate::replay::catch_up`]; a partition's first record
 /// joins it to the watermark, as live), where the loop's fetches of a
 /// backlog read it a partition at a time and a restart counted what the
-/// process it replaces had dropped as late. (Idleness is told by append
-/// times here and by the loop's own clock live; a checkpoint holds neither,
-/// so around an idle partition a restart can still differ: ARCHITECTURE.md.)
+/// process it replaces had dropped as late. (Partitions go idle by the
+/// log's clock here as live, from the last appends the checkpoint holds:
+/// [`Idleness`].)
 /// Serving answers from the restored state meanwhile; the caught-up state
 /// replaces it at once.
 async fn catch_up(
@@ -1934,6 +1933,33 @@ mod tests {
             .map(|c| (c.partition, c.idle))
             .collect();
         assert_eq!(idle, [(1, true), (0, true), (2, false)]);
+    }
+
+    /// A record without a timestamp (0 or less: the Kafka reader's for one
+    /// without) moves the log's clock nowhere, and its partition sends at
+    /// the clock's time: it was stamped 1970, and a partition sending only
+    /// such records went idle at every fetch another partition sent in.
+    #[test]
+    fn a_record_without_a_timestamp_sends_at_the_log_s_time() {
+        let (t, a) = (1_767_225_600_000, 1_767_229_200_000);
+        let views = fresh_views();
+        clicked(&views, 0, t, a);
+        clicked(&views, 1, t, a);
+        let mut idleness = Idleness::new(Duration::from_secs(30));
+        let all = positions(0..2);
+        for (partition, appended) in [(0, a + 20_000), (1, 0), (0, a + 40_000), (1, -1)] {
+            let read = delivered(&[(partition, appended)]);
+            idleness.fetched(&views, &read, &all);
+            idleness.folded(&views, &read);
+        }
+        let state = views.read();
+        assert_eq!(state.log_time(), Some(a + 40_000));
+        let clocks: Vec<(bool, i64)> = state
+            .clocks()
+            .iter()
+            .map(|c| (c.idle, c.appended))
+            .collect();
+        assert_eq!(clocks, [(false, a + 40_000), (false, a + 40_000)]);
     }
 
     /// An append timestamp ahead of the wall clock moves the log's clock

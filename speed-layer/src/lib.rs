@@ -62,7 +62,10 @@ pub struct SpeedConfig {
     /// other producers write to; the collector already dead-letters what it is sent.
     pub dead_letter_invalid: bool,
     /// A partition that delivers no record for this long stops holding the
-    /// watermark back (Flink's `withIdleness`) until it delivers again.
+    /// watermark back until it delivers again (as Flink's `withIdleness`,
+    /// but by the log's clock — the newest append timestamp read — where
+    /// Flink reads the processing clock: [`consumer::Idleness`]; the group
+    /// mode's members read their own clock).
     pub idle_timeout: Duration,
     /// While catching up, a partition whose clock is more than this ahead
     /// of the slowest partition still delivering sits out fetches

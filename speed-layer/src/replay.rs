@@ -145,7 +145,7 @@ impl Lane {
 /// it did live (one the state has no clock for does not hold the watermark
 /// back before it), and one that sends nothing for `idle_timeout` stops
 /// holding it back, as the live loop marks it idle — told by the records'
-/// append timestamps, the log's clock ([`Idleness`]). Late events whose
+/// append timestamps, the log's clock. Late events whose
 /// minute is in `keep` are kept for the caller. `progress` is told the
 /// records folded so far. Records that are not valid events are counted
 /// (`counters.invalid`): the live loop dead-lettered them when it read them.
@@ -698,7 +698,7 @@ struct Idleness {
 impl Idleness {
     fn new(timeout: Duration, lanes: usize, state: &SpeedState) -> Idleness {
         Idleness {
-            timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            timeout_ms: SpeedState::timeout_ms(timeout),
             last: vec![i64::MIN; lanes],
             now: state.log_time().unwrap_or(i64::MIN),
             next_check: i64::MIN,
@@ -706,16 +706,17 @@ impl Idleness {
         }
     }
 
-    /// Lane `lane` delivers a record appended at `ts`: partitions that
-    /// have sent nothing for longer than the timeout by then are marked
-    /// idle first (before the record is folded, as the live loop marks
-    /// them at a fetch). A dozen instructions a record; the marking runs
-    /// about once per timeout of the log's time.
+    /// Lane `lane` delivers a record appended at `ts` (as
+    /// [`SpeedState::log_time_of`] reads it): whether partitions may have
+    /// sent nothing for longer than the timeout by then, to be marked idle
+    /// ([`Idleness::mark`]) before the record is folded, as the live loop
+    /// marks them at a fetch. A dozen instructions a record; the marking
+    /// runs about once per timeout of the log's time.
     #[inline]
     fn delivered(&mut self, lane: usize, ts: i64) -> bool {
         // (A record stamped before the lane's newest moves nothing: the
         // collector stamps records with its clock as it takes them.)
-        let ts = ts.min(self.wall);
+        let ts = SpeedState::log_time_of(ts, self.now, self.wall);
         if let Some(last) = self.last.get_mut(lane) {
             *last = (*last).max(ts);
         }
@@ -740,19 +741,25 @@ impl Idleness {
         lane: usize,
         next_of: impl Fn(usize) -> Option<i64>,
     ) {
-        let mut newcomer = false;
-        for (i, (last, buffered)) in self.last.iter_mut().zip(lanes).enumerate() {
-            let sends_too = i != lane && next_of(i).is_some_and(|ts| ts.min(self.wall) <= self.now);
-            if sends_too {
-                *last = (*last).max(self.now);
-            }
-            if i == lane || sends_too {
-                let position = &buffered.span.position;
-                newcomer |= !state.has_clock(&position.topic, position.partition);
-            }
-        }
+        let (now, wall) = (self.now, self.wall);
+        let sending: Vec<bool> = (0..lanes.len())
+            .map(|i| {
+                i == lane
+                    || next_of(i).is_some_and(|ts| SpeedState::log_time_of(ts, now, wall) <= now)
+            })
+            .collect();
+        let newcomer = lanes.iter().zip(&sending).any(|(l, sends)| {
+            *sends && !state.has_clock(&l.span.position.topic, l.span.position.partition)
+        });
         self.tell(state, lanes);
-        self.next_check = state.mark_idle(self.timeout_ms, |_| false, newcomer);
+        let spared = |c: &crate::window::PartitionClock| {
+            lanes.iter().zip(&sending).any(|(l, sends)| {
+                *sends
+                    && l.span.position.partition == c.partition
+                    && l.span.position.topic == c.topic
+            })
+        };
+        self.next_check = state.mark_idle(self.timeout_ms, spared, newcomer);
     }
 
     /// Tells the state each lane's newest append timestamp.

@@ -460,6 +460,27 @@ impl SpeedState {
         }
     }
 
+    /// What a record appended at `appended` tells the log's clock, which
+    /// stands at `now`, read at wall-clock time `wall` (all ms): its own
+    /// time; the wall clock's if it is ahead of it (one record stamped a
+    /// year ahead — a producer's clock, on Kafka — would otherwise mark
+    /// every other partition idle at once, and a checkpoint would keep
+    /// the clock there); `now` if it has no timestamp (0 or less, as the
+    /// Kafka reader gives one without: it sends now, and moves nothing).
+    /// The live loop and a replay read the log's time through this.
+    pub(crate) fn log_time_of(appended: i64, now: i64, wall: i64) -> i64 {
+        if appended <= 0 {
+            now
+        } else {
+            appended.min(wall)
+        }
+    }
+
+    /// An idle timeout in ms (a longer one than `i64` holds: `i64::MAX`).
+    pub(crate) fn timeout_ms(timeout: std::time::Duration) -> i64 {
+        i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// Whether `topic`/`partition` has a clock.
     pub(crate) fn has_clock(&self, topic: &str, partition: u32) -> bool {
         self.clocks
@@ -480,11 +501,13 @@ impl SpeedState {
     /// partitions it had marked, nor when.
     ///
     /// `newcomer`: a partition without a clock sends at this time. The
-    /// watermark is then worked out again when its first event makes its
-    /// clock, as if the clock had been there (an expected partition holds
-    /// the watermark until its first record): worked out now, with every
-    /// known partition idle the highest clock would count, and the
-    /// newcomer's first events, behind it, would be late.
+    /// watermark is then worked out again when the next clock moves — its
+    /// first event's, which makes its clock — as if the clock had been
+    /// there (an expected partition holds the watermark until its first
+    /// record): worked out now, with every known partition idle the highest
+    /// clock would count, and the newcomer's first events, behind it,
+    /// would be late. (One whose records are all invalid makes no clock:
+    /// the watermark then waits for another clock to move.)
     pub(crate) fn mark_idle(
         &mut self,
         timeout_ms: i64,
