@@ -814,8 +814,9 @@ impl Folded {
             // By reference: an event is ~0.5 KB, and only a kept one is copied.
             let at = ring.folded;
             ring.folded += 1;
-            let appended = ring.slots.slot(at).appended;
-            if self.idleness.delivered(lane, appended) {
+            let ring = &rings[lane];
+            let slot = ring.slots.slot(at);
+            if self.idleness.delivered(lane, slot.appended) {
                 // Each lane's next record to fold, decoded or not.
                 let next_of = |l: usize| {
                     let ring: &Ring<'_> = &rings[l];
@@ -824,8 +825,6 @@ impl Folded {
                 };
                 self.idleness.mark(state, lanes, lane, next_of);
             }
-            let ring = &rings[lane];
-            let slot = ring.slots.slot(at);
             if let Err(error) = &slot.outcome {
                 state.counters.invalid += 1;
                 if let Some(dead_letters) = self.dead_letters.as_mut() {
