@@ -331,10 +331,16 @@ impl Idleness {
                 .any(|p| p.partition == c.partition && p.topic == c.topic)
         };
         for clock in state.clocks().iter().filter(|c| !was_asked(c)) {
-            let key = (clock.topic.clone(), clock.partition);
-            match self.sat_out.iter_mut().find(|(k, _)| *k == key) {
+            let found = self
+                .sat_out
+                .iter_mut()
+                .find(|((t, p), _)| *p == clock.partition && *t == clock.topic);
+            match found {
                 Some((_, at)) => *at = now,
-                None => self.sat_out.push((key, now)),
+                // A partition's name copied once, the first time it sits out.
+                None => self
+                    .sat_out
+                    .push(((clock.topic.clone(), clock.partition), now)),
             }
         }
         let newcomer = delivered
