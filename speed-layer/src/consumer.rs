@@ -1310,14 +1310,7 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_past_the_log_s_end_is_refused_not_lowered_to_it() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log: Arc<dyn EventLog> = Arc::new(
-            lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
-                .await
-                .expect("the log"),
-        );
-        for topic in Topic::ALL {
-            log.create_topic(topic.name(), 1).await.expect("a topic");
-        }
+        let log = event_log(dir.path(), 1).await;
         let records = vec![Record::keyed("u", b"{}".to_vec(), 0); 3];
         log.append("funnel-events", records)
             .await
@@ -1375,14 +1368,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restart_folds_its_backlog_as_the_live_loop_met_it() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log: Arc<dyn EventLog> = Arc::new(
-            lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
-                .await
-                .expect("the log"),
-        );
-        for topic in Topic::ALL {
-            log.create_topic(topic.name(), 2).await.expect("a topic");
-        }
+        let log = event_log(dir.path(), 2).await;
         log.create_topic(Topic::DEAD_LETTER, 1)
             .await
             .expect("the dead-letter topic");
@@ -1582,14 +1568,7 @@ mod tests {
     /// going on one data directory; the state of the last one at its end.
     async fn run_segments(feed: &[Record], segments: &[Segment]) -> crate::SpeedState {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log: Arc<dyn EventLog> = Arc::new(
-            lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
-                .await
-                .expect("the log"),
-        );
-        for topic in Topic::ALL {
-            log.create_topic(topic.name(), 2).await.expect("a topic");
-        }
+        let log = event_log(dir.path(), 2).await;
         let mut config = SpeedConfig::with_data_dir(&dir.path().join("speed"));
         config.idle_timeout = Duration::from_secs(2);
         config.checkpoint_interval = Duration::from_secs(3_600);
@@ -1778,6 +1757,19 @@ mod tests {
     }
 
     /// Views of a fresh state: a minute's allowed lateness, an hour's horizon.
+    /// An embedded log in `dir` with `partitions` partitions to each event topic.
+    async fn event_log(dir: &std::path::Path, partitions: u32) -> Arc<dyn EventLog> {
+        let log = lambda_log::EmbeddedLog::open(dir.join("log"), Default::default())
+            .await
+            .expect("the log");
+        for topic in Topic::ALL {
+            log.create_topic(topic.name(), partitions)
+                .await
+                .expect("a topic");
+        }
+        Arc::new(log)
+    }
+
     const FUNNEL: &str = "funnel-events";
 
     /// A click at `ts` folded in from `funnel-events`/`partition`, the
