@@ -369,11 +369,7 @@ impl SpeedState {
     /// or a replay, one fetch can bring minutes of one partition — do not
     /// make its events late.
     pub fn expect_partition(&mut self, topic: &str, partition: u32) {
-        if !self
-            .clocks
-            .iter()
-            .any(|c| c.partition == partition && c.topic == topic)
-        {
+        if !self.has_clock(topic, partition) {
             self.clocks.push(PartitionClock {
                 topic: topic.to_string(),
                 partition,
@@ -429,10 +425,7 @@ impl SpeedState {
 
     /// Marks a partition idle (no record for the idle timeout) or active again.
     pub fn set_idle(&mut self, topic: &str, partition: u32, idle: bool) {
-        if let Some(clock) = self
-            .clocks
-            .iter_mut()
-            .find(|c| c.partition == partition && c.topic == topic)
+        if let Some(clock) = self.clock_mut(topic, partition)
             && clock.idle != idle
         {
             clock.idle = idle;
@@ -451,11 +444,7 @@ impl SpeedState {
     /// own once it has a clock.
     pub fn appended(&mut self, topic: &str, partition: u32, ts: i64) {
         self.log_now = self.log_now.max(ts);
-        if let Some(clock) = self
-            .clocks
-            .iter_mut()
-            .find(|c| c.partition == partition && c.topic == topic)
-        {
+        if let Some(clock) = self.clock_mut(topic, partition) {
             clock.appended = clock.appended.max(ts);
         }
     }
@@ -486,6 +475,13 @@ impl SpeedState {
         self.clocks
             .iter()
             .any(|c| c.partition == partition && c.topic == topic)
+    }
+
+    /// `topic`/`partition`'s clock, if it has one.
+    fn clock_mut(&mut self, topic: &str, partition: u32) -> Option<&mut PartitionClock> {
+        self.clocks
+            .iter_mut()
+            .find(|c| c.partition == partition && c.topic == topic)
     }
 
     /// Marks idle every active partition that has sent nothing for longer
