@@ -32,9 +32,6 @@ pub(crate) struct SharedArgs {
     /// A partition that sends nothing for this long of the log's time (the append times of the records the other partitions send; in the group mode, of each member's own clock) stops holding the speed layer's watermark back, e.g. 30s.
     #[arg(long, env = "LAMBDA_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// While the speed layer catches up, a partition whose event time is more than this ahead of the slowest one still delivering waits for it (watermark alignment), e.g. 60s.
-    #[arg(long, env = "LAMBDA_MAX_CLOCK_DRIFT", default_value = "60s", value_parser = parse_duration)]
-    max_clock_drift: Duration,
     /// Alert rules as TOML (see infra/alerts.example.toml); without it, the built-in defaults.
     #[arg(long, env = "LAMBDA_ALERTS_FILE")]
     alerts_file: Option<PathBuf>,
@@ -205,7 +202,6 @@ impl SharedArgs {
             partitions: self.partitions,
             allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
             idle_timeout: self.idle_timeout,
-            max_clock_drift_ms: self.max_clock_drift.as_millis() as i64,
             architecture: self.architecture,
             batch_engine: lambda_batch::BatchEngine::from_flags(
                 &self.batch_engine.name,

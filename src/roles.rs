@@ -44,8 +44,6 @@ pub struct Shared {
     pub allowed_lateness_ms: i64,
     /// When a quiet partition stops holding the speed layer's watermark back.
     pub idle_timeout: Duration,
-    /// Watermark alignment of the speed layer while it catches up.
-    pub max_clock_drift_ms: i64,
     /// The speed layer's alert rules.
     pub alert_rules: lambda_speed::alerts::AlertRules,
     /// Bearer token of the admin endpoints (`None`: they are off).
@@ -67,7 +65,6 @@ impl Shared {
             partitions: lambda_ingest::DEFAULT_PARTITIONS,
             allowed_lateness_ms: 60_000,
             idle_timeout: Duration::from_secs(30),
-            max_clock_drift_ms: lambda_speed::DEFAULT_MAX_CLOCK_DRIFT_MS,
             alert_rules: lambda_speed::alerts::AlertRules::defaults(),
             admin_token: None,
             architecture: Architecture::Lambda,
@@ -125,7 +122,6 @@ impl Shared {
         SpeedConfig {
             allowed_lateness_ms: self.allowed_lateness_ms,
             idle_timeout: self.idle_timeout,
-            max_clock_drift_ms: self.max_clock_drift_ms,
             alert_rules: self.alert_rules.clone(),
             ..SpeedConfig::with_data_dir(&self.data_dir)
         }

@@ -29,7 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lambda_events::decode::TypedBaseline;
 use lambda_events::{Event, EventRef, Topic};
 use lambda_ingest::generator::{Generator, GeneratorConfig};
-use lambda_log::{EmbeddedConfig, EventLog, FetchPosition, Record, ValueSpan};
+use lambda_log::{EmbeddedConfig, EventLog, FetchPosition, Record};
 use lambda_speed::SpeedConfig;
 
 use crate::measure::{Measured, cpu_time, measure, median, memory, spinner};
@@ -338,43 +338,48 @@ async fn profile_rounds(
 }
 
 /// One round from the log into new views, as the speed layer's loop does
-/// it (fetches of all partitions in its batch size, each folded in, with
-/// its alignment and idleness).
+/// it (fetches of all partitions in its batch size, merged in append order
+/// and folded in behind the views' lock).
 async fn live_round(
     log: &Arc<dyn EventLog>,
     config: &SpeedConfig,
     bench: &SpeedBench,
 ) -> anyhow::Result<(Measured, lambda_speed::SpeedViews)> {
-    use lambda_speed::consumer::{Alignment, Idleness, apply_spans, delivered_by, fetch_into};
     let views = lambda_speed::new_views(config);
-    let mut spans = Vec::new();
+    let mut positions = Vec::new();
     for topic in Topic::ALL {
         for partition in 0..bench.partitions {
-            spans.push(ValueSpan::open(FetchPosition {
+            positions.push(FetchPosition {
                 topic: topic.name().to_string(),
                 partition,
                 offset: 0,
-            }));
+            });
         }
     }
-    let mut alignment = Alignment::new(config.max_clock_drift_ms);
-    let mut idleness = Idleness::new(config.idle_timeout);
+    let mut live = lambda_speed::replay::Live::new(
+        &positions,
+        &[],
+        &views.read(),
+        config.idle_timeout,
+        false,
+        lambda_speed::consumer::FETCH_MAX_RECORDS,
+    );
     let (cpu0, wall0) = (cpu_time(), Instant::now());
-    let mut read = 0usize;
-    while read < bench.events {
-        let positions: Vec<FetchPosition> = spans.iter().map(|s| s.position.clone()).collect();
-        let asked = alignment.to_fetch(&views.read(), &positions);
-        let fetched = fetch_into(log.as_ref(), &mut spans, &asked, Duration::from_millis(100))
+    // (A fetch may bring nothing while the newest millisecond is held.)
+    let mut idle = 0;
+    while live.records() < bench.events as u64 {
+        let fetched = live
+            .fetch(log.as_ref(), Duration::from_millis(100))
             .await?
             .records;
-        anyhow::ensure!(fetched > 0, "the log ended after {read} records");
-        read += fetched;
-        let delivered = delivered_by(&spans);
-        let backlog = Alignment::backlog(&delivered, asked.len());
-        idleness.fetched(&views, &delivered, &asked);
-        apply_spans(&views, &mut spans);
-        idleness.folded(&views, &delivered);
-        alignment.delivered(&views.read(), &delivered.partitions, backlog);
+        let before = live.records();
+        live.fold(&views);
+        idle = if fetched > 0 || live.records() > before {
+            0
+        } else {
+            idle + 1
+        };
+        anyhow::ensure!(idle < 50, "the log ended after {before} records");
     }
     let measured = Measured {
         cpu: cpu_time().saturating_sub(cpu0),

@@ -682,10 +682,6 @@ impl Reader {
 
 #[async_trait::async_trait]
 impl EventLog for KafkaLog {
-    fn fetches_any_subset_cheaply(&self) -> bool {
-        false
-    }
-
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
         match self.topic_partitions(topic) {
             Ok(existing) => return LogError::check_partitions(topic, existing, partitions),

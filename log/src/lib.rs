@@ -250,6 +250,14 @@ pub fn append_values(
     read
 }
 
+/// How far ahead of the wall clock a record's timestamp may be and still
+/// count as the log's time: a log that promises readers a time
+/// ([`EventLog::complete_before`]) stamps none further ahead, and the live
+/// speed layer folds one stamped further ahead (a record written by a
+/// clock that ran ahead, before the log stamped records itself) without
+/// waiting for the promise to pass it.
+pub const STAMP_AHEAD_MS: i64 = 60_000;
+
 /// A durable, partitioned, append-only log with consumer-group offsets.
 ///
 /// Implementations: [`EmbeddedLog`] (`embedded://DIR`) and [`KafkaLog`]
@@ -307,15 +315,15 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
         Ok(append_values(spans, records))
     }
 
-    /// Whether a fetch may ask for a different subset of partitions each
-    /// time at no extra cost (the speed layer's watermark alignment leaves
-    /// partitions out of a fetch while catching up). The embedded log reads
-    /// each partition's segment where the last read ended, whatever was
-    /// asked; a Kafka reader is one client assigned one set of partitions,
-    /// and a new set is a new client (or a reassignment that drops what it
-    /// had prefetched), so [`KafkaLog`] says no.
-    fn fetches_any_subset_cheaply(&self) -> bool {
-        true
+    /// A time (ms, as record timestamps) before which every record this
+    /// log will ever hold is readable now: none stamped before it is being
+    /// written or will be. `None`: the log promises nothing of the kind
+    /// (Kafka: producers stamp records with their own clocks). The live
+    /// speed layer folds only records stamped before it, in timestamp
+    /// order across partitions: the order a replay of the log folds them
+    /// in, wherever its fetches cut the log.
+    fn complete_before(&self) -> Option<i64> {
+        None
     }
 
     /// Stores `group`'s next offset to read for partitions of `topic`.

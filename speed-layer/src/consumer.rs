@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lambda_events::limits::DEAD_LETTER_EXCERPT_BYTES;
 use lambda_events::{EventError, EventRef, Topic};
-use lambda_log::{EventLog, FetchPosition, LogError, Record, ValueRecord, ValueSpan};
+use lambda_log::{EventLog, FetchPosition, LogError, Record, ValueRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Durable};
-use crate::replay::ReplaySpan;
+use crate::replay::Live;
 use crate::seen::IdHash;
-use crate::window::{ClockPlace, PartitionClock};
+use crate::window::ClockPlace;
 use crate::{SpeedConfig, SpeedViews};
 
-/// Records asked for per fetch (a fetch that comes back full means a backlog).
+/// Records asked for per fetch, shared among the partitions asked.
 pub const FETCH_MAX_RECORDS: usize = 4096;
 /// How long a fetch waits for new records before the loop looks around again.
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
@@ -68,7 +68,9 @@ fn replace_state(views: &SpeedViews, state: crate::SpeedState) {
 }
 
 /// Runs the speed layer until `shutdown` fires, from the state in `views`
-/// (see [`restore`]) and the offsets it holds.
+/// (see [`restore`]) and the offsets it holds. Its partitions are read
+/// merged in append order ([`Live`]): a restart from any checkpoint folds
+/// what the process before it had not checkpointed as that process did.
 #[tracing::instrument(name = "speed", skip_all)]
 pub async fn run(
     config: SpeedConfig,
@@ -76,63 +78,28 @@ pub async fn run(
     views: SpeedViews,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (mut positions, backlog) = initial_positions(&config, log.as_ref(), &views).await?;
-    if !backlog.is_empty() {
-        let caught_up = tokio::select! {
-            biased;
-            // Nothing is written before the state is caught up: the
-            // checkpoint and the log still hold everything.
-            _ = shutdown.cancelled() => return Ok(()),
-            caught_up = catch_up(&config, log.as_ref(), &views, &backlog, &shutdown) => caught_up,
-        };
-        match caught_up {
-            Ok(()) => {
-                for position in &mut positions {
-                    let end = backlog
-                        .iter()
-                        .find(|s| s.partition == position.partition && s.topic == position.topic)
-                        .map(|s| s.end);
-                    position.offset = end.unwrap_or(position.offset);
-                }
-                // Every partition's position in the state, as after a fetch.
-                settle(&views, positions.iter());
-            }
-            // The log unavailable for longer than the replay waits (a
-            // broker down at start): the loop below reads the backlog
-            // itself, a partition's run at a time, and waits for the log
-            // as long as it takes, as it did before the catch-up.
-            Err(error) => tracing::warn!(
-                error = format!("{error:#}"),
-                "the speed layer's catch-up in append order failed; the loop reads the backlog itself"
-            ),
-        }
-    }
+    let (positions, ends) = initial_positions(&config, log.as_ref(), &views).await?;
     tracing::info!(
         partitions = positions.len(),
         instance = config.instance.0,
         instances = config.instance.1,
         "speed layer consuming"
     );
-    let mut idleness = Idleness::new(config.idle_timeout);
-    let mut alignment = if log.fetches_any_subset_cheaply() {
-        Alignment::new(config.max_clock_drift_ms)
-    } else {
-        tracing::info!(
-            "watermark alignment (--max-clock-drift) is off on this log: each set of partitions asked for would be a client of its own"
-        );
-        Alignment::off()
-    };
+    let mut live = Live::new(
+        &positions,
+        &ends,
+        &views.read(),
+        config.idle_timeout,
+        config.dead_letter_invalid,
+        FETCH_MAX_RECORDS,
+    );
     let mut checkpoints = CheckpointRetry::new(config.checkpoint_interval);
     let mut checkpointer = Checkpointer::new(&config.checkpoint_path, &mut views.write());
     // The checkpoint being written: folding goes on meanwhile (the snapshot
     // was taken under the lock; its offsets are committed once it is durable).
     let mut writing: Option<Writing> = None;
     let mut committing: Option<tokio::task::JoinHandle<()>> = None;
-    // Each partition's position, and the records a fetch read for it.
-    let mut spans: Vec<ValueSpan> = positions.into_iter().map(ValueSpan::open).collect();
     loop {
-        let positions: Vec<FetchPosition> = spans.iter().map(|s| s.position.clone()).collect();
-        let asked = alignment.to_fetch(&views.read(), &positions);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -153,29 +120,23 @@ pub async fn run(
             _ = tokio::time::sleep_until(checkpoints.next_at), if writing.is_none() => {
                 writing = Some(start_checkpoint(&checkpointer, &views));
             }
-            fetched = fetch_into(log.as_ref(), &mut spans, &asked, FETCH_MAX_WAIT) => {
+            fetched = live.fetch(log.as_ref(), FETCH_MAX_WAIT) => {
                 match fetched {
                     Ok(_) => {
-                        let delivered = delivered_by(&spans);
-                        let backlog = Alignment::backlog(&delivered, asked.len());
-                        idleness.fetched(&views, &delivered, &asked);
                         // The fold is CPU work of milliseconds per fetch: done
                         // as blocking work, so the runtime's other tasks go on
                         // answering queries and taking events meanwhile — on the
                         // embedded log, on the thread that read the records
                         // (still in its cache; Kafka's client reads on its own).
                         let folding = Arc::clone(&views);
-                        let mut read = std::mem::take(&mut spans);
                         let (folded, invalid) = lambda_log::on_this_thread(move || {
-                            let invalid = apply_spans(&folding, &mut read);
-                            (read, invalid)
+                            let invalid = live.fold(&folding);
+                            (live, invalid)
                         })
                         .await
                         .map_err(|e| anyhow::anyhow!("the fold task: {e}"))?;
-                        spans = folded;
-                        idleness.folded(&views, &delivered);
-                        alignment.delivered(&views.read(), &delivered.partitions, backlog);
-                        if config.dead_letter_invalid && !invalid.is_empty() {
+                        live = folded;
+                        if !invalid.is_empty() {
                             dead_letter(log.as_ref(), invalid, &shutdown).await?;
                         }
                     }
@@ -189,9 +150,7 @@ pub async fn run(
                     }
                     Err(LogError::OffsetOutOfRange { topic, partition, start, offset, .. }) => {
                         tracing::warn!(%topic, partition, offset, start, "offset fell out of retention; skipping ahead");
-                        for span in spans.iter_mut().filter(|s| s.position.topic == topic && s.position.partition == partition) {
-                            span.position.offset = start;
-                        }
+                        live.skip_to(&topic, partition, start);
                     }
                     Err(error) if error.is_transient() => {
                         tracing::warn!(%error, "fetch failed; retrying");
@@ -273,278 +232,6 @@ impl CheckpointRetry {
     }
 }
 
-/// Partitions going idle in the live loop: no record for the idle timeout
-/// by the log's clock, the newest append timestamp read
-/// (`SpeedState::mark_idle`, as a replay marks them). So which partitions
-/// are idle, and from which record on, is a matter of what the log holds:
-/// a restart's catch-up and a kappa replay mark them at the same records,
-/// and the checkpoint holds each partition's last append. (The loop's own
-/// clock marked them at moments no restart could tell.) As in Kafka
-/// Streams' stream time, the log's clock moves only as records come: while
-/// no partition sends, none goes idle. A record's time is read through
-/// `SpeedState::log_time_of`: one ahead of the wall clock counts
-/// as the wall clock's (the one place the reader's clock enters), one
-/// without a timestamp as the log's. (Public for `lambda bench speed`.)
-#[derive(Debug)]
-pub struct Idleness {
-    timeout_ms: i64,
-    /// The wall clock at the last fetch (ms): an append timestamp ahead of
-    /// it counts as this.
-    wall: i64,
-    /// The log time at which each partition last sat a fetch out
-    /// ([`Alignment`]): held back, not quiet, its time does not run while
-    /// it does.
-    sat_out: Vec<((String, u32), i64)>,
-}
-
-impl Idleness {
-    /// Partitions go idle after `timeout` of the log's time without a record.
-    pub fn new(timeout: Duration) -> Idleness {
-        Idleness {
-            timeout_ms: crate::SpeedState::timeout_ms(timeout),
-            wall: i64::MAX,
-            sat_out: Vec::new(),
-        }
-    }
-
-    /// A fetch asked `asked` and read `delivered`: before it is folded (a
-    /// replay marks them before the record that moves its clock), the
-    /// log's clock moves on to the newest record read, and the partitions
-    /// that were asked and delivered nothing go idle if they have sent
-    /// nothing for the timeout by it.
-    pub fn fetched(&mut self, views: &SpeedViews, delivered: &Delivered, asked: &[FetchPosition]) {
-        if delivered.partitions.is_empty() {
-            // The log's clock stands still: nothing can turn idle (and the
-            // state's lock is not taken for an empty fetch).
-            return;
-        }
-        self.wall = chrono::Utc::now().timestamp_millis();
-        let mut state = views.write();
-        let (was, wall) = (state.log_now, self.wall);
-        let now = delivered.appended.iter().fold(was, |now, ts| {
-            now.max(crate::SpeedState::log_time_of(*ts, was, wall))
-        });
-        state.log_now = now;
-        let was_asked = |c: &PartitionClock| {
-            asked
-                .iter()
-                .any(|p| p.partition == c.partition && p.topic == c.topic)
-        };
-        for clock in state.clocks().iter().filter(|c| !was_asked(c)) {
-            let found = self
-                .sat_out
-                .iter_mut()
-                .find(|((t, p), _)| *p == clock.partition && *t == clock.topic);
-            match found {
-                Some((_, at)) => *at = now,
-                // A partition's name copied once, the first time it sits out.
-                None => self
-                    .sat_out
-                    .push(((clock.topic.clone(), clock.partition), now)),
-            }
-        }
-        let newcomer = delivered
-            .partitions
-            .iter()
-            .any(|(topic, partition)| !state.has_clock(topic, *partition));
-        let (sat_out, timeout_ms) = (&self.sat_out, self.timeout_ms);
-        state.mark_idle(
-            timeout_ms,
-            |c| {
-                delivered
-                    .partitions
-                    .iter()
-                    .any(|(t, p)| *p == c.partition && **t == *c.topic)
-                    || !was_asked(c)
-                    || sat_out.iter().any(|((t, p), at)| {
-                        *p == c.partition && *t == c.topic && now.saturating_sub(*at) <= timeout_ms
-                    })
-            },
-            newcomer,
-        );
-    }
-
-    /// After the fetch is folded (a partition's first record made its
-    /// clock): each partition that delivered has sent at its newest record.
-    pub fn folded(&self, views: &SpeedViews, delivered: &Delivered) {
-        if delivered.partitions.is_empty() {
-            return;
-        }
-        let mut state = views.write();
-        for ((topic, partition), ts) in delivered.partitions.iter().zip(&delivered.appended) {
-            let ts = crate::SpeedState::log_time_of(*ts, state.log_now, self.wall);
-            state.appended(topic, *partition, ts);
-        }
-    }
-}
-
-/// Reads into the spans whose partitions `asked` names, as much as is
-/// there (see [`EventLog::fetch_values`]): the speed layer's fetch. (Public
-/// for `lambda bench speed`.)
-pub async fn fetch_into(
-    log: &dyn EventLog,
-    spans: &mut [ValueSpan],
-    asked: &[FetchPosition],
-    max_wait: Duration,
-) -> Result<lambda_log::ValuesRead, LogError> {
-    let mut wanted: Vec<&mut ValueSpan> = spans
-        .iter_mut()
-        .filter(|span| {
-            asked
-                .iter()
-                .any(|p| p.partition == span.position.partition && p.topic == span.position.topic)
-        })
-        .collect();
-    if wanted.is_empty() {
-        // An instance that owns no partition (more instances than
-        // partitions): the wait a fetch with nothing to read would have
-        // been, not a loop that spins (`fetch_values` of no span returns
-        // at once).
-        tokio::time::sleep(max_wait).await;
-        return Ok(lambda_log::ValuesRead::default());
-    }
-    log.fetch_values(&mut wanted, FETCH_MAX_RECORDS, max_wait)
-        .await
-}
-
-/// The partitions `spans` hold records of (a fetch's, before they are
-/// folded), and how many the busiest holds.
-pub fn delivered_by(spans: &[ValueSpan]) -> Delivered {
-    let mut delivered = Delivered::default();
-    for span in spans.iter().filter(|span| !span.records.is_empty()) {
-        delivered.partitions.push((
-            Arc::from(span.position.topic.as_str()),
-            span.position.partition,
-        ));
-        let newest = span.records.iter().map(|r| r.timestamp_ms).max();
-        delivered.appended.push(newest.unwrap_or(i64::MIN));
-        delivered.most = delivered.most.max(span.records.len());
-    }
-    delivered
-}
-
-/// What a fetch delivered ([`delivered_by`]).
-#[derive(Debug, Default)]
-pub struct Delivered {
-    /// The partitions records came from, each once, in the order met.
-    pub partitions: Vec<(Arc<str>, u32)>,
-    /// Each one's newest append timestamp (its records' greatest), in the
-    /// same order.
-    pub appended: Vec<i64>,
-    /// The most records one partition delivered.
-    pub most: usize,
-}
-
-/// Watermark alignment, as Flink's (`withWatermarkAlignment`): which
-/// partitions the next fetch asks for. A fetch brings every partition the
-/// same number of records, which on a quiet partition is minutes more of
-/// event time than on a busy one; while catching up, the quiet one's clock
-/// ran far ahead of the slowest, which holds the watermark, and every
-/// window in between stayed open with all its ids. (In `lambda bench
-/// speed`, the IoT partitions ran the whole log ahead of the funnel ones:
-/// ~120 000 ids open where reading in step keeps ~20 000, and the fold
-/// ran at 1.7 M events/s per core where in step it runs at 2.0 M.) So a
-/// partition whose clock is more than the drift ahead of the slowest one
-/// that delivered in the last fetch sits out the next fetch. One that has
-/// nothing to deliver (read to its end, or quiet) holds nobody back, and
-/// a partition without a clock yet is always asked.
-///
-/// Only while catching up ([`Alignment::backlog`]): after a fetch in which
-/// no partition filled its share, every partition is asked again. Caught up, holding a
-/// partition back would only hold its views back: one whose events come
-/// minutes behind the others' (IoT devices uploading in batches) would
-/// keep every other partition that far behind real time, each read again
-/// only when it had turned idle. And not on a log where asking for another
-/// set of partitions costs a client ([`EventLog::fetches_any_subset_cheaply`]:
-/// Kafka): [`Alignment::off`]. As in Flink, a partition is held back for
-/// as long as the slowest one delivering stays behind with a backlog.
-#[derive(Debug, Clone)]
-pub struct Alignment {
-    max_drift_ms: i64,
-    /// The slowest clock of the partitions that delivered in the last fetch.
-    slowest_delivering: Option<i64>,
-}
-
-impl Alignment {
-    /// No partition more than `max_drift_ms` ahead of the slowest one still delivering.
-    pub fn new(max_drift_ms: i64) -> Alignment {
-        Alignment {
-            max_drift_ms,
-            slowest_delivering: None,
-        }
-    }
-
-    /// Every partition asked, always.
-    pub fn off() -> Alignment {
-        Alignment::new(i64::MAX)
-    }
-
-    /// Whether a fetch of `asked` partitions that `delivered` shows a
-    /// backlog: some partition delivered its whole share of the fetch (a
-    /// log gives each partition asked an equal share of
-    /// [`FETCH_MAX_RECORDS`]: a whole fetch comes back only when every
-    /// partition asked has its share waiting, and one partition short of
-    /// it would turn alignment off while the others still catch up).
-    pub fn backlog(delivered: &Delivered, asked: usize) -> bool {
-        let share = (FETCH_MAX_RECORDS / asked.max(1)).max(1);
-        delivered.most >= share
-    }
-
-    /// The positions the next fetch asks for: `positions`, less those whose
-    /// clock in `state` is ahead by more than the drift (never all of them).
-    pub fn to_fetch(
-        &self,
-        state: &crate::SpeedState,
-        positions: &[FetchPosition],
-    ) -> Vec<FetchPosition> {
-        let Some(limit) = self
-            .slowest_delivering
-            .map(|slowest| slowest.saturating_add(self.max_drift_ms))
-        else {
-            return positions.to_vec();
-        };
-        let ahead = |p: &FetchPosition| {
-            state.clocks().iter().any(|c| {
-                c.partition == p.partition && c.topic == p.topic && !c.idle && c.max_ts > limit
-            })
-        };
-        let asked: Vec<FetchPosition> = positions.iter().filter(|p| !ahead(p)).cloned().collect();
-        if asked.is_empty() {
-            return positions.to_vec();
-        }
-        asked
-    }
-
-    /// After the records of a fetch are folded into `state`: the partitions
-    /// they came from ([`delivered_by`]), and whether the fetch came back
-    /// full (`backlog`: there is more to read at once). Without a backlog
-    /// the next fetch asks for every partition.
-    pub fn delivered(
-        &mut self,
-        state: &crate::SpeedState,
-        partitions: &[(Arc<str>, u32)],
-        backlog: bool,
-    ) {
-        if !backlog {
-            self.slowest_delivering = None;
-            return;
-        }
-        self.slowest_delivering = state
-            .clocks()
-            .iter()
-            .filter(|c| {
-                // (A clock still waiting for its first valid event holds nobody back.)
-                !c.idle
-                    && c.max_ts > i64::MIN
-                    && partitions
-                        .iter()
-                        .any(|(t, p)| *p == c.partition && **t == *c.topic)
-            })
-            .map(|c| c.max_ts)
-            .min();
-    }
-}
-
 /// The `dead-letter` record of an invalid record read from the log: its
 /// value cut to [`DEAD_LETTER_EXCERPT_BYTES`] (with an `original_bytes`
 /// header when cut), so that it always fits the log's record limit — an
@@ -594,15 +281,14 @@ pub(crate) async fn dead_letter(
 }
 
 /// Where the loop starts in each partition it owns (the checkpoint's
-/// offsets, or the log's start), and the records waiting there: from there
-/// to each partition's end as the log reports it now.
+/// offsets, or the log's start), and each one's end as the log reports it
+/// now.
 async fn initial_positions(
     config: &SpeedConfig,
     log: &dyn EventLog,
     views: &SpeedViews,
-) -> anyhow::Result<(Vec<FetchPosition>, Vec<ReplaySpan>)> {
-    let mut positions = Vec::new();
-    let mut backlog = Vec::new();
+) -> anyhow::Result<(Vec<FetchPosition>, Vec<u64>)> {
+    let (mut positions, mut ends) = (Vec::new(), Vec::new());
     for topic in Topic::ALL {
         let ranges = log
             .ranges(topic.name())
@@ -624,66 +310,15 @@ async fn initial_positions(
             // what the state had folded. A checkpoint truly past the end
             // (the log lost records) is refused by the first fetch.
             let offset = checkpointed.unwrap_or(range.start).max(range.start);
-            if offset < range.end {
-                backlog.push(ReplaySpan {
-                    topic: topic.name().to_string(),
-                    partition,
-                    start: offset,
-                    end: range.end,
-                });
-            }
             positions.push(FetchPosition {
                 topic: topic.name().to_string(),
                 partition,
                 offset,
             });
+            ends.push(range.end);
         }
     }
-    Ok((positions, backlog))
-}
-
-/// Folds `backlog` into the state in `views` in append order before the
-/// loop goes live ([`crate::replay::catch_up`]; a partition's first record
-/// joins it to the watermark, as live), where the loop's fetches of a
-/// backlog read it a partition at a time and a restart counted what the
-/// process it replaces had dropped as late. (Partitions go idle by the
-/// log's clock here as live, from the last appends the checkpoint holds:
-/// [`Idleness`].)
-/// Serving answers from the restored state meanwhile; the caught-up state
-/// replaces it at once.
-async fn catch_up(
-    config: &SpeedConfig,
-    log: &dyn EventLog,
-    views: &SpeedViews,
-    backlog: &[ReplaySpan],
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let records: u64 = backlog.iter().map(|s| s.end - s.start).sum();
-    tracing::info!(
-        records,
-        partitions = backlog.len(),
-        "speed layer catching up: folding the backlog in append order"
-    );
-    let state = views.read().clone();
-    let caught_up = crate::replay::catch_up(
-        log,
-        backlog,
-        state,
-        config.idle_timeout,
-        config.dead_letter_invalid,
-        shutdown,
-    )
-    .await
-    .context("the speed layer's catch-up")?;
-    // (Serving may have told B meanwhile, and alert rules may have changed.)
-    replace_state(views, caught_up.state);
-    tracing::info!(
-        records = caught_up.records,
-        seconds = caught_up.elapsed.as_secs_f64(),
-        watermark = views.read().watermark(),
-        "speed layer caught up"
-    );
-    Ok(())
+    Ok((positions, ends))
 }
 
 /// Records decoded, then folded in one hold of the state's write lock: a
@@ -789,10 +424,10 @@ pub(crate) fn touch_ids(state: &crate::SpeedState, decoded: &[Slot<'_>]) {
 }
 
 /// Folds records in, in the order given, advances `positions` past them,
-/// and returns dead-letter records for the invalid ones: [`apply_spans`]
-/// for records fetched whole (the Kafka group member's fetch, tests,
-/// examples and `lambda bench memory`). Each run of records of one
-/// partition is folded as a span's are.
+/// and returns dead-letter records for the invalid ones: for records
+/// fetched whole (the Kafka group member's fetch, tests, examples and
+/// `lambda bench memory`). Each run of records of one partition is folded
+/// a chunk per hold of the state's lock.
 pub fn apply(
     views: &SpeedViews,
     positions: &mut [FetchPosition],
@@ -833,33 +468,6 @@ pub fn apply(
         }
     }
     settle(views, positions.iter());
-    invalid
-}
-
-/// Folds the records `spans` hold in (each span one partition's, read by
-/// [`EventLog::fetch_values`], which moved its position past them), empties
-/// them, sets every span's partition offset in the state to its position,
-/// and returns dead-letter records for the invalid ones. (Public for
-/// `lambda bench speed`.)
-pub fn apply_spans(views: &SpeedViews, spans: &mut [ValueSpan]) -> Vec<Record> {
-    if spans.iter().all(|span| span.records.is_empty()) {
-        return Vec::new();
-    }
-    let invalid = fold_runs(
-        views,
-        spans.iter().map(|span| {
-            let position = &span.position;
-            (
-                position.topic.as_str(),
-                position.partition,
-                &span.records[..],
-            )
-        }),
-    );
-    for span in spans.iter_mut() {
-        span.records.clear();
-    }
-    settle(views, spans.iter().map(|span| &span.position));
     invalid
 }
 
@@ -1064,7 +672,9 @@ mod tests {
         let log = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
             .await
             .expect("an embedded log");
-        let fetch = fetch_into(&log, &mut [], &[], Duration::from_secs(10));
+        let state = crate::SpeedState::new(60_000, 3_600_000);
+        let mut live = Live::new(&[], &[], &state, Duration::from_secs(30), true, 4096);
+        let fetch = live.fetch(&log, Duration::from_secs(10));
         let returned = tokio::time::timeout(Duration::from_secs(1), fetch).await;
         assert!(returned.is_err(), "returned at once: {returned:?}");
     }
@@ -1115,127 +725,6 @@ mod tests {
         let recycled: Slots<'static> = slots.recycle();
         assert!(recycled.slots.is_empty());
         assert_eq!(recycled.slots.capacity(), capacity);
-    }
-
-    /// A partition more than the drift ahead of the slowest one still
-    /// delivering sits out the next fetch; at the drift exactly it does not;
-    /// a quiet slow partition, an idle one or one without a clock holds
-    /// nobody back; the fetch never asks for nothing.
-    #[test]
-    fn partitions_ahead_of_the_slowest_delivering_one_sit_out_a_fetch() {
-        let t0 = 1_767_225_600_000;
-        let topic = "funnel-events";
-        let mut state = crate::SpeedState::new(60_000, 3_600_000);
-        for (partition, ts) in [(0, t0), (1, t0 + 60_000), (2, t0 + 60_001)] {
-            let mut click =
-                lambda_events::Event::bare(&format!("e{partition}"), EventType::Click, ts);
-            click.user_id = Some("u".into());
-            state.apply_from(topic, partition, &click);
-        }
-        let positions: Vec<FetchPosition> = (0..4)
-            .map(|partition| FetchPosition {
-                topic: topic.into(),
-                partition,
-                offset: 0,
-            })
-            .collect();
-        let asked = |alignment: &Alignment, state: &crate::SpeedState, of: &[FetchPosition]| {
-            alignment
-                .to_fetch(state, of)
-                .iter()
-                .map(|p| p.partition)
-                .collect::<Vec<u32>>()
-        };
-        let from = |partitions: &[u32]| -> Vec<(Arc<str>, u32)> {
-            partitions.iter().map(|p| (Arc::from(topic), *p)).collect()
-        };
-        let mut alignment = Alignment::new(60_000);
-        assert_eq!(
-            asked(&alignment, &state, &positions),
-            [0, 1, 2, 3],
-            "nothing delivered yet"
-        );
-        // 1 is the drift ahead of 0, 2 a millisecond more; 3 has no clock.
-        alignment.delivered(&state, &from(&[0, 1, 2]), true);
-        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 3]);
-        // Caught up (the fetch came back with less than it asked for):
-        // nobody is held back.
-        alignment.delivered(&state, &from(&[0, 1, 2]), false);
-        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
-        // Off: nobody is held back, whatever the clocks.
-        let mut off = Alignment::off();
-        off.delivered(&state, &from(&[0, 1, 2]), true);
-        assert_eq!(asked(&off, &state, &positions), [0, 1, 2, 3]);
-        // Partition 0 delivered nothing (read to its end): it holds nobody back.
-        alignment.delivered(&state, &from(&[1, 2]), true);
-        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
-        // An idle clock ahead is asked.
-        alignment.delivered(&state, &from(&[0, 1, 2]), true);
-        state.set_idle(topic, 2, true);
-        assert_eq!(asked(&alignment, &state, &positions), [0, 1, 2, 3]);
-        state.set_idle(topic, 2, false);
-        // Never nothing: with every partition ahead, all are asked.
-        let mut strict = Alignment::new(-1);
-        strict.delivered(&state, &from(&[0, 1, 2]), true);
-        assert_eq!(asked(&strict, &state, &positions), [3]);
-        assert_eq!(asked(&strict, &state, &positions[..3]), [0, 1, 2]);
-        // The partitions of a fetch, each once, in the order met.
-        let stored = |partition: u32| lambda_log::StoredRecord {
-            topic: Arc::from(topic),
-            partition,
-            offset: 0,
-            record: Record::keyed("u", b"{}".to_vec(), 0),
-        };
-        // A fetch's spans, one a partition in the order first met, as
-        // the log fills them.
-        let delivered_of = |records: Vec<lambda_log::StoredRecord>| {
-            let mut spans: Vec<ValueSpan> = Vec::new();
-            for record in records {
-                let at = match spans
-                    .iter()
-                    .position(|s| s.position.partition == record.partition)
-                {
-                    Some(at) => at,
-                    None => {
-                        spans.push(ValueSpan::open(FetchPosition {
-                            topic: topic.into(),
-                            partition: record.partition,
-                            offset: 0,
-                        }));
-                        spans.len() - 1
-                    }
-                };
-                spans[at].records.push(lambda_log::ValueRecord {
-                    value: record.record.value,
-                    timestamp_ms: record.record.timestamp_ms,
-                    offset: record.offset,
-                });
-            }
-            delivered_by(&spans)
-        };
-        let records: Vec<_> = [2, 2, 0, 2, 1, 1].into_iter().map(stored).collect();
-        let delivered = delivered_of(records);
-        let partitions: Vec<u32> = delivered.partitions.iter().map(|(_, p)| *p).collect();
-        assert_eq!(partitions, [2, 0, 1]);
-        assert_eq!(delivered.most, 3);
-        // A backlog: some partition filled its share of the fetch (7
-        // partitions asked: 585 each), whatever the others brought.
-        let share = FETCH_MAX_RECORDS / 7;
-        let fetch = |runs: &[(u32, usize)]| -> Vec<lambda_log::StoredRecord> {
-            runs.iter()
-                .flat_map(|&(partition, n)| std::iter::repeat_n(partition, n))
-                .map(stored)
-                .collect()
-        };
-        let backlog = |runs: &[(u32, usize)], asked: usize| {
-            Alignment::backlog(&delivered_of(fetch(runs)), asked)
-        };
-        assert!(backlog(&[(0, 3), (1, share)], 7));
-        assert!(!backlog(&[(0, 3), (1, share - 1)], 7));
-        // Its records in two runs count together.
-        assert!(backlog(&[(1, share - 1), (0, 3), (1, 1)], 7));
-        assert!(!backlog(&[], 7));
-        assert!(!backlog(&[], 0));
     }
 
     /// Records of the same partition number under two topics, in one
@@ -1708,9 +1197,9 @@ mod tests {
         }
     }
 
-    /// A log unavailable at start for longer than the catch-up waits does
-    /// not stop the speed layer: the loop reads the backlog itself once the
-    /// log answers, and folds all of it.
+    /// A log unavailable at start does not stop the speed layer: the loop
+    /// reads the backlog once the log answers, and folds all of it. (The
+    /// log promises nothing here, as Kafka: [`EventLog::complete_before`].)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_down_at_start_delays_the_backlog_but_does_not_stop_the_loop() {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -1719,8 +1208,7 @@ mod tests {
             .expect("the log");
         let log: Arc<dyn EventLog> = Arc::new(DownAtFirst {
             log: embedded,
-            // More than the replay's 50 empty fetches in a row.
-            failures: std::sync::atomic::AtomicU32::new(60),
+            failures: std::sync::atomic::AtomicU32::new(4),
         });
         for topic in Topic::ALL {
             log.create_topic(topic.name(), 2).await.expect("a topic");
@@ -1756,7 +1244,6 @@ mod tests {
         running.await.expect("the task").expect("the loop");
     }
 
-    /// Views of a fresh state: a minute's allowed lateness, an hour's horizon.
     /// An embedded log in `dir` with `partitions` partitions to each event topic.
     async fn event_log(dir: &std::path::Path, partitions: u32) -> Arc<dyn EventLog> {
         let log = lambda_log::EmbeddedLog::open(dir.join("log"), Default::default())
@@ -1770,49 +1257,7 @@ mod tests {
         Arc::new(log)
     }
 
-    const FUNNEL: &str = "funnel-events";
-
-    /// A click at `ts` folded in from `funnel-events`/`partition`, the
-    /// partition having sent at `appended`.
-    fn clicked(
-        views: &SpeedViews,
-        partition: u32,
-        ts: i64,
-        appended: i64,
-    ) -> crate::window::Applied {
-        let mut click =
-            lambda_events::Event::bare(&format!("e{partition}-{ts}"), EventType::Click, ts);
-        click.user_id = Some("u".into());
-        let mut state = views.write();
-        let applied = state.apply_from(FUNNEL, partition, &click);
-        state.appended(FUNNEL, partition, appended);
-        applied
-    }
-
-    /// The positions of `funnel-events`' `partitions`, at 0.
-    fn positions(partitions: std::ops::Range<u32>) -> Vec<FetchPosition> {
-        partitions
-            .map(|partition| FetchPosition {
-                topic: FUNNEL.into(),
-                partition,
-                offset: 0,
-            })
-            .collect()
-    }
-
-    /// A fetch of `funnel-events` that delivered records of each
-    /// `(partition, newest append timestamp)`.
-    fn delivered(partitions: &[(u32, i64)]) -> Delivered {
-        Delivered {
-            partitions: partitions
-                .iter()
-                .map(|(p, _)| (Arc::<str>::from(FUNNEL), *p))
-                .collect(),
-            appended: partitions.iter().map(|(_, ts)| *ts).collect(),
-            most: 1,
-        }
-    }
-
+    /// Views of a fresh state: a minute's allowed lateness, an hour's horizon.
     fn fresh_views() -> SpeedViews {
         Arc::new(parking_lot::RwLock::new(crate::SpeedState::new(
             60_000, 3_600_000,
@@ -1871,114 +1316,6 @@ mod tests {
         fold.join().expect("the fold thread");
         assert_eq!(folded_and_offset(), (total, total));
         assert!(views.read().counters.duplicates > 0);
-    }
-
-    /// A partition asked for that delivered nothing for the timeout of the
-    /// log's clock turns idle; one that sat the fetches out (alignment held
-    /// it back) does not, however long ago it last delivered; one that
-    /// delivered does not. While no partition sends, none goes idle.
-    #[test]
-    fn a_partition_sitting_out_fetches_is_not_counted_idle() {
-        let (t0, a0) = (1_767_225_600_000, 1_767_229_200_000);
-        let views = fresh_views();
-        for partition in 0..3 {
-            clicked(&views, partition, t0, a0);
-        }
-        let idle = || -> Vec<bool> { views.read().clocks().iter().map(|c| c.idle).collect() };
-        let mut idleness = Idleness::new(Duration::from_secs(30));
-        // Nothing read for however long: the log's clock stands still.
-        let all = positions(0..3);
-        idleness.fetched(&views, &delivered(&[]), &all);
-        assert_eq!(idle(), [false, false, false]);
-        // 0 and 1 asked, 1 delivered a record appended 60 s on; 2 sat out.
-        let read = delivered(&[(1, a0 + 60_000)]);
-        idleness.fetched(&views, &read, &all[..2]);
-        idleness.folded(&views, &read);
-        assert_eq!(idle(), [true, false, false]);
-        assert_eq!(views.read().log_time(), Some(a0 + 60_000));
-        assert_eq!(views.read().clocks()[1].appended, a0 + 60_000);
-        // Its time started again when it sat out: asked now and delivering
-        // nothing, it is not idle at the timeout after that, and is after it.
-        idleness.fetched(&views, &delivered(&[(1, a0 + 90_000)]), &all[1..]);
-        assert!(!views.read().clocks()[2].idle);
-        idleness.fetched(&views, &delivered(&[(1, a0 + 90_001)]), &all[1..]);
-        assert!(views.read().clocks()[2].idle);
-    }
-
-    /// A partition new to the state that sends when every partition it
-    /// knows goes idle joins the watermark before its first event is
-    /// judged, as one it knew would: the highest idle clock counted, and
-    /// the event was late (a hostile run's finding).
-    #[test]
-    fn a_partition_new_to_the_state_is_not_late_behind_partitions_gone_idle() {
-        let (t, a) = (1_767_225_600_000, 1_767_229_200_000);
-        let views = fresh_views();
-        clicked(&views, 1, t, a);
-        clicked(&views, 0, t + 600_000, a + 100);
-        assert_eq!(views.read().watermark(), Some(t - 60_000));
-        let asked = positions(0..3);
-        let read = delivered(&[(2, a + 2_600)]);
-        let mut idleness = Idleness::new(Duration::from_secs(2));
-        idleness.fetched(&views, &read, &asked);
-        let applied = clicked(&views, 2, t + 300_000, a + 2_600);
-        assert_eq!(applied, crate::window::Applied::Counted);
-        idleness.folded(&views, &read);
-        let state = views.read();
-        assert_eq!(state.watermark(), Some(t + 240_000));
-        let idle: Vec<(u32, bool)> = state
-            .clocks()
-            .iter()
-            .map(|c| (c.partition, c.idle))
-            .collect();
-        assert_eq!(idle, [(1, true), (0, true), (2, false)]);
-    }
-
-    /// A record without a timestamp (0 or less: the Kafka reader's for one
-    /// without) moves the log's clock nowhere, and its partition sends at
-    /// the clock's time: it was stamped 1970, and a partition sending only
-    /// such records went idle at every fetch another partition sent in.
-    #[test]
-    fn a_record_without_a_timestamp_sends_at_the_log_s_time() {
-        let (t, a) = (1_767_225_600_000, 1_767_229_200_000);
-        let views = fresh_views();
-        clicked(&views, 0, t, a);
-        clicked(&views, 1, t, a);
-        let mut idleness = Idleness::new(Duration::from_secs(30));
-        let all = positions(0..2);
-        for (partition, appended) in [(0, a + 20_000), (1, 0), (0, a + 40_000), (1, -1)] {
-            let read = delivered(&[(partition, appended)]);
-            idleness.fetched(&views, &read, &all);
-            idleness.folded(&views, &read);
-        }
-        let state = views.read();
-        assert_eq!(state.log_time(), Some(a + 40_000));
-        let clocks: Vec<(bool, i64)> = state
-            .clocks()
-            .iter()
-            .map(|c| (c.idle, c.appended))
-            .collect();
-        assert_eq!(clocks, [(false, a + 40_000), (false, a + 40_000)]);
-    }
-
-    /// An append timestamp ahead of the wall clock moves the log's clock
-    /// only to the wall clock's time: a record stamped a year ahead (a
-    /// producer's clock) does not mark every other partition idle at once.
-    #[test]
-    fn a_record_stamped_ahead_of_the_wall_clock_moves_the_log_s_clock_only_to_it() {
-        let views = fresh_views();
-        let now = chrono::Utc::now().timestamp_millis();
-        for partition in 0..2 {
-            clicked(&views, partition, now, now - 1_000);
-        }
-        let asked = positions(0..2);
-        let read = delivered(&[(0, now + 31_536_000_000)]);
-        let mut idleness = Idleness::new(Duration::from_secs(30));
-        idleness.fetched(&views, &read, &asked);
-        idleness.folded(&views, &read);
-        let wall = chrono::Utc::now().timestamp_millis();
-        let state = views.read();
-        assert!(state.log_time().is_some_and(|at| at <= wall));
-        assert!(state.clocks().iter().all(|c| !c.idle && c.appended <= wall));
     }
 
     #[test]

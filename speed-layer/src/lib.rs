@@ -39,9 +39,6 @@ impl SpeedConfig {
 /// Consumer group the speed layer commits its offsets under.
 pub const CONSUMER_GROUP: &str = "speed-layer";
 
-/// The default of [`SpeedConfig::max_clock_drift_ms`]: a minute, a window.
-pub const DEFAULT_MAX_CLOCK_DRIFT_MS: i64 = 60_000;
-
 /// Settings of the speed layer.
 #[derive(Debug, Clone)]
 pub struct SpeedConfig {
@@ -64,13 +61,9 @@ pub struct SpeedConfig {
     /// A partition that delivers no record for this long stops holding the
     /// watermark back until it delivers again (as Flink's `withIdleness`,
     /// but by the log's clock — the newest append timestamp read — where
-    /// Flink reads the processing clock: [`consumer::Idleness`]; the group
+    /// Flink reads the processing clock: [`replay::Live`]; the group
     /// mode's members read their own clock).
     pub idle_timeout: Duration,
-    /// While catching up, a partition whose clock is more than this ahead
-    /// of the slowest partition still delivering sits out fetches
-    /// ([`consumer::Alignment`]).
-    pub max_clock_drift_ms: i64,
     /// Alert rules.
     pub alert_rules: alerts::AlertRules,
     /// Consumer group its offsets are committed under (for lag reporting;
@@ -89,7 +82,6 @@ impl SpeedConfig {
             instance: (0, 1),
             dead_letter_invalid: true,
             idle_timeout: Duration::from_secs(30),
-            max_clock_drift_ms: DEFAULT_MAX_CLOCK_DRIFT_MS,
             alert_rules: alerts::AlertRules::defaults(),
             group: CONSUMER_GROUP.to_string(),
         }

@@ -491,10 +491,10 @@ impl SpeedState {
     /// field) counts from now. Returns the log time before which no
     /// partition can go idle (`i64::MIN`: the log's clock has not started).
     ///
-    /// The live loop and a replay (kappa, a restart's catch-up) both mark
-    /// partitions idle through this, on the same append timestamps: where
-    /// the live loop used its own clock, a restart could not tell which
-    /// partitions it had marked, nor when.
+    /// The live loop and a replay (kappa) both mark partitions idle through
+    /// this, on the same append timestamps: where the live loop used its
+    /// own clock, a restart could not tell which partitions it had marked,
+    /// nor when.
     ///
     /// `newcomer`: a partition without a clock sends at this time. The
     /// watermark is then worked out again when the next clock moves — its

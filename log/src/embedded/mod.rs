@@ -101,6 +101,118 @@ struct Inner {
     /// Buffers reads go into, reused once the records of their last read
     /// are dropped (see [`ReadBuffers`]).
     read_buffers: ReadBuffers,
+    /// The records' timestamps the writer gives and the time before which
+    /// every record is readable ([`EventLog::complete_before`]).
+    stamps: Mutex<Stamps>,
+}
+
+/// Record timestamps as the writer gives them, and what the log promises
+/// readers about them ([`EventLog::complete_before`]). A record keeps its
+/// producer's timestamp (the collector's: when it took the request),
+/// except that it is never ahead of the log's clock ([`LogClock`]) when it is written,
+/// nor before a time already promised to a reader: then it is stamped
+/// with that time. Two requests stamped in one order and written in the
+/// other (the collector stamps a request before it writes it) are then
+/// read in one order by everyone: the live speed layer, which folds only
+/// what is stamped before the promise, and a replay of the log long
+/// after, which folds by timestamp. The promise never runs ahead of the
+/// log's clock, so neither do the stamps.
+#[derive(Debug)]
+pub(crate) struct Stamps {
+    /// The clock stamps and promises go by.
+    pub(crate) clock: LogClock,
+    /// No record is stamped before this: the last time promised.
+    promised: i64,
+    /// The latest stamp given (or read from the segments at open).
+    last: i64,
+    /// The earliest stamp of the group being written (not yet readable).
+    writing: Option<i64>,
+}
+
+impl Stamps {
+    /// Stamps after the records the log holds, the latest stamped `last`
+    /// (`i64::MIN`: none), by `clock`: as if everything up to `last` had
+    /// been promised (a process before may have promised as much, and
+    /// folded what it had on the strength of it).
+    pub(crate) fn after(last: i64, clock: LogClock) -> Stamps {
+        Stamps {
+            clock,
+            promised: match last {
+                i64::MIN => i64::MIN,
+                last => last.saturating_add(1),
+            },
+            last,
+            writing: None,
+        }
+    }
+
+    /// Stamps the timestamps `stamps` of a group about to be written, at
+    /// the log's time `now` (ms): each at most `now`, at least the time
+    /// promised.
+    pub(crate) fn stamp<'r>(&mut self, now: i64, stamps: impl Iterator<Item = &'r mut i64>) {
+        let mut earliest = None::<i64>;
+        for ts in stamps {
+            *ts = (*ts).min(now).max(self.promised);
+            earliest = Some(earliest.map_or(*ts, |e| e.min(*ts)));
+            self.last = self.last.max(*ts);
+        }
+        self.writing = earliest;
+    }
+
+    /// The group being written is readable now (or was discarded).
+    pub(crate) fn written(&mut self) {
+        self.writing = None;
+    }
+
+    /// A time before which every record is readable now and none will be
+    /// written later, at the log's time `now` (ms), promised from here
+    /// on: just past the latest stamp (all of them readable), but not past
+    /// the earliest stamp of a group being written, nor past `now` — the
+    /// records of the current millisecond wait for the next, and a record
+    /// stamped later than what is promised keeps its stamp. Never less than
+    /// promised before (a clock may step back: a promise is kept).
+    fn complete_before(&mut self, now: i64) -> i64 {
+        let next = self.last.saturating_add(1).min(now);
+        let bound = self.writing.map_or(next, |earliest| earliest.min(next));
+        self.promised = self.promised.max(bound);
+        self.promised
+    }
+}
+
+/// The clock the writer stamps records by and promises readers by: a
+/// monotonic clock that follows the wall clock forward, never back, and
+/// starts past the latest stamp the log holds. A wall clock stepped back
+/// an hour would otherwise have stamped every record with the last time
+/// promised for that hour — the log's time standing still, and each record
+/// waiting for the clock to pass it; one stepped forward is followed at
+/// once (a clock behind it would have held every partition's clock, and
+/// the watermark, back).
+#[derive(Debug)]
+pub(crate) struct LogClock {
+    started: std::time::Instant,
+    /// The clock's time at `started` (ms since the epoch).
+    at: i64,
+}
+
+impl LogClock {
+    /// A clock at the wall clock's time, or past `latest` if that is later.
+    pub(crate) fn start(latest: i64) -> LogClock {
+        LogClock {
+            started: std::time::Instant::now(),
+            at: chrono::Utc::now()
+                .timestamp_millis()
+                .max(latest.saturating_add(1)),
+        }
+    }
+
+    /// Now, in ms since the epoch.
+    pub(crate) fn now(&mut self) -> i64 {
+        let since = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let wall = chrono::Utc::now().timestamp_millis();
+        // Stepped forward: followed.
+        self.at = self.at.max(wall.saturating_sub(since));
+        self.at.saturating_add(since)
+    }
 }
 
 /// Read buffers handed out again once every record that shared one is
@@ -299,6 +411,26 @@ impl EmbeddedLog {
                 .await
                 .map_err(|e| LogError::Unavailable(format!("recovery task failed: {e}")))??
         };
+        // The latest stamp held, but none of a clock far ahead (a log
+        // written before records were stamped by the log's clock): the
+        // log's clock would start there, and run that far ahead.
+        let ahead = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(crate::STAMP_AHEAD_MS);
+        let last_stamp = recovered
+            .values()
+            .flat_map(|topic| topic.partitions.iter())
+            .filter_map(|partition| {
+                let partition = partition.lock();
+                partition
+                    .segments
+                    .iter()
+                    .filter_map(|s| s.max_timestamp)
+                    .filter(|ts| *ts <= ahead)
+                    .max()
+            })
+            .max()
+            .unwrap_or(i64::MIN);
         let (appended, appended_rx) = watch::channel(0);
         let inner = Arc::new(Inner {
             dir,
@@ -308,6 +440,7 @@ impl EmbeddedLog {
             partitioner: Partitioner::default(),
             appended,
             read_buffers: ReadBuffers::default(),
+            stamps: Mutex::new(Stamps::after(last_stamp, LogClock::start(last_stamp))),
         });
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let writer = Writer::new(Arc::clone(&inner), rx);
@@ -855,6 +988,12 @@ impl EventLog for EmbeddedLog {
         reply_rx.await.map_err(|_| LogError::Closed)?
     }
 
+    fn complete_before(&self) -> Option<i64> {
+        let mut stamps = self.inner.stamps.lock();
+        let now = stamps.clock.now();
+        Some(stamps.complete_before(now))
+    }
+
     async fn ranges(&self, topic: &str) -> Result<Vec<PartitionRange>, LogError> {
         Ok(self
             .topic(topic)?
@@ -1066,4 +1205,106 @@ fn enforce_retention(inner: &Inner) -> Result<u64, LogError> {
         }
     }
     Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record keeps its producer's timestamp unless it is ahead of the
+    /// wall clock (then the clock's) or before a time promised to a reader
+    /// (then that time); the promise is just past the latest stamp, never
+    /// past the wall clock nor past a group being written, and never goes
+    /// back, not even when the clock does.
+    #[test]
+    fn stamps_keep_what_was_promised() {
+        let mut stamps = Stamps::after(i64::MIN, LogClock::start(i64::MIN));
+        let now = 10_000;
+        let mut group = [5_000, 4_000, 20_000];
+        stamps.stamp(now, group.iter_mut());
+        assert_eq!(
+            group,
+            [5_000, 4_000, 10_000],
+            "ahead of the clock: the clock's"
+        );
+        // Being written: nothing stamped from its earliest on is readable.
+        assert_eq!(stamps.complete_before(now), 4_000);
+        stamps.written();
+        // Written: just past the latest stamp, but not past the clock.
+        assert_eq!(stamps.complete_before(now), 10_000);
+        assert_eq!(stamps.complete_before(now + 5), 10_001);
+        // Stamped before the promise: at it; after it: kept.
+        let mut group = [9_000, 10_001, 10_003];
+        stamps.stamp(now + 5, group.iter_mut());
+        assert_eq!(group, [10_001, 10_001, 10_003]);
+        stamps.written();
+        // The clock stepped back: the promise stays.
+        assert_eq!(stamps.complete_before(2_000), 10_001);
+        // A record without a timestamp (0 or less) keeps it until a
+        // reader is promised a time.
+        let mut fresh = Stamps::after(i64::MIN, LogClock::start(i64::MIN));
+        let mut group = [0, -1];
+        fresh.stamp(now, group.iter_mut());
+        assert_eq!(group, [0, -1]);
+        // A log opened on records stamps none before them (a process
+        // before may have promised that much), and promises past them.
+        let mut reopened = Stamps::after(7_000, LogClock::start(7_000));
+        let mut group = [6_000];
+        reopened.stamp(now, group.iter_mut());
+        assert_eq!(group, [7_001]);
+        reopened.written();
+        assert_eq!(reopened.complete_before(now), 7_002);
+    }
+
+    /// The log keeps its promise: a record appended after a reader was
+    /// promised a time is stamped no earlier, whatever its producer
+    /// stamped, and the records stamped before it were all readable then;
+    /// the promise is kept across a reopening: a record appended then is
+    /// stamped after every record the log held.
+    #[tokio::test]
+    async fn a_record_appended_after_a_promise_is_stamped_after_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = EmbeddedLog::open(dir.path(), EmbeddedConfig::default())
+            .await
+            .expect("the log");
+        log.create_topic("t", 2).await.expect("a topic");
+        let a = 1_767_229_200_000_i64;
+        let at = |key: &str, ts: i64| Record::keyed(key, b"v".to_vec(), ts);
+        log.append("t", vec![at("k0", a), at("k1", a + 50)])
+            .await
+            .expect("appended");
+        assert_eq!(log.complete_before(), Some(a + 51));
+        log.append("t", vec![at("k0", a + 10), at("k1", a + 60)])
+            .await
+            .expect("appended");
+        let positions: Vec<FetchPosition> = (0..2)
+            .map(|partition| FetchPosition {
+                topic: "t".into(),
+                partition,
+                offset: 0,
+            })
+            .collect();
+        let read = log
+            .fetch(&positions, 10, Duration::ZERO)
+            .await
+            .expect("fetched");
+        let mut stamps: Vec<i64> = read.iter().map(|r| r.record.timestamp_ms).collect();
+        stamps.sort();
+        assert_eq!(stamps, [a, a + 50, a + 51, a + 60]);
+        log.close().await.expect("closed");
+        let reopened = EmbeddedLog::open(dir.path(), EmbeddedConfig::default())
+            .await
+            .expect("reopened");
+        reopened
+            .append("t", vec![at("k0", a + 10)])
+            .await
+            .expect("appended");
+        let read = reopened
+            .fetch(&positions, 10, Duration::ZERO)
+            .await
+            .expect("fetched");
+        let latest = read.iter().map(|r| r.record.timestamp_ms).max();
+        assert_eq!(latest, Some(a + 61));
+        assert_eq!(reopened.complete_before(), Some(a + 62));
+    }
 }

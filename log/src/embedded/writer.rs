@@ -184,7 +184,7 @@ impl Writer {
             }
             let n_records: usize = group.iter().map(|r| r.records.len()).sum();
             let started = std::time::Instant::now();
-            match self.commit_group(&group) {
+            match self.commit_group(&mut group) {
                 Ok(positions) => {
                     tracing::trace!(
                         n_requests = group.len(),
@@ -210,7 +210,26 @@ impl Writer {
         tracing::debug!("log writer stopped");
     }
 
-    fn commit_group(&mut self, group: &[AppendRequest]) -> Result<Vec<Vec<Position>>, LogError> {
+    fn commit_group(
+        &mut self,
+        group: &mut [AppendRequest],
+    ) -> Result<Vec<Vec<Position>>, LogError> {
+        // Stamped first: the stamps are written into the frames.
+        let stamps = group
+            .iter_mut()
+            .flat_map(|request| request.records.iter_mut())
+            .map(|(_, record)| &mut record.timestamp_ms);
+        let mut stamping = self.inner.stamps.lock();
+        let now = stamping.clock.now();
+        stamping.stamp(now, stamps);
+        drop(stamping);
+        let result = self.write_group(group);
+        // Readable now, or discarded.
+        self.inner.stamps.lock().written();
+        result
+    }
+
+    fn write_group(&mut self, group: &[AppendRequest]) -> Result<Vec<Vec<Position>>, LogError> {
         // The partitions this group touches; a handful, found by a scan
         // (no key allocated or hashed per record).
         let mut pending: Vec<Pending> = Vec::new();
