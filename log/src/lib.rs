@@ -250,14 +250,6 @@ pub fn append_values(
     read
 }
 
-/// How far ahead of the wall clock a record's timestamp may be and still
-/// count as the log's time: a log that promises readers a time
-/// ([`EventLog::complete_before`]) stamps none further ahead, and the live
-/// speed layer folds one stamped further ahead (a record written by a
-/// clock that ran ahead, before the log stamped records itself) without
-/// waiting for the promise to pass it.
-pub const STAMP_AHEAD_MS: i64 = 60_000;
-
 /// A durable, partitioned, append-only log with consumer-group offsets.
 ///
 /// Implementations: [`EmbeddedLog`] (`embedded://DIR`) and [`KafkaLog`]

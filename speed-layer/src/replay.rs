@@ -260,8 +260,12 @@ async fn replay_fetching(
 
 /// How long a live fetch waits while the merge holds records back for the
 /// log's promise to pass them ([`Live::fetch`]): the promise moves with
-/// the wall clock, a millisecond at a time.
+/// the log's clock, a millisecond at a time — or when the group being
+/// written is readable, so the wait doubles, up to [`HOLD_WAIT_MAX`],
+/// while nothing comes of it (a write stuck on a slow disk: one fetch a
+/// millisecond was a fifth of a core).
 const HOLD_WAIT: Duration = Duration::from_millis(1);
+const HOLD_WAIT_MAX: Duration = Duration::from_millis(64);
 
 /// The live speed layer's reading of the log: its partitions merged in
 /// append order, as a replay merges them, through the same fold. A record
@@ -285,6 +289,8 @@ pub struct Live {
     /// Offsets moved without a fold (a retention skip, the start): the
     /// state is told at the next fold.
     moved: bool,
+    /// How long the next fetch waits while records are held back.
+    hold_wait: Duration,
 }
 
 impl std::fmt::Debug for Live {
@@ -338,6 +344,7 @@ impl Live {
             order: Vec::new(),
             fetch_max,
             moved: true,
+            hold_wait: HOLD_WAIT,
         }
     }
 
@@ -349,11 +356,9 @@ impl Live {
         log: &dyn EventLog,
         max_wait: Duration,
     ) -> Result<lambda_log::ValuesRead, LogError> {
-        let holding = self.lanes.lanes.iter().any(|l| l.pending() > 0);
-        let wait = if holding {
-            max_wait.min(HOLD_WAIT)
-        } else {
-            max_wait
+        let wait = match self.holding() {
+            true => max_wait.min(self.hold_wait),
+            false => max_wait,
         };
         let read = self.lanes.fetch(log, self.fetch_max, wait, true).await?;
         Ok(read.unwrap_or_default())
@@ -366,6 +371,10 @@ impl Live {
     pub fn fold(&mut self, views: &SpeedViews) -> Vec<Record> {
         self.order.clear();
         self.lanes.merge(&mut self.order);
+        self.hold_wait = match self.order.is_empty() && self.holding() {
+            true => (self.hold_wait * 2).min(HOLD_WAIT_MAX),
+            false => HOLD_WAIT,
+        };
         if self.order.is_empty() && !self.moved {
             return Vec::new();
         }
@@ -384,6 +393,11 @@ impl Live {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Whether records fetched wait to be folded.
+    fn holding(&self) -> bool {
+        self.lanes.lanes.iter().any(|l| l.pending() > 0)
     }
 
     /// Records folded so far.
@@ -428,12 +442,6 @@ struct Lanes {
     bound: HeadKey,
     /// Live: whether the log made a promise at the last fetch.
     promised: bool,
-    /// Live: or at or above this — stamped more than
-    /// [`lambda_log::STAMP_AHEAD_MS`] ahead of the reader's wall clock and
-    /// of the promise, which the log would not have stamped (one written
-    /// by a clock that ran ahead, before the log stamped records itself,
-    /// would otherwise hold its partition back until the clock got there).
-    ahead: HeadKey,
 }
 
 impl Lanes {
@@ -465,7 +473,6 @@ impl Lanes {
             bytes: 0,
             bound: HeadKey::MAX,
             promised: false,
-            ahead: HeadKey::MAX,
         }
     }
 
@@ -476,7 +483,7 @@ impl Lanes {
     fn merge(&mut self, order: &mut Vec<u32>) {
         while self.dry == 0 {
             let first = self.heads.first();
-            if first >= self.bound && first < self.ahead {
+            if first >= self.bound {
                 return;
             }
             let Some(i) = self.heads.winner() else {
@@ -664,11 +671,6 @@ impl Lanes {
             }
             self.bound = self.bound_of(promise);
             self.promised = promise.is_some();
-            let wall = chrono::Utc::now().timestamp_millis();
-            let ahead = wall.max(promise.unwrap_or(i64::MIN));
-            self.ahead = self
-                .heads
-                .key(ahead.saturating_add(lambda_log::STAMP_AHEAD_MS), 0);
         }
         self.reheads();
         Ok(Some(read))
@@ -1488,7 +1490,6 @@ mod tests {
             bytes: 0,
             bound: HeadKey::MAX,
             promised: false,
-            ahead: HeadKey::MAX,
         }
     }
 
@@ -1692,9 +1693,7 @@ mod tests {
     }
 
     /// Live, the merge takes only records stamped before the log's
-    /// promise (the bound): the rest wait, in order, for a later one —
-    /// but one stamped far ahead of the reader's clock (`ahead`) is taken
-    /// at its turn, not held until the clock gets there.
+    /// promise (the bound): the rest wait, in order, for a later one.
     #[test]
     fn the_merge_takes_only_what_is_stamped_before_the_promise() {
         let mut lanes = lanes_of(&[vec![1, 5, 90], vec![2, 5, 7]]);
@@ -1705,9 +1704,9 @@ mod tests {
         lanes.bound = key(&lanes, 8);
         lanes.merge(&mut order);
         assert_eq!(order, [0, 1, 0, 1, 1], "then before 8");
-        lanes.ahead = key(&lanes, 60);
+        lanes.bound = HeadKey::MAX;
         lanes.merge(&mut order);
-        assert_eq!(order, [0, 1, 0, 1, 1, 0], "and 90, ahead");
+        assert_eq!(order, [0, 1, 0, 1, 1, 0], "then all");
     }
 
     /// A key compares as (timestamp, lane) over the timestamps it holds,

@@ -411,12 +411,13 @@ impl EmbeddedLog {
                 .await
                 .map_err(|e| LogError::Unavailable(format!("recovery task failed: {e}")))??
         };
-        // The latest stamp held, but none of a clock far ahead (a log
-        // written before records were stamped by the log's clock): the
-        // log's clock would start there, and run that far ahead.
-        let ahead = chrono::Utc::now()
-            .timestamp_millis()
-            .saturating_add(crate::STAMP_AHEAD_MS);
+        // The latest stamp held, however far ahead of the wall clock (a
+        // clock that ran fast, or was stepped back since): the log's clock
+        // starts past it, and no record is stamped before one already held
+        // (a reader may have folded it; a hostile run's finding: with the
+        // log's clock started at the wall clock, records written after a
+        // step back of 90 s were folded after the older ones live and
+        // before them by a replay).
         let last_stamp = recovered
             .values()
             .flat_map(|topic| topic.partitions.iter())
@@ -426,7 +427,6 @@ impl EmbeddedLog {
                     .segments
                     .iter()
                     .filter_map(|s| s.max_timestamp)
-                    .filter(|ts| *ts <= ahead)
                     .max()
             })
             .max()
@@ -1254,6 +1254,31 @@ mod tests {
         assert_eq!(group, [7_001]);
         reopened.written();
         assert_eq!(reopened.complete_before(now), 7_002);
+    }
+
+    /// A log holding records stamped ahead of the wall clock (a clock that
+    /// ran fast, or was stepped back since) starts its clock past them: a
+    /// record written now is stamped after them, and the promise covers
+    /// them at once. (A hostile run: the log's clock started at the wall
+    /// clock, so a replay folded records written after a 90 s step back
+    /// before the older ones, where the live loop had folded them after;
+    /// and a partition's records waited for the next append.)
+    #[test]
+    fn a_clock_starts_past_the_records_the_log_holds() {
+        let wall = chrono::Utc::now().timestamp_millis();
+        let latest = wall + 90_000;
+        let mut stamps = Stamps::after(latest, LogClock::start(latest));
+        let now = stamps.clock.now();
+        assert!(now > latest, "{now} > {latest}");
+        assert_eq!(stamps.complete_before(now), latest + 1);
+        let mut group = [wall];
+        stamps.stamp(now, group.iter_mut());
+        assert_eq!(group, [latest + 1]);
+        // The clock moves on from there, and follows the wall clock forward.
+        let mut clock = LogClock::start(i64::MIN);
+        let first = clock.now();
+        clock.at -= 3_600_000;
+        assert!(clock.now() >= first, "followed forward");
     }
 
     /// The log keeps its promise: a record appended after a reader was
