@@ -592,9 +592,6 @@ impl Lanes {
                 asked_lanes.push((i, lane.span.records.len()));
             }
         }
-        // Read before the fetch: what is stamped before it is in the log
-        // by then.
-        let promise = if live { log.complete_before() } else { None };
         if asked_lanes.is_empty() {
             if live {
                 // Every lane holds records (or there is none): only the
@@ -610,6 +607,9 @@ impl Lanes {
             }
             return Ok(None);
         }
+        // Read before the fetch: what is stamped before it is in the log
+        // by then.
+        let promise = if live { log.complete_before() } else { None };
         let mut asking = vec![false; self.lanes.len()];
         for (i, _) in &asked_lanes {
             asking[*i] = true;
@@ -1833,6 +1833,15 @@ mod tests {
         }
     }
 
+    /// Each window's start and views.
+    fn windows_of(state: &SpeedState) -> Vec<(i64, lambda_events::kpi::BucketViews)> {
+        state
+            .windows()
+            .iter()
+            .map(|(k, w)| (*k, w.views.clone()))
+            .collect()
+    }
+
     /// A live fold ([`Live`]) and one restarted from a state it left (what
     /// a checkpoint holds, its offsets and last appends) fold what a replay
     /// of the whole log folds.
@@ -1945,13 +1954,10 @@ mod tests {
                 replayed.log_time(),
                 "{what}: the log's clock"
             );
-            let windows = |s: &SpeedState| -> Vec<(i64, lambda_events::kpi::BucketViews)> {
-                s.windows()
-                    .iter()
-                    .map(|(k, w)| (*k, w.views.clone()))
-                    .collect()
-            };
-            assert!(windows(&state) == windows(&replayed), "{what}: windows");
+            assert!(
+                windows_of(&state) == windows_of(&replayed),
+                "{what}: windows"
+            );
         }
     }
 
@@ -2109,13 +2115,7 @@ mod tests {
         assert!(state.counters.duplicates > 0 && state.counters.late > 0);
         assert_eq!(state.watermark(), replayed.watermark(), "watermark");
         assert_eq!(state.clocks(), replayed.clocks(), "clocks");
-        let windows = |s: &SpeedState| -> Vec<(i64, lambda_events::kpi::BucketViews)> {
-            s.windows()
-                .iter()
-                .map(|(k, w)| (*k, w.views.clone()))
-                .collect()
-        };
-        assert!(windows(&state) == windows(&replayed), "windows");
+        assert!(windows_of(&state) == windows_of(&replayed), "windows");
     }
 
     /// Two requests stamped in one order and written in the other (the
