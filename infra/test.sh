@@ -55,10 +55,13 @@ if ! need moto_server; then
 fi
 
 # A real Kafka-protocol broker for the Kafka backend tests (they start it
-# themselves). Built once (about 11 minutes on 2 cores) into its own target dir.
+# themselves). Built once into its own target dir, at opt-level 1: a test
+# broker needs no more, and its cold build is one of the longest steps of a
+# CI run (7 minutes on 2 cores, 16 at cargo install's default opt-level 3).
 if ! need tansu; then
   echo "installing tansu (Kafka-protocol broker) from crates.io"
-  cargo install tansu --version 0.6.0 --locked --features dynostore \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+    cargo install tansu --version 0.6.0 --locked --features dynostore \
     --target-dir "$HOME/.cache/lambda-pipeline/tansu-target"
 fi
 
