@@ -97,6 +97,25 @@ async fn the_openapi_document_matches_the_server() {
                 .unwrap()
                 .contains_key(&status.to_string());
             assert!(documented, "{method} {path}: {status} is not documented");
+            // Past the servers' bound on a request's target, every route
+            // refuses it, as documented, before it sees it.
+            let long = format!(
+                "{url}?pad={}",
+                "a".repeat(lambda_events::limits::MAX_REQUEST_TARGET_BYTES)
+            );
+            let refused = match method.as_str() {
+                "post" => client.post(&long),
+                _ => client.get(&long),
+            };
+            let refused = refused.send().await.unwrap().status().as_u16();
+            assert_eq!(refused, 414, "{method} {path}");
+            assert!(
+                operation["responses"]
+                    .as_object()
+                    .unwrap()
+                    .contains_key("414"),
+                "{method} {path}: 414 is not documented"
+            );
         }
     }
 

@@ -51,6 +51,16 @@ pub const QUERY_TIME_RANGE: (i64, i64) = (0, MAX_TS_MS + 1);
 pub const MAX_CONNECTIONS: usize = 768;
 /// Seconds a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Bytes of a request's target (its path and query, and scheme and
+/// authority when given) every server reads; a longer one is refused with
+/// `414` naming the bound (nginx's header buffer is 8 KiB too). Past
+/// 64 KiB hyper refuses it itself, with a bare `414`.
+pub const MAX_REQUEST_TARGET_BYTES: usize = 8 * 1024;
+/// Bytes of a request's header fields (names and values) every server
+/// reads; more is refused with `431` naming the bound (nginx reads up to
+/// 32 KiB of them). Past about 400 KiB of request head, or 100 fields,
+/// hyper refuses it itself, with a bare `431`.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Seconds a request body may take to arrive at the collector.
 pub const BODY_READ_TIMEOUT_SECS: u64 = 30;
 /// Largest body of an admin request (`POST /api/v1/admin/kappa/replay`).
@@ -221,6 +231,20 @@ pub const TABLE: &[Limit] = &[
         None,
         Some(HEADER_READ_TIMEOUT_SECS as f64),
         "seconds to arrive",
+    ),
+    limit(
+        "request target",
+        "every HTTP server",
+        None,
+        Some(MAX_REQUEST_TARGET_BYTES as f64),
+        "bytes",
+    ),
+    limit(
+        "header fields",
+        "every HTTP server",
+        None,
+        Some(MAX_HEADER_BYTES as f64),
+        "bytes (names and values)",
     ),
     limit(
         "request body",

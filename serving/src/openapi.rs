@@ -6,8 +6,8 @@
 
 use lambda_events::limits::{
     DEFAULT_MAX_TS_AHEAD_MS, MAX_ABS_VALUE, MAX_AMOUNT_CENTS, MAX_BODY_BYTES, MAX_EVENT_ID_LEN,
-    MAX_LINE_BYTES, MAX_LINES_PER_REQUEST, MAX_REJECTIONS_LISTED, MAX_RENDER_MS, MAX_STRING_LEN,
-    QUERY_TIME_RANGE,
+    MAX_HEADER_BYTES, MAX_LINE_BYTES, MAX_LINES_PER_REQUEST, MAX_REJECTIONS_LISTED, MAX_RENDER_MS,
+    MAX_REQUEST_TARGET_BYTES, MAX_STRING_LEN, QUERY_TIME_RANGE,
 };
 use serde_json::{Map, Value, json};
 
@@ -231,7 +231,7 @@ fn simple(id: &str, summary: &str, tag: &str, content_type: &str, description: &
 /// The OpenAPI document.
 pub fn document() -> Value {
     let error = json!({ "$ref": "#/components/schemas/Error" });
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "lambda-pipeline",
@@ -375,9 +375,32 @@ pub fn document() -> Value {
                     "ts": { "type": "integer" }, "message": { "type": "string" }, "value": { "type": ["number", "null"] } } },
             },
             "responses": {
+                "RequestTargetTooLong": { "description": format!("The request target (path and query) is over {MAX_REQUEST_TARGET_BYTES} bytes."), "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "HeaderFieldsTooLarge": { "description": format!("The request's header fields (names and values) are over {MAX_HEADER_BYTES} bytes."), "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
                 "BadParameter": { "description": "A bad parameter, named: not a time, a step or a filter it knows, outside the bounds, `from` not before `to`, or a range of more than 10000 buckets.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
             },
             "securitySchemes": { "adminToken": { "type": "http", "scheme": "bearer" } },
         },
-    })
+    });
+    // Every server refuses a request past these bounds before a route sees it.
+    let past_bounds = [
+        ("414", "RequestTargetTooLong"),
+        ("431", "HeaderFieldsTooLarge"),
+    ];
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+            for responses in operation
+                .values_mut()
+                .filter_map(|o| o.get_mut("responses")?.as_object_mut())
+            {
+                for (status, name) in past_bounds {
+                    responses.insert(
+                        status.into(),
+                        json!({ "$ref": format!("#/components/responses/{name}") }),
+                    );
+                }
+            }
+        }
+    }
+    document
 }

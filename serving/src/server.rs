@@ -9,7 +9,10 @@
 //! memory nor file descriptors beyond the cap. A client that has not sent a
 //! whole request head within [`HEADER_READ_TIMEOUT`] is disconnected, so
 //! such sockets do not hold their slot for long; bodies have their own
-//! timeout where they are read (the collector's).
+//! timeout where they are read (the collector's). A request whose target or
+//! header fields are past their bounds ([`MAX_REQUEST_TARGET_BYTES`],
+//! [`MAX_HEADER_BYTES`]) is refused with `414` or `431` and a JSON body
+//! naming the bound, before any route sees it.
 
 use std::future::Future;
 use std::io;
@@ -38,6 +41,58 @@ pub const HEADER_READ_TIMEOUT: Duration =
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(lambda_events::limits::SEND_TIMEOUT_SECS);
 /// How long open connections get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// See [`lambda_events::limits::MAX_REQUEST_TARGET_BYTES`].
+pub const MAX_REQUEST_TARGET_BYTES: usize = lambda_events::limits::MAX_REQUEST_TARGET_BYTES;
+/// See [`lambda_events::limits::MAX_HEADER_BYTES`].
+pub const MAX_HEADER_BYTES: usize = lambda_events::limits::MAX_HEADER_BYTES;
+
+/// `414` or `431` naming the bound `request` is past, if it is past one.
+/// (hyper refuses a target past 64 KiB and a head past ~400 KiB itself,
+/// with no body; these bounds are well below those, so what a client is
+/// likely to send by mistake — a query string built too long, a cookie
+/// jar grown too large — is told what is wrong.)
+fn past_bounds<B>(request: &axum::http::Request<B>) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let uri = request.uri();
+    let target = uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let (status, error) = if target > MAX_REQUEST_TARGET_BYTES {
+        (
+            axum::http::StatusCode::URI_TOO_LONG,
+            format!(
+                "the request target is {target} bytes; at most {MAX_REQUEST_TARGET_BYTES} are read"
+            ),
+        )
+    } else {
+        let fields: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if fields <= MAX_HEADER_BYTES {
+            return None;
+        }
+        (
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request's header fields are {fields} bytes (names and values); at most {MAX_HEADER_BYTES} are read"
+            ),
+        )
+    };
+    Some((status, axum::Json(serde_json::json!({ "error": error }))).into_response())
+}
+
+/// Refuses a request past the servers' bounds ([`past_bounds`]), or passes it on.
+async fn within_bounds(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match past_bounds(&request) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
+}
 
 /// The server's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +216,7 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
+    let app = app.layer(axum::middleware::from_fn(within_bounds));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     // HTTP/1 only: detecting HTTP/2 first means waiting for a client's first
@@ -244,6 +300,97 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer
+    }
+
+    /// Sends `head` (a request head without its final blank line) and
+    /// returns the status code and the body.
+    async fn ask(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("{head}connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let status = answer
+            .get(9..12)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body)
+            .to_string();
+        (status, body)
+    }
+
+    /// The request target's bound and the header fields' on both sides:
+    /// at the bound a request is served; one byte past it, it is refused
+    /// with `414` / `431` and a JSON body naming the bound — on a route
+    /// and on one that does not exist alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_target_or_header_fields_past_their_bounds_are_refused_naming_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            ServerLimits::default(),
+            shutdown.clone(),
+        ));
+        // `/?q=…` of exactly `len` bytes.
+        let target = |len: usize| format!("/?q={}", "a".repeat(len - 4));
+        let (status, body) = ask(
+            addr,
+            &format!(
+                "GET {} HTTP/1.1\r\nhost: x\r\n",
+                target(MAX_REQUEST_TARGET_BYTES)
+            ),
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        for path in ["/", "/no-such-route"] {
+            let long = format!("{path}?q={}", "a".repeat(MAX_REQUEST_TARGET_BYTES));
+            let (status, body) = ask(addr, &format!("GET {long} HTTP/1.1\r\nhost: x\r\n")).await;
+            assert_eq!(status, 414, "{body}");
+            let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let message = error["error"].as_str().unwrap();
+            assert!(
+                message.contains("request target")
+                    && message.contains(&format!("{} bytes", long.len()))
+                    && message.contains(&MAX_REQUEST_TARGET_BYTES.to_string()),
+                "{message}"
+            );
+        }
+        // Header fields of exactly `len` bytes, names and values: `host: x`
+        // (5), `connection: close` (15) and `x-fill` (6) with the rest.
+        let fields = |len: usize| format!("host: x\r\nx-fill: {}\r\n", "b".repeat(len - 26));
+        let (status, body) = ask(
+            addr,
+            &format!("GET / HTTP/1.1\r\n{}", fields(MAX_HEADER_BYTES)),
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        let (status, body) = ask(
+            addr,
+            &format!("GET / HTTP/1.1\r\n{}", fields(MAX_HEADER_BYTES + 1)),
+        )
+        .await;
+        assert_eq!(status, 431, "{body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.contains("header fields")
+                && message.contains(&format!("{} bytes", MAX_HEADER_BYTES + 1))
+                && message.contains(&MAX_HEADER_BYTES.to_string()),
+            "{message}"
+        );
+        // The server goes on serving.
+        let (status, _) = ask(addr, "GET / HTTP/1.1\r\nhost: x\r\n").await;
+        assert_eq!(status, 200);
+        shutdown.cancel();
+        server.await.unwrap();
     }
 
     /// Both bounds on real sockets, made small: with two idle sockets holding
