@@ -271,10 +271,13 @@ async fn post_events(
     // Parsing up to 8 MiB and encoding its records is CPU work: off the
     // async workers, so that one large body does not stall every other
     // request on this core. The lines borrow the body until they are records.
+    // Events are judged by the wall clock; records are stamped by the
+    // log's own clock where it has one (see `EventLog::clock_ms`).
     let now = chrono::Utc::now().timestamp_millis();
     let window = TimeWindow::around(now, &state.config);
+    let stamp = state.log.clock_ms().unwrap_or(now);
     let parsed = tokio::task::spawn_blocking(move || {
-        split_body(&bytes).map(|lines| RecordBatch::from_lines(lines, now, window))
+        split_body(&bytes).map(|lines| RecordBatch::from_lines(lines, stamp, window))
     })
     .await;
     let mut batch = match parsed {

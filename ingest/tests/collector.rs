@@ -251,6 +251,94 @@ fn click(id: &str, ts: i64) -> String {
     format!(r#"{{"event_id":"{id}","ts":{ts},"event_type":"click","user_id":"u"}}"#)
 }
 
+/// An embedded log whose own clock reads an hour behind the wall clock's;
+/// everything else is the embedded log's.
+#[derive(Debug)]
+struct ClockBehind(Arc<dyn EventLog>);
+
+const BEHIND_MS: i64 = 3_600_000;
+
+#[async_trait::async_trait]
+impl EventLog for ClockBehind {
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), lambda_log::LogError> {
+        self.0.create_topic(topic, partitions).await
+    }
+    async fn partition_count(&self, topic: &str) -> Result<u32, lambda_log::LogError> {
+        self.0.partition_count(topic).await
+    }
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<lambda_log::Record>,
+    ) -> Result<Vec<lambda_log::Position>, lambda_log::LogError> {
+        self.0.append(topic, records).await
+    }
+    async fn ranges(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<lambda_log::PartitionRange>, lambda_log::LogError> {
+        self.0.ranges(topic).await
+    }
+    async fn fetch(
+        &self,
+        positions: &[lambda_log::FetchPosition],
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<lambda_log::StoredRecord>, lambda_log::LogError> {
+        self.0.fetch(positions, max_records, max_wait).await
+    }
+    fn clock_ms(&self) -> Option<i64> {
+        self.0.clock_ms().map(|now| now - BEHIND_MS)
+    }
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), lambda_log::LogError> {
+        self.0.commit(group, topic, offsets).await
+    }
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<u32, u64>, lambda_log::LogError> {
+        self.0.committed(group, topic).await
+    }
+    async fn enforce_retention(&self) -> Result<u64, lambda_log::LogError> {
+        self.0.enforce_retention().await
+    }
+    async fn close(&self) -> Result<(), lambda_log::LogError> {
+        self.0.close().await
+    }
+}
+
+/// The collector stamps records by the log's own clock where the log has
+/// one (the embedded log's, which never steps back), and judges events by
+/// the wall clock: stamped by a wall clock stepped back a minute, every
+/// record was behind what the embedded log had promised and raised to it,
+/// and the log's time crept a millisecond a write for that minute (a
+/// hostile run). Here the log's clock reads an hour behind, which the
+/// embedded log under it keeps: the records carry it, and an event of now
+/// is still accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_stamped_by_the_log_s_clock_where_it_has_one() {
+    let (_dir, log) = start_log().await;
+    let log: Arc<dyn EventLog> = Arc::new(ClockBehind(log));
+    let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    let wall = chrono::Utc::now().timestamp_millis();
+    let (status, _, json) = post(state, click("c", wall)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    let records = read_all(log.as_ref(), "funnel-events").await;
+    assert_eq!(records.len(), 1);
+    let stamp = records[0].record.timestamp_ms;
+    let by_log = wall - BEHIND_MS;
+    assert!(
+        (by_log - 1_000..=by_log + 60_000).contains(&stamp),
+        "stamped {stamp}, the log's clock read about {by_log}"
+    );
+}
+
 /// A sender that trickles its body holds a connection, not a writing slot:
 /// with one slot, a second request is still answered 202, and the trickling
 /// one is answered 408 once its body timeout passes.

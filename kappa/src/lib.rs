@@ -483,7 +483,10 @@ impl Kappa {
         }
         write_json(&dir.join("version.json"), meta)?;
         let config = self.config(meta);
-        // Everything this instance's partitions hold now.
+        // Everything this instance's partitions hold now, folded as far as
+        // the log promises it complete (read first: every record stamped
+        // before it is within the spans); the live loop goes on from there.
+        let promise = self.log.complete_before();
         let spans = lambda_speed::replay::spans_to(self.log.as_ref(), |_, partition, end| {
             config.owns(partition).then_some(end)
         })
@@ -500,11 +503,11 @@ impl Kappa {
         );
         let replayed = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
-            replayed = lambda_speed::replay::replay(
+            replayed = lambda_speed::replay::replay_before(
                 self.log.as_ref(),
                 &spans,
                 lambda_speed::empty_state(&config),
-                0..0,
+                promise,
                 config.idle_timeout,
                 |records| self.set_replay(|r| r.records = records),
             ) => replayed?,

@@ -318,6 +318,19 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The log's own clock (ms since the epoch), if it stamps records by
+    /// one: the embedded log's, which follows the wall clock forward,
+    /// never back, and starts past every stamp it holds. A producer in the
+    /// same process (the collector) stamps its records by it: stamped by a
+    /// wall clock stepped back a minute, they were all behind what the
+    /// log had promised, raised to it, and the log's time crept a
+    /// millisecond a write for that minute — no partition going idle, the
+    /// watermark held back (a hostile run). `None` (Kafka): producers
+    /// stamp by their own clocks.
+    fn clock_ms(&self) -> Option<i64> {
+        None
+    }
+
     /// Stores `group`'s next offset to read for partitions of `topic`.
     async fn commit(
         &self,

@@ -994,6 +994,10 @@ impl EventLog for EmbeddedLog {
         Some(stamps.complete_before(now))
     }
 
+    fn clock_ms(&self) -> Option<i64> {
+        Some(self.inner.stamps.lock().clock.now())
+    }
+
     async fn ranges(&self, topic: &str) -> Result<Vec<PartitionRange>, LogError> {
         Ok(self
             .topic(topic)?
