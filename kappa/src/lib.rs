@@ -512,9 +512,16 @@ impl Kappa {
                 |records| self.set_replay(|r| r.records = records),
             ) => replayed?,
         };
+        // The replay stopped at the promise: what it folded is its whole
+        // part; records written since are the live loop's to catch up.
+        let folded = replayed.records;
         let views: SpeedViews = Arc::new(RwLock::new(replayed.state));
         let job = self.spawn_job(meta, &views, shutdown);
-        self.set_replay(|r| r.state = ReplayState::CatchingUp);
+        self.set_replay(|r| {
+            r.state = ReplayState::CatchingUp;
+            r.records = folded;
+            r.target = folded;
+        });
         let Some(old) = old else {
             return Ok(Some((views, job)));
         };

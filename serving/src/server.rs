@@ -54,7 +54,10 @@ pub const MAX_HEADER_BYTES: usize = lambda_events::limits::MAX_HEADER_BYTES;
 fn past_bounds<B>(request: &axum::http::Request<B>) -> Option<axum::response::Response> {
     use axum::response::IntoResponse;
     let uri = request.uri();
-    let target = uri.scheme_str().map_or(0, str::len)
+    // `scheme://authority` in the absolute form, then the path and query.
+    let target = uri
+        .scheme_str()
+        .map_or(0, |scheme| scheme.len() + "://".len())
         + uri.authority().map_or(0, |a| a.as_str().len())
         + uri.path_and_query().map_or(0, |p| p.as_str().len());
     let (status, error) = if target > MAX_REQUEST_TARGET_BYTES {
