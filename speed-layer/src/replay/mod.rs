@@ -44,6 +44,7 @@ pub use live::Live;
 /// pairs against 4 096: 16 384 ahead in three. Kept: ~1.2 MB of lane
 /// entries (a share and a half a lane) and the chunks the entries share.
 const FETCH_MAX_RECORDS: usize = 16384;
+
 /// One partition to replay: `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplaySpan {
