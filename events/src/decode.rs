@@ -779,7 +779,7 @@ impl<'a> WireEvent<'a> {
     /// Whether keys `present` make a whole event of `event_type`.
     fn follows_rule(event_type: EventType, present: u32) -> bool {
         let common = EVENT_ID | EVENT_TYPE | TS;
-        let (required, allowed) = event_type.rule().masks();
+        let (required, allowed) = event_type.masks();
         let fields = present & !common;
         let complete = present & common == common;
         complete && fields & !allowed == 0 && required & !fields == 0
