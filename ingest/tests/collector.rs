@@ -13,6 +13,7 @@ use lambda_events::limits::{
 };
 use lambda_ingest::{IngestConfig, IngestState, ensure_topics, router};
 use lambda_log::conformance::read_all;
+use lambda_log::intercept::{Intercepted, Interceptor};
 use lambda_log::{EmbeddedConfig, EmbeddedLog, EventLog};
 use tower::ServiceExt;
 
@@ -254,62 +255,13 @@ fn click(id: &str, ts: i64) -> String {
 /// An embedded log whose own clock reads an hour behind the wall clock's;
 /// everything else is the embedded log's.
 #[derive(Debug)]
-struct ClockBehind(Arc<dyn EventLog>);
+struct ClockBehind;
 
 const BEHIND_MS: i64 = 3_600_000;
 
-#[async_trait::async_trait]
-impl EventLog for ClockBehind {
-    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), lambda_log::LogError> {
-        self.0.create_topic(topic, partitions).await
-    }
-    async fn partition_count(&self, topic: &str) -> Result<u32, lambda_log::LogError> {
-        self.0.partition_count(topic).await
-    }
-    async fn append(
-        &self,
-        topic: &str,
-        records: Vec<lambda_log::Record>,
-    ) -> Result<Vec<lambda_log::Position>, lambda_log::LogError> {
-        self.0.append(topic, records).await
-    }
-    async fn ranges(
-        &self,
-        topic: &str,
-    ) -> Result<Vec<lambda_log::PartitionRange>, lambda_log::LogError> {
-        self.0.ranges(topic).await
-    }
-    async fn fetch(
-        &self,
-        positions: &[lambda_log::FetchPosition],
-        max_records: usize,
-        max_wait: Duration,
-    ) -> Result<Vec<lambda_log::StoredRecord>, lambda_log::LogError> {
-        self.0.fetch(positions, max_records, max_wait).await
-    }
-    fn clock_ms(&self) -> Option<i64> {
-        self.0.clock_ms().map(|now| now - BEHIND_MS)
-    }
-    async fn commit(
-        &self,
-        group: &str,
-        topic: &str,
-        offsets: &[(u32, u64)],
-    ) -> Result<(), lambda_log::LogError> {
-        self.0.commit(group, topic, offsets).await
-    }
-    async fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-    ) -> Result<std::collections::BTreeMap<u32, u64>, lambda_log::LogError> {
-        self.0.committed(group, topic).await
-    }
-    async fn enforce_retention(&self) -> Result<u64, lambda_log::LogError> {
-        self.0.enforce_retention().await
-    }
-    async fn close(&self) -> Result<(), lambda_log::LogError> {
-        self.0.close().await
+impl Interceptor for ClockBehind {
+    fn clock_ms(&self, inner: Option<i64>) -> Option<i64> {
+        inner.map(|now| now - BEHIND_MS)
     }
 }
 
@@ -324,7 +276,7 @@ impl EventLog for ClockBehind {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_stamped_by_the_log_s_clock_where_it_has_one() {
     let (_dir, log) = start_log().await;
-    let log: Arc<dyn EventLog> = Arc::new(ClockBehind(log));
+    let log: Arc<dyn EventLog> = Arc::new(Intercepted::new(log, ClockBehind));
     let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
     let wall = chrono::Utc::now().timestamp_millis();
     let (status, _, json) = post(state, click("c", wall)).await;

@@ -1132,38 +1132,16 @@ mod tests {
             .expect("the speed layer folds the records");
     }
 
-    /// A log whose reads fail as unavailable (a broker down) for the
-    /// first `failures` of them; everything else is the embedded log's.
+    /// Reads fail as unavailable (a broker down) for the first `failures`
+    /// of them; the log promises nothing, as Kafka; everything else is the
+    /// embedded log's.
     #[derive(Debug)]
     struct DownAtFirst {
-        log: lambda_log::EmbeddedLog,
         failures: std::sync::atomic::AtomicU32,
     }
 
-    #[async_trait::async_trait]
-    impl EventLog for DownAtFirst {
-        async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
-            self.log.create_topic(topic, partitions).await
-        }
-        async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
-            self.log.partition_count(topic).await
-        }
-        async fn append(
-            &self,
-            topic: &str,
-            records: Vec<Record>,
-        ) -> Result<Vec<lambda_log::Position>, LogError> {
-            self.log.append(topic, records).await
-        }
-        async fn ranges(&self, topic: &str) -> Result<Vec<lambda_log::PartitionRange>, LogError> {
-            self.log.ranges(topic).await
-        }
-        async fn fetch(
-            &self,
-            positions: &[FetchPosition],
-            max_records: usize,
-            max_wait: Duration,
-        ) -> Result<Vec<lambda_log::StoredRecord>, LogError> {
+    impl lambda_log::intercept::Interceptor for DownAtFirst {
+        fn before_read(&self) -> Result<(), LogError> {
             use std::sync::atomic::Ordering;
             let down = self
                 .failures
@@ -1172,28 +1150,11 @@ mod tests {
             if down {
                 return Err(LogError::Unavailable("the broker is down".into()));
             }
-            self.log.fetch(positions, max_records, max_wait).await
+            Ok(())
         }
-        async fn commit(
-            &self,
-            group: &str,
-            topic: &str,
-            offsets: &[(u32, u64)],
-        ) -> Result<(), LogError> {
-            self.log.commit(group, topic, offsets).await
-        }
-        async fn committed(
-            &self,
-            group: &str,
-            topic: &str,
-        ) -> Result<BTreeMap<u32, u64>, LogError> {
-            self.log.committed(group, topic).await
-        }
-        async fn enforce_retention(&self) -> Result<u64, LogError> {
-            self.log.enforce_retention().await
-        }
-        async fn close(&self) -> Result<(), LogError> {
-            self.log.close().await
+
+        fn complete_before(&self, _: &dyn EventLog) -> Option<i64> {
+            None
         }
     }
 
@@ -1206,10 +1167,12 @@ mod tests {
         let embedded = lambda_log::EmbeddedLog::open(dir.path().join("log"), Default::default())
             .await
             .expect("the log");
-        let log: Arc<dyn EventLog> = Arc::new(DownAtFirst {
-            log: embedded,
-            failures: std::sync::atomic::AtomicU32::new(4),
-        });
+        let log: Arc<dyn EventLog> = Arc::new(lambda_log::intercept::Intercepted::new(
+            Arc::new(embedded),
+            DownAtFirst {
+                failures: std::sync::atomic::AtomicU32::new(4),
+            },
+        ));
         for topic in Topic::ALL {
             log.create_topic(topic.name(), 2).await.expect("a topic");
         }
