@@ -85,6 +85,14 @@ pub const MAX_ALERT_STREAMS: usize = 256;
 pub const MAX_ALERTS_PER_PAGE: usize = 1_000;
 /// Longest duration a setting or an admin request takes, in days.
 pub const MAX_DURATION_DAYS: u64 = 3650;
+/// `(topic, minute)` entries a speed state's late ledger keeps at most (69
+/// days of minutes of one topic): past it, the entry of the oldest minute
+/// goes (its events still count in `late`). In lambda mode the horizon
+/// trims the ledger long before; in kappa mode nothing else does, and late
+/// events stamped each in a minute of its own grew it, and every
+/// checkpoint, without end (a hostile run: 2 M entries, a 59.5 MB
+/// checkpoint).
+pub const MAX_LATE_LEDGER_ENTRIES: usize = 100_000;
 
 /// One row of the table: a bound, where it applies and what it is.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -308,6 +316,13 @@ pub const TABLE: &[Limit] = &[
         Some(1.0),
         Some(MAX_ALERTS_PER_PAGE as f64),
         "transitions",
+    ),
+    limit(
+        "late ledger",
+        "a speed state's late events itemised by (topic, minute)",
+        None,
+        Some(MAX_LATE_LEDGER_ENTRIES as f64),
+        "entries (the oldest minute's goes first)",
     ),
     limit(
         "durations",

@@ -442,11 +442,7 @@ fn decode_with(
         .into_iter()
         .map(|(t, p, o)| ((t, p), o))
         .collect();
-    state.late_ledger = file
-        .late_ledger
-        .into_iter()
-        .map(|(t, s, n)| ((t, s), n))
-        .collect();
+    state.set_ledger(file.late_ledger);
     let (counted, duplicates, late, invalid) = file.counters;
     state.counters = SpeedCounters {
         counted,

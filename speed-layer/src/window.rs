@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use lambda_events::bucket::MINUTE_MS;
+use lambda_events::limits::MAX_LATE_LEDGER_ENTRIES;
 use lambda_events::{BucketViews, Event, EventRef, Topic, floor_to};
 
 use crate::alerts::{AlertEngine, AlertRules};
@@ -187,6 +188,36 @@ pub struct WindowsStamp {
 
 /// The clock of an expected partition that has not delivered yet.
 const NOT_YET: i64 = i64::MIN;
+
+/// Adds `n` late events at `entry` of the late ledger, which keeps at most
+/// [`MAX_LATE_LEDGER_ENTRIES`] entries: a new one past the bound takes the
+/// place of the oldest minute's, or is not kept if it is older still (its
+/// events count in `late` all the same). One rule for the live loop, a
+/// replay and a restored checkpoint, so they keep the same entries.
+fn ledger_late(ledger: &mut BTreeMap<(Topic, i64), u64>, entry: (Topic, i64), n: u64) {
+    if let Some(count) = ledger.get_mut(&entry) {
+        *count = count.saturating_add(n);
+        return;
+    }
+    if ledger.len() >= MAX_LATE_LEDGER_ENTRIES {
+        // Each topic's first entry is its oldest minute: two lookups, not
+        // a walk over the ledger.
+        let oldest = Topic::ALL
+            .iter()
+            .filter_map(|&topic| {
+                let first = ledger.range((topic, i64::MIN)..=(topic, i64::MAX)).next();
+                first.map(|(entry, _)| *entry)
+            })
+            .min_by_key(|(_, start)| *start);
+        match oldest {
+            Some(oldest) if oldest.1 < entry.1 => {
+                ledger.remove(&oldest);
+            }
+            _ => return,
+        }
+    }
+    ledger.insert(entry, n);
+}
 
 /// Where one partition's clock is in a state's clocks, found at the first
 /// of a run of its records and kept for the rest of the run
@@ -681,7 +712,7 @@ impl SpeedState {
     fn fold(&mut self, event: &EventRef<'_>, id_hash: IdHash) -> Applied {
         let start = floor_to(event.ts, MINUTE_MS);
         if start < self.evicted_before || self.watermark().is_some_and(|w| start + MINUTE_MS <= w) {
-            *self.late_ledger.entry((event.topic(), start)).or_default() += 1;
+            ledger_late(&mut self.late_ledger, (event.topic(), start), 1);
             self.counters.late += 1;
             return Applied::Late;
         }
@@ -747,6 +778,15 @@ impl SpeedState {
             .collect()
     }
 
+    /// Puts `(topic, window start, late events)` entries in the late
+    /// ledger (a checkpoint's), within its bound.
+    pub(crate) fn set_ledger(&mut self, entries: impl IntoIterator<Item = (Topic, i64, u64)>) {
+        self.late_ledger.clear();
+        for (topic, start, n) in entries {
+            ledger_late(&mut self.late_ledger, (topic, start), n);
+        }
+    }
+
     /// `(topic, window start, late events)`, sorted.
     pub fn ledger_list(&self) -> Vec<(Topic, i64, u64)> {
         self.late_ledger
@@ -774,6 +814,61 @@ mod tests {
         let mut e = Event::bare(id, EventType::Click, ts);
         e.user_id = Some("u".into());
         e
+    }
+
+    fn len_bound() -> i64 {
+        MAX_LATE_LEDGER_ENTRIES as i64
+    }
+
+    /// The late ledger keeps [`MAX_LATE_LEDGER_ENTRIES`] entries and not
+    /// one more, with no horizon to trim it (kappa's): a late event of a
+    /// new minute past the bound takes the oldest minute's place, an older
+    /// one is counted late and not itemised; a checkpoint holds the same
+    /// entries, and restoring keeps the bound.
+    #[test]
+    fn the_late_ledger_keeps_its_bound_without_a_horizon() {
+        let mut state = SpeedState::new(0, i64::MAX / 4);
+        let now = 1_700_000_040_000;
+        assert_eq!(state.apply(&click("now", now)), Applied::Counted);
+        // One late event in each of as many minutes as the bound, every
+        // other minute from the oldest on.
+        let oldest = floor_to(now, MINUTE_MS) - 2 * (len_bound() + 10) * MINUTE_MS;
+        for i in 0..len_bound() {
+            let late = click(&format!("l{i}"), oldest + i * MINUTE_MS * 2);
+            assert_eq!(state.apply(&late), Applied::Late, "{i}");
+        }
+        let len = MAX_LATE_LEDGER_ENTRIES;
+        assert_eq!(state.late_ledger.len(), len, "at the bound: all kept");
+        // Into a minute the ledger holds: counted there, nothing goes.
+        assert_eq!(state.apply(&click("again", oldest)), Applied::Late);
+        assert_eq!(state.late_ledger.get(&(Topic::Funnel, oldest)), Some(&2));
+        // One more minute, newer than the oldest: the oldest goes.
+        let newer = oldest + MINUTE_MS;
+        assert_eq!(state.apply(&click("newer", newer)), Applied::Late);
+        assert_eq!(state.late_ledger.len(), len);
+        assert_eq!(state.late_ledger.get(&(Topic::Funnel, oldest)), None);
+        assert_eq!(state.late_ledger.get(&(Topic::Funnel, newer)), Some(&1));
+        // Older than every minute held: counted late, not itemised.
+        let older = oldest - MINUTE_MS;
+        assert_eq!(state.apply(&click("older", older)), Applied::Late);
+        assert_eq!(state.late_ledger.get(&(Topic::Funnel, older)), None);
+        assert_eq!(state.late_ledger.len(), len);
+        assert_eq!(state.counters.late, len as u64 + 3);
+        // A checkpoint holds what the state holds; one over the bound (an
+        // older release's) is restored within it, the oldest minute gone.
+        let bytes = crate::checkpoint::encode(&state);
+        let restored = crate::checkpoint::decode(&bytes, 0, i64::MAX / 4).expect("restored");
+        assert_eq!(restored.ledger_list(), state.ledger_list());
+        let mut over = state.ledger_list();
+        over.push((Topic::Iot, now - MINUTE_MS, 1));
+        let mut trimmed = SpeedState::new(0, i64::MAX / 4);
+        trimmed.set_ledger(over.iter().copied());
+        assert_eq!(trimmed.late_ledger.len(), len);
+        assert_eq!(trimmed.late_ledger.get(&(Topic::Funnel, newer)), None);
+        assert_eq!(
+            trimmed.late_ledger.get(&(Topic::Iot, now - MINUTE_MS)),
+            Some(&1)
+        );
     }
 
     #[test]
