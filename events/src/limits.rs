@@ -85,6 +85,11 @@ pub const MAX_ALERT_STREAMS: usize = 256;
 pub const MAX_ALERTS_PER_PAGE: usize = 1_000;
 /// Longest duration a setting or an admin request takes, in days.
 pub const MAX_DURATION_DAYS: u64 = 3650;
+/// Alert transitions kept: the newest this many, by each speed state (for
+/// readers to take) and by serving's feed (`GET /api/v1/alerts`, its
+/// stream). A reader asking from before them is told how many it missed
+/// (`missed`, an SSE `gap` event); the active alerts do not depend on them.
+pub const ALERT_TRANSITIONS_KEPT: usize = 10_000;
 /// `(topic, minute)` entries a speed state's late ledger keeps at most (69
 /// days of minutes of one topic): past it, the entry of the oldest minute
 /// goes (its events still count in `late`). In lambda mode the horizon
@@ -316,6 +321,13 @@ pub const TABLE: &[Limit] = &[
         Some(1.0),
         Some(MAX_ALERTS_PER_PAGE as f64),
         "transitions",
+    ),
+    limit(
+        "alert transitions kept",
+        "each speed state; serving's feed (GET /api/v1/alerts, /api/v1/alerts/stream)",
+        None,
+        Some(ALERT_TRANSITIONS_KEPT as f64),
+        "transitions (the newest; older ones are reported as missed)",
     ),
     limit(
         "late ledger",

@@ -4,7 +4,9 @@
 //! Serving keeps one [`AlertFeed`]: every alert transition from every speed
 //! instance (in this process, or polled from others), numbered in the order
 //! serving received them. `since` and SSE's `Last-Event-ID` are those numbers,
-//! so a client that reconnects gets exactly what it missed.
+//! so a client that reconnects gets exactly what it missed — or, when the
+//! feed no longer keeps it (the newest [`FEED_CAPACITY`]), is told how many
+//! (`missed`; an SSE `gap` event).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ServingState;
 
 /// Transitions kept.
-pub const FEED_CAPACITY: usize = 10_000;
+pub const FEED_CAPACITY: usize = lambda_events::limits::ALERT_TRANSITIONS_KEPT;
 /// Most alerts one request returns.
 pub const MAX_LIMIT: usize = lambda_events::limits::MAX_ALERTS_PER_PAGE;
 /// Alert streams open at once; one more is answered `503` with `Retry-After`.
@@ -43,10 +45,26 @@ pub struct FedAlert {
     pub alert: Alert,
 }
 
-/// Every transition serving has received, the newest [`FEED_CAPACITY`].
+/// Every transition serving has received, the newest [`FEED_CAPACITY`],
+/// and the alerts active now.
+///
+/// The active alerts are not read off the kept transitions (an alert raised
+/// before the newest 10 000 went missing from them, though nothing cleared
+/// it: a hostile run) but kept per source as transitions arrive, and set
+/// right by the source's own list of what is active whenever it sends one
+/// ([`Snapshot::active_alerts`](lambda_speed::export::Snapshot)): with every
+/// transition, and after a restart or a kappa version switch (a new epoch),
+/// so an alert the new state never raised is no longer listed, and one
+/// whose transition came before what serving kept still is.
 #[derive(Debug)]
 pub struct AlertFeed {
     log: VecDeque<FedAlert>,
+    /// Per source, each active alert by (rule, key): the transition that
+    /// raised it (id 0 if serving never had it: see [`unseen_raise`]).
+    active: BTreeMap<usize, BTreeMap<(RuleName, String), FedAlert>>,
+    /// Transitions a source had dropped before serving took them (its seq
+    /// jumped within one epoch): never in the feed.
+    lost: u64,
     next_id: u64,
     /// Last alert seq taken from each source.
     cursors: HashMap<usize, u64>,
@@ -63,6 +81,8 @@ impl Default for AlertFeed {
     fn default() -> Self {
         AlertFeed {
             log: VecDeque::new(),
+            active: BTreeMap::new(),
+            lost: 0,
             next_id: 1,
             cursors: HashMap::new(),
             epochs: HashMap::new(),
@@ -88,46 +108,82 @@ impl AlertFeed {
     }
 
     /// Appends the transitions of `source` (a speed state of `epoch`) that
-    /// the feed has not seen yet.
+    /// the feed has not seen yet, and takes `active` — the source's alerts
+    /// active now, `(rule, key, raised at)`, when it sent them — for true.
     ///
     /// Within one epoch a transition is new when its seq is past the
-    /// source's cursor. A new epoch (the instance restarted) sends every
-    /// transition it keeps: its seqs may have started again, so those are
-    /// taken unless the feed holds the same transition (rule, key, state,
-    /// event time) from that source already — what a restored checkpoint
-    /// replays is not repeated, what a fresh state raises is not lost.
-    pub fn push(&mut self, source: usize, epoch: u64, alerts: impl IntoIterator<Item = Alert>) {
+    /// source's cursor. A new epoch (the instance restarted, or a kappa
+    /// version took over) sends every transition it keeps: its seqs may
+    /// have started again, so those are taken unless the feed holds the
+    /// same transition (rule, key, state, event time, message and value)
+    /// from that source already — what a restored checkpoint replays is not
+    /// repeated, what a fresh state raises is not lost, and a new version's
+    /// alert with other figures (a replay that counted more) is news.
+    pub fn push(
+        &mut self,
+        source: usize,
+        epoch: u64,
+        alerts: impl IntoIterator<Item = Alert>,
+        active: Option<Vec<(RuleName, String, i64)>>,
+    ) {
         let renewed = self
             .epochs
             .insert(source, epoch)
             .is_some_and(|e| e != epoch);
         let mut cursor = if renewed { 0 } else { self.cursor(source) };
-        let known: std::collections::HashSet<(RuleName, String, AlertState, i64)> = if renewed {
+        let known: HashMap<Identity, FedAlert> = if renewed {
             self.log
                 .iter()
                 .filter(|a| a.source == source)
-                .map(|a| (a.alert.rule, a.alert.key.clone(), a.alert.state, a.alert.ts))
+                .map(|a| (identity(&a.alert), a.clone()))
                 .collect()
         } else {
             Default::default()
         };
         let before = self.next_id;
+        let raised = self.active.entry(source).or_default();
         for alert in alerts {
             if alert.seq <= cursor {
                 continue;
             }
-            cursor = alert.seq;
-            let identity = (alert.rule, alert.key.clone(), alert.state, alert.ts);
-            if known.contains(&identity) {
-                continue;
+            if !renewed && alert.seq > cursor + 1 && cursor > 0 {
+                self.lost += alert.seq - cursor - 1;
             }
             cursor = alert.seq;
-            self.log.push_back(FedAlert {
-                id: self.next_id,
-                source,
-                alert,
-            });
-            self.next_id += 1;
+            let fed = match known.get(&identity(&alert)) {
+                Some(fed) => fed.clone(),
+                None => {
+                    let fed = FedAlert {
+                        id: self.next_id,
+                        source,
+                        alert,
+                    };
+                    self.log.push_back(fed.clone());
+                    self.next_id += 1;
+                    fed
+                }
+            };
+            let key = (fed.alert.rule, fed.alert.key.clone());
+            match fed.alert.state {
+                AlertState::Raised => {
+                    raised.insert(key, fed);
+                }
+                AlertState::Cleared => {
+                    raised.remove(&key);
+                }
+            }
+        }
+        if let Some(active) = active {
+            let truth: HashMap<(RuleName, String), i64> = active
+                .into_iter()
+                .map(|(rule, key, at)| ((rule, key), at))
+                .collect();
+            raised.retain(|key, _| truth.contains_key(key));
+            for ((rule, key), at) in truth {
+                raised
+                    .entry((rule, key.clone()))
+                    .or_insert_with(|| unseen_raise(source, rule, key, at));
+            }
         }
         self.cursors.insert(source, cursor);
         while self.log.len() > FEED_CAPACITY {
@@ -136,6 +192,22 @@ impl AlertFeed {
         if self.next_id != before {
             self.notify.send_replace(self.next_id - 1);
         }
+    }
+
+    /// The oldest transition kept (the next one to come if none is).
+    pub fn first_id(&self) -> u64 {
+        self.log.front().map_or(self.next_id, |a| a.id)
+    }
+
+    /// Transitions after `since` no longer kept (the feed keeps the newest
+    /// [`FEED_CAPACITY`]): what a client that asks from there has missed.
+    pub fn missed_after(&self, since: u64) -> u64 {
+        self.first_id().saturating_sub(since.saturating_add(1))
+    }
+
+    /// Transitions sources dropped before serving took them.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// Transitions after `since`, at most `limit`.
@@ -153,16 +225,19 @@ impl AlertFeed {
         self.next_id - 1
     }
 
-    /// Alerts raised and not cleared, by (source, rule, key), as far as the feed remembers.
+    /// Alerts raised and not cleared, by (source, rule, key): each the
+    /// transition that raised it.
     pub fn active(&self) -> Vec<FedAlert> {
-        let mut last: BTreeMap<(usize, RuleName, &str), &FedAlert> = BTreeMap::new();
-        for a in &self.log {
-            last.insert((a.source, a.alert.rule, &a.alert.key), a);
-        }
-        last.into_values()
-            .filter(|a| a.alert.state == AlertState::Raised)
+        self.active
+            .values()
+            .flat_map(BTreeMap::values)
             .cloned()
             .collect()
+    }
+
+    /// How many alerts are active.
+    pub fn active_len(&self) -> usize {
+        self.active.values().map(BTreeMap::len).sum()
     }
 
     /// Ends every open stream (at shutdown, so the HTTP server can drain).
@@ -174,6 +249,42 @@ impl AlertFeed {
     /// A receiver told the newest id whenever transitions arrive.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.notify.subscribe()
+    }
+}
+
+/// What makes two transitions of one source the same (its seq aside).
+type Identity = (RuleName, String, AlertState, i64, String, Option<u64>);
+
+fn identity(alert: &Alert) -> Identity {
+    (
+        alert.rule,
+        alert.key.clone(),
+        alert.state,
+        alert.ts,
+        alert.message.clone(),
+        alert.value.map(f64::to_bits),
+    )
+}
+
+/// An alert its source says is active whose raising serving never had
+/// (it came before the transitions the source or the feed keep): listed
+/// with id 0 and what the source knows, when it was raised.
+fn unseen_raise(source: usize, rule: RuleName, key: String, raised: i64) -> FedAlert {
+    FedAlert {
+        id: 0,
+        source,
+        alert: Alert {
+            seq: 0,
+            rule,
+            message: format!(
+                "{} {key}: active since {raised} (its transition is no longer kept)",
+                rule.as_str()
+            ),
+            key,
+            state: AlertState::Raised,
+            ts: raised,
+            value: None,
+        },
     }
 }
 
@@ -210,18 +321,23 @@ pub async fn run_local_source(
             let feed = feed.read();
             (feed.cursor(0), feed.epoch(0))
         };
-        let (epoch, fresh) = {
+        let (epoch, fresh, active) = {
             let speed = speed.read();
-            let since = if known_epoch == Some(speed.epoch()) {
-                cursor
-            } else {
-                0
-            };
+            let renewed = known_epoch != Some(speed.epoch());
+            let since = if renewed { 0 } else { cursor };
             let fresh: Vec<Alert> = speed.alerts().since(since).cloned().collect();
-            (speed.epoch(), fresh)
+            // What is active, with any news (see `Snapshot::active_alerts`).
+            let active = (!fresh.is_empty() || renewed).then(|| {
+                speed
+                    .alerts()
+                    .active()
+                    .map(|(rule, key, raised)| (rule, key.to_string(), raised))
+                    .collect()
+            });
+            (speed.epoch(), fresh, active)
         };
-        if !fresh.is_empty() || known_epoch != Some(epoch) {
-            feed.write().push(0, epoch, fresh);
+        if active.is_some() {
+            feed.write().push(0, epoch, fresh, active);
         }
     }
 }
@@ -275,8 +391,14 @@ pub async fn list(
         .and_then(|a| a["id"].as_u64())
         .unwrap_or(since);
     let active: Vec<Value> = feed.active().iter().map(to_json).collect();
-    axum::Json(json!({ "alerts": alerts, "next": next, "last": feed.last_id(), "active": active }))
-        .into_response()
+    axum::Json(json!({
+        "alerts": alerts,
+        "next": next,
+        "last": feed.last_id(),
+        "missed": feed.missed_after(since),
+        "active": active,
+    }))
+    .into_response()
 }
 
 /// `GET /api/v1/alerts/stream`: Server-Sent Events, one `alert` event per
@@ -332,10 +454,19 @@ pub async fn stream(
         // Held while the stream is open.
         let _permit = permit;
         loop {
-            let (fresh, closed) = {
+            let (fresh, closed, missed) = {
                 let f = feed.read();
-                (f.after(cursor, MAX_LIMIT), f.closed)
+                (f.after(cursor, MAX_LIMIT), f.closed, f.missed_after(cursor))
             };
+            // Fell behind what the feed keeps: said, not skipped silently.
+            if missed > 0 {
+                let event = SseEvent::default()
+                    .event("gap")
+                    .data(json!({ "missed": missed, "after": cursor }).to_string());
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
             for a in &fresh {
                 cursor = a.id;
                 let event = SseEvent::default()
@@ -409,14 +540,16 @@ mod tests {
             0,
             7,
             [alert(1, "a", Raised, 10), alert(2, "a", Cleared, 20)],
+            None,
         );
         // The same again, and a second source with its own seqs.
         feed.push(
             0,
             7,
             [alert(1, "a", Raised, 10), alert(2, "a", Cleared, 20)],
+            None,
         );
-        feed.push(1, 9, [alert(1, "b", Raised, 15)]);
+        feed.push(1, 9, [alert(1, "b", Raised, 15)], None);
         assert_eq!(feed.cursor(0), 2);
         assert_eq!(
             keys(&feed),
@@ -436,16 +569,107 @@ mod tests {
                 alert(2, "a", Cleared, 20),
                 alert(3, "c", Raised, 30),
             ],
+            None,
         );
         assert_eq!(feed.last_id(), 4);
         // Source 1 started from nothing (new epoch, seqs from 1 again): its
         // new transitions are taken although their seqs were seen before.
-        feed.push(1, 10, [alert(1, "d", Raised, 40)]);
+        feed.push(1, 10, [alert(1, "d", Raised, 40)], None);
         assert_eq!(
             keys(&feed)[3..],
             [(4, 0, "c".into(), Raised), (5, 1, "d".into(), Raised)]
         );
         let active: Vec<String> = feed.active().into_iter().map(|a| a.alert.key).collect();
         assert_eq!(active, vec!["c", "b", "d"]);
+    }
+
+    /// An alert raised before the newest transitions the feed keeps is
+    /// still active while nothing cleared it (it dropped out of the list
+    /// once 10 000 transitions of other keys followed: a hostile run), and
+    /// a client asking from before what is kept is told how many it missed.
+    #[test]
+    fn an_alert_stays_active_however_many_transitions_follow_it() {
+        use AlertState::{Cleared, Raised};
+        let mut feed = AlertFeed::default();
+        feed.push(0, 1, [alert(1, "pump", Raised, 5)], None);
+        let flap = |i: u64| {
+            let state = if i % 2 == 0 { Raised } else { Cleared };
+            alert(i + 2, "flap", state, 10 + i as i64)
+        };
+        // The feed full: nothing missed yet.
+        feed.push(0, 1, (0..FEED_CAPACITY as u64 - 1).map(flap), None);
+        assert_eq!((feed.first_id(), feed.missed_after(0)), (1, 0));
+        // One past: the oldest goes, and is missed from 0 on.
+        feed.push(0, 1, [flap(FEED_CAPACITY as u64 - 1)], None);
+        assert_eq!((feed.first_id(), feed.missed_after(0)), (2, 1));
+        feed.push(
+            0,
+            1,
+            (FEED_CAPACITY as u64..FEED_CAPACITY as u64 + 2).map(flap),
+            None,
+        );
+        let active: Vec<String> = feed.active().into_iter().map(|a| a.alert.key).collect();
+        assert_eq!(active, vec!["pump"]);
+        assert_eq!(feed.active_len(), 1);
+        assert_eq!(feed.active()[0].id, 1, "the transition that raised it");
+        assert_eq!(feed.first_id(), 4);
+        assert_eq!(feed.missed_after(0), 3);
+        assert_eq!(feed.missed_after(3), 0);
+        assert_eq!(feed.missed_after(u64::MAX), 0);
+        assert_eq!(feed.lost(), 0);
+        // A source that dropped transitions before serving took them (its
+        // seq jumps): counted as lost.
+        feed.push(
+            0,
+            1,
+            [alert(FEED_CAPACITY as u64 + 10, "late", Raised, 99)],
+            None,
+        );
+        assert_eq!(feed.lost(), 6);
+    }
+
+    /// A new epoch (a restart, a kappa version switch) says what is active:
+    /// an alert the new state raised with other figures replaces the old
+    /// one's, one it never raised is no longer listed, and one whose
+    /// transition serving never had is listed with id 0 (after a switch the
+    /// old version's alerts stayed listed: a hostile run).
+    #[test]
+    fn a_new_epoch_s_active_alerts_are_what_is_active() {
+        use AlertState::Raised;
+        let mut feed = AlertFeed::default();
+        let with = |seq, key: &str, message: &str| Alert {
+            message: message.into(),
+            ..alert(seq, key, Raised, 60_000)
+        };
+        let rule = RuleName::SensorRange;
+        feed.push(0, 1, [with(1, "/x", "50 %"), with(2, "/y", "y")], None);
+        // The new version raised /x at the same time with other figures,
+        // and never /y.
+        let truth = Some(vec![(rule, "/x".to_string(), 60_000)]);
+        feed.push(0, 2, [with(1, "/x", "25 %")], truth);
+        let active = feed.active();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].alert.message, "25 %");
+        assert_eq!(active[0].id, 3, "taken as news");
+        // The same transition again from a restored state: not repeated.
+        feed.push(0, 3, [with(1, "/x", "25 %")], None);
+        assert_eq!(feed.last_id(), 3);
+        // A state active on a key whose raising serving never had.
+        let truth = vec![
+            (rule, "/x".to_string(), 60_000),
+            (rule, "/z".to_string(), 7),
+        ];
+        feed.push(0, 4, [], Some(truth));
+        let active = feed.active();
+        assert_eq!(active.len(), 2);
+        assert_eq!((active[1].id, active[1].alert.ts), (0, 7));
+        assert!(
+            active[1].alert.message.contains("/z"),
+            "{}",
+            active[1].alert.message
+        );
+        // Nothing active any more.
+        feed.push(0, 5, [], Some(Vec::new()));
+        assert!(feed.active().is_empty());
     }
 }

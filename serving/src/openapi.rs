@@ -280,17 +280,18 @@ pub fn document() -> Value {
                     parameter("limit", "query", "At most this many (1 to 1000, default 100).", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                 ],
                 "responses": {
-                    "200": { "description": "Transitions, the next `since`, the newest id and the active alerts.",
+                    "200": { "description": "Transitions, the next `since`, the newest id, how many transitions after `since` are no longer kept (`missed`: the feed keeps the newest 10 000), and the active alerts (each the transition that raised it; id 0 if that transition is no longer kept).",
                              "content": { "application/json": { "schema": { "type": "object", "properties": {
                                  "alerts": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
                                  "active": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
-                                 "next": { "type": "integer" }, "last": { "type": "integer" } } } } } },
+                                 "next": { "type": "integer" }, "last": { "type": "integer" },
+                                 "missed": { "type": "integer", "minimum": 0 } } } } } },
                     "400": { "$ref": "#/components/responses/BadParameter" },
                 },
             } },
             "/api/v1/alerts/stream": { "get": {
                 "operationId": "streamAlerts",
-                "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id).",
+                "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id); `event: gap` with `{\"missed\": n, \"after\": id}` when transitions after the stream's place are no longer kept.",
                 "tags": ["alerts"],
                 "parameters": [
                     parameter("since", "query", "Start after this id (default: what arrives next).", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })),

@@ -154,9 +154,10 @@ fn take_snapshot(
             ..snapshot.clone()
         } != mirror.meta;
     let epoch = snapshot.epoch;
-    let alerts = mirror.apply(snapshot);
-    if !alerts.is_empty() || feed.read().epoch(source) != Some(epoch) {
-        feed.write().push(source, epoch, alerts);
+    let news = mirror.apply(snapshot);
+    if !news.is_empty() || feed.read().epoch(source) != Some(epoch) {
+        feed.write()
+            .push(source, epoch, news.transitions, news.active);
     }
     changed
 }

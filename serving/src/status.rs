@@ -174,7 +174,7 @@ pub async fn snapshot(state: &ServingState) -> Value {
         .collect();
     let alerts = {
         let feed = state.alerts.read();
-        json!({ "active": feed.active().len(), "last_id": feed.last_id() })
+        json!({ "active": feed.active_len(), "last_id": feed.last_id(), "lost": feed.lost() })
     };
     let mut doc =
         json!({ "now": now, "speed": speed, "batch": batch, "log": log, "alerts": alerts });

@@ -23,8 +23,8 @@ use lambda_events::bucket::MINUTE_MS;
 use lambda_events::{BucketViews, DeviceStatus, EventRef, EventType, Severity};
 use serde::{Deserialize, Serialize};
 
-/// Alerts kept for readers (the newest).
-pub const RECENT_ALERTS: usize = 10_000;
+/// Alerts kept for readers (the newest; see the limits table).
+pub const RECENT_ALERTS: usize = lambda_events::limits::ALERT_TRANSITIONS_KEPT;
 
 /// `sensor_range` rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

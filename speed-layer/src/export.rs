@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use lambda_events::{BucketViews, Topic};
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::Alert;
+use crate::alerts::{Alert, RuleName};
 use crate::checkpoint::ViewsWire;
 use crate::window::{PartitionClock, SpeedCounters, SpeedState, Window};
 
@@ -51,6 +51,29 @@ pub struct Snapshot {
     /// Alert transitions after the asked alert seq, oldest first.
     #[serde(default)]
     pub alerts: Vec<Alert>,
+    /// The alerts active now, `(rule, key, raised at)`, whenever
+    /// transitions are sent or the reader's epoch is not this state's: what
+    /// a reader holds for true, whatever transitions it missed (a state
+    /// keeps its newest [`RECENT_ALERTS`](crate::alerts::RECENT_ALERTS)) or
+    /// took from another epoch. `None`: as at the last snapshot.
+    #[serde(default)]
+    pub active_alerts: Option<Vec<(RuleName, String, i64)>>,
+}
+
+/// What a snapshot tells a reader about alerts ([`Mirror::apply`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertNews {
+    /// Transitions after the asked seq, oldest first.
+    pub transitions: Vec<Alert>,
+    /// The active alerts, if sent (see [`Snapshot::active_alerts`]).
+    pub active: Option<Vec<(RuleName, String, i64)>>,
+}
+
+impl AlertNews {
+    /// Whether it says anything.
+    pub fn is_empty(&self) -> bool {
+        self.transitions.is_empty() && self.active.is_none()
+    }
 }
 
 /// The snapshot a reader holding `(epoch, since)` needs, with the alert
@@ -64,6 +87,14 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64, alerts_since: u64) -
         0
     };
     let full = epoch != state.epoch || since == 0 || since > state.seq;
+    let alerts: Vec<Alert> = state.alerts.since(alerts_since).cloned().collect();
+    let active_alerts = (!alerts.is_empty() || epoch != state.epoch).then(|| {
+        state
+            .alerts
+            .active()
+            .map(|(rule, key, raised)| (rule, key.to_string(), raised))
+            .collect()
+    });
     let windows = state
         .windows
         .iter()
@@ -89,7 +120,8 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64, alerts_since: u64) -
             .iter()
             .map(|c| (c.topic.clone(), c.partition, c.max_ts, c.idle))
             .collect(),
-        alerts: state.alerts.since(alerts_since).cloned().collect(),
+        alerts,
+        active_alerts,
     }
 }
 
@@ -112,9 +144,12 @@ impl Mirror {
 
     /// Applies a snapshot: replaces changed windows, drops evicted ones.
     /// Returns the new alert transitions it carried.
-    pub fn apply(&mut self, mut snapshot: Snapshot) -> Vec<Alert> {
-        let alerts = std::mem::take(&mut snapshot.alerts);
-        if let Some(last) = alerts.last() {
+    pub fn apply(&mut self, mut snapshot: Snapshot) -> AlertNews {
+        let alerts = AlertNews {
+            transitions: std::mem::take(&mut snapshot.alerts),
+            active: snapshot.active_alerts.take(),
+        };
+        if let Some(last) = alerts.transitions.last() {
             self.alerts_seen = self.alerts_seen.max(last.seq);
         }
         if snapshot.full {
