@@ -185,6 +185,58 @@ async fn a_body_declared_over_the_limit_gets_413_before_it_is_read() {
     assert_eq!(at.status(), StatusCode::ACCEPTED, "read: one bad line");
 }
 
+/// A body in a content coding is refused with `415` naming the coding and
+/// saying what is accepted, before it is read and with nothing written to
+/// the log (a gzip body was read as it was: every line rejected as junk and
+/// dead-lettered under a `202`, a hostile run); `identity`, however spelled,
+/// is the body as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_a_content_coding_is_refused_with_415() {
+    let (_dir, log) = start_log().await;
+    let state = IngestState::new(Arc::clone(&log), IngestConfig::default());
+    let event = r#"{"event_id":"a","ts":1700000000000,"event_type":"click","user_id":"u1"}"#;
+    let send = |codings: &[&str]| {
+        let mut request = Request::post("/api/v1/events");
+        for coding in codings {
+            request = request.header("content-encoding", *coding);
+        }
+        router(state.clone()).oneshot(request.body(Body::from(event)).unwrap())
+    };
+    for codings in [
+        &["gzip"][..],
+        &["br"],
+        &["identity, gzip"],
+        &["identity", "zstd"],
+    ] {
+        let response = send(codings).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{codings:?}"
+        );
+        assert_eq!(response.headers()["accept-encoding"], "identity");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let error = json["error"].as_str().unwrap();
+        assert!(error.contains("Content-Encoding"), "{error}");
+        assert!(codings.iter().any(|c| error.contains(c)), "{error}");
+    }
+    assert!(read_all(log.as_ref(), "dead-letter").await.is_empty());
+    assert!(read_all(log.as_ref(), "funnel-events").await.is_empty());
+    for codings in [
+        &[][..],
+        &["identity"],
+        &["Identity"],
+        &["identity, identity"],
+    ] {
+        let response = send(codings).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{codings:?}");
+    }
+    assert_eq!(read_all(log.as_ref(), "funnel-events").await.len(), 4);
+}
+
 /// A body declared as JSON must be an array, after JSON's whitespace only:
 /// a form feed before `[` is not whitespace (it was skipped as such).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,6 +264,7 @@ pub fn document() -> Value {
                     "400": { "description": "A body with no events, or an `application/json` body that is not an array.", "content": { "application/json": { "schema": error } } },
                     "408": { "description": "The body did not arrive within the read timeout.", "content": { "application/json": { "schema": error } } },
                     "413": { "description": "The body is over the size limit, or holds too many lines or elements.", "content": { "application/json": { "schema": error } } },
+                    "415": { "description": "A `Content-Encoding` other than `identity` (the body is not read); `Accept-Encoding: identity`.", "content": { "application/json": { "schema": error } } },
                     "429": { "description": "Too many requests in flight; see Retry-After.", "content": { "application/json": { "schema": error } } },
                     "503": { "description": "The log cannot make events durable now; see Retry-After.", "content": { "application/json": { "schema": error } } },
                 },
