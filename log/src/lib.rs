@@ -324,10 +324,10 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// never back, and starts past every stamp it holds. A producer in the
     /// same process (the collector) stamps its records by it: stamped by a
     /// wall clock stepped back a minute, they were all behind what the
-    /// log had promised, raised to it (as the writer then did), and the
-    /// log's time crept a millisecond a write for that minute — no
-    /// partition going idle, the watermark held back (a hostile run).
-    /// `None` (Kafka): producers stamp by their own clocks.
+    /// log had promised, raised to it, and the log's time crept a
+    /// millisecond a write for that minute — no partition going idle, the
+    /// watermark held back (a hostile run). `None` (Kafka): producers
+    /// stamp by their own clocks.
     fn clock_ms(&self) -> Option<i64> {
         None
     }

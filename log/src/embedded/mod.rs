@@ -109,19 +109,14 @@ struct Inner {
 /// Record timestamps as the writer gives them, and what the log promises
 /// readers about them ([`EventLog::complete_before`]). A record keeps its
 /// producer's timestamp (the collector's: when it took the request),
-/// except that it is never ahead of the log's clock ([`LogClock`]) when it
-/// is written (then it is stamped with the clock's time), nor before a time
-/// already promised to a reader (then too: a record that comes too late
-/// for its own time is stamped at the time it is written, as Kafka's
-/// `LogAppendTime` would). Two requests stamped in one order and written in
-/// the other (the collector stamps a request before it writes it) are then
+/// except that it is never ahead of the log's clock ([`LogClock`]) when it is written,
+/// nor before a time already promised to a reader: then it is stamped
+/// with that time. Two requests stamped in one order and written in the
+/// other (the collector stamps a request before it writes it) are then
 /// read in one order by everyone: the live speed layer, which folds only
 /// what is stamped before the promise, and a replay of the log long
 /// after, which folds by timestamp. The promise never runs ahead of the
-/// log's clock, so neither do the stamps. (Stamped with the promise
-/// instead, the records of a producer whose clock lags the log's all took
-/// the last time promised, one millisecond past the one before: the log's
-/// time crept a millisecond per write, and idleness with it.)
+/// log's clock, so neither do the stamps.
 #[derive(Debug)]
 pub(crate) struct Stamps {
     /// The clock stamps and promises go by.
@@ -152,17 +147,12 @@ impl Stamps {
     }
 
     /// Stamps the timestamps `stamps` of a group about to be written, at
-    /// the log's time `now` (ms, never before the time promised): each at
-    /// most `now`, and `now` if it is before the time promised.
+    /// the log's time `now` (ms): each at most `now`, at least the time
+    /// promised.
     pub(crate) fn stamp<'r>(&mut self, now: i64, stamps: impl Iterator<Item = &'r mut i64>) {
-        let now = now.max(self.promised);
         let mut earliest = None::<i64>;
         for ts in stamps {
-            *ts = if *ts < self.promised {
-                now
-            } else {
-                (*ts).min(now)
-            };
+            *ts = (*ts).min(now).max(self.promised);
             earliest = Some(earliest.map_or(*ts, |e| e.min(*ts)));
             self.last = self.last.max(*ts);
         }
@@ -1226,8 +1216,8 @@ mod tests {
     use super::*;
 
     /// A record keeps its producer's timestamp unless it is ahead of the
-    /// log's clock or before a time promised to a reader (then the clock's,
-    /// either way); the promise is just past the latest stamp, never
+    /// wall clock (then the clock's) or before a time promised to a reader
+    /// (then that time); the promise is just past the latest stamp, never
     /// past the wall clock nor past a group being written, and never goes
     /// back, not even when the clock does.
     #[test]
@@ -1247,21 +1237,13 @@ mod tests {
         // Written: just past the latest stamp, but not past the clock.
         assert_eq!(stamps.complete_before(now), 10_000);
         assert_eq!(stamps.complete_before(now + 5), 10_001);
-        // Stamped before the promise: at the clock's time, not at the
-        // promise (a lagging producer would hold the log's time at it);
-        // after it: kept.
+        // Stamped before the promise: at it; after it: kept.
         let mut group = [9_000, 10_001, 10_003];
         stamps.stamp(now + 5, group.iter_mut());
-        assert_eq!(group, [10_005, 10_001, 10_003]);
+        assert_eq!(group, [10_001, 10_001, 10_003]);
         stamps.written();
-        assert_eq!(stamps.complete_before(now + 5), 10_005);
-        // The clock stepped back: the promise stays, and a record stamped
-        // then is stamped at it, never before.
-        assert_eq!(stamps.complete_before(2_000), 10_005);
-        let mut group = [1_000];
-        stamps.stamp(2_000, group.iter_mut());
-        assert_eq!(group, [10_005]);
-        stamps.written();
+        // The clock stepped back: the promise stays.
+        assert_eq!(stamps.complete_before(2_000), 10_001);
         // A record without a timestamp (0 or less) keeps it until a
         // reader is promised a time.
         let mut fresh = Stamps::after(i64::MIN, LogClock::start(i64::MIN));
@@ -1271,12 +1253,11 @@ mod tests {
         // A log opened on records stamps none before them (a process
         // before may have promised that much), and promises past them.
         let mut reopened = Stamps::after(7_000, LogClock::start(7_000));
-        let mut group = [6_000, 7_500];
+        let mut group = [6_000];
         reopened.stamp(now, group.iter_mut());
-        assert_eq!(group, [now, 7_500]);
+        assert_eq!(group, [7_001]);
         reopened.written();
-        assert_eq!(reopened.complete_before(now), now);
-        assert_eq!(reopened.complete_before(now + 1), now + 1);
+        assert_eq!(reopened.complete_before(now), 7_002);
     }
 
     /// A log holding records stamped ahead of the wall clock (a clock that
@@ -1296,7 +1277,7 @@ mod tests {
         assert_eq!(stamps.complete_before(now), latest + 1);
         let mut group = [wall];
         stamps.stamp(now, group.iter_mut());
-        assert_eq!(group, [now]);
+        assert_eq!(group, [latest + 1]);
         // The clock moves on from there, and follows the wall clock forward.
         let mut clock = LogClock::start(i64::MIN);
         let first = clock.now();
@@ -1306,9 +1287,9 @@ mod tests {
 
     /// The log keeps its promise: a record appended after a reader was
     /// promised a time is stamped no earlier, whatever its producer
-    /// stamped (at the log's time then), and the records stamped before it
-    /// were all readable then; the promise is kept across a reopening: a
-    /// record appended then is stamped after every record the log held.
+    /// stamped, and the records stamped before it were all readable then;
+    /// the promise is kept across a reopening: a record appended then is
+    /// stamped after every record the log held.
     #[tokio::test]
     async fn a_record_appended_after_a_promise_is_stamped_after_it() {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -1322,11 +1303,9 @@ mod tests {
             .await
             .expect("appended");
         assert_eq!(log.complete_before(), Some(a + 51));
-        let before = chrono::Utc::now().timestamp_millis();
         log.append("t", vec![at("k0", a + 10), at("k1", a + 60)])
             .await
             .expect("appended");
-        let after = chrono::Utc::now().timestamp_millis();
         let positions: Vec<FetchPosition> = (0..2)
             .map(|partition| FetchPosition {
                 topic: "t".into(),
@@ -1340,14 +1319,7 @@ mod tests {
             .expect("fetched");
         let mut stamps: Vec<i64> = read.iter().map(|r| r.record.timestamp_ms).collect();
         stamps.sort();
-        // The one stamped before the promise: at the log's time when it was
-        // written (the wall clock's here: it is past every stamp).
-        let late = stamps[3];
-        assert_eq!(stamps[..3], [a, a + 50, a + 60]);
-        assert!(
-            (before..=after).contains(&late),
-            "{before} <= {late} <= {after}"
-        );
+        assert_eq!(stamps, [a, a + 50, a + 51, a + 60]);
         log.close().await.expect("closed");
         let reopened = EmbeddedLog::open(dir.path(), EmbeddedConfig::default())
             .await
@@ -1361,14 +1333,7 @@ mod tests {
             .await
             .expect("fetched");
         let latest = read.iter().map(|r| r.record.timestamp_ms).max();
-        assert!(
-            latest.is_some_and(|latest| latest > late),
-            "{latest:?} > {late}"
-        );
-        let promised = reopened.complete_before();
-        assert!(
-            promised.is_some_and(|promised| Some(promised) > latest),
-            "{promised:?} > {latest:?}"
-        );
+        assert_eq!(latest, Some(a + 61));
+        assert_eq!(reopened.complete_before(), Some(a + 62));
     }
 }
