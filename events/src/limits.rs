@@ -320,7 +320,7 @@ pub const TABLE: &[Limit] = &[
         "GET /api/v1/alerts",
         Some(1.0),
         Some(MAX_ALERTS_PER_PAGE as f64),
-        "transitions",
+        "transitions (and active alerts listed; all counted in active_count)",
     ),
     limit(
         "alert transitions kept",

@@ -178,7 +178,10 @@ impl AlertFeed {
                 .into_iter()
                 .map(|(rule, key, at)| ((rule, key), at))
                 .collect();
-            raised.retain(|key, _| truth.contains_key(key));
+            // Kept only if the source holds it raised at the same time: one
+            // raised again since (by another version, or after transitions
+            // lost) is the source's.
+            raised.retain(|key, fed| truth.get(key) == Some(&fed.alert.ts));
             for ((rule, key), at) in truth {
                 raised
                     .entry((rule, key.clone()))
@@ -225,12 +228,13 @@ impl AlertFeed {
         self.next_id - 1
     }
 
-    /// Alerts raised and not cleared, by (source, rule, key): each the
-    /// transition that raised it.
-    pub fn active(&self) -> Vec<FedAlert> {
+    /// Alerts raised and not cleared, by (source, rule, key), the first
+    /// `limit`: each the transition that raised it.
+    pub fn active(&self, limit: usize) -> Vec<FedAlert> {
         self.active
             .values()
             .flat_map(BTreeMap::values)
+            .take(limit)
             .cloned()
             .collect()
     }
@@ -321,23 +325,13 @@ pub async fn run_local_source(
             let feed = feed.read();
             (feed.cursor(0), feed.epoch(0))
         };
-        let (epoch, fresh, active) = {
+        let (epoch, news) = {
             let speed = speed.read();
             let renewed = known_epoch != Some(speed.epoch());
-            let since = if renewed { 0 } else { cursor };
-            let fresh: Vec<Alert> = speed.alerts().since(since).cloned().collect();
-            // What is active, with any news (see `Snapshot::active_alerts`).
-            let active = (!fresh.is_empty() || renewed).then(|| {
-                speed
-                    .alerts()
-                    .active()
-                    .map(|(rule, key, raised)| (rule, key.to_string(), raised))
-                    .collect()
-            });
-            (speed.epoch(), fresh, active)
+            (speed.epoch(), speed.alerts().news(cursor, renewed))
         };
-        if active.is_some() {
-            feed.write().push(0, epoch, fresh, active);
+        if !news.is_empty() || known_epoch != Some(epoch) {
+            feed.write().push(0, epoch, news.transitions, news.active);
         }
     }
 }
@@ -390,13 +384,14 @@ pub async fn list(
         .last()
         .and_then(|a| a["id"].as_u64())
         .unwrap_or(since);
-    let active: Vec<Value> = feed.active().iter().map(to_json).collect();
+    let active: Vec<Value> = feed.active(MAX_LIMIT).iter().map(to_json).collect();
     axum::Json(json!({
         "alerts": alerts,
         "next": next,
         "last": feed.last_id(),
         "missed": feed.missed_after(since),
         "active": active,
+        "active_count": feed.active_len(),
     }))
     .into_response()
 }
@@ -579,7 +574,11 @@ mod tests {
             keys(&feed)[3..],
             [(4, 0, "c".into(), Raised), (5, 1, "d".into(), Raised)]
         );
-        let active: Vec<String> = feed.active().into_iter().map(|a| a.alert.key).collect();
+        let active: Vec<String> = feed
+            .active(usize::MAX)
+            .into_iter()
+            .map(|a| a.alert.key)
+            .collect();
         assert_eq!(active, vec!["c", "b", "d"]);
     }
 
@@ -608,10 +607,18 @@ mod tests {
             (FEED_CAPACITY as u64..FEED_CAPACITY as u64 + 2).map(flap),
             None,
         );
-        let active: Vec<String> = feed.active().into_iter().map(|a| a.alert.key).collect();
+        let active: Vec<String> = feed
+            .active(usize::MAX)
+            .into_iter()
+            .map(|a| a.alert.key)
+            .collect();
         assert_eq!(active, vec!["pump"]);
         assert_eq!(feed.active_len(), 1);
-        assert_eq!(feed.active()[0].id, 1, "the transition that raised it");
+        assert_eq!(
+            feed.active(usize::MAX)[0].id,
+            1,
+            "the transition that raised it"
+        );
         assert_eq!(feed.first_id(), 4);
         assert_eq!(feed.missed_after(0), 3);
         assert_eq!(feed.missed_after(3), 0);
@@ -647,7 +654,7 @@ mod tests {
         // and never /y.
         let truth = Some(vec![(rule, "/x".to_string(), 60_000)]);
         feed.push(0, 2, [with(1, "/x", "25 %")], truth);
-        let active = feed.active();
+        let active = feed.active(usize::MAX);
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].alert.message, "25 %");
         assert_eq!(active[0].id, 3, "taken as news");
@@ -660,7 +667,7 @@ mod tests {
             (rule, "/z".to_string(), 7),
         ];
         feed.push(0, 4, [], Some(truth));
-        let active = feed.active();
+        let active = feed.active(usize::MAX);
         assert_eq!(active.len(), 2);
         assert_eq!((active[1].id, active[1].alert.ts), (0, 7));
         assert!(
@@ -668,8 +675,15 @@ mod tests {
             "{}",
             active[1].alert.message
         );
+        // The source holds /x raised at another time (raised again, its
+        // transition not kept): the source's, not the one the feed had.
+        let truth = vec![(rule, "/x".to_string(), 61_000)];
+        feed.push(0, 5, [], Some(truth));
+        let active = feed.active(usize::MAX);
+        assert_eq!(active.len(), 1);
+        assert_eq!((active[0].id, active[0].alert.ts), (0, 61_000));
         // Nothing active any more.
-        feed.push(0, 5, [], Some(Vec::new()));
-        assert!(feed.active().is_empty());
+        feed.push(0, 6, [], Some(Vec::new()));
+        assert!(feed.active(usize::MAX).is_empty());
     }
 }

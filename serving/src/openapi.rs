@@ -281,12 +281,13 @@ pub fn document() -> Value {
                     parameter("limit", "query", "At most this many (1 to 1000, default 100).", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                 ],
                 "responses": {
-                    "200": { "description": "Transitions, the next `since`, the newest id, how many transitions after `since` are no longer kept (`missed`: the feed keeps the newest 10 000), and the active alerts (each the transition that raised it; id 0 if that transition is no longer kept).",
+                    "200": { "description": "Transitions, the next `since`, the newest id, how many transitions after `since` are no longer kept (`missed`: the feed keeps the newest 10 000), and the active alerts (the first 1 000 by source, rule and key, each the transition that raised it — id 0 if that transition is no longer kept — and `active_count`, all of them).",
                              "content": { "application/json": { "schema": { "type": "object", "properties": {
                                  "alerts": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
                                  "active": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
                                  "next": { "type": "integer" }, "last": { "type": "integer" },
-                                 "missed": { "type": "integer", "minimum": 0 } } } } } },
+                                 "missed": { "type": "integer", "minimum": 0 },
+                                 "active_count": { "type": "integer", "minimum": 0 } } } } } },
                     "400": { "$ref": "#/components/responses/BadParameter" },
                 },
             } },

@@ -293,6 +293,24 @@ pub const MAX_ALERT_KEYS: usize = 100_000;
 /// holds raises it again with its next event.
 pub const ALERT_TTL_MS: i64 = 24 * 3_600_000;
 
+/// What a reader of a state learns about its alerts
+/// ([`AlertEngine::news`], [`Mirror::apply`](crate::export::Mirror::apply)).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertNews {
+    /// Transitions after the reader's seq, oldest first.
+    pub transitions: Vec<Alert>,
+    /// The alerts active now, `(rule, key, raised at)`, when the
+    /// transitions cannot tell the reader (see [`AlertEngine::news`]).
+    pub active: Option<Vec<(RuleName, String, i64)>>,
+}
+
+impl AlertNews {
+    /// Whether it says anything.
+    pub fn is_empty(&self) -> bool {
+        self.transitions.is_empty() && self.active.is_none()
+    }
+}
+
 /// The rules' running state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlertEngine {
@@ -435,6 +453,30 @@ impl AlertEngine {
     /// Transitions after `seq`, oldest first.
     pub fn since(&self, seq: u64) -> impl Iterator<Item = &Alert> {
         self.recent.iter().filter(move |a| a.seq > seq)
+    }
+
+    /// What a reader that has taken the transitions up to `since` needs
+    /// to know the alerts (`renewed`: it took them from another epoch, and
+    /// gets every transition kept): the transitions after it, and the
+    /// active alerts when the transitions cannot tell it — after a new
+    /// epoch, or when those right after `since` are no longer kept. (The
+    /// list with every transition cost as much as the alerts active, up to
+    /// [`MAX_ALERT_KEYS`], however little changed.)
+    pub fn news(&self, since: u64, renewed: bool) -> AlertNews {
+        let since = if renewed { 0 } else { since };
+        let transitions: Vec<Alert> = self.since(since).cloned().collect();
+        let gap = transitions
+            .first()
+            .is_some_and(|first| first.seq > since.saturating_add(1));
+        let active = (renewed || gap).then(|| {
+            self.active()
+                .map(|(rule, key, raised)| (rule, key.to_string(), raised))
+                .collect()
+        });
+        AlertNews {
+            transitions,
+            active,
+        }
     }
 
     /// The last transition's seq.
@@ -880,6 +922,55 @@ mod tests {
 
     fn rules_fired(s: &SpeedState) -> Vec<(RuleName, AlertState)> {
         s.alerts.since(0).map(|a| (a.rule, a.state)).collect()
+    }
+
+    /// A reader gets the active alerts only when the transitions cannot
+    /// tell it: from another epoch, or past what the engine keeps.
+    #[test]
+    fn news_carries_the_active_alerts_only_where_transitions_cannot_tell() {
+        let mut engine = AlertEngine::new(AlertRules::defaults());
+        let raise = |engine: &mut AlertEngine, key: &str, ts: i64| {
+            engine.transition(
+                RuleName::Alarm,
+                key,
+                AlertState::Raised,
+                ts,
+                String::new,
+                None,
+            );
+        };
+        raise(&mut engine, "pump", 1);
+        let news = engine.news(0, false);
+        assert_eq!((news.transitions.len(), news.active), (1, None));
+        assert_eq!(engine.news(1, false), AlertNews::default());
+        let everything = engine.news(1, true);
+        assert_eq!(
+            everything.transitions.len(),
+            1,
+            "all kept, from another epoch"
+        );
+        let pump = (RuleName::Alarm, "pump".to_string(), 1);
+        assert_eq!(everything.active, Some(vec![pump.clone()]));
+        // As many more as the engine keeps: the first is no longer there
+        // for a reader at 0, which is told what is active; one at 1 is not.
+        for i in 0..RECENT_ALERTS as i64 {
+            let key = format!("k{}", i / 2);
+            match i % 2 {
+                0 => raise(&mut engine, &key, 10 + i),
+                _ => engine.transition(
+                    RuleName::Alarm,
+                    &key,
+                    AlertState::Cleared,
+                    10 + i,
+                    String::new,
+                    None,
+                ),
+            }
+        }
+        let behind = engine.news(0, false);
+        assert_eq!(behind.transitions.first().map(|a| a.seq), Some(2));
+        assert_eq!(behind.active, Some(vec![pump]));
+        assert_eq!(engine.news(1, false).active, None);
     }
 
     #[test]

@@ -1133,8 +1133,9 @@ mod tests {
     }
 
     /// Reads fail as unavailable (a broker down) for the first `failures`
-    /// of them; the log promises nothing, as Kafka; everything else is the
-    /// embedded log's.
+    /// of them; the log promises nothing, has no clock of its own and reads
+    /// values through `fetch`, as Kafka's; everything else is the embedded
+    /// log's.
     #[derive(Debug)]
     struct DownAtFirst {
         failures: std::sync::atomic::AtomicU32,
@@ -1155,6 +1156,14 @@ mod tests {
 
         fn complete_before(&self, _: &dyn EventLog) -> Option<i64> {
             None
+        }
+
+        fn clock_ms(&self, _: Option<i64>) -> Option<i64> {
+            None
+        }
+
+        fn forward_fetch_values(&self) -> bool {
+            false
         }
     }
 

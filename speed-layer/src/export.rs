@@ -51,30 +51,17 @@ pub struct Snapshot {
     /// Alert transitions after the asked alert seq, oldest first.
     #[serde(default)]
     pub alerts: Vec<Alert>,
-    /// The alerts active now, `(rule, key, raised at)`, whenever
-    /// transitions are sent or the reader's epoch is not this state's: what
-    /// a reader holds for true, whatever transitions it missed (a state
-    /// keeps its newest [`RECENT_ALERTS`](crate::alerts::RECENT_ALERTS)) or
-    /// took from another epoch. `None`: as at the last snapshot.
+    /// The alerts active now, `(rule, key, raised at)`, when the reader
+    /// cannot follow them from the transitions: its epoch is not this
+    /// state's, or the transitions right after its seq are no longer kept
+    /// (a state keeps its newest
+    /// [`RECENT_ALERTS`](crate::alerts::RECENT_ALERTS)). `None`: the
+    /// transitions tell it all (see [`AlertEngine::news`](crate::alerts::AlertEngine::news)).
     #[serde(default)]
     pub active_alerts: Option<Vec<(RuleName, String, i64)>>,
 }
 
-/// What a snapshot tells a reader about alerts ([`Mirror::apply`]).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AlertNews {
-    /// Transitions after the asked seq, oldest first.
-    pub transitions: Vec<Alert>,
-    /// The active alerts, if sent (see [`Snapshot::active_alerts`]).
-    pub active: Option<Vec<(RuleName, String, i64)>>,
-}
-
-impl AlertNews {
-    /// Whether it says anything.
-    pub fn is_empty(&self) -> bool {
-        self.transitions.is_empty() && self.active.is_none()
-    }
-}
+pub use crate::alerts::AlertNews;
 
 /// The snapshot a reader holding `(epoch, since)` needs, with the alert
 /// transitions after `alerts_since` (all that are kept, when the reader's
@@ -87,14 +74,10 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64, alerts_since: u64) -
         0
     };
     let full = epoch != state.epoch || since == 0 || since > state.seq;
-    let alerts: Vec<Alert> = state.alerts.since(alerts_since).cloned().collect();
-    let active_alerts = (!alerts.is_empty() || epoch != state.epoch).then(|| {
-        state
-            .alerts
-            .active()
-            .map(|(rule, key, raised)| (rule, key.to_string(), raised))
-            .collect()
-    });
+    let AlertNews {
+        transitions: alerts,
+        active: active_alerts,
+    } = state.alerts.news(alerts_since, epoch != state.epoch);
     let windows = state
         .windows
         .iter()
@@ -143,7 +126,8 @@ impl Mirror {
     }
 
     /// Applies a snapshot: replaces changed windows, drops evicted ones.
-    /// Returns the new alert transitions it carried.
+    /// Returns what it carried about alerts: the new transitions, and the
+    /// active alerts if it sent them.
     pub fn apply(&mut self, mut snapshot: Snapshot) -> AlertNews {
         let alerts = AlertNews {
             transitions: std::mem::take(&mut snapshot.alerts),
@@ -235,7 +219,7 @@ pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
             state.offsets.insert((topic.clone(), *partition), *offset);
         }
         for (topic, start, n) in &mirror.meta.late_ledger {
-            *state.late_ledger.entry((*topic, *start)).or_default() += n;
+            crate::window::ledger_late(&mut state.late_ledger, (*topic, *start), *n);
         }
         let (counted, duplicates, late, invalid) = mirror.meta.counters;
         counters.counted += counted;

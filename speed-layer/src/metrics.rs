@@ -62,7 +62,7 @@ pub fn render(speed: &SpeedSummary, end_offsets: &[(&str, u32, u64)], out: &mut 
         out,
         "lambda_speed_late_ledger_events",
         "gauge",
-        "Late events in the ledger over the window horizon.",
+        "Late events in the ledger (the window horizon, at most 100 000 topic-minutes).",
         &ledger,
     );
     let transitions: Vec<(String, f64)> = speed

@@ -193,8 +193,9 @@ const NOT_YET: i64 = i64::MIN;
 /// [`MAX_LATE_LEDGER_ENTRIES`] entries: a new one past the bound takes the
 /// place of the oldest minute's, or is not kept if it is older still (its
 /// events count in `late` all the same). One rule for the live loop, a
-/// replay and a restored checkpoint, so they keep the same entries.
-fn ledger_late(ledger: &mut BTreeMap<(Topic, i64), u64>, entry: (Topic, i64), n: u64) {
+/// replay, a restored checkpoint and the states combined from several
+/// instances' (`export::combine`), so they keep the same entries.
+pub(crate) fn ledger_late(ledger: &mut BTreeMap<(Topic, i64), u64>, entry: (Topic, i64), n: u64) {
     if let Some(count) = ledger.get_mut(&entry) {
         *count = count.saturating_add(n);
         return;
@@ -795,7 +796,8 @@ impl SpeedState {
             .collect()
     }
 
-    /// Late events per topic over the ledger's horizon.
+    /// Late events per topic in the ledger (within the horizon, and the
+    /// ledger's bound: [`MAX_LATE_LEDGER_ENTRIES`]).
     pub fn late_by_topic(&self) -> BTreeMap<Topic, u64> {
         let mut out = BTreeMap::new();
         for ((topic, _), n) in &self.late_ledger {
