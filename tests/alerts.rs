@@ -190,17 +190,34 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
     );
     let mut ids: Vec<u64> = alerts.iter().map(|a| a["id"].as_u64().unwrap()).collect();
     ids.sort();
-    assert_eq!(ids, vec![1, 2, 3]);
-    assert_eq!(first["last"], 3);
+    // Numbered past the time serving started (a restarted serving numbers
+    // past the last one), then one by one.
+    let zero = ids[0] - 1;
+    assert!(zero >= 1_767_225_600_000_000, "{zero}");
+    assert_eq!(ids, vec![zero + 1, zero + 2, zero + 3]);
+    assert_eq!(first["last"], zero + 3);
+    assert_eq!(
+        (first["missed"].as_u64(), first["restarted"].as_bool()),
+        (Some(0), Some(false))
+    );
     assert_eq!(
         transitions(first["active"].as_array().unwrap()),
         vec![t("alarm", "dev-2/overheat", "raised")]
     );
     // `since` pages through the list.
-    let after = get(&client, format!("{base}/api/v1/alerts?since=1&limit=1")).await;
+    let since = zero + 1;
+    let after = get(
+        &client,
+        format!("{base}/api/v1/alerts?since={since}&limit=1"),
+    )
+    .await;
     assert_eq!(after["alerts"].as_array().unwrap().len(), 1);
     assert_eq!(after["alerts"][0], first["alerts"][1]);
-    assert_eq!(after["next"], 2);
+    assert_eq!(after["next"], zero + 2);
+    // A place of before this serving process (another one's id): told so.
+    let before = get(&client, format!("{base}/api/v1/alerts?since=14001")).await;
+    assert_eq!(before["restarted"], true, "{before}");
+    assert_eq!(before["alerts"], first["alerts"]);
 
     // Subscribed now: the stream carries what happens next.
     let mut stream = open_stream(&client, &base, None).await;
@@ -230,7 +247,8 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
         ]
     );
     let pushed_ids: Vec<u64> = pushed.iter().map(|(id, _)| *id).collect();
-    assert_eq!(pushed_ids, vec![4, 5, 6], "SSE ids are the list's ids");
+    let expected = vec![zero + 4, zero + 5, zero + 6];
+    assert_eq!(pushed_ids, expected, "SSE ids are the list's ids");
     for (id, data) in &pushed {
         assert_eq!(data["id"].as_u64(), Some(*id));
     }
@@ -255,18 +273,35 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
     )
     .await;
     let cleared = read_events(&mut stream, 1).await;
-    assert_eq!(cleared[0].0, 7);
+    assert_eq!(cleared[0].0, zero + 7);
     assert_eq!(
         transitions(&[cleared[0].1.clone()]),
         vec![t("device_offline", "dev-3", "cleared")]
     );
 
     // A reconnecting client gets exactly what it missed after Last-Event-ID.
-    let mut resumed = open_stream(&client, &base, Some(4)).await;
+    // One resuming from an id of before this serving process is told so
+    // first (a `gap` event), then gets what the feed holds.
+    let mut stale = open_stream(&client, &base, Some(14_001)).await;
+    let mut head = String::new();
+    while !head.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stale.chunk())
+            .await
+            .expect("an SSE event within 20 s")
+            .unwrap()
+            .expect("the stream stays open");
+        head.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(head.starts_with("event: gap\n"), "{head}");
+    assert!(head.contains(r#""restarted":true"#), "{head}");
+    let again = read_events(&mut stale, 7).await;
+    assert_eq!(again.first().map(|(id, _)| *id), Some(zero + 1));
+    drop(stale);
+    let mut resumed = open_stream(&client, &base, Some(zero + 4)).await;
     let missed = read_events(&mut resumed, 3).await;
     assert_eq!(
         missed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-        vec![5, 6, 7]
+        vec![zero + 5, zero + 6, zero + 7]
     );
 
     // No repeats: resends and further readings out of range change nothing.
@@ -291,7 +326,7 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
     )
     .await;
     let listed = get(&client, format!("{base}/api/v1/alerts?limit=1000")).await;
-    assert_eq!(listed["last"], 7, "nothing repeated: {listed}");
+    assert_eq!(listed["last"], zero + 7, "nothing repeated: {listed}");
     let mut active = transitions(listed["active"].as_array().unwrap());
     active.sort();
     assert_eq!(
@@ -313,7 +348,8 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
         json!([{"topic": "iot-events", "window_start": T0, "late": 1}])
     );
     assert_eq!(status["alerts"]["active"], 3);
-    assert_eq!(status["alerts"]["last_id"], 7);
+    assert_eq!(status["alerts"]["last_id"], zero + 7);
+    assert_eq!(status["alerts"]["lost"], 0);
 
     let metrics = text(&client, format!("{base}/metrics")).await;
     for expected in [

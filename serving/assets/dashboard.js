@@ -293,18 +293,27 @@ function showAlert(alert) {
 
 async function followAlerts() {
   const head = await getJson("/api/v1/alerts?limit=1");
+  // The newest 20 (ids are dense in one serving process, but for
+  // transitions that never reached it).
   const since = Math.max(0, head.last - 20);
   const recent = await getJson(`/api/v1/alerts?since=${since}&limit=20`);
   recent.alerts.forEach(showAlert);
   const state = document.getElementById("alerts-state");
+  const active = recent.active_count ?? recent.active.length;
   if (!LIVE) {
-    state.textContent = `${recent.active.length} active (not live: ?live=0)`;
+    state.textContent = `${active} active (not live: ?live=0)`;
     return;
   }
   const source = new EventSource(`/api/v1/alerts/stream?since=${head.last}`);
-  source.onopen = () => { state.textContent = `live (${recent.active.length} active)`; };
+  source.onopen = () => { state.textContent = `live (${active} active)`; };
   source.onerror = () => { state.textContent = "reconnecting…"; };
   source.addEventListener("alert", (e) => showAlert(JSON.parse(e.data)));
+  // Transitions this page will not get (fell behind, or serving restarted).
+  source.addEventListener("gap", (e) => {
+    const gap = JSON.parse(e.data);
+    const what = gap.restarted ? "serving restarted" : `${gap.missed} missed`;
+    state.textContent = `live (${what})`;
+  });
 }
 
 async function loop() {

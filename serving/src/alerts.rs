@@ -52,19 +52,29 @@ pub struct FedAlert {
 /// before the newest 10 000 went missing from them, though nothing cleared
 /// it: a hostile run) but kept per source as transitions arrive, and set
 /// right by the source's own list of what is active whenever it sends one
-/// ([`Snapshot::active_alerts`](lambda_speed::export::Snapshot)): with every
-/// transition, and after a restart or a kappa version switch (a new epoch),
-/// so an alert the new state never raised is no longer listed, and one
-/// whose transition came before what serving kept still is.
+/// ([`Snapshot::active_alerts`](lambda_speed::export::Snapshot)): after a
+/// restart or a kappa version switch (a new epoch), or when the transitions
+/// after serving's place are no longer kept. Setting it right is told as
+/// transitions too ([`reconciled`]): a client following the feed sees an
+/// alert the new state never raised cleared, and one raised where serving
+/// could not see it raised.
+///
+/// Ids are dense but for holes, each a transition that never reached the
+/// feed (a source dropped it before serving took it: [`AlertFeed::lost`]);
+/// a client that sees an id jump, or asks from before the oldest kept, is
+/// told how many it missed. A feed numbers past the time it was made
+/// ([`AlertFeed::new`]), so a later process's ids are past an earlier one's.
 #[derive(Debug)]
 pub struct AlertFeed {
     log: VecDeque<FedAlert>,
     /// Per source, each active alert by (rule, key): the transition that
-    /// raised it (id 0 if serving never had it: see [`unseen_raise`]).
+    /// raised it.
     active: BTreeMap<usize, BTreeMap<(RuleName, String), FedAlert>>,
     /// Transitions a source had dropped before serving took them (its seq
-    /// jumped within one epoch): never in the feed.
+    /// jumped within one epoch): never in the feed, each an id skipped.
     lost: u64,
+    /// This feed's ids are past it.
+    base: u64,
     next_id: u64,
     /// Last alert seq taken from each source.
     cursors: HashMap<usize, u64>,
@@ -78,12 +88,34 @@ pub struct AlertFeed {
 }
 
 impl Default for AlertFeed {
+    /// A feed numbered from 1 (tests; serving's is [`AlertFeed::new`]).
     fn default() -> Self {
+        AlertFeed::numbered_after(0)
+    }
+}
+
+impl AlertFeed {
+    /// A feed whose ids start past the wall clock's time in ms × 1 000:
+    /// a serving process started later numbers past every id an earlier
+    /// one gave (unless that one averaged more than 1 000 transitions a
+    /// millisecond), so a client resuming from an id of before a restart
+    /// is told it restarted, never handed transitions under ids it took
+    /// for others (a hostile run: after a restart ids started at 1 again,
+    /// and a client at id 14 001 saw nothing new until the feed passed it).
+    /// Below 2^53 until the year 2255: exact as a JavaScript number.
+    pub fn new() -> AlertFeed {
+        let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        AlertFeed::numbered_after(now.saturating_mul(1_000))
+    }
+
+    /// A feed whose first id is `base + 1`.
+    pub fn numbered_after(base: u64) -> AlertFeed {
         AlertFeed {
             log: VecDeque::new(),
             active: BTreeMap::new(),
             lost: 0,
-            next_id: 1,
+            base,
+            next_id: base.saturating_add(1),
             cursors: HashMap::new(),
             epochs: HashMap::new(),
             closed: false,
@@ -141,51 +173,26 @@ impl AlertFeed {
             Default::default()
         };
         let before = self.next_id;
-        let raised = self.active.entry(source).or_default();
         for alert in alerts {
             if alert.seq <= cursor {
                 continue;
             }
             if !renewed && alert.seq > cursor + 1 && cursor > 0 {
-                self.lost += alert.seq - cursor - 1;
+                // Dropped by the source before serving took them: an id
+                // each, skipped, so a reader sees the hole.
+                let dropped = alert.seq - cursor - 1;
+                self.lost += dropped;
+                self.next_id = self.next_id.saturating_add(dropped);
             }
             cursor = alert.seq;
-            let fed = match known.get(&identity(&alert)) {
-                Some(fed) => fed.clone(),
-                None => {
-                    let fed = FedAlert {
-                        id: self.next_id,
-                        source,
-                        alert,
-                    };
-                    self.log.push_back(fed.clone());
-                    self.next_id += 1;
-                    fed
-                }
-            };
-            let key = (fed.alert.rule, fed.alert.key.clone());
-            match fed.alert.state {
-                AlertState::Raised => {
-                    raised.insert(key, fed);
-                }
-                AlertState::Cleared => {
-                    raised.remove(&key);
-                }
+            match known.get(&identity(&alert)) {
+                Some(fed) => self.track(fed.clone()),
+                None => self.append(source, alert),
             }
         }
         if let Some(active) = active {
-            let truth: HashMap<(RuleName, String), i64> = active
-                .into_iter()
-                .map(|(rule, key, at)| ((rule, key), at))
-                .collect();
-            // Kept only if the source holds it raised at the same time: one
-            // raised again since (by another version, or after transitions
-            // lost) is the source's.
-            raised.retain(|key, fed| truth.get(key) == Some(&fed.alert.ts));
-            for ((rule, key), at) in truth {
-                raised
-                    .entry((rule, key.clone()))
-                    .or_insert_with(|| unseen_raise(source, rule, key, at));
+            for alert in reconciled(self.active.get(&source), active) {
+                self.append(source, alert);
             }
         }
         self.cursors.insert(source, cursor);
@@ -197,15 +204,64 @@ impl AlertFeed {
         }
     }
 
+    /// Numbers `alert` as the next transition of `source`, keeps it, and
+    /// follows it in the active alerts.
+    fn append(&mut self, source: usize, alert: Alert) {
+        let fed = FedAlert {
+            id: self.next_id,
+            source,
+            alert,
+        };
+        self.next_id = self.next_id.saturating_add(1);
+        self.log.push_back(fed.clone());
+        self.track(fed);
+    }
+
+    /// Follows a transition in its source's active alerts.
+    fn track(&mut self, fed: FedAlert) {
+        let raised = self.active.entry(fed.source).or_default();
+        let key = (fed.alert.rule, fed.alert.key.clone());
+        match fed.alert.state {
+            AlertState::Raised => {
+                raised.insert(key, fed);
+            }
+            AlertState::Cleared => {
+                raised.remove(&key);
+            }
+        }
+    }
+
     /// The oldest transition kept (the next one to come if none is).
     pub fn first_id(&self) -> u64 {
         self.log.front().map_or(self.next_id, |a| a.id)
     }
 
-    /// Transitions after `since` no longer kept (the feed keeps the newest
-    /// [`FEED_CAPACITY`]): what a client that asks from there has missed.
+    /// Whether `since` is an id of before this feed (another process's):
+    /// what came between is not known here.
+    pub fn restarted_since(&self, since: u64) -> bool {
+        since > 0 && since < self.base
+    }
+
+    /// Ids after `since` up to `to` that a reader of the feed does not get:
+    /// no longer kept, or never in the feed (lost). From before this feed
+    /// ([`AlertFeed::restarted_since`]), counted from its start.
+    pub fn missed_between(&self, since: u64, to: u64) -> u64 {
+        let since = since.max(self.base);
+        if to <= since {
+            return 0;
+        }
+        let kept = self
+            .log
+            .iter()
+            .filter(|a| a.id > since && a.id <= to)
+            .count() as u64;
+        (to - since).saturating_sub(kept)
+    }
+
+    /// Ids after `since` a reader of the feed no longer gets (see
+    /// [`AlertFeed::missed_between`]), up to the newest.
     pub fn missed_after(&self, since: u64) -> u64 {
-        self.first_id().saturating_sub(since.saturating_add(1))
+        self.missed_between(since, self.last_id())
     }
 
     /// Transitions sources dropped before serving took them.
@@ -270,26 +326,57 @@ fn identity(alert: &Alert) -> Identity {
     )
 }
 
-/// An alert its source says is active whose raising serving never had
-/// (it came before the transitions the source or the feed keep): listed
-/// with id 0 and what the source knows, when it was raised.
-fn unseen_raise(source: usize, rule: RuleName, key: String, raised: i64) -> FedAlert {
-    FedAlert {
-        id: 0,
-        source,
-        alert: Alert {
+/// The transitions that set `held` (a source's active alerts as the feed
+/// follows them) to what the source says is active, `(rule, key, raised
+/// at)`: a cleared one for each held alert the source does not hold (or
+/// holds raised at another time: raised again where serving did not see
+/// it), a raised one for each the source holds that is not held. Told as
+/// transitions, so a client following the feed sees what the active list
+/// shows (a hostile run: after a kappa switch alerts changed and went with
+/// no transition on the stream). Their `seq` is 0: they are serving's.
+fn reconciled(
+    held: Option<&BTreeMap<(RuleName, String), FedAlert>>,
+    active: Vec<(RuleName, String, i64)>,
+) -> Vec<Alert> {
+    let truth: HashMap<(RuleName, String), i64> = active
+        .into_iter()
+        .map(|(rule, key, at)| ((rule, key), at))
+        .collect();
+    let held = held.into_iter().flatten();
+    let stale = held
+        .clone()
+        .filter(|(key, fed)| truth.get(*key) != Some(&fed.alert.ts))
+        .map(|(_, fed)| Alert {
             seq: 0,
-            rule,
+            state: AlertState::Cleared,
             message: format!(
-                "{} {key}: active since {raised} (its transition is no longer kept)",
+                "{} {}: no longer active in its source's state (a restart or a new view version)",
+                fed.alert.rule.as_str(),
+                fed.alert.key
+            ),
+            value: None,
+            ..fed.alert.clone()
+        });
+    let held_now: std::collections::HashSet<(&(RuleName, String), i64)> =
+        held.map(|(key, fed)| (key, fed.alert.ts)).collect();
+    let mut fresh: Vec<Alert> = truth
+        .iter()
+        .filter(|(key, at)| !held_now.contains(&(*key, **at)))
+        .map(|((rule, key), at)| Alert {
+            seq: 0,
+            rule: *rule,
+            key: key.clone(),
+            state: AlertState::Raised,
+            ts: *at,
+            message: format!(
+                "{} {key}: active in its source's state since {at} (raised where serving did not see it)",
                 rule.as_str()
             ),
-            key,
-            state: AlertState::Raised,
-            ts: raised,
             value: None,
-        },
-    }
+        })
+        .collect();
+    fresh.sort_by(|a, b| (a.rule, &a.key).cmp(&(b.rule, &b.key)));
+    stale.chain(fresh).collect()
 }
 
 /// The JSON of one transition.
@@ -379,17 +466,25 @@ pub async fn list(
         return refused("limit", &format!("must be 1 to {MAX_LIMIT}"));
     }
     let feed = state.alerts.read();
-    let alerts: Vec<Value> = feed.after(since, limit).iter().map(to_json).collect();
-    let next = alerts
-        .last()
-        .and_then(|a| a["id"].as_u64())
-        .unwrap_or(since);
+    let page = feed.after(since, limit);
+    // Missed: the ids up to the page's last (all, if it is empty) that
+    // the page does not hold.
+    let to = page.last().map_or(feed.last_id(), |a| a.id);
+    let missed = feed.missed_between(since, to);
+    let restarted = feed.restarted_since(since);
+    let next = match page.last() {
+        Some(last) => last.id,
+        None if restarted => feed.last_id(),
+        None => since,
+    };
+    let alerts: Vec<Value> = page.iter().map(to_json).collect();
     let active: Vec<Value> = feed.active(MAX_LIMIT).iter().map(to_json).collect();
     axum::Json(json!({
         "alerts": alerts,
         "next": next,
         "last": feed.last_id(),
-        "missed": feed.missed_after(since),
+        "missed": missed,
+        "restarted": restarted,
         "active": active,
         "active_count": feed.active_len(),
     }))
@@ -448,21 +543,33 @@ pub async fn stream(
     let events = async_stream(move |tx| async move {
         // Held while the stream is open.
         let _permit = permit;
-        loop {
-            let (fresh, closed, missed) = {
-                let f = feed.read();
-                (f.after(cursor, MAX_LIMIT), f.closed, f.missed_after(cursor))
-            };
-            // Fell behind what the feed keeps: said, not skipped silently.
-            if missed > 0 {
-                let event = SseEvent::default()
-                    .event("gap")
-                    .data(json!({ "missed": missed, "after": cursor }).to_string());
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
+        // A place of before this feed (serving restarted): said once, and
+        // read on from the feed's start.
+        let (restarted, start) = {
+            let f = feed.read();
+            (f.restarted_since(cursor), f.base)
+        };
+        if restarted {
+            let gap = json!({ "after": cursor, "restarted": true, "missed": null });
+            if tx.send(Ok(gap_event(gap))).await.is_err() {
+                return;
             }
+            cursor = start;
+        }
+        loop {
+            let (fresh, closed) = {
+                let f = feed.read();
+                (f.after(cursor, MAX_LIMIT), f.closed)
+            };
             for a in &fresh {
+                // An id jump: transitions no longer kept, or never in the
+                // feed — said, not skipped silently.
+                if a.id > cursor.saturating_add(1) {
+                    let gap = json!({ "after": cursor, "missed": a.id - cursor - 1 });
+                    if tx.send(Ok(gap_event(gap))).await.is_err() {
+                        return;
+                    }
+                }
                 cursor = a.id;
                 let event = SseEvent::default()
                     .event("alert")
@@ -487,6 +594,11 @@ pub async fn stream(
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// An SSE `gap` event: transitions a stream's reader does not get.
+fn gap_event(data: Value) -> SseEvent {
+    SseEvent::default().event("gap").data(data.to_string())
 }
 
 /// A stream fed by a task through a small channel (ends when the task ends or the client goes).
@@ -633,6 +745,10 @@ mod tests {
             None,
         );
         assert_eq!(feed.lost(), 6);
+        // Their ids are skipped: a reader sees the hole, and is told.
+        assert_eq!(feed.last_id(), FEED_CAPACITY as u64 + 10);
+        let hole = feed.missed_between(FEED_CAPACITY as u64 + 3, feed.last_id());
+        assert_eq!(hole, 6);
     }
 
     /// A new epoch (a restart, a kappa version switch) says what is active:
@@ -658,9 +774,18 @@ mod tests {
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].alert.message, "25 %");
         assert_eq!(active[0].id, 3, "taken as news");
+        // /y was cleared, as a transition: a client following the feed
+        // sees what the active list shows.
+        let cleared = feed.after(3, MAX_LIMIT);
+        assert_eq!(cleared.len(), 1);
+        let y = &cleared[0].alert;
+        assert_eq!(
+            (y.key.as_str(), y.state, y.seq),
+            ("/y", AlertState::Cleared, 0)
+        );
         // The same transition again from a restored state: not repeated.
         feed.push(0, 3, [with(1, "/x", "25 %")], None);
-        assert_eq!(feed.last_id(), 3);
+        assert_eq!(feed.last_id(), 4);
         // A state active on a key whose raising serving never had.
         let truth = vec![
             (rule, "/x".to_string(), 60_000),
@@ -669,7 +794,7 @@ mod tests {
         feed.push(0, 4, [], Some(truth));
         let active = feed.active(usize::MAX);
         assert_eq!(active.len(), 2);
-        assert_eq!((active[1].id, active[1].alert.ts), (0, 7));
+        assert_eq!((active[1].id, active[1].alert.ts), (5, 7));
         assert!(
             active[1].alert.message.contains("/z"),
             "{}",
@@ -681,9 +806,48 @@ mod tests {
         feed.push(0, 5, [], Some(truth));
         let active = feed.active(usize::MAX);
         assert_eq!(active.len(), 1);
-        assert_eq!((active[0].id, active[0].alert.ts), (0, 61_000));
+        assert_eq!((active[0].id, active[0].alert.ts), (8, 61_000));
+        let told: Vec<(String, AlertState)> = feed
+            .after(5, MAX_LIMIT)
+            .into_iter()
+            .map(|a| (a.alert.key, a.alert.state))
+            .collect();
+        let cleared = |key: &str| (key.to_string(), AlertState::Cleared);
+        let expected = [cleared("/x"), cleared("/z"), ("/x".to_string(), Raised)];
+        assert_eq!(told, expected);
         // Nothing active any more.
         feed.push(0, 6, [], Some(Vec::new()));
         assert!(feed.active(usize::MAX).is_empty());
+        assert_eq!(feed.last_id(), 9);
+    }
+
+    /// A feed numbers past its base: a place of before it (another
+    /// process's id) is told as a restart, never read as one of its own,
+    /// and missed ids count from the feed's start.
+    #[test]
+    fn a_place_of_before_the_feed_is_a_restart() {
+        use AlertState::Raised;
+        let base = 1_767_225_600_000_000;
+        let mut feed = AlertFeed::numbered_after(base);
+        assert!(!feed.restarted_since(0) && !feed.restarted_since(base));
+        feed.push(
+            0,
+            1,
+            [alert(1, "a", Raised, 1), alert(2, "b", Raised, 2)],
+            None,
+        );
+        assert_eq!((feed.first_id(), feed.last_id()), (base + 1, base + 2));
+        assert!(feed.restarted_since(14_001));
+        assert!(!feed.restarted_since(base + 1));
+        assert_eq!(
+            feed.missed_after(14_001),
+            0,
+            "counted from the feed's start"
+        );
+        assert_eq!(feed.after(14_001, MAX_LIMIT).len(), 2);
+        // The first process's feed, for comparison: ids from 1.
+        assert_eq!(AlertFeed::default().last_id(), 0);
+        let now = AlertFeed::new();
+        assert!(now.last_id() >= base, "numbered past the clock's time");
     }
 }

@@ -281,19 +281,20 @@ pub fn document() -> Value {
                     parameter("limit", "query", "At most this many (1 to 1000, default 100).", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
                 ],
                 "responses": {
-                    "200": { "description": "Transitions, the next `since`, the newest id, how many transitions after `since` are no longer kept (`missed`: the feed keeps the newest 10 000), and the active alerts (the first 1 000 by source, rule and key, each the transition that raised it — id 0 if that transition is no longer kept — and `active_count`, all of them).",
+                    "200": { "description": "Transitions, the next `since`, the newest id, how many ids after `since` (up to the page's last) the page does not hold (`missed`: no longer kept — the feed keeps the newest 10 000 — or never in the feed, a source having dropped them), whether `since` is an id of before this serving process (`restarted`: ids start past the process's start time in ms × 1 000), and the active alerts (the first 1 000 by source, rule and key, each the transition that raised it, and `active_count`, all of them).",
                              "content": { "application/json": { "schema": { "type": "object", "properties": {
                                  "alerts": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
                                  "active": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } },
                                  "next": { "type": "integer" }, "last": { "type": "integer" },
                                  "missed": { "type": "integer", "minimum": 0 },
+                                 "restarted": { "type": "boolean" },
                                  "active_count": { "type": "integer", "minimum": 0 } } } } } },
                     "400": { "$ref": "#/components/responses/BadParameter" },
                 },
             } },
             "/api/v1/alerts/stream": { "get": {
                 "operationId": "streamAlerts",
-                "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id); `event: gap` with `{\"missed\": n, \"after\": id}` when transitions after the stream's place are no longer kept.",
+                "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id); `event: gap` with `{\"missed\": n, \"after\": id}` before an id jump (transitions no longer kept, or never in the feed), or `{\"after\": id, \"restarted\": true, \"missed\": null}` first when the place resumed from is of before this serving process.",
                 "tags": ["alerts"],
                 "parameters": [
                     parameter("since", "query", "Start after this id (default: what arrives next).", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })),

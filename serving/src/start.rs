@@ -112,7 +112,8 @@ fn mirrored_views(config: &Config) -> SpeedViews {
 /// Starts serving on `sources`; its tasks end when `shutdown` is cancelled.
 pub async fn start(config: Config, sources: Sources, shutdown: &CancellationToken) -> Started {
     let mut tasks: Vec<(&'static str, Task)> = Vec::new();
-    let alerts: crate::alerts::SharedFeed = Arc::default();
+    let alerts: crate::alerts::SharedFeed =
+        Arc::new(parking_lot::RwLock::new(crate::alerts::AlertFeed::new()));
     let mut sections = Vec::new();
     let (speed, boundary) = match sources.speed {
         SpeedSource::Local(reader, boundary) => {
