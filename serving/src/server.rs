@@ -73,17 +73,48 @@ fn past_bounds<B>(request: &axum::http::Request<B>) -> Option<axum::response::Re
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum();
-        if fields <= MAX_HEADER_BYTES {
+        if fields > MAX_HEADER_BYTES {
+            (
+                axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "the request's header fields are {fields} bytes (names and values); at most {MAX_HEADER_BYTES} are read"
+                ),
+            )
+        } else if let Some(coding) = unsupported_transfer_coding(request.headers()) {
+            // RFC 9112 §6.1: a transfer coding the server does not
+            // understand is answered `501` (hyper reads `chunked` and let
+            // `gzip, chunked` through as if it were plain: each line was
+            // dead-lettered as junk under a `202`, a hostile re-check).
+            (
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                format!("Transfer-Encoding: {coding} is not supported; only chunked is"),
+            )
+        } else {
             return None;
         }
-        (
-            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!(
-                "the request's header fields are {fields} bytes (names and values); at most {MAX_HEADER_BYTES} are read"
-            ),
-        )
     };
     Some((status, axum::Json(serde_json::json!({ "error": error }))).into_response())
+}
+
+/// A transfer coding of `headers` other than `chunked` (quoted to 64
+/// characters; empty list elements ignored), if there is one.
+fn unsupported_transfer_coding(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::TRANSFER_ENCODING)
+        .iter()
+        .find(|value| {
+            value.to_str().map_or(true, |text| {
+                text.split(',')
+                    .map(str::trim)
+                    .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+            })
+        })
+        .map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .chars()
+                .take(64)
+                .collect()
+        })
 }
 
 /// Refuses a request past the servers' bounds ([`past_bounds`]), or passes it on.
@@ -389,6 +420,15 @@ mod tests {
                 && message.contains(&MAX_HEADER_BYTES.to_string()),
             "{message}"
         );
+        // A transfer coding other than chunked: 501 naming it; chunked is read.
+        let chunked = |codings: &str| {
+            format!("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: {codings}\r\n")
+        };
+        let (status, body) = ask(addr, &chunked("gzip, chunked")).await;
+        assert_eq!(status, 501, "{body}");
+        assert!(body.contains("Transfer-Encoding: gzip, chunked"), "{body}");
+        let (status, _) = ask(addr, &chunked("chunked")).await;
+        assert_eq!(status, 405, "read, and answered by the router");
         // The server goes on serving.
         let (status, _) = ask(addr, "GET / HTTP/1.1\r\nhost: x\r\n").await;
         assert_eq!(status, 200);
