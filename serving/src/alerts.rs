@@ -186,12 +186,31 @@ impl AlertFeed {
             }
             cursor = alert.seq;
             match known.get(&identity(&alert)) {
-                Some(fed) => self.track(fed.clone()),
+                // A transition the feed holds from this source already (a
+                // restored state replays what it kept): not news. Where the
+                // source says what is active, the list is set right from
+                // that below, and told; an older source (no list) is
+                // followed by the transitions as they were.
+                Some(fed) if active.is_none() => self.track(fed.clone()),
+                Some(_) => {}
                 None => self.append(source, alert),
             }
         }
         if let Some(active) = active {
-            for alert in reconciled(self.active.get(&source), active) {
+            // A raise the feed held (under its old id) that is active again
+            // (a switch back to a version like the one before): told anew,
+            // with its figures. (Tracked silently under the old id, the
+            // list showed it active while a stream had it cleared: a
+            // hostile re-check.)
+            let raises: HashMap<(RuleName, &str, i64), &FedAlert> = known
+                .values()
+                .filter(|fed| fed.alert.state == AlertState::Raised)
+                .map(|fed| ((fed.alert.rule, fed.alert.key.as_str(), fed.alert.ts), fed))
+                .collect();
+            let changes = reconciled(self.active.get(&source), active, |rule, key, at| {
+                raises.get(&(rule, key, at)).map(|fed| fed.alert.clone())
+            });
+            for alert in changes {
                 self.append(source, alert);
             }
         }
@@ -236,10 +255,14 @@ impl AlertFeed {
         self.log.front().map_or(self.next_id, |a| a.id)
     }
 
-    /// Whether `since` is an id of before this feed (another process's):
-    /// what came between is not known here.
+    /// Whether `since` is not an id of this feed: of before it (another
+    /// process's), or past its newest (another process's too, one whose
+    /// clock ran ahead of this one's: a serving started with its clock
+    /// stepped back numbers below the last one for a while). What came
+    /// between is not known here; the reader is given the feed from its
+    /// start.
     pub fn restarted_since(&self, since: u64) -> bool {
-        since > 0 && since < self.base
+        since > 0 && (since < self.base || since > self.last_id())
     }
 
     /// Ids after `since` up to `to` that a reader of the feed does not get:
@@ -337,6 +360,7 @@ fn identity(alert: &Alert) -> Identity {
 fn reconciled(
     held: Option<&BTreeMap<(RuleName, String), FedAlert>>,
     active: Vec<(RuleName, String, i64)>,
+    raised_before: impl Fn(RuleName, &str, i64) -> Option<Alert>,
 ) -> Vec<Alert> {
     let truth: HashMap<(RuleName, String), i64> = active
         .into_iter()
@@ -362,17 +386,21 @@ fn reconciled(
     let mut fresh: Vec<Alert> = truth
         .iter()
         .filter(|(key, at)| !held_now.contains(&(*key, **at)))
-        .map(|((rule, key), at)| Alert {
-            seq: 0,
-            rule: *rule,
-            key: key.clone(),
-            state: AlertState::Raised,
-            ts: *at,
-            message: format!(
-                "{} {key}: active in its source's state since {at} (raised where serving did not see it)",
-                rule.as_str()
-            ),
-            value: None,
+        .map(|((rule, key), at)| match raised_before(*rule, key, *at) {
+            // The raise the feed had from this source, told again.
+            Some(raise) => Alert { seq: 0, ..raise },
+            None => Alert {
+                seq: 0,
+                rule: *rule,
+                key: key.clone(),
+                state: AlertState::Raised,
+                ts: *at,
+                message: format!(
+                    "{} {key}: active in its source's state since {at} (raised where serving did not see it)",
+                    rule.as_str()
+                ),
+                value: None,
+            },
         })
         .collect();
     fresh.sort_by(|a, b| (a.rule, &a.key).cmp(&(b.rule, &b.key)));
@@ -466,12 +494,14 @@ pub async fn list(
         return refused("limit", &format!("must be 1 to {MAX_LIMIT}"));
     }
     let feed = state.alerts.read();
-    let page = feed.after(since, limit);
+    // Not an id of this feed: read from its start.
+    let restarted = feed.restarted_since(since);
+    let from = if restarted { feed.base } else { since };
+    let page = feed.after(from, limit);
     // Missed: the ids up to the page's last (all, if it is empty) that
     // the page does not hold.
     let to = page.last().map_or(feed.last_id(), |a| a.id);
-    let missed = feed.missed_between(since, to);
-    let restarted = feed.restarted_since(since);
+    let missed = feed.missed_between(from, to);
     let next = match page.last() {
         Some(last) => last.id,
         None if restarted => feed.last_id(),
@@ -556,6 +586,9 @@ pub async fn stream(
             }
             cursor = start;
         }
+        // From 0: from the feed's start (what is missed counts from there,
+        // as `GET /api/v1/alerts` counts it).
+        cursor = cursor.max(start);
         loop {
             let (fresh, closed) = {
                 let f = feed.read();
@@ -839,6 +872,9 @@ mod tests {
         assert_eq!((feed.first_id(), feed.last_id()), (base + 1, base + 2));
         assert!(feed.restarted_since(14_001));
         assert!(!feed.restarted_since(base + 1));
+        assert!(!feed.restarted_since(base + 2));
+        // Past the newest: another process's id (one whose clock ran ahead).
+        assert!(feed.restarted_since(base + 3));
         assert_eq!(
             feed.missed_after(14_001),
             0,
@@ -849,5 +885,44 @@ mod tests {
         assert_eq!(AlertFeed::default().last_id(), 0);
         let now = AlertFeed::new();
         assert!(now.last_id() >= base, "numbered past the clock's time");
+    }
+
+    /// A switch back to a version like one before: the raise the feed
+    /// holds under its old id is active again, and told again, with its
+    /// figures, so a stream follows the list (it was tracked silently under
+    /// the old id: a hostile re-check); a restored state that replays what
+    /// the feed holds tells nothing.
+    #[test]
+    fn a_switch_back_tells_the_raise_again() {
+        use AlertState::Raised;
+        let rule = RuleName::SensorRange;
+        let x = Alert {
+            message: "50 %".into(),
+            value: Some(0.5),
+            ..alert(1, "/x", Raised, 60_000)
+        };
+        let truth = |on: bool| {
+            Some(if on {
+                vec![(rule, "/x".to_string(), 60_000)]
+            } else {
+                Vec::new()
+            })
+        };
+        let mut feed = AlertFeed::default();
+        feed.push(0, 1, [x.clone()], truth(true));
+        feed.push(0, 2, [], truth(false));
+        assert!(feed.active(usize::MAX).is_empty());
+        feed.push(0, 3, [x.clone()], truth(true));
+        let told = feed.after(2, MAX_LIMIT);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!((told[0].id, told[0].alert.state), (3, Raised));
+        assert_eq!(
+            (told[0].alert.message.as_str(), told[0].alert.value),
+            ("50 %", Some(0.5))
+        );
+        assert_eq!(feed.active(usize::MAX)[0].id, 3);
+        // The same state restored: nothing new.
+        feed.push(0, 4, [x], truth(true));
+        assert_eq!(feed.last_id(), 3);
     }
 }

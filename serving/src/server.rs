@@ -89,6 +89,14 @@ fn past_bounds<B>(request: &axum::http::Request<B>) -> Option<axum::response::Re
                 axum::http::StatusCode::NOT_IMPLEMENTED,
                 format!("Transfer-Encoding: {coding} is not supported; only chunked is"),
             )
+        } else if chunked_more_than_once(request.headers()) {
+            // RFC 9112 §6.1: chunked at most once, else the body's length
+            // cannot be known: `400` (hyper took one layer off and the
+            // rest of the framing was read as lines).
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                "Transfer-Encoding: chunked is given more than once".to_string(),
+            )
         } else {
             return None;
         }
@@ -115,6 +123,19 @@ fn unsupported_transfer_coding(headers: &axum::http::HeaderMap) -> Option<String
                 .take(64)
                 .collect()
         })
+}
+
+/// Whether `chunked` is among the transfer codings of `headers` more than
+/// once (across fields).
+fn chunked_more_than_once(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .filter(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        .count()
+        > 1
 }
 
 /// Refuses a request past the servers' bounds ([`past_bounds`]), or passes it on.
@@ -429,6 +450,9 @@ mod tests {
         assert!(body.contains("Transfer-Encoding: gzip, chunked"), "{body}");
         let (status, _) = ask(addr, &chunked("chunked")).await;
         assert_eq!(status, 405, "read, and answered by the router");
+        let (status, body) = ask(addr, &chunked("chunked, chunked")).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("more than once"), "{body}");
         // The server goes on serving.
         let (status, _) = ask(addr, "GET / HTTP/1.1\r\nhost: x\r\n").await;
         assert_eq!(status, 200);
