@@ -12,6 +12,27 @@ use crate::event::EventError;
 use crate::event_ref::EventRef;
 use crate::limits::{DEAD_LETTER_EXCERPT_BYTES, MAX_LINE_BYTES, MAX_LINES_PER_REQUEST};
 
+/// The first of the codings listed in header field values `values` (each a
+/// comma-separated list, as `Content-Encoding` and `Transfer-Encoding`
+/// are) that is not `allowed`, quoted to 64 characters: the whole field
+/// value it is in (a value that is not text counts as one). Empty list
+/// elements are ignored (RFC 9110 §5.6.1); names are compared without case.
+pub fn coding_other_than<'v>(
+    values: impl IntoIterator<Item = &'v [u8]>,
+    allowed: &str,
+) -> Option<String> {
+    values
+        .into_iter()
+        .find(|value| {
+            std::str::from_utf8(value).map_or(true, |text| {
+                text.split(',')
+                    .map(str::trim)
+                    .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(allowed))
+            })
+        })
+        .map(|value| String::from_utf8_lossy(value).chars().take(64).collect())
+}
+
 /// One line (or array element) of a request body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedLine<'a> {
@@ -205,6 +226,31 @@ impl<'de> Visitor<'de> for BoundedElements {
 
 #[cfg(test)]
 mod tests {
+
+    /// A coding other than the one allowed is found in any field and any
+    /// element of one, whatever its case; empty elements do not count.
+    #[test]
+    fn a_coding_other_than_the_allowed_one_is_found() {
+        let find =
+            |values: &[&str]| coding_other_than(values.iter().map(|v| v.as_bytes()), "identity");
+        for fine in [
+            &[][..],
+            &["identity"],
+            &["IDENTITY"],
+            &["identity, ,identity"],
+            &[""],
+            &["identity,"],
+        ] {
+            assert_eq!(find(fine), None, "{fine:?}");
+        }
+        assert_eq!(find(&["gzip"]).as_deref(), Some("gzip"));
+        assert_eq!(find(&["identity", "br"]).as_deref(), Some("br"));
+        assert_eq!(find(&["identity, zstd"]).as_deref(), Some("identity, zstd"));
+        let long = "x".repeat(200);
+        assert_eq!(find(&[long.as_str()]).map(|c| c.len()), Some(64));
+        let not_text: &[u8] = &[0xff, 0xfe];
+        assert!(coding_other_than([not_text], "chunked").is_some());
+    }
     use super::*;
 
     fn summary(body: &str) -> Vec<(usize, Result<String, String>)> {

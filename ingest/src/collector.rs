@@ -200,24 +200,10 @@ fn error_response(status: StatusCode, message: String, retry_after: Option<u64>)
 }
 
 /// The `Content-Encoding` of a request, quoted to 64 characters, unless it
-/// is none or only `identity` (every field, every comma-separated coding;
-/// empty elements ignored, as RFC 9110 §5.6.1 asks).
+/// is none or only `identity` (every field, every coding in it).
 fn refused_coding(headers: &axum::http::HeaderMap) -> Option<String> {
-    let mut codings = headers.get_all(header::CONTENT_ENCODING).iter();
-    codings
-        .find(|value| {
-            value.to_str().map_or(true, |text| {
-                text.split(',')
-                    .map(str::trim)
-                    .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
-            })
-        })
-        .map(|value| {
-            String::from_utf8_lossy(value.as_bytes())
-                .chars()
-                .take(64)
-                .collect()
-        })
+    let values = headers.get_all(header::CONTENT_ENCODING);
+    lambda_events::codec::coding_other_than(values.iter().map(|v| v.as_bytes()), "identity")
 }
 
 async fn post_events(

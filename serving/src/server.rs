@@ -107,22 +107,8 @@ fn past_bounds<B>(request: &axum::http::Request<B>) -> Option<axum::response::Re
 /// A transfer coding of `headers` other than `chunked` (quoted to 64
 /// characters; empty list elements ignored), if there is one.
 fn unsupported_transfer_coding(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(axum::http::header::TRANSFER_ENCODING)
-        .iter()
-        .find(|value| {
-            value.to_str().map_or(true, |text| {
-                text.split(',')
-                    .map(str::trim)
-                    .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
-            })
-        })
-        .map(|value| {
-            String::from_utf8_lossy(value.as_bytes())
-                .chars()
-                .take(64)
-                .collect()
-        })
+    let values = headers.get_all(axum::http::header::TRANSFER_ENCODING);
+    lambda_events::codec::coding_other_than(values.iter().map(|v| v.as_bytes()), "chunked")
 }
 
 /// Whether `chunked` is among the transfer codings of `headers` more than
