@@ -294,6 +294,8 @@ async fn alerts_are_raised_once_cleared_listed_and_streamed() {
     }
     assert!(head.starts_with("event: gap\n"), "{head}");
     assert!(head.contains(r#""restarted":true"#), "{head}");
+    // Its id is the feed's start: a reconnect goes on from there.
+    assert!(head.contains(&format!("\nid: {zero}\n")), "{head}");
     let again = read_events(&mut stale, 7).await;
     assert_eq!(again.first().map(|(id, _)| *id), Some(zero + 1));
     drop(stale);

@@ -613,7 +613,10 @@ pub async fn stream(
         };
         if restarted {
             let gap = json!({ "after": cursor, "restarted": true, "missed": null });
-            if tx.send(Ok(gap_event(gap))).await.is_err() {
+            // Its id is the feed's start: a client reconnecting after it
+            // resumes from there, not from its old place again (it was
+            // told `restarted` at every reconnect: a hostile re-check).
+            if tx.send(Ok(gap_event(gap, start))).await.is_err() {
                 return;
             }
             cursor = start;
@@ -631,7 +634,7 @@ pub async fn stream(
                 // feed — said, not skipped silently.
                 if a.id > cursor.saturating_add(1) {
                     let gap = json!({ "after": cursor, "missed": a.id - cursor - 1 });
-                    if tx.send(Ok(gap_event(gap))).await.is_err() {
+                    if tx.send(Ok(gap_event(gap, a.id - 1))).await.is_err() {
                         return;
                     }
                 }
@@ -661,9 +664,13 @@ pub async fn stream(
         .into_response()
 }
 
-/// An SSE `gap` event: transitions a stream's reader does not get.
-fn gap_event(data: Value) -> SseEvent {
-    SseEvent::default().event("gap").data(data.to_string())
+/// An SSE `gap` event: transitions a stream's reader does not get, up to
+/// `through` (its `id`: where a reconnecting reader goes on from).
+fn gap_event(data: Value, through: u64) -> SseEvent {
+    SseEvent::default()
+        .event("gap")
+        .id(through.to_string())
+        .data(data.to_string())
 }
 
 /// A stream fed by a task through a small channel (ends when the task ends or the client goes).

@@ -294,7 +294,7 @@ pub fn document() -> Value {
             } },
             "/api/v1/alerts/stream": { "get": {
                 "operationId": "streamAlerts",
-                "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id); `event: gap` with `{\"missed\": n, \"after\": id}` before an id jump (transitions no longer kept, or never in the feed), or `{\"after\": id, \"restarted\": true, \"missed\": null}` first when the place resumed from is of before this serving process.",
+                "summary": "Alert transitions as Server-Sent Events (`event: alert`, `id:` the transition's id); `event: gap` with `{\"missed\": n, \"after\": id}` before an id jump (transitions no longer kept, or never in the feed), or `{\"after\": id, \"restarted\": true, \"missed\": null}` first when the place resumed from is not this serving process's; a gap's `id:` is the last id it stands for, so a reconnect goes on after it.",
                 "tags": ["alerts"],
                 "parameters": [
                     parameter("since", "query", "Start after this id (default: what arrives next).", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX })),
