@@ -25,6 +25,24 @@ fn sample(name: &str) -> String {
     }
 }
 
+/// The status a raw HTTP/1.1 request to `path` with `Transfer-Encoding:
+/// {coding}` and an empty chunked body is answered with (reqwest sets the
+/// framing itself).
+async fn raw_status(base: &str, method: &str, path: &str, coding: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "{} {path} HTTP/1.1\r\nHost: {address}\r\nTransfer-Encoding: {coding}\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        method.to_uppercase()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head);
+    head["HTTP/1.1 ".len()..].trim().parse().unwrap()
+}
+
 /// Every `$ref` in `value` points at something in `doc`.
 fn check_refs(doc: &Value, value: &Value) {
     match value {
@@ -116,6 +134,19 @@ async fn the_openapi_document_matches_the_server() {
                     .contains_key("414"),
                 "{method} {path}: 414 is not documented"
             );
+            // A transfer coding other than chunked (501), chunked twice
+            // (400): refused by every route, as documented.
+            for (coding, expected) in [("gzip, chunked", 501), ("chunked, chunked", 400)] {
+                let status = raw_status(&base, method, path, coding).await;
+                assert_eq!(status, expected, "{method} {path} {coding}");
+                assert!(
+                    operation["responses"]
+                        .as_object()
+                        .unwrap()
+                        .contains_key(&expected.to_string()),
+                    "{method} {path}: {expected} is not documented"
+                );
+            }
         }
     }
 

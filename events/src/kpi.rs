@@ -55,13 +55,13 @@ impl FunnelCounts {
 
     /// Adds another aggregate of disjoint events.
     pub fn merge(&mut self, other: &FunnelCounts) {
-        self.impressions += other.impressions;
-        self.clicks += other.clicks;
-        self.add_to_carts += other.add_to_carts;
-        self.purchases += other.purchases;
+        self.impressions = self.impressions.saturating_add(other.impressions);
+        self.clicks = self.clicks.saturating_add(other.clicks);
+        self.add_to_carts = self.add_to_carts.saturating_add(other.add_to_carts);
+        self.purchases = self.purchases.saturating_add(other.purchases);
         self.revenue_cents = self.revenue_cents.saturating_add(other.revenue_cents);
-        self.signup_starts += other.signup_starts;
-        self.signup_completes += other.signup_completes;
+        self.signup_starts = self.signup_starts.saturating_add(other.signup_starts);
+        self.signup_completes = self.signup_completes.saturating_add(other.signup_completes);
     }
 
     /// Click-through rate: clicks / impressions (`None` without impressions).
@@ -114,8 +114,8 @@ impl PageCounts {
 
     /// Adds another aggregate of disjoint events.
     pub fn merge(&mut self, other: &PageCounts) {
-        self.page_views += other.page_views;
-        self.errors += other.errors;
+        self.page_views = self.page_views.saturating_add(other.page_views);
+        self.errors = self.errors.saturating_add(other.errors);
     }
 
     /// Whether the event type contributes to this view.
@@ -181,7 +181,7 @@ impl SensorStats {
 
     /// Adds another aggregate of disjoint readings.
     pub fn merge(&mut self, other: &SensorStats) {
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.sum += other.sum;
@@ -234,12 +234,12 @@ impl DeviceCounts {
 
     /// Adds another aggregate of disjoint events.
     pub fn merge(&mut self, other: &DeviceCounts) {
-        self.online += other.online;
-        self.offline += other.offline;
-        self.alarms_low += other.alarms_low;
-        self.alarms_medium += other.alarms_medium;
-        self.alarms_high += other.alarms_high;
-        self.alarms_critical += other.alarms_critical;
+        self.online = self.online.saturating_add(other.online);
+        self.offline = self.offline.saturating_add(other.offline);
+        self.alarms_low = self.alarms_low.saturating_add(other.alarms_low);
+        self.alarms_medium = self.alarms_medium.saturating_add(other.alarms_medium);
+        self.alarms_high = self.alarms_high.saturating_add(other.alarms_high);
+        self.alarms_critical = self.alarms_critical.saturating_add(other.alarms_critical);
     }
 
     /// Whether the event type contributes to this view.
@@ -251,6 +251,27 @@ impl DeviceCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts merged from outside (a remote speed instance's snapshot)
+    /// saturate at u64::MAX instead of overflowing (a review).
+    #[test]
+    fn merged_counts_saturate() {
+        let full = FunnelCounts {
+            clicks: u64::MAX,
+            purchases: 1,
+            ..FunnelCounts::default()
+        };
+        let mut sum = full;
+        sum.merge(&full);
+        assert_eq!((sum.clicks, sum.purchases), (u64::MAX, 2));
+        let devices = DeviceCounts {
+            online: u64::MAX,
+            ..DeviceCounts::default()
+        };
+        let mut both = devices;
+        both.merge(&devices);
+        assert_eq!(both.online, u64::MAX);
+    }
 
     fn event(json: &str) -> EventRef<'_> {
         EventRef::from_json(json.as_bytes()).unwrap()

@@ -90,6 +90,19 @@ pub const MAX_DURATION_DAYS: u64 = 3650;
 /// stream). A reader asking from before them is told how many it missed
 /// (`missed`, an SSE `gap` event); the active alerts do not depend on them.
 pub const ALERT_TRANSITIONS_KEPT: usize = 10_000;
+/// The largest alert id serving gives: ids stay exact as JavaScript
+/// numbers (2^53 − 1). A transition that would be numbered past it is not
+/// kept but counted as lost (`/api/v1/status` `alerts.lost`); a feed starts
+/// near 1.8 × 10^15 (its start time in ms × 1 000), so only a source's seq
+/// jumps could bring it there.
+pub const MAX_ALERT_ID: u64 = (1 << 53) - 1;
+/// Ids one jump in a source's alert seqs skips at most: transitions a speed
+/// state dropped before serving took them leave a hole of as many ids (a
+/// reader is told how many it missed), but no more than this (a remote
+/// speed instance's seqs are outside input: one that jumped to 2^64 − 1
+/// made every later transition share one id). `alerts.lost` counts the
+/// whole jump.
+pub const MAX_ALERT_ID_HOLE: u64 = 1_000_000_000;
 /// `(topic, minute)` entries a speed state's late ledger keeps at most (69
 /// days of minutes of one topic): past it, the entry of the oldest minute
 /// goes (its events still count in `late`). In lambda mode the horizon
@@ -328,6 +341,20 @@ pub const TABLE: &[Limit] = &[
         None,
         Some(ALERT_TRANSITIONS_KEPT as f64),
         "transitions (the newest; older ones are reported as missed)",
+    ),
+    limit(
+        "alert ids",
+        "serving's alert feed (GET /api/v1/alerts, /api/v1/alerts/stream)",
+        None,
+        Some(MAX_ALERT_ID as f64),
+        "id (past it a transition is counted in alerts.lost, not kept)",
+    ),
+    limit(
+        "alert id hole",
+        "serving's alert feed: one jump in a speed state's alert seqs",
+        None,
+        Some(MAX_ALERT_ID_HOLE as f64),
+        "ids skipped (alerts.lost counts the whole jump)",
     ),
     limit(
         "late ledger",

@@ -330,7 +330,8 @@ impl DdSketch {
             return;
         }
         for (i, n) in &other.bins {
-            *self.bins.entry(*i).or_default() += n;
+            let bin = self.bins.entry(*i).or_default();
+            *bin = bin.saturating_add(*n);
         }
         if self.count == 0 {
             (self.min, self.max) = (other.min, other.max);
@@ -338,8 +339,8 @@ impl DdSketch {
             self.min = self.min.min(other.min);
             self.max = self.max.max(other.max);
         }
-        self.zeros += other.zeros;
-        self.count += other.count;
+        self.zeros = self.zeros.saturating_add(other.zeros);
+        self.count = self.count.saturating_add(other.count);
     }
 
     /// Values added.

@@ -29,6 +29,7 @@ use crate::ServingState;
 
 /// Transitions kept.
 pub const FEED_CAPACITY: usize = lambda_events::limits::ALERT_TRANSITIONS_KEPT;
+use lambda_events::limits::{MAX_ALERT_ID, MAX_ALERT_ID_HOLE};
 /// Most alerts one request returns.
 pub const MAX_LIMIT: usize = lambda_events::limits::MAX_ALERTS_PER_PAGE;
 /// Alert streams open at once; one more is answered `503` with `Retry-After`.
@@ -75,7 +76,10 @@ pub struct AlertFeed {
     lost: u64,
     /// This feed's ids are past it.
     base: u64,
+    /// The next id to give; at most [`MAX_ALERT_ID`] + 1 (none left).
     next_id: u64,
+    /// Warned that no id is left.
+    ids_used_up: bool,
     /// Last alert seq taken from each source.
     cursors: HashMap<usize, u64>,
     /// The speed state's epoch each source last sent from.
@@ -115,7 +119,8 @@ impl AlertFeed {
             active: BTreeMap::new(),
             lost: 0,
             base,
-            next_id: base.saturating_add(1),
+            next_id: base.saturating_add(1).min(MAX_ALERT_ID + 1),
+            ids_used_up: false,
             cursors: HashMap::new(),
             epochs: HashMap::new(),
             closed: false,
@@ -158,10 +163,13 @@ impl AlertFeed {
         alerts: impl IntoIterator<Item = Alert>,
         active: Option<Vec<(RuleName, String, i64)>>,
     ) {
-        let renewed = self
-            .epochs
-            .insert(source, epoch)
-            .is_some_and(|e| e != epoch);
+        let before_epoch = self.epochs.insert(source, epoch);
+        let renewed = before_epoch.is_some_and(|e| e != epoch);
+        // The first contact with a source: its seqs may start anywhere (a
+        // restored state), no hole is counted. After it, any jump is one —
+        // from a cursor of 0 too (a first contact that sent nothing, then
+        // a burst past what the source keeps: it went untold).
+        let first = before_epoch.is_none();
         let mut cursor = if renewed { 0 } else { self.cursor(source) };
         let known: HashMap<Identity, FedAlert> = if renewed {
             self.log
@@ -184,12 +192,15 @@ impl AlertFeed {
                 let at = (alert.rule, alert.key.clone(), alert.ts);
                 sent_raises.insert(at, alert.clone());
             }
-            if !renewed && alert.seq > cursor + 1 && cursor > 0 {
+            if !renewed && !first && alert.seq > cursor.saturating_add(1) {
                 // Dropped by the source before serving took them: an id
-                // each, skipped, so a reader sees the hole.
+                // each, skipped, so a reader sees the hole — at most
+                // MAX_ALERT_ID_HOLE of them (a remote source's seqs are
+                // outside input), all counted as lost.
                 let dropped = alert.seq - cursor - 1;
-                self.lost += dropped;
-                self.next_id = self.next_id.saturating_add(dropped);
+                self.lost = self.lost.saturating_add(dropped);
+                let hole = dropped.min(MAX_ALERT_ID_HOLE);
+                self.next_id = self.next_id.saturating_add(hole).min(MAX_ALERT_ID + 1);
             }
             cursor = alert.seq;
             match known.get(&identity(&alert)) {
@@ -251,6 +262,19 @@ impl AlertFeed {
     /// Numbers `alert` as the next transition of `source`, keeps it, and
     /// follows it in the active alerts.
     fn append(&mut self, source: usize, alert: Alert) {
+        if self.next_id > MAX_ALERT_ID {
+            // No id left that a JavaScript client reads exactly: counted,
+            // not kept (only seq jumps of a source bring a feed here).
+            if !self.ids_used_up {
+                self.ids_used_up = true;
+                tracing::warn!(
+                    source,
+                    "alert feed: ids are used up ({MAX_ALERT_ID}); transitions are counted as lost until serving restarts"
+                );
+            }
+            self.lost = self.lost.saturating_add(1);
+            return;
+        }
         let fed = FedAlert {
             id: self.next_id,
             source,
@@ -821,6 +845,68 @@ mod tests {
         assert_eq!(feed.last_id(), FEED_CAPACITY as u64 + 10);
         let hole = feed.missed_between(FEED_CAPACITY as u64 + 3, feed.last_id());
         assert_eq!(hole, 6);
+    }
+
+    /// A burst a source dropped before serving took any of its transitions
+    /// (the first contact sent nothing): the hole is counted and told as
+    /// any other (it went untold from a cursor of 0: a review). The first
+    /// contact itself counts none, wherever the source's seqs start.
+    #[test]
+    fn a_jump_after_a_first_contact_that_sent_nothing_is_told() {
+        use AlertState::Raised;
+        let mut feed = AlertFeed::default();
+        feed.push(0, 1, [], Some(Vec::new()));
+        feed.push(0, 1, [alert(5_001, "pump", Raised, 5)], None);
+        assert_eq!((feed.lost(), feed.last_id()), (5_000, 5_001));
+        assert_eq!(feed.missed_between(0, feed.last_id()), 5_000);
+        let mut restored = AlertFeed::default();
+        restored.push(0, 1, [alert(7_000, "pump", Raised, 5)], None);
+        assert_eq!((restored.lost(), restored.last_id()), (0, 1));
+    }
+
+    /// A source's seqs are outside input (a remote speed instance's JSON):
+    /// a jump skips at most MAX_ALERT_ID_HOLE ids (at the bound: all of
+    /// them; one past: the bound), `lost` counts it whole, and ids never
+    /// pass MAX_ALERT_ID — a transition with none left is counted, not
+    /// numbered (a jump to 2^64 − 1 made every later transition share one
+    /// id: a review).
+    #[test]
+    fn seq_jumps_skip_bounded_ids_and_ids_stay_exact_in_javascript() {
+        use AlertState::{Cleared, Raised};
+        let mut feed = AlertFeed::default();
+        feed.push(0, 1, [alert(1, "a", Raised, 1)], None);
+        let at_bound = 1 + MAX_ALERT_ID_HOLE + 1;
+        feed.push(0, 1, [alert(at_bound, "a", Cleared, 2)], None);
+        assert_eq!(feed.last_id(), 2 + MAX_ALERT_ID_HOLE);
+        assert_eq!(feed.lost(), MAX_ALERT_ID_HOLE);
+        let past = at_bound + MAX_ALERT_ID_HOLE + 2;
+        feed.push(0, 1, [alert(past, "a", Raised, 3)], None);
+        assert_eq!(feed.last_id(), 3 + 2 * MAX_ALERT_ID_HOLE);
+        assert_eq!(feed.lost(), 2 * MAX_ALERT_ID_HOLE + 1);
+        // A jump to the end of u64: nothing overflows, nothing panics.
+        feed.push(0, 1, [alert(u64::MAX, "a", Cleared, 4)], None);
+        feed.push(0, 1, [alert(u64::MAX, "a", Raised, 5)], None);
+        assert!(feed.last_id() <= MAX_ALERT_ID);
+
+        // The last ids: MAX_ALERT_ID is given, none past it.
+        let mut full = AlertFeed::numbered_after(MAX_ALERT_ID - 2);
+        full.push(
+            0,
+            1,
+            [alert(1, "b", Raised, 1), alert(2, "b", Cleared, 2)],
+            None,
+        );
+        assert_eq!(full.last_id(), MAX_ALERT_ID);
+        assert_eq!(full.lost(), 0);
+        full.push(0, 1, [alert(3, "b", Raised, 3)], None);
+        assert_eq!(full.last_id(), MAX_ALERT_ID);
+        assert_eq!(full.lost(), 1);
+        let ids: Vec<u64> = full.log.iter().map(|a| a.id).collect();
+        assert_eq!(ids, vec![MAX_ALERT_ID - 1, MAX_ALERT_ID]);
+        // A jump there skips no id past it either.
+        full.push(0, 1, [alert(u64::MAX, "b", Cleared, 4)], None);
+        assert_eq!(full.last_id(), MAX_ALERT_ID);
+        assert_eq!(full.lost(), u64::MAX - 3 - 1 + 2);
     }
 
     /// A new epoch (a restart, a kappa version switch) says what is active:

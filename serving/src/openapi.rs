@@ -381,6 +381,8 @@ pub fn document() -> Value {
             "responses": {
                 "RequestTargetTooLong": { "description": format!("The request target (path and query) is over {MAX_REQUEST_TARGET_BYTES} bytes."), "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
                 "HeaderFieldsTooLarge": { "description": format!("The request's header fields (names and values) are over {MAX_HEADER_BYTES} bytes."), "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "TransferCodingNotImplemented": { "description": "The request's Transfer-Encoding names a coding other than chunked (named in `error`).", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "BadFraming": { "description": "The request's Transfer-Encoding names chunked more than once: its body's length cannot be known.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
                 "BadParameter": { "description": "A bad parameter, named: not a time, a step or a filter it knows, outside the bounds, `from` not before `to`, or a range of more than 10000 buckets.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
             },
             "securitySchemes": { "adminToken": { "type": "http", "scheme": "bearer" } },
@@ -390,6 +392,7 @@ pub fn document() -> Value {
     let past_bounds = [
         ("414", "RequestTargetTooLong"),
         ("431", "HeaderFieldsTooLarge"),
+        ("501", "TransferCodingNotImplemented"),
     ];
     if let Some(paths) = document["paths"].as_object_mut() {
         for operation in paths.values_mut().filter_map(Value::as_object_mut) {
@@ -403,6 +406,11 @@ pub fn document() -> Value {
                         json!({ "$ref": format!("#/components/responses/{name}") }),
                     );
                 }
+                // chunked twice: 400 (an operation's own 400 already says
+                // what else is refused with it).
+                responses
+                    .entry("400")
+                    .or_insert_with(|| json!({ "$ref": "#/components/responses/BadFraming" }));
             }
         }
     }

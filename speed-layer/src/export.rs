@@ -222,10 +222,11 @@ pub fn combine(mirrors: &[Mirror], horizon_ms: i64) -> SpeedState {
             crate::window::ledger_late(&mut state.late_ledger, (*topic, *start), *n);
         }
         let (counted, duplicates, late, invalid) = mirror.meta.counters;
-        counters.counted += counted;
-        counters.duplicates += duplicates;
-        counters.late += late;
-        counters.invalid += invalid;
+        // Counts of remote instances (outside input): summed saturating.
+        counters.counted = counters.counted.saturating_add(counted);
+        counters.duplicates = counters.duplicates.saturating_add(duplicates);
+        counters.late = counters.late.saturating_add(late);
+        counters.invalid = counters.invalid.saturating_add(invalid);
     }
     state.counters = counters;
     state
@@ -345,5 +346,25 @@ mod tests {
         waiting.expect_partition("funnel-events", 2);
         let held = combine(&[mirror(&ahead), mirror(&waiting)], 3_600_000);
         assert_eq!(held.watermark(), None);
+    }
+
+    /// Remote instances' counts are outside input: combined, they add up
+    /// saturating (two at u64::MAX panicked a debug build: a review).
+    #[test]
+    fn remote_counts_combine_without_overflow() {
+        let huge = |minute: i64| {
+            let mut m = Mirror::default();
+            m.meta.counters = (u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+            m.meta.late_ledger = vec![(Topic::Funnel, T0 + minute * 60_000, u64::MAX)];
+            m
+        };
+        let combined = combine(&[huge(0), huge(1)], 3_600_000);
+        assert_eq!(
+            combined.counters.as_tuple(),
+            (u64::MAX, u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!(combined.late_by_topic()[&Topic::Funnel], u64::MAX);
+        let one = combine(&[huge(0)], 3_600_000);
+        assert_eq!(one.late_by_topic()[&Topic::Funnel], u64::MAX);
     }
 }

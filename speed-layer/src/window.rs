@@ -801,7 +801,8 @@ impl SpeedState {
     pub fn late_by_topic(&self) -> BTreeMap<Topic, u64> {
         let mut out = BTreeMap::new();
         for ((topic, _), n) in &self.late_ledger {
-            *out.entry(*topic).or_default() += n;
+            let sum: &mut u64 = out.entry(*topic).or_default();
+            *sum = sum.saturating_add(*n);
         }
         out
     }
