@@ -96,13 +96,26 @@ pub const ALERT_TRANSITIONS_KEPT: usize = 10_000;
 /// near 1.8 × 10^15 (its start time in ms × 1 000), so only a source's seq
 /// jumps could bring it there.
 pub const MAX_ALERT_ID: u64 = (1 << 53) - 1;
-/// Ids one jump in a source's alert seqs skips at most: transitions a speed
-/// state dropped before serving took them leave a hole of as many ids (a
-/// reader is told how many it missed), but no more than this (a remote
-/// speed instance's seqs are outside input: one that jumped to 2^64 − 1
-/// made every later transition share one id). `alerts.lost` counts the
-/// whole jump.
-pub const MAX_ALERT_ID_HOLE: u64 = 1_000_000_000;
+/// Ids the jumps in a source's alert seqs skip at most in one take of its
+/// news (a poll): transitions a speed state dropped before serving took
+/// them leave a hole of as many ids (a reader is told how many it missed),
+/// but no more than this (a remote speed instance's seqs are outside
+/// input: one that jumped to 2^64 − 1 made every later transition share
+/// one id, and one jumping 10^9 at each of 20 000 transitions a poll used
+/// up every id in two minutes). `alerts.lost` counts every jump whole.
+pub const MAX_ALERT_ID_HOLE: u64 = 1_000_000;
+/// Bytes of a speed instance's snapshot serving reads at most (the whole
+/// state of a million users and a million devices checkpoints to 136 MB
+/// in `lambda bench`): past it the poll fails, named in `/api/v1/status`,
+/// and the mirror keeps what it had.
+pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
+/// Bytes of an alert's key or message in a snapshot serving reads (a key
+/// is an event's id field, at most 256 bytes, or two of them joined; a
+/// message a line about it): past it the snapshot is refused, as one
+/// whose times are past [`MAX_TS_MS`] either way or whose lateness is past
+/// [`MAX_DURATION_DAYS`] (a remote instance's 20 MB keys filled serving's
+/// memory and stalled every route: a hostile run).
+pub const MAX_ALERT_TEXT_BYTES: usize = 2048;
 /// `(topic, minute)` entries a speed state's late ledger keeps at most (69
 /// days of minutes of one topic): past it, the entry of the oldest minute
 /// goes (its events still count in `late`). In lambda mode the horizon
@@ -351,10 +364,24 @@ pub const TABLE: &[Limit] = &[
     ),
     limit(
         "alert id hole",
-        "serving's alert feed: one jump in a speed state's alert seqs",
+        "serving's alert feed: the jumps in a speed state's alert seqs, one poll",
         None,
         Some(MAX_ALERT_ID_HOLE as f64),
-        "ids skipped (alerts.lost counts the whole jump)",
+        "ids skipped per poll of a source (alerts.lost counts every jump whole)",
+    ),
+    limit(
+        "speed snapshot",
+        "serving reading a speed instance (--speed-url)",
+        None,
+        Some(MAX_SNAPSHOT_BYTES as f64),
+        "bytes (past it the poll fails, named in /api/v1/status)",
+    ),
+    limit(
+        "alert text",
+        "an alert's key or message in a speed instance's snapshot",
+        None,
+        Some(MAX_ALERT_TEXT_BYTES as f64),
+        "bytes (past it the snapshot is refused)",
     ),
     limit(
         "late ledger",

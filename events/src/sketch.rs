@@ -310,10 +310,12 @@ impl DdSketch {
         if !(value >= 0.0) || !value.is_finite() {
             return;
         }
+        // Saturating: a sketch restored from outside may stand at the top.
         if value <= DD_MIN_INDEXABLE {
-            self.zeros += 1;
+            self.zeros = self.zeros.saturating_add(1);
         } else {
-            *self.bins.entry(Self::index(value)).or_default() += 1;
+            let bin = self.bins.entry(Self::index(value)).or_default();
+            *bin = bin.saturating_add(1);
         }
         if self.count == 0 {
             (self.min, self.max) = (value, value);
@@ -321,7 +323,7 @@ impl DdSketch {
             self.min = self.min.min(value);
             self.max = self.max.max(value);
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
     }
 
     /// Merges another sketch in (exactly: bin counts add).
@@ -359,9 +361,11 @@ impl DdSketch {
         }
         let mut seen = self.zeros;
         for (i, n) in &self.bins {
-            seen += n;
+            seen = seen.saturating_add(*n);
             if seen > rank {
-                return Some(Self::value_of(*i).clamp(self.min, self.max));
+                // Not `clamp`: it panics where min > max or either is
+                // NaN, which a sketch merged from outside may hold.
+                return Some(Self::value_of(*i).max(self.min).min(self.max));
             }
         }
         Some(self.max)
@@ -402,9 +406,20 @@ impl DdSketch {
             let n = u64::from_le_bytes(chunk[4..].try_into().expect("8 bytes"));
             sketch.bins.insert(index, n);
         }
-        let binned: u64 = sketch.bins.values().sum::<u64>() + sketch.zeros;
-        if binned != sketch.count {
+        // Outside input (a checkpoint, a remote instance's snapshot): the
+        // sum is checked (a bin of 2^64 - 1 overflowed it: a hostile run).
+        let binned = sketch
+            .bins
+            .values()
+            .try_fold(sketch.zeros, |sum, n| sum.checked_add(*n));
+        if binned != Some(sketch.count) {
             return Err(bad(kind, "bin counts do not add up to the count"));
+        }
+        // Render times: finite, not negative, min at most max (min > max
+        // or a NaN panicked every quantile read off it: a hostile run).
+        let (min, max) = (sketch.min, sketch.max);
+        if sketch.count > 0 && !(min >= 0.0 && min <= max && max.is_finite()) {
+            return Err(bad(kind, "min and max are not 0 <= min <= max, finite"));
         }
         Ok(sketch)
     }
@@ -553,6 +568,53 @@ mod tests {
         let json = serde_json::to_string(&whole).unwrap();
         assert_eq!(serde_json::from_str::<DdSketch>(&json).unwrap(), whole);
         assert!(DdSketch::from_bytes(&[1, 2, 3]).is_err());
+    }
+
+    /// A sketch from outside (a remote instance's snapshot, a damaged
+    /// checkpoint) whose counts overflow, or whose min and max are not
+    /// render times, is refused; merged ones at the top of u64 answer
+    /// quantiles (each panicked: a hostile run).
+    #[test]
+    fn sketches_from_outside_are_checked_and_extreme_ones_answer() {
+        let bytes = |count: u64, zeros: u64, min: f64, max: f64, bins: &[(i32, u64)]| {
+            let mut out = vec![DD_FORMAT];
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&zeros.to_le_bytes());
+            out.extend_from_slice(&min.to_le_bytes());
+            out.extend_from_slice(&max.to_le_bytes());
+            for (i, n) in bins {
+                out.extend_from_slice(&i.to_le_bytes());
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            out
+        };
+        // Counts adding up to u64::MAX exactly: taken; one more: refused.
+        let top = bytes(u64::MAX, 1, 0.0, 5.0, &[(1, u64::MAX - 1)]);
+        let top = DdSketch::from_bytes(&top).unwrap();
+        let over = bytes(5, 0, 0.0, 5.0, &[(1, u64::MAX), (2, 6)]);
+        assert!(DdSketch::from_bytes(&over).is_err());
+        for (min, max) in [
+            (10.0, 1.0),
+            (f64::NAN, 1.0),
+            (0.0, f64::INFINITY),
+            (-1.0, 1.0),
+        ] {
+            let odd = bytes(1, 0, min, max, &[(100, 1)]);
+            assert!(DdSketch::from_bytes(&odd).is_err(), "{min} {max}");
+        }
+        let fine = DdSketch::from_bytes(&bytes(1, 0, 1.0, 1.0, &[(0, 1)])).unwrap();
+        assert_eq!(fine.quantile(0.5), Some(1.0));
+        // Merged past u64::MAX: saturated, and every quantile answers.
+        let mut sum = top.clone();
+        sum.merge(&top);
+        sum.add(3.0);
+        assert_eq!(sum.count(), u64::MAX);
+        for q in [0.0, 0.5, 0.99, 1.0] {
+            assert!(
+                sum.quantile(q).is_some_and(|v| (0.0..=5.0).contains(&v)),
+                "{q}"
+            );
+        }
     }
 
     #[test]

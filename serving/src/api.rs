@@ -146,7 +146,9 @@ fn respond<A: Default>(
     // Never negative: an event stamped ahead of the clock (within the bound) is not from the future.
     out.insert(
         "x-lambda-data-age-ms",
-        header(answer.newest.map(|t| (now_ms() - t).max(0))),
+        // Saturating: the newest event time may come from a remote
+        // instance (i64::MIN panicked every query: a hostile run).
+        header(answer.newest.map(|t| now_ms().saturating_sub(t).max(0))),
     );
     response
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lambda_events::limits::MAX_SNAPSHOT_BYTES;
 use lambda_speed::SpeedViews;
 use lambda_speed::export::{Mirror, Snapshot, combine};
 use parking_lot::RwLock;
@@ -182,10 +183,34 @@ async fn poll(
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
     }
-    response
-        .json::<Snapshot>()
+    let body = read_at_most(response, MAX_SNAPSHOT_BYTES).await?;
+    let snapshot: Snapshot =
+        serde_json::from_slice(&body).map_err(|e| format!("decoding the snapshot: {e}"))?;
+    snapshot
+        .check()
+        .map_err(|e| format!("refusing the snapshot: {e}"))?;
+    Ok(snapshot)
+}
+
+/// A response's body, refused past `max` bytes (a speed instance is
+/// another process: its snapshot is outside input).
+async fn read_at_most(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let over = || format!("the snapshot is over {max} bytes (MAX_SNAPSHOT_BYTES)");
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(over());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| format!("decoding the snapshot: {e}"))
+        .map_err(|e| format!("reading the snapshot: {e}"))?
+    {
+        if chunk.len() > max - body.len() {
+            return Err(over());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Path of the batch runner's status (`lambda batch` serves it).
@@ -471,4 +496,58 @@ pub async fn run_group_mirror(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot's body is read up to the bound and refused one byte past
+    /// it, whether the instance says its length or sends it in chunks (a
+    /// body had no bound: a hostile instance could fill serving's memory);
+    /// the bound here is small, the code path MAX_SNAPSHOT_BYTES takes.
+    #[tokio::test]
+    async fn a_snapshot_body_is_read_up_to_its_bound() {
+        use axum::body::Body;
+        let app =
+            axum::Router::new()
+                .route(
+                    "/sized/{n}",
+                    axum::routing::get(
+                        |axum::extract::Path(n): axum::extract::Path<usize>| async move {
+                            vec![b' '; n]
+                        },
+                    ),
+                )
+                .route(
+                    "/chunked/{n}",
+                    axum::routing::get(
+                        |axum::extract::Path(n): axum::extract::Path<usize>| async move {
+                            let chunks = (0..n).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1]));
+                            Body::from_stream(futures::stream::iter(chunks))
+                        },
+                    ),
+                );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = poll_client().unwrap();
+        for kind in ["sized", "chunked"] {
+            for (n, fits) in [(100, true), (101, false)] {
+                let response = client
+                    .get(format!("http://{addr}/{kind}/{n}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let read = read_at_most(response, 100).await;
+                match read {
+                    Ok(body) => assert!(fits && body.len() == n, "{kind} {n}"),
+                    Err(e) => {
+                        assert!(!fits, "{kind} {n}: {e}");
+                        assert!(e.contains("over 100 bytes"), "{e}");
+                    }
+                }
+            }
+        }
+    }
 }

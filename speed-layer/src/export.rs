@@ -108,6 +108,88 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64, alerts_since: u64) -
     }
 }
 
+impl Snapshot {
+    /// Refuses a snapshot a speed instance cannot have sent: times past
+    /// [`MAX_TS_MS`](lambda_events::limits::MAX_TS_MS) and a duration either
+    /// way (a partition's clock may also be `i64::MIN`: none yet), a lateness past
+    /// [`MAX_DURATION`](lambda_events::time::MAX_DURATION), more alert
+    /// transitions than a state keeps, or an alert's key or message past
+    /// [`MAX_ALERT_TEXT_BYTES`](lambda_events::limits::MAX_ALERT_TEXT_BYTES).
+    /// A reader in another process takes it from the network: outside
+    /// input (a hostile instance's `max_event_ts` of `i64::MIN` broke every
+    /// query, its 20 MB alert keys filled serving's memory).
+    pub fn check(&self) -> Result<(), String> {
+        use lambda_events::limits::{ALERT_TRANSITIONS_KEPT, MAX_ALERT_TEXT_BYTES, MAX_TS_MS};
+        // An event's time is at most MAX_TS_MS; a watermark is behind it,
+        // an alert's time (offline after ...) ahead of it, by at most a
+        // duration.
+        let most = i64::try_from(lambda_events::time::MAX_DURATION.as_millis()).unwrap_or(i64::MAX);
+        let bound = MAX_TS_MS.saturating_add(most);
+        let time = |name: &str, t: i64| {
+            if (-bound..=bound).contains(&t) {
+                Ok(())
+            } else {
+                Err(format!("{name} {t} is past {bound} ms either way"))
+            }
+        };
+        let text = |name: &str, value: &str| {
+            if value.len() <= MAX_ALERT_TEXT_BYTES {
+                Ok(())
+            } else {
+                Err(format!(
+                    "an alert's {name} is {} bytes; at most {MAX_ALERT_TEXT_BYTES}",
+                    value.len()
+                ))
+            }
+        };
+        for (name, t) in [
+            ("max_event_ts", self.max_event_ts),
+            ("last_checkpoint_ms", self.last_checkpoint_ms),
+            ("batch_boundary", self.batch_boundary),
+            ("watermark", self.watermark),
+        ] {
+            t.map_or(Ok(()), |t| time(name, t))?;
+        }
+        if !(0..=most).contains(&self.allowed_lateness_ms) {
+            return Err(format!(
+                "allowed_lateness_ms {} is not within 0..={most}",
+                self.allowed_lateness_ms
+            ));
+        }
+        for start in self
+            .starts
+            .iter()
+            .chain(self.windows.iter().map(|(s, _)| s))
+        {
+            time("a window start", *start)?;
+        }
+        for (_, start, _) in &self.late_ledger {
+            time("a late ledger minute", *start)?;
+        }
+        for (_, _, max_ts, _) in &self.clocks {
+            if *max_ts != i64::MIN {
+                time("a partition's max event time", *max_ts)?;
+            }
+        }
+        if self.alerts.len() > ALERT_TRANSITIONS_KEPT {
+            return Err(format!(
+                "{} alert transitions; a state keeps at most {ALERT_TRANSITIONS_KEPT}",
+                self.alerts.len()
+            ));
+        }
+        for alert in &self.alerts {
+            time("an alert's time", alert.ts)?;
+            text("key", &alert.key)?;
+            text("message", &alert.message)?;
+        }
+        for (_, key, raised) in self.active_alerts.iter().flatten() {
+            time("an active alert's time", *raised)?;
+            text("key", key)?;
+        }
+        Ok(())
+    }
+}
+
 /// A reader's copy of one speed instance.
 #[derive(Debug, Clone, Default)]
 pub struct Mirror {
@@ -346,6 +428,89 @@ mod tests {
         waiting.expect_partition("funnel-events", 2);
         let held = combine(&[mirror(&ahead), mirror(&waiting)], 3_600_000);
         assert_eq!(held.watermark(), None);
+    }
+
+    /// A snapshot from another process is checked: a real one passes; each
+    /// bound holds at its edge and refuses one past it (a hostile
+    /// instance's `max_event_ts` of i64::MIN broke every query; its 20 MB
+    /// alert keys filled serving's memory).
+    #[test]
+    fn snapshots_past_their_bounds_are_refused() {
+        use crate::alerts::AlertState;
+        use lambda_events::limits::{ALERT_TRANSITIONS_KEPT, MAX_ALERT_TEXT_BYTES, MAX_TS_MS};
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        state.apply(&click("a", "u", T0));
+        let real = snapshot(&state, 0, 0, 0);
+        assert_eq!(real.check(), Ok(()));
+        let most = lambda_events::time::MAX_DURATION.as_millis() as i64;
+        let bound = MAX_TS_MS + most;
+        let alert = |key: String| Alert {
+            seq: 1,
+            rule: RuleName::Alarm,
+            key,
+            state: AlertState::Raised,
+            ts: T0,
+            message: "m".into(),
+            value: None,
+        };
+        let text = |n: usize| "k".repeat(n);
+        type Change = Box<dyn Fn(&mut Snapshot)>;
+        let cases: Vec<(&str, Change, Change)> = vec![
+            (
+                "max_event_ts",
+                Box::new(move |s| s.max_event_ts = Some(-bound)),
+                Box::new(move |s| s.max_event_ts = Some(-bound - 1)),
+            ),
+            (
+                "watermark",
+                Box::new(move |s| s.watermark = Some(bound)),
+                Box::new(move |s| s.watermark = Some(bound + 1)),
+            ),
+            (
+                "allowed_lateness_ms",
+                Box::new(move |s| s.allowed_lateness_ms = most),
+                Box::new(move |s| s.allowed_lateness_ms = most + 1),
+            ),
+            (
+                "a window start",
+                Box::new(move |s| s.starts.push(bound)),
+                Box::new(move |s| s.starts.push(i64::MIN)),
+            ),
+            (
+                "a partition's max event time",
+                Box::new(move |s| s.clocks.push(("t".into(), 0, i64::MIN, false))),
+                Box::new(move |s| s.clocks.push(("t".into(), 0, i64::MAX, false))),
+            ),
+            (
+                "key",
+                Box::new(move |s| s.alerts.push(alert(text(MAX_ALERT_TEXT_BYTES)))),
+                Box::new(move |s| s.alerts.push(alert(text(MAX_ALERT_TEXT_BYTES + 1)))),
+            ),
+            (
+                "key",
+                Box::new(move |s| {
+                    s.active_alerts = Some(vec![(RuleName::Alarm, text(MAX_ALERT_TEXT_BYTES), T0)])
+                }),
+                Box::new(move |s| {
+                    s.active_alerts =
+                        Some(vec![(RuleName::Alarm, text(MAX_ALERT_TEXT_BYTES + 1), T0)])
+                }),
+            ),
+            (
+                "alert transitions",
+                Box::new(move |s| s.alerts = vec![alert("k".into()); ALERT_TRANSITIONS_KEPT]),
+                Box::new(move |s| s.alerts = vec![alert("k".into()); ALERT_TRANSITIONS_KEPT + 1]),
+            ),
+        ];
+        for (name, at, past) in cases {
+            let mut fine = real.clone();
+            at(&mut fine);
+            assert_eq!(fine.check(), Ok(()), "{name} at its bound");
+            let mut bad = real.clone();
+            past(&mut bad);
+            let error = bad.check().expect_err(name);
+            assert!(error.contains(name), "{name}: {error}");
+        }
     }
 
     /// Remote instances' counts are outside input: combined, they add up
