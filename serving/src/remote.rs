@@ -183,7 +183,7 @@ async fn poll(
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
     }
-    let body = read_at_most(response, MAX_SNAPSHOT_BYTES).await?;
+    let body = read_at_most(response, MAX_SNAPSHOT_BYTES, "the snapshot").await?;
     let snapshot: Snapshot =
         serde_json::from_slice(&body).map_err(|e| format!("decoding the snapshot: {e}"))?;
     snapshot
@@ -192,10 +192,15 @@ async fn poll(
     Ok(snapshot)
 }
 
-/// A response's body, refused past `max` bytes (a speed instance is
-/// another process: its snapshot is outside input).
-async fn read_at_most(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
-    let over = || format!("the snapshot is over {max} bytes (MAX_SNAPSHOT_BYTES)");
+/// A response's body (`what` it is), refused past `max` bytes: an answer
+/// of another process (a speed instance, the batch runner) is outside
+/// input.
+async fn read_at_most(
+    mut response: reqwest::Response,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let over = || format!("{what} is over {max} bytes (MAX_SNAPSHOT_BYTES)");
     if response.content_length().is_some_and(|n| n > max as u64) {
         return Err(over());
     }
@@ -203,7 +208,7 @@ async fn read_at_most(mut response: reqwest::Response, max: usize) -> Result<Vec
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("reading the snapshot: {e}"))?
+        .map_err(|e| format!("reading {what}: {e}"))?
     {
         if chunk.len() > max - body.len() {
             return Err(over());
@@ -233,13 +238,14 @@ pub async fn follow_runner(
             _ = interval.tick() => {}
         }
         let fetched = async {
-            client
+            let response = client
                 .get(&url)
                 .send()
-                .await?
-                .error_for_status()?
-                .json::<Value>()
                 .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| e.to_string())?;
+            let body = read_at_most(response, MAX_SNAPSHOT_BYTES, "the runner's status").await?;
+            serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
         }
         .await;
         match fetched {
@@ -379,9 +385,8 @@ pub async fn run_group_mirror(
                 if !response.status().is_success() {
                     return Err(format!("HTTP {}", response.status()));
                 }
-                response
-                    .json::<Ownership>()
-                    .await
+                let body = read_at_most(response, MAX_SNAPSHOT_BYTES, "what it owns").await?;
+                serde_json::from_slice::<Ownership>(&body)
                     .map_err(|e| format!("decoding what it owns: {e}"))
             }
         });
@@ -539,7 +544,7 @@ mod tests {
                     .send()
                     .await
                     .unwrap();
-                let read = read_at_most(response, 100).await;
+                let read = read_at_most(response, 100, "the snapshot").await;
                 match read {
                     Ok(body) => assert!(fits && body.len() == n, "{kind} {n}"),
                     Err(e) => {

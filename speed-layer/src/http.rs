@@ -108,8 +108,17 @@ pub fn router(views: SpeedViews, log: Arc<dyn EventLog>) -> Router {
 /// `(epoch, since, alerts_since)` of a snapshot request, or its 400.
 #[allow(clippy::result_large_err)]
 fn cursor(params: &HashMap<String, String>) -> Result<[u64; 3], Response> {
+    const NAMES: [&str; 3] = ["epoch", "since", "alerts_since"];
+    // One it does not know is named, as serving's routes do (it was
+    // taken silently: a hostile run).
+    if let Some(unknown) = params.keys().find(|k| !NAMES.contains(&k.as_str())) {
+        return Err(refused(
+            unknown,
+            "unknown parameter (expected epoch, since, alerts_since)",
+        ));
+    }
     let mut cursor = [0u64; 3];
-    for (i, name) in ["epoch", "since", "alerts_since"].into_iter().enumerate() {
+    for (i, name) in NAMES.into_iter().enumerate() {
         if let Some(raw) = params.get(name) {
             match raw.parse() {
                 Ok(n) => cursor[i] = n,
@@ -368,6 +377,30 @@ mod tests {
         assert_eq!(Params::from_pairs(twice), Err("step".to_string()));
         // Names differ by case: two parameters.
         assert!(Params::from_pairs(vec![pair("step", "1m"), pair("Step", "1m")]).is_ok());
+    }
+
+    /// A snapshot's cursor: the three names taken, any other refused by
+    /// name, a value that is not an unsigned integer refused.
+    #[test]
+    fn a_snapshot_cursor_takes_its_three_names_and_no_other() {
+        let params = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let all = params(&[("epoch", "1"), ("since", "2"), ("alerts_since", "3")]);
+        assert_eq!(cursor(&all).ok(), Some([1, 2, 3]));
+        assert_eq!(cursor(&params(&[])).ok(), Some([0, 0, 0]));
+        let refused_one = |pairs: &[(&str, &str)]| cursor(&params(pairs)).err().map(|r| r.status());
+        assert_eq!(
+            refused_one(&[("epoch", "1"), ("sinc", "2")]),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused_one(&[("since", "-1")]),
+            Some(StatusCode::BAD_REQUEST)
+        );
     }
 
     /// A refusal quotes the name to 64 characters and the message to 256,
