@@ -104,6 +104,18 @@ pub const MAX_ALERT_ID: u64 = (1 << 53) - 1;
 /// one id, and one jumping 10^9 at each of 20 000 transitions a poll used
 /// up every id in two minutes). `alerts.lost` counts every jump whole.
 pub const MAX_ALERT_ID_HOLE: u64 = 1_000_000;
+/// Ids below which a hole may skip ids (2^52): past it, transitions a
+/// source dropped are counted in `alerts.lost` but skip no id, so that the
+/// ids left (2^52 of them) go to transitions serving holds — a group's
+/// every partition is a source, and sources jumping at once used the id
+/// space up in weeks however each poll was bounded (a hostile run).
+pub const ALERT_HOLE_IDS_BELOW: u64 = 1 << 52;
+/// Partitions per event topic serving mirrors from a speed group
+/// (`--speed-checkpoint-url`): a member's claim of a partition at or past
+/// it, or of another topic, is not mirrored (a member's record is outside
+/// input: claims of new 200 KB topic names each poll grew serving's memory
+/// without end).
+pub const MAX_GROUP_PARTITIONS: u32 = 1024;
 /// Bytes of a speed instance's snapshot serving reads at most (the whole
 /// state of a million users and a million devices checkpoints to 136 MB
 /// in `lambda bench`): past it the poll fails, named in `/api/v1/status`,
@@ -368,6 +380,20 @@ pub const TABLE: &[Limit] = &[
         None,
         Some(MAX_ALERT_ID_HOLE as f64),
         "ids skipped per poll of a source (alerts.lost counts every jump whole)",
+    ),
+    limit(
+        "alert id holes",
+        "serving's alert feed: ids a hole may skip",
+        None,
+        Some(ALERT_HOLE_IDS_BELOW as f64),
+        "id (past it a hole skips none; alerts.lost counts it)",
+    ),
+    limit(
+        "speed group partitions",
+        "serving mirroring a speed group (--speed-checkpoint-url)",
+        Some(0.0),
+        Some((MAX_GROUP_PARTITIONS - 1) as f64),
+        "partition number per event topic (others' claims are not mirrored)",
     ),
     limit(
         "speed snapshot",

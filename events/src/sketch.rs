@@ -237,6 +237,11 @@ impl Hll {
                         }
                     }
                     1 if rest.len() == HLL_M => {
+                        // As the sparse form's (a register of 255 made one
+                        // click count u64::MAX users: a hostile run).
+                        if rest.iter().any(|r| *r > 64) {
+                            return Err(bad(kind, "register out of range"));
+                        }
                         hll.dense = Some(rest.to_vec().into_boxed_slice());
                     }
                     _ => return Err(bad(kind, "bad length")),
@@ -520,6 +525,13 @@ mod tests {
             assert_eq!(&Hll::from_bytes(&hll.to_bytes()).unwrap(), hll);
         }
         assert!(Hll::from_bytes(&[9, 9]).is_err());
+        // Dense registers: 64 is the most one holds; 65 is refused.
+        for (top, fine) in [(64u8, true), (65, false)] {
+            let mut dense = vec![HLL_FORMAT, HLL_PRECISION as u8, 1];
+            dense.extend(std::iter::repeat_n(0u8, HLL_M - 1));
+            dense.push(top);
+            assert_eq!(Hll::from_bytes(&dense).is_ok(), fine, "{top}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::ServingState;
 
 /// Transitions kept.
 pub const FEED_CAPACITY: usize = lambda_events::limits::ALERT_TRANSITIONS_KEPT;
-use lambda_events::limits::{MAX_ALERT_ID, MAX_ALERT_ID_HOLE};
+use lambda_events::limits::{ALERT_HOLE_IDS_BELOW, MAX_ALERT_ID, MAX_ALERT_ID_HOLE};
 /// Most alerts one request returns.
 pub const MAX_LIMIT: usize = lambda_events::limits::MAX_ALERTS_PER_PAGE;
 /// Alert streams open at once; one more is answered `503` with `Retry-After`.
@@ -201,7 +201,9 @@ impl AlertFeed {
                 // MAX_ALERT_ID_HOLE in one take, all counted as lost.
                 let dropped = alert.seq - cursor - 1;
                 self.lost = self.lost.saturating_add(dropped);
-                let hole = dropped.min(hole_budget);
+                // Ids past ALERT_HOLE_IDS_BELOW go to transitions only.
+                let room = ALERT_HOLE_IDS_BELOW.saturating_sub(self.next_id);
+                let hole = dropped.min(hole_budget).min(room);
                 hole_budget -= hole;
                 self.next_id = self.next_id.saturating_add(hole).min(MAX_ALERT_ID + 1);
             }
@@ -902,6 +904,17 @@ mod tests {
         feed.push(0, 1, [alert(u64::MAX, "a", Cleared, 4)], None);
         feed.push(0, 1, [alert(u64::MAX, "a", Raised, 5)], None);
         assert!(feed.last_id() <= MAX_ALERT_ID);
+
+        // Near ALERT_HOLE_IDS_BELOW a hole skips up to it, past it none;
+        // transitions keep their ids.
+        let mut high = AlertFeed::numbered_after(ALERT_HOLE_IDS_BELOW - 6);
+        high.push(0, 1, [alert(1, "c", Raised, 1)], None);
+        assert_eq!(high.last_id(), ALERT_HOLE_IDS_BELOW - 5);
+        high.push(0, 1, [alert(12, "c", Cleared, 2)], None);
+        assert_eq!(high.last_id(), ALERT_HOLE_IDS_BELOW);
+        high.push(0, 1, [alert(20, "c", Raised, 3)], None);
+        assert_eq!(high.last_id(), ALERT_HOLE_IDS_BELOW + 1);
+        assert_eq!(high.lost(), 10 + 7);
 
         // The last ids: MAX_ALERT_ID is given, none past it.
         let mut full = AlertFeed::numbered_after(MAX_ALERT_ID - 2);

@@ -532,8 +532,10 @@ impl AlertEngine {
             AlertState::Cleared if self.active.remove(rule, key).is_none() => return,
             AlertState::Cleared => {}
         }
-        self.seq += 1;
-        *self.totals.entry((rule, state)).or_default() += 1;
+        // A restored seq is at most 2^53 − 1 (the checkpoint's check).
+        self.seq = self.seq.saturating_add(1);
+        let total = self.totals.entry((rule, state)).or_default();
+        *total = total.saturating_add(1);
         self.recent.push_back(Alert {
             seq: self.seq,
             rule,

@@ -383,6 +383,11 @@ pub enum CheckpointError {
     /// file without its length and checksum.
     #[error("a format-3 checkpoint without {0}: cut short or edited")]
     Unsummed(&'static str),
+    /// A checkpoint holding what no speed state holds (a time past the
+    /// bounds of event time, an alert seq past 2^53 − 1): hand-made or
+    /// damaged in a way its checksum did not catch.
+    #[error("the checkpoint holds {0}")]
+    Implausible(String),
     /// A checkpoint file that could not be read back ([`load`]).
     #[error("checkpoint {}", path.display())]
     File {
@@ -400,6 +405,51 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Check
         action,
         path,
         source,
+    }
+}
+
+impl CheckpointFile {
+    /// What a restore computes with is within what a speed state holds
+    /// (a store is shared: a hand-made manifest, sealed with its sum, with
+    /// an alert seq of 2^64 − 1 killed every member of a group at its next
+    /// alert, one after another; `max_event_ts` of i64::MIN panicked every
+    /// claim; times near i64::MAX were restored and every snapshot of the
+    /// partition refused after: a hostile run). `i64::MIN` stands for
+    /// "none" in the clocks and the log's time. (The eviction mark is only
+    /// compared with: any value is one, far back with kappa's horizon.)
+    fn check(&self) -> Result<(), String> {
+        use crate::export::plausible_time as time;
+        let or_none = |name: &str, t: i64| if t == i64::MIN { Ok(()) } else { time(name, t) };
+        if let Some(t) = self.max_event_ts {
+            time("max_event_ts", t)?;
+        }
+        if let Some(t) = self.watermark {
+            or_none("a watermark", t)?;
+        }
+        if let Some(t) = self.log_time {
+            or_none("the log's time", t)?;
+        }
+        for (_, start, _) in &self.late_ledger {
+            time("a late ledger minute", *start)?;
+        }
+        for (_, _, t) in self.clocks.iter().chain(&self.appended) {
+            or_none("a partition's time", *t)?;
+        }
+        for start in self
+            .windows
+            .iter()
+            .map(|w| w.start)
+            .chain(self.window_files.iter().map(|w| w.start))
+        {
+            time("a window start", start)?;
+        }
+        if let Some(alerts) = &self.alerts {
+            let most = lambda_events::limits::MAX_ALERT_ID;
+            if alerts.seq() > most {
+                return Err(format!("an alert seq of {}, past {most}", alerts.seq()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -435,6 +485,7 @@ fn decode_with(
     if summed && !sealed {
         return Err(CheckpointError::Unsummed("its checksum line"));
     }
+    file.check().map_err(CheckpointError::Implausible)?;
     let mut state = SpeedState::new(allowed_lateness_ms, horizon_ms);
     state.max_event_ts = file.max_event_ts;
     state.offsets = file
@@ -1124,6 +1175,71 @@ mod tests {
     use super::*;
     use lambda_events::bucket::MINUTE_MS;
     use lambda_events::{Event, floor_to};
+
+    /// A sealed checkpoint holding what no state holds is refused, naming
+    /// it, at one past each bound and taken at it (a hand-made manifest
+    /// with an alert seq of 2^64 − 1 killed every member of a group; a
+    /// `max_event_ts` of i64::MIN panicked every claim: a hostile run).
+    #[test]
+    fn checkpoints_holding_implausible_times_or_seqs_are_refused() {
+        let mut state = SpeedState::new(60_000, 3_600_000);
+        let click = Event::from_json(
+            br#"{"event_id":"a","ts":1700000000000,"event_type":"click","user_id":"u"}"#,
+        )
+        .unwrap();
+        state.apply(&click);
+        let good = encode(&state);
+        let (json, _) = unseal(&good).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert!(value["alerts"]["seq"].is_u64(), "{}", value["alerts"]);
+        assert!(value["windows"][0]["start"].is_i64());
+        let bound = crate::export::plausible_time_bound();
+        let most = lambda_events::limits::MAX_ALERT_ID;
+        let with = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut edited = value.clone();
+            change(&mut edited);
+            decode(
+                &seal(serde_json::to_vec(&edited).unwrap()),
+                60_000,
+                3_600_000,
+            )
+        };
+        type Change = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Change, Change)> = vec![
+            (
+                "max_event_ts",
+                Box::new(move |v| v["max_event_ts"] = (-bound).into()),
+                Box::new(|v| {
+                    v["max_event_ts"] = i64::MIN.into();
+                    v["watermark"] = serde_json::Value::Null;
+                }),
+            ),
+            (
+                "a watermark",
+                Box::new(|v| v["watermark"] = i64::MIN.into()),
+                Box::new(move |v| v["watermark"] = (bound + 1).into()),
+            ),
+            (
+                "a window start",
+                Box::new(|_| {}),
+                Box::new(|v| v["windows"][0]["start"] = (i64::MAX - 1000).into()),
+            ),
+            (
+                "an alert seq",
+                Box::new(move |v| v["alerts"]["seq"] = most.into()),
+                Box::new(move |v| v["alerts"]["seq"] = (most + 1).into()),
+            ),
+        ];
+        for (name, at, past) in cases {
+            assert!(with(&*at).is_ok(), "{name} at its bound");
+            match with(&*past) {
+                Err(CheckpointError::Implausible(problem)) => {
+                    assert!(problem.contains(name), "{name}: {problem}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
 
     /// A partition's state checkpointed to a checkpoint store: it loads
     /// back whole; the next checkpoint writes only what changed; a writer

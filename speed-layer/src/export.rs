@@ -108,6 +108,30 @@ pub fn snapshot(state: &SpeedState, epoch: u64, since: u64, alerts_since: u64) -
     }
 }
 
+/// The longest duration a setting takes, in ms.
+fn max_duration_ms() -> i64 {
+    i64::try_from(lambda_events::time::MAX_DURATION.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// [`plausible_time`]'s bound, either way (ms).
+pub fn plausible_time_bound() -> i64 {
+    lambda_events::limits::MAX_TS_MS.saturating_add(max_duration_ms())
+}
+
+/// A time a speed state can hold, named in the error if not: an event's
+/// time is at most `MAX_TS_MS`; a watermark is behind it, an alert's time
+/// (offline after …) ahead of it, by at most a duration. What comes from
+/// outside (a snapshot, a checkpoint) is checked with it before anything
+/// computes with it.
+pub fn plausible_time(name: &str, t: i64) -> Result<(), String> {
+    let bound = plausible_time_bound();
+    if (-bound..=bound).contains(&t) {
+        Ok(())
+    } else {
+        Err(format!("{name} {t} is past {bound} ms either way"))
+    }
+}
+
 impl Snapshot {
     /// Refuses a snapshot a speed instance cannot have sent: times past
     /// [`MAX_TS_MS`](lambda_events::limits::MAX_TS_MS) and a duration either
@@ -119,19 +143,9 @@ impl Snapshot {
     /// input (a hostile instance's `max_event_ts` of `i64::MIN` broke every
     /// query, its 20 MB alert keys filled serving's memory).
     pub fn check(&self) -> Result<(), String> {
-        use lambda_events::limits::{ALERT_TRANSITIONS_KEPT, MAX_ALERT_TEXT_BYTES, MAX_TS_MS};
-        // An event's time is at most MAX_TS_MS; a watermark is behind it,
-        // an alert's time (offline after ...) ahead of it, by at most a
-        // duration.
-        let most = i64::try_from(lambda_events::time::MAX_DURATION.as_millis()).unwrap_or(i64::MAX);
-        let bound = MAX_TS_MS.saturating_add(most);
-        let time = |name: &str, t: i64| {
-            if (-bound..=bound).contains(&t) {
-                Ok(())
-            } else {
-                Err(format!("{name} {t} is past {bound} ms either way"))
-            }
-        };
+        use lambda_events::limits::{ALERT_TRANSITIONS_KEPT, MAX_ALERT_TEXT_BYTES};
+        let most = max_duration_ms();
+        let time = plausible_time;
         let text = |name: &str, value: &str| {
             if value.len() <= MAX_ALERT_TEXT_BYTES {
                 Ok(())
