@@ -342,6 +342,7 @@ pub async fn run_group_mirror(
     let mut members_error: Option<String> = None;
     let mut listed_at: Option<tokio::time::Instant> = None;
     let mut copies: std::collections::BTreeMap<PartitionId, PartitionCopy> = Default::default();
+    let mut warned_not_mirrored = false;
     // Each partition's source in the alert feed, never reused.
     let mut sources = 0usize;
     let mut interval = tokio::time::interval(SPEED_POLL_INTERVAL);
@@ -394,6 +395,7 @@ pub async fn run_group_mirror(
         // The owner of each partition: the highest claimed version.
         let mut owners: std::collections::BTreeMap<PartitionId, (usize, u64, Option<i64>)> =
             Default::default();
+        let mut not_mirrored = 0usize;
         for (i, answer) in owned.iter().enumerate() {
             let Ok(ownership) = answer else { continue };
             // What a member says it owns is outside input: only the event
@@ -404,6 +406,7 @@ pub async fn run_group_mirror(
                 lambda_events::Topic::from_name(&p.topic).is_some()
                     && p.partition < MAX_GROUP_PARTITIONS
             };
+            not_mirrored += ownership.partitions.iter().filter(|p| !mirrored(p)).count();
             for p in ownership.partitions.iter().filter(mirrored) {
                 let id = PartitionId::new(p.topic.clone(), p.partition);
                 let candidate = (i, p.version, p.last_checkpoint_ms);
@@ -501,8 +504,16 @@ pub async fn run_group_mirror(
                     "error": c.error })
             })
             .collect();
+        if not_mirrored > 0 && !warned_not_mirrored {
+            warned_not_mirrored = true;
+            tracing::warn!(
+                not_mirrored,
+                "speed group members claim partitions serving does not mirror (not an event topic, or partition {MAX_GROUP_PARTITIONS} or past): their views are not in answers"
+            );
+        }
         *health.write() = json!({
             "checkpoint_store": store.url(),
+            "claims_not_mirrored": not_mirrored,
             "members": member_list,
             "members_error": members_error,
             "partitions": partition_list,

@@ -479,6 +479,51 @@ impl AlertEngine {
         }
     }
 
+    /// What a restore computes with is what a state can hold (see
+    /// `CheckpointFile::check`): at most [`RECENT_ALERTS`] transitions,
+    /// none past the seq (at most 2^53 − 1); times within the bounds of
+    /// event time ([`crate::export::plausible_time`]); keys and messages
+    /// at most [`MAX_ALERT_TEXT_BYTES`](lambda_events::limits::MAX_ALERT_TEXT_BYTES)
+    /// — what a snapshot of it must pass (a hand-made checkpoint's alert
+    /// at i64::MAX had every snapshot of its partition refused: a review).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        use crate::export::plausible_time as time;
+        use lambda_events::limits::{MAX_ALERT_ID, MAX_ALERT_TEXT_BYTES};
+        let text = |value: &str| {
+            if value.len() <= MAX_ALERT_TEXT_BYTES {
+                Ok(())
+            } else {
+                Err(format!("an alert key or message of {} bytes", value.len()))
+            }
+        };
+        if self.seq > MAX_ALERT_ID {
+            return Err(format!("an alert seq of {}, past {MAX_ALERT_ID}", self.seq));
+        }
+        if self.recent.len() > RECENT_ALERTS {
+            return Err(format!("{} recent alert transitions", self.recent.len()));
+        }
+        for alert in &self.recent {
+            if alert.seq > self.seq {
+                return Err(format!("an alert seq of {} past the state's", alert.seq));
+            }
+            time("an alert's time", alert.ts)?;
+            text(&alert.key)?;
+            text(&alert.message)?;
+        }
+        for (_, key, raised) in self.active.iter() {
+            time("an active alert's time", raised)?;
+            text(key)?;
+        }
+        for (key, t) in self.offline_since.iter().chain(&self.last_alarm) {
+            time("an alert rule's time", *t)?;
+            text(key)?;
+        }
+        if self.judged_before != i64::MIN {
+            time("the error rates' judged mark", self.judged_before)?;
+        }
+        Ok(())
+    }
+
     /// The last transition's seq.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -724,7 +769,7 @@ impl AlertEngine {
                 rule,
                 &key,
                 AlertState::Cleared,
-                raised + ALERT_TTL_MS,
+                raised.saturating_add(ALERT_TTL_MS),
                 || format!("expired: no change for {} h", ALERT_TTL_MS / 3_600_000),
                 None,
             );
@@ -733,7 +778,7 @@ impl AlertEngine {
             let due: Vec<(String, i64)> = self
                 .offline_since
                 .iter()
-                .filter(|(_, since)| **since + rule.after_ms <= watermark)
+                .filter(|(_, since)| since.saturating_add(rule.after_ms) <= watermark)
                 .map(|(d, since)| (d.clone(), *since))
                 .collect();
             for (device, since) in due {
@@ -745,7 +790,7 @@ impl AlertEngine {
                     RuleName::DeviceOffline,
                     &device,
                     AlertState::Raised,
-                    since + rule.after_ms,
+                    since.saturating_add(rule.after_ms),
                     || format!("{device} offline for more than {minutes} min"),
                     None,
                 );
@@ -755,7 +800,7 @@ impl AlertEngine {
             let quiet: Vec<(String, i64)> = self
                 .last_alarm
                 .iter()
-                .filter(|(_, last)| **last + rule.clear_after_ms <= watermark)
+                .filter(|(_, last)| last.saturating_add(rule.clear_after_ms) <= watermark)
                 .map(|(k, last)| (k.clone(), *last))
                 .collect();
             for (key, last) in quiet {
@@ -764,7 +809,7 @@ impl AlertEngine {
                     RuleName::Alarm,
                     &key,
                     AlertState::Cleared,
-                    last + rule.clear_after_ms,
+                    last.saturating_add(rule.clear_after_ms),
                     || format!("no further alarm {key}"),
                     None,
                 );

@@ -415,8 +415,7 @@ impl CheckpointFile {
     /// alert, one after another; `max_event_ts` of i64::MIN panicked every
     /// claim; times near i64::MAX were restored and every snapshot of the
     /// partition refused after: a hostile run). `i64::MIN` stands for
-    /// "none" in the clocks and the log's time. (The eviction mark is only
-    /// compared with: any value is one, far back with kappa's horizon.)
+    /// "none" in the clocks and the log's time.
     fn check(&self) -> Result<(), String> {
         use crate::export::plausible_time as time;
         let or_none = |name: &str, t: i64| if t == i64::MIN { Ok(()) } else { time(name, t) };
@@ -424,7 +423,15 @@ impl CheckpointFile {
             time("max_event_ts", t)?;
         }
         if let Some(t) = self.watermark {
-            or_none("a watermark", t)?;
+            time("a watermark", t)?;
+        }
+        // Only compared with: far back is fine (kappa's horizon), ahead of
+        // every event time would have every event counted late.
+        if self.evicted_before > crate::export::plausible_time_bound() {
+            return Err(format!(
+                "evicted_before {} is ahead of every event time",
+                self.evicted_before
+            ));
         }
         if let Some(t) = self.log_time {
             or_none("the log's time", t)?;
@@ -444,10 +451,7 @@ impl CheckpointFile {
             time("a window start", start)?;
         }
         if let Some(alerts) = &self.alerts {
-            let most = lambda_events::limits::MAX_ALERT_ID;
-            if alerts.seq() > most {
-                return Err(format!("an alert seq of {}, past {most}", alerts.seq()));
-            }
+            alerts.check()?;
         }
         Ok(())
     }
@@ -1216,8 +1220,23 @@ mod tests {
             ),
             (
                 "a watermark",
+                Box::new(move |v| v["watermark"] = (-bound).into()),
                 Box::new(|v| v["watermark"] = i64::MIN.into()),
-                Box::new(move |v| v["watermark"] = (bound + 1).into()),
+            ),
+            (
+                "evicted_before",
+                Box::new(move |v| v["evicted_before"] = bound.into()),
+                Box::new(move |v| v["evicted_before"] = (bound + 1).into()),
+            ),
+            (
+                "an alert's time",
+                Box::new(|_| {}),
+                Box::new(|v| {
+                    let alert = serde_json::json!({"seq": 1, "rule": "alarm", "key": "k",
+                        "state": "raised", "ts": i64::MAX, "message": "m", "value": null});
+                    v["alerts"]["seq"] = 1.into();
+                    v["alerts"]["recent"] = serde_json::json!([alert]);
+                }),
             ),
             (
                 "a window start",
