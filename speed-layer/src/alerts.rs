@@ -281,6 +281,21 @@ pub struct Alert {
     pub value: Option<f64>,
 }
 
+/// An alert's `name` (key or message) is at most
+/// [`MAX_ALERT_TEXT_BYTES`](lambda_events::limits::MAX_ALERT_TEXT_BYTES)
+/// (what comes from outside: a snapshot, a checkpoint).
+pub(crate) fn check_text(name: &str, value: &str) -> Result<(), String> {
+    use lambda_events::limits::MAX_ALERT_TEXT_BYTES;
+    if value.len() <= MAX_ALERT_TEXT_BYTES {
+        Ok(())
+    } else {
+        Err(format!(
+            "an alert's {name} is {} bytes; at most {MAX_ALERT_TEXT_BYTES}",
+            value.len()
+        ))
+    }
+}
+
 /// Keys each part of the alert state tracks at most (active alerts, devices
 /// pending offline, sensors out of range, recent alarms). A key past the cap
 /// is not tracked, and counted in `dropped_keys` (status and metrics): one
@@ -488,14 +503,7 @@ impl AlertEngine {
     /// at i64::MAX had every snapshot of its partition refused: a review).
     pub(crate) fn check(&self) -> Result<(), String> {
         use crate::export::plausible_time as time;
-        use lambda_events::limits::{MAX_ALERT_ID, MAX_ALERT_TEXT_BYTES};
-        let text = |value: &str| {
-            if value.len() <= MAX_ALERT_TEXT_BYTES {
-                Ok(())
-            } else {
-                Err(format!("an alert key or message of {} bytes", value.len()))
-            }
-        };
+        use lambda_events::limits::MAX_ALERT_ID;
         if self.seq > MAX_ALERT_ID {
             return Err(format!("an alert seq of {}, past {MAX_ALERT_ID}", self.seq));
         }
@@ -507,16 +515,16 @@ impl AlertEngine {
                 return Err(format!("an alert seq of {} past the state's", alert.seq));
             }
             time("an alert's time", alert.ts)?;
-            text(&alert.key)?;
-            text(&alert.message)?;
+            check_text("key", &alert.key)?;
+            check_text("message", &alert.message)?;
         }
         for (_, key, raised) in self.active.iter() {
             time("an active alert's time", raised)?;
-            text(key)?;
+            check_text("key", key)?;
         }
         for (key, t) in self.offline_since.iter().chain(&self.last_alarm) {
             time("an alert rule's time", *t)?;
-            text(key)?;
+            check_text("key", key)?;
         }
         if self.judged_before != i64::MIN {
             time("the error rates' judged mark", self.judged_before)?;

@@ -143,19 +143,10 @@ impl Snapshot {
     /// input (a hostile instance's `max_event_ts` of `i64::MIN` broke every
     /// query, its 20 MB alert keys filled serving's memory).
     pub fn check(&self) -> Result<(), String> {
-        use lambda_events::limits::{ALERT_TRANSITIONS_KEPT, MAX_ALERT_TEXT_BYTES};
+        use lambda_events::limits::ALERT_TRANSITIONS_KEPT;
         let most = max_duration_ms();
         let time = plausible_time;
-        let text = |name: &str, value: &str| {
-            if value.len() <= MAX_ALERT_TEXT_BYTES {
-                Ok(())
-            } else {
-                Err(format!(
-                    "an alert's {name} is {} bytes; at most {MAX_ALERT_TEXT_BYTES}",
-                    value.len()
-                ))
-            }
-        };
+        let text = crate::alerts::check_text;
         for (name, t) in [
             ("max_event_ts", self.max_event_ts),
             ("last_checkpoint_ms", self.last_checkpoint_ms),
